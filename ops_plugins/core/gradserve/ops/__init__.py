@@ -1,0 +1,5 @@
+"""gradserve op plugins: the ``Op`` contract that every plugin implements."""
+
+from gradserve.ops.contract import Op
+
+__all__ = ["Op"]

@@ -1,0 +1,101 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Selection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SELECTION_UNSPECIFIED: _ClassVar[Selection]
+    SELECTION_ALL: _ClassVar[Selection]
+    SELECTION_LEAVES: _ClassVar[Selection]
+    SELECTION_NODES: _ClassVar[Selection]
+SELECTION_UNSPECIFIED: Selection
+SELECTION_ALL: Selection
+SELECTION_LEAVES: Selection
+SELECTION_NODES: Selection
+
+class Graph(_message.Message):
+    __slots__ = ("op_names", "node_ops", "input_counts", "input_ids", "leaf_values", "labels")
+    OP_NAMES_FIELD_NUMBER: _ClassVar[int]
+    NODE_OPS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
+    LEAF_VALUES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    op_names: _containers.RepeatedScalarFieldContainer[str]
+    node_ops: _containers.RepeatedScalarFieldContainer[int]
+    input_counts: _containers.RepeatedScalarFieldContainer[int]
+    input_ids: _containers.RepeatedScalarFieldContainer[int]
+    leaf_values: _containers.RepeatedScalarFieldContainer[float]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, op_names: _Optional[_Iterable[str]] = ..., node_ops: _Optional[_Iterable[int]] = ..., input_counts: _Optional[_Iterable[int]] = ..., input_ids: _Optional[_Iterable[int]] = ..., leaf_values: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("graph", "outputs", "seeds", "selection", "nodes", "chunk_size")
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    graph: Graph
+    outputs: _containers.RepeatedScalarFieldContainer[int]
+    seeds: _containers.RepeatedScalarFieldContainer[float]
+    selection: Selection
+    nodes: _containers.RepeatedScalarFieldContainer[int]
+    chunk_size: int
+    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., outputs: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[float]] = ..., selection: _Optional[_Union[Selection, str]] = ..., nodes: _Optional[_Iterable[int]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("node_ids", "values", "grads")
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    GRADS_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    grads: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GradientChunk(_message.Message):
+    __slots__ = ("node_ids", "values", "grads", "total_nodes")
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    GRADS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_NODES_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    grads: _containers.RepeatedScalarFieldContainer[float]
+    total_nodes: int
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., total_nodes: _Optional[int] = ...) -> None: ...
+
+class ListOpsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListOpsResponse(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[OpInfo]
+    def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ...) -> None: ...
+
+class OpInfo(_message.Message):
+    __slots__ = ("name", "arity", "variadic", "doc", "distribution", "version", "entry_point")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARITY_FIELD_NUMBER: _ClassVar[int]
+    VARIADIC_FIELD_NUMBER: _ClassVar[int]
+    DOC_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_POINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    arity: int
+    variadic: bool
+    doc: str
+    distribution: str
+    version: str
+    entry_point: str
+    def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., variadic: _Optional[bool] = ..., doc: _Optional[str] = ..., distribution: _Optional[str] = ..., version: _Optional[str] = ..., entry_point: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The gradserve server: op registry, vectorized engine, gRPC servicer and CLI."""

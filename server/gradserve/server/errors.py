@@ -1,0 +1,33 @@
+"""Errors the engine raises; the servicer maps each to a gRPC status in one place."""
+
+
+class EvaluationError(Exception):
+    """Base class for the errors of one evaluation."""
+
+
+class GraphError(EvaluationError):
+    """The request is not a valid graph evaluation: the client's fault.
+
+    ``node`` is the id of the offending node when there is one; ``field`` names the request
+    field at fault.
+    """
+
+    def __init__(self, reason: str, *, node: int | None = None, field: str = "graph") -> None:
+        self.reason = reason
+        self.node = node
+        self.field = field
+        super().__init__(reason if node is None else f"node {node}: {reason}")
+
+
+class OpFailure(EvaluationError):
+    """An op plugin raised or returned a malformed result: the plugin's fault, not the
+    client's. The plugin's own exception is chained as ``__cause__`` for the server log."""
+
+    def __init__(self, op: str, node: int, problem: str) -> None:
+        self.op = op
+        self.node = node
+        super().__init__(f"node {node}: op {op!r} {problem}")
+
+
+class Cancelled(EvaluationError):
+    """The caller went away (cancelled, or its deadline passed); the work was abandoned."""

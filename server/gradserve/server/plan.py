@@ -1,0 +1,202 @@
+"""Compile a columnar graph into a Plan: validate it, then schedule it into groups.
+
+Validation works on whole arrays with NumPy. Scheduling gives every op node a level (one
+more than its deepest input; leaves are level 0) and groups the op nodes by (level, op,
+input count), so that evaluation makes one vectorized op call per group: no node in a
+group reads another node of the same group.
+"""
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradserve.ops import Op
+from gradserve.server.errors import GraphError
+
+_ID = np.int64
+
+
+@dataclass(frozen=True)
+class GraphArrays:
+    """A graph as parallel arrays, mirroring the wire's ``Graph`` message."""
+
+    op_names: Sequence[str]
+    node_ops: np.ndarray  # per node: 0 for a leaf, k for op_names[k - 1]
+    input_counts: np.ndarray  # per node: how many inputs
+    input_ids: np.ndarray  # all inputs, concatenated in node order
+    labels: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Group:
+    """Nodes that apply the same op at the same level with the same number of inputs.
+
+    ``args[r]`` holds the r-th input of every node in ``nodes``.
+    """
+
+    op: Op
+    nodes: np.ndarray  # shape (m,)
+    args: np.ndarray  # shape (k, m)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated, scheduled graph; immutable, so it can be reused with new leaf values."""
+
+    node_count: int
+    leaves: np.ndarray  # the ids of the leaf nodes, increasing
+    groups: tuple[Group, ...]  # in an order where every group's inputs come earlier
+    labels: tuple[str, ...]
+
+    def describe(self, node: int) -> str:
+        """The node id with its label, if it has one, for messages."""
+        label = self.labels[node] if self.labels else ""
+        return f"{node} ({label!r})" if label else str(node)
+
+
+def compile_graph(graph: GraphArrays, ops: Mapping[str, Op]) -> Plan:
+    """Validate ``graph`` against the loaded ``ops`` and schedule it; raise GraphError."""
+    node_ops = np.asarray(graph.node_ops, dtype=_ID)
+    counts = np.asarray(graph.input_counts, dtype=_ID)
+    input_ids = np.asarray(graph.input_ids, dtype=_ID)
+    n = len(node_ops)
+    _check_lengths(graph, n, counts, input_ids)
+    table = _resolve_ops(graph.op_names, node_ops, ops)
+    _check_arity(table, node_ops, counts)
+    offsets = np.zeros(n + 1, dtype=_ID)
+    np.cumsum(counts, out=offsets[1:])
+    _check_inputs(n, counts, input_ids)
+    levels = _levels(counts, offsets, input_ids)
+    return Plan(
+        node_count=n,
+        leaves=np.flatnonzero(node_ops == 0),
+        groups=_group(table, node_ops, counts, offsets, input_ids, levels),
+        labels=tuple(graph.labels),
+    )
+
+
+def _check_lengths(graph: GraphArrays, n: int, counts: np.ndarray, input_ids: np.ndarray) -> None:
+    if n == 0:
+        raise GraphError("the graph is empty (node_ops has no entries)", field="graph.node_ops")
+    if len(counts) != n:
+        raise GraphError(
+            f"input_counts has {len(counts)} entries but there are {n} nodes (one per node)",
+            field="graph.input_counts",
+        )
+    if len(graph.labels) not in (0, n):
+        raise GraphError(
+            f"labels has {len(graph.labels)} entries; give none or one per node ({n})",
+            field="graph.labels",
+        )
+    total = int(counts.sum())
+    if total != len(input_ids):
+        raise GraphError(
+            f"input_counts add up to {total} but input_ids has {len(input_ids)} entries",
+            field="graph.input_ids",
+        )
+
+
+def _resolve_ops(
+    op_names: Sequence[str], node_ops: np.ndarray, ops: Mapping[str, Op]
+) -> list[Op | None]:
+    """The op table as Op objects (index 0 is the leaf marker, None)."""
+    out_of_table = np.flatnonzero(node_ops > len(op_names))
+    if out_of_table.size:
+        node = int(out_of_table[0])
+        raise GraphError(
+            f"op index {node_ops[node]} is out of range (op_names has {len(op_names)} entries)",
+            node=node,
+            field="graph.node_ops",
+        )
+    used = np.zeros(len(op_names) + 1, dtype=bool)
+    used[node_ops] = True
+    table: list[Op | None] = [None]
+    for index, name in enumerate(op_names, start=1):
+        if name in ops:
+            table.append(ops[name])
+        elif used[index]:
+            node = int(np.argmax(node_ops == index))
+            raise GraphError(f"unknown op {name!r}", node=node, field="graph.op_names")
+        else:
+            table.append(None)  # named but unused: harmless
+    return table
+
+
+def _check_arity(table: list[Op | None], node_ops: np.ndarray, counts: np.ndarray) -> None:
+    # Expected input count per op-table entry: -1 for variadic (at least one), 0 for leaves.
+    expected = np.array(
+        [0 if op is None else (-1 if op.arity is None else op.arity) for op in table], dtype=_ID
+    )[node_ops]
+    bad = np.flatnonzero(np.where(expected < 0, counts < 1, counts != expected))
+    if bad.size:
+        node = int(bad[0])
+        got = int(counts[node])
+        op = table[node_ops[node]]
+        if op is None:
+            reason = f"a leaf (node_ops 0) must have no inputs, got {got}"
+        elif op.arity is None:
+            reason = f"op {op.name!r} takes one or more inputs, got none"
+        else:
+            reason = f"op {op.name!r} takes {op.arity} input(s), got {got}"
+        raise GraphError(reason, node=node, field="graph.input_counts")
+
+
+def _check_inputs(n: int, counts: np.ndarray, input_ids: np.ndarray) -> None:
+    owners = np.repeat(np.arange(n, dtype=_ID), counts)
+    bad = np.flatnonzero(input_ids >= owners)
+    if bad.size:
+        first = int(bad[0])
+        node, source = int(owners[first]), int(input_ids[first])
+        if source >= n:
+            reason = f"input id {source} is out of range (the graph has {n} nodes)"
+        else:
+            reason = (
+                f"input id {source} is not earlier than the node; ids must be in topological "
+                "order, so forward references and cycles are not allowed"
+            )
+        raise GraphError(reason, node=node, field="graph.input_ids")
+
+
+def _levels(counts: np.ndarray, offsets: np.ndarray, input_ids: np.ndarray) -> np.ndarray:
+    """Level of each node: 0 for leaves, else one more than its deepest input.
+
+    One pass in id order suffices because ids are topological. Plain Python lists make
+    the per-node step cheap; there is no recursion, so depth does not matter.
+    """
+    level = [0] * len(counts)
+    ids = input_ids.tolist()
+    for node, (start, count) in enumerate(zip(offsets.tolist(), counts.tolist(), strict=False)):
+        if count == 1:
+            level[node] = level[ids[start]] + 1
+        elif count == 2:
+            a, b = level[ids[start]], level[ids[start + 1]]
+            level[node] = (a if a > b else b) + 1
+        elif count:
+            level[node] = max(level[i] for i in ids[start : start + count]) + 1
+    return np.array(level, dtype=_ID)
+
+
+def _group(
+    table: list[Op | None],
+    node_ops: np.ndarray,
+    counts: np.ndarray,
+    offsets: np.ndarray,
+    input_ids: np.ndarray,
+    levels: np.ndarray,
+) -> tuple[Group, ...]:
+    op_nodes = np.flatnonzero(node_ops != 0)
+    if op_nodes.size == 0:
+        return ()
+    order = op_nodes[np.lexsort((counts[op_nodes], node_ops[op_nodes], levels[op_nodes]))]
+    keys = np.stack([levels[order], node_ops[order], counts[order]])
+    starts = np.flatnonzero(np.any(keys[:, 1:] != keys[:, :-1], axis=0)) + 1
+    bounds = [0, *starts.tolist(), len(order)]
+    groups = []
+    for start, end in itertools.pairwise(bounds):
+        nodes = order[start:end]
+        arity = int(counts[nodes[0]])
+        args = input_ids[offsets[nodes] + np.arange(arity, dtype=_ID)[:, None]]
+        groups.append(Group(table[node_ops[nodes[0]]], nodes, args))
+    return tuple(groups)

@@ -1,0 +1,80 @@
+"""Conversions between the wire's messages and the engine's arrays."""
+
+import numpy as np
+
+from gradserve.server.errors import GraphError
+from gradserve.server.plan import GraphArrays, Plan
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def _array(field, dtype) -> np.ndarray:
+    return np.fromiter(field, dtype=dtype, count=len(field))
+
+
+def graph_arrays(graph: pb.Graph) -> GraphArrays:
+    return GraphArrays(
+        op_names=list(graph.op_names),
+        node_ops=_array(graph.node_ops, np.int64),
+        input_counts=_array(graph.input_counts, np.int64),
+        input_ids=_array(graph.input_ids, np.int64),
+        labels=list(graph.labels),
+    )
+
+
+def leaf_values(request: pb.EvaluateRequest) -> np.ndarray:
+    return _array(request.graph.leaf_values, np.float64)
+
+
+def _check_ids(ids: np.ndarray, plan: Plan, field: str) -> None:
+    bad = np.flatnonzero(ids >= plan.node_count)
+    if bad.size:
+        raise GraphError(
+            f"{field}[{bad[0]}] = {ids[bad[0]]} is out of range "
+            f"(the graph has {plan.node_count} nodes)",
+            field=field,
+        )
+
+
+def outputs_and_seeds(request: pb.EvaluateRequest, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes to differentiate and their seed gradients, defaults applied."""
+    if request.outputs:
+        outputs = _array(request.outputs, np.int64)
+        _check_ids(outputs, plan, "outputs")
+    else:
+        outputs = np.array([plan.node_count - 1], dtype=np.int64)
+    if not request.seeds:
+        return outputs, np.ones(len(outputs))
+    if len(request.seeds) != len(outputs):
+        raise GraphError(
+            f"seeds has {len(request.seeds)} entries but there are {len(outputs)} outputs",
+            field="seeds",
+        )
+    return outputs, _array(request.seeds, np.float64)
+
+
+def selected_nodes(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
+    """The ids of the nodes whose results go back, in the order they go back."""
+    selection = request.selection
+    if selection == pb.SELECTION_UNSPECIFIED:
+        selection = pb.SELECTION_NODES if request.nodes else pb.SELECTION_ALL
+    if selection == pb.SELECTION_NODES:
+        nodes = _array(request.nodes, np.int64)
+        _check_ids(nodes, plan, "nodes")
+        return nodes
+    if request.nodes:
+        raise GraphError(
+            f"nodes must be empty when selection is {pb.Selection.Name(selection)}",
+            field="nodes",
+        )
+    if selection == pb.SELECTION_ALL:
+        return np.arange(plan.node_count, dtype=np.int64)
+    if selection == pb.SELECTION_LEAVES:
+        return plan.leaves
+    raise GraphError(f"unknown selection {selection}", field="selection")
+
+
+def fill_results(message, ids: np.ndarray, values: np.ndarray, grads: np.ndarray) -> None:
+    """Set the parallel result arrays of an EvaluateResponse or GradientChunk."""
+    message.node_ids.extend(ids.tolist())
+    message.values.extend(values.tolist())
+    message.grads.extend(grads.tolist())
