@@ -39,16 +39,20 @@ def start_server(
     address: str = "127.0.0.1:0",
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     threads: int = 8,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Start serving on ``address`` (port 0 picks a free port) and return the bound port.
 
     Health reports SERVING for the whole server and for GradientService once started.
+    gRPC sets SO_REUSEPORT by default on Linux, which would let a second server start on a
+    port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
     pb_grpc.add_GradientServiceServicer_to_server(GradientServicer(registry), server)

@@ -1,0 +1,41 @@
+import grpc
+import pytest
+
+from gradserve.server.app import running_server
+from gradserve.server.registry import discovered_entry_points, load_registry
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def ops(registry):
+    return {name: loaded.op for name, loaded in registry.items()}
+
+
+@pytest.fixture(scope="session")
+def server(registry):
+    with running_server(registry) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    return pb_grpc.GradientServiceStub(channel)
+
+
+@pytest.fixture
+def fresh_entry_points():
+    """Forget the cached entry points before and after a test that changes sys.path."""
+    discovered_entry_points.cache_clear()
+    yield
+    discovered_entry_points.cache_clear()

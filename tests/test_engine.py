@@ -1,0 +1,196 @@
+"""Forward values and gradients, checked against closed forms and finite differences."""
+
+import math
+
+import numpy as np
+import pytest
+from graphs import GraphBuilder, neuron, notebook_first_example
+
+from gradserve.ops import Op
+from gradserve.server.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.evaluate import evaluate
+from gradserve.server.plan import compile_graph
+
+
+def run(builder: GraphBuilder, ops, outputs=None, seeds=None):
+    plan = compile_graph(builder.arrays(), ops)
+    outputs = np.array([plan.node_count - 1] if outputs is None else outputs)
+    seeds = np.ones(len(outputs)) if seeds is None else np.array(seeds)
+    return evaluate(plan, np.array(builder.leaf_values), outputs, seeds)
+
+
+def test_notebook_neuron(ops):
+    g, ids = neuron()
+    values, grads = run(g, ops)
+    assert values[ids["o"]] == pytest.approx(math.sqrt(0.5), rel=1e-12)
+    expected = {"n": 0.5, "x1": -1.5, "w1": 1.0, "x2": 0.5, "w2": 0.0, "b": 0.5}
+    for name, grad in expected.items():
+        assert grads[ids[name]] == pytest.approx(grad, rel=1e-12, abs=1e-15), name
+
+
+def test_notebook_first_example(ops):
+    g, ids = notebook_first_example()
+    values, grads = run(g, ops)
+    assert values[ids["e"]] == 80.0
+    assert [grads[ids[k]] for k in "abcd"] == [10.0, 10.0, 10.0, 8.0]
+
+
+def test_repeated_input_gets_both_contributions(ops):
+    g = GraphBuilder()
+    x = g.leaf(3.0)
+    g.op("mul", x, x)
+    values, grads = run(g, ops)
+    assert (values[-1], grads[x]) == (9.0, 6.0)
+
+
+def test_node_reached_by_two_paths_is_counted_once_per_path(ops):
+    # The notebook's topological sort visited such a node twice; its gradient doubled.
+    g = GraphBuilder()
+    a = g.leaf(-2.0)
+    b = g.leaf(3.0)
+    d = g.op("mul", a, b)  # d = ab, used twice below
+    e = g.op("add", a, b)
+    f = g.op("mul", d, e)
+    g.op("add", f, d)  # L = ab(a+b) + ab
+    _, grads = run(g, ops)
+    av, bv = -2.0, 3.0
+    assert grads[a] == bv * (av + bv) + av * bv + bv
+    assert grads[b] == av * (av + bv) + av * bv + av
+    assert grads[d] == (av + bv) + 1
+    assert grads[e] == av * bv
+    assert grads[f] == 1.0
+
+
+def test_tanh_backward_multiplies_the_upstream_gradient(ops):
+    # The notebook's tanh forgot the upstream factor: d(3*tanh(x))/dx came out 1 - t^2.
+    g = GraphBuilder()
+    x = g.leaf(0.3)
+    three = g.leaf(3.0)
+    t = g.op("tanh", x)
+    g.op("mul", three, t)
+    _, grads = run(g, ops)
+    assert grads[x] == pytest.approx(3.0 * (1.0 - math.tanh(0.3) ** 2), rel=1e-15)
+
+
+def test_several_outputs_with_seeds(ops):
+    g = GraphBuilder()
+    a, b = g.leaf(2.0), g.leaf(5.0)
+    s = g.op("add", a, b)
+    p = g.op("mul", a, b)
+    # seeds: 0.5 * s + 2 * p + 1 * p (p listed twice: seeds add)
+    _, grads = run(g, ops, outputs=[s, p, p], seeds=[0.5, 2.0, 1.0])
+    assert grads[a] == 0.5 + 3.0 * 5.0
+    assert grads[b] == 0.5 + 3.0 * 2.0
+
+
+def random_graph(rng: np.random.Generator, leaves: int, nodes: int) -> GraphBuilder:
+    """A random graph with shared nodes and, often, repeated inputs."""
+    g = GraphBuilder()
+    for _ in range(leaves):
+        g.leaf(float(rng.uniform(-1.5, 1.5)))
+    for _ in range(nodes):
+        n = len(g.node_ops)
+        name = rng.choice(["add", "mul", "tanh"])
+        if name == "tanh":
+            g.op(name, int(rng.integers(n)))
+        else:
+            # Bias toward recent nodes (depth) while still sharing old ones.
+            a, b = (int(n - 1 - min(rng.geometric(0.3), n - 1)) for _ in range(2))
+            g.op(name, a, b)
+    return g
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_gradients_match_central_differences(ops, seed):
+    rng = np.random.default_rng(seed)
+    g = random_graph(rng, leaves=4, nodes=int(rng.integers(5, 40)))
+    plan = compile_graph(g.arrays(), ops)
+    leaves = np.array(g.leaf_values)
+    out, seeds = np.array([plan.node_count - 1]), np.ones(1)
+    _, grads = evaluate(plan, leaves, out, seeds)
+
+    def f(x):
+        return evaluate(plan, x, out, seeds)[0][-1]
+
+    for k, leaf in enumerate(plan.leaves):
+        h = 1e-6 * max(1.0, abs(leaves[k]))
+        up, down = leaves.copy(), leaves.copy()
+        up[k] += h
+        down[k] -= h
+        numeric = (f(up) - f(down)) / (2 * h)
+        assert grads[leaf] == pytest.approx(numeric, rel=1e-5, abs=1e-6)
+
+
+def test_million_node_chain_needs_no_recursion(ops):
+    # x, c leaves; then alternately y = y + c and y = tanh(y), 999,998 op nodes.
+    n = 1_000_000
+    g = GraphBuilder()
+    x, c = g.leaf(0.5), g.leaf(0.1)
+    y = x
+    for k in range(2, n):
+        y = g.op("add", y, c) if k % 2 == 0 else g.op("tanh", y)
+    values, grads = run(g, ops)
+
+    # Independent oracle: the same recurrence with math.tanh, then the chain rule backward.
+    y, slopes = 0.5, []
+    for k in range(2, n):
+        if k % 2 == 0:
+            y += 0.1
+        else:
+            y = math.tanh(y)
+            slopes.append(1.0 - y * y)
+    assert values[-1] == pytest.approx(y, rel=1e-12)  # np.tanh and math.tanh may differ by an ulp
+    dc, upstream = 0.0, 1.0
+    for slope in reversed(slopes):  # each tanh is preceded by one add of c
+        upstream *= slope
+        dc += upstream
+    assert grads[c] == pytest.approx(dc, rel=1e-9)
+
+
+def test_missing_leaf_values_are_reported(ops):
+    g, _ = notebook_first_example()
+    plan = compile_graph(g.arrays(), ops)
+    with pytest.raises(GraphError, match=r"3 leaves but leaf_values has 2.*leaf 3 \('d'\)"):
+        evaluate(plan, np.array([1.0, 2.0]), np.array([4]), np.ones(1))
+    with pytest.raises(GraphError, match="3 leaves but leaf_values has 4"):
+        evaluate(plan, np.ones(4), np.array([4]), np.ones(1))
+
+
+def faulty(forward=np.negative, backward=lambda g, y, x: (-g,)) -> dict:
+    return {"bad": Op("bad", 1, forward=forward, backward=backward)}
+
+
+def one_bad_node() -> GraphBuilder:
+    g = GraphBuilder()
+    g.op("bad", g.leaf(1.0))
+    return g
+
+
+def raise_error(*args):
+    raise RuntimeError("plugin bug")
+
+
+@pytest.mark.parametrize(
+    ("ops", "problem"),
+    [
+        (faulty(forward=raise_error), "failed in forward"),
+        (faulty(backward=raise_error), "failed in backward"),
+        (faulty(forward=lambda x: np.zeros(3)), "forward returned shape (3,)"),
+        (faulty(forward=lambda x: x.astype(complex)), "forward returned dtype complex128"),
+        (faulty(forward=lambda x: 1.0), "forward returned float"),
+        (faulty(backward=lambda g, y, x: (g, g)), "must return 1 gradient"),
+        (faulty(backward=lambda g, y, x: g), "must return 1 gradient"),
+    ],
+)
+def test_plugin_faults_become_op_failures(ops, problem):
+    with pytest.raises(OpFailure) as caught:
+        run(one_bad_node(), ops)
+    assert caught.value.op == "bad" and caught.value.node == 1
+    assert problem in str(caught.value)
+
+
+def test_should_stop_abandons_the_evaluation(ops):
+    g, _ = neuron()
+    plan = compile_graph(g.arrays(), ops)
+    with pytest.raises(Cancelled):
+        evaluate(plan, np.array(g.leaf_values), np.array([9]), np.ones(1), lambda: True)

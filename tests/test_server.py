@@ -1,0 +1,226 @@
+"""End-to-end calls through the generated stubs against a server on port 0."""
+
+import math
+import threading
+import time
+from contextlib import contextmanager
+
+import grpc
+import numpy as np
+import pytest
+from graphs import GraphBuilder, neuron, notebook_first_example
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gradserve.ops import Op
+from gradserve.server.app import SERVICE_NAME, running_server
+from gradserve.server.registry import LoadedOp
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+@contextmanager
+def serving(registry):
+    """A stub on a fresh server that loads only ``registry``."""
+    with (
+        running_server(registry) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield pb_grpc.GradientServiceStub(channel)
+
+
+def test_evaluate_the_notebook_neuron(stub):
+    g, ids = neuron()
+    reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    assert list(reply.node_ids) == list(range(10))
+    assert reply.values[ids["o"]] == pytest.approx(math.sqrt(0.5), rel=1e-12)
+    expected = {"n": 0.5, "x1": -1.5, "w1": 1.0, "x2": 0.5, "w2": 0.0, "b": 0.5}
+    for name, grad in expected.items():
+        assert reply.grads[ids[name]] == pytest.approx(grad, rel=1e-12, abs=1e-15), name
+
+
+def test_evaluate_the_notebook_first_example(stub):
+    g, ids = notebook_first_example()
+    reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_LEAVES))
+    assert list(reply.node_ids) == [ids["a"], ids["b"], ids["d"]]
+    assert list(reply.values) == [5.0, 3.0, 10.0]
+    assert list(reply.grads) == [10.0, 10.0, 8.0]
+    reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), nodes=[ids["c"], ids["a"]]))
+    assert list(reply.node_ids) == [ids["c"], ids["a"]]
+    assert list(reply.grads) == [10.0, 10.0]
+
+
+def test_outputs_and_seeds(stub):
+    g = GraphBuilder()
+    a, b = g.leaf(2.0), g.leaf(5.0)
+    s, p = g.op("add", a, b), g.op("mul", a, b)
+    request = pb.EvaluateRequest(
+        graph=g.proto(), outputs=[s, p], seeds=[0.5, 2.0], selection=pb.SELECTION_LEAVES
+    )
+    reply = stub.Evaluate(request)
+    assert list(reply.grads) == [0.5 + 2.0 * 5.0, 0.5 + 2.0 * 2.0]
+
+
+def test_stream_returns_every_node_in_bounded_chunks(stub):
+    g = GraphBuilder()
+    y = g.leaf(0.25)
+    for _ in range(999):
+        y = g.op("tanh", y)
+    chunks = list(stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto(), chunk_size=300)))
+    assert [len(c.node_ids) for c in chunks] == [300, 300, 300, 100]
+    assert {c.total_nodes for c in chunks} == {1000}
+    ids = np.concatenate([c.node_ids for c in chunks])
+    values = np.concatenate([c.values for c in chunks])
+    grads = np.concatenate([c.grads for c in chunks])
+    assert ids.tolist() == list(range(1000))
+    x, expected_grad = 0.25, 1.0
+    for k in range(1, 1000):
+        x = math.tanh(x)
+        assert values[k] == pytest.approx(x, rel=1e-12)
+    for k in range(999, 0, -1):
+        expected_grad *= 1.0 - values[k] ** 2
+    assert grads[0] == pytest.approx(expected_grad, rel=1e-9)
+
+
+def test_stream_of_a_million_nodes_fits_the_default_receive_limit(server):
+    # A plain channel keeps gRPC's default 4 MiB receive limit; the 1M-node result is
+    # about 20 MB, so only chunking lets it through.
+    g = GraphBuilder()
+    y = g.leaf(1.0)
+    for _ in range(1_000_000 - 1):
+        y = g.op("mul", y, 0)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.GradientServiceStub(channel)
+        chunks = stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto()))
+        received = sum(len(c.values) for c in chunks)
+    assert received == 1_000_000
+
+
+def test_list_ops(stub):
+    ops = {op.name: op for op in stub.ListOps(pb.ListOpsRequest()).ops}
+    assert {"add", "mul", "tanh"} <= set(ops)
+    assert (ops["mul"].arity, ops["mul"].variadic) == (2, False)
+    assert ops["tanh"].distribution == "gradserve-ops-core"
+    assert "1 - tanh(x)^2" in ops["tanh"].doc
+
+
+def bad_graphs():
+    forward = pb.Graph(node_ops=[0, 1, 1], op_names=["tanh"], input_counts=[0, 1, 1])
+    forward.input_ids.extend([2, 1])
+    forward.leaf_values.append(1.0)
+    unknown = pb.Graph(op_names=["nosuch"], node_ops=[0, 1], input_counts=[0, 1])
+    unknown.input_ids.append(0)
+    unknown.leaf_values.append(1.0)
+    arity = pb.Graph(op_names=["mul"], node_ops=[0, 1], input_counts=[0, 1], input_ids=[0])
+    arity.leaf_values.append(1.0)
+    return {
+        "forward reference": (forward, "node 1: input id 2 is not earlier"),
+        "unknown op": (unknown, "node 1: unknown op 'nosuch'"),
+        "wrong arity": (arity, "node 1: op 'mul' takes 2 input(s), got 1"),
+        "empty": (pb.Graph(), "empty"),
+    }
+
+
+@pytest.mark.parametrize("case", bad_graphs())
+@pytest.mark.parametrize("method", ["Evaluate", "EvaluateStream"])
+def test_bad_graph_is_invalid_argument_and_the_next_call_succeeds(stub, case, method):
+    graph, message = bad_graphs()[case]
+    call = getattr(stub, method)
+    with pytest.raises(grpc.RpcError) as caught:
+        reply = call(pb.EvaluateRequest(graph=graph))
+        list(reply) if method == "EvaluateStream" else reply
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in caught.value.details()
+    g, _ = notebook_first_example()
+    assert stub.Evaluate(pb.EvaluateRequest(graph=g.proto())).values[-1] == 80.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"outputs": [9]}, "outputs[0] = 9 is out of range"),
+        ({"seeds": [1.0, 2.0]}, "seeds has 2 entries but there are 1 outputs"),
+        ({"nodes": [1, 5]}, "nodes[1] = 5 is out of range"),
+        ({"selection": pb.SELECTION_ALL, "nodes": [1]}, "nodes must be empty"),
+        ({"selection": 7}, "unknown selection 7"),
+    ],
+)
+def test_bad_request_options_are_invalid_argument(stub, changes, message):
+    g, _ = notebook_first_example()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), **changes))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in caught.value.details()
+
+
+def test_a_failing_plugin_is_internal_without_leaking_its_error(caplog):
+    def broken(x):
+        raise RuntimeError("secret plugin detail")
+
+    op = Op("broken", 1, forward=broken, backward=lambda g, y, x: (g,))
+    registry = {"broken": LoadedOp(op, "broken", "test", "0")}
+    g = GraphBuilder()
+    g.op("broken", g.leaf(1.0))
+    with serving(registry) as stub:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert "node 1: op 'broken' failed in forward" in caught.value.details()
+        assert "secret" not in caught.value.details()
+        assert "secret plugin detail" in caplog.text
+
+
+class SlowOp:
+    """An op that takes 10 ms a group and counts its calls: long graphs take long."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(0.01)
+        return x
+
+    def op(self) -> Op:
+        return Op("slow", 1, forward=self.forward, backward=lambda g, y, x: (g,))
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_streaming_call_stops_computing_when_the_client_goes_away(how):
+    slow = SlowOp()
+    registry = {"slow": LoadedOp(slow.op(), "slow", "test", "0")}
+    g = GraphBuilder()
+    y = g.leaf(1.0)
+    for _ in range(1000):  # 1000 levels: 10 s of work if nobody stops it
+        y = g.op("slow", y)
+    with serving(registry) as stub:
+        request = pb.EvaluateRequest(graph=g.proto())
+        if how == "cancel":
+            call = stub.EvaluateStream(request)
+            threading.Timer(0.3, call.cancel).start()
+            expected = grpc.StatusCode.CANCELLED
+        else:
+            call = stub.EvaluateStream(request, timeout=0.3)
+            expected = grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.RpcError) as caught:
+            list(call)
+        assert caught.value.code() == expected
+        time.sleep(0.2)
+        calls_after_stop = slow.calls
+        time.sleep(0.3)
+        assert slow.calls == calls_after_stop < 200
+
+
+def test_health_reports_serving(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE_NAME):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    reply = next(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"gradserve.v1.GradientService", "grpc.health.v1.Health"} <= names
