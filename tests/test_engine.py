@@ -194,3 +194,21 @@ def test_should_stop_abandons_the_evaluation(ops):
     plan = compile_graph(g.arrays(), ops)
     with pytest.raises(Cancelled):
         evaluate(plan, np.array(g.leaf_values), np.array([9]), np.ones(1), lambda: True)
+
+
+def test_input_outside_an_ops_domain_is_the_clients_error(ops):
+    g = GraphBuilder()
+    x = g.leaf(2.0)
+    y = g.leaf(-1.0)
+    g.op("log", x)
+    g.op("log", y)
+    with pytest.raises(GraphError) as caught:
+        run(g, ops)
+    assert caught.value.node == 3
+    assert "op 'log' is not defined at (-1.0)" in str(caught.value)
+
+
+def test_domain_that_fails_is_an_op_failure(ops):
+    bad = {"bad": Op("bad", 1, np.negative, lambda g, y, x: (-g,), domain=raise_error)}
+    with pytest.raises(OpFailure, match="failed in forward"):
+        run(one_bad_node(), bad)

@@ -58,16 +58,31 @@ def evaluate(
 
 
 def _forward(group: Group, xs: list[np.ndarray]) -> np.ndarray:
+    op = group.op
     try:
-        y = group.op.forward(*xs)
+        inside = None if op.domain is None else op.domain(*xs)
+        if inside is None or np.all(inside):
+            with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, silently
+                y = op.forward(*xs)
     except Exception as exc:
-        raise OpFailure(group.op.name, int(group.nodes[0]), "failed in forward") from exc
+        raise OpFailure(op.name, int(group.nodes[0]), "failed in forward") from exc
+    if inside is not None and not np.all(inside):
+        if np.shape(inside) != group.nodes.shape:
+            raise OpFailure(op.name, int(group.nodes[0]), "domain returned the wrong shape")
+        first = int(np.argmin(inside))
+        args = ", ".join(repr(float(x[first])) for x in xs)
+        raise GraphError(
+            f"op {op.name!r} is not defined at ({args}); see its domain in ListOps",
+            node=int(group.nodes[first]),
+            field="graph.leaf_values",
+        )
     return _checked(group, y, "forward")
 
 
 def _backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     try:
-        local = group.op.backward(g, y, *(values[a] for a in group.args))
+        with np.errstate(all="ignore"):
+            local = group.op.backward(g, y, *(values[a] for a in group.args))
     except Exception as exc:
         raise OpFailure(group.op.name, int(group.nodes[0]), "failed in backward") from exc
     if not isinstance(local, tuple | list) or len(local) != len(group.args):

@@ -7,6 +7,7 @@ import numpy as np
 
 Forward = Callable[..., np.ndarray]
 Backward = Callable[..., Sequence[np.ndarray]]
+Domain = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Op:
     ``arity`` is the fixed number of inputs, or ``None`` for a variadic op (one or more
     inputs). ``doc`` states what the op computes, its domain and its derivative convention
     at non-differentiable points; ``ListOps`` shows it to clients.
+
+    ``domain(*xs)``, when given, returns a boolean array that is True where the inputs are
+    inside the op's domain (``x > 0`` for log). The engine checks it before ``forward`` and
+    reports inputs outside it as the client's error, naming the node; gradient checkers
+    sample test points from it.
     """
 
     name: str
@@ -30,6 +36,7 @@ class Op:
     forward: Forward
     backward: Backward
     doc: str = ""
+    domain: Domain | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

@@ -1,11 +1,17 @@
 """The standard ops, published through the ``gradserve.ops`` entry-point group.
 
-As in micrograd, each op's local derivative stands right beside its forward.
+As in micrograd, each op's local derivative stands right beside its forward. Every
+function takes and returns float64 arrays; nothing here converts user data to Python
+numbers, so no input can trigger an unbounded integer computation or a complex result.
 """
+
+import functools
 
 import numpy as np
 
 from gradserve.ops.contract import Op
+
+# --- arithmetic -------------------------------------------------------------------------
 
 
 def _add_backward(g, y, a, b):
@@ -21,6 +27,26 @@ add = Op(
 )
 
 
+def _sub_backward(g, y, a, b):
+    return g, -g
+
+
+sub = Op(
+    "sub",
+    2,
+    forward=np.subtract,
+    backward=_sub_backward,
+    doc="a - b. Defined everywhere; d/da = 1, d/db = -1.",
+)
+
+
+def _neg_backward(g, y, x):
+    return (-g,)
+
+
+neg = Op("neg", 1, forward=np.negative, backward=_neg_backward, doc="-x. d/dx = -1.")
+
+
 def _mul_backward(g, y, a, b):
     return g * b, g * a
 
@@ -32,6 +58,106 @@ mul = Op(
     backward=_mul_backward,
     doc="a * b. Defined everywhere; d/da = b, d/db = a.",
 )
+
+
+def _div_backward(g, y, a, b):
+    return g / b, -g * y / b
+
+
+div = Op(
+    "div",
+    2,
+    forward=np.divide,
+    backward=_div_backward,
+    domain=lambda a, b: b != 0,
+    doc="a / b. Domain: b != 0. d/da = 1/b, d/db = -a/b^2.",
+)
+
+
+def _sum_forward(*xs):
+    return functools.reduce(np.add, xs)
+
+
+def _sum_backward(g, y, *xs):
+    return (g,) * len(xs)
+
+
+sum_ = Op(
+    "sum",
+    None,
+    forward=_sum_forward,
+    backward=_sum_backward,
+    doc="x1 + x2 + ... + xn, for one or more inputs (variadic). d/dxi = 1.",
+)
+
+# --- powers, exponentials and logarithms ------------------------------------------------
+
+
+def _pow_domain(x, p):
+    # Real-valued powers only: a negative base needs an integer exponent, and 0 needs p >= 0.
+    return (x > 0) | ((x == 0) & (p >= 0)) | ((x < 0) & (p == np.round(p)))
+
+
+def _pow_backward(g, y, x, p):
+    dx = np.where(p == 0, 0.0, p * np.power(x, p - 1))
+    dp = np.where(x > 0, y * np.log(np.where(x > 0, x, 1.0)), 0.0)
+    return g * dx, g * dp
+
+
+pow_ = Op(
+    "pow",
+    2,
+    forward=np.power,
+    backward=_pow_backward,
+    domain=_pow_domain,
+    doc="x ** p, both inputs nodes. Domain: x > 0; x == 0 with p >= 0; x < 0 with an integer "
+    "p (real results only). d/dx = p * x^(p-1) (0 when p == 0). d/dp = x^p * log(x) where "
+    "x > 0, and 0 where x <= 0, where it does not exist over the reals: so a constant "
+    "integer exponent of a negative base, as in micrograd's e**2, gets no NaN.",
+)
+
+
+def _exp_backward(g, y, x):
+    return (g * y,)
+
+
+exp = Op(
+    "exp",
+    1,
+    forward=np.exp,
+    backward=_exp_backward,
+    doc="e^x. Defined everywhere (overflows to inf above about 709.78). d/dx = e^x.",
+)
+
+
+def _log_backward(g, y, x):
+    return (g / x,)
+
+
+log = Op(
+    "log",
+    1,
+    forward=np.log,
+    backward=_log_backward,
+    domain=lambda x: x > 0,
+    doc="Natural logarithm. Domain: x > 0. d/dx = 1/x.",
+)
+
+
+def _sqrt_backward(g, y, x):
+    return (g * 0.5 / y,)
+
+
+sqrt = Op(
+    "sqrt",
+    1,
+    forward=np.sqrt,
+    backward=_sqrt_backward,
+    domain=lambda x: x >= 0,
+    doc="Square root. Domain: x >= 0. d/dx = 1 / (2 sqrt(x)), inf at x = 0.",
+)
+
+# --- activations ------------------------------------------------------------------------
 
 
 def _tanh_backward(g, y, x):
@@ -46,4 +172,118 @@ tanh = Op(
     backward=_tanh_backward,
     doc="tanh(x), computed by the library (no overflow for large |x|). "
     "Defined everywhere; d/dx = 1 - tanh(x)^2.",
+)
+
+
+def _sigmoid_forward(x):
+    # exp of a non-positive number only, so nothing overflows for any x.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _sigmoid_backward(g, y, x):
+    return (g * y * (1.0 - y),)
+
+
+sigmoid = Op(
+    "sigmoid",
+    1,
+    forward=_sigmoid_forward,
+    backward=_sigmoid_backward,
+    doc="1 / (1 + e^-x), in a form that never overflows. Defined everywhere; "
+    "d/dx = sigmoid(x) (1 - sigmoid(x)).",
+)
+
+
+def _softplus_forward(x):
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _softplus_backward(g, y, x):
+    return (g * _sigmoid_forward(x),)
+
+
+softplus = Op(
+    "softplus",
+    1,
+    forward=_softplus_forward,
+    backward=_softplus_backward,
+    doc="log(1 + e^x), as max(x, 0) + log1p(e^-|x|) so it never overflows. Defined "
+    "everywhere; d/dx = sigmoid(x).",
+)
+
+
+def _relu_backward(g, y, x):
+    return (g * (x > 0),)
+
+
+relu = Op(
+    "relu",
+    1,
+    forward=lambda x: np.maximum(x, 0.0),
+    backward=_relu_backward,
+    doc="max(x, 0). Defined everywhere; d/dx = 1 for x > 0, else 0 (0 at x = 0, as in "
+    "micrograd and PyTorch).",
+)
+
+
+def _abs_backward(g, y, x):
+    return (g * np.sign(x),)
+
+
+abs_ = Op(
+    "abs",
+    1,
+    forward=np.abs,
+    backward=_abs_backward,
+    doc="|x|. Defined everywhere; d/dx = sign(x), 0 at x = 0 (as PyTorch).",
+)
+
+# --- trigonometry -----------------------------------------------------------------------
+
+
+def _sin_backward(g, y, x):
+    return (g * np.cos(x),)
+
+
+sin = Op("sin", 1, forward=np.sin, backward=_sin_backward, doc="sin(x). d/dx = cos(x).")
+
+
+def _cos_backward(g, y, x):
+    return (-g * np.sin(x),)
+
+
+cos = Op("cos", 1, forward=np.cos, backward=_cos_backward, doc="cos(x). d/dx = -sin(x).")
+
+# --- comparisons ------------------------------------------------------------------------
+
+
+def _max_backward(g, y, a, b):
+    # Ties split the gradient evenly, so that max(x, x) has gradient 1 with respect to x.
+    share = np.where(a == b, 0.5, 1.0)
+    return g * share * (a >= b), g * share * (b >= a)
+
+
+max_ = Op(
+    "max",
+    2,
+    forward=np.maximum,
+    backward=_max_backward,
+    doc="The larger of a and b. d/da = 1 where a > b, 0 where a < b; on a tie a and b get "
+    "half of the gradient each (as PyTorch's maximum).",
+)
+
+
+def _min_backward(g, y, a, b):
+    share = np.where(a == b, 0.5, 1.0)
+    return g * share * (a <= b), g * share * (b <= a)
+
+
+min_ = Op(
+    "min",
+    2,
+    forward=np.minimum,
+    backward=_min_backward,
+    doc="The smaller of a and b. d/da = 1 where a < b, 0 where a > b; on a tie a and b "
+    "get half of the gradient each (as PyTorch's minimum).",
 )
