@@ -4,22 +4,9 @@ import numpy as np
 import pytest
 from graphs import GraphBuilder, neuron
 
-from gradserve.ops import Op
+from gradserve.server import plan as plan_module
 from gradserve.server.errors import GraphError
-from gradserve.server.plan import GraphArrays, compile_graph
-
-# A variadic op for the tests; the core distribution ships none yet.
-SUM = Op(
-    "sum",
-    None,
-    forward=lambda *xs: np.sum(xs, axis=0),
-    backward=lambda g, y, *xs: tuple(g for _ in xs),
-)
-
-
-@pytest.fixture
-def all_ops(ops):
-    return {**ops, "sum": SUM}
+from gradserve.server.plan import GraphArrays, compile_graph, levels_of
 
 
 def arrays(op_names, node_ops, input_counts, input_ids, labels=()):
@@ -65,9 +52,9 @@ def arrays(op_names, node_ops, input_counts, input_ids, labels=()):
         "self-reference",
     ],
 )
-def test_invalid_graphs_name_the_node_and_reason(all_ops, graph, node, field, reason):
+def test_invalid_graphs_name_the_node_and_reason(ops, graph, node, field, reason):
     with pytest.raises(GraphError) as caught:
-        compile_graph(graph, all_ops)
+        compile_graph(graph, ops)
     assert caught.value.node == node
     assert caught.value.field == field
     assert reason in str(caught.value)
@@ -97,11 +84,79 @@ def test_groups_respect_dependencies_and_batch_same_level_ops(ops):
     assert done == set(range(plan.node_count))
 
 
-def test_variadic_nodes_group_by_input_count(all_ops):
+def test_variadic_nodes_group_by_input_count(ops):
     g = GraphBuilder()
     a, b, c = g.leaf(1), g.leaf(2), g.leaf(3)
     g.op("sum", a, b)
     g.op("sum", a, b, c)
     g.op("sum", c, a)
-    plan = compile_graph(g.arrays(), all_ops)
+    plan = compile_graph(g.arrays(), ops)
     assert sorted(grp.args.shape for grp in plan.groups) == [(2, 2), (3, 1)]
+
+
+def reference_levels(g: GraphBuilder) -> list[int]:
+    """Levels by the definition, one node at a time (ids are topological)."""
+    levels, position = [], 0
+    for count in g.input_counts:
+        inputs = g.input_ids[position : position + count]
+        position += count
+        levels.append(1 + max(levels[i] for i in inputs) if inputs else 0)
+    return levels
+
+
+def chain_with_branches(rng: np.random.Generator, nodes: int) -> GraphBuilder:
+    """Mostly links (one op-node input plus leaves), with joins of older nodes."""
+    g = GraphBuilder()
+    g.leaf(0.5)
+    for _ in range(nodes):
+        n = len(g.node_ops)
+        kind = rng.integers(4)
+        if kind == 0:
+            g.op("tanh", n - 1)
+        elif kind == 1:
+            g.op("add", n - 1, g.leaf(1.0))
+        elif kind == 2:
+            g.op("mul", int(rng.integers(n)), int(rng.integers(n)))
+        else:
+            g.op("mul", n - 1, n - 1)
+    return g
+
+
+def levels(g: GraphBuilder) -> list[int]:
+    a = g.arrays()
+    offsets = np.concatenate([[0], np.cumsum(a.input_counts)])
+    owners = np.repeat(np.arange(len(a.node_ops)), a.input_counts)
+    return levels_of(a.node_ops != 0, a.input_counts, offsets, a.input_ids, owners).tolist()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_levels_match_the_definition(seed):
+    g = chain_with_branches(np.random.default_rng(seed), 3000)
+    assert levels(g) == reference_levels(g)
+
+
+def test_a_pure_chain_collapses_to_one_pass(monkeypatch):
+    g = GraphBuilder()
+    y = g.leaf(0.5)
+    for k in range(20_000):
+        y = g.op("tanh", y) if k % 2 else g.op("add", y, g.leaf(0.1))
+    monkeypatch.setattr(plan_module, "_levels_in_id_order", None)  # must not be needed
+    assert levels(g) == reference_levels(g)
+
+
+def test_deep_graphs_without_chains_take_the_per_node_pass(monkeypatch):
+    # Every node reads the two before it: each pass of Kahn's algorithm would see one node.
+    g = GraphBuilder()
+    g.leaf(1.0)
+    g.leaf(1.0)
+    for n in range(2, 6000):
+        g.op("add", n - 1, n - 2)
+    fallbacks = []
+    per_node = plan_module._levels_in_id_order
+    monkeypatch.setattr(
+        plan_module,
+        "_levels_in_id_order",
+        lambda *args: fallbacks.append(1) or per_node(*args),
+    )
+    assert levels(g) == reference_levels(g)
+    assert fallbacks == [1]

@@ -67,8 +67,9 @@ def compile_graph(graph: GraphArrays, ops: Mapping[str, Op]) -> Plan:
     _check_arity(table, node_ops, counts)
     offsets = np.zeros(n + 1, dtype=_ID)
     np.cumsum(counts, out=offsets[1:])
-    _check_inputs(n, counts, input_ids)
-    levels = _levels(counts, offsets, input_ids)
+    owners = np.repeat(np.arange(n, dtype=_ID), counts)  # the node that reads each input
+    _check_inputs(n, owners, input_ids)
+    levels = levels_of(node_ops != 0, counts, offsets, input_ids, owners)
     return Plan(
         node_count=n,
         leaves=np.flatnonzero(node_ops == 0),
@@ -143,8 +144,7 @@ def _check_arity(table: list[Op | None], node_ops: np.ndarray, counts: np.ndarra
         raise GraphError(reason, node=node, field="graph.input_counts")
 
 
-def _check_inputs(n: int, counts: np.ndarray, input_ids: np.ndarray) -> None:
-    owners = np.repeat(np.arange(n, dtype=_ID), counts)
+def _check_inputs(n: int, owners: np.ndarray, input_ids: np.ndarray) -> None:
     bad = np.flatnonzero(input_ids >= owners)
     if bad.size:
         first = int(bad[0])
@@ -159,12 +159,88 @@ def _check_inputs(n: int, counts: np.ndarray, input_ids: np.ndarray) -> None:
         raise GraphError(reason, node=node, field="graph.input_ids")
 
 
-def _levels(counts: np.ndarray, offsets: np.ndarray, input_ids: np.ndarray) -> np.ndarray:
+def levels_of(
+    is_op: np.ndarray,
+    counts: np.ndarray,
+    offsets: np.ndarray,
+    input_ids: np.ndarray,
+    owners: np.ndarray,
+) -> np.ndarray:
     """Level of each node: 0 for leaves, else one more than its deepest input.
 
-    One pass in id order suffices because ids are topological. Plain Python lists make
-    the per-node step cheap; there is no recursion, so depth does not matter.
+    Whole-array work, in two steps. First, a "link" is an op node whose op-node inputs are
+    all one node, its parent (``y = tanh(x)``, ``y = x + c`` with c a leaf): its level is its
+    parent's plus one, so pointer jumping gives every link its distance to the first non-link
+    ancestor (its root) in about log2(depth) passes. Long chains collapse this way. Second,
+    the non-link op nodes get their levels by Kahn's algorithm over the contracted graph, one
+    vectorized pass per level, with the links' distances as edge weights. Graphs that are
+    deep without being chains would need a pass per level of narrow work; for them the
+    plain pass in id order (:func:`_levels_in_id_order`) is quicker, and taken instead.
     """
+    n = len(counts)
+    level = np.zeros(n, dtype=_ID)
+    from_op = is_op[input_ids]
+    edge_src, edge_dst = input_ids[from_op], owners[from_op]  # edges between op nodes
+    if edge_src.size == 0:
+        level[is_op] = 1
+        return level
+
+    # Step 1: links and their distance to their root.
+    op_inputs = np.bincount(edge_dst, minlength=n)
+    has_op_input = np.flatnonzero(op_inputs)
+    first_edge = (np.cumsum(op_inputs) - op_inputs)[has_op_input]
+    lowest = np.minimum.reduceat(edge_src, first_edge)
+    highest = np.maximum.reduceat(edge_src, first_edge)
+    is_link = np.zeros(n, dtype=bool)
+    links = has_op_input[lowest == highest]
+    is_link[links] = True
+    root = np.arange(n, dtype=_ID)
+    root[links] = lowest[lowest == highest]
+    dist = is_link.astype(_ID)
+    jumping = links
+    while jumping.size:
+        up = root[jumping]
+        dist[jumping] += dist[up]
+        root[jumping] = root[up]
+        jumping = jumping[is_link[root[jumping]]]
+
+    # Step 2: Kahn's algorithm over the non-link op nodes.
+    into_root = ~is_link[edge_dst]
+    src = root[edge_src[into_root]]
+    dst = edge_dst[into_root]
+    weight = dist[edge_src[into_root]] + 1
+    waiting = np.bincount(dst, minlength=n)
+    by_src = np.argsort(src, kind="stable")
+    src_start = np.searchsorted(src[by_src], np.arange(n + 1))
+    frontier = np.flatnonzero(is_op & ~is_link & (waiting == 0))
+    level[frontier] = 1
+    slot = np.empty(n, dtype=_ID)
+    narrow_passes = 0
+    while frontier.size:
+        if frontier.size < _NARROW:
+            narrow_passes += 1
+            if narrow_passes > _NARROW_PASSES:
+                return _levels_in_id_order(counts, offsets, input_ids)
+        begin, end = src_start[frontier], src_start[frontier + 1]
+        sizes = end - begin
+        edges = by_src[np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())]
+        targets = dst[edges]
+        np.maximum.at(level, targets, level[src[edges]] + weight[edges])
+        np.subtract.at(waiting, targets, 1)
+        ready = targets[waiting[targets] == 0]
+        slot[ready] = np.arange(len(ready))  # dedupe without sorting: the last write wins
+        frontier = ready[slot[ready] == np.arange(len(ready))]
+    level[links] = level[root[links]] + dist[links]
+    return level
+
+
+_NARROW = 64  # nodes in a Kahn pass below which a pass costs more than it does
+_NARROW_PASSES = 4096  # narrow passes tolerated before switching to the per-node loop
+
+
+def _levels_in_id_order(counts: np.ndarray, offsets: np.ndarray, input_ids: np.ndarray):
+    """The same levels by one pass in id order (ids are topological): Python lists make the
+    per-node step cheap, and there is no recursion, so depth does not matter."""
     level = [0] * len(counts)
     ids = input_ids.tolist()
     for node, (start, count) in enumerate(zip(offsets.tolist(), counts.tolist(), strict=False)):
