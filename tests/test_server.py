@@ -20,10 +20,10 @@ from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 
 @contextmanager
-def serving(registry):
+def serving(registry, **options):
     """A stub on a fresh server that loads only ``registry``."""
     with (
-        running_server(registry) as server,
+        running_server(registry, **options) as server,
         grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         yield pb_grpc.GradientServiceStub(channel)

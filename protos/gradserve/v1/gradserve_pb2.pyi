@@ -35,42 +35,54 @@ class Graph(_message.Message):
     def __init__(self, op_names: _Optional[_Iterable[str]] = ..., node_ops: _Optional[_Iterable[int]] = ..., input_counts: _Optional[_Iterable[int]] = ..., input_ids: _Optional[_Iterable[int]] = ..., leaf_values: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("graph", "outputs", "seeds", "selection", "nodes", "chunk_size")
+    __slots__ = ("graph", "outputs", "seeds", "selection", "nodes", "chunk_size", "plan_digest", "rows")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     graph: Graph
     outputs: _containers.RepeatedScalarFieldContainer[int]
     seeds: _containers.RepeatedScalarFieldContainer[float]
     selection: Selection
     nodes: _containers.RepeatedScalarFieldContainer[int]
     chunk_size: int
-    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., outputs: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[float]] = ..., selection: _Optional[_Union[Selection, str]] = ..., nodes: _Optional[_Iterable[int]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    plan_digest: bytes
+    rows: int
+    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., outputs: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[float]] = ..., selection: _Optional[_Union[Selection, str]] = ..., nodes: _Optional[_Iterable[int]] = ..., chunk_size: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("node_ids", "values", "grads")
+    __slots__ = ("node_ids", "values", "grads", "plan_digest", "rows")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     grads: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ...) -> None: ...
+    plan_digest: bytes
+    rows: int
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class GradientChunk(_message.Message):
-    __slots__ = ("node_ids", "values", "grads", "total_nodes")
+    __slots__ = ("node_ids", "values", "grads", "total_nodes", "plan_digest", "rows")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_NODES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     grads: _containers.RepeatedScalarFieldContainer[float]
     total_nodes: int
-    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., total_nodes: _Optional[int] = ...) -> None: ...
+    plan_digest: bytes
+    rows: int
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., total_nodes: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class ListOpsRequest(_message.Message):
     __slots__ = ()

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.server.plan_cache import DEFAULT_MAX_NODES, PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.servicer import GradientServicer
 from gradserve.v1 import gradserve_pb2 as pb
@@ -40,6 +41,7 @@ def start_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     threads: int = 8,
     reuse_port: bool = False,
+    plan_cache_nodes: int = DEFAULT_MAX_NODES,
 ) -> RunningServer:
     """Start serving on ``address`` (port 0 picks a free port) and return the bound port.
 
@@ -55,7 +57,8 @@ def start_server(
             ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
-    pb_grpc.add_GradientServiceServicer_to_server(GradientServicer(registry), server)
+    servicer = GradientServicer(registry, PlanCache(plan_cache_nodes))
+    pb_grpc.add_GradientServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.registry import PluginError, load_registry
 
 log = logging.getLogger("gradserve")
@@ -46,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
             address=address,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             threads=args.threads,
+            plan_cache_nodes=args.plan_cache_nodes,
         )
     except RuntimeError as exc:
         log.error("cannot listen on %s: %s", address, exc)
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--threads", type=int, default=_env("threads", 8), help="handler threads (default 8)"
+    )
+    serve.add_argument(
+        "--plan-cache-nodes",
+        type=int,
+        default=_env("plan-cache-nodes", DEFAULT_MAX_NODES),
+        help=f"total nodes of compiled plans kept for reuse (default {DEFAULT_MAX_NODES:,})",
     )
     serve.add_argument(
         "--ops", default=_env("ops", None), help="comma-separated allow-list of ops to load"

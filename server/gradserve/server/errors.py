@@ -31,3 +31,13 @@ class OpFailure(EvaluationError):
 
 class Cancelled(EvaluationError):
     """The caller went away (cancelled, or its deadline passed); the work was abandoned."""
+
+
+class PlanNotFound(EvaluationError):
+    """A request named a plan digest this server does not hold (evicted, or never seen)."""
+
+    def __init__(self, digest: bytes) -> None:
+        super().__init__(
+            f"no cached plan with digest {digest.hex()}: it was evicted or compiled by another "
+            "server process; send the whole graph again"
+        )

@@ -10,17 +10,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import grpc
-import numpy as np
 
 from gradserve.server import wire
-from gradserve.server.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.errors import Cancelled, GraphError, OpFailure, PlanNotFound
 from gradserve.server.evaluate import evaluate
-from gradserve.server.plan import compile_graph
+from gradserve.server.plan import Plan, compile_graph
+from gradserve.server.plan_cache import PlanCache, structure_digest
 from gradserve.server.registry import LoadedOp
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
-DEFAULT_CHUNK_NODES = 65_536  # 20 bytes a node on the wire: about 1.3 MB per chunk
+DEFAULT_CHUNK_NODES = 65_536  # node results (20 bytes each on the wire): ~1.3 MB a chunk
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         yield record
     except GraphError as exc:
         record.code = grpc.StatusCode.INVALID_ARGUMENT
+        context.abort(record.code, str(exc))
+    except PlanNotFound as exc:
+        record.code = grpc.StatusCode.NOT_FOUND
         context.abort(record.code, str(exc))
     except OpFailure as exc:
         # A plugin bug: the client learns which op and node; the plugin's own error text
@@ -65,43 +68,75 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         )
 
 
+class _Results:
+    """The selected nodes' results, shaped (len(ids), rows), and the plan's digest."""
+
+    def __init__(self, ids, values, grads, digest) -> None:
+        self.ids, self.values, self.grads, self.digest = ids, values, grads, digest
+
+
 class GradientServicer(pb_grpc.GradientServiceServicer):
-    def __init__(self, registry: Mapping[str, LoadedOp]) -> None:
+    def __init__(self, registry: Mapping[str, LoadedOp], plan_cache: PlanCache) -> None:
         self._registry = registry
         self._ops = {name: loaded.op for name, loaded in registry.items()}
+        self._plans = plan_cache
+
+    def _plan(self, request: pb.EvaluateRequest) -> tuple[Plan, bytes]:
+        """The request's plan from the cache, compiling (and caching) it on a miss."""
+        if request.plan_digest:
+            if wire.has_structure(request.graph):
+                raise GraphError(
+                    "send either a graph structure or a plan_digest, not both",
+                    field="plan_digest",
+                )
+            plan = self._plans.get(request.plan_digest)
+            if plan is None:
+                raise PlanNotFound(request.plan_digest)
+            return plan, request.plan_digest
+        graph = wire.graph_arrays(request.graph)
+        digest = structure_digest(graph)
+        plan = self._plans.get(digest)
+        if plan is None:
+            plan = compile_graph(graph, self._ops)
+            self._plans.put(digest, plan)
+        return plan, digest
 
     def _evaluate(
         self, request: pb.EvaluateRequest, stop: threading.Event, record: _CallRecord
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The selected node ids with their values and gradients."""
-        record.nodes = len(request.graph.node_ops)
-        plan = compile_graph(wire.graph_arrays(request.graph), self._ops)
+    ) -> _Results:
+        plan, digest = self._plan(request)
+        record.nodes = plan.node_count
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
-        values, grads = evaluate(plan, wire.leaf_values(request), outputs, seeds, stop.is_set)
-        return selected, values[selected], grads[selected]
+        leaves = wire.leaf_rows(request, plan)
+        values, grads = evaluate(plan, leaves, outputs, seeds, stop.is_set)
+        return _Results(selected, values[selected], grads[selected], digest)
 
     def Evaluate(self, request, context):
         stop = threading.Event()
         context.add_callback(stop.set)
         with _call("Evaluate", context) as record:
-            ids, values, grads = self._evaluate(request, stop, record)
-            response = pb.EvaluateResponse()
-            wire.fill_results(response, ids, values, grads)
+            results = self._evaluate(request, stop, record)
+            response = pb.EvaluateResponse(plan_digest=results.digest)
+            wire.fill_results(response, results.ids, results.values, results.grads)
             return response
 
     def EvaluateStream(self, request, context):
         stop = threading.Event()
         context.add_callback(stop.set)
         with _call("EvaluateStream", context) as record:
-            ids, values, grads = self._evaluate(request, stop, record)
-            chunk = min(request.chunk_size or DEFAULT_CHUNK_NODES, DEFAULT_CHUNK_NODES)
-            for start in range(0, len(ids), chunk):
+            results = self._evaluate(request, stop, record)
+            rows = results.values.shape[1]
+            limit = max(1, DEFAULT_CHUNK_NODES // rows)
+            chunk = min(request.chunk_size or limit, limit)
+            for start in range(0, len(results.ids), chunk):
                 if stop.is_set():
                     raise Cancelled()
                 part = slice(start, start + chunk)
-                message = pb.GradientChunk(total_nodes=len(ids))
-                wire.fill_results(message, ids[part], values[part], grads[part])
+                message = pb.GradientChunk(total_nodes=len(results.ids), plan_digest=results.digest)
+                wire.fill_results(
+                    message, results.ids[part], results.values[part], results.grads[part]
+                )
                 yield message
 
     def ListOps(self, request, context):

@@ -21,8 +21,25 @@ def graph_arrays(graph: pb.Graph) -> GraphArrays:
     )
 
 
-def leaf_values(request: pb.EvaluateRequest) -> np.ndarray:
-    return _array(request.graph.leaf_values, np.float64)
+def has_structure(graph: pb.Graph) -> bool:
+    """Whether the graph carries a structure (anything but leaf values)."""
+    return bool(
+        graph.op_names or graph.node_ops or graph.input_counts or graph.input_ids or graph.labels
+    )
+
+
+def leaf_rows(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
+    """The leaf values as an array of shape (rows, leaves)."""
+    values = _array(request.graph.leaf_values, np.float64)
+    rows = request.rows or 1
+    leaves = len(plan.leaves)
+    if rows > 1 and len(values) != rows * leaves:
+        raise GraphError(
+            f"leaf_values has {len(values)} entries; {rows} rows of {leaves} leaves need "
+            f"{rows * leaves}",
+            field="graph.leaf_values",
+        )
+    return values.reshape(rows, -1) if rows > 1 else values[None, :]
 
 
 def _check_ids(ids: np.ndarray, plan: Plan, field: str) -> None:
@@ -74,7 +91,11 @@ def selected_nodes(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
 
 
 def fill_results(message, ids: np.ndarray, values: np.ndarray, grads: np.ndarray) -> None:
-    """Set the parallel result arrays of an EvaluateResponse or GradientChunk."""
+    """Set the result arrays of an EvaluateResponse or GradientChunk.
+
+    ``values`` and ``grads`` have shape (len(ids), rows); the wire wants them row by row.
+    """
     message.node_ids.extend(ids.tolist())
-    message.values.extend(values.tolist())
-    message.grads.extend(grads.tolist())
+    message.values.extend(values.T.ravel().tolist())
+    message.grads.extend(grads.T.ravel().tolist())
+    message.rows = values.shape[1]

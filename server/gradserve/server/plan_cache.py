@@ -1,0 +1,68 @@
+"""Compiled plans kept by the digest of their graph's structure, least recently used first
+out, bounded by the total number of nodes they hold."""
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from gradserve.server.plan import GraphArrays, Plan
+
+DEFAULT_MAX_NODES = 20_000_000  # about 1 GB of plans for graphs like an MLP
+
+
+def structure_digest(graph: GraphArrays) -> bytes:
+    """A 16-byte digest of everything in a graph except its leaf values.
+
+    SHA-256 over the arrays as uint32 (their wire type): about 11 ms for an 800k-node graph,
+    where BLAKE2b over int64 took 31 ms.
+    """
+    h = hashlib.sha256()
+    for text in (graph.op_names, graph.labels):
+        h.update(len(text).to_bytes(8, "little"))
+        for item in text:
+            encoded = item.encode()
+            h.update(len(encoded).to_bytes(8, "little") + encoded)
+    for array in (graph.node_ops, graph.input_counts, graph.input_ids):
+        data = np.ascontiguousarray(array, dtype=np.uint32)
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data.data)
+    return h.digest()[:16]
+
+
+class PlanCache:
+    """Thread-safe LRU of plans. A plan larger than the whole budget is not kept."""
+
+    def __init__(self, max_nodes: int = DEFAULT_MAX_NODES) -> None:
+        self.max_nodes = max_nodes
+        self._plans: OrderedDict[bytes, Plan] = OrderedDict()
+        self._nodes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, digest: bytes) -> Plan | None:
+        with self._lock:
+            plan = self._plans.get(digest)
+            if plan is None:
+                self.misses += 1
+                return None
+            self._plans.move_to_end(digest)
+            self.hits += 1
+            return plan
+
+    def put(self, digest: bytes, plan: Plan) -> None:
+        if plan.node_count > self.max_nodes:
+            return
+        with self._lock:
+            if digest in self._plans:
+                return
+            self._plans[digest] = plan
+            self._nodes += plan.node_count
+            while self._nodes > self.max_nodes:
+                _, evicted = self._plans.popitem(last=False)
+                self._nodes -= evicted.node_count
+
+    def __len__(self) -> int:
+        return len(self._plans)

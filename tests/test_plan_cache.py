@@ -1,0 +1,136 @@
+"""Plan caching: the LRU itself, and reuse of a compiled structure by digest over gRPC."""
+
+import math
+
+import grpc
+import numpy as np
+import pytest
+from graphs import GraphBuilder, neuron
+from test_server import serving
+
+from gradserve.server import servicer as servicer_module
+from gradserve.server.plan import compile_graph
+from gradserve.server.plan_cache import PlanCache, structure_digest
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def chain(length: int, start: float = 0.5) -> GraphBuilder:
+    g = GraphBuilder()
+    y = g.leaf(start)
+    for _ in range(length - 1):
+        y = g.op("tanh", y)
+    return g
+
+
+def test_digest_ignores_leaf_values_but_not_structure():
+    a, b = chain(5, 0.5), chain(5, -2.0)
+    assert structure_digest(a.arrays()) == structure_digest(b.arrays())
+    assert structure_digest(a.arrays()) != structure_digest(chain(6).arrays())
+    relabelled = chain(5)
+    relabelled.labels[0] = "x"
+    assert structure_digest(relabelled.arrays()) != structure_digest(a.arrays())
+
+
+def test_lru_is_bounded_by_total_nodes(ops):
+    cache = PlanCache(max_nodes=25)
+    plans = {size: compile_graph(chain(size).arrays(), ops) for size in (10, 11, 12, 30)}
+    cache.put(b"10", plans[10])
+    cache.put(b"11", plans[11])
+    assert cache.get(b"10") is plans[10]  # now most recently used
+    cache.put(b"12", plans[12])  # 33 nodes > 25: evicts the least recently used, "11"
+    assert cache.get(b"11") is None
+    assert cache.get(b"10") is plans[10] and cache.get(b"12") is plans[12]
+    cache.put(b"30", plans[30])  # larger than the whole budget: not kept
+    assert cache.get(b"30") is None
+    assert (cache.hits, cache.misses) == (3, 2)
+
+
+def neuron_closed_form(x1, x2, w1, w2, b):
+    o = math.tanh(x1 * w1 + x2 * w2 + b)
+    slope = 1 - o * o
+    return o, [slope * w1, slope * w2, slope * x1, slope * x2, slope]
+
+
+def test_second_call_by_digest_reuses_the_plan(stub, monkeypatch):
+    g, _ = neuron()
+    first = stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_LEAVES))
+    assert len(first.plan_digest) == 16
+
+    compiled = []
+    monkeypatch.setattr(
+        servicer_module, "compile_graph", lambda *a: compiled.append(1) or compile_graph(*a)
+    )
+    leaves = [1.5, -0.5, 0.25, 2.0, -0.1]
+    request = pb.EvaluateRequest(
+        graph=pb.Graph(leaf_values=leaves),
+        plan_digest=first.plan_digest,
+        selection=pb.SELECTION_LEAVES,
+    )
+    reply = stub.Evaluate(request)
+    _, grads = neuron_closed_form(*leaves)
+    assert reply.plan_digest == first.plan_digest
+    assert list(reply.values) == leaves
+    assert list(reply.grads) == pytest.approx(grads, rel=1e-12)
+    # And a full graph with the same structure hits the cache too.
+    stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    assert compiled == []
+
+
+def test_evicted_digest_is_not_found_and_resending_the_graph_works(registry):
+    with serving(registry, plan_cache_nodes=15) as stub:
+        small, large = chain(10), chain(12)
+        digest = stub.Evaluate(pb.EvaluateRequest(graph=small.proto())).plan_digest
+        stub.Evaluate(pb.EvaluateRequest(graph=large.proto()))  # 22 nodes > 15: evicts small
+        request = pb.EvaluateRequest(graph=pb.Graph(leaf_values=[0.5]), plan_digest=digest)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Evaluate(request)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "send the whole graph again" in caught.value.details()
+        assert stub.Evaluate(pb.EvaluateRequest(graph=small.proto())).plan_digest == digest
+
+
+def test_structure_and_digest_together_are_invalid(stub):
+    g, _ = neuron()
+    digest = stub.Evaluate(pb.EvaluateRequest(graph=g.proto())).plan_digest
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), plan_digest=digest))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "either a graph structure or a plan_digest" in caught.value.details()
+
+
+@pytest.mark.parametrize("method", ["Evaluate", "EvaluateStream"])
+def test_batch_rows_are_evaluated_together(stub, method):
+    g, _ = neuron()
+    rng = np.random.default_rng(7)
+    rows = rng.uniform(-2, 2, size=(64, 5))
+    graph = g.proto()
+    del graph.leaf_values[:]
+    graph.leaf_values.extend(rows.ravel())
+    request = pb.EvaluateRequest(
+        graph=graph, rows=64, selection=pb.SELECTION_NODES, nodes=[0, 1, 2, 3, 4, 9], chunk_size=4
+    )
+    if method == "Evaluate":
+        replies = [stub.Evaluate(request)]
+    else:
+        replies = list(stub.EvaluateStream(request))
+        assert [len(r.node_ids) for r in replies] == [4, 2]
+    for reply in replies:
+        assert reply.rows == 64
+        k = len(reply.node_ids)
+        values = np.array(reply.values).reshape(64, k)
+        grads = np.array(reply.grads).reshape(64, k)
+        for r, leaves in enumerate(rows):
+            o, leaf_grads = neuron_closed_form(*leaves)
+            expected = dict(zip(range(5), leaf_grads, strict=True)) | {9: 1.0}
+            expected_values = dict(enumerate(leaves)) | {9: o}
+            for j, node in enumerate(reply.node_ids):
+                assert values[r, j] == pytest.approx(expected_values[node], rel=1e-12)
+                assert grads[r, j] == pytest.approx(expected[node], rel=1e-12, abs=1e-15)
+
+
+def test_rows_must_match_the_leaf_values(stub):
+    g, _ = neuron()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), rows=2))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "2 rows of 5 leaves need 10" in caught.value.details()
