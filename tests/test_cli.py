@@ -1,13 +1,16 @@
-"""The `gradserve` command as a user runs it: serve, health, shutdown, start-up errors."""
+"""The `gradserve` command as a user runs it: serve, health, workers, shutdown, errors."""
 
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from graphs import neuron
 
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
@@ -15,21 +18,49 @@ from gradserve.v1 import gradserve_pb2 as pb
 GRADSERVE = str(Path(sys.executable).parent / "gradserve")
 
 
-def start_serving(*flags: str) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen(
-        [GRADSERVE, "serve", "--port", "0", *flags],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if match := re.search(r"serving on [\d.]+:(\d+)", line):
-            return process, int(match.group(1))
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    pytest.fail("the server did not report its port")
+class Served:
+    """A `gradserve serve` subprocess whose log lines are collected as they come."""
+
+    def __init__(self, *flags: str) -> None:
+        self.process = subprocess.Popen(
+            [GRADSERVE, "serve", "--port", "0", *flags], stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._collect, daemon=True).start()
+        match = self.wait_for(r"serving on [\d.]+:(\d+)")
+        self.port = int(match.group(1))
+
+    def _collect(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if match := re.search(pattern, self.log):
+                return match
+            if self.process.poll() is not None and not self.lines:
+                break
+            time.sleep(0.05)
+        self.process.kill()
+        pytest.fail(f"no log line matched {pattern!r}:\n{''.join(self.lines)}")
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=30)
+        time.sleep(0.1)  # let the collector read the last lines
+        return code
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
 
 
 def health(port: int) -> subprocess.CompletedProcess:
@@ -42,18 +73,13 @@ def health(port: int) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_reports_serving_then_shuts_down_gracefully(signum):
-    process, port = start_serving()
-    try:
-        probe = health(port)
+    with Served("--workers", "1") as served:
+        probe = health(served.port)
         assert probe.returncode == 0, probe.stderr
         assert "SERVING" in probe.stdout
-        process.send_signal(signum)
-        _, err = process.communicate(timeout=20)
-        assert process.returncode == 0
-        assert "NOT_SERVING" in err and "stopped" in err
-        assert "Traceback" not in err
-    finally:
-        process.kill()
+        assert served.stop(signum) == 0
+        assert "NOT_SERVING" in served.log and "stopped" in served.log
+        assert "Traceback" not in served.log
 
 
 def test_health_fails_when_nothing_listens():
@@ -63,14 +89,11 @@ def test_health_fails_when_nothing_listens():
 
 
 def test_ops_allow_list_limits_the_loaded_ops():
-    process, port = start_serving("--ops", "add,mul")
-    try:
-        channel, stub = connect(f"127.0.0.1:{port}")
+    with Served("--ops", "add,mul", "--workers", "1") as served:
+        channel, stub = connect(f"127.0.0.1:{served.port}")
         with channel:
             names = [op.name for op in stub.ListOps(pb.ListOpsRequest()).ops]
         assert names == ["add", "mul"]
-    finally:
-        process.kill()
 
 
 def test_an_allow_list_naming_a_missing_op_stops_start_up():
@@ -85,14 +108,43 @@ def test_an_allow_list_naming_a_missing_op_stops_start_up():
     assert "Traceback" not in result.stderr
 
 
-def test_a_port_in_use_is_a_clear_error():
-    process, port = start_serving()
-    try:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_a_clear_error(workers):
+    with Served("--workers", workers) as served:
         result = subprocess.run(
-            [GRADSERVE, "serve", "--port", str(port)], capture_output=True, text=True, timeout=30
+            [GRADSERVE, "serve", "--port", str(served.port), "--workers", workers],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 2
-        assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+        assert f"cannot listen on 127.0.0.1:{served.port}" in result.stderr
         assert "Traceback" not in result.stderr
-    finally:
-        process.kill()
+
+
+def worker_pids(log: str) -> set[int]:
+    return {int(pid) for pid in re.findall(r" (\d+) INFO \S+: worker serving", log)}
+
+
+def test_workers_share_the_port_and_a_dead_worker_is_replaced():
+    with Served("--workers", "2") as served:
+        served.wait_for(r"(?s:worker serving.*){2}")
+        first = worker_pids(served.log)
+        assert len(first) == 2 and os.getpid() not in first
+        g, ids = neuron()
+        for _ in range(16):  # new connections: the kernel spreads them over the workers
+            channel, stub = connect(f"127.0.0.1:{served.port}")
+            with channel:
+                reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+            assert reply.grads[ids["x1"]] == pytest.approx(-1.5, rel=1e-12)
+        time.sleep(0.2)
+        handled = {int(pid) for pid in re.findall(r" (\d+) INFO \S+: Evaluate ", served.log)}
+        assert handled == first
+
+        victim = first.pop()
+        os.kill(victim, signal.SIGKILL)
+        served.wait_for(rf"worker {victim} exited .*restarting it")
+        served.wait_for(r"(?s:worker serving.*){3}")
+        assert health(served.port).returncode == 0
+        assert served.stop() == 0
+        assert "stopped" in served.log and "Traceback" not in served.log

@@ -8,16 +8,15 @@ GRADSERVE_MAX_MESSAGE_MB); a flag on the command line wins.
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, start_server
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.registry import PluginError, load_registry
+from gradserve.server.workers import serve_workers, stop_signal_event
 
 log = logging.getLogger("gradserve")
 
@@ -40,23 +39,37 @@ def _serve(args: argparse.Namespace) -> int:
     if not registry:
         log.error("cannot start: no ops loaded (is gradserve-ops-core installed?)")
         return 2
-    address = f"{args.host}:{args.port}"
-    try:
-        running = start_server(
+
+    def start(address: str, reuse_port: bool) -> RunningServer:
+        return start_server(
             registry,
             address=address,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             threads=args.threads,
             plan_cache_nodes=args.plan_cache_nodes,
+            reuse_port=reuse_port,
         )
-    except RuntimeError as exc:
+
+    def run_worker(port: int) -> None:
+        stopping = stop_signal_event()
+        running = start(f"{args.host}:{port}", True)
+        log.info("worker serving")
+        stopping.wait()
+        running.stop(args.grace)
+
+    describe = "ops: " + ", ".join(sorted(registry))
+    address = f"{args.host}:{args.port}"
+    try:
+        if args.workers > 1:
+            return serve_workers(
+                run_worker, host=args.host, port=args.port, workers=args.workers, describe=describe
+            )
+        stopping = stop_signal_event()
+        running = start(address, False)
+    except (OSError, RuntimeError) as exc:
         log.error("cannot listen on %s: %s", address, exc)
         return 2
-
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    log.info("serving on %s:%d with ops: %s", args.host, running.port, ", ".join(sorted(registry)))
+    log.info("serving on %s:%d; %s", args.host, running.port, describe)
     stopping.wait()
     log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
     running.stop(args.grace)
@@ -97,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default 10)",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=_env("workers", os.cpu_count() or 1),
+        help="server processes sharing the port (default: the number of cores)",
+    )
+    serve.add_argument(
         "--threads", type=int, default=_env("threads", 8), help="handler threads (default 8)"
     )
     serve.add_argument(
@@ -129,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
     return args.run(args)
 
