@@ -17,7 +17,7 @@ def check_ops(
 ) -> int:
     """Print a gradcheck line per op (with the distribution that supplied it); 0 if all pass."""
     failures = 0
-    for name, loaded in sorted(registry.items()):
+    for _, loaded in sorted(registry.items()):
         result = gradcheck(loaded.op, points=points, seed=seed)
         failures += not result.ok
         print(f"{result}  [{loaded.distribution} {loaded.version}]", file=out)
