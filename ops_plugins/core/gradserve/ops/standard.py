@@ -94,7 +94,7 @@ sum_ = Op(
     None,
     forward=_sum_forward,
     backward=_sum_backward,
-    doc="x1 + x2 + ... + xn, for one or more inputs (variadic). d/dxi = 1.",
+    doc="x1 + x2 + ... + xn, for one or more inputs (variadic). Defined everywhere; d/dxi = 1.",
 )
 
 # --- powers, exponentials and logarithms ------------------------------------------------
@@ -294,8 +294,8 @@ max_ = Op(
     2,
     forward=np.maximum,
     backward=_max_backward,
-    doc="The larger of a and b. d/da = 1 where a > b, 0 where a < b; on a tie a and b get "
-    "half of the gradient each (as PyTorch's maximum).",
+    doc="The larger of a and b. Defined everywhere; d/da = 1 where a > b, 0 where a < b; "
+    "on a tie a and b get half of the gradient each (as PyTorch's maximum).",
 )
 
 
@@ -309,6 +309,6 @@ min_ = Op(
     2,
     forward=np.minimum,
     backward=_min_backward,
-    doc="The smaller of a and b. d/da = 1 where a < b, 0 where a > b; on a tie a and b "
-    "get half of the gradient each (as PyTorch's minimum).",
+    doc="The smaller of a and b. Defined everywhere; d/da = 1 where a < b, 0 where a > b; "
+    "on a tie a and b get half of the gradient each (as PyTorch's minimum).",
 )
