@@ -6,7 +6,9 @@ Plugin authors can use this without a server::
     result = gradcheck(my_op)
     assert result.ok, result
 
-Test points are drawn at random (float64, reproducible with ``seed``) and kept only where
+Test points are drawn at random (float64, reproducible with ``seed``; a quarter of them on
+the integers, where kinks and ties usually are, so that skipping them is exercised) and kept
+only where
 every input, moved by the finite-difference step in either direction, stays inside the op's
 ``domain`` and the forward is finite. Points near a kink (relu at 0, a tie of max or min) are
 dropped too: there the one-sided slopes over a wider step ``KINK_STEP`` disagree, which a
@@ -127,6 +129,8 @@ def _sample(op: Op, n_inputs: int, points: int, rng: np.random.Generator) -> lis
     count = 0
     for _ in range(_SAMPLING_ROUNDS):
         candidates = [rng.normal(0.0, 2.0, size=4 * points) for _ in range(n_inputs)]
+        for x in candidates:  # a quarter on the integers: kinks and ties live there
+            x[::4] = np.round(x[::4])
         keep = _smooth_points(op, candidates)
         found.append([x[keep] for x in candidates])
         count += int(keep.sum())
