@@ -52,6 +52,10 @@ WRONG = {
     ),
     "wrong shape": (Op("s", 1, lambda x: x[:1], lambda g, y, x: (g,)), "forward returned"),
     "wrong dtype": (Op("s", 1, lambda x: x.astype(complex), lambda g, y, x: (g,)), "complex128"),
+    "domain of the wrong shape": (
+        Op("s", 1, np.sin, lambda g, y, x: (g * np.cos(x),), domain=lambda x: x[:1] > 0),
+        "domain returned shape (1,)",
+    ),
     "empty domain": (
         Op("s", 1, np.sin, lambda g, y, x: (g * np.cos(x),), domain=lambda x: x != x),
         "only 0 smooth points",
@@ -143,3 +147,9 @@ def test_ops_check_of_an_unknown_op_is_a_clear_error():
     assert result.returncode == 2
     assert "no loaded op is called 'nosuch'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ops_check_rejects_a_point_count_below_one():
+    result = ops_check("--points", "0")
+    assert result.returncode == 2
+    assert "must be at least 1, got 0" in result.stderr

@@ -77,6 +77,13 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _ops_check(args: argparse.Namespace) -> int:
     registry = load_registry()
     if args.op is not None:
@@ -133,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="check every op's backward against central finite differences"
     )
     check.add_argument("--op", help="check only this op")
-    check.add_argument("--points", type=int, default=200, help="random points per op")
+    check.add_argument(
+        "--points", type=_positive_int, default=200, help="random points per op (default 200)"
+    )
     check.add_argument("--seed", type=int, default=0, help="seed of the random points")
     check.set_defaults(run=_ops_check)
     return parser

@@ -7,12 +7,12 @@ Plugin authors can use this without a server::
     assert result.ok, result
 
 Test points are drawn at random (float64, reproducible with ``seed``; a quarter of them on
-the integers, where kinks and ties usually are, so that skipping them is exercised) and kept
-only where
-every input, moved by the finite-difference step in either direction, stays inside the op's
-``domain`` and the forward is finite. Points near a kink (relu at 0, a tie of max or min) are
-dropped too: there the one-sided slopes over a wider step ``KINK_STEP`` disagree, which a
-smooth function's do not. Each analytic gradient is computed for a random upstream gradient
+the integers, where kinks and ties usually are, so that skipping them is exercised). A point
+is kept only where each input, moved by ``KINK_STEP`` (relative) either way, stays inside the
+op's ``domain`` with a finite forward, and where the one-sided slopes over that step agree:
+near a kink (relu at 0, a tie of max or min) they disagree and finite differences mean
+nothing, while a smooth function's agree. A variadic op is checked with ``VARIADIC_INPUTS``
+inputs. Each analytic gradient is computed for a random upstream gradient
 ``g``, so a backward that forgets to multiply by ``g`` fails. The tolerances are those of
 PyTorch's ``gradcheck``: ``|analytic - numeric| <= atol + rtol * |numeric|``.
 """
@@ -97,9 +97,12 @@ def _inside(op: Op, xs: list[np.ndarray]) -> np.ndarray:
         return np.ones(xs[0].shape, dtype=bool)
     try:
         with np.errstate(all="ignore"):
-            return np.asarray(op.domain(*xs), dtype=bool)
+            inside = np.asarray(op.domain(*xs), dtype=bool)
     except Exception as exc:
         raise _Broken(f"domain raised {exc!r}") from exc
+    if inside.shape != xs[0].shape:
+        raise _Broken(f"domain returned shape {inside.shape}, expected {xs[0].shape}")
+    return inside
 
 
 def _shifted(xs: list[np.ndarray], i: int, delta: np.ndarray) -> list[np.ndarray]:
@@ -141,6 +144,8 @@ def _sample(op: Op, n_inputs: int, points: int, rng: np.random.Generator) -> lis
 
 def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
     """Compare ``op.backward`` with central finite differences at ``points`` random points."""
+    if points < 1:
+        raise ValueError(f"points must be at least 1, got {points}")
     n_inputs = VARIADIC_INPUTS if op.arity is None else op.arity
     rng = np.random.default_rng(seed)
     try:
