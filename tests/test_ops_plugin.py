@@ -2,6 +2,7 @@
 and uninstalling it into this environment adds and removes its ops on a real server."""
 
 import math
+import re
 import subprocess
 import sys
 from decimal import Decimal, getcontext
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from graphs import GraphBuilder
 from test_cli import start_serving
+from test_ops_gradcheck import ops_check
 
 from gradserve.client import connect
 from gradserve.ops.gradcheck import gradcheck
@@ -117,6 +119,10 @@ def test_install_then_uninstall_adds_then_removes_the_ops(environment_restored):
         assert uv_pip("uninstall", DISTRIBUTION).returncode == 0
     installed = uv_pip("install", str(SPECIAL))
     assert installed.returncode == 0, installed.stderr
+    checked = ops_check()
+    assert checked.returncode == 0, checked.stdout
+    for name in ("erf", "gelu", "logaddexp"):
+        assert re.search(rf"^ok   {name} .*\[{DISTRIBUTION} 0.1.0\]$", checked.stdout, re.M)
 
     ops, reply = evaluate_on_a_new_server(special_graph())
     for name, arity in [("erf", 1), ("gelu", 1), ("logaddexp", 2)]:
