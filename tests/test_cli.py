@@ -4,63 +4,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 from graphs import neuron
+from servers import GRADSERVE, Served
 
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
-
-GRADSERVE = str(Path(sys.executable).parent / "gradserve")
-
-
-class Served:
-    """A `gradserve serve` subprocess whose log lines are collected as they come."""
-
-    def __init__(self, *flags: str) -> None:
-        self.process = subprocess.Popen(
-            [GRADSERVE, "serve", "--port", "0", *flags], stderr=subprocess.PIPE, text=True
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
-        match = self.wait_for(r"serving on [\d.]+:(\d+)")
-        self.port = int(match.group(1))
-
-    def _collect(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if match := re.search(pattern, self.log):
-                return match
-            if self.process.poll() is not None and not self.lines:
-                break
-            time.sleep(0.05)
-        self.process.kill()
-        pytest.fail(f"no log line matched {pattern!r}:\n{''.join(self.lines)}")
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.process.send_signal(signum)
-        code = self.process.wait(timeout=30)
-        time.sleep(0.1)  # let the collector read the last lines
-        return code
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.process.kill()
-        self.process.wait()
 
 
 def health(port: int) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 from graphs import GraphBuilder, neuron
-from test_server import serving
+from servers import serving
 
 from gradserve.server import servicer as servicer_module
 from gradserve.server.plan import compile_graph

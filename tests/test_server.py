@@ -3,7 +3,6 @@
 import math
 import threading
 import time
-from contextlib import contextmanager
 
 import grpc
 import numpy as np
@@ -11,22 +10,13 @@ import pytest
 from graphs import GraphBuilder, neuron, notebook_first_example
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from servers import serving
 
 from gradserve.ops import Op
-from gradserve.server.app import SERVICE_NAME, running_server
+from gradserve.server.app import SERVICE_NAME
 from gradserve.server.registry import LoadedOp
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
-
-
-@contextmanager
-def serving(registry, **options):
-    """A stub on a fresh server that loads only ``registry``."""
-    with (
-        running_server(registry, **options) as server,
-        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        yield pb_grpc.GradientServiceStub(channel)
 
 
 def test_evaluate_the_notebook_neuron(stub):

@@ -1,4 +1,5 @@
-"""The ``gradserve`` command: ``serve`` runs the server, ``health`` probes one.
+"""The ``gradserve`` command: ``serve`` runs the server, ``health`` probes one, ``ops check``
+gradient-checks the installed ops.
 
 Every option can also be set by an environment variable, GRADSERVE_ plus the option's
 name in capitals with dashes as underscores (``--max-message-mb`` is
@@ -14,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, start_server
+from gradserve.server.ops_check import check_ops
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.workers import serve_workers, stop_signal_event
@@ -90,6 +92,23 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _ops_check(args: argparse.Namespace) -> int:
+    registry = load_registry()
+    if args.op is not None:
+        if args.op not in registry:
+            log.error("cannot check: no loaded op is called %r", args.op)
+            return 2
+        registry = {args.op: registry[args.op]}
+    return check_ops(registry, points=args.points, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradserve", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--service", default="", help="service name ('' = whole server)")
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     probe.set_defaults(run=_health)
+
+    ops = commands.add_parser("ops", help="inspect the installed ops")
+    ops_commands = ops.add_subparsers(dest="ops_command", required=True)
+    check = ops_commands.add_parser(
+        "check", help="check every op's backward against central finite differences"
+    )
+    check.add_argument("--op", help="check only this op")
+    check.add_argument(
+        "--points", type=_positive_int, default=200, help="random points per op (default 200)"
+    )
+    check.add_argument("--seed", type=int, default=0, help="seed of the random points")
+    check.set_defaults(run=_ops_check)
     return parser
 
 

@@ -44,7 +44,13 @@ def _neg_backward(g, y, x):
     return (-g,)
 
 
-neg = Op("neg", 1, forward=np.negative, backward=_neg_backward, doc="-x. d/dx = -1.")
+neg = Op(
+    "neg",
+    1,
+    forward=np.negative,
+    backward=_neg_backward,
+    doc="-x. Defined everywhere; d/dx = -1.",
+)
 
 
 def _mul_backward(g, y, a, b):
@@ -70,7 +76,8 @@ div = Op(
     forward=np.divide,
     backward=_div_backward,
     domain=lambda a, b: b != 0,
-    doc="a / b. Domain: b != 0. d/da = 1/b, d/db = -a/b^2.",
+    doc="a / b. Domain: b != 0 (a zero divisor is the client's error, not inf). "
+    "d/da = 1/b, d/db = -a/b^2.",
 )
 
 
@@ -87,7 +94,7 @@ sum_ = Op(
     None,
     forward=_sum_forward,
     backward=_sum_backward,
-    doc="x1 + x2 + ... + xn, for one or more inputs (variadic). d/dxi = 1.",
+    doc="x1 + x2 + ... + xn, for one or more inputs (variadic). Defined everywhere; d/dxi = 1.",
 )
 
 # --- powers, exponentials and logarithms ------------------------------------------------
@@ -111,8 +118,9 @@ pow_ = Op(
     backward=_pow_backward,
     domain=_pow_domain,
     doc="x ** p, both inputs nodes. Domain: x > 0; x == 0 with p >= 0; x < 0 with an integer "
-    "p (real results only). d/dx = p * x^(p-1) (0 when p == 0). d/dp = x^p * log(x) where "
-    "x > 0, and 0 where x <= 0, where it does not exist over the reals: so a constant "
+    "p (real results only, never complex). d/dx = p * x^(p-1) (0 when p == 0; inf at "
+    "x == 0 for 0 < p < 1). d/dp = x^p * log(x) where x > 0; 0 at x == 0 (the limit from "
+    "x > 0 for p > 0) and where x < 0, where it does not exist over the reals: so a constant "
     "integer exponent of a negative base, as in micrograd's e**2, gets no NaN.",
 )
 
@@ -162,7 +170,9 @@ sqrt = Op(
 
 def _tanh_backward(g, y, x):
     # The upstream gradient g multiplies the local derivative (the notebook forgot it).
-    return (g * (1.0 - y * y),)
+    # 1/cosh(x)^2 rather than 1 - tanh(x)^2, which rounds to 0 for |x| > 19 and loses all
+    # relative accuracy well before; cosh overflowing to inf gives the right limit, 0.
+    return (g / np.square(np.cosh(x)),)
 
 
 tanh = Op(
@@ -171,7 +181,7 @@ tanh = Op(
     forward=np.tanh,
     backward=_tanh_backward,
     doc="tanh(x), computed by the library (no overflow for large |x|). "
-    "Defined everywhere; d/dx = 1 - tanh(x)^2.",
+    "Defined everywhere; d/dx = 1 - tanh(x)^2, computed as 1/cosh(x)^2.",
 )
 
 
@@ -182,7 +192,10 @@ def _sigmoid_forward(x):
 
 
 def _sigmoid_backward(g, y, x):
-    return (g * y * (1.0 - y),)
+    # e^-|x| / (1 + e^-|x|)^2 rather than y (1 - y): 1 - y rounds to 0 for x > 37, where the
+    # derivative is still about e^-x.
+    e = np.exp(-np.abs(x))
+    return (g * (e / np.square(1.0 + e)),)
 
 
 sigmoid = Op(
@@ -191,7 +204,7 @@ sigmoid = Op(
     forward=_sigmoid_forward,
     backward=_sigmoid_backward,
     doc="1 / (1 + e^-x), in a form that never overflows. Defined everywhere; "
-    "d/dx = sigmoid(x) (1 - sigmoid(x)).",
+    "d/dx = sigmoid(x) (1 - sigmoid(x)), computed as e^-|x| / (1 + e^-|x|)^2.",
 )
 
 
@@ -246,14 +259,26 @@ def _sin_backward(g, y, x):
     return (g * np.cos(x),)
 
 
-sin = Op("sin", 1, forward=np.sin, backward=_sin_backward, doc="sin(x). d/dx = cos(x).")
+sin = Op(
+    "sin",
+    1,
+    forward=np.sin,
+    backward=_sin_backward,
+    doc="sin(x), x in radians. Defined everywhere; d/dx = cos(x).",
+)
 
 
 def _cos_backward(g, y, x):
     return (-g * np.sin(x),)
 
 
-cos = Op("cos", 1, forward=np.cos, backward=_cos_backward, doc="cos(x). d/dx = -sin(x).")
+cos = Op(
+    "cos",
+    1,
+    forward=np.cos,
+    backward=_cos_backward,
+    doc="cos(x), x in radians. Defined everywhere; d/dx = -sin(x).",
+)
 
 # --- comparisons ------------------------------------------------------------------------
 
@@ -269,8 +294,8 @@ max_ = Op(
     2,
     forward=np.maximum,
     backward=_max_backward,
-    doc="The larger of a and b. d/da = 1 where a > b, 0 where a < b; on a tie a and b get "
-    "half of the gradient each (as PyTorch's maximum).",
+    doc="The larger of a and b. Defined everywhere; d/da = 1 where a > b, 0 where a < b; "
+    "on a tie a and b get half of the gradient each (as PyTorch's maximum).",
 )
 
 
@@ -284,6 +309,6 @@ min_ = Op(
     2,
     forward=np.minimum,
     backward=_min_backward,
-    doc="The smaller of a and b. d/da = 1 where a < b, 0 where a > b; on a tie a and b "
-    "get half of the gradient each (as PyTorch's minimum).",
+    doc="The smaller of a and b. Defined everywhere; d/da = 1 where a < b, 0 where a > b; "
+    "on a tie a and b get half of the gradient each (as PyTorch's minimum).",
 )

@@ -1,0 +1,181 @@
+"""Check an op's backward against central finite differences of its forward.
+
+Plugin authors can use this without a server::
+
+    from gradserve.ops.gradcheck import gradcheck
+    result = gradcheck(my_op)
+    assert result.ok, result
+
+Test points are drawn at random (float64, reproducible with ``seed``; a quarter of them on
+the integers, where kinks and ties usually are, so that skipping them is exercised). A point
+is kept only where each input, moved by ``KINK_STEP`` (relative) either way, stays inside the
+op's ``domain`` with a finite forward, and where the one-sided slopes over that step agree:
+near a kink (relu at 0, a tie of max or min) they disagree and finite differences mean
+nothing, while a smooth function's agree. A variadic op is checked with ``VARIADIC_INPUTS``
+inputs. Each analytic gradient is computed for a random upstream gradient
+``g``, so a backward that forgets to multiply by ``g`` fails. The tolerances are those of
+PyTorch's ``gradcheck``: ``|analytic - numeric| <= atol + rtol * |numeric|``.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradserve.ops.contract import Op
+
+STEP = 1e-6  # finite-difference step, relative to max(1, |x|)
+KINK_STEP = 1e-3  # wider step whose one-sided slopes must agree at a smooth point
+ATOL = 1e-5
+RTOL = 1e-3
+VARIADIC_INPUTS = 3  # how many inputs a variadic op is checked with
+_SAMPLING_ROUNDS = 20
+
+
+class _Broken(Exception):
+    """The op's forward or backward raised or returned something malformed."""
+
+
+@dataclass(frozen=True)
+class GradcheckResult:
+    """The outcome for one op. The worst point is the one whose error is the largest share
+    of its tolerance: ``worst_error`` is |analytic - numeric| there, ``worst_share`` that
+    error over the tolerance (above 1 fails), ``worst_point`` the inputs. ``problem`` says
+    why the op failed, if it did."""
+
+    op: str
+    ok: bool
+    points: int
+    worst_error: float = np.nan
+    worst_share: float = np.nan
+    worst_point: tuple[float, ...] | None = None
+    problem: str = ""
+
+    def __str__(self) -> str:
+        status = "ok  " if self.ok else "FAIL"
+        if self.worst_point is None:
+            return f"{status} {self.op:<12} {self.problem}"
+        line = (
+            f"{status} {self.op:<12} worst |analytic - numeric| = {self.worst_error:.2e}"
+            f" ({self.worst_share:.2g} of tolerance)"
+        )
+        line += " at (" + ", ".join(f"{x:.6g}" for x in self.worst_point) + ")"
+        line += f" over {self.points} points"
+        return line + (f": {self.problem}" if self.problem else "")
+
+
+def _arrays(phase: str, results, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The op's results as float64 arrays of ``shape``, or _Broken saying what is wrong."""
+    for r in results:
+        if not isinstance(r, np.ndarray) or r.dtype.kind not in "fiu" or r.shape != shape:
+            what = f"{r.dtype} {r.shape}" if isinstance(r, np.ndarray) else type(r).__name__
+            raise _Broken(f"{phase} returned {what}, expected float64 {shape}")
+    return [r.astype(np.float64, copy=False) for r in results]
+
+
+def _forward(op: Op, xs: list[np.ndarray]) -> np.ndarray:
+    try:
+        with np.errstate(all="ignore"):
+            y = op.forward(*xs)
+    except Exception as exc:
+        raise _Broken(f"forward raised {exc!r}") from exc
+    return _arrays("forward", [y], xs[0].shape)[0]
+
+
+def _backward(op: Op, g: np.ndarray, y: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
+    try:
+        with np.errstate(all="ignore"):
+            grads = op.backward(g, y, *xs)
+    except Exception as exc:
+        raise _Broken(f"backward raised {exc!r}") from exc
+    if not isinstance(grads, tuple | list) or len(grads) != len(xs):
+        raise _Broken(f"backward must return {len(xs)} gradient(s), one per input")
+    return _arrays("backward", grads, xs[0].shape)
+
+
+def _inside(op: Op, xs: list[np.ndarray]) -> np.ndarray:
+    if op.domain is None:
+        return np.ones(xs[0].shape, dtype=bool)
+    try:
+        with np.errstate(all="ignore"):
+            inside = np.asarray(op.domain(*xs), dtype=bool)
+    except Exception as exc:
+        raise _Broken(f"domain raised {exc!r}") from exc
+    if inside.shape != xs[0].shape:
+        raise _Broken(f"domain returned shape {inside.shape}, expected {xs[0].shape}")
+    return inside
+
+
+def _shifted(xs: list[np.ndarray], i: int, delta: np.ndarray) -> list[np.ndarray]:
+    return [x + delta if k == i else x for k, x in enumerate(xs)]
+
+
+def _smooth_points(op: Op, xs: list[np.ndarray]) -> np.ndarray:
+    """Mask of the candidate points where finite differences of ``op`` can be trusted."""
+    y = _forward(op, xs)
+    keep = _inside(op, xs) & np.isfinite(y)
+    for i, x in enumerate(xs):
+        scale = np.maximum(1.0, np.abs(x))
+        wide = KINK_STEP * scale
+        ahead, behind = (_shifted(xs, i, s * wide) for s in (1.0, -1.0))
+        keep &= _inside(op, ahead) & _inside(op, behind)
+        with np.errstate(all="ignore"):
+            up = (_forward(op, ahead) - y) / wide
+            down = (y - _forward(op, behind)) / wide
+            keep &= np.isfinite(up) & np.isfinite(down)
+            keep &= np.abs(up - down) <= 0.5 * (np.abs(up) + np.abs(down)) + ATOL
+    return keep
+
+
+def _sample(op: Op, n_inputs: int, points: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to ``points`` random points, one array per input, where the op is smooth."""
+    found: list[list[np.ndarray]] = []
+    count = 0
+    for _ in range(_SAMPLING_ROUNDS):
+        candidates = [rng.normal(0.0, 2.0, size=4 * points) for _ in range(n_inputs)]
+        for x in candidates:  # a quarter on the integers: kinks and ties live there
+            x[::4] = np.round(x[::4])
+        keep = _smooth_points(op, candidates)
+        found.append([x[keep] for x in candidates])
+        count += int(keep.sum())
+        if count >= points:
+            break
+    return [np.concatenate(column)[:points] for column in zip(*found, strict=True)]
+
+
+def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
+    """Compare ``op.backward`` with central finite differences at ``points`` random points."""
+    if points < 1:
+        raise ValueError(f"points must be at least 1, got {points}")
+    n_inputs = VARIADIC_INPUTS if op.arity is None else op.arity
+    rng = np.random.default_rng(seed)
+    try:
+        xs = _sample(op, n_inputs, points, rng)
+        found = len(xs[0])
+        if found < points:
+            problem = f"only {found} smooth points inside its domain, {points} wanted"
+            return GradcheckResult(op.name, False, found, problem=problem)
+        y = _forward(op, xs)
+        g = rng.normal(0.0, 1.0, size=found)
+        analytic = _backward(op, g, y, xs)
+        errors = np.zeros((n_inputs, found))
+        shares = np.zeros((n_inputs, found))
+        for i, x in enumerate(xs):
+            h = STEP * np.maximum(1.0, np.abs(x))
+            ahead, behind = _forward(op, _shifted(xs, i, h)), _forward(op, _shifted(xs, i, -h))
+            numeric = g * (ahead - behind) / (2.0 * h)
+            errors[i] = np.abs(analytic[i] - numeric)
+            shares[i] = errors[i] / (ATOL + RTOL * np.abs(numeric))
+    except _Broken as exc:
+        return GradcheckResult(op.name, False, 0, problem=str(exc))
+    shares[np.isnan(shares)] = np.inf  # a NaN gradient where the numeric one is finite
+    failed = int(np.count_nonzero((shares > 1.0).any(axis=0)))
+    i, worst = np.unravel_index(int(np.argmax(shares)), shares.shape)
+    return GradcheckResult(
+        op.name,
+        ok=failed == 0,
+        points=found,
+        worst_error=float(errors[i, worst]),
+        worst_share=float(shares[i, worst]),
+        worst_point=tuple(float(x[worst]) for x in xs),
+        problem=f"{failed} of {found} points outside tolerance" if failed else "",
+    )
