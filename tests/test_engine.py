@@ -9,7 +9,7 @@ from graphs import GraphBuilder, neuron, notebook_first_example
 from gradserve.ops import Op
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.evaluate import evaluate
-from gradserve.server.plan import compile_graph
+from gradserve.server.plan import Stretch, compile_graph
 
 
 def run(builder: GraphBuilder, ops, outputs=None, seeds=None):
@@ -212,3 +212,67 @@ def test_domain_that_fails_is_an_op_failure(ops):
     bad = {"bad": Op("bad", 1, np.negative, lambda g, y, x: (-g,), domain=raise_error)}
     with pytest.raises(OpFailure, match="failed in forward"):
         run(one_bad_node(), bad)
+
+
+def long_chain_with_fan_out(length: int) -> GraphBuilder:
+    """A chain (one node per level, so the plan runs it as a Stretch) whose nodes are also
+    read again further down, and which mixes unary and binary ops."""
+    g = GraphBuilder()
+    x, c = g.leaf(0.3), g.leaf(0.7)
+    y = x
+    steps = [("tanh",), ("mul", c), ("add", x), ("sin",)]
+    for k in range(length):
+        name, *others = steps[k % 4]
+        y = g.op(name, y, *others)
+    return g
+
+
+def test_a_chain_runs_as_a_stretch_with_correct_gradients(ops):
+    g = long_chain_with_fan_out(200)
+    plan = compile_graph(g.arrays(), ops)
+    assert [type(step).__name__ for step in plan.steps] == ["Stretch"]
+    leaves = np.array(g.leaf_values)
+    out = np.array([plan.node_count - 1])
+    _, grads = evaluate(plan, leaves, out, np.ones(1))
+    for k in range(2):
+        h = 1e-6
+        up, down = leaves.copy(), leaves.copy()
+        up[k] += h
+        down[k] -= h
+        f_up = evaluate(plan, up, out, np.ones(1))[0][-1]
+        f_down = evaluate(plan, down, out, np.ones(1))[0][-1]
+        numeric = (f_up - f_down) / (2 * h)
+        assert grads[k] == pytest.approx(numeric, rel=1e-6)
+    # Several rows through the same stretch give each row's own single-row result.
+    rows = np.array([[0.3, 0.7], [-0.2, 1.1], [0.9, -0.4]])
+    batch_values, batch_grads = evaluate(plan, rows, out, np.ones(1))
+    for r, row in enumerate(rows):
+        single_values, single_grads = evaluate(plan, row, out, np.ones(1))
+        assert batch_values[:, r] == pytest.approx(single_values, rel=1e-15)
+        assert batch_grads[:, r] == pytest.approx(single_grads, rel=1e-12)
+
+
+def test_a_domain_error_inside_a_stretch_names_the_first_bad_node(ops):
+    g = GraphBuilder()
+    y = g.leaf(-0.5)
+    for _ in range(40):
+        y = g.op("neg", y)  # an even number of negations: back to -0.5
+    g.op("log", y)  # log(-0.5) at the end: its first bad node
+    plan = compile_graph(g.arrays(), ops)
+    assert isinstance(plan.steps[0], Stretch)
+    with pytest.raises(GraphError) as caught:
+        evaluate(plan, np.array(g.leaf_values), np.array([plan.node_count - 1]), np.ones(1))
+    assert caught.value.node == plan.node_count - 1
+    assert "op 'log' is not defined at (-0.5)" in str(caught.value)
+
+
+def test_a_failing_op_inside_a_stretch_is_an_op_failure(ops):
+    bad = {**ops, "bad": Op("bad", 1, raise_error, lambda g, y, x: (g,))}
+    g = GraphBuilder()
+    y = g.leaf(1.0)
+    for _ in range(30):
+        y = g.op("tanh", y)
+    g.op("bad", y)
+    with pytest.raises(OpFailure) as caught:
+        run(g, bad)
+    assert (caught.value.op, caught.value.node) == ("bad", 31)

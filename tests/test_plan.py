@@ -64,21 +64,21 @@ def test_invalid_graphs_name_the_node_and_reason(ops, graph, node, field, reason
 
 def test_unused_unknown_op_names_are_ignored(ops):
     plan = compile_graph(arrays(["nosuch", "tanh"], [0, 2], [0, 1], [0]), ops)
-    assert [g.op.name for g in plan.groups] == ["tanh"]
+    assert [g.op.name for g in plan.steps] == ["tanh"]
 
 
 def test_groups_respect_dependencies_and_batch_same_level_ops(ops):
     g, _ = neuron()
     plan = compile_graph(g.arrays(), ops)
     # mul, mul at level 1 form one group; then add, add, tanh one per level.
-    assert [(grp.op.name, len(grp.nodes)) for grp in plan.groups] == [
+    assert [(grp.op.name, len(grp.nodes)) for grp in plan.steps] == [
         ("mul", 2),
         ("add", 1),
         ("add", 1),
         ("tanh", 1),
     ]
     done = set(plan.leaves.tolist())
-    for group in plan.groups:
+    for group in plan.steps:
         assert set(group.args.ravel().tolist()) <= done
         done |= set(group.nodes.tolist())
     assert done == set(range(plan.node_count))
@@ -91,7 +91,7 @@ def test_variadic_nodes_group_by_input_count(ops):
     g.op("sum", a, b, c)
     g.op("sum", c, a)
     plan = compile_graph(g.arrays(), ops)
-    assert sorted(grp.args.shape for grp in plan.groups) == [(2, 2), (3, 1)]
+    assert sorted(grp.args.shape for grp in plan.steps) == [(2, 2), (3, 1)]
 
 
 def reference_levels(g: GraphBuilder) -> list[int]:

@@ -1,8 +1,9 @@
-"""Run a Plan: forward over its groups, then reverse-mode autodiff back over them.
+"""Run a Plan: forward over its steps, then reverse-mode autodiff back over them.
 
-Each group is one vectorized call of its op. Gradients are scatter-added (``np.add.at``)
-so that a node read by several nodes, or twice by one node as in ``x*x``, receives every
-contribution. Nothing here recurses, so graph depth is limited only by memory.
+Each Group is one vectorized call of its op; a Stretch (a chain) runs node by node. Gradients
+are scatter-added (``np.add.at``) so that a node read by several nodes, or twice by one node
+as in ``x*x``, receives every contribution. Nothing here recurses, so graph depth is limited
+only by memory.
 """
 
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.plan import Group, Plan
+from gradserve.server.plan import Group, Plan, Stretch
 
 
 def _never() -> bool:
@@ -37,18 +38,24 @@ def evaluate(
     _check_leaf_count(plan, rows.shape[1])
     values = np.empty((plan.node_count, rows.shape[0]), dtype=np.float64)
     values[plan.leaves] = rows.T
-    for group in plan.groups:
+    for step in plan.steps:
         if should_stop():
             raise Cancelled()
-        values[group.nodes] = _forward(group, [values[a] for a in group.args])
+        if isinstance(step, Stretch):
+            _forward_stretch(step, values, should_stop)
+        else:
+            values[step.nodes] = _forward(step, [values[a] for a in step.args])
 
     grads = np.zeros_like(values)
     np.add.at(grads, outputs, np.asarray(seeds, dtype=np.float64)[:, None])
-    for group in reversed(plan.groups):
+    for step in reversed(plan.steps):
         if should_stop():
             raise Cancelled()
-        local = _backward(group, grads[group.nodes], values[group.nodes], values)
-        for arg, grad in zip(group.args, local, strict=True):
+        if isinstance(step, Stretch):
+            _backward_stretch(step, values, grads)
+            continue
+        local = _backward(step, grads[step.nodes], values[step.nodes], values)
+        for arg, grad in zip(step.args, local, strict=True):
             np.add.at(grads, arg, grad)
     return (values[:, 0], grads[:, 0]) if single_row else (values, grads)
 
@@ -106,6 +113,72 @@ def _backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) ->
             f"backward must return {len(group.args)} gradient(s), one per input",
         )
     return [_checked(group, d, "backward", g.shape) for d in local]
+
+
+def _forward_stretch(stretch: Stretch, values: np.ndarray, should_stop: Callable) -> None:
+    """Run a chain node by node; check the op domains afterwards, part by part."""
+    rows = values.shape[1:]
+    offsets = stretch.input_offsets.tolist()
+    inputs = stretch.inputs.tolist()
+    nodes = stretch.nodes.tolist()
+    with np.errstate(all="ignore"):
+        for position, (op, node) in enumerate(zip(stretch.ops, nodes, strict=True)):
+            if should_stop():  # every node: a slow plugin op may take long for each
+                raise Cancelled()
+            xs = [values[i] for i in inputs[offsets[position] : offsets[position + 1]]]
+            try:
+                y = op.forward(*xs)
+            except Exception as exc:
+                raise OpFailure(op.name, node, "failed in forward") from exc
+            if type(y) is not np.ndarray or y.dtype != np.float64 or y.shape != rows:
+                single = Group(op, stretch.nodes[position : position + 1], None)
+                y = _checked(single, y, "forward", rows)
+            values[node] = y
+    first_outside = None
+    for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
+        if part.op.domain is None:
+            continue
+        try:
+            _forward(part, [values[a] for a in part.args])  # raises GraphError when outside
+        except GraphError as exc:
+            position = int(positions[np.flatnonzero(part.nodes == exc.node)[0]])
+            if first_outside is None or position < first_outside[0]:
+                first_outside = (position, exc)
+    if first_outside is not None:
+        raise first_outside[1]
+
+
+def _backward_stretch(stretch: Stretch, values: np.ndarray, grads: np.ndarray) -> None:
+    """Local derivatives of the whole chain in one call per part (backward with an upstream
+    gradient of 1: an op's backward is linear in it), then propagation node by node."""
+    local = np.empty((len(stretch.inputs), values.shape[1]))
+    for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
+        y = values[part.nodes]
+        derivatives = _backward(part, np.ones_like(y), y, values)
+        edges = stretch.input_offsets[positions] + np.arange(len(part.args))[:, None]
+        local[edges] = np.stack(derivatives)
+    offsets = stretch.input_offsets.tolist()
+    if values.shape[1] == 1:
+        # One row: Python floats on a compact copy of the gradients the chain touches.
+        touched, compact = np.unique(
+            np.concatenate([stretch.nodes, stretch.inputs]), return_inverse=True
+        )
+        g = grads[touched, 0].tolist()
+        nodes = compact[: len(stretch.nodes)].tolist()
+        inputs = compact[len(stretch.nodes) :].tolist()
+        d = local[:, 0].tolist()
+        for position in range(len(nodes) - 1, -1, -1):
+            upstream = g[nodes[position]]
+            for edge in range(offsets[position], offsets[position + 1]):
+                g[inputs[edge]] += upstream * d[edge]
+        grads[touched, 0] = g
+        return
+    nodes = stretch.nodes.tolist()
+    inputs = stretch.inputs.tolist()
+    for position in range(len(nodes) - 1, -1, -1):
+        upstream = grads[nodes[position]]
+        for edge in range(offsets[position], offsets[position + 1]):
+            grads[inputs[edge]] += upstream * local[edge]
 
 
 def _checked(group: Group, result: object, phase: str, expected_shape: tuple) -> np.ndarray:

@@ -42,12 +42,30 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Stretch:
+    """A run of levels that hold one node each: a chain, like ``tanh(tanh(x + c) + c)``.
+
+    One vectorized call per node would cost more in overhead than in arithmetic, so the
+    forward runs these nodes one after another in a tight loop, and the backward gets every
+    node's local derivatives from one call per part (the nodes grouped by op and input
+    count), then propagates gradients through them in a loop.
+    """
+
+    nodes: np.ndarray  # shape (s,), in forward order
+    ops: tuple[Op, ...]  # the op of each node
+    input_offsets: np.ndarray  # shape (s + 1,): node i reads inputs[offsets[i]:offsets[i + 1]]
+    inputs: np.ndarray
+    parts: tuple[Group, ...]  # the same nodes by (op, input count); args index values
+    part_positions: tuple[np.ndarray, ...]  # each part's nodes as positions in ``nodes``
+
+
+@dataclass(frozen=True)
 class Plan:
     """A validated, scheduled graph; immutable, so it can be reused with new leaf values."""
 
     node_count: int
     leaves: np.ndarray  # the ids of the leaf nodes, increasing
-    groups: tuple[Group, ...]  # in an order where every group's inputs come earlier
+    steps: tuple[Group | Stretch, ...]  # in an order where every step's inputs come earlier
     labels: tuple[str, ...]
 
     def describe(self, node: int) -> str:
@@ -73,7 +91,7 @@ def compile_graph(graph: GraphArrays, ops: Mapping[str, Op]) -> Plan:
     return Plan(
         node_count=n,
         leaves=np.flatnonzero(node_ops == 0),
-        groups=_group(table, node_ops, counts, offsets, input_ids, levels),
+        steps=_schedule(table, node_ops, counts, offsets, input_ids, levels),
         labels=tuple(graph.labels),
     )
 
@@ -254,25 +272,60 @@ def _levels_in_id_order(counts: np.ndarray, offsets: np.ndarray, input_ids: np.n
     return np.array(level, dtype=_ID)
 
 
-def _group(
+MIN_STRETCH = 16  # consecutive one-node levels that run faster as a Stretch than as Groups
+
+
+def _schedule(
     table: list[Op | None],
     node_ops: np.ndarray,
     counts: np.ndarray,
     offsets: np.ndarray,
     input_ids: np.ndarray,
     levels: np.ndarray,
-) -> tuple[Group, ...]:
+) -> tuple[Group | Stretch, ...]:
+    """The op nodes as Groups by (level, op, input count), in level order, except that runs
+    of at least MIN_STRETCH one-node groups become Stretches."""
     op_nodes = np.flatnonzero(node_ops != 0)
     if op_nodes.size == 0:
         return ()
     order = op_nodes[np.lexsort((counts[op_nodes], node_ops[op_nodes], levels[op_nodes]))]
     keys = np.stack([levels[order], node_ops[order], counts[order]])
-    starts = np.flatnonzero(np.any(keys[:, 1:] != keys[:, :-1], axis=0)) + 1
-    bounds = [0, *starts.tolist(), len(order)]
-    groups = []
-    for start, end in itertools.pairwise(bounds):
-        nodes = order[start:end]
-        arity = int(counts[nodes[0]])
-        args = input_ids[offsets[nodes] + np.arange(arity, dtype=_ID)[:, None]]
-        groups.append(Group(table[node_ops[nodes[0]]], nodes, args))
-    return tuple(groups)
+    bounds = np.concatenate(
+        [[0], np.flatnonzero(np.any(keys[:, 1:] != keys[:, :-1], axis=0)) + 1, [len(order)]]
+    )
+    single = np.diff(bounds) == 1
+    # Runs of single-node groups: where `single` switches on and off.
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], single, [False]]).astype(np.int8)))
+    runs = [(a, b) for a, b in edges.reshape(-1, 2).tolist() if b - a >= MIN_STRETCH]
+    steps: list[Group | Stretch] = []
+    group = 0
+    for run_start, run_end in [*runs, (len(bounds) - 1, len(bounds) - 1)]:
+        for start, end in itertools.pairwise(bounds[group : run_start + 1].tolist()):
+            steps.append(_make_group(table, node_ops, counts, offsets, input_ids, order[start:end]))
+        if run_end > run_start:
+            nodes = order[bounds[run_start] : bounds[run_end]]
+            steps.append(_make_stretch(table, node_ops, counts, offsets, input_ids, nodes))
+        group = run_end
+    return tuple(steps)
+
+
+def _make_group(table, node_ops, counts, offsets, input_ids, nodes: np.ndarray) -> Group:
+    """A Group of nodes that share an op and an input count."""
+    arity = int(counts[nodes[0]])
+    args = input_ids[offsets[nodes] + np.arange(arity, dtype=_ID)[:, None]]
+    return Group(table[node_ops[nodes[0]]], nodes, args)
+
+
+def _make_stretch(table, node_ops, counts, offsets, input_ids, nodes: np.ndarray) -> Stretch:
+    sizes = counts[nodes]
+    input_offsets = np.concatenate([[0], np.cumsum(sizes)])
+    starts = np.repeat(offsets[nodes] - input_offsets[:-1], sizes)
+    inputs = input_ids[starts + np.arange(input_offsets[-1], dtype=_ID)]
+    kinds = node_ops[nodes] * (int(counts.max()) + 1) + sizes
+    parts, positions = [], []
+    for kind in np.unique(kinds).tolist():
+        where = np.flatnonzero(kinds == kind)
+        parts.append(_make_group(table, node_ops, counts, offsets, input_ids, nodes[where]))
+        positions.append(where)
+    ops = tuple(table[k] for k in node_ops[nodes].tolist())
+    return Stretch(nodes, ops, input_offsets, inputs, tuple(parts), tuple(positions))
