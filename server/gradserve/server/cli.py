@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.metrics import CallMetrics, serve_metrics
 from gradserve.server.registry import PluginError, load_registry
 
 log = logging.getLogger("gradserve")
@@ -40,16 +41,26 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("cannot start: no ops loaded (is gradserve-ops-core installed?)")
         return 2
     address = f"{args.host}:{args.port}"
+    metrics = CallMetrics() if args.metrics_port else None
     try:
         running = start_server(
             registry,
             address=address,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             threads=args.threads,
+            metrics=metrics,
         )
     except RuntimeError as exc:
         log.error("cannot listen on %s: %s", address, exc)
         return 2
+    if metrics:
+        try:
+            metrics_http = serve_metrics(metrics, args.host, args.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", args.host, args.metrics_port, exc)
+            running.stop(0)
+            return 2
+        log.info("metrics on http://%s:%d/metrics", args.host, metrics_http.server_port)
 
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -58,6 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
     stopping.wait()
     log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
     running.stop(args.grace)
+    if metrics:
+        metrics_http.shutdown()
     log.info("stopped")
     return 0
 
@@ -105,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_flag(_env("strict-plugins", "")),
         help="fail start-up when an op plugin fails to load, instead of skipping it",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("metrics-port", 0),
+        help="serve Prometheus metrics over HTTP on this port (default 0: off)",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     serve.set_defaults(run=_serve)

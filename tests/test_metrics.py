@@ -1,0 +1,93 @@
+"""The Prometheus endpoint: calls by method and status, nodes evaluated, latency."""
+
+import subprocess
+
+import grpc
+import pytest
+from graphs import GraphBuilder, neuron
+from ports import free_port
+from scrape import sample, scrape
+from test_cli import GRADSERVE, health, start_serving
+
+from gradserve.server.app import running_server
+from gradserve.server.cli import build_parser
+from gradserve.server.metrics import CallMetrics, serve_metrics
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def metered(registry):
+    """A stub on a fresh metered server, and the port of its metrics endpoint."""
+    metrics = CallMetrics()
+    http = serve_metrics(metrics, "127.0.0.1", 0)
+    try:
+        with (
+            running_server(registry, metrics=metrics) as server,
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            yield pb_grpc.GradientServiceStub(channel), http.server_port
+    finally:
+        http.shutdown()
+
+
+def test_a_call_shows_up_in_the_scrape(metered):
+    stub, metrics_port = metered
+    assert sample(scrape(metrics_port), "gradserve_calls_total", method="Evaluate", code="OK") == 0
+    g, _ = neuron()
+    stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="Evaluate", code="OK") == 1
+    assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 10
+    assert sample(text, "gradserve_call_duration_seconds_count", method="Evaluate") == 1
+    assert sample(text, "gradserve_call_duration_seconds_sum", method="Evaluate") > 0
+
+
+def test_streams_and_errors_are_counted_by_status_code(metered):
+    stub, metrics_port = metered
+    g, _ = neuron()
+    chunks = list(stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto(), chunk_size=3)))
+    assert len(chunks) == 4
+    bad = GraphBuilder()
+    bad.op("sinh", bad.leaf(1.0))
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Evaluate(pb.EvaluateRequest(graph=bad.proto()))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="OK") == 1
+    assert sample(text, "gradserve_nodes_evaluated_total", method="EvaluateStream") == 10
+    assert sample(text, "gradserve_calls_total", method="Evaluate", code="INVALID_ARGUMENT") == 2
+    # Failed calls evaluated nothing.
+    assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 0
+
+
+def test_the_cli_serves_metrics_only_when_asked(monkeypatch):
+    assert build_parser().parse_args(["serve"]).metrics_port == 0  # off by default
+    monkeypatch.setenv("GRADSERVE_METRICS_PORT", "9123")
+    assert build_parser().parse_args(["serve"]).metrics_port == 9123
+
+    metrics_port = free_port()
+    process, port = start_serving("--metrics-port", str(metrics_port))
+    try:
+        assert health(port).returncode == 0
+        text = scrape(metrics_port)
+        assert sample(text, "gradserve_calls_total", method="Check", code="OK") == 1
+    finally:
+        process.kill()
+
+
+def test_a_metrics_port_in_use_is_a_clear_error():
+    process, port = start_serving()
+    try:
+        result = subprocess.run(
+            [GRADSERVE, "serve", "--port", "0", "--metrics-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2
+        assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        process.kill()
