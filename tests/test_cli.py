@@ -15,9 +15,9 @@ from gradserve.v1 import gradserve_pb2 as pb
 GRADSERVE = str(Path(sys.executable).parent / "gradserve")
 
 
-def start_serving(*flags: str) -> tuple[subprocess.Popen, int]:
+def start_serving(*flags: str, gradserve: str = GRADSERVE) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(
-        [GRADSERVE, "serve", "--port", "0", *flags],
+        [gradserve, "serve", "--port", "0", *flags],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from dockerfile import ROOT, runtime_command, runtime_env
+from metered import sample, scrape
 from ports import free_port
-from scrape import sample, scrape
 
 from gradserve.server.cli import build_parser
 

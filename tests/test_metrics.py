@@ -5,13 +5,11 @@ import subprocess
 import grpc
 import pytest
 from graphs import GraphBuilder, neuron
+from metered import metered_server, sample, scrape
 from ports import free_port
-from scrape import sample, scrape
 from test_cli import GRADSERVE, health, start_serving
 
-from gradserve.server.app import running_server
 from gradserve.server.cli import build_parser
-from gradserve.server.metrics import CallMetrics, serve_metrics
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -19,16 +17,11 @@ from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 @pytest.fixture
 def metered(registry):
     """A stub on a fresh metered server, and the port of its metrics endpoint."""
-    metrics = CallMetrics()
-    http = serve_metrics(metrics, "127.0.0.1", 0)
-    try:
-        with (
-            running_server(registry, metrics=metrics) as server,
-            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-        ):
-            yield pb_grpc.GradientServiceStub(channel), http.server_port
-    finally:
-        http.shutdown()
+    with (
+        metered_server(registry) as (server, metrics_port),
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield pb_grpc.GradientServiceStub(channel), metrics_port
 
 
 def test_a_call_shows_up_in_the_scrape(metered):

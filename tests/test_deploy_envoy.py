@@ -1,0 +1,53 @@
+"""deploy/envoy.yaml, checked statically: no registry ships Envoy, so it cannot run here.
+
+These checks tie the config to docker-compose.yml and to what gRPC needs from a proxy; they
+do not replace `envoy --mode validate`, which checks it against Envoy's own schema.
+"""
+
+import yaml
+from dockerfile import ROOT
+from test_deploy_compose import SERVICES
+
+ENVOY = yaml.safe_load((ROOT / "deploy" / "envoy.yaml").read_text())
+TYPES = "type.googleapis.com/envoy.extensions."
+
+
+def only(items: list) -> dict:
+    assert len(items) == 1
+    return items[0]
+
+
+def test_the_compose_envoy_service_mounts_this_config():
+    mounts = [volume.split(":") for volume in SERVICES["envoy"]["volumes"]]
+    assert ["./deploy/envoy.yaml", "/etc/envoy/envoy.yaml", "ro"] in mounts
+    assert SERVICES["envoy"]["command"][-1] == "/etc/envoy/envoy.yaml"
+
+
+def test_the_listener_is_the_published_port_and_routes_every_call_to_the_replicas():
+    listener = only(ENVOY["static_resources"]["listeners"])
+    port = listener["address"]["socket_address"]["port_value"]
+    assert f"{port}:{port}" in SERVICES["envoy"]["ports"]
+    manager = only(only(listener["filter_chains"])["filters"])["typed_config"]
+    assert manager["@type"].startswith(TYPES + "filters.network.http_connection_manager.v3.")
+    route = only(only(manager["route_config"]["virtual_hosts"])["routes"])
+    assert route["match"] == {"prefix": "/"}
+    assert route["route"]["cluster"] == only(ENVOY["static_resources"]["clusters"])["name"]
+    # Envoy's default 15 s route timeout would cut long evaluations and streams.
+    assert route["route"]["timeout"] == "0s"
+    assert only(manager["http_filters"])["name"] == "envoy.filters.http.router"
+
+
+def test_the_cluster_balances_calls_over_every_replica_with_http2_and_grpc_health():
+    cluster = only(ENVOY["static_resources"]["clusters"])
+    assert cluster["type"] == "STRICT_DNS"  # one upstream host per replica address
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+    endpoint = only(only(cluster["load_assignment"]["endpoints"])["lb_endpoints"])
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    replica = SERVICES["gradserve-replica"]
+    assert address["address"] == "gradserve-replica"
+    assert str(address["port_value"]) == replica["environment"]["GRADSERVE_PORT"]
+    assert replica["deploy"]["replicas"] > 1
+    assert "grpc_health_check" in only(cluster["health_checks"])
