@@ -1,15 +1,68 @@
 """deploy/envoy.yaml, checked statically: no registry ships Envoy, so it cannot run here.
 
-These checks tie the config to docker-compose.yml and to what gRPC needs from a proxy; they
-do not replace `envoy --mode validate`, which checks it against Envoy's own schema.
+The config is parsed against Envoy's data-plane API (the envoy-data-plane package: every
+field name, enum value, duration and typed extension), then tied to docker-compose.yml and
+to what gRPC needs from a proxy. What only a running Envoy checks (protoc-gen-validate
+constraints, DNS, that the extensions are compiled in) is left to `envoy --mode validate`.
 """
 
+import copy
+import importlib
+import warnings
+
+import pytest
 import yaml
 from dockerfile import ROOT
 from test_deploy_compose import SERVICES
 
+with warnings.catch_warnings():  # its generated validators use a form pydantic deprecates
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+
 ENVOY = yaml.safe_load((ROOT / "deploy" / "envoy.yaml").read_text())
 TYPES = "type.googleapis.com/envoy.extensions."
+
+
+def parse_bootstrap(config: dict) -> Bootstrap:
+    """Envoy's Bootstrap message from the config; unknown fields or values raise."""
+    pending = [config]
+    while pending:  # import the module of every typed extension (each "@type") it names
+        item = pending.pop()
+        values = item.values() if isinstance(item, dict) else item
+        pending.extend(value for value in values if isinstance(value, dict | list))
+        if isinstance(item, dict) and "@type" in item:
+            package = item["@type"].rpartition("/")[2].rpartition(".")[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                importlib.import_module("envoy_data_plane." + package)
+    return Bootstrap.from_dict(config)
+
+
+def test_the_config_matches_envoys_api():
+    bootstrap = parse_bootstrap(ENVOY)
+    (listener,) = bootstrap.static_resources.listeners
+    manager = listener.filter_chains[0].filters[0].typed_config.unpack()
+    assert type(manager).__name__ == "HttpConnectionManager"
+
+
+@pytest.mark.parametrize(
+    "path, key",
+    [
+        (["static_resources", "clusters", 0], "lb_polcy"),  # misspelt field
+        (
+            ["static_resources", "listeners", 0, "filter_chains", 0, "filters", 0, "typed_config"],
+            "stat_prefx",
+        ),  # misspelt inside a typed extension
+    ],
+)
+def test_the_api_check_catches_a_misspelt_field(path, key):
+    broken = copy.deepcopy(ENVOY)
+    node = broken
+    for step in path:
+        node = node[step]
+    node[key] = "x"
+    with pytest.raises(KeyError, match=key):
+        parse_bootstrap(broken)
 
 
 def only(items: list) -> dict:
