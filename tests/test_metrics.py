@@ -1,6 +1,7 @@
 """The Prometheus endpoint: calls by method and status, nodes evaluated, latency."""
 
 import subprocess
+import time
 
 import grpc
 import pytest
@@ -84,3 +85,23 @@ def test_a_metrics_port_in_use_is_a_clear_error():
         assert "Traceback" not in result.stderr
     finally:
         process.kill()
+
+
+def test_a_stream_the_client_cancels_counts_as_cancelled(metered):
+    stub, metrics_port = metered
+    g = GraphBuilder()
+    node = g.leaf(0.5)
+    for _ in range(100_000):
+        node = g.op("tanh", node)
+    stream = stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto(), chunk_size=1))
+    next(stream)
+    stream.cancel()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = scrape(metrics_port)
+        if sample(text, "gradserve_calls_total", method="EvaluateStream", code="CANCELLED"):
+            break
+        time.sleep(0.1)
+    assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="CANCELLED") == 1
+    assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="OK") == 0
+    assert sample(text, "gradserve_nodes_evaluated_total", method="EvaluateStream") == 0
