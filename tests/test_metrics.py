@@ -105,3 +105,11 @@ def test_a_stream_the_client_cancels_counts_as_cancelled(metered):
     assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="CANCELLED") == 1
     assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="OK") == 0
     assert sample(text, "gradserve_nodes_evaluated_total", method="EvaluateStream") == 0
+
+
+@pytest.mark.parametrize("bad", ["-1", "65536", "ninety"])
+def test_a_bad_metrics_port_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", "--metrics-port", bad])
+    assert exit_.value.code == 2
+    assert f"'{bad}' is not a port" in capsys.readouterr().err

@@ -30,6 +30,12 @@ def _flag(env_value) -> bool:
     return str(env_value).lower() in ("1", "true", "yes", "on")
 
 
+def _metrics_port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535, 0 = off)")
+    return int(text)
+
+
 def _serve(args: argparse.Namespace) -> int:
     allow = [name.strip() for name in args.ops.split(",") if name.strip()] if args.ops else None
     try:
@@ -121,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics-port",
-        type=int,
+        type=_metrics_port,
         default=_env("metrics-port", 0),
         help="serve Prometheus metrics over HTTP on this port (default 0: off)",
     )
