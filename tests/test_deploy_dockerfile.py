@@ -12,6 +12,9 @@ from pathlib import Path
 from dockerfile import ROOT, assignments, exec_form, runtime_env, stages
 from test_cli import start_serving
 
+from gradserve.client import connect
+from gradserve.v1 import gradserve_pb2 as pb
+
 HADOLINT = str(Path(sys.executable).parent / "hadolint")
 
 
@@ -48,21 +51,23 @@ def test_every_install_respects_the_lock():
     assert {"**/.venv", "**/node_modules", ".git"} <= set(ignored)
 
 
-def test_the_build_stage_installs_a_working_server(tmp_path):
-    """Replay the build stage here, with tmp_path standing for the image's root: its COPYs
-    from the repository and its RUNs (the uv sync steps and the EXTRA_OPS hook) must give a
-    venv whose gradserve serves. Only the `pip install uv` step is left out: uv is here."""
+def replay_build_stage(root: Path, build_args: dict[str, str]) -> Path:
+    """Replay the build stage here, with ``root`` standing for the image's root: its COPYs
+    from the repository and its RUNs, with ``build_args`` as `docker build --build-arg`.
+    Only the `pip install uv` step is left out: uv is here. Returns the venv's bin folder."""
     _, build, _ = stages()
     # The build starts from a clean environment: not inside our venv, not under CI's UV_LOCKED.
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_LOCKED")}
-    workdir = tmp_path
+    workdir = root
 
     def inside(path: str) -> str:
-        return str(tmp_path / path.lstrip("/")) if path.startswith("/") else path
+        return str(root / path.lstrip("/")) if path.startswith("/") else path
 
     for keyword, args in build[1:]:
-        if keyword in ("ENV", "ARG"):
-            env.update({k: inside(v.strip('"')) for k, v in assignments(args).items()})
+        if keyword == "ENV":
+            env.update({k: inside(v) for k, v in assignments(args).items()})
+        elif keyword == "ARG":
+            env.update({k: build_args.get(k, v) for k, v in assignments(args).items()})
         elif keyword == "WORKDIR":
             workdir = Path(inside(args))
             workdir.mkdir(parents=True, exist_ok=True)
@@ -76,10 +81,57 @@ def test_the_build_stage_installs_a_working_server(tmp_path):
                 ["sh", "-c", script], cwd=workdir, env=env, capture_output=True, text=True
             )
             assert result.returncode == 0, result.stderr
-    venv_bin = Path(inside("/opt/venv")) / "bin"
-    assert not (venv_bin / "pytest").exists()  # no dev dependencies in the image
-    process, _port = start_serving(gradserve=str(venv_bin / "gradserve"))
-    process.kill()
+    return Path(inside("/opt/venv")) / "bin"
+
+
+def test_the_build_stage_installs_a_working_server_without_dev_tools(tmp_path):
+    venv_bin = replay_build_stage(tmp_path, {})
+    assert not (venv_bin / "pytest").exists()
+    assert not (venv_bin / "ruff").exists()
+    process, port = start_serving(gradserve=str(venv_bin / "gradserve"))
+    try:
+        assert "tanh" in listed_ops(port)
+    finally:
+        process.kill()
+
+
+CUBE_PLUGIN = {
+    "pyproject.toml": """
+[project]
+name = "gradserve-test-cube"
+version = "1.0"
+dependencies = ["gradserve-ops-core"]
+[project.entry-points."gradserve.ops"]
+cube = "gradserve_test_cube:cube"
+[build-system]
+requires = ["hatchling>=1.25"]
+build-backend = "hatchling.build"
+""",
+    "gradserve_test_cube.py": """
+from gradserve.ops import Op
+cube = Op("cube", 1, lambda x: x**3, lambda g, y, x: (3 * g * x * x,), doc="x^3")
+""",
+}
+
+
+def test_the_extra_ops_build_arg_installs_a_plugin(tmp_path):
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    for name, text in CUBE_PLUGIN.items():
+        (plugin / name).write_text(text)
+    venv_bin = replay_build_stage(tmp_path / "image", {"EXTRA_OPS": str(plugin)})
+    process, port = start_serving(gradserve=str(venv_bin / "gradserve"))
+    try:
+        assert listed_ops(port)["cube"] == "gradserve-test-cube"
+    finally:
+        process.kill()
+
+
+def listed_ops(port: int) -> dict[str, str]:
+    """The server's ops, each with the distribution that supplied it."""
+    channel, stub = connect(f"127.0.0.1:{port}")
+    with channel:
+        return {op.name: op.distribution for op in stub.ListOps(pb.ListOpsRequest()).ops}
 
 
 def copy(source: Path, target: Path) -> None:
