@@ -32,9 +32,9 @@ GRADSERVE = str(Path(sys.executable).parent / "gradserve")
 class Served:
     """A `gradserve serve` subprocess whose log lines are collected as they come."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, gradserve: str = GRADSERVE) -> None:
         self.process = subprocess.Popen(
-            [GRADSERVE, "serve", "--port", "0", *flags], stderr=subprocess.PIPE, text=True
+            [gradserve, "serve", "--port", "0", *flags], stderr=subprocess.PIPE, text=True
         )
         self.lines: list[str] = []
         threading.Thread(target=self._collect, daemon=True).start()
@@ -72,3 +72,11 @@ class Served:
     def __exit__(self, *exc):
         self.process.kill()
         self.process.wait()
+
+
+def health(port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [GRADSERVE, "health", "--target", f"127.0.0.1:{port}", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+    )

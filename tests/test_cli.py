@@ -8,18 +8,10 @@ import time
 
 import pytest
 from graphs import neuron
-from servers import GRADSERVE, Served
+from servers import GRADSERVE, Served, health
 
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
-
-
-def health(port: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [GRADSERVE, "health", "--target", f"127.0.0.1:{port}", "--timeout", "2"],
-        capture_output=True,
-        text=True,
-    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.server.metrics import CallMetrics
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES, PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.servicer import GradientServicer
@@ -42,15 +43,18 @@ def start_server(
     threads: int = 8,
     reuse_port: bool = False,
     plan_cache_nodes: int = DEFAULT_MAX_NODES,
+    metrics: CallMetrics | None = None,
 ) -> RunningServer:
     """Start serving on ``address`` (port 0 picks a free port) and return the bound port.
 
     Health reports SERVING for the whole server and for GradientService once started.
     gRPC sets SO_REUSEPORT by default on Linux, which would let a second server start on a
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
+    ``metrics``, when given, records every call (see ``gradserve.server.metrics``).
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
+        interceptors=[metrics] if metrics else None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -10,11 +10,13 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, start_server
+from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.metrics import CallMetrics, serve_metrics
 from gradserve.server.ops_check import check_ops
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.registry import PluginError, load_registry
@@ -31,6 +33,12 @@ def _flag(env_value) -> bool:
     return str(env_value).lower() in ("1", "true", "yes", "on")
 
 
+def _metrics_port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535, 0 = off)")
+    return int(text)
+
+
 def _serve(args: argparse.Namespace) -> int:
     allow = [name.strip() for name in args.ops.split(",") if name.strip()] if args.ops else None
     try:
@@ -42,41 +50,65 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("cannot start: no ops loaded (is gradserve-ops-core installed?)")
         return 2
 
-    def start(address: str, reuse_port: bool) -> RunningServer:
-        return start_server(
-            registry,
-            address=address,
-            max_message_bytes=args.max_message_mb * 1024 * 1024,
-            threads=args.threads,
-            plan_cache_nodes=args.plan_cache_nodes,
-            reuse_port=reuse_port,
-        )
-
-    def run_worker(port: int) -> None:
-        stopping = stop_signal_event()
-        running = start(f"{args.host}:{port}", True)
-        log.info("worker serving")
-        stopping.wait()
-        running.stop(args.grace)
-
     describe = "ops: " + ", ".join(sorted(registry))
-    address = f"{args.host}:{args.port}"
-    try:
-        if args.workers > 1:
-            return serve_workers(
-                run_worker, host=args.host, port=args.port, workers=args.workers, describe=describe
-            )
+
+    def serve_one(
+        port: int, *, reuse_port: bool, metrics_port: int, ready: Callable[[], None] | None
+    ) -> int:
+        """Serve until SIGTERM/SIGINT, then drain: the whole server, or (when ``ready`` is
+        given, called once it listens) one worker of it."""
         stopping = stop_signal_event()
-        running = start(address, False)
-    except (OSError, RuntimeError) as exc:
-        log.error("cannot listen on %s: %s", address, exc)
+        metrics = CallMetrics() if metrics_port else None
+        address = f"{args.host}:{port}"
+        try:
+            running = start_server(
+                registry,
+                address=address,
+                max_message_bytes=args.max_message_mb * 1024 * 1024,
+                threads=args.threads,
+                plan_cache_nodes=args.plan_cache_nodes,
+                reuse_port=reuse_port,
+                metrics=metrics,
+            )
+        except RuntimeError as exc:
+            log.error("cannot listen on %s: %s", address, exc)
+            return 2
+        if metrics:
+            try:
+                metrics_http = serve_metrics(metrics, args.host, metrics_port)
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%d: %s", args.host, metrics_port, exc)
+                running.stop(0)
+                return 2
+            log.info("metrics on http://%s:%d/metrics", args.host, metrics_http.server_port)
+        if ready:
+            log.info("worker serving")
+            ready()
+        else:
+            log.info("serving on %s:%d; %s", args.host, running.port, describe)
+        stopping.wait()
+        log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
+        running.stop(args.grace)
+        if metrics:
+            metrics_http.shutdown()
+        log.info("stopped")
+        return 0
+
+    if args.workers == 1:
+        return serve_one(args.port, reuse_port=False, metrics_port=args.metrics_port, ready=None)
+
+    def run_worker(index: int, port: int, ready: Callable[[], None]) -> int:
+        # Each worker process counts its own calls: worker i serves metrics on port + i.
+        metrics_port = args.metrics_port + index if args.metrics_port else 0
+        return serve_one(port, reuse_port=True, metrics_port=metrics_port, ready=ready)
+
+    try:
+        return serve_workers(
+            run_worker, host=args.host, port=args.port, workers=args.workers, describe=describe
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         return 2
-    log.info("serving on %s:%d; %s", args.host, running.port, describe)
-    stopping.wait()
-    log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
-    running.stop(args.grace)
-    log.info("stopped")
-    return 0
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -151,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_flag(_env("strict-plugins", "")),
         help="fail start-up when an op plugin fails to load, instead of skipping it",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=_metrics_port,
+        default=_env("metrics-port", 0),
+        help="serve Prometheus metrics over HTTP on this port (default 0: off)",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
     serve.set_defaults(run=_serve)

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -49,31 +50,46 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
 
 
 def serve_workers(
-    run_worker: Callable[[int], None], *, host: str, port: int, workers: int, describe: str
+    run_worker: Callable[[int, int, Callable[[], None]], int],
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    describe: str,
 ) -> int:
-    """Fork ``workers`` processes running ``run_worker(port)``; supervise them until a stop
-    signal, then stop them. Returns the exit status for the command."""
+    """Fork ``workers`` processes, worker i running ``run_worker(i, port, ready)``: it calls
+    ``ready()`` once it listens, and returns its exit status. The server is announced once
+    every worker is ready. Workers that exit are restarted until a stop signal, which is
+    then passed on to them. Returns the exit status for the command."""
     fork = multiprocessing.get_context("fork")
+    ready = fork.Semaphore(0)
+
+    def spawn(index: int, port: int) -> multiprocessing.Process:
+        process = fork.Process(target=lambda: sys.exit(run_worker(index, port, ready.release)))
+        process.start()
+        return process
+
     with reserved_port(host, port) as port:
-        processes = [fork.Process(target=run_worker, args=(port,)) for _ in range(workers)]
-        for process in processes:
-            process.start()
-        log.info("serving on %s:%d with %d worker processes; %s", host, port, workers, describe)
-        stopping = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stopping.set())
+        stopping = stop_signal_event()
+        processes = [spawn(index, port) for index in range(workers)]
+        started = 0
+        while started < workers and not stopping.is_set():
+            if ready.acquire(timeout=RESTART_DELAY):
+                started += 1
+            elif not all(process.is_alive() for process in processes):
+                log.error("a worker failed to start; stopping")
+                stopping.set()
+        if started == workers:
+            log.info("serving on %s:%d with %d worker processes; %s", host, port, workers, describe)
         while not stopping.wait(RESTART_DELAY):
-            for i, process in enumerate(processes):
+            for index, process in enumerate(processes):
                 if not process.is_alive():
-                    log.error(
-                        "worker %d exited with %s; restarting it", process.pid, process.exitcode
-                    )
-                    processes[i] = fork.Process(target=run_worker, args=(port,))
-                    processes[i].start()
+                    log.error("worker %d exited (%s); restarting it", process.pid, process.exitcode)
+                    processes[index] = spawn(index, port)
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join()
     log.info("stopped")
-    return 0
+    return 0 if started == workers else 2

@@ -1,0 +1,110 @@
+"""The Prometheus endpoint: calls by method and status, nodes evaluated, latency."""
+
+import subprocess
+import time
+
+import grpc
+import pytest
+from graphs import GraphBuilder, neuron
+from metered import metered_server, sample, scrape
+from ports import free_port
+from servers import GRADSERVE, Served, health
+
+from gradserve.server.cli import build_parser
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def metered(registry):
+    """A stub on a fresh metered server, and the port of its metrics endpoint."""
+    with (
+        metered_server(registry) as (server, metrics_port),
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield pb_grpc.GradientServiceStub(channel), metrics_port
+
+
+def test_a_call_shows_up_in_the_scrape(metered):
+    stub, metrics_port = metered
+    assert sample(scrape(metrics_port), "gradserve_calls_total", method="Evaluate", code="OK") == 0
+    g, _ = neuron()
+    stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="Evaluate", code="OK") == 1
+    assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 10
+    assert sample(text, "gradserve_call_duration_seconds_count", method="Evaluate") == 1
+    assert sample(text, "gradserve_call_duration_seconds_sum", method="Evaluate") > 0
+
+
+def test_streams_and_errors_are_counted_by_status_code(metered):
+    stub, metrics_port = metered
+    g, _ = neuron()
+    chunks = list(stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto(), chunk_size=3)))
+    assert len(chunks) == 4
+    bad = GraphBuilder()
+    bad.op("sinh", bad.leaf(1.0))
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Evaluate(pb.EvaluateRequest(graph=bad.proto()))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="OK") == 1
+    assert sample(text, "gradserve_nodes_evaluated_total", method="EvaluateStream") == 10
+    assert sample(text, "gradserve_calls_total", method="Evaluate", code="INVALID_ARGUMENT") == 2
+    # Failed calls evaluated nothing.
+    assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 0
+
+
+def test_the_cli_serves_metrics_only_when_asked(monkeypatch):
+    assert build_parser().parse_args(["serve"]).metrics_port == 0  # off by default
+    monkeypatch.setenv("GRADSERVE_METRICS_PORT", "9123")
+    assert build_parser().parse_args(["serve"]).metrics_port == 9123
+
+    metrics_port = free_port()
+    with Served("--metrics-port", str(metrics_port), "--workers", "1") as served:
+        assert health(served.port).returncode == 0
+        text = scrape(metrics_port)
+        assert sample(text, "gradserve_calls_total", method="Check", code="OK") == 1
+
+
+def test_a_metrics_port_in_use_is_a_clear_error():
+    with Served("--workers", "1") as served:
+        port = served.port
+        result = subprocess.run(
+            [GRADSERVE, "serve", "--port", "0", "--workers", "1", "--metrics-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2
+        assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_stream_the_client_cancels_counts_as_cancelled(metered):
+    stub, metrics_port = metered
+    g = GraphBuilder()
+    node = g.leaf(0.5)
+    for _ in range(100_000):
+        node = g.op("tanh", node)
+    stream = stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto(), chunk_size=1))
+    next(stream)
+    stream.cancel()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = scrape(metrics_port)
+        if sample(text, "gradserve_calls_total", method="EvaluateStream", code="CANCELLED"):
+            break
+        time.sleep(0.1)
+    assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="CANCELLED") == 1
+    assert sample(text, "gradserve_calls_total", method="EvaluateStream", code="OK") == 0
+    assert sample(text, "gradserve_nodes_evaluated_total", method="EvaluateStream") == 0
+
+
+@pytest.mark.parametrize("bad", ["-1", "65536", "ninety"])
+def test_a_bad_metrics_port_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", "--metrics-port", bad])
+    assert exit_.value.code == 2
+    assert f"'{bad}' is not a port" in capsys.readouterr().err
