@@ -56,20 +56,27 @@ def draw_dot(root: Value, rankdir: str = "LR", format: str = "svg") -> Drawing:
     sub = root._tape.subgraph([root._id])
     values = sub.values(np.arange(len(sub)))
     op_names = sub.tape.op_names
+    # Lines written directly (node names are plain identifiers, labels quoted here): a
+    # Digraph.node call per node would cost several times more on large graphs.
+    lines = dot.body
     start = 0
     for node, (op, count) in enumerate(
         zip(sub.node_ops.tolist(), sub.counts.tolist(), strict=True)
     ):
-        name = f"n{node}"
-        remembered = sub.tape.result(int(sub.kept[node]))
-        dot.node(name, label=_record_text(values[node], remembered), shape="record")
+        record = _record_text(values[node], sub.tape.result(int(sub.kept[node])))
+        lines.append(f'\tn{node} [label="{_quoted(record)}" shape=record]\n')
         if op:
-            dot.node(name + "op", label=op_names[op - 1])
-            dot.edge(name + "op", name)
+            lines.append(f'\tn{node}op [label="{_quoted(op_names[op - 1])}"]\n')
+            lines.append(f"\tn{node}op -> n{node}\n")
             for i in sub.input_ids[start : start + count].tolist():
-                dot.edge(f"n{i}", name + "op")
+                lines.append(f"\tn{i} -> n{node}op\n")
         start += count
     return dot
+
+
+def _quoted(text: str) -> str:
+    """Text inside a DOT double-quoted string."""
+    return text.replace('"', '\\"')
 
 
 def render(drawing: graphviz.Digraph, path: str | Path) -> Path:
