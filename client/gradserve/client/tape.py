@@ -212,12 +212,13 @@ def tape_of(values) -> Tape:
     tape = None
     for value in values:
         other = value._tape
-        if other is not None and other is not tape:
-            if tape is None:
-                tape = other
-            elif len(other) > len(tape):
-                other.absorb(tape)
-                tape = other
-            else:
-                tape.absorb(other)
+        if other is None or other is tape:
+            continue
+        if tape is None:
+            tape = other
+        elif len(other) > len(tape):
+            other.absorb(tape)
+            tape = other
+        else:
+            tape.absorb(other)
     return tape if tape is not None else current_tape()

@@ -17,7 +17,7 @@ class Value:
     __slots__ = ("__weakref__", "_id", "_tape", "data", "grad", "label")
 
     def __init__(self, data: float, label: str = "") -> None:
-        if not isinstance(data, numbers.Real):
+        if type(data) is not float and not isinstance(data, numbers.Real):
             raise TypeError(f"Value data must be a real number, got {type(data).__name__}")
         self.data = float(data)
         self.grad = 0.0
@@ -104,7 +104,7 @@ class Value:
 def _as_value(x) -> Value | None:
     if isinstance(x, Value):
         return x
-    if isinstance(x, numbers.Real):
+    if type(x) is float or isinstance(x, numbers.Real):
         return Value(x)
     return None
 
@@ -118,7 +118,7 @@ def _binary(op: str, a, b):
 
 def _record(op: str, inputs: list[Value]) -> Value:
     tape = tape_of(inputs)
-    ids = [tape.leaf_id(v) if v._tape is None else v._id for v in inputs]
+    ids = [v._id if v._tape is not None else tape.leaf_id(v) for v in inputs]
     out = Value.__new__(Value)
     out.data = None
     out.grad = 0.0
