@@ -64,7 +64,9 @@ def test_draw_graph_writes_an_svg(target, tmp_path):
 
 
 def test_draw_graph_without_dot_says_what_to_install(target, tmp_path):
-    result = run("draw_graph.py", str(tmp_path / "neuron.svg"), "--target", target, env={"PATH": ""})
+    result = run(
+        "draw_graph.py", str(tmp_path / "neuron.svg"), "--target", target, env={"PATH": ""}
+    )
     assert result.returncode == 1
     assert "apt-get install graphviz" in result.stderr
     assert "digraph" in result.stderr
