@@ -17,6 +17,8 @@ import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
 
+CONSTANT = -2  # the _id of a leaf Value the SDK made from a plain number
+
 
 class Tape:
     __slots__ = (
@@ -38,8 +40,10 @@ class Tape:
         self.node_ops: list[int] = []  # per node: 0 for a leaf, k for op_names[k - 1]
         self.input_counts: list[int] = []
         self.input_ids: list[int] = []
-        self.refs: list[weakref.ref] = []  # per node: a weak reference to its Value
-        self.leaf_ids: dict = {}  # leaf Value -> node id; holds the leaves alive
+        # Per node: a leaf's Value itself (leaves do not point back, so no cycle), or a weak
+        # reference to an op node's Value.
+        self.refs: list = []
+        self.leaf_ids: dict = {}  # a user's leaf Value -> its node id (not constants)
         self.sent = False  # once sent, no new graph starts on this tape (see current_tape)
         # Per node, data and grad from the last backward (NaN where unknown), so that a
         # drawing shows them even for intermediate Values the program no longer holds.
@@ -49,14 +53,25 @@ class Tape:
         return len(self.node_ops)
 
     def leaf_id(self, value) -> int:
-        """The node id of a leaf Value on this tape, adding the leaf on first use."""
-        node = self.leaf_ids.get(value)
-        if node is None:
-            node = self.leaf_ids[value] = len(self.node_ops)
-            self.node_ops.append(0)
-            self.input_counts.append(0)
-            self.refs.append(weakref.ref(value))
-        return node
+        """The node id of a leaf Value on this tape, adding the leaf on first use.
+
+        A constant (a number the SDK wrapped, ``_id == CONSTANT``) is read by one node
+        only, so it skips the lookup.
+        """
+        if value._id != CONSTANT:
+            node = self.leaf_ids.get(value)
+            if node is not None:
+                return node
+            self.leaf_ids[value] = len(self.node_ops)
+        self.node_ops.append(0)
+        self.input_counts.append(0)
+        self.refs.append(value)
+        return len(self.node_ops) - 1
+
+    def value(self, node: int):
+        """The Value of a node, or None when it is gone."""
+        ref = self.refs[node]
+        return ref() if type(ref) is weakref.ref else ref
 
     def add_node(self, op: str, inputs: list[int], ref: weakref.ref) -> int:
         """Append an op node reading the node ids ``inputs``; return its id."""
@@ -87,18 +102,17 @@ class Tape:
     def absorb(self, other: "Tape") -> None:
         """Append ``other``'s nodes after this tape's and move its Values here."""
         self.results = None  # both tapes' remembered results no longer match ids
-        leaf_at = {node: value for value, node in other.leaf_ids.items()}
         new_ids = [0] * len(other)
         start = 0
         for node, (op, count) in enumerate(zip(other.node_ops, other.input_counts, strict=True)):
             if op == 0:
-                new_ids[node] = self.leaf_id(leaf_at[node])
+                new_ids[node] = self.leaf_id(other.refs[node])
             else:
                 inputs = [new_ids[i] for i in other.input_ids[start : start + count]]
                 new_ids[node] = self.add_node(other.op_names[op - 1], inputs, other.refs[node])
             start += count
-        for node, ref in enumerate(other.refs):
-            value = ref()
+        for node in range(len(other)):
+            value = other.value(node)
             if value is not None and value._tape is other:
                 value._tape, value._id = self, new_ids[node]
         other.__init__()  # empty: nothing refers to it any more
@@ -167,11 +181,11 @@ class Subgraph:
 
     def value(self, node: int):
         """The Value of a node of the sent graph, or None when it is gone."""
-        return self.tape.refs[self.kept[node]]() if 0 <= node < len(self.kept) else None
+        return self.tape.value(int(self.kept[node])) if 0 <= node < len(self.kept) else None
 
     def values(self, nodes) -> list:
-        refs = self.tape.refs
-        return [refs[i]() for i in self.kept[nodes].tolist()]
+        value = self.tape.value
+        return [value(i) for i in self.kept[nodes].tolist()]
 
     def proto(self) -> pb.Graph:
         """The Graph message; leaf values and labels are read now, so updates count."""

@@ -8,7 +8,7 @@ node is None until the graph is evaluated: ``loss.backward(client)`` fills ``.da
 import numbers
 import weakref
 
-from gradserve.client.tape import tape_of
+from gradserve.client.tape import CONSTANT, tape_of
 
 
 class Value:
@@ -105,7 +105,9 @@ def _as_value(x) -> Value | None:
     if isinstance(x, Value):
         return x
     if type(x) is float or isinstance(x, numbers.Real):
-        return Value(x)
+        constant = Value(x)
+        constant._id = CONSTANT
+        return constant
     return None
 
 
