@@ -151,3 +151,28 @@ def test_a_new_graph_of_leaves_only_shares_the_open_tape():
     a = Value(1.0)
     first, second = a * 2, a * 3
     assert first._tape is second._tape is current_tape()
+
+
+def test_a_million_node_graph_is_recorded_and_pruned_without_recursion():
+    x = Value(0.5)
+    side = x.exp()  # recorded first but not read by y: forces the pruning sweep
+    y = x
+    for _ in range(500_000):  # y: 1,000,001 nodes in one long chain
+        y = y.tanh() + x
+    assert y._tape is side._tape and len(y._tape) == 1_000_002
+    subgraph = y._tape.subgraph([y._id])
+    assert len(subgraph) == 1_000_001
+    assert subgraph.position(side._id) is None
+    graph = subgraph.proto()
+    assert len(graph.node_ops) == 1_000_001
+    assert list(graph.leaf_values) == [0.5]
+
+
+def test_a_progress_bar_when_asked(client, capsys):
+    x = Value(1.0)
+    y = x + x
+    list(client.stream(y, wrt="all", progress=True))
+    err = capsys.readouterr().err
+    assert "/2.00" in err and "node/s" in err  # a bar over the stream's total_nodes: x, x+x
+    list(client.stream(y, wrt="all"))  # not a terminal: silent
+    assert capsys.readouterr().err == ""
