@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradserve.client.tape import Subgraph, tape_of
+from gradserve.client.tape import CONSTANT, Subgraph, tape_of
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -51,10 +51,6 @@ def _as_list(values: Value | Sequence[Value]) -> list[Value]:
     return values
 
 
-def _node_ids(tape, values: list[Value]) -> list[int | None]:
-    return [tape.leaf_ids.get(v) if v._tape is None else v._id for v in values]
-
-
 def backward_call(loss: Value) -> Call:
     """Every node the loss depends on, differentiated from the loss, all results back."""
     if not isinstance(loss, Value):
@@ -85,11 +81,13 @@ def evaluate_call(outputs, wrt=None, seeds=None, *, with_outputs=False, chunk_si
     if wrt == "all":
         request.selection = pb.SELECTION_ALL
         return Call(request, subgraph)
-    if wrt is None:
-        positions = np.flatnonzero(subgraph.node_ops == 0).tolist()
+    if wrt is None:  # the user's leaves, not the constants the SDK made from numbers
+        leaves = np.flatnonzero(subgraph.node_ops == 0)
+        values = subgraph.values(leaves)
+        positions = [p for p, v in zip(leaves.tolist(), values, strict=True) if v._id != CONSTANT]
     else:
-        wrt = _as_list(wrt)
-        positions = [None if i is None else subgraph.position(i) for i in _node_ids(tape, wrt)]
+        ids = [tape.leaf_ids.get(v) if v._tape is None else v._id for v in _as_list(wrt)]
+        positions = [None if i is None else subgraph.position(i) for i in ids]
         if None in positions:
             raise ValueError("wrt holds a Value the outputs do not depend on")
     request.selection = pb.SELECTION_NODES

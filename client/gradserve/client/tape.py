@@ -115,8 +115,7 @@ class Tape:
             value = other.value(node)
             if value is not None and value._tape is other:
                 value._tape, value._id = self, new_ids[node]
-        other.__init__()  # empty: nothing refers to it any more
-        other.sent = True
+        other.sent = True  # no Value refers to it now; it is freed
 
     def subgraph(self, roots: list[int]) -> "Subgraph":
         """The part of the tape that ``roots`` depend on, renumbered, ready to send.
