@@ -158,6 +158,14 @@ def test_gradients_are_fresh_on_each_backward(client):
     assert x.grad == 3.0  # not 6: nothing accumulates across calls
 
 
+def test_a_leaf_whose_data_is_not_a_number_is_refused_before_sending(client):
+    x = Value(1.0)
+    y = x * 2
+    x.data = "oops"
+    with pytest.raises(TypeError, match="must be a real number, got 'oops'"):
+        y.backward(client)
+
+
 def test_operators_reject_what_is_not_a_number():
     x = Value(1.0)
     with pytest.raises(TypeError):

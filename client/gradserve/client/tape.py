@@ -10,6 +10,7 @@ appended to the larger (its order stays topological), so recording never copies 
 than O(log n) times.
 """
 
+import numbers
 import threading
 import weakref
 
@@ -193,6 +194,9 @@ class Subgraph:
             v.data for v, op in zip(values, self.node_ops.tolist(), strict=True) if op == 0
         ]
         labels = [v.label if v is not None else "" for v in values]
+        for leaf in leaf_values:
+            if not isinstance(leaf, numbers.Real):
+                raise TypeError(f"a leaf's data must be a real number, got {leaf!r}")
         return pb.Graph(
             op_names=self.tape.op_names,
             node_ops=self.node_ops.tolist(),
