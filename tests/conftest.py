@@ -1,3 +1,5 @@
+import socket
+
 import grpc
 import pytest
 
@@ -39,3 +41,18 @@ def fresh_entry_points():
     discovered_entry_points.cache_clear()
     yield
     discovered_entry_points.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def target(server):
+    """The address of the session server, for SDK clients."""
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def unused_target():
+    """An address where no server listens (a port that was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"127.0.0.1:{port}"

@@ -1,0 +1,108 @@
+"""``AsyncClient``: the asyncio flavour of ``Client``, with the same calls awaited."""
+
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from gradserve.client import calls
+from gradserve.client.calls import Chunk, Evaluation
+from gradserve.client.channel import DEFAULT_TARGET, MAX_MESSAGE_BYTES, channel_options
+from gradserve.client.errors import translated
+from gradserve.client.progress import progress_bar
+from gradserve.client.value import Value
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+class AsyncClient:
+    """Like ``Client`` (same options), on a ``grpc.aio`` channel: ``async with
+    AsyncClient(...) as client``, ``await loss.backward(client)``, ``await client.evaluate``,
+    ``async for chunk in client.stream(...)``, ``await client.ops()``."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        progress: bool | None = None,
+    ) -> None:
+        options = channel_options(max_message_bytes)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._stub = pb_grpc.GradientServiceStub(self._channel)
+        self._options = {"timeout": timeout, "metadata": tuple(metadata)}
+        self._progress = progress
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def ops(self) -> list[pb.OpInfo]:
+        """The server's ops, sorted by name."""
+        with translated():
+            return list((await self._stub.ListOps(pb.ListOpsRequest(), **self._options)).ops)
+
+    async def backward(self, loss: Value) -> None:
+        """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on."""
+        call = calls.backward_call(loss)
+        if len(call.subgraph) <= calls.STREAM_ABOVE:
+            with translated(call.subgraph):
+                response = await self._stub.Evaluate(call.request, **self._options)
+            calls.fill(call.subgraph, *calls.arrays(response))
+            return
+        async for message in self._messages(call, self._progress):
+            calls.fill(call.subgraph, *calls.arrays(message))
+
+    async def evaluate(
+        self,
+        outputs: Value | Sequence[Value],
+        wrt: Sequence[Value] | None = None,
+        seeds: Sequence[float] | None = None,
+    ) -> Evaluation:
+        """As ``Client.evaluate``."""
+        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True)
+        with translated(call.subgraph):
+            response = await self._stub.Evaluate(call.request, **self._options)
+        return calls.evaluation(call, response)
+
+    async def stream(
+        self,
+        outputs: Value | Sequence[Value],
+        wrt: Sequence[Value] | str | None = None,
+        seeds: Sequence[float] | None = None,
+        *,
+        chunk_size: int = 0,
+        progress: bool | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """As ``Client.stream``: ``async for chunk in client.stream(loss)``."""
+        call = calls.evaluate_call(outputs, wrt, seeds, chunk_size=chunk_size)
+        show = self._progress if progress is None else progress
+        async for message in self._messages(call, show):
+            yield calls.chunk(call, message)
+
+    async def _messages(
+        self, call: calls.Call, progress: bool | None
+    ) -> AsyncIterator[pb.GradientChunk]:
+        responses = self._stub.EvaluateStream(call.request, **self._options)
+        bar = None
+        try:
+            with translated(call.subgraph):
+                async for message in responses:
+                    if bar is None:
+                        bar = progress_bar(message.total_nodes, progress)
+                    bar.update(len(message.node_ids))
+                    yield message
+        finally:
+            responses.cancel()
+            if bar is not None:
+                bar.close()

@@ -1,0 +1,127 @@
+"""What the sync and async clients share: building requests from Values, reading results."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradserve.client.tape import CONSTANT, Subgraph, tape_of
+from gradserve.client.value import Value
+from gradserve.v1 import gradserve_pb2 as pb
+
+STREAM_ABOVE = 65_536  # backward streams results of more nodes, so a progress bar can show
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Results of ``Client.evaluate``: the outputs' values, and for each Value in ``wrt``
+    its value and the gradient of the (seeded) outputs with respect to it."""
+
+    outputs: np.ndarray
+    wrt: list[Value]
+    values: np.ndarray
+    grads: np.ndarray
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of ``Client.stream``: ``nodes[i]`` has value ``values[i]``, gradient
+    ``grads[i]``; ``total`` is the number of nodes across the whole stream."""
+
+    nodes: list[Value]
+    values: np.ndarray
+    grads: np.ndarray
+    total: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """A prepared request and what is needed to read its results."""
+
+    request: pb.EvaluateRequest
+    subgraph: Subgraph
+    output_count: int = 0
+
+
+def _as_list(values: Value | Sequence[Value]) -> list[Value]:
+    values = [values] if isinstance(values, Value) else list(values)
+    for value in values:
+        if not isinstance(value, Value):
+            raise TypeError(f"expected Values, got {value!r}")
+    return values
+
+
+def backward_call(loss: Value) -> Call:
+    """Every node the loss depends on, differentiated from the loss, all results back."""
+    if not isinstance(loss, Value):
+        raise TypeError(f"backward needs a Value, got {loss!r}")
+    call = evaluate_call(loss, wrt="all")
+    call.subgraph.tape.results = None  # an earlier backward's results are stale
+    return call
+
+
+def evaluate_call(outputs, wrt=None, seeds=None, *, with_outputs=False, chunk_size=0) -> Call:
+    """``wrt``: a list of Values, None for the graph's leaves, or "all" for every node.
+
+    With ``with_outputs`` the outputs' own results come first (``Call.output_count`` of them).
+    """
+    outputs = _as_list(outputs)
+    if not outputs:
+        raise ValueError("evaluate needs at least one output")
+    tape = tape_of(outputs)
+    roots = [tape.leaf_id(v) if v._tape is None else v._id for v in outputs]
+    subgraph = tape.subgraph(roots)
+    tape.sent = True
+    request = pb.EvaluateRequest(
+        graph=subgraph.proto(),
+        outputs=[subgraph.position(r) for r in roots],
+        seeds=[] if seeds is None else [float(s) for s in seeds],
+        chunk_size=chunk_size,
+    )
+    if wrt == "all":
+        request.selection = pb.SELECTION_ALL
+        return Call(request, subgraph)
+    if wrt is None:  # the user's leaves, not the constants the SDK made from numbers
+        leaves = np.flatnonzero(subgraph.node_ops == 0)
+        values = subgraph.values(leaves)
+        positions = [p for p, v in zip(leaves.tolist(), values, strict=True) if v._id != CONSTANT]
+    else:
+        ids = [tape.leaf_ids.get(v) if v._tape is None else v._id for v in _as_list(wrt)]
+        positions = [None if i is None else subgraph.position(i) for i in ids]
+        if None in positions:
+            raise ValueError("wrt holds a Value the outputs do not depend on")
+    request.selection = pb.SELECTION_NODES
+    if with_outputs:
+        request.nodes.extend(request.outputs)
+    request.nodes.extend(positions)
+    return Call(request, subgraph, output_count=len(outputs) if with_outputs else 0)
+
+
+def fill(subgraph: Subgraph, ids, values, grads) -> None:
+    """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``ids`` that still exist."""
+    subgraph.tape.remember(subgraph.kept[ids], values, grads)
+    nodes = subgraph.values(ids)
+    for value, data, grad in zip(nodes, values.tolist(), grads.tolist(), strict=True):
+        if value is not None:
+            value.data, value.grad = data, grad
+
+
+def arrays(message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.array(message.node_ids, dtype=np.int64),
+        np.array(message.values, dtype=np.float64),
+        np.array(message.grads, dtype=np.float64),
+    )
+
+
+def evaluation(call: Call, response: pb.EvaluateResponse) -> Evaluation:
+    ids, values, grads = arrays(response)
+    k = call.output_count
+    return Evaluation(
+        outputs=values[:k], wrt=call.subgraph.values(ids[k:]), values=values[k:], grads=grads[k:]
+    )
+
+
+def chunk(call: Call, message: pb.GradientChunk) -> Chunk:
+    ids, values, grads = arrays(message)
+    return Chunk(call.subgraph.values(ids), values, grads, message.total_nodes)

@@ -1,0 +1,109 @@
+"""``Client``: the synchronous SDK client."""
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from gradserve.client import calls
+from gradserve.client.calls import Chunk, Evaluation
+from gradserve.client.channel import DEFAULT_TARGET, MAX_MESSAGE_BYTES, connect
+from gradserve.client.errors import translated
+from gradserve.client.progress import progress_bar
+from gradserve.client.value import Value
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+class Client:
+    """A connection to a gradserve server; use it as a context manager, or ``close()`` it.
+
+    ``timeout`` (seconds) bounds every call; ``credentials`` makes the channel secure;
+    ``metadata`` (key, value) pairs go with every call; ``progress`` None shows a bar for
+    large streamed results on a terminal, True or False forces it on or off.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        progress: bool | None = None,
+    ) -> None:
+        self._channel, self._stub = connect(
+            target, max_message_bytes=max_message_bytes, credentials=credentials
+        )
+        self._options = {"timeout": timeout, "metadata": tuple(metadata)}
+        self._progress = progress
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def ops(self) -> list[pb.OpInfo]:
+        """The server's ops, sorted by name, each with its arity, doc and distribution."""
+        with translated():
+            return list(self._stub.ListOps(pb.ListOpsRequest(), **self._options).ops)
+
+    def backward(self, loss: Value) -> None:
+        """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on (``loss.backward``)."""
+        call = calls.backward_call(loss)
+        if len(call.subgraph) <= calls.STREAM_ABOVE:
+            with translated(call.subgraph):
+                response = self._stub.Evaluate(call.request, **self._options)
+            calls.fill(call.subgraph, *calls.arrays(response))
+            return
+        for message in self._messages(call, self._progress):
+            calls.fill(call.subgraph, *calls.arrays(message))
+
+    def evaluate(
+        self,
+        outputs: Value | Sequence[Value],
+        wrt: Sequence[Value] | None = None,
+        seeds: Sequence[float] | None = None,
+    ) -> Evaluation:
+        """Values of ``outputs``, and values and gradients of ``wrt`` (default: the graph's
+        leaves), without touching the Value objects. ``seeds`` weight the outputs' gradients
+        (default 1.0 each)."""
+        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True)
+        with translated(call.subgraph):
+            response = self._stub.Evaluate(call.request, **self._options)
+        return calls.evaluation(call, response)
+
+    def stream(
+        self,
+        outputs: Value | Sequence[Value],
+        wrt: Sequence[Value] | str | None = None,
+        seeds: Sequence[float] | None = None,
+        *,
+        chunk_size: int = 0,
+        progress: bool | None = None,
+    ) -> Iterator[Chunk]:
+        """Like ``evaluate``, but yields the results of ``wrt`` (default: the leaves; "all"
+        for every node) chunk by chunk as they arrive, with a progress bar on a terminal."""
+        call = calls.evaluate_call(outputs, wrt, seeds, chunk_size=chunk_size)
+        show = self._progress if progress is None else progress
+        for message in self._messages(call, show):
+            yield calls.chunk(call, message)
+
+    def _messages(self, call: calls.Call, progress: bool | None) -> Iterator[pb.GradientChunk]:
+        """EvaluateStream's chunks, counted on a progress bar; cancelled if abandoned."""
+        responses = self._stub.EvaluateStream(call.request, **self._options)
+        bar = None
+        try:
+            with translated(call.subgraph):
+                for message in responses:
+                    if bar is None:
+                        bar = progress_bar(message.total_nodes, progress)
+                    bar.update(len(message.node_ids))
+                    yield message
+        finally:
+            responses.cancel()
+            if bar is not None:
+                bar.close()

@@ -1,0 +1,52 @@
+"""Client options that issue 6's security work builds on: metadata and channel credentials."""
+
+import asyncio
+from concurrent import futures
+
+import grpc
+import pytest
+
+from gradserve.client import AsyncClient, Client, ServerUnavailable
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+class _EchoMetadata(pb_grpc.GradientServiceServicer):
+    """ListOps answers with one op per metadata entry the call carried, named key=value."""
+
+    def ListOps(self, request, context):
+        return pb.ListOpsResponse(
+            ops=[pb.OpInfo(name=f"{k}={v}") for k, v in context.invocation_metadata()]
+        )
+
+
+@pytest.fixture(scope="module")
+def echo_target():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_GradientServiceServicer_to_server(_EchoMetadata(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_metadata_goes_with_every_call(echo_target):
+    with Client(echo_target, metadata=[("x-team", "ml")]) as client:
+        assert "x-team=ml" in {op.name for op in client.ops()}
+
+
+def test_async_metadata_goes_with_every_call(echo_target):
+    async def main():
+        async with AsyncClient(echo_target, metadata=[("x-team", "ml")]) as client:
+            return await client.ops()
+
+    assert "x-team=ml" in {op.name for op in asyncio.run(main())}
+
+
+def test_credentials_make_the_channel_secure(target):
+    # The session server speaks plaintext: a TLS channel cannot talk to it.
+    secure = Client(target, credentials=grpc.ssl_channel_credentials(), timeout=5)
+    with secure, pytest.raises(ServerUnavailable):
+        secure.ops()
+    with Client(target, timeout=5) as client:
+        assert client.ops()

@@ -1,0 +1,178 @@
+"""The synchronous client: evaluate, stream, ops, and what a training loop relies on."""
+
+import gc
+import tracemalloc
+
+import pytest
+
+from gradserve.client import Client, Value
+from gradserve.client.calls import STREAM_ABOVE
+from gradserve.client.tape import current_tape
+
+
+@pytest.fixture(scope="module")
+def client(target):
+    with Client(target) as client:
+        yield client
+
+
+def test_ops_lists_the_standard_ops(client):
+    ops = {op.name: op for op in client.ops()}
+    assert {"add", "mul", "pow", "tanh", "relu", "sum"} <= set(ops)
+    assert ops["sum"].variadic
+    assert ops["mul"].arity == 2
+
+
+def test_evaluate_returns_results_without_touching_the_values(client):
+    a, b = Value(2.0), Value(5.0)
+    s, p = a + b, a * b
+    result = client.evaluate([s, p], wrt=[b, a], seeds=[0.5, 2.0])
+    assert result.outputs.tolist() == [7.0, 10.0]
+    assert result.wrt == [b, a]
+    assert result.values.tolist() == [5.0, 2.0]
+    # d(0.5 s + 2 p)/db = 0.5 + 2a, /da = 0.5 + 2b
+    assert result.grads.tolist() == [4.5, 10.5]
+    assert (a.grad, b.grad, s.data, p.data) == (0.0, 0.0, None, None)
+
+
+def test_evaluate_defaults_to_the_leaves(client):
+    x, w = Value(3.0, "x"), Value(-2.0, "w")
+    y = (x * w + 1).relu() + x
+    result = client.evaluate(y)
+    assert result.wrt == [x, w]  # not the constant 1
+    assert result.outputs.tolist() == [3.0]
+    assert result.grads.tolist() == [1.0, 0.0]  # relu is off: dy/dx = 1, dy/dw = 0
+
+
+def test_evaluate_rejects_a_value_the_outputs_do_not_use(client):
+    x, unrelated = Value(1.0), Value(2.0)
+    with pytest.raises(ValueError, match="do not depend on"):
+        client.evaluate(x * 2, wrt=[unrelated])
+
+
+def test_stream_yields_every_node_in_chunks(client):
+    x = Value(0.5)
+    y = x
+    for _ in range(99):
+        y = y * 1.01 + x
+    chunks = list(client.stream(y, wrt="all", chunk_size=64, progress=False))
+    assert [len(c.nodes) for c in chunks] == [64] * (chunks[0].total // 64) + [chunks[0].total % 64]
+    assert chunks[-1].nodes[-1] is y
+    assert chunks[-1].grads[-1] == 1.0
+    assert chunks[0].nodes[0] is x
+    # y = sum over k of x * 1.01^k (k = 0..99), so dy/dx = sum of 1.01^k
+    assert chunks[0].grads[0] == pytest.approx(sum(1.01**k for k in range(100)), rel=1e-12)
+
+
+def test_a_large_backward_streams_and_fills_every_value(client):
+    x = Value(1.0)
+    nodes = [x]
+    for i in range(33_000):  # 66,001 nodes, more than STREAM_ABOVE: backward streams
+        nodes.append(nodes[-1] + (i % 3))
+    assert len(nodes[-1]._tape) > STREAM_ABOVE
+    nodes[-1].backward(client)
+    assert nodes[-1].data == 1.0 + sum(i % 3 for i in range(33_000))
+    assert all(v.grad == 1.0 for v in nodes)
+    assert nodes[20_000].data == 1.0 + sum(i % 3 for i in range(20_000))
+
+
+def _train_step(client, params, xs, lr=0.05):
+    w, b = params
+    loss = sum(((w * x + b - (2 * x - 1)) ** 2 for x in xs), Value(0.0))
+    loss.backward(client)
+    for p in params:
+        p.data -= lr * p.grad
+    return loss.data
+
+
+def test_a_training_loop_uses_updated_data_and_fresh_gradients(client):
+    params = [Value(0.0, "w"), Value(0.0, "b")]
+    xs = [-1.0, 0.0, 0.5, 1.0]
+    losses = [_train_step(client, params, xs) for _ in range(200)]
+    assert losses[-1] < 1e-6 < losses[0]
+    assert params[0].data == pytest.approx(2.0, abs=1e-3)
+    assert params[1].data == pytest.approx(-1.0, abs=1e-3)
+
+
+def test_memory_does_not_grow_step_after_step(client):
+    params = [Value(0.3), Value(-0.2)]
+    xs = [i / 50 for i in range(50)]
+    for _ in range(5):  # warm up caches (protobuf, grpc)
+        _train_step(client, params, xs)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        _train_step(client, params, xs)
+        after_one, one_step_peak = tracemalloc.get_traced_memory()
+        for _ in range(200):
+            _train_step(client, params, xs)
+        after_many = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    graph_bytes = one_step_peak - before  # one step's graph and request, alive at once
+    assert graph_bytes > 50_000
+    # Keeping even a tenth of each step's graph would grow by 20 graphs in 200 steps.
+    assert after_many - after_one < graph_bytes
+
+
+def test_each_step_starts_a_new_tape(client):
+    x = Value(1.0)
+    first = x * 2
+    first.backward(client)
+    second = x * 3
+    assert second._tape is not first._tape
+    assert len(second._tape) == 3  # x, the constant 3, the product
+
+
+def test_backward_sends_only_what_the_loss_depends_on(client):
+    x = Value(2.0)
+    loss = x * x
+    side = x.apply("no_such_op")  # on the same tape, but the loss does not read it
+    loss.backward(client)
+    assert x.grad == 4.0
+    assert side.data is None
+
+
+def test_graphs_built_apart_can_be_combined(client):
+    a, b = Value(2.0), Value(3.0)
+    big = a
+    for _ in range(10):
+        big = big * 1.0 + a  # big = 11 a, on one tape
+    small = b * b  # a separate graph, on another tape once the first was sent
+    client.evaluate(big)
+    total = small + big  # reads both: one tape takes in the other
+    total.backward(client)
+    assert big._tape is small._tape is total._tape
+    assert (total.data, a.grad, b.grad, big.grad) == (9.0 + 22.0, 11.0, 6.0, 1.0)
+
+
+def test_a_new_graph_of_leaves_only_shares_the_open_tape():
+    a = Value(1.0)
+    first, second = a * 2, a * 3
+    assert first._tape is second._tape is current_tape()
+
+
+def test_a_million_node_graph_is_recorded_and_pruned_without_recursion():
+    x = Value(0.5)
+    side = x.exp()  # recorded first but not read by y: forces the pruning sweep
+    y = x
+    for _ in range(500_000):  # y: 1,000,001 nodes in one long chain
+        y = y.tanh() + x
+    assert y._tape is side._tape and len(y._tape) == 1_000_002
+    subgraph = y._tape.subgraph([y._id])
+    assert len(subgraph) == 1_000_001
+    assert subgraph.position(side._id) is None
+    graph = subgraph.proto()
+    assert len(graph.node_ops) == 1_000_001
+    assert list(graph.leaf_values) == [0.5]
+
+
+def test_a_progress_bar_when_asked(client, capsys):
+    x = Value(1.0)
+    y = x + x
+    list(client.stream(y, wrt="all", progress=True))
+    err = capsys.readouterr().err
+    assert "/2.00" in err and "node/s" in err  # a bar over the stream's total_nodes: x, x+x
+    list(client.stream(y, wrt="all"))  # not a terminal: silent
+    assert capsys.readouterr().err == ""
