@@ -1,6 +1,6 @@
 """``AsyncClient``: the asyncio flavour of ``Client``, with the same calls awaited."""
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 
@@ -68,9 +68,11 @@ class AsyncClient:
         outputs: Value | Sequence[Value],
         wrt: Sequence[Value] | None = None,
         seeds: Sequence[float] | None = None,
+        *,
+        batch: Mapping[Value, Sequence[float]] | None = None,
     ) -> Evaluation:
         """As ``Client.evaluate``."""
-        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True)
+        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True, batch=batch)
         with translated(call.subgraph):
             response = await self._stub.Evaluate(call.request, **self._options)
         return calls.evaluation(call, response)

@@ -15,7 +15,11 @@ STREAM_ABOVE = 65_536  # backward streams results of more nodes, so a progress b
 @dataclass(frozen=True)
 class Evaluation:
     """Results of ``Client.evaluate``: the outputs' values, and for each Value in ``wrt``
-    its value and the gradient of the (seeded) outputs with respect to it."""
+    its value and the gradient of the (seeded) outputs with respect to it.
+
+    With a ``batch`` of B rows, ``outputs``, ``values`` and ``grads`` have a leading axis of
+    length B: ``grads[r, j]`` is the gradient at row r with respect to ``wrt[j]``.
+    """
 
     outputs: np.ndarray
     wrt: list[Value]
@@ -60,10 +64,14 @@ def backward_call(loss: Value) -> Call:
     return call
 
 
-def evaluate_call(outputs, wrt=None, seeds=None, *, with_outputs=False, chunk_size=0) -> Call:
+def evaluate_call(
+    outputs, wrt=None, seeds=None, *, with_outputs=False, chunk_size=0, batch=None
+) -> Call:
     """``wrt``: a list of Values, None for the graph's leaves, or "all" for every node.
 
     With ``with_outputs`` the outputs' own results come first (``Call.output_count`` of them).
+    ``batch`` maps leaf Values to sequences of B values: the graph is evaluated at B rows, the
+    other leaves keeping their ``.data`` in every row.
     """
     outputs = _as_list(outputs)
     if not outputs:
@@ -78,6 +86,8 @@ def evaluate_call(outputs, wrt=None, seeds=None, *, with_outputs=False, chunk_si
         seeds=[] if seeds is None else [float(s) for s in seeds],
         chunk_size=chunk_size,
     )
+    if batch:
+        _set_rows(request, subgraph, tape, batch)
     if wrt == "all":
         request.selection = pb.SELECTION_ALL
         return Call(request, subgraph)
@@ -95,6 +105,26 @@ def evaluate_call(outputs, wrt=None, seeds=None, *, with_outputs=False, chunk_si
         request.nodes.extend(request.outputs)
     request.nodes.extend(positions)
     return Call(request, subgraph, output_count=len(outputs) if with_outputs else 0)
+
+
+def _set_rows(request: pb.EvaluateRequest, subgraph: Subgraph, tape, batch) -> None:
+    """Replace the request's leaf values by the rows of ``batch``."""
+    columns = {}
+    for value, column in batch.items():
+        position = subgraph.position(tape.leaf_ids.get(value, -1)) if value._tape is None else None
+        if position is None:
+            raise ValueError(f"batch holds {value!r}, which is not a leaf the outputs depend on")
+        columns[position] = np.asarray(column, dtype=np.float64)
+    lengths = {len(column) for column in columns.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError("every batch entry must hold the same, non-zero number of values")
+    leaves = np.flatnonzero(subgraph.node_ops == 0)
+    rows = np.tile(np.array(request.graph.leaf_values, dtype=np.float64), (lengths.pop(), 1))
+    for position, column in columns.items():
+        rows[:, np.searchsorted(leaves, position)] = column
+    del request.graph.leaf_values[:]
+    request.graph.leaf_values.extend(rows.ravel())
+    request.rows = len(rows)
 
 
 def fill(subgraph: Subgraph, ids, values, grads) -> None:
@@ -116,9 +146,14 @@ def arrays(message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def evaluation(call: Call, response: pb.EvaluateResponse) -> Evaluation:
     ids, values, grads = arrays(response)
+    if response.rows > 1:  # row by row on the wire
+        values, grads = values.reshape(response.rows, -1), grads.reshape(response.rows, -1)
     k = call.output_count
     return Evaluation(
-        outputs=values[:k], wrt=call.subgraph.values(ids[k:]), values=values[k:], grads=grads[k:]
+        outputs=values[..., :k],
+        wrt=call.subgraph.values(ids[k:]),
+        values=values[..., k:],
+        grads=grads[..., k:],
     )
 
 

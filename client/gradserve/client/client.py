@@ -1,6 +1,6 @@
 """``Client``: the synchronous SDK client."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import grpc
 
@@ -67,11 +67,15 @@ class Client:
         outputs: Value | Sequence[Value],
         wrt: Sequence[Value] | None = None,
         seeds: Sequence[float] | None = None,
+        *,
+        batch: Mapping[Value, Sequence[float]] | None = None,
     ) -> Evaluation:
         """Values of ``outputs``, and values and gradients of ``wrt`` (default: the graph's
         leaves), without touching the Value objects. ``seeds`` weight the outputs' gradients
-        (default 1.0 each)."""
-        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True)
+        (default 1.0 each). ``batch`` maps leaf Values to sequences of B values: the graph is
+        then evaluated at all B rows in one call (the other leaves keep their ``.data``), and
+        the results gain a leading axis of length B."""
+        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True, batch=batch)
         with translated(call.subgraph):
             response = self._stub.Evaluate(call.request, **self._options)
         return calls.evaluation(call, response)
