@@ -10,7 +10,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.server.limits import Limits
 from gradserve.server.registry import LoadedOp
+from gradserve.server.security import BearerTokenInterceptor
 from gradserve.server.servicer import GradientServicer
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -40,28 +42,42 @@ def start_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     threads: int = 8,
     reuse_port: bool = False,
+    limits: Limits | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    auth_token: str | None = None,
+    enable_reflection: bool = True,
 ) -> RunningServer:
     """Start serving on ``address`` (port 0 picks a free port) and return the bound port.
 
     Health reports SERVING for the whole server and for GradientService once started.
     gRPC sets SO_REUSEPORT by default on Linux, which would let a second server start on a
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
+    ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
+    on every call but health checks. Calls beyond ``limits.max_concurrent_calls`` get
+    RESOURCE_EXHAUSTED at once instead of queueing without bound.
     """
+    limits = limits or Limits()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
+        interceptors=[BearerTokenInterceptor(auth_token)] if auth_token else [],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
         ],
+        maximum_concurrent_rpcs=limits.max_concurrent_calls,
     )
-    pb_grpc.add_GradientServiceServicer_to_server(GradientServicer(registry), server)
+    pb_grpc.add_GradientServiceServicer_to_server(GradientServicer(registry, limits), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(address)
+    if enable_reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     server.start()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gradserve.server import finite
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.plan import Group, Plan
 
@@ -23,11 +24,13 @@ def evaluate(
     outputs: np.ndarray,
     seeds: np.ndarray,
     should_stop: Callable[[], bool] = _never,
+    allow_non_finite: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return every node's value and its gradient of ``sum(seeds * outputs)``.
 
     ``should_stop`` is polled between groups; when it returns True the evaluation is
-    abandoned with ``Cancelled``.
+    abandoned with ``Cancelled``. Unless ``allow_non_finite``, a NaN or Inf value or
+    gradient is a GraphError naming the node where it starts.
     """
     leaf_values = np.asarray(leaf_values, dtype=np.float64)
     if len(leaf_values) != len(plan.leaves):
@@ -45,6 +48,8 @@ def evaluate(
         if should_stop():
             raise Cancelled()
         values[group.nodes] = _forward(group, [values[a] for a in group.args])
+    if not allow_non_finite:
+        finite.check_values(plan, values)
 
     grads = np.zeros(plan.node_count, dtype=np.float64)
     np.add.at(grads, outputs, seeds)
@@ -54,6 +59,8 @@ def evaluate(
         local = _backward(group, grads[group.nodes], values[group.nodes], values)
         for arg, grad in zip(group.args, local, strict=True):
             np.add.at(grads, arg, grad)
+    if not allow_non_finite:
+        finite.check_grads(grads)
     return values, grads
 
 

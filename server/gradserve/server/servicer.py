@@ -6,7 +6,7 @@ Every engine error becomes a gRPC status here, in ``_call``, and nowhere else.
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import grpc
@@ -15,8 +15,10 @@ import numpy as np
 from gradserve.server import wire
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.evaluate import evaluate
+from gradserve.server.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.plan import compile_graph
 from gradserve.server.registry import LoadedOp
+from gradserve.server.status import abort_bad_request, abort_internal
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -35,29 +37,38 @@ class _CallRecord:
 
 @contextmanager
 def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
-    """Map engine errors to statuses and write one log line per call."""
+    """Map engine errors to statuses and write one log line per call.
+
+    Client errors carry a google.rpc.BadRequest field violation; anything unexpected is
+    INTERNAL with an error id, never UNKNOWN and never a traceback.
+    """
     record = _CallRecord()
     started = time.perf_counter()
     try:
         yield record
+    except LimitExceeded as exc:
+        record.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        abort_bad_request(context, record.code, exc)
     except GraphError as exc:
         record.code = grpc.StatusCode.INVALID_ARGUMENT
-        context.abort(record.code, str(exc))
+        abort_bad_request(context, record.code, exc)
     except OpFailure as exc:
         # A plugin bug: the client learns which op and node; the plugin's own error text
         # stays in the server log.
         log.error("%s: %s", method, exc, exc_info=exc.__cause__)
         record.code = grpc.StatusCode.INTERNAL
         context.abort(record.code, f"{exc}; the op plugin failed (details in the server log)")
+    except DeadlineExceeded as exc:
+        record.code = grpc.StatusCode.DEADLINE_EXCEEDED
+        context.abort(record.code, str(exc))
     except Cancelled:
         record.code = grpc.StatusCode.CANCELLED
     except GeneratorExit:
         record.code = grpc.StatusCode.CANCELLED
         raise
     except Exception:
-        log.exception("%s: unexpected error", method)
         record.code = grpc.StatusCode.INTERNAL
-        context.abort(record.code, "internal server error (details in the server log)")
+        abort_internal(context, method)
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1e3
         log.info(
@@ -65,39 +76,68 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         )
 
 
+def _stop_check(stop: threading.Event, deadline: float) -> Callable[[], bool]:
+    """The engine's ``should_stop``: True once the caller has gone; past the deadline it
+    raises DeadlineExceeded."""
+
+    def should_stop() -> bool:
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(
+                "the call ran past its deadline (the caller's, or the server's "
+                "default-deadline for calls without one) and was stopped"
+            )
+        return stop.is_set()
+
+    return should_stop
+
+
 class GradientServicer(pb_grpc.GradientServiceServicer):
-    def __init__(self, registry: Mapping[str, LoadedOp]) -> None:
+    def __init__(self, registry: Mapping[str, LoadedOp], limits: Limits | None = None) -> None:
         self._registry = registry
         self._ops = {name: loaded.op for name, loaded in registry.items()}
+        self._limits = limits or Limits()
 
     def _evaluate(
-        self, request: pb.EvaluateRequest, stop: threading.Event, record: _CallRecord
+        self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The selected node ids with their values and gradients."""
         record.nodes = len(request.graph.node_ops)
-        plan = compile_graph(wire.graph_arrays(request.graph), self._ops)
+        self._limits.check_sizes(request)
+        graph = wire.graph_arrays(request.graph)
+        self._limits.check_fan_in(graph.input_counts)
+        plan = compile_graph(graph, self._ops)
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
-        values, grads = evaluate(plan, wire.leaf_values(request), outputs, seeds, stop.is_set)
+        values, grads = evaluate(
+            plan,
+            wire.leaf_values(request),
+            outputs,
+            seeds,
+            should_stop,
+            allow_non_finite=request.allow_non_finite,
+        )
         return selected, values[selected], grads[selected]
 
-    def Evaluate(self, request, context):
+    def _should_stop(self, context: grpc.ServicerContext) -> Callable[[], bool]:
         stop = threading.Event()
         context.add_callback(stop.set)
+        return _stop_check(stop, self._limits.deadline(context.time_remaining()))
+
+    def Evaluate(self, request, context):
+        should_stop = self._should_stop(context)
         with _call("Evaluate", context) as record:
-            ids, values, grads = self._evaluate(request, stop, record)
+            ids, values, grads = self._evaluate(request, should_stop, record)
             response = pb.EvaluateResponse()
             wire.fill_results(response, ids, values, grads)
             return response
 
     def EvaluateStream(self, request, context):
-        stop = threading.Event()
-        context.add_callback(stop.set)
+        should_stop = self._should_stop(context)
         with _call("EvaluateStream", context) as record:
-            ids, values, grads = self._evaluate(request, stop, record)
+            ids, values, grads = self._evaluate(request, should_stop, record)
             chunk = min(request.chunk_size or DEFAULT_CHUNK_NODES, DEFAULT_CHUNK_NODES)
             for start in range(0, len(ids), chunk):
-                if stop.is_set():
+                if should_stop():
                     raise Cancelled()
                 part = slice(start, start + chunk)
                 message = pb.GradientChunk(total_nodes=len(ids))
