@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.server.decoding import DecodeErrorInterceptor
 from gradserve.server.limits import Limits
 from gradserve.server.registry import LoadedOp
 from gradserve.server.security import BearerTokenInterceptor
@@ -59,7 +60,10 @@ def start_server(
     limits = limits or Limits()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
-        interceptors=[BearerTokenInterceptor(auth_token)] if auth_token else [],
+        interceptors=[
+            *([BearerTokenInterceptor(auth_token)] if auth_token else []),
+            DecodeErrorInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
