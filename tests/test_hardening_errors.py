@@ -60,3 +60,13 @@ def test_an_unexpected_error_is_internal_with_an_id_in_the_log(stub, monkeypatch
     error_id = re.search(r"error id ([0-9a-f]{12})", details).group(1)
     logged = [r for r in caplog.records if error_id in r.getMessage()]
     assert logged and "secret internals" in str(logged[0].exc_info[1])
+
+
+def test_an_unknown_selection_with_nodes_is_invalid_argument(stub):
+    """Found by the fuzz test: this was an INTERNAL (a ValueError naming the enum value)."""
+    g = GraphBuilder()
+    g.leaf(1.0)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=99, nodes=[0]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(caught.value)] == ["selection"]

@@ -35,7 +35,7 @@ def nap_server(tmp_path, monkeypatch):
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
     )
-    process, port = start_serving("--grace", "20")
+    process, port = start_serving("--grace", "20", "--trusted-plugins", "nap-plugin")
     try:
         yield process, port, tmp_path / "started"
     finally:

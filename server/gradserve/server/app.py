@@ -1,7 +1,7 @@
 """Build and run the gRPC server: our service, health and reflection, wired in one place."""
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.server.decoding import DecodeErrorInterceptor
+from gradserve.server.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.limits import Limits
 from gradserve.server.registry import LoadedOp
 from gradserve.server.security import BearerTokenInterceptor
@@ -29,11 +30,14 @@ class RunningServer:
     server: grpc.Server
     health: health.HealthServicer
     port: int
+    isolated: IsolatedEvaluator | None = None
 
     def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` s, then stop."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.isolated is not None:
+            self.isolated.close()
 
 
 def start_server(
@@ -47,6 +51,8 @@ def start_server(
     credentials: grpc.ServerCredentials | None = None,
     auth_token: str | None = None,
     enable_reflection: bool = True,
+    isolation_workers: int = 0,
+    trusted_plugins: Iterable[str] = (),
 ) -> RunningServer:
     """Start serving on ``address`` (port 0 picks a free port) and return the bound port.
 
@@ -55,9 +61,13 @@ def start_server(
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
     ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
     on every call but health checks. Calls beyond ``limits.max_concurrent_calls`` get
-    RESOURCE_EXHAUSTED at once instead of queueing without bound.
+    RESOURCE_EXHAUSTED at once instead of queueing without bound. With
+    ``isolation_workers``, plans using ops from distributions other than gradserve-ops-core
+    and ``trusted_plugins`` run in that many replaceable worker processes (the registry must
+    then come from the entry points, which the workers load again).
     """
     limits = limits or Limits()
+    isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
         interceptors=[
@@ -71,7 +81,9 @@ def start_server(
         ],
         maximum_concurrent_rpcs=limits.max_concurrent_calls,
     )
-    pb_grpc.add_GradientServiceServicer_to_server(GradientServicer(registry, limits), server)
+    pb_grpc.add_GradientServiceServicer_to_server(
+        GradientServicer(registry, limits, isolated), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if enable_reflection:
@@ -85,7 +97,18 @@ def start_server(
     server.start()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, port)
+    return RunningServer(server, health_servicer, port, isolated)
+
+
+def _isolated_evaluator(
+    registry: Mapping[str, LoadedOp], workers: int, trusted_plugins: Iterable[str]
+) -> IsolatedEvaluator | None:
+    trusted = TRUSTED_DISTRIBUTIONS | set(trusted_plugins)
+    untrusted = [name for name, op in registry.items() if op.distribution not in trusted]
+    if not (workers and untrusted):
+        return None
+    log.info("ops %s run in %d isolated worker(s)", ", ".join(untrusted), workers)
+    return IsolatedEvaluator(registry, untrusted, workers)
 
 
 @contextmanager

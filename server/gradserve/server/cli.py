@@ -71,6 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
             credentials=credentials,
             auth_token=token,
             enable_reflection=not args.no_reflection,
+            isolation_workers=args.isolation_workers,
+            trusted_plugins=[d.strip() for d in args.trusted_plugins.split(",") if d.strip()],
         )
     except RuntimeError as exc:
         log.error("cannot listen on %s: %s", address, exc)
@@ -147,6 +149,17 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--auth-token", default=_env("auth-token", None), help="bearer token")
     serve.add_argument(
         "--auth-token-file", default=_env("auth-token-file", None), help="file holding the token"
+    )
+    serve.add_argument(
+        "--isolation-workers",
+        type=int,
+        default=_env("isolation-workers", 2),
+        help="worker processes for graphs using untrusted ops; 0 runs them in-process (default 2)",
+    )
+    serve.add_argument(
+        "--trusted-plugins",
+        default=_env("trusted-plugins", ""),
+        help="comma-separated distributions whose ops run in-process like gradserve-ops-core",
     )
     serve.add_argument(
         "--no-reflection",

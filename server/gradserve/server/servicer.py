@@ -15,6 +15,7 @@ import numpy as np
 from gradserve.server import wire
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.evaluate import evaluate
+from gradserve.server.isolation import IsolatedEvaluator
 from gradserve.server.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.plan import compile_graph
 from gradserve.server.registry import LoadedOp
@@ -92,10 +93,16 @@ def _stop_check(stop: threading.Event, deadline: float) -> Callable[[], bool]:
 
 
 class GradientServicer(pb_grpc.GradientServiceServicer):
-    def __init__(self, registry: Mapping[str, LoadedOp], limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        registry: Mapping[str, LoadedOp],
+        limits: Limits | None = None,
+        isolated: IsolatedEvaluator | None = None,
+    ) -> None:
         self._registry = registry
         self._ops = {name: loaded.op for name, loaded in registry.items()}
         self._limits = limits or Limits()
+        self._isolated = isolated
 
     def _evaluate(
         self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
@@ -108,14 +115,15 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         plan = compile_graph(graph, self._ops)
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
-        values, grads = evaluate(
-            plan,
-            wire.leaf_values(request),
-            outputs,
-            seeds,
-            should_stop,
-            allow_non_finite=request.allow_non_finite,
-        )
+        leaves, allow_non_finite = wire.leaf_values(request), request.allow_non_finite
+        if self._isolated is not None and self._isolated.handles(plan):
+            values, grads = self._isolated.evaluate(
+                graph, leaves, outputs, seeds, should_stop, allow_non_finite
+            )
+        else:
+            values, grads = evaluate(
+                plan, leaves, outputs, seeds, should_stop, allow_non_finite=allow_non_finite
+            )
         return selected, values[selected], grads[selected]
 
     def _should_stop(self, context: grpc.ServicerContext) -> Callable[[], bool]:
