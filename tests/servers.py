@@ -32,9 +32,12 @@ GRADSERVE = str(Path(sys.executable).parent / "gradserve")
 class Served:
     """A `gradserve serve` subprocess whose log lines are collected as they come."""
 
-    def __init__(self, *flags: str, gradserve: str = GRADSERVE) -> None:
+    def __init__(self, *flags: str, gradserve: str = GRADSERVE, env=None) -> None:
         self.process = subprocess.Popen(
-            [gradserve, "serve", "--port", "0", *flags], stderr=subprocess.PIPE, text=True
+            [gradserve, "serve", "--port", "0", *flags],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         self.lines: list[str] = []
         threading.Thread(target=self._collect, daemon=True).start()

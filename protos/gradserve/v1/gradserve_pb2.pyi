@@ -35,7 +35,7 @@ class Graph(_message.Message):
     def __init__(self, op_names: _Optional[_Iterable[str]] = ..., node_ops: _Optional[_Iterable[int]] = ..., input_counts: _Optional[_Iterable[int]] = ..., input_ids: _Optional[_Iterable[int]] = ..., leaf_values: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("graph", "outputs", "seeds", "selection", "nodes", "chunk_size", "plan_digest", "rows")
+    __slots__ = ("graph", "outputs", "seeds", "selection", "nodes", "chunk_size", "plan_digest", "rows", "allow_non_finite")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class EvaluateRequest(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     graph: Graph
     outputs: _containers.RepeatedScalarFieldContainer[int]
     seeds: _containers.RepeatedScalarFieldContainer[float]
@@ -52,7 +53,8 @@ class EvaluateRequest(_message.Message):
     chunk_size: int
     plan_digest: bytes
     rows: int
-    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., outputs: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[float]] = ..., selection: _Optional[_Union[Selection, str]] = ..., nodes: _Optional[_Iterable[int]] = ..., chunk_size: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
+    allow_non_finite: bool
+    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., outputs: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[float]] = ..., selection: _Optional[_Union[Selection, str]] = ..., nodes: _Optional[_Iterable[int]] = ..., chunk_size: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ..., allow_non_finite: _Optional[bool] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("node_ids", "values", "grads", "plan_digest", "rows")

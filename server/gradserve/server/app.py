@@ -1,7 +1,7 @@
 """Build and run the gRPC server: our service, health and reflection, wired in one place."""
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,9 +10,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.server.decoding import DecodeErrorInterceptor
+from gradserve.server.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
+from gradserve.server.limits import Limits
 from gradserve.server.metrics import CallMetrics
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES, PlanCache
 from gradserve.server.registry import LoadedOp
+from gradserve.server.security import BearerTokenInterceptor
 from gradserve.server.servicer import GradientServicer
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -28,11 +32,14 @@ class RunningServer:
     server: grpc.Server
     health: health.HealthServicer
     port: int
+    isolated: IsolatedEvaluator | None = None
 
     def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` s, then stop."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.isolated is not None:
+            self.isolated.close()
 
 
 def start_server(
@@ -44,6 +51,12 @@ def start_server(
     reuse_port: bool = False,
     plan_cache_nodes: int = DEFAULT_MAX_NODES,
     metrics: CallMetrics | None = None,
+    limits: Limits | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    auth_token: str | None = None,
+    enable_reflection: bool = True,
+    isolation_workers: int = 0,
+    trusted_plugins: Iterable[str] = (),
 ) -> RunningServer:
     """Start serving on ``address`` (port 0 picks a free port) and return the bound port.
 
@@ -51,28 +64,56 @@ def start_server(
     gRPC sets SO_REUSEPORT by default on Linux, which would let a second server start on a
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
     ``metrics``, when given, records every call (see ``gradserve.server.metrics``).
+    ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
+    on every call but health checks. Calls beyond ``limits.max_concurrent_calls`` get
+    RESOURCE_EXHAUSTED at once instead of queueing without bound. With
+    ``isolation_workers``, plans using ops from distributions other than gradserve-ops-core
+    and ``trusted_plugins`` run in that many replaceable worker processes (the registry must
+    then come from the entry points, which the workers load again).
     """
+    limits = limits or Limits()
+    isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
-        interceptors=[metrics] if metrics else None,
+        interceptors=[  # the first is outermost: metrics see every call's final status
+            *([metrics] if metrics else []),
+            *([BearerTokenInterceptor(auth_token)] if auth_token else []),
+            DecodeErrorInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
         ],
+        maximum_concurrent_rpcs=limits.max_concurrent_calls,
     )
-    servicer = GradientServicer(registry, PlanCache(plan_cache_nodes))
+    servicer = GradientServicer(registry, PlanCache(plan_cache_nodes), limits, isolated)
     pb_grpc.add_GradientServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(address)
+    if enable_reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     server.start()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, port)
+    return RunningServer(server, health_servicer, port, isolated)
+
+
+def _isolated_evaluator(
+    registry: Mapping[str, LoadedOp], workers: int, trusted_plugins: Iterable[str]
+) -> IsolatedEvaluator | None:
+    trusted = TRUSTED_DISTRIBUTIONS | set(trusted_plugins)
+    untrusted = [name for name, op in registry.items() if op.distribution not in trusted]
+    if not (workers and untrusted):
+        return None
+    log.info("ops %s run in %d isolated worker(s)", ", ".join(untrusted), workers)
+    return IsolatedEvaluator(registry, untrusted, workers)
 
 
 @contextmanager

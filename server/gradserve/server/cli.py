@@ -11,15 +11,18 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gradserve.server import limits
 from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
 from gradserve.server.metrics import CallMetrics, serve_metrics
 from gradserve.server.ops_check import check_ops
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.registry import PluginError, load_registry
+from gradserve.server.security import read_token, server_credentials
 from gradserve.server.workers import serve_workers, stop_signal_event
 
 log = logging.getLogger("gradserve")
@@ -49,14 +52,31 @@ def _serve(args: argparse.Namespace) -> int:
     if not registry:
         log.error("cannot start: no ops loaded (is gradserve-ops-core installed?)")
         return 2
-
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        log.error("cannot start: --tls-cert and --tls-key go together (--tls-client-ca needs both)")
+        return 2
+    tls_files = [f for f in (args.tls_cert, args.tls_key, args.tls_client_ca) if f]
+    try:
+        for tls_file in tls_files:
+            Path(tls_file).read_bytes()  # fail now, not in every worker
+        token = read_token(args.auth_token, args.auth_token_file)
+    except (OSError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    server_limits = limits.Limits(
+        max_nodes=args.max_nodes,
+        max_fan_in=args.max_fan_in,
+        max_concurrent_calls=args.max_concurrent_calls,
+        default_deadline_s=args.default_deadline,
+    )
     describe = "ops: " + ", ".join(sorted(registry))
 
     def serve_one(
         port: int, *, reuse_port: bool, metrics_port: int, ready: Callable[[], None] | None
     ) -> int:
         """Serve until SIGTERM/SIGINT, then drain: the whole server, or (when ``ready`` is
-        given, called once it listens) one worker of it."""
+        given, called once it listens) one worker of it. gRPC objects are made here, after
+        any fork."""
         stopping = stop_signal_event()
         metrics = CallMetrics() if metrics_port else None
         address = f"{args.host}:{port}"
@@ -69,6 +89,16 @@ def _serve(args: argparse.Namespace) -> int:
                 plan_cache_nodes=args.plan_cache_nodes,
                 reuse_port=reuse_port,
                 metrics=metrics,
+                limits=server_limits,
+                credentials=(
+                    server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+                    if args.tls_cert
+                    else None
+                ),
+                auth_token=token,
+                enable_reflection=not args.no_reflection,
+                isolation_workers=args.isolation_workers,
+                trusted_plugins=[d.strip() for d in args.trusted_plugins.split(",") if d.strip()],
             )
         except RuntimeError as exc:
             log.error("cannot listen on %s: %s", address, exc)
@@ -94,6 +124,10 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("stopped")
         return 0
 
+    log.info(
+        "tls=%s mutual-tls=%s auth-token=%s reflection=%s",
+        *(bool(x) for x in (args.tls_cert, args.tls_client_ca, token, not args.no_reflection)),
+    )
     if args.workers == 1:
         return serve_one(args.port, reuse_port=False, metrics_port=args.metrics_port, ready=None)
 
@@ -111,9 +145,28 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _health_channel(args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, or TLS when a CA or a client certificate is given."""
+    if not (args.tls_ca or args.tls_cert):
+        return grpc.insecure_channel(args.target)
+    ca, key, cert = (
+        Path(f).read_bytes() if f else None for f in (args.tls_ca, args.tls_key, args.tls_cert)
+    )
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return grpc.secure_channel(args.target, credentials, options=options)
+
+
 def _health(args: argparse.Namespace) -> int:
     request = health_pb2.HealthCheckRequest(service=args.service)
-    with grpc.insecure_channel(args.target) as channel:
+    try:
+        channel = _health_channel(args)
+    except OSError as exc:
+        print(f"cannot read a TLS file: {exc}", file=sys.stderr)
+        return 2
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
         except grpc.RpcError as exc:
@@ -139,6 +192,50 @@ def _ops_check(args: argparse.Namespace) -> int:
             return 2
         registry = {args.op: registry[args.op]}
     return check_ops(registry, points=args.points, seed=args.seed)
+
+
+def _add_safety_options(serve: argparse.ArgumentParser) -> None:
+    """The limits and security options of ``serve`` (README: "Running it safely")."""
+    for name, default, unit in (
+        ("max-nodes", limits.DEFAULT_MAX_NODES, "nodes in one graph"),
+        ("max-fan-in", limits.DEFAULT_MAX_FAN_IN, "inputs of one node"),
+        ("max-concurrent-calls", limits.DEFAULT_MAX_CONCURRENT_CALLS, "calls at once"),
+    ):
+        serve.add_argument(
+            f"--{name}", type=int, default=_env(name, default), help=f"{unit} (default {default})"
+        )
+    serve.add_argument(
+        "--default-deadline",
+        type=float,
+        default=_env("default-deadline", limits.DEFAULT_DEADLINE_S),
+        help=f"seconds for calls that set no deadline (default {limits.DEFAULT_DEADLINE_S:g})",
+    )
+    serve.add_argument("--tls-cert", default=_env("tls-cert", None), help="PEM certificate chain")
+    serve.add_argument("--tls-key", default=_env("tls-key", None), help="PEM private key")
+    serve.add_argument(
+        "--tls-client-ca", default=_env("tls-client-ca", None), help="require client certs (mTLS)"
+    )
+    serve.add_argument("--auth-token", default=_env("auth-token", None), help="bearer token")
+    serve.add_argument(
+        "--auth-token-file", default=_env("auth-token-file", None), help="file holding the token"
+    )
+    serve.add_argument(
+        "--isolation-workers",
+        type=int,
+        default=_env("isolation-workers", 2),
+        help="worker processes for graphs using untrusted ops; 0 runs them in-process (default 2)",
+    )
+    serve.add_argument(
+        "--trusted-plugins",
+        default=_env("trusted-plugins", ""),
+        help="comma-separated distributions whose ops run in-process like gradserve-ops-core",
+    )
+    serve.add_argument(
+        "--no-reflection",
+        action="store_true",
+        default=_flag(_env("no-reflection", "")),
+        help="do not serve server reflection",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,12 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics over HTTP on this port (default 0: off)",
     )
     serve.add_argument("--log-level", default=_env("log-level", "INFO"))
+    _add_safety_options(serve)
     serve.set_defaults(run=_serve)
 
     probe = commands.add_parser("health", help="exit 0 if a server reports SERVING")
     probe.add_argument("--target", default=_env("target", "localhost:50051"))
     probe.add_argument("--service", default="", help="service name ('' = whole server)")
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    probe.add_argument("--tls-ca", default=_env("tls-ca", None), help="CA of the server (TLS)")
+    probe.add_argument("--tls-cert", default=_env("tls-cert", None), help="client cert (mTLS)")
+    probe.add_argument("--tls-key", default=_env("tls-key", None), help="client key (mTLS)")
+    probe.add_argument(
+        "--tls-server-name", default=None, help="name to expect in the server's certificate"
+    )
     probe.set_defaults(run=_health)
 
     ops = commands.add_parser("ops", help="inspect the installed ops")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gradserve.server import finite
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.plan import Group, Plan, Stretch
 
@@ -24,6 +25,7 @@ def evaluate(
     outputs: np.ndarray,
     seeds: np.ndarray,
     should_stop: Callable[[], bool] = _never,
+    allow_non_finite: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return every node's value and its gradient of ``sum(seeds * outputs)``.
 
@@ -31,6 +33,8 @@ def evaluate(
     ``(B, L)``); the results are shaped ``(n,)`` or ``(n, B)`` to match. Rows are evaluated
     together: every op call sees arrays of shape ``(group size, B)``. ``should_stop`` is
     polled between groups; when it returns True the evaluation is abandoned (Cancelled).
+    Unless ``allow_non_finite``, a NaN or Inf value or gradient is a GraphError naming the
+    node where it starts.
     """
     leaf_values = np.asarray(leaf_values, dtype=np.float64)
     single_row = leaf_values.ndim == 1
@@ -45,6 +49,8 @@ def evaluate(
             _forward_stretch(step, values, should_stop)
         else:
             values[step.nodes] = _forward(step, [values[a] for a in step.args])
+    if not allow_non_finite:
+        finite.check_values(plan, values)
 
     grads = np.zeros_like(values)
     np.add.at(grads, outputs, np.asarray(seeds, dtype=np.float64)[:, None])
@@ -57,6 +63,8 @@ def evaluate(
         local = _backward(step, grads[step.nodes], values[step.nodes], values)
         for arg, grad in zip(step.args, local, strict=True):
             np.add.at(grads, arg, grad)
+    if not allow_non_finite:
+        finite.check_grads(grads)
     return (values[:, 0], grads[:, 0]) if single_row else (values, grads)
 
 

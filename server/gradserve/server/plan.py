@@ -6,6 +6,7 @@ input count), so that evaluation makes one vectorized op call per group: no node
 group reads another node of the same group.
 """
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,18 @@ class Plan:
     leaves: np.ndarray  # the ids of the leaf nodes, increasing
     steps: tuple[Group | Stretch, ...]  # in an order where every step's inputs come earlier
     labels: tuple[str, ...]
+    # The graph it was compiled from, kept only when the plan must be compiled again
+    # elsewhere (an isolation worker, for untrusted ops).
+    source: GraphArrays | None = None
+
+    @functools.cached_property
+    def op_names(self) -> frozenset[str]:
+        """The names of the ops the plan applies."""
+        return frozenset(
+            group.op.name
+            for step in self.steps
+            for group in (step.parts if isinstance(step, Stretch) else (step,))
+        )
 
     def describe(self, node: int) -> str:
         """The node id with its label, if it has one, for messages."""

@@ -3,10 +3,11 @@
 Every engine error becomes a gRPC status here, in ``_call``, and nowhere else.
 """
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import grpc
@@ -14,9 +15,12 @@ import grpc
 from gradserve.server import wire
 from gradserve.server.errors import Cancelled, GraphError, OpFailure, PlanNotFound
 from gradserve.server.evaluate import evaluate
+from gradserve.server.isolation import IsolatedEvaluator
+from gradserve.server.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.plan import Plan, compile_graph
 from gradserve.server.plan_cache import PlanCache, structure_digest
 from gradserve.server.registry import LoadedOp
+from gradserve.server.status import abort_bad_request, abort_internal
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -35,14 +39,21 @@ class _CallRecord:
 
 @contextmanager
 def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
-    """Map engine errors to statuses and write one log line per call."""
+    """Map engine errors to statuses and write one log line per call.
+
+    Client errors carry a google.rpc.BadRequest field violation; anything unexpected is
+    INTERNAL with an error id, never UNKNOWN and never a traceback.
+    """
     record = _CallRecord()
     started = time.perf_counter()
     try:
         yield record
+    except LimitExceeded as exc:
+        record.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        abort_bad_request(context, record.code, exc)
     except GraphError as exc:
         record.code = grpc.StatusCode.INVALID_ARGUMENT
-        context.abort(record.code, str(exc))
+        abort_bad_request(context, record.code, exc)
     except PlanNotFound as exc:
         record.code = grpc.StatusCode.NOT_FOUND
         context.abort(record.code, str(exc))
@@ -52,20 +63,37 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         log.error("%s: %s", method, exc, exc_info=exc.__cause__)
         record.code = grpc.StatusCode.INTERNAL
         context.abort(record.code, f"{exc}; the op plugin failed (details in the server log)")
+    except DeadlineExceeded as exc:
+        record.code = grpc.StatusCode.DEADLINE_EXCEEDED
+        context.abort(record.code, str(exc))
     except Cancelled:
         record.code = grpc.StatusCode.CANCELLED
     except GeneratorExit:
         record.code = grpc.StatusCode.CANCELLED
         raise
     except Exception:
-        log.exception("%s: unexpected error", method)
         record.code = grpc.StatusCode.INTERNAL
-        context.abort(record.code, "internal server error (details in the server log)")
+        abort_internal(context, method)
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1e3
         log.info(
             "%s nodes=%d status=%s %.1f ms", method, record.nodes, record.code.name, elapsed_ms
         )
+
+
+def _stop_check(stop: threading.Event, deadline: float) -> Callable[[], bool]:
+    """The engine's ``should_stop``: True once the caller has gone; past the deadline it
+    raises DeadlineExceeded."""
+
+    def should_stop() -> bool:
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(
+                "the call ran past its deadline (the caller's, or the server's "
+                "default-deadline for calls without one) and was stopped"
+            )
+        return stop.is_set()
+
+    return should_stop
 
 
 class _Results:
@@ -76,10 +104,18 @@ class _Results:
 
 
 class GradientServicer(pb_grpc.GradientServiceServicer):
-    def __init__(self, registry: Mapping[str, LoadedOp], plan_cache: PlanCache) -> None:
+    def __init__(
+        self,
+        registry: Mapping[str, LoadedOp],
+        plan_cache: PlanCache,
+        limits: Limits | None = None,
+        isolated: IsolatedEvaluator | None = None,
+    ) -> None:
         self._registry = registry
         self._ops = {name: loaded.op for name, loaded in registry.items()}
         self._plans = plan_cache
+        self._limits = limits or Limits()
+        self._isolated = isolated
 
     def _plan(self, request: pb.EvaluateRequest) -> tuple[Plan, bytes]:
         """The request's plan from the cache, compiling (and caching) it on a miss."""
@@ -93,44 +129,58 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             if plan is None:
                 raise PlanNotFound(request.plan_digest)
             return plan, request.plan_digest
+        self._limits.check_sizes(request)
         graph = wire.graph_arrays(request.graph)
+        self._limits.check_fan_in(graph.input_counts)
         digest = structure_digest(graph)
         plan = self._plans.get(digest)
         if plan is None:
             plan = compile_graph(graph, self._ops)
+            if self._isolated is not None and self._isolated.handles(plan):
+                plan = dataclasses.replace(plan, source=graph)  # workers compile it again
             self._plans.put(digest, plan)
         return plan, digest
 
     def _evaluate(
-        self, request: pb.EvaluateRequest, stop: threading.Event, record: _CallRecord
+        self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
     ) -> _Results:
         plan, digest = self._plan(request)
         record.nodes = plan.node_count
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
-        leaves = wire.leaf_rows(request, plan)
-        values, grads = evaluate(plan, leaves, outputs, seeds, stop.is_set)
+        leaves, allow_non_finite = wire.leaf_rows(request, plan), request.allow_non_finite
+        if plan.source is not None:
+            values, grads = self._isolated.evaluate(
+                plan.source, leaves, outputs, seeds, should_stop, allow_non_finite
+            )
+        else:
+            values, grads = evaluate(
+                plan, leaves, outputs, seeds, should_stop, allow_non_finite=allow_non_finite
+            )
         return _Results(selected, values[selected], grads[selected], digest)
 
-    def Evaluate(self, request, context):
+    def _should_stop(self, context: grpc.ServicerContext) -> Callable[[], bool]:
         stop = threading.Event()
         context.add_callback(stop.set)
+        return _stop_check(stop, self._limits.deadline(context.time_remaining()))
+
+    def Evaluate(self, request, context):
+        should_stop = self._should_stop(context)
         with _call("Evaluate", context) as record:
-            results = self._evaluate(request, stop, record)
+            results = self._evaluate(request, should_stop, record)
             response = pb.EvaluateResponse(plan_digest=results.digest)
             wire.fill_results(response, results.ids, results.values, results.grads)
             return response
 
     def EvaluateStream(self, request, context):
-        stop = threading.Event()
-        context.add_callback(stop.set)
+        should_stop = self._should_stop(context)
         with _call("EvaluateStream", context) as record:
-            results = self._evaluate(request, stop, record)
+            results = self._evaluate(request, should_stop, record)
             rows = results.values.shape[1]
             limit = max(1, DEFAULT_CHUNK_NODES // rows)
             chunk = min(request.chunk_size or limit, limit)
             for start in range(0, len(results.ids), chunk):
-                if stop.is_set():
+                if should_stop():
                     raise Cancelled()
                 part = slice(start, start + chunk)
                 message = pb.GradientChunk(total_nodes=len(results.ids), plan_digest=results.digest)

@@ -72,6 +72,8 @@ def outputs_and_seeds(request: pb.EvaluateRequest, plan: Plan) -> tuple[np.ndarr
 def selected_nodes(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
     """The ids of the nodes whose results go back, in the order they go back."""
     selection = request.selection
+    if selection not in pb.Selection.values():
+        raise GraphError(f"unknown selection {selection}", field="selection")
     if selection == pb.SELECTION_UNSPECIFIED:
         selection = pb.SELECTION_NODES if request.nodes else pb.SELECTION_ALL
     if selection == pb.SELECTION_NODES:
@@ -85,9 +87,7 @@ def selected_nodes(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
         )
     if selection == pb.SELECTION_ALL:
         return np.arange(plan.node_count, dtype=np.int64)
-    if selection == pb.SELECTION_LEAVES:
-        return plan.leaves
-    raise GraphError(f"unknown selection {selection}", field="selection")
+    return plan.leaves  # SELECTION_LEAVES
 
 
 def fill_results(message, ids: np.ndarray, values: np.ndarray, grads: np.ndarray) -> None:

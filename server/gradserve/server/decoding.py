@@ -1,0 +1,47 @@
+"""A request that is not valid protobuf is the client's error: INVALID_ARGUMENT.
+
+Left alone, grpc answers it with INTERNAL ("Exception deserializing request!"), which
+blames the server. This interceptor swaps each unary-request handler's deserializer for one
+that marks undecodable bytes, and the handler then aborts with INVALID_ARGUMENT.
+"""
+
+import grpc
+
+from gradserve.server.errors import GraphError
+from gradserve.server.status import abort_bad_request
+
+_UNDECODABLE = object()
+
+
+def _lenient(decode):
+    def deserialize(data: bytes):
+        try:
+            return decode(data)
+        except Exception:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _guarded(behavior):
+    def handle(request, context: grpc.ServicerContext):
+        if request is _UNDECODABLE:
+            reason = "the bytes are not a valid protobuf message of this method's request type"
+            abort_bad_request(
+                context, grpc.StatusCode.INVALID_ARGUMENT, GraphError(reason, field="request")
+            )
+        return behavior(request, context)
+
+    return handle
+
+
+class DecodeErrorInterceptor(grpc.ServerInterceptor):
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        kind = "unary_stream" if handler.response_streaming else "unary_unary"
+        return handler._replace(
+            request_deserializer=_lenient(handler.request_deserializer),
+            **{kind: _guarded(getattr(handler, kind))},
+        )

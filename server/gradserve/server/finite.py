@@ -1,0 +1,55 @@
+"""Non-finite numbers (NaN, +-Inf) are the client's error unless the request allows them.
+
+Ids are topological, so the lowest-id node with a non-finite value has only finite inputs:
+it is where the trouble starts (a leaf given as NaN, or an op that overflowed). Gradients
+flow the other way, so for them the highest-id node is the origin.
+"""
+
+import numpy as np
+
+from gradserve.server.errors import GraphError
+from gradserve.server.plan import Plan
+
+_HOW_TO_ALLOW = "set allow_non_finite in the request to pass NaN and Inf through, IEEE-style"
+
+
+def _first_bad(array: np.ndarray, last: bool = False) -> tuple[int, float] | None:
+    """The (node, value) of the first (or last) node, in any row, that is not finite."""
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if not bad.size:
+        return None
+    node = int(bad[-1] if last else bad[0])
+    row = array[node]
+    return node, float(row[~np.isfinite(row)][0])
+
+
+def check_values(plan: Plan, values: np.ndarray) -> None:
+    """Raise GraphError naming the first node whose forward value is not finite.
+
+    ``values`` has shape (nodes, rows)."""
+    first = _first_bad(values)
+    if first is None:
+        return
+    node, value = first
+    if np.isin(node, plan.leaves):
+        reason = f"leaf value {value!r} is not finite; {_HOW_TO_ALLOW}"
+        field = "graph.leaf_values"
+    else:
+        reason = f"the op produced {value!r} from finite inputs; {_HOW_TO_ALLOW}"
+        field = "graph.node_ops"
+    raise GraphError(reason, node=node, field=field)
+
+
+def check_grads(grads: np.ndarray) -> None:
+    """Raise GraphError naming the node where non-finite gradients start.
+
+    ``grads`` has shape (nodes, rows)."""
+    last = _first_bad(grads, last=True)
+    if last is not None:
+        node, value = last
+        raise GraphError(
+            f"the gradient reaching this node is {value!r}: a seed is not finite or a "
+            f"derivative of one of its readers overflowed; {_HOW_TO_ALLOW}",
+            node=node,
+            field="graph.node_ops",
+        )

@@ -1,0 +1,132 @@
+"""Evaluate graphs that use untrusted ops in worker processes that can be replaced.
+
+A Python thread cannot be killed, so an op plugin that hangs would hold a handler thread
+forever. Ops from trusted distributions (gradserve-ops-core and ``--trusted-plugins``) run
+in-process, the fast path; a plan that uses any other op is evaluated in a worker process.
+When the call is cancelled or its deadline passes, the worker is killed and a fresh one
+takes its place, so the server's capacity comes back.
+
+Workers are started with ``spawn`` (forking a process that runs gRPC threads is unsafe) and
+load the same ops from the same entry points; they compile and evaluate the graph arrays
+they are sent. Errors come back as plain tuples and are raised again here.
+"""
+
+import logging
+import multiprocessing
+import queue
+import traceback
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from gradserve.server.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.evaluate import evaluate
+from gradserve.server.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.registry import load_registry
+
+TRUSTED_DISTRIBUTIONS = frozenset({"gradserve-ops-core"})
+_POLL_S = 0.05
+
+log = logging.getLogger(__name__)
+
+
+def _work(connection, op_names: list[str]) -> None:
+    """The worker's loop: receive a job, send back ("ok", values, grads) or an error."""
+    ops = {name: loaded.op for name, loaded in load_registry(allow=op_names).items()}
+    while True:
+        graph, leaves, outputs, seeds, allow_non_finite = connection.recv()
+        try:
+            plan = compile_graph(graph, ops)
+            values, grads = evaluate(
+                plan, leaves, outputs, seeds, allow_non_finite=allow_non_finite
+            )
+            connection.send(("ok", values, grads))
+        except GraphError as exc:
+            connection.send(("graph", exc.reason, exc.node, exc.field))
+        except OpFailure as exc:
+            problem = str(exc).split(f"op {exc.op!r} ", 1)[-1]
+            cause = "".join(traceback.format_exception(exc.__cause__ or exc))
+            connection.send(("op", exc.op, exc.node, problem, cause))
+
+
+class _Worker:
+    def __init__(self, op_names: list[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_work, args=(child, op_names), daemon=True)
+        self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.connection.close()
+
+
+class IsolatedEvaluator:
+    """A fixed number of replaceable worker processes for plans that use untrusted ops.
+
+    The workers load every op in ``op_names`` (a plan may mix trusted and untrusted ops).
+    """
+
+    def __init__(self, op_names: Iterable[str], untrusted: Iterable[str], workers: int) -> None:
+        self._op_names = sorted(op_names)
+        self._untrusted = frozenset(untrusted)
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        for _ in range(workers):
+            self._idle.put(_Worker(self._op_names))
+
+    def handles(self, plan: Plan) -> bool:
+        """Whether ``plan`` uses an untrusted op, and so must run in a worker."""
+        return not self._untrusted.isdisjoint(plan.op_names)
+
+    def evaluate(
+        self,
+        graph: GraphArrays,
+        leaves: np.ndarray,
+        outputs: np.ndarray,
+        seeds: np.ndarray,
+        should_stop: Callable[[], bool],
+        allow_non_finite: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``evaluate``; ``should_stop`` is polled while waiting for a worker and for
+        its answer. A worker abandoned by a cancelled or expired call is replaced."""
+        worker = self._take(should_stop)
+        try:
+            worker.connection.send((graph, leaves, outputs, seeds, allow_non_finite))
+            while not worker.connection.poll(_POLL_S):
+                if should_stop():
+                    raise Cancelled()
+                if not worker.process.is_alive():
+                    raise RuntimeError("the isolated worker process died (an op crashed it)")
+            answer = worker.connection.recv()
+        except BaseException:
+            worker.kill()
+            self._idle.put(_Worker(self._op_names))
+            raise
+        self._idle.put(worker)
+        return _unpack(answer)
+
+    def _take(self, should_stop: Callable[[], bool]) -> _Worker:
+        while True:
+            try:
+                return self._idle.get(timeout=_POLL_S)
+            except queue.Empty:
+                if should_stop():
+                    raise Cancelled() from None
+
+    def close(self) -> None:
+        while not self._idle.empty():
+            self._idle.get().kill()
+
+
+def _unpack(answer: tuple) -> tuple[np.ndarray, np.ndarray]:
+    kind, *rest = answer
+    if kind == "ok":
+        return rest[0], rest[1]
+    if kind == "graph":
+        reason, node, field = rest
+        raise GraphError(reason, node=node, field=field)
+    op, node, problem, cause = rest
+    log.error("op %r failed in an isolated worker:\n%s", op, cause)
+    raise OpFailure(op, node, problem)

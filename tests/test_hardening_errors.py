@@ -1,0 +1,72 @@
+"""Client errors carry google.rpc.BadRequest details; unexpected errors are opaque INTERNAL."""
+
+import logging
+import re
+
+import grpc
+import pytest
+from graphs import GraphBuilder
+from hardening import violations
+
+from gradserve.server import servicer
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def test_a_forward_reference_names_field_and_node(stub):
+    g = GraphBuilder()
+    a = g.leaf(1.0)
+    g.op("add", a, a)
+    g.input_ids[1] = 1  # node 1 reads itself: a cycle
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = violations(caught.value)
+    assert field == "graph.input_ids[1]"
+    assert "node 1" in description and "not earlier" in description
+
+
+def test_a_request_field_error_names_the_field(stub):
+    g = GraphBuilder()
+    g.leaf(1.0)
+    request = pb.EvaluateRequest(graph=g.proto(), outputs=[0], seeds=[1.0, 2.0])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(caught.value)] == ["seeds"]
+
+
+def test_a_stream_error_carries_the_details_too(stub):
+    g = GraphBuilder()
+    g.leaf(1.0)
+    g.op("nosuch", 0)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto())))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(caught.value)] == ["graph.op_names[1]"]
+
+
+def test_an_unexpected_error_is_internal_with_an_id_in_the_log(stub, monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("secret internals /etc/passwd")
+
+    monkeypatch.setattr(servicer, "compile_graph", broken)
+    g = GraphBuilder()
+    g.leaf(1.0, label="never compiled before")  # a new structure: no plan cache hit
+    with caplog.at_level(logging.ERROR), pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    details = caught.value.details()
+    assert "secret" not in details and "Traceback" not in details
+    error_id = re.search(r"error id ([0-9a-f]{12})", details).group(1)
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and "secret internals" in str(logged[0].exc_info[1])
+
+
+def test_an_unknown_selection_with_nodes_is_invalid_argument(stub):
+    """Found by the fuzz test: this was an INTERNAL (a ValueError naming the enum value)."""
+    g = GraphBuilder()
+    g.leaf(1.0)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=99, nodes=[0]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(caught.value)] == ["selection"]

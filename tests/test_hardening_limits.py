@@ -1,0 +1,100 @@
+"""Limits: nodes, fan-in, message size, concurrent calls, default deadline."""
+
+import time
+
+import grpc
+import pytest
+from graphs import GraphBuilder
+from hardening import SlowOp, chain, serving, violations, wait_until
+
+from gradserve.server import servicer
+from gradserve.server.cli import build_parser
+from gradserve.server.limits import Limits
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def _sum_of_leaves(count: int) -> GraphBuilder:
+    g = GraphBuilder()
+    leaves = [g.leaf(float(i)) for i in range(count)]
+    g.op("sum", *leaves)
+    return g
+
+
+def test_too_many_nodes_is_refused_before_any_conversion(registry, monkeypatch):
+    converted = []
+    monkeypatch.setattr(servicer.wire, "graph_arrays", lambda g: converted.append(g))
+    with (
+        serving(registry, limits=Limits(max_nodes=10)) as stub,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        stub.Evaluate(pb.EvaluateRequest(graph=_sum_of_leaves(10).proto()))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max-nodes = 10" in caught.value.details()
+    assert [field for field, _ in violations(caught.value)] == ["graph.node_ops"]
+    assert converted == []
+
+
+def test_a_node_wider_than_max_fan_in_is_named(registry):
+    with serving(registry, limits=Limits(max_fan_in=4)) as stub:
+        reply = stub.Evaluate(pb.EvaluateRequest(graph=_sum_of_leaves(4).proto(), nodes=[4]))
+        assert list(reply.values) == [0.0 + 1.0 + 2.0 + 3.0]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Evaluate(pb.EvaluateRequest(graph=_sum_of_leaves(5).proto()))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max-fan-in = 4" in caught.value.details()
+    assert [field for field, _ in violations(caught.value)] == ["graph.input_counts[5]"]
+
+
+def test_a_request_larger_than_the_message_limit_is_refused(registry):
+    with (
+        serving(registry, max_message_bytes=1024) as stub,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        stub.Evaluate(pb.EvaluateRequest(graph=_sum_of_leaves(300).proto()))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_calls_beyond_max_concurrent_calls_are_refused_at_once(registry):
+    slow = SlowOp(seconds=30)
+    with serving(slow.registry(registry), limits=Limits(max_concurrent_calls=1)) as stub:
+        first = stub.Evaluate.future(pb.EvaluateRequest(graph=chain("slow", 1).proto()))
+        assert wait_until(lambda: slow.calls == 1, timeout=10)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListOps(pb.ListOpsRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 5
+        slow.release.set()
+        assert len(first.result(timeout=10).node_ids) == 2
+        assert stub.ListOps(pb.ListOpsRequest(), timeout=10).ops  # capacity is back
+
+
+def test_calls_without_a_deadline_get_the_default_one(registry):
+    slow = SlowOp(seconds=0.1)
+    request = pb.EvaluateRequest(graph=chain("slow", 30).proto())  # about 3 s of work
+    with serving(slow.registry(registry), limits=Limits(default_deadline_s=0.5)) as stub:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Evaluate(request)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 2
+        calls_when_stopped = slow.calls
+        # A caller's own, longer deadline wins over the default.
+        reply = stub.Evaluate(request, timeout=30)
+    assert calls_when_stopped < 30 and len(reply.node_ids) == 31
+
+
+def test_every_limit_has_a_flag_and_an_environment_variable(monkeypatch):
+    monkeypatch.setenv("GRADSERVE_MAX_NODES", "7")
+    monkeypatch.setenv("GRADSERVE_DEFAULT_DEADLINE", "2.5")
+    args = build_parser().parse_args(["serve", "--max-fan-in", "3"])
+    assert (args.max_nodes, args.max_fan_in, args.default_deadline) == (7, 3, 2.5)
+    assert args.max_concurrent_calls == Limits().max_concurrent_calls
+
+
+def test_the_default_limits_admit_tens_of_millions_of_nodes():
+    limits = Limits()
+    assert limits.max_nodes >= 10_000_000
+    request = pb.EvaluateRequest()
+    request.graph.node_ops.extend([0] * 1000)
+    limits.check_sizes(request)  # a plain graph passes
