@@ -73,8 +73,14 @@ class Served:
         return self
 
     def __exit__(self, *exc):
-        self.process.kill()
-        self.process.wait()
+        """Stop it as an operator would (SIGTERM, so workers stop too); kill it if stuck."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def health(port: int) -> subprocess.CompletedProcess:

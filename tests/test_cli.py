@@ -91,3 +91,24 @@ def test_workers_share_the_port_and_a_dead_worker_is_replaced():
         assert health(served.port).returncode == 0
         assert served.stop() == 0
         assert "stopped" in served.log and "Traceback" not in served.log
+
+
+def test_workers_stop_when_their_parent_is_killed():
+    with Served("--workers", "2") as served:
+        served.wait_for(r"(?s:worker serving.*){2}")
+        workers = worker_pids(served.log)
+        served.process.kill()
+        served.process.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, not yet reaped by init, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -16,11 +16,13 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAY = 1.0  # seconds between restarts, so that a worker failing at once does not spin
+ORPHAN_POLL = 0.5  # seconds between a worker's checks that its parent is still there
 
 
 def stop_signal_event() -> threading.Event:
@@ -49,6 +51,14 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
         yield port
 
 
+def _stop_when_orphaned(parent: int) -> None:
+    """In a worker: if the parent dies without stopping us (SIGKILL, a crash), stop too,
+    gracefully, instead of serving on unsupervised."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve_workers(
     run_worker: Callable[[int, int, Callable[[], None]], int],
     *,
@@ -64,8 +74,14 @@ def serve_workers(
     fork = multiprocessing.get_context("fork")
     ready = fork.Semaphore(0)
 
+    parent = os.getpid()
+
+    def work(index: int, port: int) -> None:
+        threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
+        sys.exit(run_worker(index, port, ready.release))
+
     def spawn(index: int, port: int) -> multiprocessing.Process:
-        process = fork.Process(target=lambda: sys.exit(run_worker(index, port, ready.release)))
+        process = fork.Process(target=work, args=(index, port))
         process.start()
         return process
 
