@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         report.notes.append("PyTorch skipped: `import torch` fails in this environment.")
     else:
         peer_list.append(torch)
+        report.notes.append(
+            f"PyTorch {torch.version} ({torch.origin}): one 0-d float64 tensor per node,"
+            " one thread."
+        )
     for name in args.workloads:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         WORKLOADS[name](report, sizes, args.repeats, peer_list)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import numpy as np
 from micrograd.engine import Value
@@ -65,14 +66,19 @@ class Peer:
 
     name: str
     version: str
+    origin: str  # where it was imported from
     leaf: Callable[[float], object]
     grad: Callable[[object], float]
 
 
 def micrograd_peer() -> Peer:
-    from importlib.metadata import version
-
-    return Peer("micrograd", version("micrograd"), Value, lambda v: v.grad)
+    return Peer(
+        "micrograd",
+        version("micrograd"),
+        sys.modules[Value.__module__].__file__,
+        Value,
+        lambda v: v.grad,
+    )
 
 
 def torch_peer() -> Peer | None:
@@ -85,6 +91,7 @@ def torch_peer() -> Peer | None:
     return Peer(
         "PyTorch",
         torch.__version__,
+        torch.__file__,
         lambda x: torch.tensor(x, dtype=torch.float64, requires_grad=True),
         lambda t: t.grad.item() if t.grad is not None else 0.0,
     )

@@ -32,6 +32,9 @@ def machine() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "memory": f"{int(memory_kib) / 2**20:.1f} GiB" if memory_kib.isdigit() else "unknown",
         "OS": platform.platform(),
+        "load average at the end (1, 5, 15 min; other processes share the cores)": ", ".join(
+            f"{load:.2f}" for load in os.getloadavg()
+        ),
         "Python": platform.python_version(),
         "NumPy": np.__version__,
         "grpcio": version("grpcio"),
