@@ -5,6 +5,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import grpc
+
 from bench import peers
 from bench.measure import Report
 from bench.report import markdown
@@ -62,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     for name in args.workloads:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        WORKLOADS[name](report, sizes, args.repeats, peer_list)
+        try:
+            WORKLOADS[name](report, sizes, args.repeats, peer_list)
+        except (RuntimeError, grpc.RpcError) as exc:  # a server that failed to start or answer
+            print(f"workload {name} failed: {exc}", file=sys.stderr)
+            return 2
     report.notes += [
         f"Sizes: {'--quick (tiny, smoke test only)' if args.quick else 'full'}; "
         f"{args.repeats} runs per timed measurement.",

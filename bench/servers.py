@@ -22,7 +22,11 @@ class ServerProcess:
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         threading.Thread(target=self._collect, daemon=True).start()
-        self.port = int(self.wait_for(r"serving on [\d.]+:(\d+)").group(1))
+        try:
+            self.port = int(self.wait_for(r"serving on [\d.]+:(\d+)").group(1))
+        except RuntimeError:
+            self.stop()
+            raise
         self.target = f"127.0.0.1:{self.port}"
 
     def _collect(self) -> None:
@@ -54,6 +58,10 @@ class ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if the server has not exited within 30 s."""
         self.process.terminate()
         try:
             self.process.wait(timeout=30)
@@ -69,11 +77,12 @@ def gradserve(workers: int) -> ServerProcess:
     they bind the port; each worker then logs ``worker serving``.
     """
     server = ServerProcess([GRADSERVE, "serve", "--port", "0", "--workers", str(workers)])
-    if workers > 1:
-        deadline = time.monotonic() + START_TIMEOUT
-        while server.log.count("worker serving") < workers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        server.wait_for(r"worker serving", after=0)  # raises with the log if none came up
+    deadline = time.monotonic() + START_TIMEOUT
+    while workers > 1 and server.log.count("worker serving") < workers:
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            server.stop()
+            raise RuntimeError(f"not all {workers} workers started; the log:\n{server.log}")
+        time.sleep(0.01)
     return server
 
 
