@@ -1,4 +1,4 @@
-"""Run the benchmark workloads and write BENCHMARKS.md: `uv run python -m bench --help`."""
+"""Run the benchmark workloads (README, "Benchmarks") and write the results to BENCHMARKS.md."""
 
 import argparse
 import shlex
