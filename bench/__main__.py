@@ -58,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         report.notes.append("PyTorch skipped: `import torch` fails in this environment.")
     else:
         peer_list.append(torch)
-        report.notes.append(
-            f"PyTorch {torch.version} ({torch.origin}): one 0-d float64 tensor per node,"
-            " one thread."
-        )
+        report.notes.append("PyTorch: one 0-d float64 tensor per node, one thread.")
+    report.notes += [f"{p.name} {p.version} from {p.origin}" for p in peer_list]
     for name in args.workloads:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         try:
