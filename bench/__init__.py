@@ -1,0 +1,1 @@
+"""The gradserve benchmark harness: `uv run python -m bench` (README, "Benchmarks")."""

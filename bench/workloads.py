@@ -1,0 +1,345 @@
+"""The workloads W1-W5: each measures gradserve and its peers and adds rows to a Report."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+import gradserve.client
+from bench import graphs, peers, servers
+from bench.concurrent import run_clients
+from bench.echo import PATH as ECHO_PATH
+from bench.graphs import MlpShape
+from bench.measure import Report, percentile_ms, timed
+from gradserve.client import connect
+from gradserve.v1 import gradserve_pb2 as pb
+
+SERVER_LOG_LINE = r"Evaluate nodes=(\d+) status=OK ([\d.]+) ms"
+ECHO_PAYLOAD = bytes(200)
+WARMUP_CALLS = 100
+
+
+@dataclass(frozen=True)
+class Sizes:
+    mlp: MlpShape
+    chain_nodes: int
+    neuron_calls: int
+    batch: MlpShape  # W4's graph, also W5's larger graph
+    batch_rows: int
+    clients: int
+    seconds: float
+
+
+FULL = Sizes(MlpShape(300, 300, 3), 1_000_000, 2_000, MlpShape(33, 33, 3), 1_000, 16, 30.0)
+QUICK = Sizes(MlpShape(6, 6, 3), 3_001, 50, MlpShape(4, 4, 2), 20, 2, 1.0)
+
+
+def leaf_grads(stub, request: pb.EvaluateRequest) -> np.ndarray:
+    """One Evaluate call's gradients as an array of shape (rows, selected nodes)."""
+    reply = stub.Evaluate(request)
+    return np.array(reply.grads).reshape(reply.rows or 1, -1)
+
+
+def _leaves_request(columns: graphs.Columns, **fields) -> pb.EvaluateRequest:
+    return pb.EvaluateRequest(graph=columns.graph(), selection=pb.SELECTION_LEAVES, **fields)
+
+
+def _median(times) -> float:
+    return float(np.median(times))
+
+
+def _peers(peer_list, values, build: Callable, repeats: int):
+    """{peer name: (median seconds to build and backpropagate, leaf gradients)}."""
+    results = {}
+    for peer in peer_list:
+        runs = [
+            peers.in_deep_thread(lambda p=peer: peers.timed_backprop(p, values, build))
+            for _ in range(repeats)
+        ]
+        results[peer.name] = (_median([seconds for seconds, _ in runs]), runs[0][1])
+    return results
+
+
+def _compared(peer_results: dict, ours: float) -> str:
+    return "; ".join(
+        f"{name} {seconds:.3f} s: {seconds / ours:.1f}x"
+        for name, (seconds, _) in peer_results.items()
+    )
+
+
+def _check_peers(report: Report, workload: str, ours: np.ndarray, peer_results: dict, what: str):
+    for name, (_, grads) in peer_results.items():
+        report.agree(workload, f"gradserve vs {name}: {what}", ours, grads)
+
+
+def w1_sdk(
+    report: Report, workload: str, shape: MlpShape, values, target: str, repeats: int, peer_results
+) -> None:
+    """W1 end to end through the Python SDK: build the MLP with the SDK's Value, then
+    ``loss.backward(client)`` sends it, the server evaluates it, and every leaf's .grad is
+    filled. The first of the runs compiles on the server; the others reuse its plan cache.
+    """
+    if not hasattr(gradserve.client, "Value"):
+        report.row(
+            workload,
+            "SDK end to end",
+            "not measured",
+            "SDK not available",
+            ">= 5x micrograd",
+            "SKIP",
+        )
+        return
+    from gradserve.client import Client, Value
+
+    with Client(target) as client:
+        sdk = peers.Peer("SDK", "", "", Value, lambda v: v.grad, lambda out: out.backward(client))
+        runs = [
+            peers.timed_backprop(sdk, values, lambda leaves: peers.mlp_loss(leaves, shape))
+            for _ in range(repeats)
+        ]
+    seconds = _median([s for s, _ in runs])
+    _check_peers(report, workload, runs[0][1], peer_results, "SDK leaf gradients")
+    report.target(
+        workload,
+        "SDK end to end: build, send, evaluate, receive",
+        f"{seconds:.3f} s",
+        _compared(peer_results, seconds),
+        ">= 5x micrograd",
+        peer_results["micrograd"][0] / seconds >= 5,
+    )
+
+
+def w1_mlp(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
+    """The MLP: peers in process; gradserve from a pre-built request (cold, warm, digest only),
+    and the server's peak memory above idle."""
+    shape = sizes.mlp
+    values = shape.leaves(np.random.default_rng(1))
+    columns = graphs.mlp(shape, values)
+    workload = f"W1 mlp ({columns.node_count:,} nodes)"
+    request = _leaves_request(columns)
+    peer_results = _peers(peer_list, values, lambda leaves: peers.mlp_loss(leaves, shape), repeats)
+    micrograd_seconds = peer_results["micrograd"][0]
+    for name, (seconds, _) in peer_results.items():
+        report.row(workload, f"{name}: build + backward in process", f"{seconds:.3f} s")
+    with servers.gradserve(workers=1) as server:
+        idle_kib = server.memory_kib("VmRSS")
+        channel, stub = connect(server.target)
+        with channel:
+            cold, grads = timed(lambda: leaf_grads(stub, request))
+            digest = stub.Evaluate(request).plan_digest
+            warm = [timed(lambda: leaf_grads(stub, request)) for _ in range(repeats)]
+            by_digest = pb.EvaluateRequest(
+                plan_digest=digest,
+                graph=pb.Graph(leaf_values=values),
+                selection=pb.SELECTION_LEAVES,
+            )
+            digest_only = [timed(lambda: leaf_grads(stub, by_digest)) for _ in range(repeats)]
+        peak_kib = server.memory_kib("VmHWM")
+        w1_sdk(report, workload, shape, values, server.target, repeats, peer_results)
+    _check_peers(report, workload, grads[0], peer_results, f"{len(values):,} leaf gradients")
+    for name, runs in (("warm", warm), ("digest-only", digest_only)):
+        report.agree(workload, f"gradserve {name} vs cold call", runs[0][1], grads)
+    warm_seconds = _median([seconds for seconds, _ in warm])
+    digest_seconds = _median([seconds for seconds, _ in digest_only])
+    report.row(
+        workload,
+        "pre-built request, cold (compiles)",
+        f"{cold:.3f} s",
+        _compared(peer_results, cold),
+    )
+    report.target(
+        workload,
+        "pre-built request, warm (plan cache)",
+        f"{warm_seconds:.3f} s",
+        _compared(peer_results, warm_seconds),
+        ">= 30x micrograd",
+        micrograd_seconds / warm_seconds >= 30,
+    )
+    report.row(
+        workload,
+        "plan_digest + leaf values only, warm",
+        f"{digest_seconds:.3f} s",
+        _compared(peer_results, digest_seconds),
+    )
+    per_node = (peak_kib - idle_kib) * 1024 / columns.node_count
+    report.target(
+        workload,
+        "server peak memory above idle (--workers 1)",
+        f"{per_node:.0f} bytes/node",
+        f"idle RSS {idle_kib / 1024:.0f} MiB, peak (VmHWM) {peak_kib / 1024:.0f} MiB",
+        "<= 200 bytes/node",
+        per_node <= 200,
+    )
+
+
+def w2_chain(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
+    """The chain: client round trip, and the server's own time from its log line."""
+    links = graphs.chain_links(sizes.chain_nodes)
+    values = np.random.default_rng(2).uniform(-1, 1, links + 1)
+    columns = graphs.chain(links, values)
+    workload = f"W2 chain ({columns.node_count:,} nodes)"
+    peer_results = _peers(peer_list, values, peers.chain_output, repeats)
+    request = _leaves_request(columns)
+    with servers.gradserve(workers=1) as server:
+        channel, stub = connect(server.target)
+        with channel:
+            calls = []
+            for _ in range(repeats + 1):  # the first call compiles, the others hit the cache
+                mark = len(server.lines)
+                seconds, grads = timed(lambda: leaf_grads(stub, request))
+                server_ms = float(server.wait_for(SERVER_LOG_LINE, after=mark).group(2))
+                calls.append((seconds, server_ms, grads))
+    _check_peers(report, workload, calls[0][2][0], peer_results, f"{links + 1:,} leaf gradients")
+    for name, (seconds, _) in peer_results.items():
+        report.row(workload, f"{name}: build + backward in process", f"{seconds:.3f} s")
+    for name, group in (("cold (compiles)", calls[:1]), ("warm (plan cache)", calls[1:])):
+        round_trip = _median([seconds for seconds, _, _ in group])
+        per_node_us = _median([ms for _, ms, _ in group]) * 1e3 / columns.node_count
+        report.row(
+            workload,
+            f"round trip, {name}",
+            f"{round_trip:.3f} s",
+            _compared(peer_results, round_trip),
+        )
+        report.target(
+            workload,
+            f"server time per node, {name}",
+            f"{per_node_us:.3f} us",
+            "from the server's log line",
+            "<= 1 us/node",
+            per_node_us <= 1,
+        )
+
+
+def _latencies(call: Callable[[], object], calls: int) -> list[float]:
+    for _ in range(WARMUP_CALLS):
+        call()
+    return [timed(call)[0] for _ in range(calls)]
+
+
+def w3_neuron(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
+    """The notebook's neuron: round-trip latency beside a bare gRPC echo of 200 bytes."""
+    columns = graphs.mlp(graphs.NEURON_SHAPE, graphs.NEURON_LEAVES)
+    workload = f"W3 neuron ({columns.node_count} nodes)"
+    request = _leaves_request(columns)
+    with servers.gradserve(workers=1) as server, servers.echo() as echo:
+        channel, stub = connect(server.target)
+        echo_channel, _ = connect(echo.target)
+        with channel, echo_channel:
+            report.agree(
+                workload,
+                "gradserve vs micrograd: 5 leaf gradients",
+                leaf_grads(stub, request)[0],
+                peers.timed_backprop(
+                    peer_list[0],
+                    graphs.NEURON_LEAVES,
+                    lambda leaves: peers.mlp_loss(leaves, graphs.NEURON_SHAPE),
+                )[1],
+            )
+            ours = _latencies(lambda: stub.Evaluate(request), sizes.neuron_calls)
+            echo_call = echo_channel.unary_unary(ECHO_PATH)
+            if echo_call(ECHO_PAYLOAD) != ECHO_PAYLOAD:
+                raise RuntimeError("the echo server changed the payload")
+            theirs = _latencies(lambda: echo_call(ECHO_PAYLOAD), sizes.neuron_calls)
+    size = f"{request.ByteSize()} byte request"
+    ours_p50, echo_p50 = percentile_ms(ours, 50), percentile_ms(theirs, 50)
+    report.target(
+        workload,
+        f"p50 over {sizes.neuron_calls:,} calls ({size})",
+        f"{ours_p50:.3f} ms",
+        f"echo ({len(ECHO_PAYLOAD)} bytes) p50 {echo_p50:.3f} ms: {ours_p50 / echo_p50:.2f}x",
+        "<= 1.25x echo",
+        ours_p50 <= 1.25 * echo_p50,
+    )
+    report.row(
+        workload,
+        f"p99 over {sizes.neuron_calls:,} calls",
+        f"{percentile_ms(ours, 99):.3f} ms",
+        f"echo p99 {percentile_ms(theirs, 99):.3f} ms",
+    )
+
+
+def w4_batch(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
+    """One graph at many leaf-value rows in one request, against one request per row."""
+    shape, rows = sizes.batch, sizes.batch_rows
+    table = np.stack([shape.leaves(np.random.default_rng(seed)) for seed in range(rows)])
+    columns = graphs.mlp(shape, table[0])
+    workload = f"W4 batch ({columns.node_count:,} nodes x {rows:,} rows)"
+    batch = pb.EvaluateRequest(graph=columns.graph(table), rows=rows, selection=pb.SELECTION_LEAVES)
+    separate = [_leaves_request(graphs.mlp(shape, row)) for row in table]
+    with servers.gradserve(workers=1) as server:
+        channel, stub = connect(server.target)
+        with channel:
+            cold, batch_grads = timed(lambda: leaf_grads(stub, batch))
+            warm = _median([timed(lambda: leaf_grads(stub, batch))[0] for _ in range(repeats)])
+            runs = [
+                timed(lambda: [leaf_grads(stub, r)[0] for r in separate]) for _ in range(repeats)
+            ]
+    one_by_one = _median([seconds for seconds, _ in runs])
+    report.agree(
+        workload,
+        f"batch vs separate requests: {batch_grads.size:,} gradients",
+        batch_grads,
+        np.array(runs[0][1]),
+    )
+    for row in (0, rows - 1):
+        micrograd_grads = peers.timed_backprop(
+            peer_list[0], table[row], lambda leaves: peers.mlp_loss(leaves, shape)
+        )[1]
+        report.agree(workload, f"batch row {row} vs micrograd", batch_grads[row], micrograd_grads)
+    report.row(workload, "one request of all rows, cold (compiles)", f"{cold:.3f} s")
+    report.target(
+        workload,
+        "one request of all rows, warm",
+        f"{warm:.3f} s",
+        f"{rows:,} separate requests (whole graph each, warm) {one_by_one:.3f} s: "
+        f"{one_by_one / warm:.1f}x",
+        ">= 100x separate",
+        one_by_one / warm >= 100,
+    )
+
+
+def w5_concurrent(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
+    """Client processes sending the neuron and the W4 graph, against 1 and 2 workers."""
+    neuron = _leaves_request(graphs.mlp(graphs.NEURON_SHAPE, graphs.NEURON_LEAVES))
+    shape = sizes.batch
+    larger = _leaves_request(graphs.mlp(shape, shape.leaves(np.random.default_rng(5))))
+    workload = f"W5 concurrent ({sizes.clients} client processes, {sizes.seconds:g} s)"
+    throughput = {}
+    for workers in (1, 2):
+        with servers.gradserve(workers=workers) as server:
+            channel, stub = connect(server.target)
+            with channel:
+                expected = [leaf_grads(stub, r)[0] for r in (neuron, larger)]
+            outcome = run_clients(
+                server.target, [neuron, larger], expected, sizes.clients, sizes.seconds
+            )
+        throughput[workers] = outcome.calls / sizes.seconds
+        report.row(
+            workload,
+            f"--workers {workers}: throughput",
+            f"{throughput[workers]:.0f} calls/s",
+            f"p99 neuron {outcome.p99_ms[0]:.1f} ms, p99 {shape.node_count:,}-node graph "
+            f"{outcome.p99_ms[1]:.1f} ms, errors {outcome.errors}"
+            + (f" (first: {outcome.first_error})" if outcome.errors else ""),
+            "zero errors",
+            "PASS" if outcome.errors == 0 else "FAIL",
+        )
+    ratio = throughput[2] / throughput[1]
+    report.target(
+        workload,
+        "throughput --workers 2 / --workers 1",
+        f"{ratio:.2f}x",
+        "",
+        ">= 1.7x",
+        ratio >= 1.7,
+    )
+
+
+WORKLOADS = {
+    "mlp": w1_mlp,
+    "chain": w2_chain,
+    "neuron": w3_neuron,
+    "batch": w4_batch,
+    "concurrent": w5_concurrent,
+}

@@ -1,0 +1,108 @@
+"""The benchmark harness (bench/) on tiny sizes, so that it cannot rot unnoticed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench import graphs
+from bench.measure import ATOL, RTOL, Report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_full_workloads_have_the_issues_node_counts():
+    shape = graphs.MlpShape(inputs=300, width=300, layers=3)
+    assert shape.node_count == 812_399
+    columns = graphs.mlp(shape, np.zeros(shape.leaf_count))
+    assert columns.node_count == 812_399
+    assert columns.input_counts.sum() == len(columns.input_ids)
+    assert graphs.chain(graphs.chain_links(1_000_000), np.zeros(333_334)).node_count == 1_000_000
+    neuron = graphs.mlp(graphs.NEURON_SHAPE, graphs.NEURON_LEAVES)
+    assert neuron.node_count == 10
+
+
+def test_the_neuron_matches_the_notebooks_closed_form():
+    """tanh(x1*w1 + x2*w2 + b): d/dw1 = x1 (1 - o^2), d/dx1 = w1 (1 - o^2), d/db = 1 - o^2."""
+    from bench import peers  # micrograd with the lecture's tanh
+
+    x1, x2, w1, w2, b = graphs.NEURON_LEAVES
+    slope = 1 - np.tanh(x1 * w1 + x2 * w2 + b) ** 2
+    _, grads = peers.timed_backprop(
+        peers.micrograd_peer(),
+        graphs.NEURON_LEAVES,
+        lambda leaves: peers.mlp_loss(leaves, graphs.NEURON_SHAPE),
+    )
+    np.testing.assert_allclose(grads, [w1 * slope, w2 * slope, x1 * slope, x2 * slope, slope])
+
+
+def test_agreement_flags_a_difference_beyond_the_tolerance():
+    report = Report()
+    exact = np.array([1.0, -2.0, 3e-12])
+    report.agree("w", "same", exact, exact.copy())
+    report.agree("w", "last bits", exact * (1 + RTOL / 10), exact)
+    assert report.all_agree
+    report.agree("w", "off", exact + np.array([0, 10 * (ATOL + 2 * RTOL), 0]), exact)
+    assert not report.all_agree
+    report.agree("w", "shape", exact[:2], exact)
+    assert [ok for *_, ok in report.agreements] == [True, True, False, False]
+
+
+def test_a_quick_run_writes_every_workload_and_agrees(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--repeats",
+            "1",
+            "--seconds",
+            "0.5",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    text = output.read_text()
+    for workload in ("W1 mlp", "W2 chain", "W3 neuron", "W4 batch", "W5 concurrent"):
+        assert f"| {workload}" in text
+    assert "| NO |" not in text
+    agreement = text.split("## Agreement")[1].split("## Notes")[0]
+    assert agreement.count("| yes |") >= 8
+    assert "- cores: " in text and "- NumPy: " in text
+    results = text.split("## Results")[1].split("## Agreement")[0]
+    assert "PASS" in results or "FAIL" in results
+
+
+def test_a_subset_runs_alone_and_a_bad_name_is_an_error(tmp_path):
+    output = tmp_path / "B.md"
+    command = [sys.executable, "-m", "bench", "--quick", "--repeats", "1", "--output", str(output)]
+    done = subprocess.run(
+        [*command, "--workloads", "neuron"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "W3 neuron" in output.read_text() and "W1 mlp" not in output.read_text()
+    bad = subprocess.run(
+        [*command, "--workloads", "mlp,fft"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2
+    assert "unknown workload(s) fft" in bad.stderr
+
+
+def test_the_harness_rewrites_only_its_own_section(tmp_path):
+    from bench.report import write_section
+
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n## Soak\n\nsoak figures\n")
+    write_section(path, "first run")
+    write_section(path, "second run")
+    text = path.read_text()
+    assert "soak figures" in text and "second run" in text and "first run" not in text
+    assert text.count("<!-- bench:start -->") == 1
