@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradserve.server.decoding import DecodeErrorInterceptor
+from gradserve.server.codec import CodecInterceptor
 from gradserve.server.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.limits import Limits
 from gradserve.server.metrics import CallMetrics
@@ -78,7 +78,7 @@ def start_server(
         interceptors=[  # the first is outermost: metrics see every call's final status
             *([metrics] if metrics else []),
             *([BearerTokenInterceptor(auth_token)] if auth_token else []),
-            DecodeErrorInterceptor(),
+            CodecInterceptor(),
         ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from gradserve.server import wire
+from gradserve.server import packed, wire
 from gradserve.server.errors import Cancelled, GraphError, OpFailure, PlanNotFound
 from gradserve.server.evaluate import evaluate
 from gradserve.server.isolation import IsolatedEvaluator
@@ -168,9 +168,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         should_stop = self._should_stop(context)
         with _call("Evaluate", context) as record:
             results = self._evaluate(request, should_stop, record)
-            response = pb.EvaluateResponse(plan_digest=results.digest)
-            wire.fill_results(response, results.ids, results.values, results.grads)
-            return response
+            return packed.evaluate_response(
+                results.ids, results.values, results.grads, results.digest
+            )
 
     def EvaluateStream(self, request, context):
         should_stop = self._should_stop(context)
@@ -183,11 +183,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                 if should_stop():
                     raise Cancelled()
                 part = slice(start, start + chunk)
-                message = pb.GradientChunk(total_nodes=len(results.ids), plan_digest=results.digest)
-                wire.fill_results(
-                    message, results.ids[part], results.values[part], results.grads[part]
+                yield packed.gradient_chunk(
+                    results.ids[part],
+                    results.values[part],
+                    results.grads[part],
+                    results.digest,
+                    total_nodes=len(results.ids),
                 )
-                yield message
 
     def ListOps(self, request, context):
         with _call("ListOps", context):

@@ -88,14 +88,3 @@ def selected_nodes(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
     if selection == pb.SELECTION_ALL:
         return np.arange(plan.node_count, dtype=np.int64)
     return plan.leaves  # SELECTION_LEAVES
-
-
-def fill_results(message, ids: np.ndarray, values: np.ndarray, grads: np.ndarray) -> None:
-    """Set the result arrays of an EvaluateResponse or GradientChunk.
-
-    ``values`` and ``grads`` have shape (len(ids), rows); the wire wants them row by row.
-    """
-    message.node_ids.extend(ids.tolist())
-    message.values.extend(values.T.ravel().tolist())
-    message.grads.extend(grads.T.ravel().tolist())
-    message.rows = values.shape[1]

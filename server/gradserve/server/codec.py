@@ -1,8 +1,11 @@
-"""A request that is not valid protobuf is the client's error: INVALID_ARGUMENT.
+"""How requests are decoded and responses encoded, around the generated handlers.
 
-Left alone, grpc answers it with INTERNAL ("Exception deserializing request!"), which
-blames the server. This interceptor swaps each unary-request handler's deserializer for one
-that marks undecodable bytes, and the handler then aborts with INVALID_ARGUMENT.
+- A request that is not valid protobuf is the client's error: INVALID_ARGUMENT. Left alone,
+  grpc answers it with INTERNAL ("Exception deserializing request!"), which blames the
+  server. Each unary-request handler's deserializer is swapped for one that marks
+  undecodable bytes, and the handler then aborts with INVALID_ARGUMENT.
+- A response may arrive already encoded, as bytes (results are written straight from NumPy
+  arrays, see ``packed.py``); the serializer passes those through.
 """
 
 import grpc
@@ -23,6 +26,13 @@ def _lenient(decode):
     return deserialize
 
 
+def _passing_bytes(encode):
+    def serialize(response) -> bytes:
+        return response if isinstance(response, bytes) else encode(response)
+
+    return serialize
+
+
 def _guarded(behavior):
     def handle(request, context: grpc.ServicerContext):
         if request is _UNDECODABLE:
@@ -35,7 +45,7 @@ def _guarded(behavior):
     return handle
 
 
-class DecodeErrorInterceptor(grpc.ServerInterceptor):
+class CodecInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
@@ -43,5 +53,6 @@ class DecodeErrorInterceptor(grpc.ServerInterceptor):
         kind = "unary_stream" if handler.response_streaming else "unary_unary"
         return handler._replace(
             request_deserializer=_lenient(handler.request_deserializer),
+            response_serializer=_passing_bytes(handler.response_serializer),
             **{kind: _guarded(getattr(handler, kind))},
         )

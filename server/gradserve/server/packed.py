@@ -1,0 +1,80 @@
+"""Encode result messages straight from NumPy arrays, in protobuf's wire format.
+
+Filling a repeated field through the protobuf API costs about 50 ns an entry (each value
+becomes a Python object first); a million-node result took 150 ms that way. Results are
+messages of packed numeric fields, whose wire form is simple: a packed double field is its
+tag, its length and the raw little-endian doubles; a packed uint32 field is varints. NumPy
+writes both in bulk. Only the server's result messages (EvaluateResponse, GradientChunk)
+are encoded here; tests check the bytes against the protobuf library's own encoding.
+"""
+
+import numpy as np
+
+_LENGTH_DELIMITED, _VARINT = 2, 0
+
+
+def _varint(value: int) -> bytes:
+    """One base-128 varint: low 7 bits first, the high bit set on all but the last byte."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _packed_varints(values: np.ndarray) -> bytes:
+    """The varints of uint32 values, back to back, written byte position by byte position."""
+    values = np.asarray(values, dtype=np.uint32)
+    sizes = np.ones(len(values), dtype=np.int64)
+    for shift in (7, 14, 21, 28):
+        sizes += values >= (1 << shift)
+    ends = np.cumsum(sizes)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
+    starts = ends - sizes
+    for byte in range(int(sizes.max()) if len(sizes) else 0):
+        present = np.flatnonzero(sizes > byte) if byte else slice(None)
+        more = (sizes[present] > byte + 1).astype(np.uint8) << 7
+        out[starts[present] + byte] = ((values[present] >> (7 * byte)) & 0x7F).astype(
+            np.uint8
+        ) | more
+    return out.tobytes()
+
+
+def _delimited(number: int, payload: bytes) -> list[bytes]:
+    if not payload:
+        return []  # proto3 leaves out empty fields
+    return [_varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)), payload]
+
+
+def _scalar(number: int, value: int) -> list[bytes]:
+    return [_varint(number << 3 | _VARINT) + _varint(value)] if value else []
+
+
+def results(
+    ids: np.ndarray,
+    values: np.ndarray,
+    grads: np.ndarray,
+    scalars: dict[int, int],
+    digest: tuple[int, bytes],
+) -> bytes:
+    """node_ids (field 1), values (2) and grads (3), shaped (len(ids), rows) and sent row
+    by row, then the scalar fields and the digest field, by field number."""
+    fields = {
+        1: _delimited(1, _packed_varints(ids)),
+        2: _delimited(2, np.ascontiguousarray(values.T, dtype="<f8").tobytes()),
+        3: _delimited(3, np.ascontiguousarray(grads.T, dtype="<f8").tobytes()),
+        digest[0]: _delimited(digest[0], digest[1]),
+    }
+    fields.update({number: _scalar(number, value) for number, value in scalars.items()})
+    return b"".join(piece for number in sorted(fields) for piece in fields[number])
+
+
+def evaluate_response(ids, values, grads, digest: bytes) -> bytes:
+    """An EvaluateResponse: node_ids 1, values 2, grads 3, plan_digest 4, rows 5."""
+    return results(ids, values, grads, {5: values.shape[1]}, (4, digest))
+
+
+def gradient_chunk(ids, values, grads, digest: bytes, total_nodes: int) -> bytes:
+    """A GradientChunk: node_ids 1, values 2, grads 3, total_nodes 4, plan_digest 5, rows 6."""
+    return results(ids, values, grads, {4: total_nodes, 6: values.shape[1]}, (5, digest))

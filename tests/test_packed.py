@@ -1,0 +1,36 @@
+"""Result messages encoded from NumPy arrays are byte for byte what protobuf writes."""
+
+import numpy as np
+import pytest
+
+from gradserve.server import packed
+from gradserve.v1 import gradserve_pb2 as pb
+
+EDGES = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**32 - 1]
+
+
+def arrays(n: int, rows: int, seed: int):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 2**32, n)
+    ids[: min(n, len(EDGES))] = EDGES[: min(n, len(EDGES))]
+    values = rng.normal(size=(n, rows)) * 10.0 ** rng.integers(-300, 300, size=(n, rows))
+    values.ravel()[:3] = [np.inf, -0.0, np.nan][: values.size]
+    return ids, values, rng.normal(size=(n, rows))
+
+
+@pytest.mark.parametrize(("n", "rows"), [(0, 1), (1, 1), (11, 1), (7, 3), (5000, 2)])
+def test_encoding_matches_protobuf(n, rows):
+    ids, values, grads = arrays(n, rows, seed=n)
+    row_by_row = {"values": values.T.ravel().tolist(), "grads": grads.T.ravel().tolist()}
+    digest = bytes(range(16))
+    expected = pb.EvaluateResponse(
+        node_ids=ids.tolist(), plan_digest=digest, rows=rows, **row_by_row
+    )
+    assert packed.evaluate_response(ids, values, grads, digest) == expected.SerializeToString()
+    chunk = pb.GradientChunk(
+        node_ids=ids.tolist(), plan_digest=digest, rows=rows, total_nodes=2**40 + 3, **row_by_row
+    )
+    encoded = packed.gradient_chunk(ids, values, grads, digest, total_nodes=2**40 + 3)
+    assert encoded == chunk.SerializeToString()
+    parsed = pb.GradientChunk.FromString(encoded)
+    assert list(parsed.node_ids) == ids.tolist() and parsed.total_nodes == 2**40 + 3
