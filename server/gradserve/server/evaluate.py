@@ -36,6 +36,11 @@ def evaluate(
     Unless ``allow_non_finite``, a NaN or Inf value or gradient is a GraphError naming the
     node where it starts.
     """
+    with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, silently
+        return _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite)
+
+
+def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
     leaf_values = np.asarray(leaf_values, dtype=np.float64)
     single_row = leaf_values.ndim == 1
     rows = np.atleast_2d(leaf_values)
@@ -83,11 +88,10 @@ def _check_leaf_count(plan: Plan, given: int) -> None:
 def _forward(group: Group, xs: list[np.ndarray]) -> np.ndarray:
     op = group.op
     try:
-        inside = True if op.domain is None else op.domain(*xs)
-        outside = not np.all(inside)
+        inside = None if op.domain is None else op.domain(*xs)
+        outside = inside is not None and not np.all(inside)
         if not outside:
-            with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, silently
-                y = op.forward(*xs)
+            y = op.forward(*xs)
     except Exception as exc:
         raise OpFailure(op.name, int(group.nodes[0]), "failed in forward") from exc
     if outside:
@@ -110,8 +114,7 @@ def _raise_outside_domain(group: Group, xs: list[np.ndarray], inside: np.ndarray
 
 def _backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     try:
-        with np.errstate(all="ignore"):
-            local = group.op.backward(g, y, *(values[a] for a in group.args))
+        local = group.op.backward(g, y, *(values[a] for a in group.args))
     except Exception as exc:
         raise OpFailure(group.op.name, int(group.nodes[0]), "failed in backward") from exc
     if not isinstance(local, tuple | list) or len(local) != len(group.args):
@@ -129,19 +132,18 @@ def _forward_stretch(stretch: Stretch, values: np.ndarray, should_stop: Callable
     offsets = stretch.input_offsets.tolist()
     inputs = stretch.inputs.tolist()
     nodes = stretch.nodes.tolist()
-    with np.errstate(all="ignore"):
-        for position, (op, node) in enumerate(zip(stretch.ops, nodes, strict=True)):
-            if should_stop():  # every node: a slow plugin op may take long for each
-                raise Cancelled()
-            xs = [values[i] for i in inputs[offsets[position] : offsets[position + 1]]]
-            try:
-                y = op.forward(*xs)
-            except Exception as exc:
-                raise OpFailure(op.name, node, "failed in forward") from exc
-            if type(y) is not np.ndarray or y.dtype != np.float64 or y.shape != rows:
-                single = Group(op, stretch.nodes[position : position + 1], None)
-                y = _checked(single, y, "forward", rows)
-            values[node] = y
+    for position, (op, node) in enumerate(zip(stretch.ops, nodes, strict=True)):
+        if should_stop():  # every node: a slow plugin op may take long for each
+            raise Cancelled()
+        xs = [values[i] for i in inputs[offsets[position] : offsets[position + 1]]]
+        try:
+            y = op.forward(*xs)
+        except Exception as exc:
+            raise OpFailure(op.name, node, "failed in forward") from exc
+        if type(y) is not np.ndarray or y.dtype != np.float64 or y.shape != rows:
+            single = Group(op, stretch.nodes[position : position + 1], None)
+            y = _checked(single, y, "forward", rows)
+        values[node] = y
     first_outside = None
     for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
         if part.op.domain is None:

@@ -11,6 +11,7 @@ are encoded here; tests check the bytes against the protobuf library's own encod
 import numpy as np
 
 _LENGTH_DELIMITED, _VARINT = 2, 0
+_FEW = 64
 
 
 def _varint(value: int) -> bytes:
@@ -24,8 +25,11 @@ def _varint(value: int) -> bytes:
 
 
 def _packed_varints(values: np.ndarray) -> bytes:
-    """The varints of uint32 values, back to back, written byte position by byte position."""
+    """The varints of uint32 values, back to back, written byte position by byte position
+    (a few values, one at a time: a dozen NumPy calls would cost more)."""
     values = np.asarray(values, dtype=np.uint32)
+    if len(values) < _FEW:
+        return b"".join(_varint(value) for value in values.tolist())
     sizes = np.ones(len(values), dtype=np.int64)
     for shift in (7, 14, 21, 28):
         sizes += values >= (1 << shift)
