@@ -7,7 +7,7 @@ import numpy as np
 
 import gradserve.client
 from bench import graphs, peers, servers
-from bench.concurrent import run_clients
+from bench.concurrent_clients import run_clients
 from bench.echo import PATH as ECHO_PATH
 from bench.graphs import MlpShape
 from bench.measure import Report, percentile_ms, timed
