@@ -65,7 +65,10 @@ def rss_mib(pid: int) -> float:
 
 def start_server() -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(
-        [GRADSERVE, "serve", "--port", "0"], stderr=subprocess.PIPE, text=True
+        # One server process, so that its resident memory is the server's.
+        [GRADSERVE, "serve", "--port", "0", "--workers", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     for line in process.stderr:
         if match := re.search(r"serving on [\d.]+:(\d+)", line):
