@@ -2,7 +2,6 @@
 
 import threading
 import time
-from contextlib import contextmanager
 
 import grpc
 import numpy as np
@@ -11,19 +10,7 @@ from graphs import GraphBuilder
 from grpc_status import rpc_status
 
 from gradserve.ops import Op
-from gradserve.server.app import running_server
 from gradserve.server.registry import LoadedOp
-from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
-
-
-@contextmanager
-def serving(registry, **options):
-    """A stub on a fresh in-process server started with ``options``."""
-    with (
-        running_server(registry, **options) as server,
-        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        yield pb_grpc.GradientServiceStub(channel)
 
 
 def violations(error: grpc.RpcError) -> list[tuple[str, str]]:

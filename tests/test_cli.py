@@ -112,3 +112,19 @@ def alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "70000"], "argument --port: '70000' is not a port (0-65535)"),
+        (["--metrics-port", "-1"], "argument --metrics-port: '-1' is not a port"),
+        (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    ],
+)
+def test_bad_flags_are_usage_errors(flags, message):
+    result = subprocess.run(
+        [GRADSERVE, "serve", *flags], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -7,7 +7,8 @@ import tracemalloc
 
 import grpc
 import numpy as np
-from hardening import SlowOp, chain, serving, wait_until
+from hardening import SlowOp, chain, wait_until
+from servers import serving
 
 from gradserve.v1 import gradserve_pb2 as pb
 

@@ -5,7 +5,8 @@ import time
 import grpc
 import pytest
 from graphs import GraphBuilder
-from hardening import SlowOp, chain, serving, violations, wait_until
+from hardening import SlowOp, chain, violations, wait_until
+from servers import serving
 
 from gradserve.server import servicer
 from gradserve.server.cli import build_parser

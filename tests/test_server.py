@@ -10,6 +10,7 @@ import pytest
 from graphs import GraphBuilder, neuron, notebook_first_example
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hardening import SlowOp, chain
 from servers import serving
 
 from gradserve.ops import Op
@@ -160,31 +161,12 @@ def test_a_failing_plugin_is_internal_without_leaking_its_error(caplog):
         assert "secret plugin detail" in caplog.text
 
 
-class SlowOp:
-    """An op that takes 10 ms a group and counts its calls: long graphs take long."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        time.sleep(0.01)
-        return x
-
-    def op(self) -> Op:
-        return Op("slow", 1, forward=self.forward, backward=lambda g, y, x: (g,))
-
-
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
 def test_streaming_call_stops_computing_when_the_client_goes_away(how):
-    slow = SlowOp()
-    registry = {"slow": LoadedOp(slow.op(), "slow", "test", "0")}
-    g = GraphBuilder()
-    y = g.leaf(1.0)
-    for _ in range(1000):  # 1000 levels: 10 s of work if nobody stops it
-        y = g.op("slow", y)
-    with serving(registry) as stub:
-        request = pb.EvaluateRequest(graph=g.proto())
+    slow = SlowOp(0.01)
+    with serving(slow.registry({})) as stub:
+        # 1000 levels at 10 ms each: 10 s of work if nobody stops it
+        request = pb.EvaluateRequest(graph=chain("slow", 1000).proto())
         if how == "cancel":
             call = stub.EvaluateStream(request)
             threading.Timer(0.3, call.cancel).start()

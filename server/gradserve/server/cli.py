@@ -36,9 +36,9 @@ def _flag(env_value) -> bool:
     return str(env_value).lower() in ("1", "true", "yes", "on")
 
 
-def _metrics_port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535, 0 = off)")
+def _port(text: str) -> int:
+    if not str(text).isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
     return int(text)
 
 
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gradient server")
     serve.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
-    serve.add_argument("--port", type=int, default=_env("port", 50051), help="0 picks one")
+    serve.add_argument("--port", type=_port, default=_env("port", 50051), help="0 picks one")
     serve.add_argument(
         "--max-message-mb",
         type=int,
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         default=_env("workers", os.cpu_count() or 1),
         help="server processes sharing the port (default: the number of cores)",
     )
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics-port",
-        type=_metrics_port,
+        type=_port,
         default=_env("metrics-port", 0),
         help="serve Prometheus metrics over HTTP on this port (default 0: off)",
     )
