@@ -108,3 +108,15 @@ def test_a_bad_metrics_port_is_a_usage_error(bad, capsys):
         build_parser().parse_args(["serve", "--metrics-port", bad])
     assert exit_.value.code == 2
     assert f"'{bad}' is not a port" in capsys.readouterr().err
+
+
+def test_plan_cache_hits_and_misses_are_reported(metered):
+    stub, metrics_port = metered
+    g = GraphBuilder()
+    g.op("tanh", g.leaf(0.25, label="plan cache metrics"))  # a structure new to the server
+    for _ in range(3):
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_plan_cache_lookups_total", outcome="miss") == 1
+    assert sample(text, "gradserve_plan_cache_lookups_total", outcome="hit") == 2
+    assert sample(text, "gradserve_plan_cache_plans") == 1

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from gradserve.server.codec import CodecInterceptor
 from gradserve.server.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.limits import Limits
-from gradserve.server.metrics import CallMetrics
+from gradserve.server.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES, PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.security import BearerTokenInterceptor
@@ -87,7 +87,10 @@ def start_server(
         ],
         maximum_concurrent_rpcs=limits.max_concurrent_calls,
     )
-    servicer = GradientServicer(registry, PlanCache(plan_cache_nodes), limits, isolated)
+    plan_cache = PlanCache(plan_cache_nodes)
+    if metrics:
+        watch_plan_cache(metrics, plan_cache)
+    servicer = GradientServicer(registry, plan_cache, limits, isolated)
     pb_grpc.add_GradientServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

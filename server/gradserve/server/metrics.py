@@ -3,10 +3,8 @@
 ``CallMetrics`` is a server interceptor, so the servicer and engine stay unaware of it: it
 times each call, records its method and final status code, and counts the graph nodes of
 successful Evaluate and EvaluateStream calls. Each instance has its own registry, so several
-servers in one process (as in the tests) keep separate counts.
-
-Plan-cache hits and misses belong here too, as a Counter labelled by outcome, once the engine
-caches plans.
+servers in one process (as in the tests) keep separate counts. ``watch_plan_cache`` adds the
+plan cache's hits and misses, read from the cache at each scrape.
 """
 
 import time
@@ -14,7 +12,9 @@ from collections.abc import Callable, Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from gradserve.server.plan_cache import PlanCache
 from gradserve.v1 import gradserve_pb2 as pb
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
@@ -109,6 +109,30 @@ class CallMetrics(grpc.ServerInterceptor):
         self.calls.labels(method, code.name).inc()
         if code is grpc.StatusCode.OK and isinstance(request, pb.EvaluateRequest):
             self.nodes.labels(method).inc(len(request.graph.node_ops))
+
+
+class _PlanCacheCollector:
+    """The plan cache's counters as Prometheus metrics, read when scraped."""
+
+    def __init__(self, cache: PlanCache) -> None:
+        self.cache = cache
+
+    def collect(self):
+        lookups = CounterMetricFamily(
+            "gradserve_plan_cache_lookups",
+            "Compiled-plan cache lookups, by outcome (a miss compiles, or is NOT_FOUND)",
+            labels=["outcome"],
+        )
+        lookups.add_metric(["hit"], self.cache.hits)
+        lookups.add_metric(["miss"], self.cache.misses)
+        yield lookups
+        yield GaugeMetricFamily(
+            "gradserve_plan_cache_plans", "Compiled plans held in the cache", len(self.cache)
+        )
+
+
+def watch_plan_cache(metrics: CallMetrics, cache: PlanCache) -> None:
+    metrics.registry.register(_PlanCacheCollector(cache))
 
 
 def serve_metrics(metrics: CallMetrics, host: str, port: int):
