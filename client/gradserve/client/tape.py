@@ -13,6 +13,7 @@ than O(log n) times.
 import numbers
 import threading
 import weakref
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class Tape:
         ref = self.refs[node]
         return ref() if type(ref) is weakref.ref else ref
 
-    def add_node(self, op: str, inputs: list[int], ref: weakref.ref) -> int:
+    def add_node(self, op: str, inputs: Sequence[int], ref: weakref.ref) -> int:
         """Append an op node reading the node ids ``inputs``; return its id."""
         index = self.op_index.get(op)
         if index is None:
