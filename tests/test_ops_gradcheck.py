@@ -1,5 +1,6 @@
 """The gradient checker, in process and as ``gradserve ops check``, and what it must catch."""
 
+import math
 import os
 import subprocess
 import textwrap
@@ -30,6 +31,26 @@ def _raises(*args):
     raise ValueError("plugin bug")
 
 
+def _raises_type_error(*args):
+    raise TypeError("plugin bug")
+
+
+def _sin_backward(g, y, x):
+    return (g * np.cos(x),)
+
+
+def _exp_backward(g, y, x):
+    return (g * y,)
+
+
+def _relu(x):
+    return np.maximum(x, 0.0)
+
+
+def _relu_backward(g, y, x):
+    return (g * (x > 0),)
+
+
 WRONG = {
     "forgets the upstream gradient": (
         Op("s", 1, np.sin, _sin_backward_without_g),
@@ -57,6 +78,26 @@ WRONG = {
         Op("s", 1, np.sin, lambda g, y, x: (g * np.cos(x),), domain=lambda x: x != x),
         "only 0 smooth points",
     ),
+    "scalar forward of another function": (
+        Op("s", 1, np.sin, _sin_backward, scalar=math.cos),
+        "scalar forward gives",
+    ),
+    "scalar forward off by far more than an ulp": (
+        Op("e", 1, np.exp, _exp_backward, scalar=lambda x: math.exp(x) * (1.0 + 1e-14)),
+        "scalar forward gives",
+    ),
+    "scalar relu that turns NaN into 0": (
+        Op("r", 1, _relu, _relu_backward, scalar=lambda x: max(0.0, x)),
+        "scalar forward gives 0.0 at (nan), forward nan",
+    ),
+    "scalar forward raises": (
+        Op("s", 1, np.sin, _sin_backward, scalar=_raises_type_error),
+        "scalar forward raised TypeError",
+    ),
+    "scalar forward returns an int": (
+        Op("a", 2, np.add, lambda g, y, a, b: (g, g), scalar=lambda a, b: int(a + b)),
+        "scalar forward returned int, expected float",
+    ),
 }
 
 
@@ -79,6 +120,13 @@ def test_kinks_and_ties_are_sampled_and_skipped(ops, name):
     # central difference of relu at 0 is 0.5, which disagrees with its convention (0), so
     # relu passes only because such points are skipped.
     result = gradcheck(ops[name], points=400)
+    assert result.ok, str(result)
+
+
+def test_a_scalar_forward_that_raises_where_numpy_overflows_passes():
+    # math.exp raises OverflowError above 709.78 where np.exp gives inf: the engine then
+    # computes the node with the array forward, so that is not a mismatch.
+    result = gradcheck(Op("e", 1, np.exp, _exp_backward, scalar=math.exp))
     assert result.ok, str(result)
 
 

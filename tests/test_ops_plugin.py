@@ -62,6 +62,15 @@ def test_gelu_and_logaddexp_far_out(special):
     assert special.logaddexp.backward(np.ones(1), y, big, -big) == (1.0, 0.0)
 
 
+def test_erf_and_gelu_give_the_same_values_on_one_float(special):
+    xs = np.concatenate([np.linspace(-30, 30, 601), [0.0, -0.0, math.inf, -math.inf, 1e300]])
+    for op in (special.erf, special.gelu):
+        on_floats = np.array([op.scalar(x) for x in xs.tolist()])
+        with np.errstate(invalid="ignore"):  # gelu(-inf) = -inf * 0: NaN, as on floats
+            np.testing.assert_array_equal(on_floats, op.forward(xs))
+    assert math.isnan(special.erf.scalar(math.nan)) and special.logaddexp.scalar is None
+
+
 def test_special_ops_pass_gradcheck(special):
     for op in (special.erf, special.gelu, special.logaddexp):
         result = gradcheck(op)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from graphs import GraphBuilder
 
+from gradserve.ops.gradcheck import SCALAR_ULPS
 from gradserve.v1 import gradserve_pb2 as pb
 
 X = 0.7  # an ordinary point inside every unary op's domain
@@ -139,3 +140,57 @@ def test_done_when_expression_on_the_server(stub):
     assert reply.values[0] == pytest.approx(24.70408163265306, rel=1e-9)
     assert reply.grads[1] == pytest.approx(138.83381924198252, rel=1e-9)
     assert reply.grads[2] == pytest.approx(645.5772594752186, rel=1e-9)
+
+
+# The scalar forwards (math and operators on Python floats, for chains run one node at a
+# time) against the array forwards. These give the same IEEE operation for arithmetic, so
+# exactly the same value; the C library's functions and NumPy's may round differently.
+EXACT = {"add", "sub", "mul", "div", "neg", "sum", "abs", "relu", "max", "min", "sqrt"}
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, -3.0, math.pi, 20.0, -20.0, 40.0, 709.8, 710.0, -746.0]
+SPECIAL += [1e16, 1e308, -1e308, 5e-324, -5e-324, 1e-300, math.inf, -math.inf, math.nan]
+
+
+def scalar_test_points(arity: int, rng) -> list[np.ndarray]:
+    """Ordinary, huge, tiny, integer and special values: every pair of them for two inputs."""
+    n = 800 if arity == 1 else 200
+    pool = np.concatenate(
+        [
+            SPECIAL,
+            rng.normal(0.0, 2.0, n // 2),
+            rng.normal(0.0, 300.0, n // 8),
+            np.round(rng.normal(0.0, 5.0, n // 8)),
+            rng.choice([-1.0, 1.0], n // 4) * np.exp(rng.uniform(-700.0, 700.0, n // 4)),
+        ]
+    )
+    if arity == 1:
+        return [pool]
+    return [np.repeat(pool, len(pool)), np.tile(pool, len(pool))]
+
+
+def test_every_standard_op_has_a_scalar_forward(ops):
+    assert all(ops[name].scalar is not None for name in CLOSED_FORMS)
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+def test_scalar_forward_agrees_with_the_array_forward(ops, name):
+    op = ops[name]
+    xs = scalar_test_points(op.arity or 2, np.random.default_rng(5))
+    with np.errstate(all="ignore"):
+        expected = op.forward(*xs).tolist()
+    ulps = 0 if name in EXACT else SCALAR_ULPS
+    for point, want in zip(np.stack(xs, axis=1).tolist(), expected, strict=True):
+        try:
+            got = op.scalar(*point)
+        except (ArithmeticError, ValueError):
+            # The engine then uses the array forward; math raises only where IEEE gives
+            # inf or NaN (or where the domain excludes the point).
+            inside = op.domain is None or op.domain(*(np.array([x]) for x in point))[0]
+            assert not math.isfinite(want) or not inside, (point, want)
+            continue
+        assert type(got) is float, point
+        if math.isnan(want) or math.isnan(got):
+            assert math.isnan(want) and math.isnan(got), (point, got, want)
+        elif ulps == 0 or math.isinf(want):
+            assert (got, math.copysign(1, got)) == (want, math.copysign(1, want)), point
+        else:
+            assert abs(got - want) <= ulps * math.ulp(max(abs(got), abs(want))), (point, got)

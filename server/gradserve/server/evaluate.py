@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradserve.server import finite
+from gradserve.server import finite, scalar_stretch
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.plan import Group, Plan, Stretch
 
@@ -127,7 +127,27 @@ def _backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) ->
 
 
 def _forward_stretch(stretch: Stretch, values: np.ndarray, should_stop: Callable) -> None:
-    """Run a chain node by node; check the op domains afterwards, part by part."""
+    """Run a chain node by node, on floats when it can; then check the op domains, part by
+    part."""
+    if stretch.scalars is not None and values.shape[1] == 1:
+        scalar_stretch.forward(stretch, values, should_stop, _forward_node)
+    else:
+        _forward_stretch_arrays(stretch, values, should_stop)
+    _check_stretch_domains(stretch, values)
+
+
+def _forward_node(stretch: Stretch, position: int, xs: list[np.ndarray]) -> np.ndarray:
+    """One node of a stretch by its op's array forward."""
+    op = stretch.ops[position]
+    single = Group(op, stretch.nodes[position : position + 1], None)
+    try:
+        y = op.forward(*xs)
+    except Exception as exc:
+        raise OpFailure(op.name, int(single.nodes[0]), "failed in forward") from exc
+    return _checked(single, y, "forward", xs[0].shape)
+
+
+def _forward_stretch_arrays(stretch: Stretch, values: np.ndarray, should_stop: Callable) -> None:
     rows = values.shape[1:]
     offsets = stretch.input_offsets.tolist()
     inputs = stretch.inputs.tolist()
@@ -150,6 +170,10 @@ def _forward_stretch(stretch: Stretch, values: np.ndarray, should_stop: Callable
             single = Group(op, stretch.nodes[position : position + 1], None)
             y = _checked(single, y, "forward", rows)
         values[node] = y
+
+
+def _check_stretch_domains(stretch: Stretch, values: np.ndarray) -> None:
+    """Raise the GraphError of the first node, in forward order, outside its op's domain."""
     first_outside = None
     for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
         if part.op.domain is None:
@@ -173,22 +197,10 @@ def _backward_stretch(stretch: Stretch, values: np.ndarray, grads: np.ndarray) -
         derivatives = _backward(part, np.ones_like(y), y, values)
         edges = stretch.input_offsets[positions] + np.arange(len(part.args))[:, None]
         local[edges] = np.stack(derivatives)
-    offsets = stretch.input_offsets.tolist()
     if values.shape[1] == 1:
-        # One row: Python floats on a compact copy of the gradients the chain touches.
-        touched, compact = np.unique(
-            np.concatenate([stretch.nodes, stretch.inputs]), return_inverse=True
-        )
-        g = grads[touched, 0].tolist()
-        nodes = compact[: len(stretch.nodes)].tolist()
-        inputs = compact[len(stretch.nodes) :].tolist()
-        d = local[:, 0].tolist()
-        for position in range(len(nodes) - 1, -1, -1):
-            upstream = g[nodes[position]]
-            for edge in range(offsets[position], offsets[position + 1]):
-                g[inputs[edge]] += upstream * d[edge]
-        grads[touched, 0] = g
+        scalar_stretch.backward(stretch, local[:, 0], grads)
         return
+    offsets = stretch.input_offsets.tolist()
     nodes = stretch.nodes.tolist()
     inputs = stretch.inputs.tolist()
     for position in range(len(nodes) - 1, -1, -1):

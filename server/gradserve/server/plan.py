@@ -8,7 +8,7 @@ group reads another node of the same group.
 
 import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,10 @@ class Stretch:
     forward runs these nodes one after another in a tight loop, and the backward gets every
     node's local derivatives from one call per part (the nodes grouped by op and input
     count), then propagates gradients through them in a loop.
+
+    With one row of values, both loops run on Python floats in a list that holds the values
+    of ``outside`` (the nodes the stretch reads but does not compute), then those of
+    ``nodes``: ``local_inputs`` are the inputs as positions in that list.
     """
 
     nodes: np.ndarray  # shape (s,), in forward order
@@ -58,6 +62,11 @@ class Stretch:
     inputs: np.ndarray
     parts: tuple[Group, ...]  # the same nodes by (op, input count); args index values
     part_positions: tuple[np.ndarray, ...]  # each part's nodes as positions in ``nodes``
+    outside: np.ndarray  # the ids of the nodes it reads that are not in ``nodes``, increasing
+    local_inputs: np.ndarray  # ``inputs`` as positions in ``outside`` followed by ``nodes``
+    # Each node's scalar forward, when every op has one and every node reads one or two
+    # inputs; otherwise None.
+    scalars: tuple[Callable[..., float], ...] | None
 
 
 @dataclass(frozen=True)
@@ -341,4 +350,30 @@ def _make_stretch(table, node_ops, counts, offsets, input_ids, nodes: np.ndarray
         parts.append(_make_group(table, node_ops, counts, offsets, input_ids, nodes[where]))
         positions.append(where)
     ops = tuple(table[k] for k in node_ops[nodes].tolist())
-    return Stretch(nodes, ops, input_offsets, inputs, tuple(parts), tuple(positions))
+    outside, local_inputs = _local_layout(nodes, inputs)
+    has_scalars = all(part.op.scalar is not None for part in parts) and int(sizes.max()) <= 2
+    scalars = tuple(op.scalar for op in ops) if has_scalars else None
+    return Stretch(
+        nodes,
+        ops,
+        input_offsets,
+        inputs,
+        tuple(parts),
+        tuple(positions),
+        outside,
+        local_inputs,
+        scalars,
+    )
+
+
+def _local_layout(nodes: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes a stretch reads from outside itself, and each input as a position in those
+    followed by ``nodes``."""
+    touched, position = np.unique(np.concatenate([nodes, inputs]), return_inverse=True)
+    is_node = np.zeros(len(touched), dtype=bool)
+    is_node[position[: len(nodes)]] = True
+    outside = touched[~is_node]
+    layout = np.empty(len(touched), dtype=_ID)
+    layout[~is_node] = np.arange(len(outside), dtype=_ID)
+    layout[position[: len(nodes)]] = len(outside) + np.arange(len(nodes), dtype=_ID)
+    return outside, layout[position[len(nodes) :]]

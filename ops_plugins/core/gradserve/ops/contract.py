@@ -8,6 +8,7 @@ import numpy as np
 Forward = Callable[..., np.ndarray]
 Backward = Callable[..., Sequence[np.ndarray]]
 Domain = Callable[..., np.ndarray]
+Scalar = Callable[..., float]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,19 @@ class Op:
     inside the op's domain (``x > 0`` for log). The engine checks it before ``forward`` and
     reports inputs outside it as the client's error, naming the node; gradient checkers
     sample test points from it.
+
+    ``scalar(*xs)``, when given, is ``forward`` on Python floats: one float per input, one
+    float out. A chain (one node per level) with one row of leaf values would otherwise cost
+    a NumPy call on 1-element arrays per node; when every op in it has a scalar forward, the
+    engine runs the chain as a loop over floats instead, several times faster. It must give
+    ``forward``'s value: exactly for arithmetic, within a few ulp where the C library's
+    functions and NumPy's round differently (``math.tanh`` and ``np.tanh`` differ by up to
+    3). Where ``math`` raises and NumPy gives inf or NaN (``math.exp(1000)``,
+    ``math.log(0)``, ``1.0 / 0.0``), it may raise ``ArithmeticError`` or ``ValueError``: the
+    engine then computes that node with ``forward``. Use ``math.pow``, not ``**``, which
+    turns a negative base into a complex number. The engine checks for cancellation every
+    thousand or so nodes of the loop, not every node, so a scalar forward should take
+    microseconds. ``gradcheck`` compares it with ``forward``.
     """
 
     name: str
@@ -37,6 +51,7 @@ class Op:
     backward: Backward
     doc: str = ""
     domain: Domain | None = None
+    scalar: Scalar | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

@@ -15,8 +15,17 @@ nothing, while a smooth function's agree. A variadic op is checked with ``VARIAD
 inputs. Each analytic gradient is computed for a random upstream gradient
 ``g``, so a backward that forgets to multiply by ``g`` fails. The tolerances are those of
 PyTorch's ``gradcheck``: ``|analytic - numeric| <= atol + rtol * |numeric|``.
+
+An op with a scalar forward also has it compared with its array forward, at the same points
+and at every combination of ``SPECIAL_VALUES`` inside the domain (infinities, NaN, signed
+zeros, the edges of exp's range): the two must give the same value, NaN where the other
+gives NaN, or values at most ``SCALAR_ULPS`` units in the last place apart (``math.tanh``
+and ``np.tanh`` differ by up to 3). Where the scalar forward raises an ArithmeticError or
+ValueError, the engine uses the array forward, so such points pass.
 """
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +37,11 @@ KINK_STEP = 1e-3  # wider step whose one-sided slopes must agree at a smooth poi
 ATOL = 1e-5
 RTOL = 1e-3
 VARIADIC_INPUTS = 3  # how many inputs a variadic op is checked with
+SCALAR_ULPS = 4  # how far apart a scalar forward and the array forward may round
+SPECIAL_VALUES = (
+    *(0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 3.0),
+    *(math.inf, -math.inf, math.nan, 1e308, -1e308, 5e-324, 1e-300, 710.0, -746.0),
+)
 _SAMPLING_ROUNDS = 20
 
 
@@ -142,8 +156,39 @@ def _sample(op: Op, n_inputs: int, points: int, rng: np.random.Generator) -> lis
     return [np.concatenate(column)[:points] for column in zip(*found, strict=True)]
 
 
+def _scalar_mismatch(op: Op, xs: list[np.ndarray]) -> str:
+    """Where ``op.scalar`` disagrees with ``op.forward`` at the given points and at the
+    special values inside the domain, as a problem text ("" where they agree)."""
+    specials = list(np.array(list(itertools.product(SPECIAL_VALUES, repeat=len(xs)))).T)
+    inside = _inside(op, specials)
+    xs = [np.concatenate([x, s[inside]]) for x, s in zip(xs, specials, strict=True)]
+    expected = _forward(op, xs)
+    for point, want in zip(np.stack(xs, axis=1).tolist(), expected.tolist(), strict=True):
+        try:
+            got = op.scalar(*point)
+        except (ArithmeticError, ValueError):
+            continue  # the engine computes such a node with the array forward
+        except Exception as exc:
+            raise _Broken(f"scalar forward raised {exc!r}") from exc
+        if not isinstance(got, float):
+            raise _Broken(f"scalar forward returned {type(got).__name__}, expected float")
+        if not _close(got, want):
+            where = ", ".join(f"{x:.17g}" for x in point)
+            return f"scalar forward gives {got!r} at ({where}), forward {want!r}"
+    return ""
+
+
+def _close(a: float, b: float) -> bool:
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return abs(a - b) <= SCALAR_ULPS * math.ulp(max(abs(a), abs(b)))
+
+
 def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
-    """Compare ``op.backward`` with central finite differences at ``points`` random points."""
+    """Compare ``op.backward`` with central finite differences at ``points`` random points,
+    and ``op.scalar``, if the op has one, with ``op.forward``."""
     if points < 1:
         raise ValueError(f"points must be at least 1, got {points}")
     n_inputs = VARIADIC_INPUTS if op.arity is None else op.arity
@@ -165,17 +210,19 @@ def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
             numeric = g * (ahead - behind) / (2.0 * h)
             errors[i] = np.abs(analytic[i] - numeric)
             shares[i] = errors[i] / (ATOL + RTOL * np.abs(numeric))
+        scalar_problem = "" if op.scalar is None else _scalar_mismatch(op, xs)
     except _Broken as exc:
         return GradcheckResult(op.name, False, 0, problem=str(exc))
     shares[np.isnan(shares)] = np.inf  # a NaN gradient where the numeric one is finite
     failed = int(np.count_nonzero((shares > 1.0).any(axis=0)))
     i, worst = np.unravel_index(int(np.argmax(shares)), shares.shape)
+    problems = [f"{failed} of {found} points outside tolerance" if failed else "", scalar_problem]
     return GradcheckResult(
         op.name,
-        ok=failed == 0,
+        ok=not any(problems),
         points=found,
         worst_error=float(errors[i, worst]),
         worst_share=float(shares[i, worst]),
         worst_point=tuple(float(x[worst]) for x in xs),
-        problem=f"{failed} of {found} points outside tolerance" if failed else "",
+        problem="; ".join(problem for problem in problems if problem),
     )

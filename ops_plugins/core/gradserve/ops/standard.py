@@ -1,11 +1,17 @@
 """The standard ops, published through the ``gradserve.ops`` entry-point group.
 
-As in micrograd, each op's local derivative stands right beside its forward. Every
-function takes and returns float64 arrays; nothing here converts user data to Python
-numbers, so no input can trigger an unbounded integer computation or a complex result.
+As in micrograd, each op's local derivative stands right beside its forward. Forward and
+backward take and return float64 arrays. Each op also has a scalar forward on Python floats,
+for chains evaluated one node at a time: the same formula with ``math`` and operators, which
+see only floats (never ints), and ``math.pow`` rather than ``**``, so no input can trigger
+an unbounded integer computation or a complex result. Where ``math`` raises instead of
+returning inf or NaN (``math.exp(1000)``, ``math.log(0)``), the engine falls back to the
+array forward for that node.
 """
 
 import functools
+import math
+import operator
 
 import numpy as np
 
@@ -22,6 +28,7 @@ add = Op(
     "add",
     2,
     forward=np.add,
+    scalar=operator.add,
     backward=_add_backward,
     doc="a + b. Defined everywhere; d/da = d/db = 1.",
 )
@@ -35,6 +42,7 @@ sub = Op(
     "sub",
     2,
     forward=np.subtract,
+    scalar=operator.sub,
     backward=_sub_backward,
     doc="a - b. Defined everywhere; d/da = 1, d/db = -1.",
 )
@@ -48,6 +56,7 @@ neg = Op(
     "neg",
     1,
     forward=np.negative,
+    scalar=operator.neg,
     backward=_neg_backward,
     doc="-x. Defined everywhere; d/dx = -1.",
 )
@@ -61,6 +70,7 @@ mul = Op(
     "mul",
     2,
     forward=np.multiply,
+    scalar=operator.mul,
     backward=_mul_backward,
     doc="a * b. Defined everywhere; d/da = b, d/db = a.",
 )
@@ -74,6 +84,7 @@ div = Op(
     "div",
     2,
     forward=np.divide,
+    scalar=operator.truediv,
     backward=_div_backward,
     domain=lambda a, b: b != 0,
     doc="a / b. Domain: b != 0 (a zero divisor is the client's error, not inf). "
@@ -85,6 +96,10 @@ def _sum_forward(*xs):
     return functools.reduce(np.add, xs)
 
 
+def _sum_scalar(*xs):
+    return functools.reduce(operator.add, xs)
+
+
 def _sum_backward(g, y, *xs):
     return (g,) * len(xs)
 
@@ -93,6 +108,7 @@ sum_ = Op(
     "sum",
     None,
     forward=_sum_forward,
+    scalar=_sum_scalar,
     backward=_sum_backward,
     doc="x1 + x2 + ... + xn, for one or more inputs (variadic). Defined everywhere; d/dxi = 1.",
 )
@@ -115,6 +131,7 @@ pow_ = Op(
     "pow",
     2,
     forward=np.power,
+    scalar=math.pow,
     backward=_pow_backward,
     domain=_pow_domain,
     doc="x ** p, both inputs nodes. Domain: x > 0; x == 0 with p >= 0; x < 0 with an integer "
@@ -133,6 +150,7 @@ exp = Op(
     "exp",
     1,
     forward=np.exp,
+    scalar=math.exp,
     backward=_exp_backward,
     doc="e^x. Defined everywhere (overflows to inf above about 709.78). d/dx = e^x.",
 )
@@ -146,6 +164,7 @@ log = Op(
     "log",
     1,
     forward=np.log,
+    scalar=math.log,
     backward=_log_backward,
     domain=lambda x: x > 0,
     doc="Natural logarithm. Domain: x > 0. d/dx = 1/x.",
@@ -160,6 +179,7 @@ sqrt = Op(
     "sqrt",
     1,
     forward=np.sqrt,
+    scalar=math.sqrt,
     backward=_sqrt_backward,
     domain=lambda x: x >= 0,
     doc="Square root. Domain: x >= 0. d/dx = 1 / (2 sqrt(x)), inf at x = 0.",
@@ -179,6 +199,7 @@ tanh = Op(
     "tanh",
     1,
     forward=np.tanh,
+    scalar=math.tanh,
     backward=_tanh_backward,
     doc="tanh(x), computed by the library (no overflow for large |x|). "
     "Defined everywhere; d/dx = 1 - tanh(x)^2, computed as 1/cosh(x)^2.",
@@ -189,6 +210,11 @@ def _sigmoid_forward(x):
     # exp of a non-positive number only, so nothing overflows for any x.
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _sigmoid_scalar(x):
+    e = math.exp(-abs(x))
+    return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
 
 
 def _sigmoid_backward(g, y, x):
@@ -202,6 +228,7 @@ sigmoid = Op(
     "sigmoid",
     1,
     forward=_sigmoid_forward,
+    scalar=_sigmoid_scalar,
     backward=_sigmoid_backward,
     doc="1 / (1 + e^-x), in a form that never overflows. Defined everywhere; "
     "d/dx = sigmoid(x) (1 - sigmoid(x)), computed as e^-|x| / (1 + e^-|x|)^2.",
@@ -212,6 +239,10 @@ def _softplus_forward(x):
     return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
 
 
+def _softplus_scalar(x):
+    return _relu_scalar(x) + math.log1p(math.exp(-abs(x)))
+
+
 def _softplus_backward(g, y, x):
     return (g * _sigmoid_forward(x),)
 
@@ -220,10 +251,16 @@ softplus = Op(
     "softplus",
     1,
     forward=_softplus_forward,
+    scalar=_softplus_scalar,
     backward=_softplus_backward,
     doc="log(1 + e^x), as max(x, 0) + log1p(e^-|x|) so it never overflows. Defined "
     "everywhere; d/dx = sigmoid(x).",
 )
+
+
+def _relu_scalar(x):
+    # As np.maximum(x, 0.0): NaN stays NaN, and -0.0 gives 0.0.
+    return x if x > 0.0 or x != x else 0.0
 
 
 def _relu_backward(g, y, x):
@@ -234,6 +271,7 @@ relu = Op(
     "relu",
     1,
     forward=lambda x: np.maximum(x, 0.0),
+    scalar=_relu_scalar,
     backward=_relu_backward,
     doc="max(x, 0). Defined everywhere; d/dx = 1 for x > 0, else 0 (0 at x = 0, as in "
     "micrograd and PyTorch).",
@@ -248,6 +286,7 @@ abs_ = Op(
     "abs",
     1,
     forward=np.abs,
+    scalar=abs,
     backward=_abs_backward,
     doc="|x|. Defined everywhere; d/dx = sign(x), 0 at x = 0 (as PyTorch).",
 )
@@ -263,6 +302,7 @@ sin = Op(
     "sin",
     1,
     forward=np.sin,
+    scalar=math.sin,
     backward=_sin_backward,
     doc="sin(x), x in radians. Defined everywhere; d/dx = cos(x).",
 )
@@ -276,11 +316,17 @@ cos = Op(
     "cos",
     1,
     forward=np.cos,
+    scalar=math.cos,
     backward=_cos_backward,
     doc="cos(x), x in radians. Defined everywhere; d/dx = -sin(x).",
 )
 
 # --- comparisons ------------------------------------------------------------------------
+
+
+def _max_scalar(a, b):
+    # As np.maximum: NaN if either is NaN, and b when a == b (which decides the sign of 0).
+    return a if a > b or a != a else b
 
 
 def _max_backward(g, y, a, b):
@@ -293,10 +339,15 @@ max_ = Op(
     "max",
     2,
     forward=np.maximum,
+    scalar=_max_scalar,
     backward=_max_backward,
     doc="The larger of a and b. Defined everywhere; d/da = 1 where a > b, 0 where a < b; "
     "on a tie a and b get half of the gradient each (as PyTorch's maximum).",
 )
+
+
+def _min_scalar(a, b):
+    return a if a < b or a != a else b
 
 
 def _min_backward(g, y, a, b):
@@ -308,6 +359,7 @@ min_ = Op(
     "min",
     2,
     forward=np.minimum,
+    scalar=_min_scalar,
     backward=_min_backward,
     doc="The smaller of a and b. Defined everywhere; d/da = 1 where a < b, 0 where a > b; "
     "on a tie a and b get half of the gradient each (as PyTorch's minimum).",
