@@ -1,7 +1,10 @@
-"""A bare gRPC unary echo server for the latency baseline: `python -m bench.echo`.
+"""A bare gRPC server for the baselines: `python -m bench.echo`.
 
-It has no protobuf messages: the handler returns the request's bytes as they came, so a
-round trip costs only gRPC itself. It logs ``serving on HOST:PORT`` like gradserve.
+It has no protobuf messages, so a round trip costs only gRPC itself. ``Echo`` returns the
+request's bytes as they came (W3's latency baseline). ``Sized`` returns as many zero bytes
+as the request's first 8 bytes say, little-endian: W4 uses it for what moving a batch's
+request and response costs, with no evaluation. It allows messages as large as gradserve's
+and logs ``serving on HOST:PORT`` like gradserve.
 """
 
 import signal
@@ -11,16 +14,31 @@ from concurrent import futures
 
 import grpc
 
-SERVICE, METHOD = "bench.Echo", "Echo"
-PATH = f"/{SERVICE}/{METHOD}"
+from gradserve.client.channel import MAX_MESSAGE_BYTES, channel_options
+
+SERVICE = "bench.Echo"
+PATH = f"/{SERVICE}/Echo"
+SIZED_PATH = f"/{SERVICE}/Sized"
+
+
+def sized_request(request_bytes: int, reply_bytes: int) -> bytes:
+    """A ``Sized`` request of ``request_bytes`` bytes asking for ``reply_bytes`` back."""
+    return reply_bytes.to_bytes(8, "little") + bytes(max(0, request_bytes - 8))
+
+
+def _sized(request: bytes, context) -> bytes:
+    return bytes(int.from_bytes(request[:8], "little"))
 
 
 def main() -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8), options=channel_options(MAX_MESSAGE_BYTES)
     )
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+        "Sized": grpc.unary_unary_rpc_method_handler(_sized),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"serving on 127.0.0.1:{port}", file=sys.stderr, flush=True)

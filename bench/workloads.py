@@ -9,6 +9,7 @@ import gradserve.client
 from bench import graphs, peers, servers
 from bench.concurrent_clients import run_clients
 from bench.echo import PATH as ECHO_PATH
+from bench.echo import SIZED_PATH, sized_request
 from bench.graphs import MlpShape
 from bench.measure import Report, percentile_ms, timed
 from gradserve.client import connect
@@ -275,7 +276,9 @@ def w4_batch(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
             runs = [
                 timed(lambda: [leaf_grads(stub, r)[0] for r in separate]) for _ in range(repeats)
             ]
+            reply_bytes = stub.Evaluate(batch).ByteSize()
     one_by_one = _median([seconds for seconds, _ in runs])
+    transport = _transport_only(batch.ByteSize(), reply_bytes, repeats)
     report.agree(
         workload,
         f"batch vs separate requests: {batch_grads.size:,} gradients",
@@ -297,6 +300,25 @@ def w4_batch(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
         ">= 100x separate",
         one_by_one / warm >= 100,
     )
+    report.row(
+        workload,
+        "bare gRPC moving the same bytes, no evaluation",
+        f"{transport:.3f} s",
+        f"{batch.ByteSize() / 1e6:.1f} MB request, {reply_bytes / 1e6:.1f} MB reply: the best "
+        f"ratio any server could reach here is {one_by_one / transport:.0f}x",
+    )
+
+
+def _transport_only(request_bytes: int, reply_bytes: int, repeats: int) -> float:
+    """Median seconds for the bare echo server to take a request and send a reply of these
+    sizes: the floor under any batch call of that size on this machine."""
+    payload = sized_request(request_bytes, reply_bytes)
+    with servers.echo() as echo:
+        channel, _ = connect(echo.target)
+        with channel:
+            call = channel.unary_unary(SIZED_PATH)
+            call(payload)  # connects
+            return _median([timed(lambda: call(payload))[0] for _ in range(repeats)])
 
 
 def w5_concurrent(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:

@@ -276,3 +276,42 @@ def test_a_failing_op_inside_a_stretch_is_an_op_failure(ops):
     with pytest.raises(OpFailure) as caught:
         run(g, bad)
     assert (caught.value.op, caught.value.node) == ("bad", 31)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rows_match_central_differences_row_by_row(ops, seed):
+    # Random graphs share nodes and repeat inputs, so several rows go through the scatter
+    # that sums repeated indices.
+    rng = np.random.default_rng(100 + seed)
+    g = random_graph(rng, leaves=4, nodes=int(rng.integers(5, 40)))
+    plan = compile_graph(g.arrays(), ops)
+    rows = rng.uniform(-1.5, 1.5, size=(5, len(plan.leaves)))
+    out, seeds = np.array([plan.node_count - 1]), np.ones(1)
+    _, grads = evaluate(plan, rows, out, seeds)
+    assert grads.shape == (plan.node_count, len(rows))
+    for r, row in enumerate(rows):
+        for k, leaf in enumerate(plan.leaves):
+            h = 1e-6 * max(1.0, abs(row[k]))
+            up, down = row.copy(), row.copy()
+            up[k] += h
+            down[k] -= h
+            numeric = (
+                evaluate(plan, up, out, seeds)[0][-1] - evaluate(plan, down, out, seeds)[0][-1]
+            ) / (2 * h)
+            assert grads[leaf, r] == pytest.approx(numeric, rel=1e-5, abs=1e-6)
+
+
+def test_rows_sum_a_shared_input_read_by_a_whole_layer(ops):
+    # A layer: x is read by every product w_i * x at the same level (one group), and the
+    # outputs are summed: d/dx = sum(w_i), d/dw_i = x, in every row.
+    g = GraphBuilder()
+    x = g.leaf(0.0)
+    weights = [g.leaf(0.0) for _ in range(50)]
+    products = [g.op("mul", w, x) for w in weights]
+    g.op("sum", *products)
+    plan = compile_graph(g.arrays(), ops)
+    rng = np.random.default_rng(3)
+    rows = rng.uniform(-2, 2, size=(7, 51))
+    _, grads = evaluate(plan, rows, np.array([plan.node_count - 1]), np.ones(1))
+    np.testing.assert_allclose(grads[x], rows[:, 1:].sum(axis=1), rtol=1e-13)
+    np.testing.assert_array_equal(grads[weights].T, np.repeat(rows[:, :1], 50, axis=1))

@@ -1,9 +1,9 @@
 """Run a Plan: forward over its steps, then reverse-mode autodiff back over them.
 
 Each Group is one vectorized call of its op; a Stretch (a chain) runs node by node. Gradients
-are scatter-added (``np.add.at``) so that a node read by several nodes, or twice by one node
-as in ``x*x``, receives every contribution. Nothing here recurses, so graph depth is limited
-only by memory.
+are scatter-added (``np.add.at``, or scatter.py for several rows) so that a node read by
+several nodes, or twice by one node as in ``x*x``, receives every contribution. Nothing here
+recurses, so graph depth is limited only by memory.
 """
 
 from collections.abc import Callable
@@ -66,8 +66,12 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
             _backward_stretch(step, values, grads)
             continue
         local = _backward(step, grads[step.nodes], values[step.nodes], values)
-        for arg, grad in zip(step.args, local, strict=True):
-            np.add.at(grads, arg, grad)
+        if values.shape[1] == 1:  # np.add.at is quick on one column and needs no sort
+            for arg, grad in zip(step.args, local, strict=True):
+                np.add.at(grads, arg, grad)
+        else:
+            for scatter, grad in zip(step.scatters, local, strict=True):
+                scatter.add_into(grads, grad)
     if not allow_non_finite:
         finite.check_grads(grads)
     return (values[:, 0], grads[:, 0]) if single_row else (values, grads)

@@ -12,6 +12,7 @@ import numpy as np
 
 _LENGTH_DELIMITED, _VARINT = 2, 0
 _FEW = 64
+_TRANSPOSE_BLOCK = 256  # nodes: 256 x rows doubles, 2 MiB for 1,000 rows
 
 
 def _varint(value: int) -> bytes:
@@ -45,10 +46,30 @@ def _packed_varints(values: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def _delimited(number: int, payload: bytes) -> list[bytes]:
+def _delimited(number: int, payload: bytes | memoryview) -> list[bytes | memoryview]:
     if not payload:
         return []  # proto3 leaves out empty fields
     return [_varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)), payload]
+
+
+def _row_by_row(results: np.ndarray) -> memoryview:
+    """The little-endian doubles of ``results`` (shape (nodes, rows)) row by row.
+
+    The transpose is copied in blocks of nodes that fit in the CPU cache: NumPy's own
+    transposing copy reads one double per cache line and takes 5-8x longer on a batch.
+    """
+    if results.shape[1] == 1:  # one row: the memory order is already the wire's
+        return _bytes_of(np.ascontiguousarray(results, dtype="<f8"))
+    out = np.empty(results.shape[::-1], dtype="<f8")
+    for start in range(0, len(results), _TRANSPOSE_BLOCK):
+        out[:, start : start + _TRANSPOSE_BLOCK] = results[start : start + _TRANSPOSE_BLOCK].T
+    return _bytes_of(out)
+
+
+def _bytes_of(doubles: np.ndarray) -> memoryview:
+    """The array's memory as bytes, without a copy (b"".join copies it once, into the
+    message)."""
+    return memoryview(doubles.reshape(-1).view(np.uint8))
 
 
 def _scalar(number: int, value: int) -> list[bytes]:
@@ -66,8 +87,8 @@ def results(
     by row, then the scalar fields and the digest field, by field number."""
     fields = {
         1: _delimited(1, _packed_varints(ids)),
-        2: _delimited(2, np.ascontiguousarray(values.T, dtype="<f8").tobytes()),
-        3: _delimited(3, np.ascontiguousarray(grads.T, dtype="<f8").tobytes()),
+        2: _delimited(2, _row_by_row(values)),
+        3: _delimited(3, _row_by_row(grads)),
         digest[0]: _delimited(digest[0], digest[1]),
     }
     fields.update({number: _scalar(number, value) for number, value in scalars.items()})

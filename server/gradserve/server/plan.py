@@ -15,6 +15,7 @@ import numpy as np
 
 from gradserve.ops import Op
 from gradserve.server.errors import GraphError
+from gradserve.server.scatter import Scatter
 
 _ID = np.int64
 
@@ -40,6 +41,12 @@ class Group:
     op: Op
     nodes: np.ndarray  # shape (m,)
     args: np.ndarray  # shape (k, m)
+
+    @functools.cached_property
+    def scatters(self) -> tuple[Scatter, ...]:
+        """Per input position, how to add gradients into the inputs of several rows; made
+        on the first batch call and kept with the cached plan."""
+        return tuple(Scatter(arg) for arg in self.args)
 
 
 @dataclass(frozen=True)
