@@ -2,6 +2,7 @@
 
 import subprocess
 import time
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from ports import free_port
 from servers import GRADSERVE, Served, health
 
 from gradserve.server.cli import build_parser
+from gradserve.server.metrics import CallMetrics
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -29,12 +31,23 @@ def test_a_call_shows_up_in_the_scrape(metered):
     stub, metrics_port = metered
     assert sample(scrape(metrics_port), "gradserve_calls_total", method="Evaluate", code="OK") == 0
     g, _ = neuron()
-    stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    for _ in range(3):  # through the same wrapped handler each time
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
     text = scrape(metrics_port)
-    assert sample(text, "gradserve_calls_total", method="Evaluate", code="OK") == 1
-    assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 10
-    assert sample(text, "gradserve_call_duration_seconds_count", method="Evaluate") == 1
+    assert sample(text, "gradserve_calls_total", method="Evaluate", code="OK") == 3
+    assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 30
+    assert sample(text, "gradserve_call_duration_seconds_count", method="Evaluate") == 3
     assert sample(text, "gradserve_call_duration_seconds_sum", method="Evaluate") > 0
+
+
+def test_each_methods_handler_is_wrapped_once():
+    metrics = CallMetrics()
+    details = SimpleNamespace(method="/gradserve.v1.GradientService/ListOps")
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    wrapped = metrics.intercept_service(lambda _: handler, details)
+    assert metrics.intercept_service(lambda _: handler, details) is wrapped
+    other = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    assert metrics.intercept_service(lambda _: other, details) is not wrapped
 
 
 def test_streams_and_errors_are_counted_by_status_code(metered):

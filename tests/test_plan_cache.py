@@ -9,8 +9,14 @@ from graphs import GraphBuilder, neuron
 from servers import serving
 
 from gradserve.server import servicer as servicer_module
+from gradserve.server.limits import Limits
 from gradserve.server.plan import compile_graph
-from gradserve.server.plan_cache import PlanCache, structure_digest
+from gradserve.server.plan_cache import (
+    SMALL_GRAPH_NODES,
+    PlanCache,
+    small_structure_digest,
+    structure_digest,
+)
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -29,6 +35,49 @@ def test_digest_ignores_leaf_values_but_not_structure():
     relabelled = chain(5)
     relabelled.labels[0] = "x"
     assert structure_digest(relabelled.arrays()) != structure_digest(a.arrays())
+
+
+def test_a_small_graph_digest_is_the_same_digest_from_a_memo():
+    labelled = chain(5)
+    labelled.labels[:] = ["x", "", "", "", "y"]
+    for g in (chain(5), labelled, neuron()[0]):
+        assert small_structure_digest(g.proto()) == structure_digest(g.arrays())
+    assert small_structure_digest(chain(7).proto()) != small_structure_digest(chain(8).proto())
+    assert small_structure_digest(chain(SMALL_GRAPH_NODES + 1).proto()) is None
+    long_labels = chain(5)
+    long_labels.labels[:] = ["x" * 1000] * 5
+    assert small_structure_digest(long_labels.proto()) is None  # too many bytes to keep
+
+
+def test_a_warm_small_graph_is_not_converted_to_arrays(registry, monkeypatch):
+    g, _ = neuron()
+    converted = []
+    convert = servicer_module.wire.graph_arrays
+    monkeypatch.setattr(
+        servicer_module.wire, "graph_arrays", lambda graph: converted.append(1) or convert(graph)
+    )
+    with serving(registry) as stub:
+        first = stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+        assert converted == [1]  # compiled: converted and checked once
+        graph = g.proto()
+        graph.leaf_values[0] = 3.0
+        second = stub.Evaluate(pb.EvaluateRequest(graph=graph))
+    assert converted == [1]
+    assert second.plan_digest == first.plan_digest and second.values[0] == 3.0
+
+
+def test_a_memoized_digest_still_meets_each_servers_fan_in_limit(registry):
+    g = GraphBuilder()
+    g.op("sum", *[g.leaf(1.0) for _ in range(5)])
+    request = pb.EvaluateRequest(graph=g.proto())
+    with serving(registry) as stub:
+        assert stub.Evaluate(request).values[-1] == 5.0  # its digest is now memoized
+    with (
+        serving(registry, limits=Limits(max_fan_in=4)) as stub,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        stub.Evaluate(request)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_lru_is_bounded_by_total_nodes(ops):

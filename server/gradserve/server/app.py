@@ -17,7 +17,7 @@ from gradserve.server.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.plan_cache import DEFAULT_MAX_NODES, PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.security import BearerTokenInterceptor
-from gradserve.server.servicer import GradientServicer
+from gradserve.server.servicer import GradientServicer, call_log
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -38,6 +38,7 @@ class RunningServer:
         """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` s, then stop."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        call_log.flush()
         if self.isolated is not None:
             self.isolated.close()
 

@@ -46,13 +46,26 @@ def _guarded(behavior):
 
 
 class CodecInterceptor(grpc.ServerInterceptor):
+    """Wraps each method's handler once and reuses the wrapped one (4 us a call otherwise)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple] = {}  # method -> (its handler, the wrapped handler)
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
-        kind = "unary_stream" if handler.response_streaming else "unary_unary"
-        return handler._replace(
-            request_deserializer=_lenient(handler.request_deserializer),
-            response_serializer=_passing_bytes(handler.response_serializer),
-            **{kind: _guarded(getattr(handler, kind))},
-        )
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, _wrap(handler))
+        return cached[1]
+
+
+def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    kind = "unary_stream" if handler.response_streaming else "unary_unary"
+    return handler._replace(
+        request_deserializer=_lenient(handler.request_deserializer),
+        response_serializer=_passing_bytes(handler.response_serializer),
+        **{kind: _guarded(getattr(handler, kind))},
+    )

@@ -15,7 +15,10 @@ _HOW_TO_ALLOW = "set allow_non_finite in the request to pass NaN and Inf through
 
 def _first_bad(array: np.ndarray, last: bool = False) -> tuple[int, float] | None:
     """The (node, value) of the first (or last) node, in any row, that is not finite."""
-    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    bad = np.flatnonzero(~finite.all(axis=1))
     if not bad.size:
         return None
     node = int(bad[-1] if last else bad[0])

@@ -50,12 +50,22 @@ class CallMetrics(grpc.ServerInterceptor):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Each method's handler is wrapped once: method -> (its handler, the wrapped one).
+        self._wrapped: dict[str, tuple] = {}
+        self._children: dict[tuple, object] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self._wrap(handler_call_details.method, handler))
+            self._wrapped[handler_call_details.method] = cached
+        return cached[1]
+
+    def _wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = path.rsplit("/", 1)[-1]
         kind = ("stream" if handler.request_streaming else "unary") + (
             "_stream" if handler.response_streaming else "_unary"
         )
@@ -65,6 +75,13 @@ class CallMetrics(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _child(self, metric, *labels: str):
+        """``metric.labels(*labels)``, remembered: each lookup there takes a lock."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[metric, labels] = metric.labels(*labels)
+        return child
 
     def _record_unary(self, method: str, behavior: Callable) -> Callable:
         def recorded(request, context):
@@ -105,10 +122,10 @@ class CallMetrics(grpc.ServerInterceptor):
             code = context.code() or (
                 grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
             )
-        self.latency.labels(method).observe(time.perf_counter() - started)
-        self.calls.labels(method, code.name).inc()
+        self._child(self.latency, method).observe(time.perf_counter() - started)
+        self._child(self.calls, method, code.name).inc()
         if code is grpc.StatusCode.OK and isinstance(request, pb.EvaluateRequest):
-            self.nodes.labels(method).inc(len(request.graph.node_ops))
+            self._child(self.nodes, method).inc(len(request.graph.node_ops))
 
 
 class _PlanCacheCollector:

@@ -13,10 +13,13 @@ import numpy as np
 _LENGTH_DELIMITED, _VARINT = 2, 0
 _FEW = 64
 _TRANSPOSE_BLOCK = 256  # nodes: 256 x rows doubles, 2 MiB for 1,000 rows
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
 
 
 def _varint(value: int) -> bytes:
     """One base-128 varint: low 7 bits first, the high bit set on all but the last byte."""
+    if value < 0x80:
+        return _ONE_BYTE[value]  # tags and small lengths: most varints of a small result
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -30,7 +33,10 @@ def _packed_varints(values: np.ndarray) -> bytes:
     (a few values, one at a time: a dozen NumPy calls would cost more)."""
     values = np.asarray(values, dtype=np.uint32)
     if len(values) < _FEW:
-        return b"".join(_varint(value) for value in values.tolist())
+        few = values.tolist()
+        if max(few, default=0) < 0x80:
+            return bytes(few)  # each value is its own one-byte varint
+        return b"".join(_varint(value) for value in few)
     sizes = np.ones(len(values), dtype=np.int64)
     for shift in (7, 14, 21, 28):
         sizes += values >= (1 << shift)

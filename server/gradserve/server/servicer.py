@@ -4,8 +4,8 @@ Every engine error becomes a gRPC status here, in ``_call``, and nowhere else.
 """
 
 import dataclasses
+import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,8 +17,9 @@ from gradserve.server.errors import Cancelled, GraphError, OpFailure, PlanNotFou
 from gradserve.server.evaluate import evaluate
 from gradserve.server.isolation import IsolatedEvaluator
 from gradserve.server.limits import DeadlineExceeded, LimitExceeded, Limits
-from gradserve.server.plan import Plan, compile_graph
-from gradserve.server.plan_cache import PlanCache, structure_digest
+from gradserve.server.logs import CallLog
+from gradserve.server.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.plan_cache import PlanCache, small_structure_digest, structure_digest
 from gradserve.server.registry import LoadedOp
 from gradserve.server.status import abort_bad_request, abort_internal
 from gradserve.v1 import gradserve_pb2 as pb
@@ -27,6 +28,7 @@ from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 DEFAULT_CHUNK_NODES = 65_536  # node results (20 bytes each on the wire): ~1.3 MB a chunk
 
 log = logging.getLogger(__name__)
+call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 
 class _CallRecord:
@@ -76,14 +78,16 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         abort_internal(context, method)
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1e3
-        log.info(
-            "%s nodes=%d status=%s %.1f ms", method, record.nodes, record.code.name, elapsed_ms
-        )
+        call_log.add(method, record.nodes, record.code.name, elapsed_ms)
 
 
-def _stop_check(stop: threading.Event, deadline: float) -> Callable[[], bool]:
-    """The engine's ``should_stop``: True once the caller has gone; past the deadline it
-    raises DeadlineExceeded."""
+def _stop_check(deadline: float) -> tuple[Callable[[], bool], Callable[[], None]]:
+    """The engine's ``should_stop`` and the callback that marks the caller gone.
+
+    ``should_stop`` is True once the caller has gone; past the deadline it raises
+    DeadlineExceeded. The flag is a list rather than an Event, which costs microseconds
+    to make on every call."""
+    gone: list[bool] = []
 
     def should_stop() -> bool:
         if time.monotonic() > deadline:
@@ -91,9 +95,9 @@ def _stop_check(stop: threading.Event, deadline: float) -> Callable[[], bool]:
                 "the call ran past its deadline (the caller's, or the server's "
                 "default-deadline for calls without one) and was stopped"
             )
-        return stop.is_set()
+        return bool(gone)
 
-    return should_stop
+    return should_stop, functools.partial(gone.append, True)
 
 
 class _Results:
@@ -130,16 +134,28 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                 raise PlanNotFound(request.plan_digest)
             return plan, request.plan_digest
         self._limits.check_sizes(request)
-        graph = wire.graph_arrays(request.graph)
-        self._limits.check_fan_in(graph.input_counts)
-        digest = structure_digest(graph)
+        graph = None
+        digest = small_structure_digest(request.graph)
+        if digest is None:
+            graph = self._graph_arrays(request.graph)
+            digest = structure_digest(graph)
         plan = self._plans.get(digest)
         if plan is None:
+            if graph is None:
+                graph = self._graph_arrays(request.graph)
             plan = compile_graph(graph, self._ops)
             if self._isolated is not None and self._isolated.handles(plan):
                 plan = dataclasses.replace(plan, source=graph)  # workers compile it again
             self._plans.put(digest, plan)
         return plan, digest
+
+    def _graph_arrays(self, graph: pb.Graph) -> GraphArrays:
+        """The graph's fields as arrays, once its fan-in is known to be within the limit.
+
+        A cached plan passed this check when it was compiled, so a hit skips it."""
+        arrays = wire.graph_arrays(graph)
+        self._limits.check_fan_in(arrays.input_counts)
+        return arrays
 
     def _evaluate(
         self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
@@ -157,12 +173,14 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             values, grads = evaluate(
                 plan, leaves, outputs, seeds, should_stop, allow_non_finite=allow_non_finite
             )
-        return _Results(selected, values[selected], grads[selected], digest)
+        return _Results(
+            selected, values.take(selected, axis=0), grads.take(selected, axis=0), digest
+        )
 
     def _should_stop(self, context: grpc.ServicerContext) -> Callable[[], bool]:
-        stop = threading.Event()
-        context.add_callback(stop.set)
-        return _stop_check(stop, self._limits.deadline(context.time_remaining()))
+        should_stop, mark_gone = _stop_check(self._limits.deadline(context.time_remaining()))
+        context.add_callback(mark_gone)
+        return should_stop
 
     def Evaluate(self, request, context):
         should_stop = self._should_stop(context)
