@@ -133,3 +133,15 @@ def test_plan_cache_hits_and_misses_are_reported(metered):
     assert sample(text, "gradserve_plan_cache_lookups_total", outcome="miss") == 1
     assert sample(text, "gradserve_plan_cache_lookups_total", outcome="hit") == 2
     assert sample(text, "gradserve_plan_cache_plans") == 1
+
+
+def test_a_call_by_plan_digest_counts_its_graphs_nodes(metered):
+    # The request carries no structure, only the digest and leaf values: the count comes
+    # from the cached plan, 10 nodes for the neuron.
+    stub, metrics_port = metered
+    g, _ = neuron()
+    digest = stub.Evaluate(pb.EvaluateRequest(graph=g.proto())).plan_digest
+    stub.Evaluate(pb.EvaluateRequest(plan_digest=digest, graph=pb.Graph(leaf_values=g.leaf_values)))
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="Evaluate", code="OK") == 2
+    assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 20

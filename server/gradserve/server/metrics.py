@@ -1,24 +1,38 @@
 """Prometheus metrics for every gRPC call, served over HTTP on a port of their own.
 
-``CallMetrics`` is a server interceptor, so the servicer and engine stay unaware of it: it
-times each call, records its method and final status code, and counts the graph nodes of
-successful Evaluate and EvaluateStream calls. Each instance has its own registry, so several
-servers in one process (as in the tests) keep separate counts. ``watch_plan_cache`` adds the
-plan cache's hits and misses, read from the cache at each scrape.
+``CallMetrics`` is a server interceptor: it times each call, records its method and final
+status code, and counts the graph nodes of successful Evaluate and EvaluateStream calls. The
+node count is the one thing it cannot read from the request (a request by plan_digest
+carries no graph), so the servicer reports it with ``report_nodes``. Each instance has its
+own registry, so several servers in one process (as in the tests) keep separate counts.
+``watch_plan_cache`` adds the plan cache's hits and misses, read from the cache at each
+scrape.
 """
 
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gradserve.server.plan_cache import PlanCache
-from gradserve.v1 import gradserve_pb2 as pb
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# The current call's graph size: the interceptor sets a fresh tally before the handler runs,
+# in the handler's thread, and the servicer fills it in.
+_call_nodes: ContextVar[list[int] | None] = ContextVar("gradserve_call_nodes", default=None)
+
+
+def report_nodes(nodes: int) -> None:
+    """Tell the metrics interceptor, if one wraps this call, how many nodes its graph has."""
+    tally = _call_nodes.get()
+    if tally is not None:
+        tally[0] = nodes
+
 
 _HANDLER_FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
@@ -87,13 +101,15 @@ class CallMetrics(grpc.ServerInterceptor):
         def recorded(request, context):
             started = time.perf_counter()
             code = None
+            nodes = [0]
+            _call_nodes.set(nodes)
             try:
                 response = behavior(request, context)
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                self._finish(method, request, context, code, started)
+                self._finish(method, context, code, started, nodes[0])
             return response
 
         return recorded
@@ -102,6 +118,8 @@ class CallMetrics(grpc.ServerInterceptor):
         def recorded(request, context) -> Iterator:
             started = time.perf_counter()
             code = None
+            nodes = [0]
+            _call_nodes.set(nodes)
             try:
                 yield from behavior(request, context)
             except GeneratorExit:
@@ -111,11 +129,11 @@ class CallMetrics(grpc.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                self._finish(method, request, context, code, started)
+                self._finish(method, context, code, started, nodes[0])
 
         return recorded
 
-    def _finish(self, method, request, context, code, started) -> None:
+    def _finish(self, method, context, code, started, nodes: int) -> None:
         if code is None:
             # No exception: the handler may still have set a code, or the client cancelled
             # and the handler stopped early without raising.
@@ -124,8 +142,8 @@ class CallMetrics(grpc.ServerInterceptor):
             )
         self._child(self.latency, method).observe(time.perf_counter() - started)
         self._child(self.calls, method, code.name).inc()
-        if code is grpc.StatusCode.OK and isinstance(request, pb.EvaluateRequest):
-            self._child(self.nodes, method).inc(len(request.graph.node_ops))
+        if code is grpc.StatusCode.OK and nodes:
+            self._child(self.nodes, method).inc(nodes)
 
 
 class _PlanCacheCollector:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from gradserve.server import packed, wire
+from gradserve.server import metrics, packed, wire
 from gradserve.server.errors import Cancelled, GraphError, OpFailure, PlanNotFound
 from gradserve.server.evaluate import evaluate
 from gradserve.server.isolation import IsolatedEvaluator
@@ -79,6 +79,7 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1e3
         call_log.add(method, record.nodes, record.code.name, elapsed_ms)
+        metrics.report_nodes(record.nodes)
 
 
 def _stop_check(deadline: float) -> tuple[Callable[[], bool], Callable[[], None]]:
