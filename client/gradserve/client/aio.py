@@ -58,10 +58,10 @@ class AsyncClient:
         if len(call.subgraph) <= calls.STREAM_ABOVE:
             with translated(call.subgraph):
                 response = await self._stub.Evaluate(call.request, **self._options)
-            calls.fill(call.subgraph, *calls.arrays(response))
+            calls.fill(call.subgraph, [response])
             return
-        async for message in self._messages(call, self._progress):
-            calls.fill(call.subgraph, *calls.arrays(message))
+        messages = [message async for message in self._messages(call, self._progress)]
+        calls.fill(call.subgraph, messages)
 
     async def evaluate(
         self,

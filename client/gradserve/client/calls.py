@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradserve.client.tape import CONSTANT, Subgraph, tape_of
+from gradserve.client.opcodes import LEAF
+from gradserve.client.subgraph import Subgraph
+from gradserve.client.tape import CONSTANT, tape_of
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -81,18 +83,18 @@ def evaluate_call(
     subgraph = tape.subgraph(roots)
     tape.sent = True
     request = pb.EvaluateRequest(
-        graph=subgraph.proto(),
         outputs=[subgraph.position(r) for r in roots],
         seeds=[] if seeds is None else [float(s) for s in seeds],
         chunk_size=chunk_size,
     )
+    subgraph.write(request.graph)
     if batch:
         _set_rows(request, subgraph, tape, batch)
     if wrt == "all":
         request.selection = pb.SELECTION_ALL
         return Call(request, subgraph)
     if wrt is None:  # the user's leaves, not the constants the SDK made from numbers
-        leaves = np.flatnonzero(subgraph.node_ops == 0)
+        leaves = np.flatnonzero(subgraph.codes == LEAF)
         values = subgraph.values(leaves)
         positions = [p for p, v in zip(leaves.tolist(), values, strict=True) if v._id != CONSTANT]
     else:
@@ -118,7 +120,7 @@ def _set_rows(request: pb.EvaluateRequest, subgraph: Subgraph, tape, batch) -> N
     lengths = {len(column) for column in columns.values()}
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError("every batch entry must hold the same, non-zero number of values")
-    leaves = np.flatnonzero(subgraph.node_ops == 0)
+    leaves = np.flatnonzero(subgraph.codes == LEAF)
     rows = np.tile(np.array(request.graph.leaf_values, dtype=np.float64), (lengths.pop(), 1))
     for position, column in columns.items():
         rows[:, np.searchsorted(leaves, position)] = column
@@ -127,13 +129,11 @@ def _set_rows(request: pb.EvaluateRequest, subgraph: Subgraph, tape, batch) -> N
     request.rows = len(rows)
 
 
-def fill(subgraph: Subgraph, ids, values, grads) -> None:
-    """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``ids`` that still exist."""
-    subgraph.tape.remember(subgraph.kept[ids], values, grads)
-    nodes = subgraph.values(ids)
-    for value, data, grad in zip(nodes, values.tolist(), grads.tolist(), strict=True):
-        if value is not None:
-            value.data, value.grad = data, grad
+def fill(subgraph: Subgraph, messages: list) -> None:
+    """Set ``.data`` and ``.grad`` of the sent nodes' Values that still exist from a call's
+    result messages (an EvaluateResponse, or a stream's GradientChunks), all at once."""
+    columns = zip(*map(arrays, messages), strict=True)  # ids, values, grads
+    subgraph.fill(*(np.concatenate(column) for column in columns))
 
 
 def arrays(message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

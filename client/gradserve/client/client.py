@@ -57,10 +57,9 @@ class Client:
         if len(call.subgraph) <= calls.STREAM_ABOVE:
             with translated(call.subgraph):
                 response = self._stub.Evaluate(call.request, **self._options)
-            calls.fill(call.subgraph, *calls.arrays(response))
+            calls.fill(call.subgraph, [response])
             return
-        for message in self._messages(call, self._progress):
-            calls.fill(call.subgraph, *calls.arrays(message))
+        calls.fill(call.subgraph, list(self._messages(call, self._progress)))
 
     def evaluate(
         self,
