@@ -169,8 +169,7 @@ def test_a_million_node_graph_is_recorded_and_pruned_without_recursion():
     subgraph = y._tape.subgraph([y._id])
     assert len(subgraph) == 1_000_001
     assert subgraph.position(side._id) is None
-    graph = pb.Graph()
-    subgraph.write(graph)
+    graph = pb.Graph.FromString(subgraph.graph(subgraph.leaf_values()))
     assert len(graph.node_ops) == 1_000_001
     assert list(graph.leaf_values) == [0.5]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gradserve.client import wire
+from gradserve.client import Value, calls, wire
 from gradserve.v1 import gradserve_pb2 as pb
 
 EDGES = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**32 - 1]
@@ -36,3 +36,20 @@ def test_parsed_back_into_a_message():
     assert list(graph.input_ids) == [0, 1]
     assert list(graph.leaf_values) == [2.0, 3.0]
     assert list(graph.op_names) == ["mul"]
+
+
+def test_a_request_written_as_bytes_parses_as_the_graph_recorded():
+    x, w = Value(3.0, "x"), Value(-2.0)
+    y = (x * w + 1).tanh()
+    request = pb.EvaluateRequest.FromString(calls.evaluate_call(y, wrt=[w]).request)
+    graph = request.graph
+    # x, w, x*w, the constant 1, x*w + 1, its tanh; op indices into graph.op_names
+    ops = [graph.op_names[i - 1] if i else "" for i in graph.node_ops]
+    assert ops == ["", "", "mul", "", "add", "tanh"]
+    assert list(graph.input_counts) == [0, 0, 2, 0, 2, 1]
+    assert list(graph.input_ids) == [0, 1, 2, 3, 4]
+    assert list(graph.leaf_values) == [3.0, -2.0, 1.0]
+    assert list(graph.labels) == ["x", "", "", "", "", ""]
+    assert list(request.outputs) == [5]
+    assert request.selection == pb.SELECTION_NODES
+    assert list(request.nodes) == [1]

@@ -80,25 +80,30 @@ class Subgraph:
         for value, x, g in zip(values, data[rows].tolist(), grads[rows].tolist(), strict=True):
             value.data, value.grad = x, g
 
-    def write(self, graph: pb.Graph) -> None:
-        """Fill the empty Graph message ``graph``. Leaf values and labels are read now, so
-        updates made since recording count."""
+    def graph(self, leaf_values: np.ndarray) -> bytes:
+        """The Graph message, serialized, with ``leaf_values`` (``leaf_values()``, or rows
+        of them); labels are read now."""
         names, node_ops = opcodes.op_table(self.codes)
-        graph.op_names.extend(names)
-        graph.MergeFromString(
-            wire.packed(_NODE_OPS, wire.varints(node_ops))
+        return (
+            pb.Graph(op_names=names, labels=self._labels()).SerializeToString()
+            + wire.packed(_NODE_OPS, wire.varints(node_ops))
             + wire.packed(_INPUT_COUNTS, wire.varints(self.counts))
             + wire.packed(_INPUT_IDS, wire.varints(self.input_ids))
-            + wire.packed(_LEAF_VALUES, wire.doubles(self._leaf_values()))
+            + wire.packed(_LEAF_VALUES, wire.doubles(leaf_values))
         )
-        positions, values, _ = self.held
-        if any(map(_label, values)):
-            labels = [""] * len(self.kept)
-            for position, value in zip(positions.tolist(), values, strict=True):
-                labels[position] = value.label
-            graph.labels.extend(labels)
 
-    def _leaf_values(self) -> np.ndarray:
+    def _labels(self) -> list[str]:
+        """Every node's label, or none when no Value has one."""
+        positions, values, _ = self.held
+        if not any(map(_label, values)):
+            return []
+        labels = [""] * len(self.kept)
+        for position, value in zip(positions.tolist(), values, strict=True):
+            labels[position] = value.label
+        return labels
+
+    def leaf_values(self) -> np.ndarray:
+        """The sent leaves' ``.data``, read now, so that updates since recording count."""
         _, values, leaves = self.held
         data = list(map(_data, values[:leaves]))
         # The exact-type test first, in bulk: an ABC isinstance check costs 2 us a leaf.

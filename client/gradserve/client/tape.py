@@ -4,11 +4,10 @@ A tape holds one graph as two lists: per node an op code (``opcodes``: the op an
 of inputs, 0 for a leaf), and the nodes' input ids back to back. A node's id is its
 position, so ids are a topological order. Leaf Values (parameters, constants) belong to no
 tape: each tape gives a leaf it reads a node id of its own, so a parameter can be read by one
-tape per training step. Op-node Values point to their tape, and the tape refers back to
-them only weakly (``Tape.live``), so a step's graph is freed as soon as the user drops its
-Values. When an op reads Values of two tapes, the smaller tape is appended
-to the larger (its order stays topological), so recording never copies a node more than
-O(log n) times.
+tape per training step. Op-node Values point to their tape, and the tape refers back to them
+only weakly (``Tape.live``), so a step's graph is freed as soon as the user drops its Values.
+When an op reads Values of two tapes, the smaller tape is appended to the larger (its order
+stays topological), so recording never copies a node more than O(log n) times.
 """
 
 import threading

@@ -1,12 +1,13 @@
-"""Packed numeric fields written from NumPy arrays in protobuf's wire format.
+"""Protobuf's wire format written from NumPy arrays: packed numeric fields, message fields.
 
 Filling a repeated field through the protobuf API takes each entry as a Python object: a
-million-node graph's columns cost about 0.3 s that way (to lists, then into the message).
-A packed field's wire form is simple: its tag, its length in bytes, then the values, as
-varints for uint32 fields and as little-endian doubles for double fields. NumPy writes them
-in bulk and protobuf's parser, in C, reads them into a message (``message.MergeFromString``).
-The server writes its results the same way (``gradserve.server.packed``); the client does not
-depend on the server, hence these few lines of its own.
+million-node graph's columns cost about 0.3 s that way (to lists, then into the message), and
+gRPC then serialized the message again. A packed field's wire form is simple: its tag, its
+length in bytes, then the values, as varints for uint32 fields and as little-endian doubles
+for double fields. NumPy writes them in bulk, and a message field is the same tag and length
+around a serialized message, so the SDK sends its requests as bytes it wrote. The server
+writes its results the same way (``gradserve.server.packed``); the client does not depend on
+the server, hence these few lines of its own.
 """
 
 import numpy as np
@@ -47,8 +48,11 @@ def varints(values: np.ndarray) -> bytes:
 
 def packed(number: int, payload: bytes) -> bytes:
     """A packed repeated field ``number`` holding ``payload``; nothing when it is empty."""
-    if not payload:
-        return b""
+    return message(number, payload) if payload else b""
+
+
+def message(number: int, payload: bytes) -> bytes:
+    """A message field ``number`` holding the serialized message ``payload``."""
     return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
 
 
