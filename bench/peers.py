@@ -5,6 +5,7 @@ graph from the same leaf values as gradserve and returns the leaves' gradients.
 """
 
 import functools
+import gc
 import math
 import operator
 import sys
@@ -99,7 +100,13 @@ def torch_peer() -> Peer | None:
 
 
 def timed_backprop(peer: Peer, values: np.ndarray, build: Callable) -> tuple[float, np.ndarray]:
-    """Seconds to create the leaves, build the graph and backpropagate; the leaf gradients."""
+    """Seconds to create the leaves, build the graph and backpropagate; the leaf gradients.
+
+    The garbage of earlier runs is collected first, untimed: micrograd's graphs are reference
+    cycles, and the first full collection after a W1 run (about 7 s for its 4.6 million
+    objects) otherwise lands in whichever run comes next, the SDK's or micrograd's own.
+    """
+    gc.collect()
     started = time.perf_counter()
     leaves = [peer.leaf(v) for v in values.tolist()]
     peer.backward(build(leaves))

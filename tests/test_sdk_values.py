@@ -6,6 +6,7 @@ difference of it gives the oracle for gradients (error O(h^4), about 1e-13 here)
 """
 
 import math
+import weakref
 
 import pytest
 
@@ -148,6 +149,24 @@ def test_a_value_exponent_gets_its_gradient(client):
     (y + z).backward(client)
     assert x.grad == pytest.approx(2.3 * 1.7**1.3 + 2**1.7 * math.log(2), rel=REL)
     assert p.grad == pytest.approx(1.7**2.3 * math.log(1.7), rel=REL)
+
+
+def test_one_op_read_by_nodes_of_different_input_counts(client):
+    x, y, z = Value(1.5), Value(-2.0), Value(0.25)
+    two, three = x.apply("sum", y), x.apply("sum", y, z)
+    (two * three).backward(client)
+    # d/dx (x+y)(x+y+z) = (x+y+z) + (x+y); d/dz = x+y
+    assert (two.data, three.data) == (-0.5, -0.25)
+    assert x.grad == pytest.approx(-0.25 + -0.5, rel=REL)
+    assert z.grad == pytest.approx(-0.5, rel=REL)
+
+
+def test_a_dropped_intermediate_is_freed_at_once():
+    x = Value(2.0)
+    kept = x * 3
+    dropped = weakref.ref(kept + 1)  # the new Value is not held by anyone
+    assert dropped() is None
+    assert kept._tape is not None
 
 
 def test_gradients_are_fresh_on_each_backward(client):

@@ -6,7 +6,12 @@ import grpc
 
 from gradserve.client import calls
 from gradserve.client.calls import Chunk, Evaluation
-from gradserve.client.channel import DEFAULT_TARGET, MAX_MESSAGE_BYTES, channel_options
+from gradserve.client.channel import (
+    DEFAULT_TARGET,
+    MAX_MESSAGE_BYTES,
+    channel_options,
+    serialized_calls,
+)
 from gradserve.client.errors import translated
 from gradserve.client.progress import progress_bar
 from gradserve.client.value import Value
@@ -35,6 +40,7 @@ class AsyncClient:
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.GradientServiceStub(self._channel)
+        self._evaluate, self._evaluate_stream = serialized_calls(self._channel)
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
         self._progress = progress
 
@@ -57,11 +63,11 @@ class AsyncClient:
         call = calls.backward_call(loss)
         if len(call.subgraph) <= calls.STREAM_ABOVE:
             with translated(call.subgraph):
-                response = await self._stub.Evaluate(call.request, **self._options)
-            calls.fill(call.subgraph, *calls.arrays(response))
+                response = await self._evaluate(call.request, **self._options)
+            calls.fill(call.subgraph, [response])
             return
-        async for message in self._messages(call, self._progress):
-            calls.fill(call.subgraph, *calls.arrays(message))
+        messages = [message async for message in self._messages(call, self._progress)]
+        calls.fill(call.subgraph, messages)
 
     async def evaluate(
         self,
@@ -74,7 +80,7 @@ class AsyncClient:
         """As ``Client.evaluate``."""
         call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True, batch=batch)
         with translated(call.subgraph):
-            response = await self._stub.Evaluate(call.request, **self._options)
+            response = await self._evaluate(call.request, **self._options)
         return calls.evaluation(call, response)
 
     async def stream(
@@ -95,7 +101,7 @@ class AsyncClient:
     async def _messages(
         self, call: calls.Call, progress: bool | None
     ) -> AsyncIterator[pb.GradientChunk]:
-        responses = self._stub.EvaluateStream(call.request, **self._options)
+        responses = self._evaluate_stream(call.request, **self._options)
         bar = None
         try:
             with translated(call.subgraph):

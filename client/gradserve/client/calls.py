@@ -5,11 +5,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradserve.client.tape import CONSTANT, Subgraph, tape_of
+from gradserve.client import wire
+from gradserve.client.opcodes import LEAF
+from gradserve.client.subgraph import Subgraph
+from gradserve.client.tape import CONSTANT, tape_of
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
 
 STREAM_ABOVE = 65_536  # backward streams results of more nodes, so a progress bar can show
+_GRAPH = 1  # EvaluateRequest.graph's field number
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,10 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Call:
-    """A prepared request and what is needed to read its results."""
+    """A prepared request, serialized (see ``channel.serialized_calls``), and what is needed
+    to read its results."""
 
-    request: pb.EvaluateRequest
+    request: bytes
     subgraph: Subgraph
     output_count: int = 0
 
@@ -80,35 +85,42 @@ def evaluate_call(
     roots = [tape.leaf_id(v) if v._tape is None else v._id for v in outputs]
     subgraph = tape.subgraph(roots)
     tape.sent = True
-    request = pb.EvaluateRequest(
-        graph=subgraph.proto(),
+    fields = pb.EvaluateRequest(
         outputs=[subgraph.position(r) for r in roots],
         seeds=[] if seeds is None else [float(s) for s in seeds],
         chunk_size=chunk_size,
     )
+    leaf_values = subgraph.leaf_values()
     if batch:
-        _set_rows(request, subgraph, tape, batch)
+        leaf_values = _rows(subgraph, tape, batch, leaf_values)
+        fields.rows = len(leaf_values)
     if wrt == "all":
-        request.selection = pb.SELECTION_ALL
-        return Call(request, subgraph)
-    if wrt is None:  # the user's leaves, not the constants the SDK made from numbers
-        leaves = np.flatnonzero(subgraph.node_ops == 0)
-        values = subgraph.values(leaves)
-        positions = [p for p, v in zip(leaves.tolist(), values, strict=True) if v._id != CONSTANT]
+        fields.selection = pb.SELECTION_ALL
     else:
-        ids = [tape.leaf_ids.get(v) if v._tape is None else v._id for v in _as_list(wrt)]
-        positions = [None if i is None else subgraph.position(i) for i in ids]
-        if None in positions:
-            raise ValueError("wrt holds a Value the outputs do not depend on")
-    request.selection = pb.SELECTION_NODES
-    if with_outputs:
-        request.nodes.extend(request.outputs)
-    request.nodes.extend(positions)
+        fields.selection = pb.SELECTION_NODES
+        if with_outputs:
+            fields.nodes.extend(fields.outputs)
+        fields.nodes.extend(_positions(wrt, subgraph, tape))
+    request = fields.SerializeToString() + wire.message(_GRAPH, subgraph.graph(leaf_values))
     return Call(request, subgraph, output_count=len(outputs) if with_outputs else 0)
 
 
-def _set_rows(request: pb.EvaluateRequest, subgraph: Subgraph, tape, batch) -> None:
-    """Replace the request's leaf values by the rows of ``batch``."""
+def _positions(wrt, subgraph: Subgraph, tape) -> list[int]:
+    """The positions of the Values ``wrt`` in the sent graph (None: the user's leaves, not
+    the constants the SDK made from numbers)."""
+    if wrt is None:
+        leaves = np.flatnonzero(subgraph.codes == LEAF)
+        values = subgraph.values(leaves)
+        return [p for p, v in zip(leaves.tolist(), values, strict=True) if v._id != CONSTANT]
+    ids = [tape.leaf_ids.get(v) if v._tape is None else v._id for v in _as_list(wrt)]
+    positions = [None if i is None else subgraph.position(i) for i in ids]
+    if None in positions:
+        raise ValueError("wrt holds a Value the outputs do not depend on")
+    return positions
+
+
+def _rows(subgraph: Subgraph, tape, batch, leaf_values: np.ndarray) -> np.ndarray:
+    """The leaf values row by row: ``leaf_values`` in each, with the columns of ``batch``."""
     columns = {}
     for value, column in batch.items():
         position = subgraph.position(tape.leaf_ids.get(value, -1)) if value._tape is None else None
@@ -118,22 +130,18 @@ def _set_rows(request: pb.EvaluateRequest, subgraph: Subgraph, tape, batch) -> N
     lengths = {len(column) for column in columns.values()}
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError("every batch entry must hold the same, non-zero number of values")
-    leaves = np.flatnonzero(subgraph.node_ops == 0)
-    rows = np.tile(np.array(request.graph.leaf_values, dtype=np.float64), (lengths.pop(), 1))
+    leaves = np.flatnonzero(subgraph.codes == LEAF)
+    rows = np.tile(leaf_values, (lengths.pop(), 1))
     for position, column in columns.items():
         rows[:, np.searchsorted(leaves, position)] = column
-    del request.graph.leaf_values[:]
-    request.graph.leaf_values.extend(rows.ravel())
-    request.rows = len(rows)
+    return rows
 
 
-def fill(subgraph: Subgraph, ids, values, grads) -> None:
-    """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``ids`` that still exist."""
-    subgraph.tape.remember(subgraph.kept[ids], values, grads)
-    nodes = subgraph.values(ids)
-    for value, data, grad in zip(nodes, values.tolist(), grads.tolist(), strict=True):
-        if value is not None:
-            value.data, value.grad = data, grad
+def fill(subgraph: Subgraph, messages: list) -> None:
+    """Set ``.data`` and ``.grad`` of the sent nodes' Values that still exist from a call's
+    result messages (an EvaluateResponse, or a stream's GradientChunks), all at once."""
+    columns = zip(*map(arrays, messages), strict=True)  # ids, values, grads
+    subgraph.fill(*(np.concatenate(column) for column in columns))
 
 
 def arrays(message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

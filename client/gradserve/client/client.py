@@ -6,7 +6,12 @@ import grpc
 
 from gradserve.client import calls
 from gradserve.client.calls import Chunk, Evaluation
-from gradserve.client.channel import DEFAULT_TARGET, MAX_MESSAGE_BYTES, connect
+from gradserve.client.channel import (
+    DEFAULT_TARGET,
+    MAX_MESSAGE_BYTES,
+    connect,
+    serialized_calls,
+)
 from gradserve.client.errors import translated
 from gradserve.client.progress import progress_bar
 from gradserve.client.value import Value
@@ -34,6 +39,7 @@ class Client:
         self._channel, self._stub = connect(
             target, max_message_bytes=max_message_bytes, credentials=credentials
         )
+        self._evaluate, self._evaluate_stream = serialized_calls(self._channel)
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
         self._progress = progress
 
@@ -56,11 +62,10 @@ class Client:
         call = calls.backward_call(loss)
         if len(call.subgraph) <= calls.STREAM_ABOVE:
             with translated(call.subgraph):
-                response = self._stub.Evaluate(call.request, **self._options)
-            calls.fill(call.subgraph, *calls.arrays(response))
+                response = self._evaluate(call.request, **self._options)
+            calls.fill(call.subgraph, [response])
             return
-        for message in self._messages(call, self._progress):
-            calls.fill(call.subgraph, *calls.arrays(message))
+        calls.fill(call.subgraph, list(self._messages(call, self._progress)))
 
     def evaluate(
         self,
@@ -77,7 +82,7 @@ class Client:
         the results gain a leading axis of length B."""
         call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True, batch=batch)
         with translated(call.subgraph):
-            response = self._stub.Evaluate(call.request, **self._options)
+            response = self._evaluate(call.request, **self._options)
         return calls.evaluation(call, response)
 
     def stream(
@@ -98,7 +103,7 @@ class Client:
 
     def _messages(self, call: calls.Call, progress: bool | None) -> Iterator[pb.GradientChunk]:
         """EvaluateStream's chunks, counted on a progress bar; cancelled if abandoned."""
-        responses = self._stub.EvaluateStream(call.request, **self._options)
+        responses = self._evaluate_stream(call.request, **self._options)
         bar = None
         try:
             with translated(call.subgraph):

@@ -11,6 +11,7 @@ from pathlib import Path
 import graphviz
 import numpy as np
 
+from gradserve.client import opcodes
 from gradserve.client.errors import GraphvizNotFound
 from gradserve.client.value import Value
 
@@ -55,18 +56,15 @@ def draw_dot(root: Value, rankdir: str = "LR", format: str = "svg") -> Drawing:
         return dot
     sub = root._tape.subgraph([root._id])
     values = sub.values(np.arange(len(sub)))
-    op_names = sub.tape.op_names
     # Lines written directly (node names are plain identifiers, labels quoted here): a
     # Digraph.node call per node would cost several times more on large graphs.
     lines = dot.body
     start = 0
-    for node, (op, count) in enumerate(
-        zip(sub.node_ops.tolist(), sub.counts.tolist(), strict=True)
-    ):
+    for node, (op, count) in enumerate(zip(sub.codes.tolist(), sub.counts.tolist(), strict=True)):
         record = _record_text(values[node], sub.tape.result(int(sub.kept[node])))
         lines.append(f'\tn{node} [label="{_quoted(record)}" shape=record]\n')
         if op:
-            lines.append(f'\tn{node}op [label="{_quoted(op_names[op - 1])}"]\n')
+            lines.append(f'\tn{node}op [label="{_quoted(opcodes.name(op))}"]\n')
             lines.append(f"\tn{node}op -> n{node}\n")
             for i in sub.input_ids[start : start + count].tolist():
                 lines.append(f"\tn{i} -> n{node}op\n")
