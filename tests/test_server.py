@@ -104,8 +104,14 @@ def bad_graphs():
     unknown.leaf_values.append(1.0)
     arity = pb.Graph(op_names=["mul"], node_ops=[0, 1], input_counts=[0, 1], input_ids=[0])
     arity.leaf_values.append(1.0)
+    # The largest id the wire's uint32 can carry: the server reads it as int32 and must
+    # report it as sent, not wrapped to -1.
+    too_large = pb.Graph(op_names=["tanh"], node_ops=[0, 1], input_counts=[0, 1])
+    too_large.input_ids.append(2**32 - 1)
+    too_large.leaf_values.append(1.0)
     return {
         "forward reference": (forward, "node 1: input id 2 is not earlier"),
+        "id beyond int32": (too_large, "input_ids[0] = 4294967295 is out of range"),
         "unknown op": (unknown, "node 1: unknown op 'nosuch'"),
         "wrong arity": (arity, "node 1: op 'mul' takes 2 input(s), got 1"),
         "empty": (pb.Graph(), "empty"),

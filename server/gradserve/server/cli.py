@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gradserve.server import limits
+from gradserve.server import limits, malloc
 from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
 from gradserve.server.metrics import CallMetrics, serve_metrics
 from gradserve.server.ops_check import check_ops
@@ -43,6 +43,7 @@ def _port(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    malloc.limit_arenas()  # before any gRPC thread, and inherited by forked workers
     allow = [name.strip() for name in args.ops.split(",") if name.strip()] if args.ops else None
     try:
         registry = load_registry(allow=allow, strict=args.strict_plugins)

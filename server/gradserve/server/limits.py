@@ -1,8 +1,8 @@
 """Server limits: how big a graph, how wide a node, how many calls, how long a call.
 
-The defaults are sized for real use on a 24 GiB machine. Measured peak memory of one call
-(arrays, schedule, response): about 100 bytes a node for a wide graph and 500 for a long
-chain (one group per level), so a graph at the 20-million-node limit needs 2 to 10 GiB. At
+The defaults are sized for real use on a 24 GiB machine. Measured peak memory of a server
+above idle (request, arrays, plan, response): about 120 bytes a node for a wide graph (W1)
+and 370 for a long chain (W2), so a graph at the 20-million-node limit needs 2 to 7 GiB. At
 the default 64 MiB message limit a request carries at most about 7 million nodes of a wide
 graph; raise --max-message-mb to send more. The size checks read only the lengths of the
 request's repeated fields, so they run before any array is allocated.

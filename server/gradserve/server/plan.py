@@ -17,7 +17,13 @@ from gradserve.ops import Op
 from gradserve.server.errors import GraphError
 from gradserve.server.scatter import Scatter
 
-_ID = np.int64
+# Node ids, input positions and levels while compiling. Four bytes each halve the
+# compile's peak memory; a plan's own index arrays are intp, which NumPy indexes fastest.
+# int32 holds every graph the server accepts: each node and input takes at least a byte
+# of a gRPC message (under 2 GiB), and max-nodes (limits.py) is far lower by default.
+# compile_graph refuses anything larger, for callers that do not come through the wire.
+_ID = np.int32
+_MAX_ID = int(np.iinfo(_ID).max)
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class GraphArrays:
     """A graph as parallel arrays, mirroring the wire's ``Graph`` message."""
 
     op_names: Sequence[str]
+    # Integers; from the wire, uint32 arrays, which compile_graph reads without a copy.
     node_ops: np.ndarray  # per node: 0 for a leaf, k for op_names[k - 1]
     input_counts: np.ndarray  # per node: how many inputs
     input_ids: np.ndarray  # all inputs, concatenated in node order
@@ -105,9 +112,9 @@ class Plan:
 
 def compile_graph(graph: GraphArrays, ops: Mapping[str, Op]) -> Plan:
     """Validate ``graph`` against the loaded ``ops`` and schedule it; raise GraphError."""
-    node_ops = np.asarray(graph.node_ops, dtype=_ID)
-    counts = np.asarray(graph.input_counts, dtype=_ID)
-    input_ids = np.asarray(graph.input_ids, dtype=_ID)
+    node_ops = _as_ids(graph.node_ops, "graph.node_ops", per_node=True)
+    counts = _as_ids(graph.input_counts, "graph.input_counts", per_node=True)
+    input_ids = _as_ids(graph.input_ids, "graph.input_ids", per_node=False)
     n = len(node_ops)
     _check_lengths(graph, n, counts, input_ids)
     table = _resolve_ops(graph.op_names, node_ops, ops)
@@ -125,9 +132,35 @@ def compile_graph(graph: GraphArrays, ops: Mapping[str, Op]) -> Plan:
     )
 
 
+def _as_ids(values, field: str, per_node: bool) -> np.ndarray:
+    """``values`` as _ID integers, without a copy when they are the wire's uint32.
+
+    A value outside _ID's range is invalid in every integer field of a graph (as an op
+    index, an input count or an input id), so it is refused here, before it could wrap.
+    ``per_node``: the field has one entry per node, so an entry's index is its node.
+    """
+    values = np.asarray(values)
+    if values.size and (values.min() < 0 or values.max() > _MAX_ID):
+        index = int(np.flatnonzero((values < 0) | (values > _MAX_ID))[0])
+        raise GraphError(
+            f"{field.removeprefix('graph.')}[{index}] = {values[index]} is out of range",
+            node=index if per_node else None,
+            field=field,
+        )
+    if values.dtype.kind in "iu" and values.dtype.itemsize == np.dtype(_ID).itemsize:
+        return values.view(_ID)  # every value fits, so the bits are the same
+    return values.astype(_ID)
+
+
 def _check_lengths(graph: GraphArrays, n: int, counts: np.ndarray, input_ids: np.ndarray) -> None:
     if n == 0:
         raise GraphError("the graph is empty (node_ops has no entries)", field="graph.node_ops")
+    if max(n, len(input_ids)) > _MAX_ID:
+        raise GraphError(
+            f"the graph has {n} nodes and {len(input_ids)} inputs; at most {_MAX_ID} of "
+            "each can be compiled",
+            field="graph.node_ops",
+        )
     if len(counts) != n:
         raise GraphError(
             f"input_counts has {len(counts)} entries but there are {n} nodes (one per node)",
@@ -227,22 +260,24 @@ def levels_of(
     n = len(counts)
     level = np.zeros(n, dtype=_ID)
     from_op = is_op[input_ids]
-    edge_src, edge_dst = input_ids[from_op], owners[from_op]  # edges between op nodes
+    edge_src, edge_dst = input_ids[from_op], owners[from_op]  # between op nodes, dst sorted
+    del from_op  # here and below: temporaries go early, this is the compile's memory peak
     if edge_src.size == 0:
         level[is_op] = 1
         return level
 
     # Step 1: links and their distance to their root.
-    op_inputs = np.bincount(edge_dst, minlength=n)
-    has_op_input = np.flatnonzero(op_inputs)
-    first_edge = (np.cumsum(op_inputs) - op_inputs)[has_op_input]
+    first_edge = np.flatnonzero(np.diff(edge_dst, prepend=-1))  # of each node with op inputs
     lowest = np.minimum.reduceat(edge_src, first_edge)
-    highest = np.maximum.reduceat(edge_src, first_edge)
+    one_parent = lowest == np.maximum.reduceat(edge_src, first_edge)
+    # links and root are intp: pointer jumping indexes with them over and over, and NumPy
+    # converts index arrays of any other type on every use.
+    links = edge_dst[first_edge[one_parent]].astype(np.intp)
     is_link = np.zeros(n, dtype=bool)
-    links = has_op_input[lowest == highest]
     is_link[links] = True
-    root = np.arange(n, dtype=_ID)
-    root[links] = lowest[lowest == highest]
+    root = np.arange(n)
+    root[links] = lowest[one_parent]
+    del first_edge, lowest, one_parent
     dist = is_link.astype(_ID)
     jumping = links
     while jumping.size:
@@ -251,14 +286,24 @@ def levels_of(
         root[jumping] = root[up]
         jumping = jumping[is_link[root[jumping]]]
 
-    # Step 2: Kahn's algorithm over the non-link op nodes.
+    # Step 2: Kahn's algorithm over the non-link op nodes. The contracted graph's edges are
+    # sorted by source, src_start[v] being the first of node v's.
     into_root = ~is_link[edge_dst]
-    src = root[edge_src[into_root]]
-    dst = edge_dst[into_root]
-    weight = dist[edge_src[into_root]] + 1
-    waiting = np.bincount(dst, minlength=n)
+    parents, dst = edge_src[into_root], edge_dst[into_root]
+    del edge_src, edge_dst, into_root
+    src, weight = root[parents], dist[parents] + 1
+    del parents
+    link_root, link_dist = root[links], dist[links]
+    del root, dist
+    waiting = np.zeros(n, dtype=_ID)  # counted in place: np.bincount's int64 is twice the size
+    np.add.at(waiting, dst, _ID(1))
+    src_start = np.zeros(n + 1, dtype=_ID)
+    np.add.at(src_start[1:], src, _ID(1))
+    np.cumsum(src_start, dtype=_ID, out=src_start)
     by_src = np.argsort(src, kind="stable")
-    src_start = np.searchsorted(src[by_src], np.arange(n + 1))
+    del src
+    dst, weight = dst[by_src], weight[by_src]
+    del by_src
     frontier = np.flatnonzero(is_op & ~is_link & (waiting == 0))
     level[frontier] = 1
     slot = np.empty(n, dtype=_ID)
@@ -270,14 +315,14 @@ def levels_of(
                 return _levels_in_id_order(counts, offsets, input_ids)
         begin, end = src_start[frontier], src_start[frontier + 1]
         sizes = end - begin
-        edges = by_src[np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())]
+        edges = np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
         targets = dst[edges]
-        np.maximum.at(level, targets, level[src[edges]] + weight[edges])
-        np.subtract.at(waiting, targets, 1)
+        np.maximum.at(level, targets, np.repeat(level[frontier], sizes) + weight[edges])
+        np.subtract.at(waiting, targets, _ID(1))  # with a Python int, 10x slower
         ready = targets[waiting[targets] == 0]
         slot[ready] = np.arange(len(ready))  # dedupe without sorting: the last write wins
         frontier = ready[slot[ready] == np.arange(len(ready))]
-    level[links] = level[root[links]] + dist[links]
+    level[links] = level[link_root] + link_dist
     return level
 
 
@@ -318,10 +363,7 @@ def _schedule(
     if op_nodes.size == 0:
         return ()
     order = op_nodes[np.lexsort((counts[op_nodes], node_ops[op_nodes], levels[op_nodes]))]
-    keys = np.stack([levels[order], node_ops[order], counts[order]])
-    bounds = np.concatenate(
-        [[0], np.flatnonzero(np.any(keys[:, 1:] != keys[:, :-1], axis=0)) + 1, [len(order)]]
-    )
+    bounds = _group_bounds(order, levels, node_ops, counts)
     single = np.diff(bounds) == 1
     # Runs of single-node groups: where `single` switches on and off.
     edges = np.flatnonzero(np.diff(np.concatenate([[False], single, [False]]).astype(np.int8)))
@@ -338,22 +380,32 @@ def _schedule(
     return tuple(steps)
 
 
+def _group_bounds(order, levels, node_ops, counts) -> np.ndarray:
+    """Where each (level, op, input count) group starts in ``order``, and its end."""
+    keys = np.stack([levels[order], node_ops[order], counts[order]])
+    starts = np.flatnonzero(np.any(keys[:, 1:] != keys[:, :-1], axis=0)) + 1
+    return np.concatenate([[0], starts, [len(order)]])
+
+
 def _make_group(table, node_ops, counts, offsets, input_ids, nodes: np.ndarray) -> Group:
     """A Group of nodes that share an op and an input count."""
     arity = int(counts[nodes[0]])
     args = input_ids[offsets[nodes] + np.arange(arity, dtype=_ID)[:, None]]
-    return Group(table[node_ops[nodes[0]]], nodes, args)
+    return Group(table[node_ops[nodes[0]]], nodes, args.astype(np.intp))
 
 
 def _make_stretch(table, node_ops, counts, offsets, input_ids, nodes: np.ndarray) -> Stretch:
     sizes = counts[nodes]
     input_offsets = np.concatenate([[0], np.cumsum(sizes)])
     starts = np.repeat(offsets[nodes] - input_offsets[:-1], sizes)
-    inputs = input_ids[starts + np.arange(input_offsets[-1], dtype=_ID)]
-    kinds = node_ops[nodes] * (int(counts.max()) + 1) + sizes
+    inputs = input_ids[starts + np.arange(input_offsets[-1], dtype=_ID)].astype(np.intp)
+    # int64: the product may not fit _ID.
+    kinds = node_ops[nodes].astype(np.int64) * (int(counts.max()) + 1) + sizes
+    # With return_inverse, np.unique does not import numpy.ma (a 10 MB transient, once).
+    part_kinds, part_of = np.unique(kinds, return_inverse=True)
     parts, positions = [], []
-    for kind in np.unique(kinds).tolist():
-        where = np.flatnonzero(kinds == kind)
+    for part in range(len(part_kinds)):
+        where = np.flatnonzero(part_of == part)
         parts.append(_make_group(table, node_ops, counts, offsets, input_ids, nodes[where]))
         positions.append(where)
     ops = tuple(table[k] for k in node_ops[nodes].tolist())

@@ -14,11 +14,13 @@ def _array(field, dtype) -> np.ndarray:
 
 
 def graph_arrays(graph: pb.Graph) -> GraphArrays:
+    """The graph's structure as arrays of its wire type, uint32: half the memory of int64,
+    faster to convert, and hashed and compiled without another copy."""
     return GraphArrays(
         op_names=list(graph.op_names),
-        node_ops=_array(graph.node_ops, np.int64),
-        input_counts=_array(graph.input_counts, np.int64),
-        input_ids=_array(graph.input_ids, np.int64),
+        node_ops=_array(graph.node_ops, np.uint32),
+        input_counts=_array(graph.input_counts, np.uint32),
+        input_ids=_array(graph.input_ids, np.uint32),
         labels=list(graph.labels),
     )
 

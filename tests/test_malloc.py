@@ -1,0 +1,58 @@
+"""The server caps glibc's malloc arenas (see gradserve.server.malloc)."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from gradserve.server import malloc
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+# Four threads hold a malloc'd block at the same time, then glibc reports its arenas.
+COUNT_ARENAS = """
+import ctypes, sys, threading
+from gradserve.server import malloc
+if sys.argv[1] == "capped":
+    assert malloc.limit_arenas(1)
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+together = threading.Barrier(5)
+
+def allocate():
+    libc.malloc(1000)
+    together.wait()
+    together.wait()
+
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for thread in threads:
+    thread.start()
+together.wait()
+libc.malloc_stats()
+together.wait()
+"""
+
+
+def arenas(mode: str) -> int:
+    env = {name: value for name, value in os.environ.items() if name != "MALLOC_ARENA_MAX"}
+    result = subprocess.run(
+        [sys.executable, "-c", COUNT_ARENAS, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    return result.stderr.count("Arena ")  # malloc_stats writes "Arena N:" per arena
+
+
+def test_threads_share_the_capped_arenas():
+    assert arenas("default") > 1
+    assert arenas("capped") == 1
+
+
+def test_an_operator_setting_wins(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert not malloc.limit_arenas()
