@@ -56,3 +56,47 @@ def test_threads_share_the_capped_arenas():
 def test_an_operator_setting_wins(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     assert not malloc.limit_arenas()
+
+
+# A 200 MB block is touched and freed; then the resident set is printed, in MiB.
+RESIDENT_AFTER_FREE = """
+import sys
+import numpy as np
+from gradserve.server import malloc
+if sys.argv[1] == "keep":
+    assert malloc.keep_freed_memory()
+block = np.ones(25_000_000)
+del block
+with open("/proc/self/statm") as statm:
+    print(int(statm.read().split()[1]) * 4096 // 2**20)
+"""
+
+
+def resident_mib_after_free(mode: str) -> int:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MALLOC_") and name != "GLIBC_TUNABLES"
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", RESIDENT_AFTER_FREE, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    return int(result.stdout)
+
+
+def test_freed_memory_is_kept_for_the_next_call():
+    # By default glibc unmaps a block that large when it is freed; kept, it stays resident
+    # and the next call's arrays reuse its pages without faulting them in again.
+    assert resident_mib_after_free("default") + 150 < resident_mib_after_free("keep")
+
+
+def test_an_operator_setting_of_the_thresholds_wins(monkeypatch):
+    monkeypatch.setenv(
+        "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1000000:glibc.malloc.trim_threshold=1000000"
+    )
+    assert not malloc.keep_freed_memory()  # and this process's malloc is left as it was

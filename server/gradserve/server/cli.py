@@ -43,7 +43,7 @@ def _port(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    malloc.limit_arenas()  # before any gRPC thread, and inherited by forked workers
+    malloc.configure()  # before any gRPC thread, and inherited by forked workers
     allow = [name.strip() for name in args.ops.split(",") if name.strip()] if args.ops else None
     try:
         registry = load_registry(allow=allow, strict=args.strict_plugins)
