@@ -10,7 +10,7 @@ import pytest
 from servers import GRADSERVE
 
 from gradserve.ops import Op
-from gradserve.ops.gradcheck import gradcheck
+from gradserve.ops.gradcheck import SPECIAL_VALUES, gradcheck
 
 
 def test_every_loaded_op_passes(registry):
@@ -41,6 +41,10 @@ def _sin_backward(g, y, x):
 
 def _exp_backward(g, y, x):
     return (g * y,)
+
+
+def _tanh_backward(g, y, x):
+    return (g / np.square(np.cosh(x)),)
 
 
 def _relu(x):
@@ -98,6 +102,26 @@ WRONG = {
         Op("a", 2, np.add, lambda g, y, a, b: (g, g), scalar=lambda a, b: int(a + b)),
         "scalar forward returned int, expected float",
     ),
+    "scalar backward without the upstream gradient": (
+        Op("s", 1, np.sin, _sin_backward, scalar_backward=lambda g, y, x: (math.cos(x),)),
+        "scalar backward gives",
+    ),
+    "scalar backward as 1 - tanh^2, which rounds to 0 for large x": (
+        Op("t", 1, np.tanh, _tanh_backward, scalar_backward=lambda g, y, x: (g * (1 - y * y),)),
+        "scalar backward gives",
+    ),
+    "scalar backward raises": (
+        Op("s", 1, np.sin, _sin_backward, scalar_backward=_raises_type_error),
+        "scalar backward raised TypeError",
+    ),
+    "scalar backward with one gradient for two inputs": (
+        Op("a", 2, np.add, lambda g, y, a, b: (g, g), scalar_backward=lambda g, y, a, b: (g,)),
+        "scalar backward must return 2 float(s)",
+    ),
+    "scalar backward returns an int": (
+        Op("n", 1, np.negative, lambda g, y, x: (-g,), scalar_backward=lambda g, y, x: (-int(g),)),
+        "scalar backward returned (int), expected floats",
+    ),
 }
 
 
@@ -128,6 +152,13 @@ def test_a_scalar_forward_that_raises_where_numpy_overflows_passes():
     # computes the node with the array forward, so that is not a mismatch.
     result = gradcheck(Op("e", 1, np.exp, _exp_backward, scalar=math.exp))
     assert result.ok, str(result)
+
+
+def test_a_scalar_backward_that_raises_where_numpy_overflows_passes(ops):
+    # math.cosh raises OverflowError above 710 where the array backward divides by inf: the
+    # engine then evaluates the call with the array functions, so that is not a mismatch.
+    assert 710.0 in SPECIAL_VALUES
+    assert gradcheck(ops["tanh"]).ok
 
 
 def test_skipping_kinks_does_not_hide_a_wrong_gradient():

@@ -34,3 +34,21 @@ def test_encoding_matches_protobuf(n, rows):
     assert encoded == chunk.SerializeToString()
     parsed = pb.GradientChunk.FromString(encoded)
     assert list(parsed.node_ids) == ids.tolist() and parsed.total_nodes == 2**40 + 3
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 63, 64, 300])
+def test_one_row_as_lists_matches_protobuf(n):
+    # The small-call path's results: Python lists of ids and floats, packed with struct.
+    ids, values, grads = arrays(n, 1, seed=n)
+    ids, values, grads = ids.tolist(), values[:, 0].tolist(), grads[:, 0].tolist()
+    digest = bytes(range(16))
+    expected = pb.EvaluateResponse(
+        node_ids=ids, values=values, grads=grads, plan_digest=digest, rows=1
+    )
+    assert packed.evaluate_response(ids, values, grads, digest) == expected.SerializeToString()
+    chunk = pb.GradientChunk(
+        node_ids=ids, values=values, grads=grads, plan_digest=digest, rows=1, total_nodes=n
+    )
+    assert packed.gradient_chunk(ids, values, grads, digest, total_nodes=n) == (
+        chunk.SerializeToString()
+    )

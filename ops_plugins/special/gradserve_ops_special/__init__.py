@@ -7,8 +7,11 @@ NumPy has no erf, and this plugin does not pull in SciPy for one: ``erf`` and ``
 the C library's ``math.erf``/``math.erfc`` element by element (correctly rounded or within
 an ulp or two on glibc, and NaN and the infinities handled) at the cost of a Python call per
 element, about 8 million elements a second on one core (measured). The same functions on one
-float are their scalar forwards, which the engine uses for chains with one row of values;
-``logaddexp`` has none, so such chains run on arrays, as they do for any op without one.
+float are their scalar forwards, which the engine uses for chains with one row of values,
+and erf's derivative on floats is its scalar backward, for small graphs evaluated on floats.
+GELU has no scalar backward: its derivative cancels to 0 near x = -0.75, where the ulp by
+which ``math.exp`` and ``np.exp`` may differ becomes dozens, more than ``gradcheck`` allows.
+``logaddexp`` has neither, so graphs using it run on arrays, as for any op without them.
 """
 
 import math
@@ -32,12 +35,17 @@ def _erf_backward(g, y, x):
     return (g * _TWO_OVER_SQRT_PI * np.exp(-np.square(x)),)
 
 
+def _erf_scalar_backward(g, y, x):
+    return (g * _TWO_OVER_SQRT_PI * math.exp(-(x * x)),)
+
+
 erf = Op(
     "erf",
     1,
     forward=_erf,
     scalar=math.erf,
     backward=_erf_backward,
+    scalar_backward=_erf_scalar_backward,
     doc="The error function, 2/sqrt(pi) times the integral of e^-t^2 from 0 to x, as the C "
     "library's erf (accurate to an ulp or two). Defined everywhere; "
     "d/dx = 2/sqrt(pi) e^-x^2.",

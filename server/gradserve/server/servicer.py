@@ -21,6 +21,7 @@ from gradserve.server.logs import CallLog
 from gradserve.server.plan import GraphArrays, Plan, compile_graph
 from gradserve.server.plan_cache import PlanCache, small_structure_digest, structure_digest
 from gradserve.server.registry import LoadedOp
+from gradserve.server.small_call import SmallCalls
 from gradserve.server.status import abort_bad_request, abort_internal
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -102,7 +103,8 @@ def _stop_check(deadline: float) -> tuple[Callable[[], bool], Callable[[], None]
 
 
 class _Results:
-    """The selected nodes' results, shaped (len(ids), rows), and the plan's digest."""
+    """The selected nodes' results, shaped (len(ids), rows) (or lists, for one row from the
+    small-call path), and the plan's digest."""
 
     def __init__(self, ids, values, grads, digest) -> None:
         self.ids, self.values, self.grads, self.digest = ids, values, grads, digest
@@ -121,6 +123,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self._plans = plan_cache
         self._limits = limits or Limits()
         self._isolated = isolated
+        self._small_calls = SmallCalls()
 
     def _plan(self, request: pb.EvaluateRequest) -> tuple[Plan, bytes]:
         """The request's plan from the cache, compiling (and caching) it on a miss."""
@@ -163,6 +166,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     ) -> _Results:
         plan, digest = self._plan(request)
         record.nodes = plan.node_count
+        small = self._small_calls.evaluate(plan, digest, request, should_stop)
+        if small is not None:
+            return _Results(*small, digest)
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
         leaves, allow_non_finite = wire.leaf_rows(request, plan), request.allow_non_finite
@@ -195,7 +201,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         should_stop = self._should_stop(context)
         with _call("EvaluateStream", context) as record:
             results = self._evaluate(request, should_stop, record)
-            rows = results.values.shape[1]
+            rows = packed.rows_of(results.values)
             limit = max(1, DEFAULT_CHUNK_NODES // rows)
             chunk = min(request.chunk_size or limit, limit)
             for start in range(0, len(results.ids), chunk):

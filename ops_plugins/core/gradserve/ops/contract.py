@@ -9,6 +9,7 @@ Forward = Callable[..., np.ndarray]
 Backward = Callable[..., Sequence[np.ndarray]]
 Domain = Callable[..., np.ndarray]
 Scalar = Callable[..., float]
+ScalarBackward = Callable[..., Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,16 @@ class Op:
     turns a negative base into a complex number. The engine checks for cancellation every
     thousand or so nodes of the loop, not every node, so a scalar forward should take
     microseconds. ``gradcheck`` compares it with ``forward``.
+
+    ``scalar_backward(g, y, *xs)``, when given, is ``backward`` on Python floats: the
+    upstream gradient, the output and one float per input in, a tuple of one float per
+    input out. A small graph with one row of leaf values whose ops all have a scalar forward
+    and a scalar backward is evaluated on floats from start to end, with no NumPy call per
+    op: a 10-node graph's call then costs little more than gRPC's own. Like ``scalar``, it
+    must give ``backward``'s values to within a few ulp, computing the same formula in the
+    same order, and may raise ``ArithmeticError`` or ``ValueError`` where ``math`` raises
+    (``math.cosh(1000)``, a division by zero): the engine then evaluates the whole call with
+    the array functions. ``gradcheck`` compares it with ``backward``.
     """
 
     name: str
@@ -52,6 +63,7 @@ class Op:
     doc: str = ""
     domain: Domain | None = None
     scalar: Scalar | None = None
+    scalar_backward: ScalarBackward | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

@@ -22,6 +22,11 @@ zeros, the edges of exp's range): the two must give the same value, NaN where th
 gives NaN, or values at most ``SCALAR_ULPS`` units in the last place apart (``math.tanh``
 and ``np.tanh`` differ by up to 3). Where the scalar forward raises an ArithmeticError or
 ValueError, the engine uses the array forward, so such points pass.
+
+An op with a scalar backward has it compared with its array backward in the same way, at the
+same points (with random upstream gradients) and special values: the gradients must agree
+input by input to within ``SCALAR_BACKWARD_ULPS``, and points where it raises an ArithmeticError or
+ValueError pass (the engine then evaluates the call with the array functions).
 """
 
 import itertools
@@ -38,6 +43,9 @@ ATOL = 1e-5
 RTOL = 1e-3
 VARIADIC_INPUTS = 3  # how many inputs a variadic op is checked with
 SCALAR_ULPS = 4  # how far apart a scalar forward and the array forward may round
+# A backward's formula compounds its functions' differences: math.cosh and np.cosh differ by
+# up to an ulp, which 1 / cosh(x)^2 turns into up to 6 (measured over a million points).
+SCALAR_BACKWARD_ULPS = 8
 SPECIAL_VALUES = (
     *(0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 3.0),
     *(math.inf, -math.inf, math.nan, 1e308, -1e308, 5e-324, 1e-300, 710.0, -746.0),
@@ -156,12 +164,17 @@ def _sample(op: Op, n_inputs: int, points: int, rng: np.random.Generator) -> lis
     return [np.concatenate(column)[:points] for column in zip(*found, strict=True)]
 
 
-def _scalar_mismatch(op: Op, xs: list[np.ndarray]) -> str:
-    """Where ``op.scalar`` disagrees with ``op.forward`` at the given points and at the
-    special values inside the domain, as a problem text ("" where they agree)."""
+def _with_special_values(op: Op, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """The points ``xs`` followed by every combination of special values inside the
+    domain."""
     specials = list(np.array(list(itertools.product(SPECIAL_VALUES, repeat=len(xs)))).T)
     inside = _inside(op, specials)
-    xs = [np.concatenate([x, s[inside]]) for x, s in zip(xs, specials, strict=True)]
+    return [np.concatenate([x, s[inside]]) for x, s in zip(xs, specials, strict=True)]
+
+
+def _scalar_mismatch(op: Op, xs: list[np.ndarray]) -> str:
+    """Where ``op.scalar`` disagrees with ``op.forward`` at the given points, as a problem
+    text ("" where they agree)."""
     expected = _forward(op, xs)
     for point, want in zip(np.stack(xs, axis=1).tolist(), expected.tolist(), strict=True):
         try:
@@ -178,17 +191,45 @@ def _scalar_mismatch(op: Op, xs: list[np.ndarray]) -> str:
     return ""
 
 
-def _close(a: float, b: float) -> bool:
+def _scalar_backward_mismatch(op: Op, g: np.ndarray, xs: list[np.ndarray]) -> str:
+    """Where ``op.scalar_backward`` disagrees with ``op.backward`` at the given points and
+    upstream gradients, as a problem text ("" where they agree)."""
+    y = _forward(op, xs)
+    expected = np.stack(_backward(op, g, y, xs), axis=1).tolist()
+    arguments = np.stack([g, y, *xs], axis=1).tolist()
+    for point, want in zip(arguments, expected, strict=True):
+        try:
+            got = op.scalar_backward(*point)
+        except (ArithmeticError, ValueError):
+            continue  # the engine evaluates such a call with the array functions
+        except Exception as exc:
+            raise _Broken(f"scalar backward raised {exc!r}") from exc
+        if not isinstance(got, tuple | list) or len(got) != len(xs):
+            raise _Broken(f"scalar backward must return {len(xs)} float(s), one per input")
+        if not all(isinstance(d, float) for d in got):
+            kinds = ", ".join(type(d).__name__ for d in got)
+            raise _Broken(f"scalar backward returned ({kinds}), expected floats")
+        if not all(_close(a, b, SCALAR_BACKWARD_ULPS) for a, b in zip(got, want, strict=True)):
+            where = ", ".join(f"{x:.17g}" for x in point)
+            return (
+                f"scalar backward gives {tuple(got)!r} at (g, y, inputs) = ({where}), "
+                f"backward {tuple(want)!r}"
+            )
+    return ""
+
+
+def _close(a: float, b: float, ulps: int = SCALAR_ULPS) -> bool:
     if a == b or (math.isnan(a) and math.isnan(b)):
         return True
     if not (math.isfinite(a) and math.isfinite(b)):
         return False
-    return abs(a - b) <= SCALAR_ULPS * math.ulp(max(abs(a), abs(b)))
+    return abs(a - b) <= ulps * math.ulp(max(abs(a), abs(b)))
 
 
 def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
     """Compare ``op.backward`` with central finite differences at ``points`` random points,
-    and ``op.scalar``, if the op has one, with ``op.forward``."""
+    ``op.scalar``, if the op has one, with ``op.forward``, and ``op.scalar_backward``, if
+    it has one, with ``op.backward``."""
     if points < 1:
         raise ValueError(f"points must be at least 1, got {points}")
     n_inputs = VARIADIC_INPUTS if op.arity is None else op.arity
@@ -210,7 +251,11 @@ def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
             numeric = g * (ahead - behind) / (2.0 * h)
             errors[i] = np.abs(analytic[i] - numeric)
             shares[i] = errors[i] / (ATOL + RTOL * np.abs(numeric))
-        scalar_problem = "" if op.scalar is None else _scalar_mismatch(op, xs)
+        checked = _with_special_values(op, xs)
+        scalar_problem = "" if op.scalar is None else _scalar_mismatch(op, checked)
+        if op.scalar_backward is not None:
+            upstream = rng.normal(0.0, 1.0, size=len(checked[0]))
+            scalar_problem += _scalar_backward_mismatch(op, upstream, checked)
     except _Broken as exc:
         return GradcheckResult(op.name, False, 0, problem=str(exc))
     shares[np.isnan(shares)] = np.inf  # a NaN gradient where the numeric one is finite

@@ -7,6 +7,10 @@ see only floats (never ints), and ``math.pow`` rather than ``**``, so no input c
 an unbounded integer computation or a complex result. Where ``math`` raises instead of
 returning inf or NaN (``math.exp(1000)``, ``math.log(0)``), the engine falls back to the
 array forward for that node.
+
+Each op also has a scalar backward, its backward on floats, for small graphs evaluated on
+floats from start to end: the array backward's formula in the same order, so the two round
+alike (``c * c`` where the array backward squares with ``np.square``).
 """
 
 import functools
@@ -30,6 +34,7 @@ add = Op(
     forward=np.add,
     scalar=operator.add,
     backward=_add_backward,
+    scalar_backward=_add_backward,
     doc="a + b. Defined everywhere; d/da = d/db = 1.",
 )
 
@@ -44,6 +49,7 @@ sub = Op(
     forward=np.subtract,
     scalar=operator.sub,
     backward=_sub_backward,
+    scalar_backward=_sub_backward,
     doc="a - b. Defined everywhere; d/da = 1, d/db = -1.",
 )
 
@@ -58,6 +64,7 @@ neg = Op(
     forward=np.negative,
     scalar=operator.neg,
     backward=_neg_backward,
+    scalar_backward=_neg_backward,
     doc="-x. Defined everywhere; d/dx = -1.",
 )
 
@@ -72,6 +79,7 @@ mul = Op(
     forward=np.multiply,
     scalar=operator.mul,
     backward=_mul_backward,
+    scalar_backward=_mul_backward,
     doc="a * b. Defined everywhere; d/da = b, d/db = a.",
 )
 
@@ -86,6 +94,7 @@ div = Op(
     forward=np.divide,
     scalar=operator.truediv,
     backward=_div_backward,
+    scalar_backward=_div_backward,
     domain=lambda a, b: b != 0,
     doc="a / b. Domain: b != 0 (a zero divisor is the client's error, not inf). "
     "d/da = 1/b, d/db = -a/b^2.",
@@ -110,6 +119,7 @@ sum_ = Op(
     forward=_sum_forward,
     scalar=_sum_scalar,
     backward=_sum_backward,
+    scalar_backward=_sum_backward,
     doc="x1 + x2 + ... + xn, for one or more inputs (variadic). Defined everywhere; d/dxi = 1.",
 )
 
@@ -127,12 +137,19 @@ def _pow_backward(g, y, x, p):
     return g * dx, g * dp
 
 
+def _pow_scalar_backward(g, y, x, p):
+    dx = 0.0 if p == 0 else p * math.pow(x, p - 1)
+    dp = y * math.log(x) if x > 0 else 0.0
+    return g * dx, g * dp
+
+
 pow_ = Op(
     "pow",
     2,
     forward=np.power,
     scalar=math.pow,
     backward=_pow_backward,
+    scalar_backward=_pow_scalar_backward,
     domain=_pow_domain,
     doc="x ** p, both inputs nodes. Domain: x > 0; x == 0 with p >= 0; x < 0 with an integer "
     "p (real results only, never complex). d/dx = p * x^(p-1) (0 when p == 0; inf at "
@@ -152,6 +169,7 @@ exp = Op(
     forward=np.exp,
     scalar=math.exp,
     backward=_exp_backward,
+    scalar_backward=_exp_backward,
     doc="e^x. Defined everywhere (overflows to inf above about 709.78). d/dx = e^x.",
 )
 
@@ -166,6 +184,7 @@ log = Op(
     forward=np.log,
     scalar=math.log,
     backward=_log_backward,
+    scalar_backward=_log_backward,
     domain=lambda x: x > 0,
     doc="Natural logarithm. Domain: x > 0. d/dx = 1/x.",
 )
@@ -181,6 +200,7 @@ sqrt = Op(
     forward=np.sqrt,
     scalar=math.sqrt,
     backward=_sqrt_backward,
+    scalar_backward=_sqrt_backward,
     domain=lambda x: x >= 0,
     doc="Square root. Domain: x >= 0. d/dx = 1 / (2 sqrt(x)), inf at x = 0.",
 )
@@ -195,12 +215,18 @@ def _tanh_backward(g, y, x):
     return (g / np.square(np.cosh(x)),)
 
 
+def _tanh_scalar_backward(g, y, x):
+    c = math.cosh(x)  # raises OverflowError for |x| > 710, where the array backward gives 0
+    return (g / (c * c),)
+
+
 tanh = Op(
     "tanh",
     1,
     forward=np.tanh,
     scalar=math.tanh,
     backward=_tanh_backward,
+    scalar_backward=_tanh_scalar_backward,
     doc="tanh(x), computed by the library (no overflow for large |x|). "
     "Defined everywhere; d/dx = 1 - tanh(x)^2, computed as 1/cosh(x)^2.",
 )
@@ -224,12 +250,18 @@ def _sigmoid_backward(g, y, x):
     return (g * (e / np.square(1.0 + e)),)
 
 
+def _sigmoid_scalar_backward(g, y, x):
+    e = math.exp(-abs(x))
+    return (g * (e / ((1.0 + e) * (1.0 + e))),)
+
+
 sigmoid = Op(
     "sigmoid",
     1,
     forward=_sigmoid_forward,
     scalar=_sigmoid_scalar,
     backward=_sigmoid_backward,
+    scalar_backward=_sigmoid_scalar_backward,
     doc="1 / (1 + e^-x), in a form that never overflows. Defined everywhere; "
     "d/dx = sigmoid(x) (1 - sigmoid(x)), computed as e^-|x| / (1 + e^-|x|)^2.",
 )
@@ -247,12 +279,17 @@ def _softplus_backward(g, y, x):
     return (g * _sigmoid_forward(x),)
 
 
+def _softplus_scalar_backward(g, y, x):
+    return (g * _sigmoid_scalar(x),)
+
+
 softplus = Op(
     "softplus",
     1,
     forward=_softplus_forward,
     scalar=_softplus_scalar,
     backward=_softplus_backward,
+    scalar_backward=_softplus_scalar_backward,
     doc="log(1 + e^x), as max(x, 0) + log1p(e^-|x|) so it never overflows. Defined "
     "everywhere; d/dx = sigmoid(x).",
 )
@@ -267,12 +304,17 @@ def _relu_backward(g, y, x):
     return (g * (x > 0),)
 
 
+def _relu_scalar_backward(g, y, x):
+    return (g * (1.0 if x > 0.0 else 0.0),)
+
+
 relu = Op(
     "relu",
     1,
     forward=lambda x: np.maximum(x, 0.0),
     scalar=_relu_scalar,
     backward=_relu_backward,
+    scalar_backward=_relu_scalar_backward,
     doc="max(x, 0). Defined everywhere; d/dx = 1 for x > 0, else 0 (0 at x = 0, as in "
     "micrograd and PyTorch).",
 )
@@ -282,12 +324,18 @@ def _abs_backward(g, y, x):
     return (g * np.sign(x),)
 
 
+def _abs_scalar_backward(g, y, x):
+    # np.sign: 1.0, -1.0, 0.0 at either zero, NaN at NaN.
+    return (g * (1.0 if x > 0.0 else -1.0 if x < 0.0 else 0.0 if x == 0.0 else x),)
+
+
 abs_ = Op(
     "abs",
     1,
     forward=np.abs,
     scalar=abs,
     backward=_abs_backward,
+    scalar_backward=_abs_scalar_backward,
     doc="|x|. Defined everywhere; d/dx = sign(x), 0 at x = 0 (as PyTorch).",
 )
 
@@ -298,12 +346,17 @@ def _sin_backward(g, y, x):
     return (g * np.cos(x),)
 
 
+def _sin_scalar_backward(g, y, x):
+    return (g * math.cos(x),)
+
+
 sin = Op(
     "sin",
     1,
     forward=np.sin,
     scalar=math.sin,
     backward=_sin_backward,
+    scalar_backward=_sin_scalar_backward,
     doc="sin(x), x in radians. Defined everywhere; d/dx = cos(x).",
 )
 
@@ -312,12 +365,17 @@ def _cos_backward(g, y, x):
     return (-g * np.sin(x),)
 
 
+def _cos_scalar_backward(g, y, x):
+    return (-g * math.sin(x),)
+
+
 cos = Op(
     "cos",
     1,
     forward=np.cos,
     scalar=math.cos,
     backward=_cos_backward,
+    scalar_backward=_cos_scalar_backward,
     doc="cos(x), x in radians. Defined everywhere; d/dx = -sin(x).",
 )
 
@@ -335,12 +393,18 @@ def _max_backward(g, y, a, b):
     return g * share * (a >= b), g * share * (b >= a)
 
 
+def _max_scalar_backward(g, y, a, b):
+    share = 0.5 if a == b else 1.0
+    return g * share * (a >= b), g * share * (b >= a)
+
+
 max_ = Op(
     "max",
     2,
     forward=np.maximum,
     scalar=_max_scalar,
     backward=_max_backward,
+    scalar_backward=_max_scalar_backward,
     doc="The larger of a and b. Defined everywhere; d/da = 1 where a > b, 0 where a < b; "
     "on a tie a and b get half of the gradient each (as PyTorch's maximum).",
 )
@@ -355,12 +419,18 @@ def _min_backward(g, y, a, b):
     return g * share * (a <= b), g * share * (b <= a)
 
 
+def _min_scalar_backward(g, y, a, b):
+    share = 0.5 if a == b else 1.0
+    return g * share * (a <= b), g * share * (b <= a)
+
+
 min_ = Op(
     "min",
     2,
     forward=np.minimum,
     scalar=_min_scalar,
     backward=_min_backward,
+    scalar_backward=_min_scalar_backward,
     doc="The smaller of a and b. Defined everywhere; d/da = 1 where a < b, 0 where a > b; "
     "on a tie a and b get half of the gradient each (as PyTorch's minimum).",
 )

@@ -1,0 +1,350 @@
+"""Small graphs with one row run on floats from start to end (small_call.py): the results of
+closed forms and finite differences, the general path's errors for anything unusual, and the
+path really taken."""
+
+import math
+
+import grpc
+import numpy as np
+import pytest
+from graphs import GraphBuilder, neuron, notebook_first_example
+from grpc_status import rpc_status
+from servers import serving
+
+from gradserve.ops import Op
+from gradserve.server import servicer, small_call
+from gradserve.server.registry import LoadedOp
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+@pytest.fixture
+def general_path_calls(monkeypatch):
+    """How many calls reached the general path's evaluate."""
+    calls = []
+    general = servicer.evaluate
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return general(*args, **kwargs)
+
+    monkeypatch.setattr(servicer, "evaluate", counted)
+    return calls
+
+
+def request(g: GraphBuilder, **fields) -> pb.EvaluateRequest:
+    fields.setdefault("selection", pb.SELECTION_ALL)
+    return pb.EvaluateRequest(graph=g.proto(), **fields)
+
+
+def test_the_neuron_matches_its_closed_form(stub, general_path_calls):
+    g, ids = neuron()
+    reply = stub.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
+    assert not general_path_calls
+    assert list(reply.node_ids) == [ids[k] for k in ("x1", "x2", "w1", "w2", "b")]
+    x1, x2, w1, w2, b = 2.0, 0.0, -3.0, 1.0, 6.8813735870195432
+    o = math.tanh(x1 * w1 + x2 * w2 + b)
+    do_dn = 1.0 - o * o  # 0.5 at the notebook's values
+    expected = [w1 * do_dn, w2 * do_dn, x1 * do_dn, x2 * do_dn, do_dn]
+    assert list(reply.grads) == pytest.approx(expected, rel=1e-13, abs=1e-15)
+    assert list(reply.grads) == pytest.approx([-1.5, 0.5, 1.0, 0.0, 0.5], rel=1e-13)
+    assert list(reply.values) == [x1, x2, w1, w2, b]
+    assert reply.rows == 1 and len(reply.plan_digest) == 16
+
+
+def test_the_notebook_expression_matches_its_closed_form(stub, general_path_calls):
+    g, _ = notebook_first_example()
+    reply = stub.Evaluate(request(g))
+    assert not general_path_calls
+    # e = (a + b) * d: de/da = de/db = d = 10, de/dd = a + b = 8, de/dc = 10.
+    assert list(reply.values) == [5.0, 3.0, 8.0, 10.0, 80.0]
+    assert list(reply.grads) == [10.0, 10.0, 10.0, 8.0, 1.0]
+
+
+def test_outputs_seeds_and_chosen_nodes(stub, general_path_calls):
+    g = GraphBuilder()
+    x, y = g.leaf(3.0), g.leaf(-2.0)
+    square = g.op("mul", x, x)  # x read twice: d/dx = 2x
+    product = g.op("mul", square, y)
+    total = g.op("sum", square, product, x)
+    reply = stub.Evaluate(
+        request(g, outputs=[product, total], seeds=[2.0, -1.0], nodes=[y, x, y], selection=0)
+    )
+    assert not general_path_calls
+    assert list(reply.node_ids) == [y, x, y]
+    assert list(reply.values) == [-2.0, 3.0, -2.0]
+    # L = 2 x^2 y - (x^2 + x^2 y + x) = x^2 y - x^2 - x
+    dx, dy = 2 * 3.0 * -2.0 - 2 * 3.0 - 1.0, 9.0
+    assert list(reply.grads) == [dy, dx, dy]
+    assert total == 4
+
+
+def test_seeds_for_the_default_output(stub, general_path_calls):
+    g, _ = notebook_first_example()
+    reply = stub.Evaluate(request(g, seeds=[-0.5]))
+    assert not general_path_calls
+    assert list(reply.grads) == [-5.0, -5.0, -5.0, -4.0, -0.5]
+
+
+UNARY = {
+    "tanh": math.tanh,
+    "sin": math.sin,
+    "cos": math.cos,
+    "exp": math.exp,
+    "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)),
+    "softplus": lambda x: math.log1p(math.exp(x)),
+    "neg": lambda x: -x,
+}
+BINARY = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+}
+
+
+def random_graph(rng: np.random.Generator, nodes: int) -> tuple[GraphBuilder, list]:
+    """A random graph of smooth ops, with nodes read by several others and inputs repeated
+    (``x*x``), and a forward of its own for finite differences: (op, inputs) per node.
+    Divisors are leaves, between 0.5 and 1.5, so that few graphs blow up."""
+    g = GraphBuilder()
+    recipe: list = []
+    for _ in range(3):
+        g.leaf(float(rng.uniform(0.5, 1.5)))
+        recipe.append(None)
+    while len(recipe) < nodes:
+        pick = [int(rng.integers(max(0, len(recipe) - 4), len(recipe))) for _ in range(3)]
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            name = str(rng.choice(list(UNARY)))
+            inputs = pick[:1]
+        elif kind == 3:
+            name, inputs = "mul", [pick[0], pick[0]]  # x * x
+        else:
+            name = str(rng.choice(list(BINARY)))
+            inputs = [pick[0], int(rng.integers(0, 3)) if name == "div" else pick[1]]
+        g.op(name, *inputs)
+        recipe.append((name, inputs))
+    return g, recipe
+
+
+def forward(recipe: list, leaves: list[float]) -> list[float]:
+    values, leaf = [], iter(leaves)
+    for step in recipe:
+        if step is None:
+            values.append(next(leaf))
+            continue
+        name, inputs = step
+        xs = [values[i] for i in inputs]
+        try:
+            values.append(UNARY[name](*xs) if name in UNARY else BINARY[name](*xs))
+        except (ArithmeticError, ValueError):
+            values.append(math.nan)  # a zero divisor or an overflow: such graphs are skipped
+    return values
+
+
+@pytest.mark.parametrize("seed", range(30))  # about half blow up and are skipped
+def test_random_graphs_match_central_differences(stub, general_path_calls, seed):
+    rng = np.random.default_rng(seed)
+    g, recipe = random_graph(rng, nodes=int(rng.integers(6, 40)))
+    values = forward(recipe, g.leaf_values)
+    if not all(abs(v) < 20 for v in values):
+        pytest.skip("a random graph with large values")  # cos(e^x) defeats finite differences
+    reply = stub.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
+    assert not general_path_calls
+    for position, leaf in enumerate(g.leaf_values):
+        h = 1e-6 * max(1.0, abs(leaf))
+        ahead, behind = list(g.leaf_values), list(g.leaf_values)
+        ahead[position] += h
+        behind[position] -= h
+        numeric = (forward(recipe, ahead)[-1] - forward(recipe, behind)[-1]) / (2 * h)
+        assert reply.grads[position] == pytest.approx(numeric, rel=1e-5, abs=1e-5)
+    assert list(reply.values) == pytest.approx(values[:3], rel=1e-15)
+
+
+@pytest.fixture
+def general_only(monkeypatch):
+    """Call ``general_only(call)`` to make it with the small-call path switched off."""
+
+    def run(call):
+        with monkeypatch.context() as patched:
+            patched.setattr(small_call.SmallCalls, "evaluate", lambda *args: None)
+            return call()
+
+    return run
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_graphs_give_the_general_paths_results(stub, general_only, seed):
+    g, recipe = random_graph(np.random.default_rng(100 + seed), nodes=60)
+    if not all(abs(v) < 1e100 for v in forward(recipe, g.leaf_values)):
+        pytest.skip("a random graph that overflows")
+    fast = stub.Evaluate(request(g))
+    general = general_only(lambda: stub.Evaluate(request(g)))
+    assert fast.node_ids == general.node_ids and fast.plan_digest == general.plan_digest
+    # Different libraries' tanh, sin, exp round differently by a few ulp; those differences
+    # can grow through later nodes, and sums of gradients are added in another order.
+    np.testing.assert_allclose(fast.values, general.values, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fast.grads, general.grads, rtol=1e-10, atol=1e-12)
+
+
+def outcome(call):
+    """The reply's bytes, or the error's code, details and rich status (BadRequest)."""
+    try:
+        reply = call()
+    except grpc.RpcError as error:
+        status = rpc_status.from_call(error)
+        return error.code(), error.details(), status and status.SerializeToString()
+    return [reply.SerializeToString()] if isinstance(reply, pb.EvaluateResponse) else reply
+
+
+def graph_of(*ops: str, leaves=(0.5, 2.0)) -> GraphBuilder:
+    """Leaves, then each op applied to the previous node (and the first leaf for binary)."""
+    g = GraphBuilder()
+    for value in leaves:
+        g.leaf(value)
+    for name in ops:
+        last = len(g.node_ops) - 1
+        g.op(name, last, 0) if name in BINARY or name in ("pow", "max") else g.op(name, last)
+    return g
+
+
+def with_leaf_values(g: GraphBuilder, values: list[float]) -> GraphBuilder:
+    g.leaf_values = values
+    return g
+
+
+UNUSUAL = {
+    "a NaN leaf": lambda: request(graph_of("tanh", leaves=(0.5, math.nan))),
+    "an overflow in forward": lambda: request(graph_of("exp", leaves=(0.5, 800.0))),
+    "an overflow in a gradient": lambda: request(
+        graph_of("mul", leaves=(1e300, 1.0)), seeds=[1e10]
+    ),
+    "NaN passed through": lambda: request(
+        graph_of("tanh", leaves=(0.5, math.inf)), allow_non_finite=True
+    ),
+    "outside a domain": lambda: request(graph_of("log", leaves=(0.5, -1.0))),
+    "a zero divisor": lambda: request(graph_of("div", leaves=(0.0, 1.0))),
+    "a negative base to a fractional power": lambda: request(graph_of("pow", leaves=(0.5, -2.0))),
+    "an output out of range": lambda: request(graph_of("tanh"), outputs=[3]),
+    "seeds without as many outputs": lambda: request(graph_of("tanh"), seeds=[1.0, 2.0]),
+    "a chosen node out of range": lambda: request(graph_of("tanh"), nodes=[0, 7], selection=0),
+    "an unknown selection": lambda: request(graph_of("tanh"), selection=9),
+    "nodes with selection LEAVES": lambda: request(
+        graph_of("tanh"), nodes=[1], selection=pb.SELECTION_LEAVES
+    ),
+    "too few leaf values": lambda: pb.EvaluateRequest(
+        graph=with_leaf_values(graph_of("tanh"), [1.0]).proto()
+    ),
+    "two rows": lambda: request(with_leaf_values(graph_of("sin"), [0.1, 0.2, 0.3, 0.4]), rows=2),
+    "an unknown plan digest": lambda: pb.EvaluateRequest(plan_digest=b"x" * 16),
+    "tanh past where cosh overflows": lambda: request(graph_of("tanh", leaves=(0.5, 750.0))),
+}
+
+
+@pytest.mark.parametrize("case", UNUSUAL)
+def test_anything_unusual_gets_the_general_paths_answer(stub, general_only, case):
+    fast = outcome(lambda: stub.Evaluate(UNUSUAL[case]()))
+    assert fast == outcome(lambda: general_only(lambda: stub.Evaluate(UNUSUAL[case]())))
+    chunks = outcome(lambda: list(stub.EvaluateStream(UNUSUAL[case]())))
+    assert chunks == outcome(
+        lambda: general_only(lambda: list(stub.EvaluateStream(UNUSUAL[case]())))
+    )
+
+
+def test_the_unusual_cases_do_fail_or_pass_through(stub):
+    # So that the comparison above compares errors, not two successes.
+    for case in UNUSUAL:
+        result = outcome(lambda case=case: stub.Evaluate(UNUSUAL[case]()))
+        passes = case in ("NaN passed through", "tanh past where cosh overflows", "two rows")
+        assert isinstance(result, list) == passes, case
+
+
+def _sin_backward(g, y, x):
+    return (g * np.cos(x),)
+
+
+def _raise_value_error(*args):
+    raise ValueError("not on floats")
+
+
+@pytest.fixture
+def custom_registry(registry):
+    def loaded(op: Op) -> LoadedOp:
+        return LoadedOp(op, f"{op.name} = tests:{op.name}", "tests", "0")
+
+    ops = {
+        "sin_raising": Op(
+            "sin_raising",
+            1,
+            np.sin,
+            _sin_backward,
+            scalar=math.sin,
+            scalar_backward=_raise_value_error,
+        ),
+        "sin_arrays": Op("sin_arrays", 1, np.sin, _sin_backward, scalar=math.sin),
+        "sin_listing": Op(
+            "sin_listing",
+            1,
+            np.sin,
+            _sin_backward,
+            scalar=math.sin,
+            scalar_backward=lambda g, y, x: (g * math.cos(x), 0.0),  # one too many
+        ),
+    }
+    ops["inverse_of_positive"] = Op(
+        "inverse_of_positive",
+        1,
+        np.reciprocal,
+        lambda g, y, x: (-g / (x * x),),
+        domain=lambda x: x > 0,
+        scalar=lambda x: 1.0 / x,
+        scalar_backward=lambda g, y, x: (-g / (x * x),),
+    )
+    return {**registry, **{name: loaded(op) for name, op in ops.items()}}
+
+
+def test_a_domain_the_scalar_functions_do_not_enforce(custom_registry, general_only):
+    # 1/x on x > 0 only: math computes 1/-2 happily, so only the domain check catches it.
+    g = GraphBuilder()
+    g.op("inverse_of_positive", g.op("neg", g.leaf(2.0)))
+    with serving(custom_registry) as custom:
+        fast = outcome(lambda: custom.Evaluate(request(g)))
+        assert fast == outcome(lambda: general_only(lambda: custom.Evaluate(request(g))))
+    assert fast[0] == grpc.StatusCode.INVALID_ARGUMENT and "not defined at (-2.0)" in fast[1]
+    g.leaf_values = [-2.0]
+    with serving(custom_registry) as custom:
+        assert list(custom.Evaluate(request(g)).grads) == [0.25, -0.25, 1.0]  # d(1/-x)/dx = 1/x^2
+
+
+@pytest.mark.parametrize("name", ["sin_raising", "sin_arrays", "sin_listing"])
+def test_ops_without_a_usable_scalar_backward_run_on_arrays(
+    custom_registry, general_path_calls, name
+):
+    g = GraphBuilder()
+    x = g.leaf(0.3)
+    g.op(name, g.op("tanh", x))
+    with serving(custom_registry) as custom:
+        reply = custom.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
+    assert general_path_calls == [1]
+    t = math.tanh(0.3)
+    assert reply.grads[0] == pytest.approx(math.cos(t) * (1 - t * t), rel=1e-13)
+
+
+def test_large_graphs_and_batches_take_the_general_path(stub, general_path_calls):
+    g = graph_of(*["sin"] * small_call.MAX_NODES)
+    stub.Evaluate(request(g))
+    assert general_path_calls == [1]
+    g = graph_of(*["sin"] * (small_call.MAX_NODES - 2))
+    stub.Evaluate(request(g))
+    assert general_path_calls == [1]  # exactly MAX_NODES nodes: the small path
+    stub.Evaluate(request(with_leaf_values(g, [0.1, 0.2, 0.3, 0.4]), rows=2))
+    assert general_path_calls == [1, 1]
+
+
+def test_a_stream_of_small_chunks(stub, general_path_calls):
+    g, _ = neuron()
+    chunks = list(stub.EvaluateStream(request(g, chunk_size=4)))
+    assert not general_path_calls
+    assert [len(c.node_ids) for c in chunks] == [4, 4, 2]
+    assert all(c.total_nodes == 10 and c.rows == 1 for c in chunks)
+    assert [v for c in chunks for v in c.grads][:5] == pytest.approx([-1.5, 0.5, 1.0, 0.0, 0.5])
