@@ -138,17 +138,24 @@ def forward(recipe: list, leaves: list[float]) -> list[float]:
         try:
             values.append(UNARY[name](*xs) if name in UNARY else BINARY[name](*xs))
         except (ArithmeticError, ValueError):
-            values.append(math.nan)  # a zero divisor or an overflow: such graphs are skipped
+            values.append(math.nan)  # a zero divisor or an overflow: such graphs are redrawn
     return values
 
 
-@pytest.mark.parametrize("seed", range(30))  # about half blow up and are skipped
+def tame_random_graph(rng: np.random.Generator) -> tuple[GraphBuilder, list, list[float]]:
+    """A random graph whose values all stay small (about half the draws blow up, and
+    cos(e^x) and the like defeat finite differences), its recipe and its values."""
+    for _ in range(1000):
+        g, recipe = random_graph(rng, nodes=int(rng.integers(6, 40)))
+        values = forward(recipe, g.leaf_values)
+        if all(abs(v) < 20 for v in values):
+            return g, recipe, values
+    raise AssertionError("no random graph with small values in 1,000 draws")
+
+
+@pytest.mark.parametrize("seed", range(20))
 def test_random_graphs_match_central_differences(stub, general_path_calls, seed):
-    rng = np.random.default_rng(seed)
-    g, recipe = random_graph(rng, nodes=int(rng.integers(6, 40)))
-    values = forward(recipe, g.leaf_values)
-    if not all(abs(v) < 20 for v in values):
-        pytest.skip("a random graph with large values")  # cos(e^x) defeats finite differences
+    g, recipe, values = tame_random_graph(np.random.default_rng(seed))
     reply = stub.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
     assert not general_path_calls
     for position, leaf in enumerate(g.leaf_values):
