@@ -95,8 +95,12 @@ NOTES = [
     "cold), evaluate and building the response message, without gRPC's parsing and sending.",
     "W1 peak memory: VmHWM minus VmRSS before the first call, of a fresh `--workers 1` server "
     "that served only W1's calls.",
+    "W3: gradserve and the echo are called alternately, call by call, so that both see the "
+    "same load from other processes.",
     "W4: the separate requests each carry the whole graph and one row, as a client without "
-    "batching would send them, one after the other on one channel.",
+    "batching would send them, one after the other on one channel. The bare gRPC row is the "
+    "echo server taking a request and sending a reply of the batch's sizes: no server "
+    "answering that batch over gRPC on this machine can be faster.",
     "W5: each client process alternates between W3's neuron and W4's graph on its own channel "
     "(so its own connection, which the kernel assigns to one worker); a reply whose gradients "
     "differ from a single call's counts as an error.",
