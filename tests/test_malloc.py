@@ -35,17 +35,27 @@ together.wait()
 """
 
 
-def arenas(mode: str) -> int:
-    env = {name: value for name, value in os.environ.items() if name != "MALLOC_ARENA_MAX"}
-    result = subprocess.run(
-        [sys.executable, "-c", COUNT_ARENAS, mode],
+def run_python(script: str, mode: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter, given ``mode``, without the operator's malloc
+    settings in its environment (they would win over the module's)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MALLOC_") and name != "GLIBC_TUNABLES"
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script, mode],
         capture_output=True,
         text=True,
         env=env,
         check=True,
         timeout=60,
     )
-    return result.stderr.count("Arena ")  # malloc_stats writes "Arena N:" per arena
+
+
+def arenas(mode: str) -> int:
+    # malloc_stats writes "Arena N:" per arena
+    return run_python(COUNT_ARENAS, mode).stderr.count("Arena ")
 
 
 def test_threads_share_the_capped_arenas():
@@ -73,20 +83,7 @@ with open("/proc/self/statm") as statm:
 
 
 def resident_mib_after_free(mode: str) -> int:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("MALLOC_") and name != "GLIBC_TUNABLES"
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", RESIDENT_AFTER_FREE, mode],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=60,
-    )
-    return int(result.stdout)
+    return int(run_python(RESIDENT_AFTER_FREE, mode).stdout)
 
 
 def test_freed_memory_is_kept_for_the_next_call():

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from graphs import GraphBuilder
+from hardening import chain
 
 from gradserve.ops import Op
 from gradserve.server.errors import Cancelled, GraphError, OpFailure
@@ -140,14 +141,6 @@ def test_the_first_node_outside_its_domain_is_reported(ops):
             run(g, engine_ops)
         assert caught.value.node == bad
         assert "op 'log' is not defined at (0.0)" in str(caught.value)
-
-
-def chain(op: str, length: int, start: float = 0.5) -> GraphBuilder:
-    g = GraphBuilder()
-    y = g.leaf(start)
-    for _ in range(length):
-        y = g.op(op, y)
-    return g
 
 
 def test_a_scalar_forward_that_fails_is_an_op_failure(ops):

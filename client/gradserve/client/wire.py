@@ -7,22 +7,12 @@ length in bytes, then the values, as varints for uint32 fields and as little-end
 for double fields. NumPy writes them in bulk, and a message field is the same tag and length
 around a serialized message, so the SDK sends its requests as bytes it wrote. The server
 writes its results the same way (``gradserve.server.packed``); the client does not depend on
-the server, hence these few lines of its own.
+the server; the varint encoder both use is in ``gradserve.v1.wire_format``.
 """
 
 import numpy as np
 
-_LENGTH_DELIMITED = 2
-
-
-def _varint(value: int) -> bytes:
-    """One base-128 varint: low 7 bits first, the high bit set on all but the last byte."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+from gradserve.v1.wire_format import LENGTH_DELIMITED, varint
 
 
 def varints(values: np.ndarray) -> bytes:
@@ -53,7 +43,7 @@ def packed(number: int, payload: bytes) -> bytes:
 
 def message(number: int, payload: bytes) -> bytes:
     """A message field ``number`` holding the serialized message ``payload``."""
-    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+    return varint(number << 3 | LENGTH_DELIMITED) + varint(len(payload)) + payload
 
 
 def doubles(values: np.ndarray) -> bytes:

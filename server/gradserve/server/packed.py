@@ -16,22 +16,11 @@ import struct
 
 import numpy as np
 
-_LENGTH_DELIMITED, _VARINT = 2, 0
+from gradserve.v1.wire_format import LENGTH_DELIMITED, VARINT, varint
+
 _FEW = 64
 _TRANSPOSE_BLOCK = 256  # nodes: 256 x rows doubles, 2 MiB for 1,000 rows
 _ONE_BYTE = [bytes((value,)) for value in range(0x80)]
-
-
-def _varint(value: int) -> bytes:
-    """One base-128 varint: low 7 bits first, the high bit set on all but the last byte."""
-    if value < 0x80:
-        return _ONE_BYTE[value]  # tags and small lengths: most varints of a small result
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _packed_varints(values: np.ndarray) -> bytes:
@@ -41,7 +30,7 @@ def _packed_varints(values: np.ndarray) -> bytes:
         few = values if isinstance(values, list) else np.asarray(values, dtype=np.uint32).tolist()
         if max(few, default=0) < 0x80:
             return bytes(few)  # each value is its own one-byte varint
-        return b"".join(_varint(value) for value in few)
+        return b"".join(varint(value) for value in few)
     values = np.asarray(values, dtype=np.uint32)
     sizes = np.ones(len(values), dtype=np.int64)
     for shift in (7, 14, 21, 28):
@@ -61,7 +50,7 @@ def _packed_varints(values: np.ndarray) -> bytes:
 def _delimited(number: int, payload: bytes | memoryview) -> list[bytes | memoryview]:
     if not payload:
         return []  # proto3 leaves out empty fields
-    return [_varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)), payload]
+    return [varint(number << 3 | LENGTH_DELIMITED) + varint(len(payload)), payload]
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,7 +82,7 @@ def _bytes_of(doubles: np.ndarray) -> memoryview:
 
 
 def _scalar(number: int, value: int) -> list[bytes]:
-    return [_varint(number << 3 | _VARINT) + _varint(value)] if value else []
+    return [varint(number << 3 | VARINT) + varint(value)] if value else []
 
 
 def _results(ids, values, grads) -> list[bytes | memoryview]:

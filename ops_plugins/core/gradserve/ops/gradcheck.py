@@ -172,17 +172,25 @@ def _with_special_values(op: Op, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([x, s[inside]]) for x, s in zip(xs, specials, strict=True)]
 
 
+def _scalar_call(function, point: list[float], what: str):
+    """``function(*point)``; None where it raises what the engine answers by running the
+    array functions instead (ArithmeticError, ValueError); _Broken for anything else."""
+    try:
+        return function(*point)
+    except (ArithmeticError, ValueError):
+        return None
+    except Exception as exc:
+        raise _Broken(f"{what} raised {exc!r}") from exc
+
+
 def _scalar_mismatch(op: Op, xs: list[np.ndarray]) -> str:
     """Where ``op.scalar`` disagrees with ``op.forward`` at the given points, as a problem
     text ("" where they agree)."""
     expected = _forward(op, xs)
     for point, want in zip(np.stack(xs, axis=1).tolist(), expected.tolist(), strict=True):
-        try:
-            got = op.scalar(*point)
-        except (ArithmeticError, ValueError):
-            continue  # the engine computes such a node with the array forward
-        except Exception as exc:
-            raise _Broken(f"scalar forward raised {exc!r}") from exc
+        got = _scalar_call(op.scalar, point, "scalar forward")
+        if got is None:
+            continue
         if not isinstance(got, float):
             raise _Broken(f"scalar forward returned {type(got).__name__}, expected float")
         if not _close(got, want):
@@ -198,12 +206,9 @@ def _scalar_backward_mismatch(op: Op, g: np.ndarray, xs: list[np.ndarray]) -> st
     expected = np.stack(_backward(op, g, y, xs), axis=1).tolist()
     arguments = np.stack([g, y, *xs], axis=1).tolist()
     for point, want in zip(arguments, expected, strict=True):
-        try:
-            got = op.scalar_backward(*point)
-        except (ArithmeticError, ValueError):
-            continue  # the engine evaluates such a call with the array functions
-        except Exception as exc:
-            raise _Broken(f"scalar backward raised {exc!r}") from exc
+        got = _scalar_call(op.scalar_backward, point, "scalar backward")
+        if got is None:
+            continue
         if not isinstance(got, tuple | list) or len(got) != len(xs):
             raise _Broken(f"scalar backward must return {len(xs)} float(s), one per input")
         if not all(isinstance(d, float) for d in got):
