@@ -5,6 +5,7 @@ import pytest
 
 from gradserve.client import Value, calls, wire
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1.wire_format import packed_varints
 
 EDGES = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**32 - 1]
 
@@ -16,7 +17,7 @@ def test_varints_match_protobuf(n, high):
     if high == 2**32:
         ids[: min(n, len(EDGES))] = EDGES[: min(n, len(EDGES))]
     expected = pb.Graph(input_ids=ids.tolist()).SerializeToString()
-    assert wire.packed(4, wire.varints(ids)) == expected
+    assert wire.packed(4, packed_varints(ids)) == expected
 
 
 def test_doubles_match_protobuf():
@@ -28,8 +29,8 @@ def test_doubles_match_protobuf():
 def test_parsed_back_into_a_message():
     graph = pb.Graph(op_names=["mul"])
     graph.MergeFromString(
-        wire.packed(2, wire.varints(np.array([0, 0, 1])))
-        + wire.packed(4, wire.varints(np.array([0, 1])))
+        wire.packed(2, packed_varints(np.array([0, 0, 1])))
+        + wire.packed(4, packed_varints(np.array([0, 1])))
         + wire.packed(5, wire.doubles(np.array([2.0, 3.0])))
     )
     assert list(graph.node_ops) == [0, 0, 1]

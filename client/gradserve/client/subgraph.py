@@ -9,6 +9,7 @@ import numpy as np
 
 from gradserve.client import opcodes, wire
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1.wire_format import packed_varints
 
 # Field numbers of the Graph message's packed columns.
 _NODE_OPS, _INPUT_COUNTS, _INPUT_IDS, _LEAF_VALUES = 2, 3, 4, 5
@@ -86,9 +87,9 @@ class Subgraph:
         names, node_ops = opcodes.op_table(self.codes)
         return (
             pb.Graph(op_names=names, labels=self._labels()).SerializeToString()
-            + wire.packed(_NODE_OPS, wire.varints(node_ops))
-            + wire.packed(_INPUT_COUNTS, wire.varints(self.counts))
-            + wire.packed(_INPUT_IDS, wire.varints(self.input_ids))
+            + wire.packed(_NODE_OPS, packed_varints(node_ops))
+            + wire.packed(_INPUT_COUNTS, packed_varints(self.counts))
+            + wire.packed(_INPUT_IDS, packed_varints(self.input_ids))
             + wire.packed(_LEAF_VALUES, wire.doubles(leaf_values))
         )
 

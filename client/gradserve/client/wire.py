@@ -7,33 +7,12 @@ length in bytes, then the values, as varints for uint32 fields and as little-end
 for double fields. NumPy writes them in bulk, and a message field is the same tag and length
 around a serialized message, so the SDK sends its requests as bytes it wrote. The server
 writes its results the same way (``gradserve.server.packed``); the client does not depend on
-the server; the varint encoder both use is in ``gradserve.v1.wire_format``.
+the server; the varint encoding both use is in ``gradserve.v1.wire_format``.
 """
 
 import numpy as np
 
-from gradserve.v1.wire_format import LENGTH_DELIMITED, varint
-
-
-def varints(values: np.ndarray) -> bytes:
-    """The varints of uint32 values, back to back: a row of bytes per value, column by
-    column, then each row cut to its value's length."""
-    values = np.asarray(values, dtype=np.uint32)
-    sizes = np.ones(len(values), dtype=np.uint8)
-    for shift in (7, 14, 21, 28):
-        sizes += values >= (1 << shift)
-    width = int(sizes.max()) if len(values) else 1
-    if width == 1:
-        return values.astype(np.uint8).tobytes()
-    rows = np.empty((len(values), width), dtype=np.uint8)
-    used = np.empty((len(values), width), dtype=bool)
-    used[:, 0] = True
-    for byte in range(width):
-        more = sizes > byte + 1  # the continuation bit: more bytes follow
-        if byte + 1 < width:
-            used[:, byte + 1] = more
-        rows[:, byte] = (values >> (7 * byte)) & 0x7F | more.view(np.uint8) << 7
-    return rows[used].tobytes()
+from gradserve.v1.wire_format import delimited_header
 
 
 def packed(number: int, payload: bytes) -> bytes:
@@ -43,7 +22,7 @@ def packed(number: int, payload: bytes) -> bytes:
 
 def message(number: int, payload: bytes) -> bytes:
     """A message field ``number`` holding the serialized message ``payload``."""
-    return varint(number << 3 | LENGTH_DELIMITED) + varint(len(payload)) + payload
+    return delimited_header(number, len(payload)) + payload
 
 
 def doubles(values: np.ndarray) -> bytes:

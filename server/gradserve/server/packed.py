@@ -16,41 +16,15 @@ import struct
 
 import numpy as np
 
-from gradserve.v1.wire_format import LENGTH_DELIMITED, VARINT, varint
+from gradserve.v1.wire_format import VARINT, delimited_header, packed_varints, varint
 
-_FEW = 64
 _TRANSPOSE_BLOCK = 256  # nodes: 256 x rows doubles, 2 MiB for 1,000 rows
-_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
-
-
-def _packed_varints(values: np.ndarray) -> bytes:
-    """The varints of uint32 values, back to back, written byte position by byte position
-    (a few values, one at a time: a dozen NumPy calls would cost more)."""
-    if len(values) < _FEW:
-        few = values if isinstance(values, list) else np.asarray(values, dtype=np.uint32).tolist()
-        if max(few, default=0) < 0x80:
-            return bytes(few)  # each value is its own one-byte varint
-        return b"".join(varint(value) for value in few)
-    values = np.asarray(values, dtype=np.uint32)
-    sizes = np.ones(len(values), dtype=np.int64)
-    for shift in (7, 14, 21, 28):
-        sizes += values >= (1 << shift)
-    ends = np.cumsum(sizes)
-    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
-    starts = ends - sizes
-    for byte in range(int(sizes.max()) if len(sizes) else 0):
-        present = np.flatnonzero(sizes > byte) if byte else slice(None)
-        more = (sizes[present] > byte + 1).astype(np.uint8) << 7
-        out[starts[present] + byte] = ((values[present] >> (7 * byte)) & 0x7F).astype(
-            np.uint8
-        ) | more
-    return out.tobytes()
 
 
 def _delimited(number: int, payload: bytes | memoryview) -> list[bytes | memoryview]:
     if not payload:
         return []  # proto3 leaves out empty fields
-    return [varint(number << 3 | LENGTH_DELIMITED) + varint(len(payload)), payload]
+    return [delimited_header(number, len(payload)), payload]
 
 
 @functools.lru_cache(maxsize=256)
@@ -88,7 +62,7 @@ def _scalar(number: int, value: int) -> list[bytes]:
 def _results(ids, values, grads) -> list[bytes | memoryview]:
     """node_ids (field 1), values (2) and grads (3), shaped (len(ids), rows), row by row."""
     return [
-        *_delimited(1, _packed_varints(ids)),
+        *_delimited(1, packed_varints(ids)),
         *_delimited(2, _row_by_row(values)),
         *_delimited(3, _row_by_row(grads)),
     ]
