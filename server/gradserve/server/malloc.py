@@ -51,7 +51,9 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
 def keep_freed_memory(size: int = KEEP_BYTES) -> bool:
     """Serve blocks of up to ``size`` bytes from the heap and keep up to ``size`` bytes of
     freed memory for the next call; whether both were set."""
-    return _set(_M_MMAP_THRESHOLD, size) & _set(_M_TRIM_THRESHOLD, size)
+    served_from_heap = _set(_M_MMAP_THRESHOLD, size)
+    kept = _set(_M_TRIM_THRESHOLD, size)
+    return served_from_heap and kept
 
 
 def configure() -> None:
