@@ -3,8 +3,8 @@ import socket
 import grpc
 import pytest
 
-from gradserve.server.app import running_server
 from gradserve.server.registry import discovered_entry_points, load_registry
+from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 

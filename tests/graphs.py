@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gradserve.server.plan import GraphArrays
+from gradserve.server.engine.plan import GraphArrays
 from gradserve.v1 import gradserve_pb2 as pb
 
 

@@ -6,8 +6,8 @@ from contextlib import ExitStack, contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gradserve.server.app import RunningServer, running_server
-from gradserve.server.metrics import CallMetrics, serve_metrics
+from gradserve.server.service.app import RunningServer, running_server
+from gradserve.server.service.metrics import CallMetrics, serve_metrics
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gradserve.server.app import running_server
+from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 

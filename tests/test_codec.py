@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import grpc
 
-from gradserve.server.codec import CodecInterceptor
+from gradserve.server.service.codec import CodecInterceptor
 from gradserve.v1 import gradserve_pb2 as pb
 
 METHOD = "/gradserve.v1.GradientService/Evaluate"

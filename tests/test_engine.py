@@ -7,9 +7,9 @@ import pytest
 from graphs import GraphBuilder, neuron, notebook_first_example
 
 from gradserve.ops import Op
-from gradserve.server.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.evaluate import evaluate
-from gradserve.server.plan import Stretch, compile_graph
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.engine.evaluate import evaluate
+from gradserve.server.engine.plan import Stretch, compile_graph
 
 
 def run(builder: GraphBuilder, ops, outputs=None, seeds=None):

@@ -16,8 +16,8 @@ from hardening import violations
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gradserve.server.evaluate import evaluate
-from gradserve.server.plan import compile_graph
+from gradserve.server.engine.evaluate import evaluate
+from gradserve.server.engine.plan import compile_graph
 from gradserve.v1 import gradserve_pb2 as pb
 
 EXAMPLES = int(os.environ.get("GRADSERVE_FUZZ_EXAMPLES", "100"))

@@ -8,7 +8,7 @@ import pytest
 from graphs import GraphBuilder
 from hardening import violations
 
-from gradserve.server import servicer
+from gradserve.server.service import servicer
 from gradserve.v1 import gradserve_pb2 as pb
 
 

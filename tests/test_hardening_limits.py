@@ -8,9 +8,9 @@ from graphs import GraphBuilder
 from hardening import SlowOp, chain, violations, wait_until
 from servers import serving
 
-from gradserve.server import servicer
 from gradserve.server.cli import build_parser
-from gradserve.server.limits import Limits
+from gradserve.server.service import servicer
+from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 
 

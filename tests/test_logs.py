@@ -6,7 +6,7 @@ import time
 
 from hardening import wait_until
 
-from gradserve.server.logs import CallLog
+from gradserve.server.service.logs import CallLog
 
 
 class Kept(logging.Handler):

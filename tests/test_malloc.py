@@ -1,4 +1,4 @@
-"""The server caps glibc's malloc arenas (see gradserve.server.malloc)."""
+"""The server caps glibc's malloc arenas (see gradserve.server.runtime.malloc)."""
 
 import os
 import platform
@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from gradserve.server import malloc
+from gradserve.server.runtime import malloc
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 
 # Four threads hold a malloc'd block at the same time, then glibc reports its arenas.
 COUNT_ARENAS = """
 import ctypes, sys, threading
-from gradserve.server import malloc
+from gradserve.server.runtime import malloc
 if sys.argv[1] == "capped":
     assert malloc.limit_arenas(1)
 libc = ctypes.CDLL(None)
@@ -72,7 +72,7 @@ def test_an_operator_setting_wins(monkeypatch):
 RESIDENT_AFTER_FREE = """
 import sys
 import numpy as np
-from gradserve.server import malloc
+from gradserve.server.runtime import malloc
 if sys.argv[1] == "keep":
     assert malloc.keep_freed_memory()
 block = np.ones(25_000_000)

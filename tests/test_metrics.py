@@ -12,7 +12,7 @@ from ports import free_port
 from servers import GRADSERVE, Served, health
 
 from gradserve.server.cli import build_parser
-from gradserve.server.metrics import CallMetrics
+from gradserve.server.service.metrics import CallMetrics
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 

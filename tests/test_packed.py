@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gradserve.server import packed
+from gradserve.server.service import packed
 from gradserve.v1 import gradserve_pb2 as pb
 
 EDGES = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**32 - 1]

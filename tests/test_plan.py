@@ -7,9 +7,9 @@ import pytest
 from graphs import GraphBuilder, neuron
 
 from bench import graphs as bench_graphs
-from gradserve.server import plan as plan_module
-from gradserve.server.errors import GraphError
-from gradserve.server.plan import GraphArrays, compile_graph, levels_of
+from gradserve.server.engine import plan as plan_module
+from gradserve.server.engine.errors import GraphError
+from gradserve.server.engine.plan import GraphArrays, compile_graph, levels_of
 
 
 def arrays(op_names, node_ops, input_counts, input_ids, labels=()):

@@ -8,15 +8,15 @@ import pytest
 from graphs import GraphBuilder, neuron
 from servers import serving
 
-from gradserve.server import servicer as servicer_module
-from gradserve.server.limits import Limits
-from gradserve.server.plan import compile_graph
-from gradserve.server.plan_cache import (
+from gradserve.server.engine.plan import compile_graph
+from gradserve.server.engine.plan_cache import (
     SMALL_GRAPH_NODES,
     PlanCache,
     small_structure_digest,
     structure_digest,
 )
+from gradserve.server.service import servicer as servicer_module
+from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 
 

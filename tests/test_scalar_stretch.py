@@ -10,10 +10,10 @@ from graphs import GraphBuilder
 from hardening import chain
 
 from gradserve.ops import Op
-from gradserve.server.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.evaluate import evaluate
-from gradserve.server.plan import Stretch, compile_graph
-from gradserve.server.scalar_stretch import POLL_EVERY
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.engine.evaluate import evaluate
+from gradserve.server.engine.plan import Stretch, compile_graph
+from gradserve.server.engine.scalar_stretch import POLL_EVERY
 
 
 def stretch_of(g: GraphBuilder, ops) -> Stretch:

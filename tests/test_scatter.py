@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gradserve.server.scatter import Scatter
+from gradserve.server.engine.scatter import Scatter
 
 
 def test_repeated_indices_are_summed():

@@ -17,8 +17,8 @@ from gradserve.client import (
     Value,
 )
 from gradserve.ops import Op
-from gradserve.server.app import running_server
 from gradserve.server.registry import LoadedOp
+from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 

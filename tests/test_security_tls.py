@@ -10,8 +10,8 @@ from servers import GRADSERVE, Served
 
 from gradserve.client import connect
 from gradserve.client.security import channel_credentials
-from gradserve.server.app import running_server
-from gradserve.server.security import server_credentials
+from gradserve.server.service.app import running_server
+from gradserve.server.service.security import server_credentials
 from gradserve.v1 import gradserve_pb2 as pb
 
 

@@ -8,9 +8,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gradserve.client import connect
 from gradserve.client.security import channel_credentials
-from gradserve.server import security
-from gradserve.server.app import running_server
 from gradserve.server.cli import build_parser
+from gradserve.server.service import security
+from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
 
 TOKEN = "s3cret-token"

@@ -14,8 +14,8 @@ from hardening import SlowOp, chain
 from servers import serving
 
 from gradserve.ops import Op
-from gradserve.server.app import SERVICE_NAME
 from gradserve.server.registry import LoadedOp
+from gradserve.server.service.app import SERVICE_NAME
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 

@@ -12,8 +12,9 @@ from grpc_status import rpc_status
 from servers import serving
 
 from gradserve.ops import Op
-from gradserve.server import servicer, small_call
+from gradserve.server.engine import small_call
 from gradserve.server.registry import LoadedOp
+from gradserve.server.service import servicer
 from gradserve.v1 import gradserve_pb2 as pb
 
 

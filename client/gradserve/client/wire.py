@@ -6,7 +6,7 @@ gRPC then serialized the message again. A packed field's wire form is simple: it
 length in bytes, then the values, as varints for uint32 fields and as little-endian doubles
 for double fields. NumPy writes them in bulk, and a message field is the same tag and length
 around a serialized message, so the SDK sends its requests as bytes it wrote. The server
-writes its results the same way (``gradserve.server.packed``); the client does not depend on
+writes its results the same way (``gradserve.server.service.packed``); the client does not depend on
 the server; the varint encoding both use is in ``gradserve.v1.wire_format``.
 """
 

@@ -1,7 +1,7 @@
 """The pieces of protobuf's wire format that gradserve writes by hand: varints and the
 header of a length-delimited field.
 
-The server writes its result messages (``gradserve.server.packed``) and the SDK its requests
+The server writes its result messages (``gradserve.server.service.packed``) and the SDK its requests
 (``gradserve.client.wire``) straight from NumPy columns, because the protobuf API takes each
 entry of a repeated field as a Python object. Neither depends on the other, so what both
 need lives here, with the protocol.

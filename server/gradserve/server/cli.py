@@ -16,14 +16,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gradserve.server import limits, malloc
-from gradserve.server.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
-from gradserve.server.metrics import CallMetrics, serve_metrics
+from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.ops_check import check_ops
-from gradserve.server.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.registry import PluginError, load_registry
-from gradserve.server.security import read_token, server_credentials
-from gradserve.server.workers import serve_workers, stop_signal_event
+from gradserve.server.runtime import malloc
+from gradserve.server.runtime.workers import serve_workers, stop_signal_event
+from gradserve.server.service import limits
+from gradserve.server.service.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.service.metrics import CallMetrics, serve_metrics
+from gradserve.server.service.security import read_token, server_credentials
 
 log = logging.getLogger("gradserve")
 

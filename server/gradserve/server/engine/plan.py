@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradserve.ops import Op
-from gradserve.server.errors import GraphError
-from gradserve.server.scatter import Scatter
+from gradserve.server.engine.errors import GraphError
+from gradserve.server.engine.scatter import Scatter
 
 # Node ids, input positions and levels while compiling. Four bytes each halve the
 # compile's peak memory; a plan's own index arrays are intp, which NumPy indexes fastest.

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradserve.server import finite, scalar_stretch
-from gradserve.server.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.plan import Group, Plan, Stretch
+from gradserve.server.engine import finite, scalar_stretch
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.engine.plan import Group, Plan, Stretch
 
 
 def _never() -> bool:

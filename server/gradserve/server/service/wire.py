@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from gradserve.server.errors import GraphError
-from gradserve.server.plan import GraphArrays, Plan
+from gradserve.server.engine.errors import GraphError
+from gradserve.server.engine.plan import GraphArrays, Plan
 from gradserve.v1 import gradserve_pb2 as pb
 
 _SELECTIONS = frozenset(pb.Selection.values())  # the enum's values(), once: 1 us a call

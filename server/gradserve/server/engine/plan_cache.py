@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from gradserve.server.plan import GraphArrays, Plan
+from gradserve.server.engine.plan import GraphArrays, Plan
 
 DEFAULT_MAX_NODES = 20_000_000  # about 1 GB of plans for graphs like an MLP
 

@@ -12,8 +12,8 @@ from itertools import islice
 
 import numpy as np
 
-from gradserve.server.errors import Cancelled, OpFailure
-from gradserve.server.plan import Stretch
+from gradserve.server.engine.errors import Cancelled, OpFailure
+from gradserve.server.engine.plan import Stretch
 
 POLL_EVERY = 1024  # nodes between two calls of should_stop (a few hundred microseconds)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradserve.server.errors import Cancelled, GraphError
+from gradserve.server.engine.errors import Cancelled, GraphError
 from gradserve.v1 import gradserve_pb2 as pb
 
 DEFAULT_MAX_NODES = 20_000_000

@@ -23,7 +23,7 @@ from operator import itemgetter
 import numpy as np
 
 from gradserve.ops import Op
-from gradserve.server.plan import Plan, Stretch
+from gradserve.server.engine.plan import Plan, Stretch
 from gradserve.v1 import gradserve_pb2 as pb
 
 # Up to this many nodes a loop over floats beats the NumPy engine (measured in process, warm):

@@ -17,7 +17,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from gradserve.server.plan_cache import PlanCache
+from gradserve.server.engine.plan_cache import PlanCache
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from gradserve.server.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.evaluate import evaluate
-from gradserve.server.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.engine.evaluate import evaluate
+from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
 from gradserve.server.registry import load_registry
 
 TRUSTED_DISTRIBUTIONS = frozenset({"gradserve-ops-core"})

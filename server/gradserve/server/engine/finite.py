@@ -7,8 +7,8 @@ flow the other way, so for them the highest-id node is the origin.
 
 import numpy as np
 
-from gradserve.server.errors import GraphError
-from gradserve.server.plan import Plan
+from gradserve.server.engine.errors import GraphError
+from gradserve.server.engine.plan import Plan
 
 _HOW_TO_ALLOW = "set allow_non_finite in the request to pass NaN and Inf through, IEEE-style"
 

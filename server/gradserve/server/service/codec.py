@@ -10,8 +10,8 @@
 
 import grpc
 
-from gradserve.server.errors import GraphError
-from gradserve.server.status import abort_bad_request
+from gradserve.server.engine.errors import GraphError
+from gradserve.server.service.status import abort_bad_request
 
 _UNDECODABLE = object()
 

@@ -12,17 +12,17 @@ from contextlib import contextmanager
 
 import grpc
 
-from gradserve.server import metrics, packed, wire
-from gradserve.server.errors import Cancelled, GraphError, OpFailure, PlanNotFound
-from gradserve.server.evaluate import evaluate
-from gradserve.server.isolation import IsolatedEvaluator
-from gradserve.server.limits import DeadlineExceeded, LimitExceeded, Limits
-from gradserve.server.logs import CallLog
-from gradserve.server.plan import GraphArrays, Plan, compile_graph
-from gradserve.server.plan_cache import PlanCache, small_structure_digest, structure_digest
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure, PlanNotFound
+from gradserve.server.engine.evaluate import evaluate
+from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.engine.plan_cache import PlanCache, small_structure_digest, structure_digest
+from gradserve.server.engine.small_call import SmallCalls
 from gradserve.server.registry import LoadedOp
-from gradserve.server.small_call import SmallCalls
-from gradserve.server.status import abort_bad_request, abort_internal
+from gradserve.server.runtime.isolation import IsolatedEvaluator
+from gradserve.server.service import metrics, packed, wire
+from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
+from gradserve.server.service.logs import CallLog
+from gradserve.server.service.status import abort_bad_request, abort_internal
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 

@@ -10,14 +10,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradserve.server.codec import CodecInterceptor
-from gradserve.server.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
-from gradserve.server.limits import Limits
-from gradserve.server.metrics import CallMetrics, watch_plan_cache
-from gradserve.server.plan_cache import DEFAULT_MAX_NODES, PlanCache
+from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES, PlanCache
 from gradserve.server.registry import LoadedOp
-from gradserve.server.security import BearerTokenInterceptor
-from gradserve.server.servicer import GradientServicer, call_log
+from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
+from gradserve.server.service.codec import CodecInterceptor
+from gradserve.server.service.limits import Limits
+from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
+from gradserve.server.service.security import BearerTokenInterceptor
+from gradserve.server.service.servicer import GradientServicer, call_log
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -64,7 +64,7 @@ def start_server(
     Health reports SERVING for the whole server and for GradientService once started.
     gRPC sets SO_REUSEPORT by default on Linux, which would let a second server start on a
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
-    ``metrics``, when given, records every call (see ``gradserve.server.metrics``).
+    ``metrics``, when given, records every call (see ``gradserve.server.service.metrics``).
     ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
     on every call but health checks. Calls beyond ``limits.max_concurrent_calls`` get
     RESOURCE_EXHAUSTED at once instead of queueing without bound. With

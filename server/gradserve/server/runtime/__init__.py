@@ -1,0 +1,1 @@
+"""Process management: the worker supervisor, isolation workers, malloc settings."""

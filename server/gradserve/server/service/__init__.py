@@ -1,0 +1,1 @@
+"""The gRPC edge: servicer, request decoding, reply packing, auth, admission, metrics, logs."""
