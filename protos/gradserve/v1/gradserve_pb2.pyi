@@ -71,20 +71,22 @@ class EvaluateResponse(_message.Message):
     def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class GradientChunk(_message.Message):
-    __slots__ = ("node_ids", "values", "grads", "total_nodes", "plan_digest", "rows")
+    __slots__ = ("node_ids", "values", "grads", "total_nodes", "plan_digest", "rows", "first_row")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_NODES_FIELD_NUMBER: _ClassVar[int]
     PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     grads: _containers.RepeatedScalarFieldContainer[float]
     total_nodes: int
     plan_digest: bytes
     rows: int
-    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., total_nodes: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
+    first_row: int
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., total_nodes: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ..., first_row: _Optional[int] = ...) -> None: ...
 
 class ListOpsRequest(_message.Message):
     __slots__ = ()

@@ -42,7 +42,9 @@ def _work(connection, op_names: list[str]) -> None:
             )
             connection.send(("ok", values, grads))
         except GraphError as exc:
-            connection.send(("graph", exc.reason, exc.node, exc.field))
+            connection.send(("graph", exc.reason, exc.node, exc.field, exc.index))
+        except MemoryError:
+            connection.send(("memory",))
         except OpFailure as exc:
             problem = str(exc).split(f"op {exc.op!r} ", 1)[-1]
             cause = "".join(traceback.format_exception(exc.__cause__ or exc))
@@ -108,12 +110,20 @@ class IsolatedEvaluator:
         return _unpack(answer)
 
     def _take(self, should_stop: Callable[[], bool]) -> _Worker:
+        """An idle worker that is alive: one that died while idle (killed from outside,
+        say) is replaced here, before a call could be sent to it."""
         while True:
             try:
-                return self._idle.get(timeout=_POLL_S)
+                worker = self._idle.get(timeout=_POLL_S)
             except queue.Empty:
                 if should_stop():
                     raise Cancelled() from None
+                continue
+            if worker.process.is_alive():
+                return worker
+            log.warning("isolated worker %d died while idle; replacing it", worker.process.pid)
+            worker.kill()
+            self._idle.put(_Worker(self._op_names))
 
     def close(self) -> None:
         while not self._idle.empty():
@@ -125,8 +135,10 @@ def _unpack(answer: tuple) -> tuple[np.ndarray, np.ndarray]:
     if kind == "ok":
         return rest[0], rest[1]
     if kind == "graph":
-        reason, node, field = rest
-        raise GraphError(reason, node=node, field=field)
+        reason, node, field, index = rest
+        raise GraphError(reason, node=node, field=field, index=index)
+    if kind == "memory":
+        raise MemoryError("an isolated worker ran out of memory")
     op, node, problem, cause = rest
     log.error("op %r failed in an isolated worker:\n%s", op, cause)
     raise OpFailure(op, node, problem)

@@ -79,13 +79,17 @@ def evaluate_response(ids, values, grads, digest: bytes) -> bytes:
     )
 
 
-def gradient_chunk(ids, values, grads, digest: bytes, total_nodes: int) -> bytes:
-    """A GradientChunk: node_ids 1, values 2, grads 3, total_nodes 4, plan_digest 5, rows 6."""
+def gradient_chunk(
+    ids, values, grads, digest: bytes, total_nodes: int, first_row: int = 0
+) -> bytes:
+    """A GradientChunk: node_ids 1, values 2, grads 3, total_nodes 4, plan_digest 5, rows 6,
+    first_row 7."""
     return b"".join(
         [
             *_results(ids, values, grads),
             *_scalar(4, total_nodes),
             *_delimited(5, digest),
             *_scalar(6, rows_of(values)),
+            *_scalar(7, first_row),
         ]
     )

@@ -53,6 +53,7 @@ def _check_ids(ids: np.ndarray, plan: Plan, field: str) -> None:
             f"{field}[{bad[0]}] = {ids[bad[0]]} is out of range "
             f"(the graph has {plan.node_count} nodes)",
             field=field,
+            index=int(bad[0]),
         )
 
 
