@@ -230,10 +230,15 @@ def w3_neuron(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
     columns = graphs.mlp(graphs.NEURON_SHAPE, graphs.NEURON_LEAVES)
     workload = f"W3 neuron ({columns.node_count} nodes)"
     request = _leaves_request(columns)
-    with servers.gradserve(workers=1) as server, servers.echo() as echo:
+    with (
+        servers.gradserve(workers=1) as server,
+        servers.echo() as echo,
+        servers.echo(aio=True) as aio_echo,
+    ):
         channel, stub = connect(server.target)
         echo_channel, _ = connect(echo.target)
-        with channel, echo_channel:
+        aio_channel, _ = connect(aio_echo.target)
+        with channel, echo_channel, aio_channel:
             report.agree(
                 workload,
                 "gradserve vs micrograd: 5 leaf gradients",
@@ -250,6 +255,10 @@ def w3_neuron(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
             ours, theirs = _interleaved_latencies(
                 lambda: stub.Evaluate(request), lambda: echo_call(ECHO_PAYLOAD), sizes.neuron_calls
             )
+            aio_call = aio_channel.unary_unary(ECHO_PATH)
+            ours_again, aio_floor = _interleaved_latencies(
+                lambda: stub.Evaluate(request), lambda: aio_call(ECHO_PAYLOAD), sizes.neuron_calls
+            )
     size = f"{request.ByteSize()} byte request"
     ours_p50, echo_p50 = percentile_ms(ours, 50), percentile_ms(theirs, 50)
     report.target(
@@ -265,6 +274,14 @@ def w3_neuron(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
         f"p99 over {sizes.neuron_calls:,} calls",
         f"{percentile_ms(ours, 99):.3f} ms",
         f"echo p99 {percentile_ms(theirs, 99):.3f} ms",
+    )
+    again_p50, aio_p50 = percentile_ms(ours_again, 50), percentile_ms(aio_floor, 50)
+    report.row(
+        workload,
+        f"p50 over {sizes.neuron_calls:,} calls, beside a grpc.aio echo",
+        f"{again_p50:.3f} ms",
+        f"grpc.aio echo shaped as gradserve's methods p50 {aio_p50:.3f} ms: "
+        f"{again_p50 / aio_p50:.2f}x (the serving layer's own floor)",
     )
 
 
