@@ -228,6 +228,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                         distribution=loaded.distribution,
                         version=loaded.version,
                         entry_point=loaded.entry_point,
+                        second_order=loaded.op.second is not None,
                     )
                     for name, loaded in sorted(self._registry.items())
                 ]
