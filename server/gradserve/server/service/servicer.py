@@ -19,7 +19,7 @@ from gradserve.server.engine.plan_cache import PlanCache, small_structure_digest
 from gradserve.server.engine.small_call import SmallCalls
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
-from gradserve.server.service import metrics, packed, wire
+from gradserve.server.service import metrics, packed, second_order, wire
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.status import abort_bad_request, abort_internal
@@ -104,10 +104,18 @@ def _stop_check(deadline: float) -> tuple[Callable[[], bool], Callable[[], None]
 
 class _Results:
     """The selected nodes' results, shaped (len(ids), rows) (or lists, for one row from the
-    small-call path), and the plan's digest."""
+    small-call path), and the plan's digest; value and gradient tangents only when the
+    request had leaf tangents."""
 
-    def __init__(self, ids, values, grads, digest) -> None:
+    def __init__(self, ids, values, grads, digest, value_tangents=None, grad_tangents=None):
         self.ids, self.values, self.grads, self.digest = ids, values, grads, digest
+        self.value_tangents, self.grad_tangents = value_tangents, grad_tangents
+
+    def tangents(self, part: slice = slice(None)) -> tuple:
+        """The value and gradient tangents (of a part of the nodes), or (None, None)."""
+        if self.value_tangents is None:
+            return None, None
+        return self.value_tangents[part], self.grad_tangents[part]
 
 
 class GradientServicer(pb_grpc.GradientServiceServicer):
@@ -166,6 +174,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     ) -> _Results:
         plan, digest = self._plan(request)
         record.nodes = plan.node_count
+        if request.leaf_tangents:  # JVPs and HVPs: the array path only (second_order.py)
+            ids, *results = second_order.evaluate(plan, request, should_stop, self._isolated)
+            return _Results(ids, results[0], results[1], digest, *results[2:])
         small = self._small_calls.evaluate(plan, digest, request, should_stop)
         if small is not None:
             return _Results(*small, digest)
@@ -194,7 +205,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         with _call("Evaluate", context) as record:
             results = self._evaluate(request, should_stop, record)
             return packed.evaluate_response(
-                results.ids, results.values, results.grads, results.digest
+                results.ids, results.values, results.grads, results.digest, *results.tangents()
             )
 
     def EvaluateStream(self, request, context):
@@ -213,7 +224,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                     results.values[part],
                     results.grads[part],
                     results.digest,
-                    total_nodes=len(results.ids),
+                    len(results.ids),
+                    *results.tangents(part),
                 )
 
     def ListOps(self, request, context):
