@@ -181,7 +181,6 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray):
 
 def _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, stop) -> None:
     """Fill ``grad_tangents`` in reverse step order (forward-over-reverse)."""
-    one_row = values.shape[1] == 1
     for step, local in zip(reversed(plan.steps), reversed(locals_), strict=True):
         if stop():
             raise Cancelled()
@@ -194,12 +193,8 @@ def _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, st
         contributions = [d * upstream for d in local]
         if moved is not None:
             contributions = [c + g * m for c, m in zip(contributions, moved, strict=True)]
-        if one_row:
-            for arg, c in zip(step.args, contributions, strict=True):
-                np.add.at(grad_tangents, arg, c)
-        else:
-            for scatter, c in zip(step.scatters, contributions, strict=True):
-                scatter.add_into(grad_tangents, c)
+        for scatter, c in zip(step.scatters, contributions, strict=True):
+            scatter.add_into(grad_tangents, c)
 
 
 def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, stop) -> None:
