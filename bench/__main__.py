@@ -104,6 +104,10 @@ NOTES = [
     "W5: each client process alternates between W3's neuron and W4's graph on its own channel "
     "(so its own connection, which the kernel assigns to one worker); a reply whose gradients "
     "differ from a single call's counts as an error.",
+    "W7: the same W1 request with and without `leaf_tangents` (one random tangent per leaf), "
+    "called alternately, warm; the first pair (compiling, and building the batch scatters) "
+    "is not counted. The oracle is first-order gradients at leaves +-h t, h = 1e-3 and 5e-4, "
+    "combined by Richardson extrapolation.",
 ]
 
 if __name__ == "__main__":

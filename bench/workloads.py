@@ -1,4 +1,4 @@
-"""The workloads W1-W5: each measures gradserve and its peers and adds rows to a Report."""
+"""The workloads W1-W5 and W7: each measures gradserve and its peers and adds rows to a Report."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -383,10 +383,78 @@ def w5_concurrent(report: Report, sizes: Sizes, repeats: int, peer_list) -> None
     )
 
 
+def _hvp_by_differences(stub, columns: graphs.Columns, tangents: np.ndarray) -> np.ndarray:
+    """The Hessian-vector product by central differences of first-order calls' gradients
+    along ``tangents``, Richardson-extrapolated (error O(h^4)): an independent oracle."""
+
+    def difference(h: float) -> np.ndarray:
+        up, down = (
+            leaf_grads(stub, _leaves_request(_with_leaves(columns, columns.leaf_values + s * h)))
+            for s in (tangents, -tangents)
+        )
+        return (up[0] - down[0]) / (2 * h)
+
+    return (4 * difference(5e-4) - difference(1e-3)) / 3
+
+
+def _with_leaves(columns: graphs.Columns, leaf_values: np.ndarray) -> graphs.Columns:
+    return graphs.Columns(columns.node_ops, columns.input_counts, columns.input_ids, leaf_values)
+
+
+def w7_hvp(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
+    """W1's MLP: value + gradient + Hessian-vector product (leaf_tangents) against value +
+    gradient, warm, called alternately so that both see the same load."""
+    shape = sizes.mlp
+    values = shape.leaves(np.random.default_rng(1))
+    columns = graphs.mlp(shape, values)
+    workload = f"W7 hvp ({columns.node_count:,} nodes)"
+    tangents = np.random.default_rng(7).normal(size=len(values))
+    first = _leaves_request(columns)
+    second = _leaves_request(columns, leaf_tangents=tangents)
+
+    def with_tangents():
+        reply = stub.Evaluate(second)
+        return np.array(reply.grads), np.array(reply.grad_tangents)
+
+    with servers.gradserve(workers=1) as server:
+        channel, stub = connect(server.target)
+        with channel:
+            grads = leaf_grads(stub, first)[0]
+            second_grads, hvp = with_tangents()
+            oracle = _hvp_by_differences(stub, columns, tangents)
+            pairs = [(timed(lambda: leaf_grads(stub, first)), timed(with_tangents))]
+            pairs += [
+                (timed(lambda: leaf_grads(stub, first)), timed(with_tangents))
+                for _ in range(repeats)
+            ]
+    report.agree(workload, "gradients with and without tangents", second_grads, grads)
+    error = float(np.max(np.abs(hvp - oracle)) / np.max(np.abs(oracle)))
+    report.target(
+        workload,
+        "HVP vs finite differences of gradients",
+        f"{error:.1e}",
+        "largest absolute difference over the largest entry (Richardson, h = 1e-3, 5e-4)",
+        "<= 1e-6",
+        error <= 1e-6,
+    )
+    warm = pairs[1:]  # the first pair compiled and built the scatters
+    plain = _median([a[0] for a, _ in warm])
+    both = _median([b[0] for _, b in warm])
+    report.target(
+        workload,
+        "value + gradient + HVP, warm",
+        f"{both:.3f} s",
+        f"value + gradient {plain:.3f} s: {both / plain:.2f}x",
+        "<= 3x value + gradient",
+        both / plain <= 3,
+    )
+
+
 WORKLOADS = {
     "mlp": w1_mlp,
     "chain": w2_chain,
     "neuron": w3_neuron,
     "batch": w4_batch,
     "concurrent": w5_concurrent,
+    "hvp": w7_hvp,
 }

@@ -19,6 +19,7 @@ from gradserve.server.engine.plan_cache import (
     small_structure_digest,
     structure_digest,
 )
+from gradserve.server.engine.second_order import evaluate_with_tangents, require_second_order
 from gradserve.server.engine.small_call import SmallCalls
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
@@ -77,14 +78,21 @@ class Job:
     outputs: np.ndarray
     seeds: np.ndarray
     selected: np.ndarray
+    tangents: np.ndarray | None = None  # (rows, leaves): a JVP and HVP call
 
     @property
     def rows(self) -> int:
         return self.leaves.shape[0]
 
+    @property
+    def results_per_node(self) -> int:
+        """Arrays of results per node: values and gradients, and their tangents."""
+        return 2 if self.tangents is None else 4
+
     def reply_bytes(self) -> int:
         """The size of the whole result, as one EvaluateResponse."""
-        return 16 * len(self.selected) * self.rows + 5 * len(self.selected) + 64
+        doubles = self.results_per_node * len(self.selected) * self.rows
+        return 8 * doubles + 5 * len(self.selected) + 64
 
     def memory(self, block_rows: int, streaming: bool) -> int:
         """Evaluation of ``block_rows`` rows at a time, and the results it keeps: all of
@@ -94,7 +102,8 @@ class Job:
             if streaming
             else memory.results_bytes(len(self.selected), self.rows)
         )
-        return memory.evaluation_bytes(self.plan.node_count, block_rows) + kept
+        factor = self.results_per_node // 2  # tangents double what is computed and kept
+        return factor * (memory.evaluation_bytes(self.plan.node_count, block_rows) + kept)
 
     def block_rows(self, allowance: int, streaming: bool) -> int:
         """The most rows evaluated at once within ``allowance`` bytes (at least 1; a stream
@@ -102,7 +111,7 @@ class Job:
         rows = self.rows
         if streaming:
             rows = min(rows, CHUNK_NODE_ROWS)
-        per_row = memory.evaluation_bytes(self.plan.node_count, 1)
+        per_row = memory.evaluation_bytes(self.plan.node_count, 1) * self.results_per_node // 2
         fixed = self.memory(0, streaming)
         return max(1, min(rows, (allowance - fixed) // max(per_row, 1)))
 
@@ -176,9 +185,14 @@ class Evaluator:
         return None if small is None else Results(*small)
 
     def job(self, request: pb.EvaluateRequest, plan: Plan, digest: bytes) -> Job:
+        tangents = None
+        if request.leaf_tangents:  # JVPs and HVPs: every op needs second derivatives
+            require_second_order(plan)
+            tangents = wire.leaf_tangent_rows(request, plan)
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
-        return Job(request, plan, digest, wire.leaf_rows(request, plan), outputs, seeds, selected)
+        leaves = wire.leaf_rows(request, plan)
+        return Job(request, plan, digest, leaves, outputs, seeds, selected, tangents)
 
     def check_reply_fits(self, job: Job) -> None:
         """Refuse, before evaluating, an Evaluate whose reply could never be sent."""
@@ -191,32 +205,39 @@ class Evaluator:
                 field="nodes",
             )
 
-    def evaluate_block(self, job: Job, first: int, rows: int, should_stop: StopCheck):
-        """Every node's values and gradients for rows [first, first + rows), shaped
-        (nodes, rows)."""
-        leaves = job.leaves[first : first + rows]
-        allow = job.request.allow_non_finite
+    def evaluate_block(
+        self, job: Job, first: int, rows: int, should_stop: StopCheck
+    ) -> tuple[np.ndarray, ...]:
+        """Every node's values and gradients (and, for a call with tangents, their
+        tangents) for rows [first, first + rows), each shaped (nodes, rows)."""
+        block = slice(first, first + rows)
+        leaves, allow = job.leaves[block], job.request.allow_non_finite
+        tangents = None if job.tangents is None else job.tangents[block]
         if job.plan.source is not None:
             return self._isolated.evaluate(
-                job.plan.source, leaves, job.outputs, job.seeds, should_stop, allow
+                job.plan.source, leaves, job.outputs, job.seeds, should_stop, allow, tangents
+            )
+        if tangents is not None:
+            return evaluate_with_tangents(
+                job.plan, leaves, tangents, job.outputs, job.seeds, should_stop, allow
             )
         return evaluate(job.plan, leaves, job.outputs, job.seeds, should_stop, allow)
 
     def unary_reply(self, job: Job, block_rows: int, should_stop: StopCheck) -> bytes:
         """The EvaluateResponse, evaluated ``block_rows`` rows at a time."""
         if block_rows >= job.rows:
-            values, grads = self.evaluate_block(job, 0, job.rows, should_stop)
-            values, grads = values.take(job.selected, axis=0), grads.take(job.selected, axis=0)
+            block = self.evaluate_block(job, 0, job.rows, should_stop)
+            results = [result.take(job.selected, axis=0) for result in block]
         else:
-            values = np.empty((len(job.selected), job.rows))
-            grads = np.empty_like(values)
+            shape = (len(job.selected), job.rows)
+            results = [np.empty(shape) for _ in range(job.results_per_node)]
             for first in range(0, job.rows, block_rows):
-                block_values, block_grads = self.evaluate_block(job, first, block_rows, should_stop)
-                last = first + block_values.shape[1]
-                values[:, first:last] = block_values.take(job.selected, axis=0)
-                grads[:, first:last] = block_grads.take(job.selected, axis=0)
-                del block_values, block_grads
-        return packed.evaluate_response(job.selected, values, grads, job.digest)
+                block = self.evaluate_block(job, first, block_rows, should_stop)
+                last = first + block[0].shape[1]
+                for result, block_result in zip(results, block, strict=True):
+                    result[:, first:last] = block_result.take(job.selected, axis=0)
+                del block
+        return packed.evaluate_response(job.selected, *results[:2], job.digest, *results[2:])
 
 
 def unary_small_reply(results: Results, digest: bytes) -> bytes:
@@ -244,21 +265,24 @@ def chunks(
 
 
 def block_chunks(
-    job: Job, first: int, values: np.ndarray, grads: np.ndarray, chunk_size: int
+    job: Job, first: int, block: tuple[np.ndarray, ...], chunk_size: int
 ) -> Iterator[bytes]:
-    """The chunks of one row block, each gathering its own nodes' results (so that the
-    selection's results are never all held at once)."""
-    rows = values.shape[1]
+    """The chunks of one row block (its values, gradients and tangents), each gathering its
+    own nodes' results (so that the selection's results are never all held at once)."""
+    rows = block[0].shape[1]
     per_chunk = max(1, CHUNK_NODE_ROWS // rows)
     if chunk_size:
         per_chunk = min(per_chunk, chunk_size)
     for start in range(0, len(job.selected), per_chunk):
         ids = job.selected[start : start + per_chunk]
+        values, grads, *tangents = (result.take(ids, axis=0) for result in block)
         yield packed.gradient_chunk(
             ids,
-            values.take(ids, axis=0),
-            grads.take(ids, axis=0),
+            values,
+            grads,
             job.digest,
             total_nodes=len(job.selected),
             first_row=first,
+            value_tangents=tangents[0] if tangents else None,
+            grad_tangents=tangents[1] if tangents else None,
         )

@@ -57,7 +57,8 @@ class GradientServicer:
         plan, digest = await call.compute(self._evaluator.plan, request, inline=inline)
         call.nodes = plan.node_count
         small = None
-        if plan.source is None:  # never a plan of isolated (untrusted) ops
+        # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
+        if plan.source is None and not request.leaf_tangents:
             small = self._evaluator.small(plan, digest, request, call.should_stop)
         if small is not None:
             return request, digest, small
@@ -93,14 +94,12 @@ class GradientServicer:
             job = prepared
             block = await self._admit_job(call, job, streaming=True)
             for first in range(0, job.rows, block):
-                values, grads = await call.compute(
-                    self._evaluator.evaluate_block, job, first, block
-                )
-                for chunk in evaluation.block_chunks(job, first, values, grads, request.chunk_size):
+                results = await call.compute(self._evaluator.evaluate_block, job, first, block)
+                for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
                     if call.should_stop():
                         return
                     await call.send(chunk)
-                del values, grads
+                del results
 
     async def ListOps(self, _requests, context):
         async with CallScope("ListOps", context, self._state) as call:
@@ -124,6 +123,7 @@ def _list_ops_reply(registry: dict[str, LoadedOp]) -> bytes:
                 distribution=loaded.distribution,
                 version=loaded.version,
                 entry_point=loaded.entry_point,
+                second_order=loaded.op.second is not None,
             )
             for name, loaded in sorted(registry.items())
         ]
