@@ -33,10 +33,6 @@ class TooManyCalls(Exception):
     """More calls in progress than max-concurrent-calls."""
 
 
-class SendTimeout(Exception):
-    """The client did not read the reply within the send timeout."""
-
-
 class Draining(Exception):
     """The server is shutting down and takes no new calls."""
 
@@ -143,16 +139,13 @@ class CallScope:
 
     async def send(self, message: bytes) -> None:
         """Write one reply message; a client that does not take it within the send timeout
-        has its call cancelled, which frees the message."""
+        has its call cancelled (the task, and with it the call: grpc resets the stream),
+        which frees the message."""
         timer = asyncio.get_running_loop().call_later(
             self.state.send_timeout_s, self._send_timed_out
         )
         try:
             await self.context.write(message)
-        except asyncio.CancelledError:
-            if self.note == "send timeout":
-                raise SendTimeout() from None
-            raise
         finally:
             timer.cancel()
 
@@ -177,6 +170,15 @@ class CallScope:
             if isinstance(exc, asyncio.CancelledError):
                 if self.note == "draining":
                     await self._end(status.plain(grpc.StatusCode.UNAVAILABLE, _DRAINING))
+                if self.note == "send timeout":
+                    # The write is abandoned; ending the call with a status resets the
+                    # stream, and frees the message grpc still held for the reader.
+                    self._went_away()
+                    await self.context.abort(
+                        grpc.StatusCode.CANCELLED,
+                        "the reply was not read within the server's send timeout "
+                        f"({self.state.send_timeout_s:g} s)",
+                    )
                 self._went_away()
                 return False
             await self._end(self._status_of(exc))
