@@ -73,6 +73,7 @@ class CallScope:
         self.state = state
         self.nodes = 0
         self.rows = 0
+        self.request_bytes = 0  # the decoded request's memory, once known
         self.code = grpc.StatusCode.OK
         self.note = ""
         self._gone = False

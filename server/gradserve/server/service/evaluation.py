@@ -29,8 +29,9 @@ from gradserve.v1 import gradserve_pb2 as pb
 
 DIGEST_BYTES = 16
 CHUNK_NODE_ROWS = 65_536  # node results in one stream chunk (20 bytes each): ~1.3 MB
-# The decoded request beside its bytes: packed varints widen to 4-byte ints.
-REQUEST_BYTES_PER_BYTE = 5
+# A request's bytes and, while they are decoded, the message: packed varints of one byte
+# widen to 4-byte ints.
+RAW_REQUEST_BYTES_PER_BYTE = 5
 
 StopCheck = Callable[[], bool]
 
@@ -44,8 +45,19 @@ def decode(raw: bytes) -> pb.EvaluateRequest:
         raise GraphError(reason, field="request") from None
 
 
-def request_bytes(raw_length: int) -> int:
-    return REQUEST_BYTES_PER_BYTE * raw_length
+def raw_request_bytes(raw_length: int) -> int:
+    """The memory of a request's bytes and of decoding them, from their length alone."""
+    return RAW_REQUEST_BYTES_PER_BYTE * raw_length
+
+
+def request_bytes(request: pb.EvaluateRequest) -> int:
+    """The memory of the decoded request, from its fields' lengths."""
+    graph = request.graph
+    ints = len(graph.node_ops) + len(graph.input_counts) + len(graph.input_ids)
+    ints += len(request.nodes) + len(request.outputs)
+    doubles = len(graph.leaf_values) + len(request.leaf_tangents) + len(request.seeds)
+    text = sum(map(len, graph.op_names)) + sum(map(len, graph.labels)) + 64 * len(graph.labels)
+    return 4 * ints + 8 * doubles + text + len(request.plan_digest)
 
 
 def compile_cost(request: pb.EvaluateRequest) -> int:

@@ -44,16 +44,15 @@ class GradientServicer:
     async def _prepare(self, call: CallScope):
         """Receive, decode and plan the request; the Job, or small-call Results."""
         raw = await call.receive()
-        await call.admit(evaluation.request_bytes(len(raw)))
+        await call.admit(evaluation.raw_request_bytes(len(raw)))
         small_request = len(raw) <= INLINE_REQUEST_BYTES
         request = await call.compute(_decode, raw, inline=small_request)
         del raw
         graph = request.graph
         call.rows = request.rows or 1
         inline = small_request and len(graph.node_ops) <= INLINE_NODES
-        await call.admit(
-            evaluation.request_bytes(request.ByteSize()) + evaluation.compile_cost(request)
-        )
+        call.request_bytes = evaluation.request_bytes(request)
+        await call.admit(call.request_bytes + evaluation.compile_cost(request))
         plan, digest = await call.compute(self._evaluator.plan, request, inline=inline)
         call.nodes = plan.node_count
         small = None
@@ -66,9 +65,9 @@ class GradientServicer:
 
     async def _admit_job(self, call: CallScope, job: evaluation.Job, streaming: bool) -> int:
         """Charge the evaluation to the budget; the rows to evaluate at once."""
-        budget = self._state.budget.total
-        base = evaluation.request_bytes(job.request.ByteSize())
-        block = job.block_rows(max(budget // 2 - base, 0), streaming)
+        budget, base = self._state.budget.total, call.request_bytes
+        # Half the budget, so that two large calls can run at once; at least an eighth.
+        block = job.block_rows(max(budget // 2 - base, budget // 8), streaming)
         await call.admit(base + job.memory(block, streaming))
         return block
 
