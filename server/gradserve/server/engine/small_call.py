@@ -15,16 +15,36 @@ or returning something unusable, the caller gone or its deadline passed. So no v
 repeated here.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from math import isfinite
 from operator import itemgetter
+from typing import Protocol
 
 import numpy as np
 
 from gradserve.ops import Op
 from gradserve.server.engine.plan import Plan, Stretch
-from gradserve.v1 import gradserve_pb2 as pb
+
+# The wire's Selection values (gradserve.v1.Selection; tests/test_protos.py checks that they
+# match): the engine reads a request's fields but imports no protobuf.
+SELECTION_UNSPECIFIED, SELECTION_ALL, SELECTION_LEAVES, SELECTION_NODES = range(4)
+
+
+class _Graph(Protocol):
+    leaf_values: Sequence[float]
+
+
+class EvaluateRequestFields(Protocol):
+    """The fields of an EvaluateRequest that this path reads."""
+
+    graph: _Graph
+    rows: int
+    outputs: Sequence[int]
+    seeds: Sequence[float]
+    selection: int
+    nodes: Sequence[int]
+
 
 # Up to this many nodes a loop over floats beats the NumPy engine (measured in process, warm):
 # it breaks even at about 200 nodes on a chain, where the engine runs on floats too, and at
@@ -112,7 +132,7 @@ class SmallCalls:
         self,
         plan: Plan,
         digest: bytes,
-        request: pb.EvaluateRequest,
+        request: EvaluateRequestFields,
         should_stop: Callable[[], bool],
     ) -> tuple[list[int], list[float], list[float]] | None:
         """The selected nodes' ids, values and gradients, or None: run the general path."""
@@ -132,7 +152,7 @@ class SmallCalls:
             return None
 
 
-def _evaluate(program: Program, request: pb.EvaluateRequest):
+def _evaluate(program: Program, request: EvaluateRequestFields):
     slots = program.slots
     v = list(request.graph.leaf_values)
     if len(v) != len(program.leaves):
@@ -165,19 +185,19 @@ def _evaluate(program: Program, request: pb.EvaluateRequest):
     return _selected(program, request, v, g)
 
 
-def _selected(program: Program, request: pb.EvaluateRequest, v: list[float], g: list[float]):
+def _selected(program: Program, request: EvaluateRequestFields, v: list[float], g: list[float]):
     """The ids, values and gradients of the nodes whose results go back, as
     wire.selected_nodes picks them; None where that function raises."""
     selection, nodes = request.selection, request.nodes
-    if selection == pb.SELECTION_UNSPECIFIED:
-        selection = pb.SELECTION_NODES if nodes else pb.SELECTION_ALL
-    if selection == pb.SELECTION_LEAVES and not nodes:
+    if selection == SELECTION_UNSPECIFIED:
+        selection = SELECTION_NODES if nodes else SELECTION_ALL
+    if selection == SELECTION_LEAVES and not nodes:
         count = len(program.leaves)
         return program.leaves, v[:count], g[:count]
-    if selection == pb.SELECTION_NODES:
+    if selection == SELECTION_NODES:
         ids = list(nodes)
         slots = [program.slots[i] for i in ids]
-    elif selection == pb.SELECTION_ALL and not nodes:
+    elif selection == SELECTION_ALL and not nodes:
         ids, slots = list(range(len(program.slots))), program.slots
     else:
         return None
