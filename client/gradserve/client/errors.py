@@ -117,8 +117,10 @@ def translated(subgraph=None) -> Iterator[None]:
     except grpc.RpcError as error:
         raise translate(error, subgraph) from None
     except ValueError as error:
-        # grpc's words for a call on a closed channel (sync: "Cannot invoke RPC on closed
-        # channel!"; asyncio: UsageError, a ValueError, "Channel is closed.").
-        if "closed channel" in str(error) or "Channel is closed" in str(error):
+        # grpc's words for a call on a closed channel ("Cannot invoke RPC on closed
+        # channel!", "Cannot invoke RPC: Channel closed!"; asyncio's UsageError, a
+        # ValueError: "Channel is closed.").
+        words = str(error).lower()
+        if "channel" in words and "closed" in words:
             raise ClientClosed("the client was closed; make a new Client") from None
         raise

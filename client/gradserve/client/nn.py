@@ -34,7 +34,7 @@ class Neuron(Module):
         self.nonlin = nonlin
 
     def __call__(self, x) -> Value:
-        act = sum((wi * xi for wi, xi in zip(self.w, x, strict=True)), self.b)
+        act = sum((wi * xi for wi, xi in zip(self.w, x, strict=False)), self.b)
         return act.relu() if self.nonlin else act
 
     def parameters(self) -> list[Value]:
