@@ -5,7 +5,6 @@ import math
 import random
 import shutil
 
-import micrograd.engine
 import micrograd.nn
 import numpy as np
 import pytest
@@ -20,11 +19,11 @@ from gradserve.client import (
     GraphvizNotFound,
     NoServerConfigured,
     Value,
+    default,
     draw_dot,
     nn,
     render,
 )
-from gradserve.client import default
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -93,7 +92,7 @@ def test_an_explicit_client_still_works_and_use_wins_over_the_environment(
 
 
 def test_data_read_evaluates_everything_pending_in_one_call(used):
-    a, b, c, f, e, d, loss = _lecture_expression()
+    a, _, _, _, e, d, loss = _lecture_expression()
     assert e.data == -6.0  # read first: the whole tape's pending Values in one call
     assert len(used.sent) == 1
     assert (d.data, loss.data) == (4.0, -8.0)
@@ -172,13 +171,14 @@ def test_the_notebooks_own_trace_walks_the_graph(used):
     o = (x1 * w1 + x2 * w2 + b).tanh()
     nodes, edges = trace(o)
     assert len(nodes) == 10 and len(edges) == 9
-    shown = {"%.4f" % n.data for n in nodes}  # the first read evaluates every node, once
+    # The notebook's formatting; the first read evaluates every node, in one call.
+    shown = {"%.4f" % n.data for n in nodes}  # noqa: UP031
     assert "0.7071" in shown and "-6.0000" in shown and "0.8814" in shown
     assert len(used.sent) == 1
     o.backward()
     # do/dw1 = x1 (1 - o^2) with o = tanh(x1 w1 + x2 w2 + b)
     assert w1.grad == pytest.approx(2.0 * (1 - math.tanh(-6.0 + 6.8813735870195432) ** 2))
-    assert {"%.4f" % n.grad for n in nodes} >= {"0.5000", "1.0000"}
+    assert {"%.4f" % n.grad for n in nodes} >= {"0.5000", "1.0000"}  # noqa: UP031
 
 
 def test_nn_has_micrograds_api_and_reprs():
