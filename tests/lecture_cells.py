@@ -1,3 +1,4 @@
+# ruff: noqa: E501 (the lecture's lines, verbatim)
 """The code cells of micrograd's lecture notebook ("The spelled-out intro to neural networks
 and backpropagation: building micrograd"), in order, as the lecture has them, with one
 change: the cell defining ``class Value`` is replaced by the import of gradserve's.
@@ -129,7 +130,7 @@ draw_dot(o)
 """,
     """
 o.backward()
-print('neuron', '%.4f' % o.data, '%.4f' % x1.grad, '%.4f' % w1.grad, '%.4f' % x2.grad, '%.4f' % w2.grad)
+print('neuron', *('%.4f' % v for v in (o.data, x1.grad, w1.grad, x2.grad, w2.grad)))
 """,
     """
 draw_dot(o)
