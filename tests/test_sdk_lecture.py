@@ -1,6 +1,7 @@
 """What the lecture notebook relies on: a default server, .data when read, _prev and _op,
 micrograd's nn, and the plan of a training loop's graphs reused without the user asking."""
 
+import asyncio
 import math
 import random
 import shutil
@@ -11,6 +12,7 @@ import pytest
 
 import gradserve.client
 from gradserve.client import (
+    AsyncClient,
     AuthError,
     Client,
     ClientClosed,
@@ -287,3 +289,15 @@ def test_a_value_displays_as_its_drawing(used, monkeypatch):
     monkeypatch.setenv("PATH", "")
     text = o._repr_mimebundle_()["text/plain"]
     assert "digraph" in text and "data -1.0000" in text  # tanh(-6) to 4 places
+
+
+def test_a_closed_async_client_raises_a_gradserve_error(target):
+    async def calls():
+        client = AsyncClient(target)
+        await client.close()
+        with pytest.raises(ClientClosed):
+            await (Value(1.0) * 2).backward(client)
+        with pytest.raises(ClientClosed):
+            [chunk async for chunk in client.stream(Value(1.0) * 2, progress=False)]
+
+    asyncio.run(calls())

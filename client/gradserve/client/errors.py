@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import grpc.aio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -116,10 +117,10 @@ def translated(subgraph=None) -> Iterator[None]:
         yield
     except grpc.RpcError as error:
         raise translate(error, subgraph) from None
-    except ValueError as error:
+    except (ValueError, grpc.aio.UsageError) as error:
         # grpc's words for a call on a closed channel ("Cannot invoke RPC on closed
-        # channel!", "Cannot invoke RPC: Channel closed!"; asyncio's UsageError, a
-        # ValueError: "Channel is closed.").
+        # channel!", "Cannot invoke RPC: Channel closed!"; grpc.aio's UsageError: "Channel
+        # is closed.").
         words = str(error).lower()
         if "channel" in words and "closed" in words:
             raise ClientClosed("the client was closed; make a new Client") from None
