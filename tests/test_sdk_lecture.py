@@ -20,6 +20,7 @@ from gradserve.client import (
     GraphError,
     GraphvizNotFound,
     NoServerConfigured,
+    ServerUnavailable,
     Value,
     default,
     draw_dot,
@@ -301,3 +302,11 @@ def test_a_closed_async_client_raises_a_gradserve_error(target):
             [chunk async for chunk in client.stream(Value(1.0) * 2, progress=False)]
 
     asyncio.run(calls())
+
+
+def test_reading_data_from_a_server_that_is_down(no_default, unused_target):
+    gradserve.client.use(unused_target, timeout=5)
+    y = Value(2.0) * 3
+    with pytest.raises(ServerUnavailable):
+        y.data  # noqa: B018 (the read is the test)
+    assert repr(y).startswith("Value(data=<pending: server unavailable")

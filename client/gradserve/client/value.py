@@ -74,12 +74,16 @@ class Value:
 
     def _shown_data(self) -> str | float:
         """An op node's data for its repr: evaluated if a default server is set, else
-        ``<pending>``."""
+        ``<pending>`` (with the reason when the evaluation failed)."""
         from gradserve.client import default
+        from gradserve.client.errors import GradserveError
 
         if default.configured() is None:
             return "<pending>"
-        return self.data
+        try:
+            return self.data
+        except GradserveError as error:  # a repr does not raise: the error shows in it
+            return f"<pending: {error}>"
 
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
         """In Jupyter a Value shows as its drawing (``draw_dot``): SVG when Graphviz's
