@@ -112,6 +112,10 @@ NOTES = [
     "includes recording, sending (from the second step, the plan digest and leaf values "
     "only), the server's evaluation and filling .data and .grad. The two-moons step leaves "
     "out demo.ipynb's accuracy, which reads every score's .data.",
+    "W7: the same W1 request with and without `leaf_tangents` (one random tangent per leaf), "
+    "called alternately, warm; the first pair (compiling, and building the batch scatters) "
+    "is not counted. The oracle is first-order gradients at leaves +-h t, h = 1e-3 and 5e-4, "
+    "combined by Richardson extrapolation.",
 ]
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from servers import serving
 from gradserve.ops import Op
 from gradserve.server.engine import small_call
 from gradserve.server.registry import LoadedOp
-from gradserve.server.service import servicer
+from gradserve.server.service import evaluation as servicer
 from gradserve.v1 import gradserve_pb2 as pb
 
 

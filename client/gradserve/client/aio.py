@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 
-from gradserve.client import calls
+from gradserve.client import calls, second_order
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
     DEFAULT_TARGET,
@@ -118,6 +118,28 @@ class AsyncClient:
         show = self._progress if progress is None else progress
         async for message in self._messages(call, show):
             yield calls.chunk(call, message)
+
+    # Second order (second_order.py), as on Client.
+    async def jvp(self, output, wrt, tangent, *, allow_non_finite=False, timeout=None) -> float:
+        """As ``Client.jvp``."""
+        made = second_order.jvp(output, wrt, tangent, allow_non_finite)
+        return await self._second_order(*made, timeout)
+
+    async def hvp(self, output, wrt, vector, *, allow_non_finite=False, timeout=None):
+        """As ``Client.hvp``."""
+        made = second_order.hvp(output, wrt, vector, allow_non_finite)
+        return await self._second_order(*made, timeout)
+
+    async def hessian(self, output, wrt, *, allow_non_finite=False, timeout=None):
+        """As ``Client.hessian``."""
+        made = second_order.hessian(output, wrt, allow_non_finite)
+        return await self._second_order(*made, timeout)
+
+    async def _second_order(self, call: calls.Call, read, timeout: float | None):
+        options = second_order.options(self._options, timeout)
+        with translated(call.subgraph):
+            response = await self._evaluate(call.request, **options)
+        return read(response)
 
     async def _messages(
         self, call: calls.Call, progress: bool | None

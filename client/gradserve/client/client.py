@@ -3,8 +3,9 @@
 from collections.abc import Iterator, Mapping, Sequence
 
 import grpc
+import numpy as np
 
-from gradserve.client import calls
+from gradserve.client import calls, second_order
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
     DEFAULT_TARGET,
@@ -124,6 +125,28 @@ class Client:
         show = self._progress if progress is None else progress
         for message in self._messages(call, show):
             yield calls.chunk(call, message)
+
+    # Second order (second_order.py). wrt: leaf Values; their current .data is the point.
+    def jvp(self, output, wrt, tangent, *, allow_non_finite=False, timeout=None) -> float:
+        """The directional derivative of ``output`` along ``tangent`` (one number per Value
+        of ``wrt``): a Jacobian-vector product."""
+        made = second_order.jvp(output, wrt, tangent, allow_non_finite)
+        return self._second_order(*made, timeout)
+
+    def hvp(self, output, wrt, vector, *, allow_non_finite=False, timeout=None) -> np.ndarray:
+        """H @ vector, shape (len(wrt),), H the Hessian of ``output`` with respect to
+        ``wrt`` (other leaves held constant)."""
+        made = second_order.hvp(output, wrt, vector, allow_non_finite)
+        return self._second_order(*made, timeout)
+
+    def hessian(self, output, wrt, *, allow_non_finite=False, timeout=None) -> np.ndarray:
+        """The Hessian of ``output`` with respect to ``wrt``, shape (n, n), in one call."""
+        return self._second_order(*second_order.hessian(output, wrt, allow_non_finite), timeout)
+
+    def _second_order(self, call: calls.Call, read, timeout: float | None):
+        with translated(call.subgraph):
+            response = self._evaluate(call.request, **second_order.options(self._options, timeout))
+        return read(response)
 
     def _messages(self, call: calls.Call, progress: bool | None) -> Iterator[pb.GradientChunk]:
         """EvaluateStream's chunks, counted on a progress bar; cancelled if abandoned."""
