@@ -1,4 +1,4 @@
-"""The workloads W1-W5 and W7: each measures gradserve and its peers and adds rows to a Report."""
+"""The workloads W1-W7: each measures gradserve and its peers and adds rows to a Report."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +12,7 @@ from bench.echo import PATH as ECHO_PATH
 from bench.echo import SIZED_PATH, sized_request
 from bench.graphs import MlpShape
 from bench.measure import Report, percentile_ms, timed
+from bench.training import w6_training
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -29,10 +30,13 @@ class Sizes:
     batch_rows: int
     clients: int
     seconds: float
+    training_steps: tuple[int, int]  # W6's steps per timed run: the small model, two moons
 
 
-FULL = Sizes(MlpShape(300, 300, 3), 1_000_000, 2_000, MlpShape(33, 33, 3), 1_000, 16, 30.0)
-QUICK = Sizes(MlpShape(6, 6, 3), 3_001, 50, MlpShape(4, 4, 2), 20, 2, 1.0)
+FULL = Sizes(
+    MlpShape(300, 300, 3), 1_000_000, 2_000, MlpShape(33, 33, 3), 1_000, 16, 30.0, (300, 3)
+)
+QUICK = Sizes(MlpShape(6, 6, 3), 3_001, 50, MlpShape(4, 4, 2), 20, 2, 1.0, (5, 1))
 
 
 def leaf_grads(stub, request: pb.EvaluateRequest) -> np.ndarray:
@@ -456,5 +460,6 @@ WORKLOADS = {
     "neuron": w3_neuron,
     "batch": w4_batch,
     "concurrent": w5_concurrent,
+    "training": w6_training,
     "hvp": w7_hvp,
 }

@@ -43,6 +43,7 @@ class Client:
         self._evaluate, self._evaluate_stream = serialized_calls(self._channel)
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
         self._progress = progress
+        self._plans = calls.PlanDigests()
 
     def close(self) -> None:
         self._channel.close()
@@ -58,13 +59,13 @@ class Client:
         with translated():
             return list(self._stub.ListOps(pb.ListOpsRequest(), **self._options).ops)
 
-    def backward(self, loss: Value) -> None:
-        """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on (``loss.backward``)."""
-        call = calls.backward_call(loss)
+    def backward(self, loss: Value, *, allow_non_finite: bool = False) -> None:
+        """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on (``loss.backward``).
+
+        ``allow_non_finite`` lets NaN and infinities through instead of failing the call."""
+        call = calls.backward_call(loss, allow_non_finite=allow_non_finite, plans=self._plans)
         if len(call.subgraph) <= calls.STREAM_ABOVE:
-            with translated(call.subgraph):
-                response = self._evaluate(call.request, **self._options)
-            calls.fill(call.subgraph, [response])
+            calls.fill(call.subgraph, [self._unary(call)])
             return
         calls.fill(call.subgraph, list(self._messages(call, self._progress)))
 
@@ -75,16 +76,36 @@ class Client:
         seeds: Sequence[float] | None = None,
         *,
         batch: Mapping[Value, Sequence[float]] | None = None,
+        allow_non_finite: bool = False,
     ) -> Evaluation:
         """Values of ``outputs``, and values and gradients of ``wrt`` (default: the graph's
         leaves), without touching the Value objects. ``seeds`` weight the outputs' gradients
         (default 1.0 each). ``batch`` maps leaf Values to sequences of B values: the graph is
         then evaluated at all B rows in one call (the other leaves keep their ``.data``), and
-        the results gain a leading axis of length B."""
-        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True, batch=batch)
+        the results gain a leading axis of length B. ``allow_non_finite`` lets NaN and
+        infinities through instead of failing the call."""
+        call = calls.evaluate_call(
+            outputs,
+            wrt,
+            seeds,
+            with_outputs=True,
+            batch=batch,
+            allow_non_finite=allow_non_finite,
+            plans=self._plans,
+        )
+        return calls.evaluation(call, self._unary(call))
+
+    def _unary(self, call: calls.Call) -> pb.EvaluateResponse:
+        """Evaluate's reply; with the whole graph again if the server lost the plan named."""
         with translated(call.subgraph):
-            response = self._evaluate(call.request, **self._options)
-        return calls.evaluation(call, response)
+            try:
+                response = self._evaluate(call.request, **self._options)
+            except grpc.RpcError as error:
+                if not self._plans.forget(call, error):
+                    raise
+                response = self._evaluate(call.full_request(), **self._options)
+        self._plans.learn(call, response)
+        return response
 
     def stream(
         self,
@@ -94,10 +115,13 @@ class Client:
         *,
         chunk_size: int = 0,
         progress: bool | None = None,
+        allow_non_finite: bool = False,
     ) -> Iterator[Chunk]:
         """Like ``evaluate``, but yields the results of ``wrt`` (default: the leaves; "all"
         for every node) chunk by chunk as they arrive, with a progress bar on a terminal."""
-        call = calls.evaluate_call(outputs, wrt, seeds, chunk_size=chunk_size)
+        call = calls.evaluate_call(
+            outputs, wrt, seeds, chunk_size=chunk_size, allow_non_finite=allow_non_finite
+        )
         show = self._progress if progress is None else progress
         for message in self._messages(call, show):
             yield calls.chunk(call, message)
@@ -126,7 +150,8 @@ class Client:
 
     def _messages(self, call: calls.Call, progress: bool | None) -> Iterator[pb.GradientChunk]:
         """EvaluateStream's chunks, counted on a progress bar; cancelled if abandoned."""
-        responses = self._evaluate_stream(call.request, **self._options)
+        with translated(call.subgraph):
+            responses = self._evaluate_stream(call.whole_graph(), **self._options)
         bar = None
         try:
             with translated(call.subgraph):

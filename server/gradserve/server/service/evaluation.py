@@ -196,6 +196,9 @@ class Evaluator:
         small = self._small_calls.evaluate(plan, digest, request, should_stop)
         return None if small is None else Results(*small)
 
+    def small_is_quick(self, plan: Plan, digest: bytes) -> bool:
+        return self._small_calls.quick(plan, digest)
+
     def job(self, request: pb.EvaluateRequest, plan: Plan, digest: bytes) -> Job:
         tangents = None
         if request.leaf_tangents:  # JVPs and HVPs: every op needs second derivatives

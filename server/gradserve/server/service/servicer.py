@@ -59,8 +59,9 @@ class GradientServicer:
         call.nodes = plan.node_count
         small = None
         # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
-        if plan.source is None and not request.leaf_tangents:
-            small = self._evaluator.small(plan, digest, request, call.should_stop)
+        if plan.source is None and not request.leaf_tangents and (request.rows or 1) == 1:
+            quick = self._evaluator.small_is_quick(plan, digest)
+            small = await call.compute(self._evaluator.small, plan, digest, request, inline=quick)
         if small is not None:
             return request, digest, small
         return request, digest, self._evaluator.job(request, plan, digest)
