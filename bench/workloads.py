@@ -376,7 +376,8 @@ def w5_concurrent(report: Report, sizes: Sizes, repeats: int, peer_list) -> None
             "zero errors",
             "PASS" if outcome.errors == 0 else "FAIL",
         )
-    ratio = throughput[2] / throughput[1]
+    # No call completed (a loaded machine, a --quick run of one second): no ratio, a FAIL.
+    ratio = throughput[2] / throughput[1] if throughput[1] else float("nan")
     report.target(
         workload,
         "throughput --workers 2 / --workers 1",
