@@ -19,6 +19,7 @@ import pytest
 from graphs import GraphBuilder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import Served
+from test_registry import install_fake_plugin
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -121,6 +122,56 @@ def repeated_nodes(count: int, rows: int = 1) -> pb.EvaluateRequest:
     graph = two_nodes()
     graph.leaf_values[:] = [0.5 + r for r in range(rows)]
     return pb.EvaluateRequest(graph=graph, nodes=[0] * count, rows=rows)
+
+
+# A slow op ---------------------------------------------------------------------------------
+
+NAP_OP = """
+    import time
+    from pathlib import Path
+    from gradserve.ops import Op
+
+    HERE = Path(__file__).parent
+
+    def _forward(x):
+        with open(HERE / "started", "a") as started:
+            started.write("call\\n")
+        give_up = time.monotonic() + 30
+        while not (HERE / "release").exists() and time.monotonic() < give_up:
+            time.sleep(0.01)
+        return x.copy()
+
+    nap = Op("nap", 1, forward=_forward, backward=lambda g, y, x: (g,))
+"""
+
+
+class Naps:
+    """The `nap` op's files: each call appends to ``started`` and then waits (up to 30 s)
+    for ``release`` to exist."""
+
+    def __init__(self, folder: Path) -> None:
+        self.started = folder / "started"
+        self.release = folder / "release"
+
+    def count(self) -> int:
+        return len(self.started.read_text().split()) if self.started.exists() else 0
+
+    def reset(self) -> None:
+        self.started.unlink(missing_ok=True)
+        self.release.unlink(missing_ok=True)
+
+
+def nap_server(folder: Path, *flags: str):
+    """A server with the trusted `nap` plugin installed from ``folder``."""
+    install_fake_plugin(folder, "nap-plugin", "nap", NAP_OP, {"nap": "nap"})
+    pythonpath = os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
+    return serve("--trusted-plugins", "nap-plugin", *flags, env={"PYTHONPATH": pythonpath})
+
+
+def nap_request() -> pb.EvaluateRequest:
+    g = GraphBuilder()
+    g.op("nap", g.leaf(0.5))
+    return pb.EvaluateRequest(graph=g.proto())
 
 
 # Abusive clients -------------------------------------------------------------------------

@@ -2,10 +2,8 @@
 cut, oversized input is INVALID_ARGUMENT with details, stream chunks always fit a message,
 refused calls are refused at once with details, and the call log says what the client got."""
 
-import os
 import signal
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -17,14 +15,16 @@ from resilience import (
     EVALUATE_STREAM,
     HANG_S,
     MESSAGE_LIMIT,
+    Naps,
     call_lines,
     channel_to,
+    nap_request,
+    nap_server,
     rpc_code,
     serve,
     stub_on,
     wait_until,
 )
-from test_registry import install_fake_plugin
 
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -128,53 +128,6 @@ def test_stream_chunks_fit_a_message_whatever_the_rows(plain_server):
 
 
 # Calls that wait -----------------------------------------------------------------------------
-
-NAP_OP = """
-    import time
-    from pathlib import Path
-    from gradserve.ops import Op
-
-    HERE = Path(__file__).parent
-
-    def _forward(x):
-        with open(HERE / "started", "a") as started:
-            started.write("call\\n")
-        give_up = time.monotonic() + 30
-        while not (HERE / "release").exists() and time.monotonic() < give_up:
-            time.sleep(0.01)
-        return x.copy()
-
-    nap = Op("nap", 1, forward=_forward, backward=lambda g, y, x: (g,))
-"""
-
-
-class Naps:
-    """The `nap` op's files: each call appends to ``started`` and then waits (up to 30 s)
-    for ``release`` to exist."""
-
-    def __init__(self, folder: Path) -> None:
-        self.started = folder / "started"
-        self.release = folder / "release"
-
-    def count(self) -> int:
-        return len(self.started.read_text().split()) if self.started.exists() else 0
-
-    def reset(self) -> None:
-        self.started.unlink(missing_ok=True)
-        self.release.unlink(missing_ok=True)
-
-
-def nap_server(folder: Path, *flags: str):
-    """A server with the trusted `nap` plugin installed from ``folder``."""
-    install_fake_plugin(folder, "nap-plugin", "nap", NAP_OP, {"nap": "nap"})
-    pythonpath = os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
-    return serve("--trusted-plugins", "nap-plugin", *flags, env={"PYTHONPATH": pythonpath})
-
-
-def nap_request() -> pb.EvaluateRequest:
-    g = GraphBuilder()
-    g.op("nap", g.leaf(0.5))
-    return pb.EvaluateRequest(graph=g.proto())
 
 
 @pytest.fixture(scope="module")
