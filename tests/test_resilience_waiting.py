@@ -11,7 +11,6 @@ from contextlib import ExitStack
 
 import grpc
 import pytest
-from h2_client import H2GrpcClient
 from resilience import (
     AUTHORISED,
     EVALUATE,
@@ -35,6 +34,7 @@ from resilience import (
     wait_until,
 )
 
+from bench.h2_client import H2GrpcClient
 from gradserve.v1 import gradserve_pb2 as pb
 
 HALF_OPEN_CALLS = 80  # more than --max-concurrent-calls (64) and --threads

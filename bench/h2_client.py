@@ -1,10 +1,13 @@
-"""A raw HTTP/2 gRPC client whose flow control the test controls (the ``h2`` package).
+"""A raw HTTP/2 gRPC client whose flow control its caller controls (the ``h2`` package).
+
+Used by the resilience tests (tests/test_resilience_waiting.py) and by the soak's abusive
+clients (bench/abusers.py).
 
 grpc's own clients always read what the server sends: they cannot play a peer that stalls a
 reply by keeping its flow-control window shut, which is what a hostile or broken client
 does. This one speaks just enough gRPC over HTTP/2 for that: it opens one connection,
 sends HEADERS with the gRPC headers and one length-prefixed request message per stream,
-announces the initial stream window the test chose, and sends WINDOW_UPDATE only when told
+announces the initial stream window its caller chose, and sends WINDOW_UPDATE only when told
 to. What comes back on each stream (headers, data, trailers, RST_STREAM) is recorded. Every
 wait is bounded by a deadline.
 """
