@@ -168,9 +168,12 @@ def nap_server(folder: Path, *flags: str):
     return serve("--trusted-plugins", "nap-plugin", *flags, env={"PYTHONPATH": pythonpath})
 
 
-def nap_request() -> pb.EvaluateRequest:
+def nap_request(negs: int = 0) -> pb.EvaluateRequest:
+    """x = 0.5, nap(x), then ``negs`` neg nodes (a node count of its own finds its log line)."""
     g = GraphBuilder()
-    g.op("nap", g.leaf(0.5))
+    node = g.op("nap", g.leaf(0.5))
+    for _ in range(negs):
+        node = g.op("neg", node)
     return pb.EvaluateRequest(graph=g.proto())
 
 
