@@ -45,11 +45,15 @@ def serve(
     *flags: str, workers: int = 1, settings: dict | None = None, env: dict | None = None
 ) -> Served:
     """`gradserve serve --workers N FLAGS` with ``settings`` ({"send-timeout": 2, ...}) as
-    GRADSERVE_ environment variables."""
+    GRADSERVE_ environment variables, once every worker serves (with several, the parent
+    says "serving on" before they bind the port; each says "worker serving")."""
     environment = {**os.environ, **(env or {})}
     for name, value in (settings or {}).items():
         environment["GRADSERVE_" + name.upper().replace("-", "_")] = str(value)
-    return Served("--workers", str(workers), *flags, env=environment)
+    served = Served("--workers", str(workers), *flags, env=environment)
+    if workers > 1:
+        served.wait_for("(?s)" + ".*".join(["worker serving"] * workers))
+    return served
 
 
 def token_file(tmp_path: Path) -> str:
@@ -182,13 +186,12 @@ def nap_request(negs: int = 0) -> pb.EvaluateRequest:
 
 class HalfOpenCall:
     """A call that sends its headers and never its request message: its request generator
-    blocks until ``release`` is set (or the call ends)."""
+    blocks until ``close()`` and then ends without yielding anything."""
 
     def __init__(
         self, channel: grpc.Channel, method: str, metadata=(), timeout: float = 60
     ) -> None:
         self.release = threading.Event()
-        self.yielded = False
         self.done = threading.Event()
         self.call = channel.stream_stream(method)(
             self._requests(), metadata=metadata, timeout=timeout
@@ -197,9 +200,7 @@ class HalfOpenCall:
 
     def _requests(self):
         self.release.wait()
-        if False:  # a generator that never yields: the call's message never comes
-            self.yielded = True
-            yield b""
+        yield from ()
 
     def close(self) -> None:
         self.call.cancel()
