@@ -125,14 +125,16 @@ def test_health_is_not_serving_while_draining(tmp_path):
             served.process.send_signal(signal.SIGTERM)
             seen = []  # SERVING until the server has handled the signal
 
-            def not_serving() -> bool:
+            def probe() -> str:
                 try:
                     seen.append(health_status(channel, timeout=2))
                 except grpc.RpcError as error:
                     seen.append(error.code().name)
-                return seen[-1] == "NOT_SERVING"
+                return seen[-1]
 
-            assert wait_until(not_serving, HANG_S), f"health probes during the drain: {seen}"
+            assert wait_until(lambda: probe() == "NOT_SERVING", HANG_S), seen
+            # The nap still holds the drain open: health keeps answering, NOT_SERVING.
+            assert [probe() for _ in range(3)] == ["NOT_SERVING"] * 3, seen
         finally:
             naps.release.touch()
         assert call.result(timeout=HANG_S).values[1] == 0.5
