@@ -48,11 +48,12 @@ def _honest_call_answers(channel, metadata=()) -> None:
     assert list(reply.values) == [0.5, -0.5] and list(reply.grads) == [-1.0, 1.0]
 
 
-@pytest.mark.parametrize("workers, connections", [(1, 1), (2, 6)])
+@pytest.mark.parametrize("workers, connections", [(1, 2), (2, 6)])
 def test_half_open_calls_hold_no_thread(tmp_path, workers, connections):
     """80 authorised calls that send headers but never their message, over Evaluate,
-    EvaluateStream and reflection, spread over ``connections`` connections: health and an
-    authorised Evaluate still answer on every connection."""
+    EvaluateStream and reflection, spread over ``connections`` connections (few enough per
+    connection for any HTTP/2 stream limit): health and an authorised Evaluate still answer,
+    on those connections and on new ones."""
     with (
         serve("--auth-token-file", token_file(tmp_path), workers=workers) as served,
         ExitStack() as stack,
@@ -70,10 +71,15 @@ def test_half_open_calls_hold_no_thread(tmp_path, workers, connections):
         ]
         for call in half_open:
             stack.callback(call.close)
-        # Each probe goes out on a connection after that connection's half-open calls.
+        # Each probe goes out on a connection after that connection's half-open calls, so
+        # the server has them; then from clients of their own.
         for channel in channels:
             assert health_status(channel) == "SERVING"
             _honest_call_answers(channel, AUTHORISED)
+        for i in range(connections):
+            with channel_to(served.port, own_connection=connections + i) as channel:
+                assert health_status(channel) == "SERVING"
+                _honest_call_answers(channel, AUTHORISED)
 
 
 @pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong"),)])
@@ -197,3 +203,21 @@ def test_stalled_http2_readers_cannot_pin_memory():
             assert health_status(channel) == "SERVING"
             _honest_call_answers(channel)
         watch.check()
+
+
+def test_the_raw_http2_client_speaks_grpc_and_holds_its_window():
+    """The tool the stalled-reader test relies on: with a window of 0 the server's headers
+    arrive but no data; once the window opens the whole reply arrives, right."""
+    with serve() as served, H2GrpcClient(served.port, window=0, keep_data=True) as client:
+        stream_id = client.start_call(EVALUATE, repeated_nodes(3).SerializeToString())
+        state = client.streams[stream_id]
+        deadline = time.monotonic() + HANG_S
+        assert client.pump(lambda: state.headers is not None, deadline), state
+        assert state.data_bytes == 0 and not state.finished
+        client.open_window(stream_id, 1 << 20)
+        assert client.wait_finished(stream_id, HANG_S) and state.grpc_status == GRPC_OK, state
+    flag, length = state.data[0], int.from_bytes(state.data[1:5], "big")
+    assert flag == 0 and length == len(state.data) - 5
+    reply = pb.EvaluateResponse.FromString(bytes(state.data[5:]))
+    assert list(reply.node_ids) == [0, 0, 0] and list(reply.values) == [0.5] * 3
+    assert list(reply.grads) == [-1.0] * 3
