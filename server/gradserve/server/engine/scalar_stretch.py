@@ -49,6 +49,8 @@ def forward(
             position = len(v) - start
             xs = [np.array([v[a]]) for a in _inputs_of(position, first, second)]
             append(float(array_forward(stretch, position, xs)[0]))
+        except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+            raise
         except Exception as exc:
             _check_floats(stretch, v[start:])  # once: the call fails either way
             raise _failure(stretch, len(v) - start, "failed in forward") from exc

@@ -156,6 +156,8 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray):
     y = values.take(group.nodes, axis=0)
     try:
         pairs = group.op.second(y, *xs)
+    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+        raise
     except Exception as exc:
         raise OpFailure(group.op.name, int(group.nodes[0]), "failed in second") from exc
     k = len(xs)

@@ -147,6 +147,10 @@ class CallScope:
         )
         try:
             await self.context.write(message)
+        except Exception:
+            if self.context.done():  # the client went away as the message was written
+                raise asyncio.CancelledError() from None
+            raise
         finally:
             timer.cancel()
 
@@ -201,10 +205,18 @@ class CallScope:
             )
         elif self.state.stopped:
             self.code = grpc.StatusCode.UNAVAILABLE  # what the client sees on shutdown
-        elif time.monotonic() >= self.deadline - 0.001:
+        elif self._past_deadline():
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
         else:
             self.code = grpc.StatusCode.CANCELLED
+
+    def _past_deadline(self) -> bool:
+        """Whether the call ended by its deadline: grpc's own account of the time left
+        (the caller's deadline), or the server's default deadline."""
+        remaining = self.context.time_remaining()
+        if remaining is not None and remaining <= 0.01:
+            return True
+        return time.monotonic() >= self.deadline - 0.001
 
     def _status_of(self, exc: BaseException) -> grpc.Status:
         """The status an exception ends the call with (also sets ``self.code``)."""

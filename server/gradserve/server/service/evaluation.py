@@ -209,9 +209,12 @@ class Evaluator:
         leaves = wire.leaf_rows(request, plan)
         return Job(request, plan, digest, leaves, outputs, seeds, selected, tangents)
 
-    def check_reply_fits(self, job: Job) -> None:
-        """Refuse, before evaluating, an Evaluate whose reply could never be sent."""
-        size = job.reply_bytes()
+    def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> None:
+        """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
+        selection's size from the request's fields: LEAVES counts as every node)."""
+        selected = len(request.nodes) or plan.node_count
+        per_node = 2 if not request.leaf_tangents else 4
+        size = 8 * per_node * selected * (request.rows or 1) + 5 * selected + 64
         if size > self.max_message_bytes:
             raise LimitExceeded(
                 f"the reply would take about {size / 2**20:,.1f} MiB, more than this server's "

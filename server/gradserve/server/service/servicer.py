@@ -41,8 +41,9 @@ class GradientServicer:
         )
         self._ops_reply = _list_ops_reply(registry)
 
-    async def _prepare(self, call: CallScope):
-        """Receive, decode and plan the request; the Job, or small-call Results."""
+    async def _prepare(self, call: CallScope, unary: bool = False):
+        """Receive, decode and plan the request; the Job, or small-call Results. A unary
+        reply that could not be sent is refused here, before any evaluation."""
         raw = await call.receive()
         raw_bytes = evaluation.raw_request_bytes(len(raw))
         await call.admit(raw_bytes)
@@ -50,13 +51,15 @@ class GradientServicer:
         request = await call.compute(_decode, raw, inline=small_request)
         del raw
         graph = request.graph
-        call.rows = request.rows or 1
+        call.nodes, call.rows = len(graph.node_ops), request.rows or 1
         inline = small_request and len(graph.node_ops) <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
         await call.admit(call.request_bytes + evaluation.compile_cost(request))
         plan, digest = await call.compute(self._evaluator.plan, request, inline=inline)
         call.nodes = plan.node_count
+        if unary:
+            self._evaluator.check_reply_fits(request, plan)
         small = None
         # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
         if plan.source is None and not request.leaf_tangents and (request.rows or 1) == 1:
@@ -76,11 +79,10 @@ class GradientServicer:
 
     async def Evaluate(self, _requests, context):
         async with CallScope("Evaluate", context, self._state) as call:
-            _, digest, prepared = await self._prepare(call)
+            _, digest, prepared = await self._prepare(call, unary=True)
             if isinstance(prepared, evaluation.Results):
                 reply = evaluation.unary_small_reply(prepared, digest)
             else:
-                self._evaluator.check_reply_fits(prepared)
                 block = await self._admit_job(call, prepared, streaming=False)
                 reply = await call.compute(self._evaluator.unary_reply, prepared, block)
             await call.send(reply)
