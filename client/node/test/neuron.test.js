@@ -101,7 +101,7 @@ test("a bad graph is INVALID_ARGUMENT naming the node", async () => {
   request.graph.op_names = ["mul", "add", "sinh"];
   await assert.rejects(evaluate(client, request), (error) => {
     assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
-    assert.match(error.details, /node 9: unknown op 'sinh'/);
+    assert.match(error.details, /node 9 \('o'\): unknown op 'sinh'/);
     return true;
   });
 });

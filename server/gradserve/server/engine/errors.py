@@ -1,5 +1,18 @@
 """Errors the engine raises; the servicer maps each to a gRPC status in one place."""
 
+from collections.abc import Sequence
+
+QUOTE_LIMIT = 64  # characters of a client's string quoted back in a message
+
+
+def quote(text: str) -> str:
+    """``text``, a string the client sent, quoted for a message and bounded: cut to
+    QUOTE_LIMIT characters with an ellipsis and the full length, so that a megabyte label
+    or op name never makes a megabyte error message (or log line)."""
+    if len(text) <= QUOTE_LIMIT:
+        return repr(text)
+    return f"{text[:QUOTE_LIMIT] + '…'!r} ({len(text)} characters)"
+
 
 class EvaluationError(Exception):
     """Base class for the errors of one evaluation."""
@@ -9,14 +22,27 @@ class GraphError(EvaluationError):
     """The request is not a valid graph evaluation: the client's fault.
 
     ``node`` is the id of the offending node when there is one; ``field`` names the request
-    field at fault.
+    field at fault; ``label`` is the node's label, once :meth:`label_from` has found it.
     """
 
     def __init__(self, reason: str, *, node: int | None = None, field: str = "graph") -> None:
         self.reason = reason
         self.node = node
         self.field = field
-        super().__init__(reason if node is None else f"node {node}: {reason}")
+        self.label = ""
+        super().__init__(reason)
+
+    def label_from(self, labels: Sequence[str]) -> None:
+        """Take the node's label from the graph's ``labels`` (when it has one) for the
+        message; the engine raises without it, the servicer knows the graph."""
+        if self.node is not None and 0 <= self.node < len(labels):
+            self.label = labels[self.node]
+
+    def __str__(self) -> str:
+        if self.node is None:
+            return self.reason
+        where = f"node {self.node} ({quote(self.label)})" if self.label else f"node {self.node}"
+        return f"{where}: {self.reason}"
 
 
 class OpFailure(EvaluationError):

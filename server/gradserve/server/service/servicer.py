@@ -164,7 +164,24 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     def _evaluate(
         self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
     ) -> _Results:
-        plan, digest = self._plan(request)
+        """The request's results; a GraphError leaves here with its node's label."""
+        labels = request.graph.labels
+        try:
+            plan, digest = self._plan(request)
+            labels = plan.labels
+            return self._run(plan, digest, request, should_stop, record)
+        except GraphError as exc:
+            exc.label_from(labels)
+            raise
+
+    def _run(
+        self,
+        plan: Plan,
+        digest: bytes,
+        request: pb.EvaluateRequest,
+        should_stop: Callable[[], bool],
+        record: _CallRecord,
+    ) -> _Results:
         record.nodes = plan.node_count
         small = self._small_calls.evaluate(plan, digest, request, should_stop)
         if small is not None:
