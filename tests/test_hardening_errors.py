@@ -42,7 +42,7 @@ def test_a_stream_error_carries_the_details_too(stub):
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto())))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [field for field, _ in violations(caught.value)] == ["graph.op_names[1]"]
+    assert [field for field, _ in violations(caught.value)] == ["graph.op_names[0]"]
 
 
 def test_an_unexpected_error_is_internal_with_an_id_in_the_log(stub, monkeypatch, caplog):

@@ -30,7 +30,7 @@ def arrays(op_names, node_ops, input_counts, input_ids, labels=()):
         (arrays([], [0, 0], [0, 0], [], ["a"]), None, "graph.labels", "one per node"),
         (arrays(["add"], [0, 0, 1], [0, 0, 2], [0]), None, "graph.input_ids", "add up to 2"),
         (arrays(["add"], [0, 0, 2], [0, 0, 2], [0, 1]), 2, "graph.node_ops", "op index 2"),
-        (arrays(["nosuch"], [0, 1], [0, 1], [0]), 1, "graph.op_names", "unknown op 'nosuch'"),
+        (arrays(["nosuch"], [0, 1], [0, 1], [0]), 1, "graph.op_names[0]", "unknown op 'nosuch'"),
         (arrays(["add"], [0, 0, 1], [0, 0, 1], [0]), 2, "graph.input_counts", "takes 2"),
         (arrays(["tanh"], [0, 1], [0, 2], [0, 0]), 1, "graph.input_counts", "takes 1"),
         (arrays(["sum"], [0, 1], [0, 0], []), 1, "graph.input_counts", "one or more"),

@@ -210,7 +210,9 @@ def _resolve_ops(
             table.append(ops[name])
         elif used[index]:
             node = int(np.argmax(node_ops == index))
-            raise GraphError(f"unknown op {quote(name)}", node=node, field="graph.op_names")
+            raise GraphError(
+                f"unknown op {quote(name)}", node=node, field=f"graph.op_names[{index - 1}]"
+            )
         else:
             raise GraphError(
                 f"unknown op {quote(name)} (listed in op_names, used by no node)",

@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 
 def violation_field(exc: GraphError) -> str:
     """The BadRequest field path: ``graph.input_ids`` or, with a node, ``graph.input_ids[7]``
-    where 7 is the offending node's id."""
-    return exc.field if exc.node is None else f"{exc.field}[{exc.node}]"
+    where 7 is the offending node's id. A field that names its own entry (``graph.op_names[2]``,
+    the op table's third name) is kept as it is; the message names the node."""
+    if exc.node is None or exc.field.endswith("]"):
+        return exc.field
+    return f"{exc.field}[{exc.node}]"
 
 
 def abort_bad_request(
