@@ -61,11 +61,10 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         record.code = grpc.StatusCode.NOT_FOUND
         context.abort(record.code, str(exc))
     except OpFailure as exc:
-        # A plugin bug: the client learns which op and node; the plugin's own error text
-        # stays in the server log.
-        log.error("%s: %s", method, exc, exc_info=exc.__cause__)
+        # A plugin bug: the client learns which op and node, and an error id; the plugin's
+        # own error text stays in the server log under that id.
         record.code = grpc.StatusCode.INTERNAL
-        context.abort(record.code, f"{exc}; the op plugin failed (details in the server log)")
+        abort_internal(context, method, f"{exc}; the op plugin failed")
     except DeadlineExceeded as exc:
         record.code = grpc.StatusCode.DEADLINE_EXCEEDED
         context.abort(record.code, str(exc))

@@ -42,14 +42,14 @@ def abort_bad_request(
     context.abort_with_status(rpc_status.to_status(status))
 
 
-def abort_internal(context: grpc.ServicerContext, method: str) -> None:
+def abort_internal(
+    context: grpc.ServicerContext, method: str, public: str = "internal server error"
+) -> None:
     """Log the exception being handled under a fresh error id and abort with INTERNAL.
 
-    The client sees only the id, never the exception's text or traceback; the operator finds
-    both in the server log under the same id.
+    The client sees ``public`` and the id, never the exception's text or traceback; the
+    operator finds both in the server log under the same id.
     """
     error_id = uuid.uuid4().hex[:12]
-    log.exception("%s: unexpected error (error id %s)", method, error_id)
-    context.abort(
-        grpc.StatusCode.INTERNAL, f"internal server error (error id {error_id}, see server log)"
-    )
+    log.exception("%s: %s (error id %s)", method, public, error_id)
+    context.abort(grpc.StatusCode.INTERNAL, f"{public} (error id {error_id}, see server log)")

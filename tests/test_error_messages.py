@@ -1,12 +1,18 @@
 """Error messages name the node with its label quoted, as the proto promises
-(``node 7 ('x1*w1'): ...``), and every client string quoted back is bounded."""
+(``node 7 ('x1*w1'): ...``), every client string quoted back is bounded, and an op plugin's
+failure carries an error id that leads to the server log."""
+
+import re
 
 import grpc
 import pytest
 from graphs import GraphBuilder
 from hardening import violations
+from servers import serving
 
+from gradserve.ops import Op
 from gradserve.server.engine.errors import QUOTE_LIMIT, GraphError, quote
+from gradserve.server.registry import LoadedOp
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -89,3 +95,22 @@ def test_duplicate_op_names_name_the_second_listing(stub):
     code, message, [(field, _)] = _failure(stub, pb.EvaluateRequest(graph=graph))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert field == "graph.op_names[1]" and "'tanh' twice" in message
+
+
+def _fail(*args):
+    raise RuntimeError("the plugin's own words")
+
+
+def test_an_op_plugin_failure_carries_an_error_id_found_in_the_log(registry, caplog):
+    failing = LoadedOp(Op("failing", 1, _fail, lambda g, y, x: (g,)), "failing", "faulty", "0")
+    g = GraphBuilder()
+    g.op("failing", g.leaf(1.0))
+    with serving({**registry, "failing": failing}) as stub, pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    message = caught.value.details()
+    assert message.startswith("node 1: op 'failing' failed in forward; the op plugin failed")
+    assert "own words" not in message
+    error_id = re.search(r"\(error id ([0-9a-f]{12}), see server log\)", message).group(1)
+    [record] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert "own words" in "".join(record.exc_text or "")
