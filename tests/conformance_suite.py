@@ -10,6 +10,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from certs import make_certificates
 from servers import Served
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +39,31 @@ def runner_env(target: str, token: str) -> dict[str, str]:
         "GRADSERVE_CONFORMANCE_TOKEN": token,
         "GRADSERVE_CONFORMANCE_CASES": str(CASES_FILE),
     }
+
+
+MTLS_TOKEN = "mtls-token"
+
+
+@contextmanager
+def tls_servers(directory: Path):
+    """A TLS server and a mutual-TLS server with a bearer token, for the clients' security
+    tests; yields the environment variables that name them and the certificates."""
+    certs = make_certificates(directory)
+    tls = [
+        "--workers",
+        "1",
+        "--tls-cert",
+        str(certs.server.cert),
+        "--tls-key",
+        str(certs.server.key),
+    ]
+    mtls = [*tls, "--tls-client-ca", str(certs.ca), "--auth-token", MTLS_TOKEN]
+    with Served(*tls) as tls_server, Served(*mtls) as mtls_server:
+        yield {
+            "GRADSERVE_TLS_TARGET": f"localhost:{tls_server.port}",
+            "GRADSERVE_MTLS_TARGET": f"localhost:{mtls_server.port}",
+            "GRADSERVE_TLS_CA": str(certs.ca),
+            "GRADSERVE_CLIENT_CERT": str(certs.client.cert),
+            "GRADSERVE_CLIENT_KEY": str(certs.client.key),
+            "GRADSERVE_MTLS_TOKEN": MTLS_TOKEN,
+        }

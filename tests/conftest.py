@@ -2,7 +2,7 @@ import socket
 
 import grpc
 import pytest
-from conformance_suite import conformance_server
+from conformance_suite import conformance_server, runner_env, tls_servers
 
 from gradserve.server.registry import discovered_entry_points, load_registry
 from gradserve.server.service.app import running_server
@@ -65,3 +65,11 @@ def conformance_target():
     its "host:port" target and bearer token."""
     with conformance_server() as (target, token):
         yield target, token
+
+
+@pytest.fixture(scope="session")
+def client_test_env(conformance_target, tmp_path_factory):
+    """What the Go and Node clients' tests read: the conformance server, the cases, and a
+    TLS and a mutual-TLS server (tests/conformance_suite.py), as environment variables."""
+    with tls_servers(tmp_path_factory.mktemp("certs")) as tls:
+        yield {**runner_env(*conformance_target), **tls}

@@ -3,9 +3,9 @@
 Go comes from Debian (see client/go/README.md; `.ci/run` installs it) and builds offline in
 GOPATH mode: a temporary GOPATH holds the repository under its import path,
 github.com/gradserve/gradserve, beside Debian's Go source tree. One `go test` run builds the
-package once and runs its tests and the conformance suite against three servers: the
-conformance server (plaintext, bearer token), a TLS server and a mutual-TLS server with a
-token.
+package once and runs its tests and the conformance suite against three servers
+(tests/conformance_suite.py): the conformance server (plaintext, bearer token), a TLS server
+and a mutual-TLS server with a token.
 """
 
 import filecmp
@@ -16,15 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from certs import make_certificates
-from conformance_suite import load, runner_env
-from servers import Served
+from conformance_suite import load
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_CLIENT = ROOT / "client" / "go"
 IMPORT_PATH = "github.com/gradserve/gradserve"
 DEBIAN_GOPATH = "/usr/share/gocode"
-MTLS_TOKEN = "mtls-token"
 
 
 def test_regenerating_the_go_stubs_changes_nothing(tmp_path):
@@ -54,31 +51,17 @@ def go_environment(gopath: Path) -> dict[str, str]:
     }
 
 
-def test_the_go_client_passes_its_tests_and_the_conformance_suite(conformance_target, tmp_path):
+def test_the_go_client_passes_its_tests_and_the_conformance_suite(client_test_env, tmp_path):
     if shutil.which("go") is None:
         pytest.skip("Go is not installed (CI installs golang-go and the packages from apt)")
-    certs = make_certificates(tmp_path)
-    tls = ["--tls-cert", str(certs.server.cert), "--tls-key", str(certs.server.key)]
-    mtls = [*tls, "--tls-client-ca", str(certs.ca), "--auth-token", MTLS_TOKEN]
-    with Served(*tls, "--workers", "1") as tls_server, Served(*mtls, "--workers", "1") as mtls:
-        env = {
-            **go_environment(tmp_path / "gopath"),
-            **runner_env(*conformance_target),
-            "GRADSERVE_TLS_TARGET": f"localhost:{tls_server.port}",
-            "GRADSERVE_MTLS_TARGET": f"localhost:{mtls.port}",
-            "GRADSERVE_TLS_CA": str(certs.ca),
-            "GRADSERVE_CLIENT_CERT": str(certs.client.cert),
-            "GRADSERVE_CLIENT_KEY": str(certs.client.key),
-            "GRADSERVE_MTLS_TOKEN": MTLS_TOKEN,
-        }
-        result = subprocess.run(
-            ["go", "test", "-count=1", "-v", f"{IMPORT_PATH}/client/go/gradserve"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    result = subprocess.run(
+        ["go", "test", "-count=1", "-v", f"{IMPORT_PATH}/client/go/gradserve"],
+        cwd=tmp_path,
+        env={**go_environment(tmp_path / "gopath"), **client_test_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "--- SKIP" not in output, output
