@@ -172,6 +172,23 @@ def micrograd_sanity_check() -> tuple[Nodes, dict]:
     return g, {"x": x, "y": y}
 
 
+def readme_expression() -> tuple[Nodes, dict]:
+    """The README's Python SDK example: c = a + b, d = a*b + b**3,
+    e = relu(c - d) + 2 tanh(c) / (1 + d**2), at a = -4, b = 2."""
+    g = Nodes()
+    a, b = g.leaf(-4.0, "a"), g.leaf(2.0, "b")
+    c = g.op("add", a, b, label="c")
+    d = g.op("add", g.op("mul", a, b), g.op("pow", b, g.leaf(3.0)), label="d")
+    left = g.op("relu", g.op("sub", c, d))
+    right = g.op(
+        "div",
+        g.op("mul", g.leaf(2.0), g.op("tanh", c)),
+        g.op("add", g.leaf(1.0), g.op("pow", d, g.leaf(2.0))),
+    )
+    e = g.op("add", left, right, label="e")
+    return g, {"a": a, "b": b, "e": e}
+
+
 def notebook_expression() -> tuple[Nodes, dict]:
     """The notebook's first expression: c = a + b, e = c * d, with a = 5, b = 3, d = 10."""
     g = Nodes()
@@ -294,6 +311,23 @@ def number_cases() -> list[dict]:
         graph_case(
             "micrograd_test_sanity_check",
             "micrograd's test_sanity_check: y = -20, dy/dx = 46",
+            g,
+            [evaluate(sel, expect)],
+        )
+    )
+
+    g, ids = readme_expression()
+    expect = expect_ok(g.nodes, [ids["a"], ids["b"], ids["e"]])
+    # Closed form: d = -8 + 8 = 0 and c - d = -2 < 0, so relu's branch is off and
+    # de/dd = -4 d tanh(c) / (1 + d^2)^2 = 0; so de/da = de/db = de/dc = 2 (1 - tanh(c)^2).
+    slope = 2 * (1 - math.tanh(-2.0) ** 2)
+    assert close(expect["values"][2], 2 * math.tanh(-2.0), 1e-12)
+    assert close(expect["grads"][0], slope, 1e-12) and close(expect["grads"][1], slope, 1e-12)
+    sel = {"selection": "SELECTION_NODES", "nodes": [ids["a"], ids["b"], ids["e"]]}
+    cases.append(
+        graph_case(
+            "readme_expression",
+            "the README's e = relu(c - d) + 2 tanh(c) / (1 + d**2) at a = -4, b = 2",
             g,
             [evaluate(sel, expect)],
         )
