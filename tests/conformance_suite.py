@@ -1,4 +1,5 @@
-"""The conformance suite's cases (conformance/cases.json) and the server they run against.
+"""What the clients' tests share: the conformance suite's cases (conformance/cases.json), the
+servers they run against, and the README's examples.
 
 Every language's runner reads the same file; the server is `gradserve serve` with the
 suite's flags (a bearer token, a small fan-in limit, one process so that plan digests stay
@@ -67,3 +68,11 @@ def tls_servers(directory: Path):
             "GRADSERVE_CLIENT_KEY": str(certs.client.key),
             "GRADSERVE_MTLS_TOKEN": MTLS_TOKEN,
         }
+
+
+def readme_example(language: str) -> str:
+    """The first ```language block of the README's section for it."""
+    readme = (ROOT / "README.md").read_text()
+    title = {"go": "Go", "js": "Node.js"}[language]
+    section = readme.split(f"\n### {title}\n", 1)[1].split("\n### ", 1)[0]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]

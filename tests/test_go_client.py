@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conformance_suite import load
+from conformance_suite import load, readme_example
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_CLIENT = ROOT / "client" / "go"
@@ -51,13 +51,18 @@ def go_environment(gopath: Path) -> dict[str, str]:
     }
 
 
-def test_the_go_client_passes_its_tests_and_the_conformance_suite(client_test_env, tmp_path):
+def test_the_go_client_passes_its_tests_and_the_conformance_suite(
+    client_test_env, target, tmp_path
+):
+    """One build of the package: `go test` (its tests and the conformance suite), then the
+    README's example with the build cache warm."""
     if shutil.which("go") is None:
         pytest.skip("Go is not installed (CI installs golang-go and the packages from apt)")
+    env = go_environment(tmp_path / "gopath")
     result = subprocess.run(
         ["go", "test", "-count=1", "-v", f"{IMPORT_PATH}/client/go/gradserve"],
         cwd=tmp_path,
-        env={**go_environment(tmp_path / "gopath"), **client_test_env},
+        env={**env, **client_test_env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -67,3 +72,12 @@ def test_the_go_client_passes_its_tests_and_the_conformance_suite(client_test_en
     assert "--- SKIP" not in output, output
     assert "--- FAIL" not in output
     assert output.count("--- PASS: TestConformance/") == len(load()["cases"]), output
+
+    example = tmp_path / "example" / "main.go"
+    example.parent.mkdir()
+    example.write_text(readme_example("go").replace("localhost:50051", target))
+    ran = subprocess.run(
+        ["go", "run", str(example)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout == "o = 0.7071, do/dx1 = -1.5000, do/dw1 = 1.0000\n"
