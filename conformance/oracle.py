@@ -617,7 +617,12 @@ def error_cases() -> list[dict]:
                 evaluate(
                     {},
                     expect_error(
-                        "INTERNAL", None, 1, "op 'conformance_fail'", "error id", "server log"
+                        "INTERNAL",
+                        None,
+                        1,
+                        "node 1 ('boom'): op 'conformance_fail'",
+                        "error id",
+                        "server log",
                     ),
                 )
             ],

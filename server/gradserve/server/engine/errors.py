@@ -18,17 +18,13 @@ class EvaluationError(Exception):
     """Base class for the errors of one evaluation."""
 
 
-class GraphError(EvaluationError):
-    """The request is not a valid graph evaluation: the client's fault.
+class NodeError(EvaluationError):
+    """An error that may name a node: its message reads ``node 7 ('x1*w1'): reason`` once
+    :meth:`label_from` has found the node's label, ``node 7: reason`` before."""
 
-    ``node`` is the id of the offending node when there is one; ``field`` names the request
-    field at fault; ``label`` is the node's label, once :meth:`label_from` has found it.
-    """
-
-    def __init__(self, reason: str, *, node: int | None = None, field: str = "graph") -> None:
+    def __init__(self, reason: str, node: int | None) -> None:
         self.reason = reason
         self.node = node
-        self.field = field
         self.label = ""
         super().__init__(reason)
 
@@ -45,14 +41,25 @@ class GraphError(EvaluationError):
         return f"{where}: {self.reason}"
 
 
-class OpFailure(EvaluationError):
+class GraphError(NodeError):
+    """The request is not a valid graph evaluation: the client's fault.
+
+    ``node`` is the id of the offending node when there is one; ``field`` names the request
+    field at fault.
+    """
+
+    def __init__(self, reason: str, *, node: int | None = None, field: str = "graph") -> None:
+        super().__init__(reason, node)
+        self.field = field
+
+
+class OpFailure(NodeError):
     """An op plugin raised or returned a malformed result: the plugin's fault, not the
     client's. The plugin's own exception is chained as ``__cause__`` for the server log."""
 
     def __init__(self, op: str, node: int, problem: str) -> None:
+        super().__init__(f"op {op!r} {problem}", node)
         self.op = op
-        self.node = node
-        super().__init__(f"node {node}: op {op!r} {problem}")
 
 
 class Cancelled(EvaluationError):

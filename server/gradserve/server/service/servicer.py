@@ -12,7 +12,13 @@ from contextlib import contextmanager
 
 import grpc
 
-from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure, PlanNotFound
+from gradserve.server.engine.errors import (
+    Cancelled,
+    GraphError,
+    NodeError,
+    OpFailure,
+    PlanNotFound,
+)
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
 from gradserve.server.engine.plan_cache import PlanCache, small_structure_digest, structure_digest
@@ -163,13 +169,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     def _evaluate(
         self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
     ) -> _Results:
-        """The request's results; a GraphError leaves here with its node's label."""
+        """The request's results; an error naming a node leaves here with its label."""
         labels = request.graph.labels
         try:
             plan, digest = self._plan(request)
             labels = plan.labels
             return self._run(plan, digest, request, should_stop, record)
-        except GraphError as exc:
+        except NodeError as exc:
             exc.label_from(labels)
             raise
 
