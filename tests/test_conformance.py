@@ -39,31 +39,23 @@ def graph_of(spec: dict) -> pb.Graph:
     """The case's graph: raw columns, a node list, or a chain rule expanded."""
     if "raw" in spec:
         return pb.Graph(**spec["raw"])
-    graph = pb.Graph()
-    nodes = spec["nodes"] if "nodes" in spec else spec["chain"]["leaves"]
-    for node in nodes:
-        _append(graph, node, len(graph.node_ops))
+    nodes = spec.get("nodes", [])
     if "chain" in spec:
-        for _ in range(spec["chain"]["repeat"]):
-            for step in spec["chain"]["steps"]:
-                _append(graph, step, len(graph.node_ops))
-    if not any(graph.labels):
-        del graph.labels[:]
-    return graph
-
-
-def _append(graph: pb.Graph, node: dict, node_id: int) -> None:
-    graph.labels.append(node.get("label", ""))
-    if "leaf" in node:
-        graph.node_ops.append(0)
-        graph.input_counts.append(0)
-        graph.leaf_values.append(node["leaf"])
-        return
-    if node["op"] not in graph.op_names:
-        graph.op_names.append(node["op"])
-    graph.node_ops.append(list(graph.op_names).index(node["op"]) + 1)
-    graph.input_counts.append(len(node["inputs"]))
-    graph.input_ids.extend(node_id + i if i < 0 else i for i in node["inputs"])
+        chain = spec["chain"]
+        nodes = chain["leaves"] + chain["steps"] * chain["repeat"]
+    columns = {name: [] for name in ("node_ops", "input_counts", "input_ids", "leaf_values")}
+    op_names: dict[str, int] = {}
+    for node_id, node in enumerate(nodes):
+        if "leaf" in node:
+            columns["node_ops"].append(0)
+            columns["input_counts"].append(0)
+            columns["leaf_values"].append(node["leaf"])
+            continue
+        columns["node_ops"].append(op_names.setdefault(node["op"], len(op_names) + 1))
+        columns["input_counts"].append(len(node["inputs"]))
+        columns["input_ids"].extend(node_id + i if i < 0 else i for i in node["inputs"])
+    labels = [node.get("label", "") for node in nodes]
+    return pb.Graph(op_names=list(op_names), labels=labels if any(labels) else [], **columns)
 
 
 def request_of(graph: pb.Graph, spec: dict, previous_digest: bytes) -> pb.EvaluateRequest:
