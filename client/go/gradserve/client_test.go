@@ -13,6 +13,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	pb "github.com/gradserve/gradserve/client/go/gradservev1"
 )
 
 func env(t *testing.T, name string) string {
@@ -89,15 +91,39 @@ func TestTheStructureIsSentOnceAndResentWhenTheServerLacksIt(t *testing.T) {
 	other := dial(t, env(t, "GRADSERVE_MTLS_TARGET"), WithTLS(env(t, "GRADSERVE_TLS_CA")),
 		WithClientCertificate(env(t, "GRADSERVE_CLIENT_CERT"), env(t, "GRADSERVE_CLIENT_KEY")),
 		WithToken(env(t, "GRADSERVE_MTLS_TOKEN")))
+	assertLacks(t, other, g)
 	third, err := other.Evaluate(ctx, g, &Request{Nodes: []Node{o}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	near(t, "o on the other server", third.Values[0], second.Values[0])
 
+	// Stream does the same: the conformance server holds this digest now, the TLS one not.
+	tls := dial(t, env(t, "GRADSERVE_TLS_TARGET"), WithTLS(env(t, "GRADSERVE_TLS_CA")))
+	assertLacks(t, tls, g)
+	var streamed []float64
+	err = tls.Stream(ctx, g, &Request{Nodes: []Node{o}}, func(chunk *Chunk) error {
+		streamed = append(streamed, chunk.Values...)
+		return nil
+	})
+	if err != nil || len(streamed) != 1 {
+		t.Fatalf("Stream after NOT_FOUND: %v, %v", err, streamed)
+	}
+	near(t, "o streamed from a third server", streamed[0], second.Values[0])
+
 	o.Label("output") // ...a label is structure: the next call sends the graph
 	if g.PlanDigest() != nil {
 		t.Fatal("a label change kept the digest")
+	}
+}
+
+// assertLacks checks that the server behind c answers g's digest with NOT_FOUND, so that a
+// call that then succeeds must have sent the whole graph again.
+func assertLacks(t *testing.T, c *Client, g *Graph) {
+	t.Helper()
+	request := &pb.EvaluateRequest{Graph: &pb.Graph{LeafValues: g.leafValues}, PlanDigest: g.PlanDigest()}
+	if _, err := c.Stub().Evaluate(context.Background(), request); status.Code(err) != codes.NotFound {
+		t.Fatalf("the server should not hold the plan yet: %v", err)
 	}
 }
 

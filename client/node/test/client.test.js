@@ -102,6 +102,12 @@ test("a bad graph is a GradserveError with the BadRequest details and the label"
   });
 });
 
+/** The server behind `c` answers g's digest with NOT_FOUND: a call that then succeeds resent the graph. */
+async function assertLacks(c, g) {
+  const request = { graph: { leaf_values: g.leaf_values }, plan_digest: g.planDigest };
+  await assert.rejects(c.evaluateRaw(request), (error) => error.code === grpc.status.NOT_FOUND);
+}
+
 const conformance = () =>
   new Client(env.GRADSERVE_CONFORMANCE_TARGET, { token: env.GRADSERVE_CONFORMANCE_TOKEN, timeoutMs: 60_000 });
 
@@ -117,10 +123,24 @@ test("the structure goes once, then the digest; NOT_FOUND elsewhere resends it",
   // The conformance server never compiled this structure: NOT_FOUND, and the graph is resent.
   const other = conformance();
   try {
+    await assertLacks(other, g);
     const third = await other.evaluate(g, { nodes: [o] });
     near(third.values[0], second.values[0], "o on the other server");
   } finally {
     other.close();
+  }
+  // stream does the same: this test's own server holds the digest now, a new one would not.
+  const fresh = await startServer();
+  const another = new Client(fresh.target, { timeoutMs: 60_000 });
+  try {
+    await assertLacks(another, g);
+    const streamed = [];
+    for await (const chunk of another.stream(g, { nodes: [o] })) streamed.push(...chunk.values);
+    assert.equal(streamed.length, 1);
+    near(streamed[0], second.values[0], "o streamed from a third server");
+  } finally {
+    another.close();
+    await fresh.stop();
   }
   o.label("output"); // ...a label is structure
   assert.equal(g.planDigest, null);
