@@ -37,6 +37,24 @@ def test_regenerating_the_go_stubs_changes_nothing(tmp_path):
         )
 
 
+def test_plain_protoc_needs_no_m_flags(tmp_path):
+    """`protoc --go_out=. --go-grpc_out=.` as a Go team would run it: the files land under the
+    go_package import path and match the committed ones but for protoc's version line."""
+    tools = ("protoc", "protoc-gen-go", "protoc-gen-go-grpc")
+    if any(shutil.which(tool) is None for tool in tools):
+        pytest.skip("protoc and its Go plugins are not installed (CI installs them from apt)")
+    protos = ROOT / "protos"
+    command = ["protoc", f"-I{protos}", f"--go_out={tmp_path}", f"--go-grpc_out={tmp_path}"]
+    subprocess.run([*command, "gradserve/v1/gradserve.proto"], check=True, cwd=protos)
+    package = tmp_path / IMPORT_PATH / "client" / "go" / "gradservev1"
+    for name in ("gradserve.pb.go", "gradserve_grpc.pb.go"):
+        fresh, committed = (
+            [line for line in path.read_text().splitlines() if not line.startswith("// \tprotoc ")]
+            for path in (package / name, GO_CLIENT / "gradservev1" / name)
+        )
+        assert fresh == committed, name
+
+
 def go_environment(gopath: Path) -> dict[str, str]:
     """GOPATH mode, offline: this repository under its import path, then Debian's tree."""
     link = gopath / "src" / IMPORT_PATH
