@@ -2,7 +2,8 @@
 
 This runner speaks the protocol through the generated stubs on the SDK's channel
 (``gradserve.client.connect``), so it checks the wire contract itself: statuses, BadRequest
-fields, digests, chunking. The Go and Node runners (tests/test_go_client.py,
+fields, digests, chunking. The cases' successful Evaluate calls also run through the SDK's
+``Value`` API and ``Client.evaluate``. The Go and Node runners (tests/test_go_client.py,
 tests/test_node_client.py) check their clients against the same cases.
 """
 
@@ -17,7 +18,7 @@ from conformance_suite import CASES_FILE, CONFORMANCE, load
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from gradserve.client import connect
+from gradserve.client import Client, Value, connect
 from gradserve.v1 import gradserve_pb2 as pb
 
 SUITE = load()
@@ -182,3 +183,58 @@ def test_conformance(conformance_target, unused_target, case):
                 run_call(stub, graph, call, token, previous)
     finally:
         channel.close()
+
+
+def leaves_data(leaves: list[Value]) -> list[float]:
+    return [leaf.data for leaf in leaves]
+
+
+def sdk_calls(case: dict) -> list[dict]:
+    """The case's successful Evaluate calls on a node-list graph, which the SDK can make."""
+    if "nodes" not in case.get("graph", {}):
+        return []
+    return [
+        call
+        for call in case["calls"]
+        if call["rpc"] == "Evaluate"
+        and call["expect"]["status"] == "OK"
+        and not {"token", "plan_digest", "target"} & call["request"].keys()
+    ]
+
+
+SDK_CASES = [case for case in SUITE["cases"] if sdk_calls(case)]
+
+
+@pytest.mark.parametrize("case", SDK_CASES, ids=[c["name"] for c in SDK_CASES])
+def test_conformance_through_the_sdk(conformance_target, case):
+    """The graph as micrograd-style Values; each call's selected nodes as ``wrt``."""
+    target, token = conformance_target
+    values: list[Value] = []
+    for node in case["graph"]["nodes"]:
+        if "leaf" in node:
+            values.append(Value(node["leaf"], node.get("label", "")))
+        else:
+            first, *rest = (values[i] for i in node["inputs"])
+            values.append(first.apply(node["op"], *rest))
+    leaves = [v for v, node in zip(values, case["graph"]["nodes"], strict=True) if "leaf" in node]
+    metadata = [("authorization", f"Bearer {token}")]
+    with Client(target, timeout=60, metadata=metadata) as client:
+        for call in sdk_calls(case):
+            spec, expect = call["request"], call["expect"]
+            for leaf, value in zip(
+                leaves, spec.get("leaf_values", leaves_data(leaves)), strict=True
+            ):
+                leaf.data = value
+            outputs = [values[i] for i in spec.get("outputs", [len(values) - 1])]
+            batch = None
+            if "rows" in spec:
+                columns = zip(*spec["rows"], strict=True)
+                batch = dict(zip(leaves, columns, strict=True))
+            result = client.evaluate(
+                outputs,
+                wrt=[values[i] for i in expect["node_ids"]],
+                seeds=spec.get("seeds"),
+                batch=batch,
+            )
+            assert_close(result.values.ravel().tolist(), expect["values"], "values")
+            assert_close(result.grads.ravel().tolist(), expect["grads"], "grads")
