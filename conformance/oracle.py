@@ -492,13 +492,13 @@ def error_cases() -> list[dict]:
     cases.append(
         raw_case(
             "forward_reference",
-            "node 1 reads node 2: ids must be topological",
+            "node 1 reads node 2 (input_ids[0]): ids must be topological",
             forward_reference,
             [
                 evaluate(
                     {},
                     expect_error(
-                        "INVALID_ARGUMENT", "graph.input_ids[1]", 1, "node 1 ('t1')", "not earlier"
+                        "INVALID_ARGUMENT", "graph.input_ids[0]", 1, "node 1 ('t1')", "not earlier"
                     ),
                 )
             ],
@@ -545,7 +545,7 @@ def error_cases() -> list[dict]:
                 evaluate(
                     {},
                     expect_error(
-                        "INVALID_ARGUMENT", "graph.leaf_values[1]", 1, "node 1 ('log(x)')", "log"
+                        "INVALID_ARGUMENT", "graph.leaf_values", 1, "node 1 ('log(x)')", "log"
                     ),
                 )
             ],

@@ -30,7 +30,7 @@ def arrays(op_names, node_ops, input_counts, input_ids, labels=()):
         (arrays([], [0, 0], [0, 0], [], ["a"]), None, "graph.labels", "one per node"),
         (arrays(["add"], [0, 0, 1], [0, 0, 2], [0]), None, "graph.input_ids", "add up to 2"),
         (arrays(["add"], [0, 0, 2], [0, 0, 2], [0, 1]), 2, "graph.node_ops", "op index 2"),
-        (arrays(["nosuch"], [0, 1], [0, 1], [0]), 1, "graph.op_names[0]", "unknown op 'nosuch'"),
+        (arrays(["nosuch"], [0, 1], [0, 1], [0]), 1, "graph.op_names", "unknown op 'nosuch'"),
         (arrays(["add"], [0, 0, 1], [0, 0, 1], [0]), 2, "graph.input_counts", "takes 2"),
         (arrays(["tanh"], [0, 1], [0, 2], [0, 0]), 1, "graph.input_counts", "takes 1"),
         (arrays(["sum"], [0, 1], [0, 0], []), 1, "graph.input_counts", "one or more"),
@@ -129,14 +129,22 @@ def test_compiling_takes_under_80_bytes_a_node_beyond_the_wire_arrays(ops):
 def test_unused_unknown_op_names_are_refused(ops):
     with pytest.raises(GraphError) as caught:
         compile_graph(arrays(["tanh", "nosuch"], [0, 1], [0, 1], [0]), ops)
-    assert caught.value.field == "graph.op_names[1]" and caught.value.node is None
+    assert (caught.value.field, caught.value.index, caught.value.node) == (
+        "graph.op_names",
+        1,
+        None,
+    )
     assert "unknown op 'nosuch'" in str(caught.value) and "used by no node" in str(caught.value)
 
 
 def test_an_op_name_listed_twice_is_refused(ops):
     with pytest.raises(GraphError) as caught:
         compile_graph(arrays(["tanh", "add", "tanh"], [0, 1, 3], [0, 1, 1], [0, 1]), ops)
-    assert caught.value.field == "graph.op_names[2]" and caught.value.node is None
+    assert (caught.value.field, caught.value.index, caught.value.node) == (
+        "graph.op_names",
+        2,
+        None,
+    )
     assert "'tanh' twice (at 0 and 2)" in str(caught.value)
 
 

@@ -30,6 +30,7 @@ export interface EvaluateRequestMessage {
   plan_digest?: Uint8Array;
   rows?: number;
   allow_non_finite?: boolean;
+  leaf_tangents?: number[];
 }
 
 /** The results of Evaluate; values and grads row by row. */
@@ -39,11 +40,17 @@ export interface EvaluateResponse {
   grads: number[];
   plan_digest: Uint8Array;
   rows: number;
+  /** With leaf_tangents: each selected node's value tangent (JVP), laid out as values. */
+  value_tangents: number[];
+  /** With leaf_tangents: each selected node's gradient tangent (HVP), laid out as grads. */
+  grad_tangents: number[];
 }
 
 /** One EvaluateStream chunk. */
 export interface GradientChunk extends EvaluateResponse {
   total_nodes: number;
+  /** The first row this chunk holds (0 unless the rows came in blocks). */
+  first_row: number;
 }
 
 export interface OpInfo {
@@ -54,6 +61,7 @@ export interface OpInfo {
   distribution: string;
   version: string;
   entry_point: string;
+  second_order: boolean;
 }
 
 export interface FieldViolation {
@@ -138,6 +146,8 @@ export interface Request {
   rows?: number[][];
   allow_non_finite?: boolean;
   chunk_size?: number;
+  /** A tangent per leaf (or an array per row): the reply then has JVPs and HVPs. */
+  leaf_tangents?: number[] | number[][];
 }
 
 export interface CallOptions {

@@ -307,7 +307,9 @@ export class Client {
   /**
    * Evaluate `graph` and return {node_ids, values, grads, rows, plan_digest}, values and
    * grads row by row. `request`: outputs, seeds (per output), selection ("SELECTION_ALL",
-   * ...), nodes, rows (arrays of leaf values, one per leaf), allow_non_finite. The graph's
+   * ...), nodes, rows (arrays of leaf values, one per leaf), allow_non_finite, and
+   * leaf_tangents (one per leaf, or one array per row: the reply then also has
+   * value_tangents and grad_tangents, JVPs and HVPs; see the .proto). The graph's
    * structure is sent once; then its plan digest, and the whole graph again if the server
    * answers NOT_FOUND.
    */
@@ -382,7 +384,7 @@ const ids = (graph, nodes = []) =>
   });
 
 /** The EvaluateRequest for `graph`: its structure, or its plan digest and leaf values. */
-function wire(graph, { outputs, seeds = [], selection, nodes, rows, allow_non_finite = false, chunk_size = 0 }) {
+function wire(graph, { outputs, seeds = [], selection, nodes, rows, allow_non_finite = false, chunk_size = 0, leaf_tangents = [] }) {
   if (graph.size === 0) throw new TypeError("the graph is empty");
   for (const row of rows ?? []) {
     if (row.length !== graph.leafCount) {
@@ -400,5 +402,6 @@ function wire(graph, { outputs, seeds = [], selection, nodes, rows, allow_non_fi
     rows: rows ? rows.length : 0,
     allow_non_finite,
     chunk_size,
+    leaf_tangents: leaf_tangents.flat(),
   };
 }

@@ -169,7 +169,7 @@ func TestErrorsAreTypedAndKeepTheirStatus(t *testing.T) {
 	if !errors.As(err, &e) || !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("expected an INVALID_ARGUMENT *Error, got %v", err)
 	}
-	if e.Node != 1 || e.Field != "graph.leaf_values[1]" || len(e.Violations) != 1 {
+	if e.Node != 1 || e.Field != "graph.leaf_values" || len(e.Violations) != 1 {
 		t.Errorf("node %d, field %q, %d violations", e.Node, e.Field, len(e.Violations))
 	}
 	if status.Code(err) != codes.InvalidArgument {

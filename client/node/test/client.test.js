@@ -85,6 +85,20 @@ test("rows evaluate several leaf-value rows in one call", async () => {
   [1, 1, 1, 1, 1].forEach((w, j) => near(result.grads[5 + j], w * dn, `row 2 leaf ${j}`));
 });
 
+test("leaf_tangents bring value and gradient tangents (JVP, HVP)", async () => {
+  // Along b: do/db = 1 - o^2, and the gradient of b moves by d2o/db2 = -2 o (1 - o^2).
+  const { g, b, o } = neuron();
+  const request = { selection: "SELECTION_ALL", leaf_tangents: [0, 0, 0, 0, 1], chunk_size: 4 };
+  const value = Math.SQRT1_2;
+  const chunks = [];
+  for await (const chunk of client.stream(g, request)) chunks.push(chunk);
+  const streamed = { value_tangents: chunks.flatMap((c) => c.value_tangents), grad_tangents: chunks.flatMap((c) => c.grad_tangents) };
+  for (const result of [await client.evaluate(g, request), streamed]) {
+    assert.ok(Math.abs(result.value_tangents[o.id] - (1 - value * value)) < 1e-9);
+    assert.ok(Math.abs(result.grad_tangents[b.id] - -2 * value * (1 - value * value)) < 1e-9);
+  }
+});
+
 test("a bad graph is a GradserveError with the BadRequest details and the label", async () => {
   const g = new Graph();
   const x = g.leaf(1, "x");
