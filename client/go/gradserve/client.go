@@ -211,6 +211,10 @@ type Request struct {
 	AllowNonFinite bool
 	// ChunkSize is Stream's most nodes per chunk (0: the server's default).
 	ChunkSize int
+	// LeafTangents, when given, is a direction for the leaves, laid out like their values
+	// (one per leaf, row by row with Rows): the results then carry ValueTangents (JVPs) and
+	// GradTangents (for the leaves, Hessian-vector products). See the .proto.
+	LeafTangents []float64
 }
 
 // Result holds the selected nodes' values and gradients, row by row:
@@ -221,6 +225,10 @@ type Result struct {
 	Grads      []float64
 	Rows       int
 	PlanDigest []byte // 16 bytes
+	// With Request.LeafTangents: each selected node's value and gradient tangents, laid
+	// out as Values and Grads.
+	ValueTangents []float64
+	GradTangents  []float64
 }
 
 // Value is the value of the j-th selected node at row r.
@@ -234,6 +242,7 @@ func (r *Result) Grad(row, j int) float64 { return r.Grads[row*len(r.NodeIDs)+j]
 type Chunk struct {
 	Result
 	TotalNodes int
+	FirstRow   int // the first row this chunk holds (0 unless rows came in blocks)
 }
 
 // Evaluate evaluates g and returns the selected nodes' results in one message. The
@@ -250,7 +259,8 @@ func (c *Client) Evaluate(ctx context.Context, g *Graph, req *Request) (*Result,
 		return &Result{
 			NodeIDs: response.GetNodeIds(), Values: response.GetValues(),
 			Grads: response.GetGrads(), Rows: int(response.GetRows()),
-			PlanDigest: response.GetPlanDigest(),
+			PlanDigest:    response.GetPlanDigest(),
+			ValueTangents: response.GetValueTangents(), GradTangents: response.GetGradTangents(),
 		}, nil
 	}
 	return withPlan(g, req, call)
@@ -278,8 +288,9 @@ func (c *Client) Stream(ctx context.Context, g *Graph, req *Request, each func(*
 			chunk := &Chunk{Result{
 				NodeIDs: message.GetNodeIds(), Values: message.GetValues(),
 				Grads: message.GetGrads(), Rows: int(message.GetRows()),
-				PlanDigest: message.GetPlanDigest(),
-			}, int(message.GetTotalNodes())}
+				PlanDigest:    message.GetPlanDigest(),
+				ValueTangents: message.GetValueTangents(), GradTangents: message.GetGradTangents(),
+			}, int(message.GetTotalNodes()), int(message.GetFirstRow())}
 			if err := each(chunk); err != nil {
 				return nil, callbackError{err}
 			}
@@ -374,6 +385,7 @@ func (g *Graph) request(req *Request) (*pb.EvaluateRequest, error) {
 		Nodes:          ids(g, req.Nodes),
 		AllowNonFinite: req.AllowNonFinite,
 		ChunkSize:      uint32(req.ChunkSize),
+		LeafTangents:   req.LeafTangents,
 	}
 	if len(req.Rows) > 0 {
 		request.Rows = uint32(len(req.Rows))

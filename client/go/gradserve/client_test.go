@@ -208,3 +208,18 @@ func TestAStreamCallbackErrorStopsTheStreamAndIsReturned(t *testing.T) {
 		t.Fatalf("got %v after %d chunks", err, calls)
 	}
 }
+
+func TestLeafTangentsBringJVPsAndHVPs(t *testing.T) {
+	target, token := conformanceServer(t)
+	c := dial(t, target, WithToken(token))
+	g, _, _, _, _, b, _, o := neuron()
+	// Along b: do/db = 1 - o^2, and b's gradient moves by d2o/db2 = -2 o (1 - o^2).
+	req := &Request{Nodes: []Node{o, b}, LeafTangents: []float64{0, 0, 0, 0, 1}}
+	result, err := c.Evaluate(context.Background(), g, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov := math.Tanh(2*-3 + 6.8813735870195432)
+	near(t, "value tangent of o", result.ValueTangents[0], 1-ov*ov)
+	near(t, "gradient tangent of b", result.GradTangents[1], -2*ov*(1-ov*ov))
+}
