@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradserve.ops import Op
-from gradserve.server.engine.errors import Cancelled, GraphError
+from gradserve.server.engine.errors import Cancelled, GraphError, quote
 from gradserve.server.engine.scatter import Scatter
 
 # Node ids, input positions and levels while compiling. Four bytes each halve the
@@ -107,7 +107,7 @@ class Plan:
     def describe(self, node: int) -> str:
         """The node id with its label, if it has one, for messages."""
         label = self.labels[node] if self.labels else ""
-        return f"{node} ({label!r})" if label else str(node)
+        return f"{node} ({quote(label)})" if label else str(node)
 
 
 def _never() -> bool:
@@ -208,7 +208,19 @@ def _check_lengths(graph: GraphArrays, n: int, counts: np.ndarray, input_ids: np
 def _resolve_ops(
     op_names: Sequence[str], node_ops: np.ndarray, ops: Mapping[str, Op]
 ) -> list[Op | None]:
-    """The op table as Op objects (index 0 is the leaf marker, None)."""
+    """The op table as Op objects (index 0 is the leaf marker, None).
+
+    Each name must be listed once and be known, used or not: a duplicate or a stray name is
+    a client bug that would otherwise go unnoticed."""
+    first_listing: dict[str, int] = {}
+    for index, name in enumerate(op_names):
+        if first_listing.setdefault(name, index) != index:
+            raise GraphError(
+                f"op_names lists {quote(name)} twice (at {first_listing[name]} and {index}); "
+                "list each op once",
+                field="graph.op_names",
+                index=index,
+            )
     out_of_table = np.flatnonzero(node_ops > len(op_names))
     if out_of_table.size:
         node = int(out_of_table[0])
@@ -227,10 +239,14 @@ def _resolve_ops(
         elif used[index]:
             node = int(np.argmax(node_ops == index))
             raise GraphError(
-                f"unknown op {name!r}", node=node, field="graph.op_names", index=index - 1
+                f"unknown op {quote(name)}", node=node, field="graph.op_names", index=index - 1
             )
         else:
-            table.append(None)  # named but unused: harmless
+            raise GraphError(
+                f"unknown op {quote(name)} (listed in op_names, used by no node)",
+                field="graph.op_names",
+                index=index - 1,
+            )
     return table
 
 

@@ -10,13 +10,19 @@ of the executor only while it computes, and memory of the budget only once admit
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
 
-from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure, PlanNotFound
+from gradserve.server.engine.errors import (
+    Cancelled,
+    GraphError,
+    NodeError,
+    OpFailure,
+    PlanNotFound,
+)
 from gradserve.server.service import status
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
@@ -74,6 +80,7 @@ class CallScope:
         self.nodes = 0
         self.rows = 0
         self.request_bytes = 0  # the decoded request's memory, once known
+        self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
         self.code = grpc.StatusCode.OK
         self.note = ""
         self._gone = False
@@ -221,6 +228,8 @@ class CallScope:
     def _status_of(self, exc: BaseException) -> grpc.Status:
         """The status an exception ends the call with (also sets ``self.code``)."""
         code = grpc.StatusCode
+        if isinstance(exc, NodeError):
+            exc.label_from(self.labels)  # "node 7 ('x1*w1'): ..."
         if isinstance(exc, LimitExceeded):
             result = status.bad_request(code.RESOURCE_EXHAUSTED, exc)
         elif isinstance(exc, GraphError):
@@ -228,12 +237,9 @@ class CallScope:
         elif isinstance(exc, PlanNotFound):
             result = status.plain(code.NOT_FOUND, str(exc))
         elif isinstance(exc, OpFailure):
-            # A plugin bug: the client learns which op and node; the plugin's own error
-            # text stays in the server log.
-            log.error("%s: %s", self.method, exc, exc_info=exc.__cause__)
-            result = status.plain(
-                code.INTERNAL, f"{exc}; the op plugin failed (details in the server log)"
-            )
+            # A plugin bug: the client learns which op and node, and an error id; the
+            # plugin's own error text stays in the server log under that id.
+            result = status.internal(self.method, f"{exc}; the op plugin failed")
         elif isinstance(exc, DeadlineExceeded):
             result = status.plain(code.DEADLINE_EXCEEDED, str(exc))
         elif isinstance(exc, NeverFits | BudgetBusy):

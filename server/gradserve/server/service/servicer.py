@@ -51,6 +51,7 @@ class GradientServicer:
         request = await call.compute(_decode, raw, inline=small_request)
         del raw
         graph = request.graph
+        call.labels = graph.labels
         call.nodes, call.rows = len(graph.node_ops), request.rows or 1
         inline = small_request and len(graph.node_ops) <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
@@ -58,6 +59,7 @@ class GradientServicer:
         await call.admit(call.request_bytes + evaluation.compile_cost(request))
         plan, digest = await call.compute(self._evaluator.plan, request, inline=inline)
         call.nodes = plan.node_count
+        call.labels = plan.labels  # a plan named by its digest has them, the request not
         if unary:
             self._evaluator.check_reply_fits(request, plan)
         small = None

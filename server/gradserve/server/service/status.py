@@ -70,14 +70,13 @@ def plain(code: grpc.StatusCode, message: str) -> grpc.Status:
     return _status(code, bounded(message))
 
 
-def internal(method: str) -> grpc.Status:
-    """Log the exception being handled under a fresh error id; INTERNAL with only the id.
+def internal(method: str, public: str = "internal server error") -> grpc.Status:
+    """Log the exception being handled under a fresh error id; INTERNAL with ``public`` and
+    the id.
 
-    The client sees only the id, never the exception's text or traceback; the operator finds
-    both in the server log under the same id.
+    The client never sees the exception's text or traceback; the operator finds both in the
+    server log under the same id.
     """
     error_id = uuid.uuid4().hex[:12]
-    log.exception("%s: unexpected error (error id %s)", method, error_id)
-    return plain(
-        grpc.StatusCode.INTERNAL, f"internal server error (error id {error_id}, see server log)"
-    )
+    log.exception("%s: %s (error id %s)", method, public, error_id)
+    return plain(grpc.StatusCode.INTERNAL, f"{public} (error id {error_id}, see server log)")
