@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 
 
@@ -38,11 +39,12 @@ class StreamState:
     trailers: dict[bytes, bytes] | None = None
     reset_code: int | None = None  # the RST_STREAM error code, if the server reset it
     ended: bool = False
+    connection_closed: bool = False  # the server closed the connection with the stream open
     data: bytearray = field(default_factory=bytearray)
 
     @property
     def finished(self) -> bool:
-        return self.ended or self.reset_code is not None
+        return self.ended or self.reset_code is not None or self.connection_closed
 
     @property
     def grpc_status(self) -> int | None:
@@ -75,6 +77,7 @@ class H2GrpcClient:
         self.conn.initiate_connection()
         self.streams: dict[int, StreamState] = {}
         self.terminated: h2.events.ConnectionTerminated | None = None
+        self.goaway: h2.events.ConnectionTerminated | None = None  # the server asked us to go
         self._flush()
 
     def start_call(
@@ -138,8 +141,17 @@ class H2GrpcClient:
                 chunk = b""
             if not chunk:  # the server closed the connection
                 self.terminated = self.terminated or h2.events.ConnectionTerminated()
+                for state in self.streams.values():
+                    state.connection_closed = not (state.ended or state.reset_code is not None)
                 return until()
-            self._handle(self.conn.receive_data(chunk))
+            try:
+                self._handle(self.conn.receive_data(chunk))
+            except h2.exceptions.ProtocolError:
+                if self.conn.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                    raise
+                # After a GOAWAY, h2 takes no more frames, although the server may still
+                # finish the streams it had: read on until it closes the connection.
+                continue
             self._flush()
         return True
 
@@ -163,7 +175,7 @@ class H2GrpcClient:
             elif isinstance(event, h2.events.StreamReset) and state:
                 state.reset_code = event.error_code
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self.terminated = event
+                self.goaway = event  # the streams the server had may still end
 
     def _flush(self) -> None:
         if outgoing := self.conn.data_to_send():

@@ -157,16 +157,25 @@ STALLED_READERS = 20
 STALLED_REPLY_NODES, STALLED_REPLY_ROWS = 3875, 1000  # 3875 x 1000 x 16 bytes: a 62 MB reply
 BUDGET_MIB = 512
 STALLED_SEND_TIMEOUT_S = 3
+STALLED_CONNECTION_AGE_S = 4
 GRPC_OK = 0
 
 
 def test_stalled_http2_readers_cannot_pin_memory():
     """20 raw HTTP/2 clients each ask for a 62 MB reply and keep their stream window at 0.
     With --max-memory-mb 512 --send-timeout 3 the server stays within its budget (plus its
-    idle memory and a margin), answers health and an honest call meanwhile, and ends the
-    stalled streams after the send timeout (or refuses them at once): never OK."""
+    idle memory and a margin: a stalled reply stays charged to the budget), answers health
+    and an honest call meanwhile, and the stalled streams end (or are refused at once),
+    never OK. grpc.aio can end no single call whose write waits for the reader's window, so
+    they end when their connection reaches --max-connection-age and has had the default
+    deadline as its grace (both a few seconds here)."""
     request = repeated_nodes(STALLED_REPLY_NODES, rows=STALLED_REPLY_ROWS).SerializeToString()
-    settings = {"max-memory-mb": BUDGET_MIB, "send-timeout": STALLED_SEND_TIMEOUT_S}
+    settings = {
+        "max-memory-mb": BUDGET_MIB,
+        "send-timeout": STALLED_SEND_TIMEOUT_S,
+        "max-connection-age": STALLED_CONNECTION_AGE_S,
+        "default-deadline": STALLED_CONNECTION_AGE_S,
+    }
     with serve(settings=settings) as served, channel_to(served.port) as channel:
         _honest_call_answers(channel)
         limit = idle_mib(served) + BUDGET_MIB + MARGIN_MIB

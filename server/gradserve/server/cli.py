@@ -23,6 +23,7 @@ from gradserve.server.runtime import malloc
 from gradserve.server.runtime.workers import serve_workers, stop_signal_event
 from gradserve.server.service import limits
 from gradserve.server.service.app import (
+    DEFAULT_MAX_CONNECTION_AGE_S,
     DEFAULT_MAX_MEMORY_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_THREADS,
@@ -95,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_message_bytes=args.max_message_mb * 1024 * 1024,
                 max_memory_bytes=args.max_memory_mb * 1024 * 1024,
                 send_timeout=args.send_timeout,
+                max_connection_age=args.max_connection_age,
                 threads=args.threads,
                 plan_cache_nodes=args.plan_cache_nodes,
                 reuse_port=reuse_port,
@@ -225,8 +227,16 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         "--send-timeout",
         type=float,
         default=_env("send-timeout", DEFAULT_SEND_TIMEOUT_S),
-        help="seconds a client may take to read a reply before its call is cancelled "
-        f"(default {DEFAULT_SEND_TIMEOUT_S:g})",
+        help="seconds a client may take to read a reply message before its call is "
+        f"abandoned (default {DEFAULT_SEND_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=_env("max-connection-age", DEFAULT_MAX_CONNECTION_AGE_S),
+        help="seconds after which a connection is asked to go away, and closed once its "
+        f"calls had the default deadline to finish; 0: never (default "
+        f"{DEFAULT_MAX_CONNECTION_AGE_S:g})",
     )
     serve.add_argument(
         "--default-deadline",

@@ -25,5 +25,6 @@ def evaluation_bytes(nodes: int, rows: int) -> int:
 
 
 def results_bytes(nodes: int, rows: int) -> int:
-    """The selected nodes' values and gradients gathered, and packed into a reply."""
-    return 2 * 16 * nodes * rows + 5 * nodes
+    """The selected nodes' values and gradients while a reply is packed: gathered, copied
+    in the wire's row-by-row order, and joined into the message (16 bytes each, 3 times)."""
+    return 3 * 16 * nodes * rows + 5 * nodes

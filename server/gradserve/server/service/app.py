@@ -31,6 +31,7 @@ from gradserve.server.service.servicer import SERVICE_NAME, GradientServicer, ha
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MEMORY_BYTES = 1024 * 1024 * 1024
 DEFAULT_THREADS = 4
+DEFAULT_MAX_CONNECTION_AGE_S = 600.0
 # HTTP/2 streams one connection may have open at once: calls waiting for their request
 # cost little, but not nothing.
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -83,6 +84,7 @@ def start_server(
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     threads: int = DEFAULT_THREADS,
     send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_S,
     reuse_port: bool = False,
     plan_cache_nodes: int = DEFAULT_MAX_NODES,
     metrics: CallMetrics | None = None,
@@ -103,7 +105,10 @@ def start_server(
     on every call but health checks. With ``isolation_workers``, plans using ops from
     distributions other than gradserve-ops-core and ``trusted_plugins`` run in that many
     replaceable worker processes (the registry must then come from the entry points, which
-    the workers load again). README, "Running it safely", explains the other options.
+    the workers load again). A connection older than ``max_connection_age`` seconds (0:
+    no limit) is asked to go away, and closed once its calls have had the default deadline
+    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). README,
+    "Running it safely", explains the other options.
     """
     isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
     state = ServerState(
@@ -128,6 +133,12 @@ def start_server(
         ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ]
+    if max_connection_age > 0:
+        grace = state.limits.default_deadline_s
+        options += [
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
+        ]
 
     async def start() -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
         state.on_loop()

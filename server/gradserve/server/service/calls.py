@@ -39,6 +39,10 @@ class TooManyCalls(Exception):
     """More calls in progress than max-concurrent-calls."""
 
 
+class SendTimedOut(Exception):
+    """The client took a reply message only after the send timeout: the call was abandoned."""
+
+
 class Draining(Exception):
     """The server is shutting down and takes no new calls."""
 
@@ -146,12 +150,10 @@ class CallScope:
                     self._running = None
 
     async def send(self, message: bytes) -> None:
-        """Write one reply message; a client that does not take it within the send timeout
-        has its call cancelled (the task, and with it the call: grpc resets the stream),
-        which frees the message."""
-        timer = asyncio.get_running_loop().call_later(
-            self.state.send_timeout_s, self._send_timed_out
-        )
+        """Write one reply message. A client that has not taken it within the send timeout
+        is abandoned (see ``_abandon``); once grpc lets go of the message, the call ends
+        CANCELLED instead of going on."""
+        timer = asyncio.get_running_loop().call_later(self.state.send_timeout_s, self._abandon)
         try:
             await self.context.write(message)
         except Exception:
@@ -160,15 +162,39 @@ class CallScope:
             raise
         finally:
             timer.cancel()
+        if self.note == "send timeout":
+            raise SendTimedOut()
 
-    def _send_timed_out(self) -> None:
+    def _abandon(self) -> None:
+        """The client did not read within the send timeout: stop the call's work and stop
+        counting it (max-concurrent-calls, the drain).
+
+        grpc.aio cannot end one call while a write of it waits for the reader's
+        flow-control window (no status can be sent, and there is no server-side cancel),
+        so its message stays with grpc, and stays charged to the memory budget, until the
+        client reads, cancels or disconnects, its deadline passes, its connection reaches
+        --max-connection-age, or the server stops."""
         self.note = "send timeout"
-        self._task.cancel()
+        self._gone = True
+        log.warning(
+            "%s: the client did not read the reply within the send timeout (%g s); call "
+            "abandoned, its memory held until grpc releases the message",
+            self.method,
+            self.state.send_timeout_s,
+        )
+        self._uncount()
 
     def cancel_waiting(self) -> None:
         """Called when the server starts draining: end a call still waiting for its request."""
         self.note = "draining"
         self._task.cancel()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.state.active -= 1
+            if not self.state.active:
+                self.state.all_ended.set()
 
     # -- the end -----------------------------------------------------------------------
     async def __aenter__(self) -> "CallScope":
@@ -182,15 +208,6 @@ class CallScope:
             if isinstance(exc, asyncio.CancelledError):
                 if self.note == "draining":
                     await self._end(status.plain(grpc.StatusCode.UNAVAILABLE, _DRAINING))
-                if self.note == "send timeout":
-                    # The write is abandoned; ending the call with a status resets the
-                    # stream, and frees the message grpc still held for the reader.
-                    self._went_away()
-                    await self.context.abort(
-                        grpc.StatusCode.CANCELLED,
-                        "the reply was not read within the server's send timeout "
-                        f"({self.state.send_timeout_s:g} s)",
-                    )
                 self._went_away()
                 return False
             await self._end(self._status_of(exc))
@@ -202,15 +219,7 @@ class CallScope:
         """The client cancelled, its deadline passed, the connection was lost, the reply
         was not read in time or the grace ran out: nothing can be sent any more."""
         self._gone = True
-        if self.note == "send timeout":
-            self.code = grpc.StatusCode.CANCELLED
-            log.warning(
-                "%s: the client did not read the reply within the send timeout (%g s); "
-                "call cancelled and its memory freed",
-                self.method,
-                self.state.send_timeout_s,
-            )
-        elif self.state.stopped:
+        if self.state.stopped:
             self.code = grpc.StatusCode.UNAVAILABLE  # what the client sees on shutdown
         elif self._past_deadline():
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -255,6 +264,12 @@ class CallScope:
                 f"this server process already has {limit} calls in progress "
                 f"(max-concurrent-calls = {limit}); retry later",
             )
+        elif isinstance(exc, SendTimedOut):
+            result = status.plain(
+                code.CANCELLED,
+                "the reply was not read within the server's send timeout "
+                f"({self.state.send_timeout_s:g} s); the call was abandoned",
+            )
         elif isinstance(exc, Draining):
             result = status.plain(code.UNAVAILABLE, _DRAINING)
         elif isinstance(exc, Cancelled):  # the stop flag: the client is gone already
@@ -278,10 +293,7 @@ class CallScope:
             running.add_done_callback(lambda _: self.charge.release())
         else:
             self.charge.release()
-        if self._counted:
-            self.state.active -= 1
-            if not self.state.active:
-                self.state.all_ended.set()
+        self._uncount()
         elapsed = time.perf_counter() - self.started
         call_log.add(self.method, self.nodes, self.code.name, elapsed * 1e3)
         if self.state.metrics is not None:

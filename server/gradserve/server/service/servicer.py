@@ -87,6 +87,8 @@ class GradientServicer:
             else:
                 block = await self._admit_job(call, prepared, streaming=False)
                 reply = await call.compute(self._evaluator.unary_reply, prepared, block)
+                # The arrays are gone; grpc copies the message while it is being sent.
+                await call.admit(call.request_bytes + 2 * len(reply))
             await call.send(reply)
 
     async def EvaluateStream(self, _requests, context):
