@@ -13,9 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from gradserve import health_probe
 from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
@@ -147,38 +145,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _health_channel(args: argparse.Namespace) -> grpc.Channel:
-    """Plaintext, or TLS when a CA or a client certificate is given."""
-    if not (args.tls_ca or args.tls_cert):
-        return grpc.insecure_channel(args.target)
-    ca, key, cert = (
-        Path(f).read_bytes() if f else None for f in (args.tls_ca, args.tls_key, args.tls_cert)
-    )
-    credentials = grpc.ssl_channel_credentials(ca, key, cert)
-    options = []
-    if args.tls_server_name:
-        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
-    return grpc.secure_channel(args.target, credentials, options=options)
-
-
-def _health(args: argparse.Namespace) -> int:
-    request = health_pb2.HealthCheckRequest(service=args.service)
-    try:
-        channel = _health_channel(args)
-    except OSError as exc:
-        print(f"cannot read a TLS file: {exc}", file=sys.stderr)
-        return 2
-    with channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
-        except grpc.RpcError as exc:
-            print(f"{args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{args.target}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -294,16 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     probe = commands.add_parser("health", help="exit 0 if a server reports SERVING")
-    probe.add_argument("--target", default=_env("target", "localhost:50051"))
-    probe.add_argument("--service", default="", help="service name ('' = whole server)")
-    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    probe.add_argument("--tls-ca", default=_env("tls-ca", None), help="CA of the server (TLS)")
-    probe.add_argument("--tls-cert", default=_env("tls-cert", None), help="client cert (mTLS)")
-    probe.add_argument("--tls-key", default=_env("tls-key", None), help="client key (mTLS)")
-    probe.add_argument(
-        "--tls-server-name", default=None, help="name to expect in the server's certificate"
-    )
-    probe.set_defaults(run=_health)
+    health_probe.add_arguments(probe)
+    probe.set_defaults(run=health_probe.run)
 
     ops = commands.add_parser("ops", help="inspect the installed ops")
     ops_commands = ops.add_subparsers(dest="ops_command", required=True)
