@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import GRADSERVE, gradserve  # noqa: E402
+from bench.servers import GRADSERVE, gradserve
 
 RUNS = 15
 TARGET_RATIO = 2.5

@@ -33,9 +33,7 @@ def add_arguments(probe: argparse.ArgumentParser) -> None:
     """The probe's options, also used by ``gradserve.server.cli`` for its ``health`` help."""
     probe.add_argument("--target", default=_env("target", "localhost:50051"))
     probe.add_argument("--service", default="", help="service name ('' = whole server)")
-    probe.add_argument(
-        "--timeout", type=_positive_seconds, default=5.0, help="seconds (default 5)"
-    )
+    probe.add_argument("--timeout", type=_positive_seconds, default=5.0, help="seconds (default 5)")
     probe.add_argument("--tls-ca", default=_env("tls-ca", None), help="CA of the server (TLS)")
     probe.add_argument("--tls-cert", default=_env("tls-cert", None), help="client cert (mTLS)")
     probe.add_argument("--tls-key", default=_env("tls-key", None), help="client key (mTLS)")
