@@ -8,6 +8,7 @@ GRADSERVE_MAX_MESSAGE_MB); a flag on the command line wins.
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -18,9 +19,10 @@ from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
-from gradserve.server.runtime.workers import serve_workers, stop_signal_event
+from gradserve.server.runtime.workers import serve_workers, stop_signal_event, wait_until_set
 from gradserve.server.service import limits
 from gradserve.server.service.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
 from gradserve.server.service.security import read_token, server_credentials
 
@@ -39,6 +41,58 @@ def _port(text: str) -> int:
     if not str(text).isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
     return int(text)
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole(1)
+
+
+def _seconds(*, zero_allowed: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, above 0 (or at least 0)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if zero_allowed and not 0 <= value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+        if not zero_allowed and not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        choices = ", ".join(level.lower() for level in LOG_LEVELS)
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices})")
+    return text.upper()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the usage of ``serve`` is a screenful), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -116,7 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
             ready()
         else:
             log.info("serving on %s:%d; %s", args.host, running.port, describe)
-        stopping.wait()
+        wait_until_set(stopping)
         log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
         running.stop(args.grace)
         if metrics:
@@ -145,13 +199,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _ops_check(args: argparse.Namespace) -> int:
     registry = load_registry()
     if args.op is not None:
@@ -170,11 +217,14 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         ("max-concurrent-calls", limits.DEFAULT_MAX_CONCURRENT_CALLS, "calls at once"),
     ):
         serve.add_argument(
-            f"--{name}", type=int, default=_env(name, default), help=f"{unit} (default {default})"
+            f"--{name}",
+            type=_positive_int,
+            default=_env(name, default),
+            help=f"{unit} (default {default})",
         )
     serve.add_argument(
         "--default-deadline",
-        type=float,
+        type=_seconds(zero_allowed=False),
         default=_env("default-deadline", limits.DEFAULT_DEADLINE_S),
         help=f"seconds for calls that set no deadline (default {limits.DEFAULT_DEADLINE_S:g})",
     )
@@ -189,7 +239,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--isolation-workers",
-        type=int,
+        type=_whole(0),
         default=_env("isolation-workers", 2),
         help="worker processes for graphs using untrusted ops; 0 runs them in-process (default 2)",
     )
@@ -207,7 +257,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradserve", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="gradserve", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gradient server")
@@ -215,13 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=_env("port", 50051), help="0 picks one")
     serve.add_argument(
         "--max-message-mb",
-        type=int,
+        type=_positive_int,
         default=_env("max-message-mb", DEFAULT_MAX_MESSAGE_BYTES // 2**20),
         help="largest request and response, in MiB (default 64)",
     )
     serve.add_argument(
         "--grace",
-        type=float,
+        type=_seconds(zero_allowed=True),
         default=_env("grace", 10.0),
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default 10)",
     )
@@ -232,11 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes sharing the port (default: the number of cores)",
     )
     serve.add_argument(
-        "--threads", type=int, default=_env("threads", 8), help="handler threads (default 8)"
+        "--threads",
+        type=_positive_int,
+        default=_env("threads", 8),
+        help="handler threads (default 8)",
     )
     serve.add_argument(
         "--plan-cache-nodes",
-        type=int,
+        type=_whole(0),
         default=_env("plan-cache-nodes", DEFAULT_MAX_NODES),
         help=f"total nodes of compiled plans kept for reuse (default {DEFAULT_MAX_NODES:,})",
     )
@@ -255,7 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("metrics-port", 0),
         help="serve Prometheus metrics over HTTP on this port (default 0: off)",
     )
-    serve.add_argument("--log-level", default=_env("log-level", "INFO"))
+    serve.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=_env("log-level", "INFO"),
+        help="debug, info, warning, error or critical (default info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("log-format", "text"),
+        help="text lines, or one JSON object per line (default text)",
+    )
     _add_safety_options(serve)
     serve.set_defaults(run=_serve)
 
@@ -280,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(args, "log_level", "INFO").upper(),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        level=getattr(args, "log_level", "INFO"),
+        handlers=[log_handler(getattr(args, "log_format", "text"))],
     )
     return args.run(args)
 

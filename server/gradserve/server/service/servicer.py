@@ -37,6 +37,7 @@ class _CallRecord:
 
     def __init__(self) -> None:
         self.nodes = 0
+        self.rows: int | None = None
         self.code = grpc.StatusCode.OK
 
 
@@ -79,7 +80,14 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         abort_internal(context, method)
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1e3
-        call_log.add(method, record.nodes, record.code.name, elapsed_ms)
+        call_log.add(
+            method,
+            record.nodes,
+            record.code.name,
+            elapsed_ms,
+            rows=record.rows,
+            peer=context.peer(),
+        )
         metrics.report_nodes(record.nodes)
 
 
@@ -168,6 +176,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         record.nodes = plan.node_count
         small = self._small_calls.evaluate(plan, digest, request, should_stop)
         if small is not None:
+            record.rows = 1
             return _Results(*small, digest)
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
@@ -180,6 +189,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             values, grads = evaluate(
                 plan, leaves, outputs, seeds, should_stop, allow_non_finite=allow_non_finite
             )
+        record.rows = packed.rows_of(values)
         return _Results(
             selected, values.take(selected, axis=0), grads.take(selected, axis=0), digest
         )
