@@ -7,6 +7,7 @@ GRADSERVE_MAX_MESSAGE_MB); a flag on the command line wins.
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
 from gradserve.server.runtime.workers import serve_workers, stop_signal_event, wait_until_set
-from gradserve.server.service import limits
+from gradserve.server.service import limits, metrics_multiprocess
 from gradserve.server.service.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
@@ -130,9 +131,10 @@ def _serve(args: argparse.Namespace) -> int:
     ) -> int:
         """Serve until SIGTERM/SIGINT, then drain: the whole server, or (when ``ready`` is
         given, called once it listens) one worker of it. gRPC objects are made here, after
-        any fork."""
+        any fork. A worker records metrics for the supervisor to serve (``metrics_port``
+        0 here)."""
         stopping = stop_signal_event()
-        metrics = CallMetrics() if metrics_port else None
+        metrics = CallMetrics() if args.metrics_port else None
         address = f"{args.host}:{port}"
         try:
             running = start_server(
@@ -157,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             log.error("cannot listen on %s: %s", address, exc)
             return 2
-        if metrics:
+        if metrics_port:
             try:
                 metrics_http = serve_metrics(metrics, args.host, metrics_port)
             except OSError as exc:
@@ -173,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
         wait_until_set(stopping)
         log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
         running.stop(args.grace)
-        if metrics:
+        if metrics_port:
             metrics_http.shutdown()
         log.info("stopped")
         return 0
@@ -186,17 +188,36 @@ def _serve(args: argparse.Namespace) -> int:
         return serve_one(args.port, reuse_port=False, metrics_port=args.metrics_port, ready=None)
 
     def run_worker(index: int, port: int, ready: Callable[[], None]) -> int:
-        # Each worker process counts its own calls: worker i serves metrics on port + i.
-        metrics_port = args.metrics_port + index if args.metrics_port else 0
-        return serve_one(port, reuse_port=True, metrics_port=metrics_port, ready=ready)
+        return serve_one(port, reuse_port=True, metrics_port=0, ready=ready)
 
-    try:
-        return serve_workers(
-            run_worker, host=args.host, port=args.port, workers=args.workers, describe=describe
-        )
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
-        return 2
+    with contextlib.ExitStack() as stack:
+        on_exit = None
+        if args.metrics_port:  # one endpoint, summing every worker's metric files
+            directory = stack.enter_context(metrics_multiprocess.shared_directory())
+            try:
+                metrics_http = metrics_multiprocess.serve_all_workers(
+                    args.host, args.metrics_port, directory
+                )
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%d: %s", args.host, args.metrics_port, exc)
+                return 2
+            stack.callback(metrics_http.shutdown)
+            log.info(
+                "metrics of every worker on http://%s:%d/metrics", args.host, args.metrics_port
+            )
+            on_exit = metrics_multiprocess.worker_exited
+        try:
+            return serve_workers(
+                run_worker,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                describe=describe,
+                on_exit=on_exit,
+            )
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+            return 2
 
 
 def _ops_check(args: argparse.Namespace) -> int:

@@ -88,11 +88,13 @@ def serve_workers(
     port: int,
     workers: int,
     describe: str,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Fork ``workers`` processes, worker i running ``run_worker(i, port, ready)``: it calls
     ``ready()`` once it listens, and returns its exit status. The server is announced once
     every worker is ready. Workers that exit are restarted until a stop signal, which is
-    then passed on to them. Returns the exit status for the command."""
+    then passed on to them. ``on_exit(pid)``, when given, is called for every worker that
+    has exited. Returns the exit status for the command."""
     fork = multiprocessing.get_context("fork")
     ready = fork.Semaphore(0)
 
@@ -130,11 +132,15 @@ def serve_workers(
             for index, process in enumerate(processes):
                 if not process.is_alive():
                     log.error("worker %d exited (%s); restarting it", process.pid, process.exitcode)
+                    if on_exit:
+                        on_exit(process.pid)
                     processes[index] = spawn(index, port)
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join()
+            if on_exit:
+                on_exit(process.pid)
     log.info("stopped")
     return 0 if started == workers else 2
