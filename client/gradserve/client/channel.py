@@ -2,6 +2,7 @@
 
 import grpc
 
+from gradserve.client.tracing import traced
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -40,10 +41,14 @@ def serialized_calls(channel):
     message object would only parse them to serialize them again (65 ms for 812k nodes)."""
     service = "/gradserve.v1.GradientService"
     return (
-        channel.unary_unary(
-            f"{service}/Evaluate", response_deserializer=pb.EvaluateResponse.FromString
+        traced(
+            channel.unary_unary(
+                f"{service}/Evaluate", response_deserializer=pb.EvaluateResponse.FromString
+            )
         ),
-        channel.unary_stream(
-            f"{service}/EvaluateStream", response_deserializer=pb.GradientChunk.FromString
+        traced(
+            channel.unary_stream(
+                f"{service}/EvaluateStream", response_deserializer=pb.GradientChunk.FromString
+            )
         ),
     )

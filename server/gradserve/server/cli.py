@@ -21,7 +21,7 @@ from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
 from gradserve.server.runtime.workers import serve_workers, stop_signal_event, wait_until_set
-from gradserve.server.service import limits, metrics_multiprocess
+from gradserve.server.service import limits, metrics_multiprocess, tracing
 from gradserve.server.service.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
@@ -134,6 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
         any fork. A worker records metrics for the supervisor to serve (``metrics_port``
         0 here)."""
         stopping = stop_signal_event()
+        if tracing.configure():
+            log.info("tracing: spans exported over OTLP (OTEL_* environment)")
         metrics = CallMetrics() if args.metrics_port else None
         address = f"{args.host}:{port}"
         try:

@@ -19,7 +19,7 @@ from gradserve.server.engine.plan_cache import PlanCache, small_structure_digest
 from gradserve.server.engine.small_call import SmallCalls
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
-from gradserve.server.service import metrics, packed, wire
+from gradserve.server.service import metrics, packed, tracing, wire
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.status import abort_bad_request, abort_internal
@@ -35,10 +35,11 @@ call_log = CallLog(log)  # the line each call logs, written off the call's path
 class _CallRecord:
     """What the per-call log line reports."""
 
-    def __init__(self) -> None:
+    def __init__(self, span) -> None:
         self.nodes = 0
         self.rows: int | None = None
         self.code = grpc.StatusCode.OK
+        self.span = span  # the call's trace span (tracing.NO_SPAN when tracing is off)
 
 
 @contextmanager
@@ -48,7 +49,7 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
     Client errors carry a google.rpc.BadRequest field violation; anything unexpected is
     INTERNAL with an error id, never UNKNOWN and never a traceback.
     """
-    record = _CallRecord()
+    record = _CallRecord(tracing.start_call(method, context))
     started = time.perf_counter()
     try:
         yield record
@@ -80,6 +81,7 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
         abort_internal(context, method)
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1e3
+        record.span.finish(record.code.name, nodes=record.nodes, rows=record.rows)
         call_log.add(
             method,
             record.nodes,
@@ -87,6 +89,7 @@ def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
             elapsed_ms,
             rows=record.rows,
             peer=context.peer(),
+            trace_id=record.span.trace_id,
         )
         metrics.report_nodes(record.nodes)
 
@@ -133,7 +136,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self._isolated = isolated
         self._small_calls = SmallCalls()
 
-    def _plan(self, request: pb.EvaluateRequest) -> tuple[Plan, bytes]:
+    def _plan(self, request: pb.EvaluateRequest, span) -> tuple[Plan, bytes]:
         """The request's plan from the cache, compiling (and caching) it on a miss."""
         if request.plan_digest:
             if wire.has_structure(request.graph):
@@ -141,24 +144,29 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                     "send either a graph structure or a plan_digest, not both",
                     field="plan_digest",
                 )
-            plan = self._plans.get(request.plan_digest)
+            with span.step("compiling") as step:
+                plan = self._plans.get(request.plan_digest)
+                step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
             if plan is None:
                 raise PlanNotFound(request.plan_digest)
             return plan, request.plan_digest
         self._limits.check_sizes(request)
         graph = None
-        digest = small_structure_digest(request.graph)
-        if digest is None:
-            graph = self._graph_arrays(request.graph)
-            digest = structure_digest(graph)
-        plan = self._plans.get(digest)
-        if plan is None:
-            if graph is None:
+        with span.step("decoding"):
+            digest = small_structure_digest(request.graph)
+            if digest is None:
                 graph = self._graph_arrays(request.graph)
-            plan = compile_graph(graph, self._ops)
-            if self._isolated is not None and self._isolated.handles(plan):
-                plan = dataclasses.replace(plan, source=graph)  # workers compile it again
-            self._plans.put(digest, plan)
+                digest = structure_digest(graph)
+        with span.step("compiling") as step:
+            plan = self._plans.get(digest)
+            step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
+            if plan is None:
+                if graph is None:
+                    graph = self._graph_arrays(request.graph)
+                plan = compile_graph(graph, self._ops)
+                if self._isolated is not None and self._isolated.handles(plan):
+                    plan = dataclasses.replace(plan, source=graph)  # workers compile it again
+                self._plans.put(digest, plan)
         return plan, digest
 
     def _graph_arrays(self, graph: pb.Graph) -> GraphArrays:
@@ -172,8 +180,12 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     def _evaluate(
         self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
     ) -> _Results:
-        plan, digest = self._plan(request)
+        plan, digest = self._plan(request, record.span)
         record.nodes = plan.node_count
+        with record.span.step("evaluating"):
+            return self._evaluate_plan(plan, digest, request, should_stop, record)
+
+    def _evaluate_plan(self, plan, digest, request, should_stop, record) -> _Results:
         small = self._small_calls.evaluate(plan, digest, request, should_stop)
         if small is not None:
             record.rows = 1
@@ -203,9 +215,10 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         should_stop = self._should_stop(context)
         with _call("Evaluate", context) as record:
             results = self._evaluate(request, should_stop, record)
-            return packed.evaluate_response(
-                results.ids, results.values, results.grads, results.digest
-            )
+            with record.span.step("encoding"):
+                return packed.evaluate_response(
+                    results.ids, results.values, results.grads, results.digest
+                )
 
     def EvaluateStream(self, request, context):
         should_stop = self._should_stop(context)
@@ -218,13 +231,15 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                 if should_stop():
                     raise Cancelled()
                 part = slice(start, start + chunk)
-                yield packed.gradient_chunk(
-                    results.ids[part],
-                    results.values[part],
-                    results.grads[part],
-                    results.digest,
-                    total_nodes=len(results.ids),
-                )
+                with record.span.step("encoding"):  # one span a chunk, not its sending
+                    encoded = packed.gradient_chunk(
+                        results.ids[part],
+                        results.values[part],
+                        results.grads[part],
+                        results.digest,
+                        total_nodes=len(results.ids),
+                    )
+                yield encoded
 
     def ListOps(self, request, context):
         with _call("ListOps", context):
