@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradserve.client import wire
+from gradserve.client import structure, wire
 from gradserve.client.opcodes import LEAF
 from gradserve.client.subgraph import Subgraph
 from gradserve.client.tape import CONSTANT, tape_of
@@ -102,6 +102,7 @@ def evaluate_call(
             fields.nodes.extend(fields.outputs)
         fields.nodes.extend(_positions(wrt, subgraph, tape))
     request = fields.SerializeToString() + wire.message(_GRAPH, subgraph.graph(leaf_values))
+    request = structure.structured(request, subgraph.digest)  # for routing by structure
     return Call(request, subgraph, output_count=len(outputs) if with_outputs else 0)
 
 

@@ -3,8 +3,6 @@ Evaluate and EvaluateStream call carries it in its metadata (``traceparent``, th
 configured propagator, W3C Trace Context by default), so the server's spans join the
 caller's trace. Without OpenTelemetry, or outside a span, calls carry nothing extra."""
 
-import functools
-
 _otel = None  # (trace, propagate) once imported; False when OpenTelemetry is not installed
 
 
@@ -26,14 +24,3 @@ def trace_metadata() -> tuple[tuple[str, str], ...]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return tuple(carrier.items())
-
-
-def traced(multicallable):
-    """``multicallable`` (a sync or asyncio gRPC method), adding ``trace_metadata()`` to
-    each call's metadata."""
-
-    @functools.wraps(multicallable)
-    def call(request, *, metadata=(), **options):
-        return multicallable(request, metadata=(*(metadata or ()), *trace_metadata()), **options)
-
-    return call
