@@ -71,7 +71,15 @@ def test_a_quick_run_writes_every_workload_and_agrees(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     text = output.read_text()
-    for workload in ("W1 mlp", "W2 chain", "W3 neuron", "W4 batch", "W5 concurrent"):
+    for workload in (
+        "W1 mlp",
+        "W2 chain",
+        "W3 neuron",
+        "W4 batch",
+        "W5 concurrent",
+        "W6 training",
+        "W7 hvp",
+    ):
         assert f"| {workload}" in text
     assert "| NO |" not in text
     agreement = text.split("## Agreement")[1].split("## Notes")[0]

@@ -31,4 +31,4 @@ def test_the_node_client_gets_the_notebook_gradients():
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "# pass 4" in result.stdout and "# fail 0" in result.stdout
+    assert "# pass 5" in result.stdout and "# fail 0" in result.stdout

@@ -34,3 +34,24 @@ def test_buf_lint_passes():
         pytest.fail("buf is not installed; it is a dev dependency (buf-bin)")
     result = subprocess.run([buf, "lint"], cwd=PROTOS, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_engine_knows_the_wire_selections_by_their_numbers():
+    from gradserve.server.engine import small_call
+    from gradserve.v1 import gradserve_pb2 as pb
+
+    for name in ("UNSPECIFIED", "ALL", "LEAVES", "NODES"):
+        assert getattr(small_call, f"SELECTION_{name}") == getattr(pb, f"SELECTION_{name}")
+
+
+def test_the_engine_imports_no_grpc_and_no_protobuf():
+    """The engine is the core: the gRPC edge calls it, never the reverse (DESIGN.md)."""
+    probe = (
+        "import sys, pkgutil, importlib, gradserve.server.engine as e\n"
+        "for m in pkgutil.iter_modules(e.__path__):\n"
+        "    importlib.import_module(f'{e.__name__}.{m.name}')\n"
+        "print(' '.join(sorted(n for n in sys.modules if n.split('.')[0] in ('grpc', 'google'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []

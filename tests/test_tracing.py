@@ -18,6 +18,7 @@ from gradserve.client import Client, Value
 from gradserve.client.tracing import trace_metadata
 from gradserve.server.service import tracing
 from gradserve.server.service.app import running_server
+from gradserve.server.service.calls import call_log
 from gradserve.v1 import gradserve_pb2 as pb
 
 CALL = "gradserve.v1.GradientService/"
@@ -101,8 +102,6 @@ def test_the_call_log_line_carries_the_trace_id(registry, exported, caplog):
     g, _ = neuron()
     with caplog.at_level("INFO"), serving(registry) as stub:
         stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
-    from gradserve.server.service.servicer import call_log
-
     call_log.flush()
     (call,) = by_name(exported.get_finished_spans())[CALL + "Evaluate"]
     lines = [r for r in caplog.records if getattr(r, "method", None) == "Evaluate"]

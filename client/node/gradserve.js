@@ -25,7 +25,8 @@ export function connect(target) {
   });
 }
 
-/** Evaluate: one EvaluateResponse {node_ids, values, grads}. */
+/** Evaluate: one EvaluateResponse {node_ids, values, grads}, and value_tangents and
+ * grad_tangents (JVPs, HVPs) when the request has leaf_tangents. */
 export function evaluate(client, request, { deadlineMs = 30_000 } = {}) {
   return new Promise((resolve, reject) => {
     client.Evaluate(request, { deadline: Date.now() + deadlineMs }, (error, response) =>
@@ -34,14 +35,14 @@ export function evaluate(client, request, { deadlineMs = 30_000 } = {}) {
   });
 }
 
-/** EvaluateStream: the chunks' node_ids, values and grads joined into one result. */
+/** EvaluateStream: the chunks' node_ids, values, grads, value_tangents and grad_tangents
+ * (empty without leaf_tangents) joined into one result (one row per chunk). */
 export async function evaluateStream(client, request, { deadlineMs = 30_000 } = {}) {
-  const result = { node_ids: [], values: [], grads: [] };
+  const fields = ["node_ids", "values", "grads", "value_tangents", "grad_tangents"];
+  const result = Object.fromEntries(fields.map((field) => [field, []]));
   const stream = client.EvaluateStream(request, { deadline: Date.now() + deadlineMs });
   for await (const chunk of stream) {
-    result.node_ids.push(...chunk.node_ids);
-    result.values.push(...chunk.values);
-    result.grads.push(...chunk.grads);
+    for (const field of fields) result[field].push(...chunk[field]);
   }
   return result;
 }

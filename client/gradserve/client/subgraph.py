@@ -79,13 +79,14 @@ class Subgraph:
             values = list(itertools.compress(values, (rows >= 0).tolist()))
             rows = rows[rows >= 0]
         for value, x, g in zip(values, data[rows].tolist(), grads[rows].tolist(), strict=True):
-            value.data, value.grad = x, g
+            value._data, value.grad = x, g
 
-    def graph(self, leaf_values: np.ndarray) -> bytes:
+    def graph(self, leaf_values: np.ndarray, labels: list[str] | None = None) -> bytes:
         """The Graph message, serialized, with ``leaf_values`` (``leaf_values()``, or rows
-        of them); labels are read now. Its structure's digest is then in ``digest``."""
+        of them); labels are read now unless given (``labels()``). Its structure's digest,
+        as the server computes it, is then in ``digest``."""
         names, node_ops = opcodes.op_table(self.codes)
-        labels = self._labels()
+        labels = self.labels() if labels is None else labels
         self.digest = structure.structure_digest(
             names, node_ops, self.counts, self.input_ids, labels
         )
@@ -97,7 +98,12 @@ class Subgraph:
             + wire.packed(_LEAF_VALUES, wire.doubles(leaf_values))
         )
 
-    def _labels(self) -> list[str]:
+    @staticmethod
+    def leaves_only(leaf_values: np.ndarray) -> bytes:
+        """A Graph message with only ``leaf_values``, for a request naming a plan digest."""
+        return wire.packed(_LEAF_VALUES, wire.doubles(leaf_values))
+
+    def labels(self) -> list[str]:
         """Every node's label, or none when no Value has one."""
         positions, values, _ = self.held
         if not any(map(_label, values)):
@@ -119,7 +125,7 @@ class Subgraph:
         return np.array(data, dtype=np.float64)
 
 
-_data, _label = operator.attrgetter("data"), operator.attrgetter("label")
+_data, _label = operator.attrgetter("_data"), operator.attrgetter("label")
 
 
 def reachable(roots: list[int], counts: list[int], ids: list[int], n: int) -> np.ndarray:

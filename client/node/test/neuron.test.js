@@ -113,3 +113,13 @@ test("neuron.js prints every node's value and gradient", async () => {
   assert.match(stdout, /x1 +value +2\.0000 +grad +-1\.5000/);
   assert.match(stdout, /o +value +0\.7071 +grad +1\.0000/);
 });
+
+test("leaf_tangents bring value and gradient tangents (JVP, HVP)", async () => {
+  // Along b: d o/d b = 1 - o^2, and the gradient of b moves by d2 o / d b2 = -2 o (1 - o^2).
+  const request = { ...neuronRequest(), leaf_tangents: [0, 0, 0, 0, 1], chunk_size: 4 };
+  const o = Math.SQRT1_2;
+  for (const result of [await evaluate(client, request), await evaluateStream(client, request)]) {
+    assert.ok(Math.abs(result.value_tangents[9] - (1 - o * o)) < 1e-9);
+    assert.ok(Math.abs(result.grad_tangents[4] - -2 * o * (1 - o * o)) < 1e-9);
+  }
+});

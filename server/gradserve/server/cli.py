@@ -22,7 +22,13 @@ from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
 from gradserve.server.runtime.workers import serve_workers, stop_signal_event, wait_until_set
 from gradserve.server.service import limits, metrics_multiprocess, tracing
-from gradserve.server.service.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.service.app import (
+    DEFAULT_MAX_MEMORY_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_THREADS,
+    start_server,
+)
+from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
 from gradserve.server.service.security import read_token, server_credentials
@@ -143,6 +149,8 @@ def _serve(args: argparse.Namespace) -> int:
                 registry,
                 address=address,
                 max_message_bytes=args.max_message_mb * 1024 * 1024,
+                max_memory_bytes=args.max_memory_mb * 1024 * 1024,
+                send_timeout=args.send_timeout,
                 threads=args.threads,
                 plan_cache_nodes=args.plan_cache_nodes,
                 reuse_port=reuse_port,
@@ -246,6 +254,20 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
             help=f"{unit} (default {default})",
         )
     serve.add_argument(
+        "--max-memory-mb",
+        type=_positive_int,
+        default=_env("max-memory-mb", DEFAULT_MAX_MEMORY_BYTES // 2**20),
+        help="memory budget of the calls in flight, per worker process, in MiB "
+        f"(default {DEFAULT_MAX_MEMORY_BYTES // 2**20})",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=_seconds(zero_allowed=False),
+        default=_env("send-timeout", DEFAULT_SEND_TIMEOUT_S),
+        help="seconds a client may take to read a reply before its call is cancelled "
+        f"(default {DEFAULT_SEND_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
         "--default-deadline",
         type=_seconds(zero_allowed=False),
         default=_env("default-deadline", limits.DEFAULT_DEADLINE_S),
@@ -307,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--threads",
         type=_positive_int,
-        default=_env("threads", 8),
-        help="handler threads (default 8)",
+        default=_env("threads", DEFAULT_THREADS),
+        help=f"evaluation threads per worker process (default {DEFAULT_THREADS})",
     )
     serve.add_argument(
         "--plan-cache-nodes",

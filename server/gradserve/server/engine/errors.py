@@ -9,13 +9,22 @@ class GraphError(EvaluationError):
     """The request is not a valid graph evaluation: the client's fault.
 
     ``node`` is the id of the offending node when there is one; ``field`` names the request
-    field at fault.
+    field at fault and ``index``, when given, the entry of that field (for ``graph.op_names``
+    an op-table index, for ``graph.input_ids`` a position in that array: not always a node).
     """
 
-    def __init__(self, reason: str, *, node: int | None = None, field: str = "graph") -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        node: int | None = None,
+        field: str = "graph",
+        index: int | None = None,
+    ) -> None:
         self.reason = reason
         self.node = node
         self.field = field
+        self.index = index
         super().__init__(reason if node is None else f"node {node}: {reason}")
 
 

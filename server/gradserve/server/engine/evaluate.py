@@ -63,7 +63,7 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
         if should_stop():
             raise Cancelled()
         if isinstance(step, Stretch):
-            _backward_stretch(step, values, grads)
+            _backward_stretch(step, values, grads, should_stop)
             continue
         g, y = grads.take(step.nodes, axis=0), values.take(step.nodes, axis=0)
         local = _backward(step, g, y, values)
@@ -93,7 +93,7 @@ def _check_leaf_count(plan: Plan, given: int) -> None:
 def _forward(group: Group, xs: list[np.ndarray]) -> np.ndarray:
     op = group.op
     try:
-        inside = None if op.domain is None else op.domain(*xs)
+        inside = None if op.domain is None else _inside(op.domain, xs)
         outside = inside is not None and not np.all(inside)
         if not outside:
             y = op.forward(*xs)
@@ -102,6 +102,19 @@ def _forward(group: Group, xs: list[np.ndarray]) -> np.ndarray:
     if outside:
         _raise_outside_domain(group, xs, inside)
     return _checked(group, y, "forward", xs[0].shape)
+
+
+def _inside(domain: Callable, xs: list[np.ndarray]) -> np.ndarray:
+    """Where the inputs are inside the op's domain. A NaN input counts as inside: NaN
+    propagates (IEEE 754), it is not a domain error (and it is there only when the request
+    allows non-finite numbers, or as the finite check's business)."""
+    inside = domain(*xs)
+    if np.all(inside):
+        return inside
+    nan = np.isnan(xs[0])
+    for x in xs[1:]:
+        nan |= np.isnan(x)
+    return inside | nan if np.shape(inside) == nan.shape else inside
 
 
 def _raise_outside_domain(group: Group, xs: list[np.ndarray], inside: np.ndarray) -> None:
@@ -193,7 +206,9 @@ def _check_stretch_domains(stretch: Stretch, values: np.ndarray) -> None:
         raise first_outside[1]
 
 
-def _backward_stretch(stretch: Stretch, values: np.ndarray, grads: np.ndarray) -> None:
+def _backward_stretch(
+    stretch: Stretch, values: np.ndarray, grads: np.ndarray, should_stop: Callable
+) -> None:
     """Local derivatives of the whole chain in one call per part (backward with an upstream
     gradient of 1: an op's backward is linear in it), then propagation node by node."""
     local = np.empty((len(stretch.inputs), values.shape[1]))
@@ -202,13 +217,17 @@ def _backward_stretch(stretch: Stretch, values: np.ndarray, grads: np.ndarray) -
         derivatives = _backward(part, np.ones_like(y), y, values)
         edges = stretch.input_offsets[positions] + np.arange(len(part.args))[:, None]
         local[edges] = np.stack(derivatives)
+    if should_stop():
+        raise Cancelled()
     if values.shape[1] == 1:
-        scalar_stretch.backward(stretch, local[:, 0], grads)
+        scalar_stretch.backward(stretch, local[:, 0], grads, should_stop)
         return
     offsets = stretch.input_offsets.tolist()
     nodes = stretch.nodes.tolist()
     inputs = stretch.inputs.tolist()
     for position in range(len(nodes) - 1, -1, -1):
+        if position % scalar_stretch.POLL_EVERY == 0 and should_stop():
+            raise Cancelled()
         upstream = grads[nodes[position]]
         for edge in range(offsets[position], offsets[position + 1]):
             grads[inputs[edge]] += upstream * local[edge]
