@@ -164,3 +164,20 @@ def test_the_server_exports_over_otlp_when_the_environment_asks(tmp_path):
     finally:
         otlp.stop(0)
     assert {"decoding", "compiling", "evaluating", "encoding"} <= set(collector.names)
+
+
+def test_a_stream_of_row_blocks_has_its_evaluation_spans(registry, exported):
+    g, _ = neuron()
+    graph = g.proto()
+    batch = pb.EvaluateRequest(graph=graph, rows=3)
+    del batch.graph.leaf_values[:]
+    batch.graph.leaf_values.extend(list(graph.leaf_values) * 3)
+    with serving(registry) as stub:
+        chunks = list(stub.EvaluateStream(batch))
+    assert chunks
+    spans = exported.get_finished_spans()
+    (call,) = by_name(spans)[CALL + "EvaluateStream"]
+    assert (call.attributes["gradserve.rows"], call.attributes["gradserve.nodes"]) == (3, 10)
+    children = [s.name for s in spans if s.parent and s.parent.span_id == call.context.span_id]
+    assert children[:2] == ["decoding", "compiling"] and "evaluating" in children[2:]
+    assert all(s.context.trace_id == call.context.trace_id for s in spans)
