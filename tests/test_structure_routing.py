@@ -139,3 +139,19 @@ def test_removing_a_server_moves_only_its_structures():
     moved = [k for k in keys if before.pick(k) != after.pick(k)]
     assert moved and all(before.pick(k) == "c:1" for k in moved)
     assert 100 < len(moved) < 300  # about a third
+
+
+def test_a_request_by_plan_digest_carries_the_same_header(stub):
+    """The SDK sends a structure it sent before by its plan digest alone; its header stays
+    the same, so it reaches the replica that holds the plan."""
+    plans = calls.PlanDigests()
+    x = Value(0.5)
+    loss = (x * Value(-2.0, label="w")).tanh()
+    first = calls.backward_call(loss, plans=plans)
+    reply = stub.Evaluate(pb.EvaluateRequest.FromString(first.request))
+    plans.learn(first, reply)
+    x.data = 3.0
+    second = calls.backward_call(loss, plans=plans)
+    assert pb.EvaluateRequest.FromString(second.request).plan_digest == reply.plan_digest
+    assert second.request.structure == first.request.structure == reply.plan_digest.hex()
+    assert second.whole_graph().structure == first.request.structure  # after a NOT_FOUND
