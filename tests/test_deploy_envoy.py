@@ -15,6 +15,8 @@ import yaml
 from dockerfile import ROOT
 from test_deploy_compose import SERVICES
 
+from gradserve.client.structure import HEADER
+
 with warnings.catch_warnings():  # its generated validators use a form pydantic deprecates
     warnings.simplefilter("ignore", DeprecationWarning)
     from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
@@ -104,3 +106,16 @@ def test_the_cluster_balances_calls_over_every_replica_with_http2_and_grpc_healt
     assert str(address["port_value"]) == replica["environment"]["GRADSERVE_PORT"]
     assert replica["deploy"]["replicas"] > 1
     assert "grpc_health_check" in only(cluster["health_checks"])
+
+
+def test_calls_for_one_structure_reach_one_replica_by_consistent_hashing():
+    """The route hashes the header the SDK sends (README: "Plans stay where they were
+    compiled"); the cluster places replicas on a hash ring, so that a structure keeps its
+    replica and only about 1/N of them move when a replica comes or goes."""
+    listener = only(ENVOY["static_resources"]["listeners"])
+    manager = only(only(listener["filter_chains"])["filters"])["typed_config"]
+    route = only(only(manager["route_config"]["virtual_hosts"])["routes"])["route"]
+    policy = only(route["hash_policy"])
+    assert policy == {"header": {"header_name": HEADER}}
+    cluster = only(ENVOY["static_resources"]["clusters"])
+    assert cluster["lb_policy"] in ("RING_HASH", "MAGLEV")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from gradserve.client import wire
+from gradserve.client import structure, wire
 from gradserve.client.opcodes import LEAF
 from gradserve.client.subgraph import Subgraph
 from gradserve.client.tape import CONSTANT, tape_of
@@ -177,13 +177,14 @@ def evaluate_call(
     output_count = len(outputs) if with_outputs else 0
     if plans is None:
         request = head + wire.message(_GRAPH, subgraph.graph(leaf_values))
-        return Call(request, subgraph, output_count)
+        return Call(structure.structured(request, subgraph.digest), subgraph, output_count)
     labels = subgraph.labels()
     key = fingerprint(subgraph, labels)
     digest = plans.get(key)
 
     def full_request() -> bytes:
-        return head + wire.message(_GRAPH, subgraph.graph(leaf_values, labels))
+        request = head + wire.message(_GRAPH, subgraph.graph(leaf_values, labels))
+        return structure.structured(request, subgraph.digest)  # for routing by structure
 
     if digest is None:
         return Call(full_request(), subgraph, output_count, key)
@@ -192,6 +193,7 @@ def evaluate_call(
         + wire.message(_PLAN_DIGEST, digest)
         + wire.message(_GRAPH, subgraph.leaves_only(leaf_values))
     )
+    request = structure.structured(request, digest)  # the plan digest is the structure's
     return Call(request, subgraph, output_count, key, full_request)
 
 

@@ -1,7 +1,11 @@
 """Open a channel to a gradserve server and get a GradientService stub."""
 
+import functools
+
 import grpc
 
+from gradserve.client import structure
+from gradserve.client.tracing import trace_metadata
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -40,10 +44,30 @@ def serialized_calls(channel):
     message object would only parse them to serialize them again (65 ms for 812k nodes)."""
     service = "/gradserve.v1.GradientService"
     return (
-        channel.unary_unary(
-            f"{service}/Evaluate", response_deserializer=pb.EvaluateResponse.FromString
+        with_headers(
+            channel.unary_unary(
+                f"{service}/Evaluate",
+                request_serializer=structure.as_bytes,
+                response_deserializer=pb.EvaluateResponse.FromString,
+            )
         ),
-        channel.unary_stream(
-            f"{service}/EvaluateStream", response_deserializer=pb.GradientChunk.FromString
+        with_headers(
+            channel.unary_stream(
+                f"{service}/EvaluateStream",
+                request_serializer=structure.as_bytes,
+                response_deserializer=pb.GradientChunk.FromString,
+            )
         ),
     )
+
+
+def with_headers(multicallable):
+    """``multicallable`` (a sync or asyncio gRPC method) sending, besides the caller's
+    metadata, the request's ``gradserve-structure`` header and the active trace context."""
+
+    @functools.wraps(multicallable)
+    def call(request, *, metadata=(), **options):
+        headers = (*(metadata or ()), *structure.metadata(request), *trace_metadata())
+        return multicallable(request, metadata=headers, **options)
+
+    return call

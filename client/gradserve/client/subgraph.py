@@ -7,7 +7,7 @@ import operator
 
 import numpy as np
 
-from gradserve.client import opcodes, wire
+from gradserve.client import opcodes, structure, wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1.wire_format import packed_varints
 
@@ -83,9 +83,13 @@ class Subgraph:
 
     def graph(self, leaf_values: np.ndarray, labels: list[str] | None = None) -> bytes:
         """The Graph message, serialized, with ``leaf_values`` (``leaf_values()``, or rows
-        of them); labels are read now unless given (``labels()``)."""
+        of them); labels are read now unless given (``labels()``). Its structure's digest,
+        as the server computes it, is then in ``digest``."""
         names, node_ops = opcodes.op_table(self.codes)
         labels = self.labels() if labels is None else labels
+        self.digest = structure.structure_digest(
+            names, node_ops, self.counts, self.input_ids, labels
+        )
         return (
             pb.Graph(op_names=names, labels=labels).SerializeToString()
             + wire.packed(_NODE_OPS, packed_varints(node_ops))

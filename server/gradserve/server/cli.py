@@ -7,21 +7,21 @@ GRADSERVE_MAX_MESSAGE_MB); a flag on the command line wins.
 """
 
 import argparse
+import contextlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from gradserve import health_probe
 from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES
 from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
-from gradserve.server.runtime.workers import serve_workers, stop_signal_event
-from gradserve.server.service import limits
+from gradserve.server.runtime.workers import serve_workers, stop_signal_event, wait_until_set
+from gradserve.server.service import limits, metrics_multiprocess, tracing
 from gradserve.server.service.app import (
     DEFAULT_MAX_CONNECTION_AGE_S,
     DEFAULT_MAX_MEMORY_BYTES,
@@ -30,6 +30,7 @@ from gradserve.server.service.app import (
     start_server,
 )
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
+from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
 from gradserve.server.service.security import read_token, server_credentials
 
@@ -48,6 +49,58 @@ def _port(text: str) -> int:
     if not str(text).isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
     return int(text)
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole(1)
+
+
+def _seconds(*, zero_allowed: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, above 0 (or at least 0)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if zero_allowed and not 0 <= value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+        if not zero_allowed and not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        choices = ", ".join(level.lower() for level in LOG_LEVELS)
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices})")
+    return text.upper()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the usage of ``serve`` is a screenful), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -85,9 +138,12 @@ def _serve(args: argparse.Namespace) -> int:
     ) -> int:
         """Serve until SIGTERM/SIGINT, then drain: the whole server, or (when ``ready`` is
         given, called once it listens) one worker of it. gRPC objects are made here, after
-        any fork."""
+        any fork. A worker records metrics for the supervisor to serve (``metrics_port``
+        0 here)."""
         stopping = stop_signal_event()
-        metrics = CallMetrics() if metrics_port else None
+        if tracing.configure():
+            log.info("tracing: spans exported over OTLP (OTEL_* environment)")
+        metrics = CallMetrics() if args.metrics_port else None
         address = f"{args.host}:{port}"
         try:
             running = start_server(
@@ -115,7 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             log.error("cannot listen on %s: %s", address, exc)
             return 2
-        if metrics:
+        if metrics_port:
             try:
                 metrics_http = serve_metrics(metrics, args.host, metrics_port)
             except OSError as exc:
@@ -128,10 +184,10 @@ def _serve(args: argparse.Namespace) -> int:
             ready()
         else:
             log.info("serving on %s:%d; %s", args.host, running.port, describe)
-        stopping.wait()
+        wait_until_set(stopping)
         log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
         running.stop(args.grace)
-        if metrics:
+        if metrics_port:
             metrics_http.shutdown()
         log.info("stopped")
         return 0
@@ -144,56 +200,36 @@ def _serve(args: argparse.Namespace) -> int:
         return serve_one(args.port, reuse_port=False, metrics_port=args.metrics_port, ready=None)
 
     def run_worker(index: int, port: int, ready: Callable[[], None]) -> int:
-        # Each worker process counts its own calls: worker i serves metrics on port + i.
-        metrics_port = args.metrics_port + index if args.metrics_port else 0
-        return serve_one(port, reuse_port=True, metrics_port=metrics_port, ready=ready)
+        return serve_one(port, reuse_port=True, metrics_port=0, ready=ready)
 
-    try:
-        return serve_workers(
-            run_worker, host=args.host, port=args.port, workers=args.workers, describe=describe
-        )
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
-        return 2
-
-
-def _health_channel(args: argparse.Namespace) -> grpc.Channel:
-    """Plaintext, or TLS when a CA or a client certificate is given."""
-    if not (args.tls_ca or args.tls_cert):
-        return grpc.insecure_channel(args.target)
-    ca, key, cert = (
-        Path(f).read_bytes() if f else None for f in (args.tls_ca, args.tls_key, args.tls_cert)
-    )
-    credentials = grpc.ssl_channel_credentials(ca, key, cert)
-    options = []
-    if args.tls_server_name:
-        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
-    return grpc.secure_channel(args.target, credentials, options=options)
-
-
-def _health(args: argparse.Namespace) -> int:
-    request = health_pb2.HealthCheckRequest(service=args.service)
-    try:
-        channel = _health_channel(args)
-    except OSError as exc:
-        print(f"cannot read a TLS file: {exc}", file=sys.stderr)
-        return 2
-    with channel:
+    with contextlib.ExitStack() as stack:
+        on_exit = None
+        if args.metrics_port:  # one endpoint, summing every worker's metric files
+            directory = stack.enter_context(metrics_multiprocess.shared_directory())
+            try:
+                metrics_http = metrics_multiprocess.serve_all_workers(
+                    args.host, args.metrics_port, directory
+                )
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%d: %s", args.host, args.metrics_port, exc)
+                return 2
+            stack.callback(metrics_http.shutdown)
+            log.info(
+                "metrics of every worker on http://%s:%d/metrics", args.host, args.metrics_port
+            )
+            on_exit = metrics_multiprocess.worker_exited
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
-        except grpc.RpcError as exc:
-            print(f"{args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{args.target}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+            return serve_workers(
+                run_worker,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                describe=describe,
+                on_exit=on_exit,
+            )
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+            return 2
 
 
 def _ops_check(args: argparse.Namespace) -> int:
@@ -214,7 +250,10 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         ("max-concurrent-calls", limits.DEFAULT_MAX_CONCURRENT_CALLS, "calls at once"),
     ):
         serve.add_argument(
-            f"--{name}", type=int, default=_env(name, default), help=f"{unit} (default {default})"
+            f"--{name}",
+            type=_positive_int,
+            default=_env(name, default),
+            help=f"{unit} (default {default})",
         )
     serve.add_argument(
         "--max-memory-mb",
@@ -225,7 +264,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--send-timeout",
-        type=float,
+        type=_seconds(zero_allowed=False),
         default=_env("send-timeout", DEFAULT_SEND_TIMEOUT_S),
         help="seconds a client may take to read a reply message before its call is "
         f"abandoned (default {DEFAULT_SEND_TIMEOUT_S:g})",
@@ -240,7 +279,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--default-deadline",
-        type=float,
+        type=_seconds(zero_allowed=False),
         default=_env("default-deadline", limits.DEFAULT_DEADLINE_S),
         help=f"seconds for calls that set no deadline (default {limits.DEFAULT_DEADLINE_S:g})",
     )
@@ -255,7 +294,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--isolation-workers",
-        type=int,
+        type=_whole(0),
         default=_env("isolation-workers", 2),
         help="worker processes for graphs using untrusted ops; 0 runs them in-process (default 2)",
     )
@@ -273,7 +312,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradserve", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="gradserve", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gradient server")
@@ -281,13 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=_env("port", 50051), help="0 picks one")
     serve.add_argument(
         "--max-message-mb",
-        type=int,
+        type=_positive_int,
         default=_env("max-message-mb", DEFAULT_MAX_MESSAGE_BYTES // 2**20),
         help="largest request and response, in MiB (default 64)",
     )
     serve.add_argument(
         "--grace",
-        type=float,
+        type=_seconds(zero_allowed=True),
         default=_env("grace", 10.0),
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default 10)",
     )
@@ -305,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--plan-cache-nodes",
-        type=int,
+        type=_whole(0),
         default=_env("plan-cache-nodes", DEFAULT_MAX_NODES),
         help=f"total nodes of compiled plans kept for reuse (default {DEFAULT_MAX_NODES:,})",
     )
@@ -324,21 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("metrics-port", 0),
         help="serve Prometheus metrics over HTTP on this port (default 0: off)",
     )
-    serve.add_argument("--log-level", default=_env("log-level", "INFO"))
+    serve.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=_env("log-level", "INFO"),
+        help="debug, info, warning, error or critical (default info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("log-format", "text"),
+        help="text lines, or one JSON object per line (default text)",
+    )
     _add_safety_options(serve)
     serve.set_defaults(run=_serve)
 
     probe = commands.add_parser("health", help="exit 0 if a server reports SERVING")
-    probe.add_argument("--target", default=_env("target", "localhost:50051"))
-    probe.add_argument("--service", default="", help="service name ('' = whole server)")
-    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    probe.add_argument("--tls-ca", default=_env("tls-ca", None), help="CA of the server (TLS)")
-    probe.add_argument("--tls-cert", default=_env("tls-cert", None), help="client cert (mTLS)")
-    probe.add_argument("--tls-key", default=_env("tls-key", None), help="client key (mTLS)")
-    probe.add_argument(
-        "--tls-server-name", default=None, help="name to expect in the server's certificate"
-    )
-    probe.set_defaults(run=_health)
+    health_probe.add_arguments(probe)
+    probe.set_defaults(run=health_probe.run)
 
     ops = commands.add_parser("ops", help="inspect the installed ops")
     ops_commands = ops.add_subparsers(dest="ops_command", required=True)
@@ -357,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(args, "log_level", "INFO").upper(),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        level=getattr(args, "log_level", "INFO"),
+        handlers=[log_handler(getattr(args, "log_format", "text"))],
     )
     return args.run(args)
 

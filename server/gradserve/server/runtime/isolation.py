@@ -11,11 +11,14 @@ load the same ops from the same entry points; they compile and evaluate the grap
 they are sent. Errors come back as plain tuples and are raised again here.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import queue
+import signal
+import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -31,12 +34,40 @@ _POLL_S = 0.05
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside ignore SIGINT from their first instruction.
+
+    A Ctrl-C reaches the terminal's whole process group; the server, not the signal, ends
+    its workers, and a worker interrupted while importing NumPy printed a traceback. An
+    ignored signal (unlike a Python handler) survives spawn's exec, and Python keeps it
+    ignored. Only the main thread may change handlers: a worker replacing a killed one,
+    started from a handler thread, ignores SIGINT from ``_work`` on. In the meantime the
+    main thread blocks SIGINT, so that one arriving now is held for the restored handler
+    (Linux keeps a blocked signal pending even while it is ignored) rather than lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _work(connection, op_names: list[str]) -> None:
     """The worker's loop: receive a job, send back ("ok", values, grads), with the value
     and gradient tangents after them when the job has leaf tangents, or an error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server ends its workers (see above)
     ops = {name: loaded.op for name, loaded in load_registry(allow=op_names).items()}
     while True:
-        graph, leaves, outputs, seeds, allow_non_finite, tangents = connection.recv()
+        try:
+            graph, leaves, outputs, seeds, allow_non_finite, tangents = connection.recv()
+        except EOFError:  # the server has gone: nothing left to do
+            return
         try:
             plan = compile_graph(graph, ops)
             if tangents is None:
@@ -61,7 +92,8 @@ class _Worker:
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
         self.process = context.Process(target=_work, args=(child, op_names), daemon=True)
-        self.process.start()
+        with _children_ignore_sigint():
+            self.process.start()
         child.close()
 
     def kill(self) -> None:

@@ -23,14 +23,36 @@ log = logging.getLogger(__name__)
 
 RESTART_DELAY = 1.0  # seconds between restarts, so that a worker failing at once does not spin
 ORPHAN_POLL = 0.5  # seconds between a worker's checks that its parent is still there
+SIGNAL_POLL = 0.2  # seconds: how late a stop signal may be noticed (see wait_until_set)
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def _take_stop_signals() -> None:
+    """In a new worker, before it serves: SIGTERM ends it at once (nothing to drain yet),
+    SIGINT is left to the parent (a terminal's Ctrl-C reaches both, and the parent passes
+    SIGTERM on), then the stop signals the parent held at the fork are let through.
+    ``stop_signal_event`` replaces both once the worker starts serving."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def stop_signal_event() -> threading.Event:
     """An event that the next SIGTERM or SIGINT sets (handlers installed by this call)."""
     stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: stopping.set())
     return stopping
+
+
+def wait_until_set(event: threading.Event) -> None:
+    """``event.wait()`` for an event a signal handler sets, in the main thread.
+
+    The kernel may deliver a process's signal to any thread (gRPC has several); the Python
+    handler then runs only when the main thread next runs Python code, which a wait without
+    a timeout never does: the server would serve on after SIGTERM or Ctrl-C."""
+    while not event.wait(SIGNAL_POLL):
+        pass
 
 
 @contextlib.contextmanager
@@ -66,23 +88,32 @@ def serve_workers(
     port: int,
     workers: int,
     describe: str,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Fork ``workers`` processes, worker i running ``run_worker(i, port, ready)``: it calls
     ``ready()`` once it listens, and returns its exit status. The server is announced once
     every worker is ready. Workers that exit are restarted until a stop signal, which is
-    then passed on to them. Returns the exit status for the command."""
+    then passed on to them. ``on_exit(pid)``, when given, is called for every worker that
+    has exited. Returns the exit status for the command."""
     fork = multiprocessing.get_context("fork")
     ready = fork.Semaphore(0)
 
     parent = os.getpid()
 
     def work(index: int, port: int) -> None:
+        _take_stop_signals()
         threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
         sys.exit(run_worker(index, port, ready.release))
 
     def spawn(index: int, port: int) -> multiprocessing.Process:
         process = fork.Process(target=work, args=(index, port))
-        process.start()
+        # Held until the child has its own dispositions (``_take_stop_signals``): else a
+        # stop signal in between ran the parent's inherited handler, and the worker served on.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return process
 
     with reserved_port(host, port) as port:
@@ -101,11 +132,15 @@ def serve_workers(
             for index, process in enumerate(processes):
                 if not process.is_alive():
                     log.error("worker %d exited (%s); restarting it", process.pid, process.exitcode)
+                    if on_exit:
+                        on_exit(process.pid)
                     processes[index] = spawn(index, port)
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join()
+            if on_exit:
+                on_exit(process.pid)
     log.info("stopped")
     return 0 if started == workers else 2

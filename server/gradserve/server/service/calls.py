@@ -23,7 +23,7 @@ from gradserve.server.engine.errors import (
     OpFailure,
     PlanNotFound,
 )
-from gradserve.server.service import status
+from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
@@ -92,6 +92,7 @@ class CallScope:
         self._running = None  # the executor future of the step in progress
         self._task = asyncio.current_task()
         self.charge = state.budget.charge()
+        self.span = tracing.start_call(method, context)  # tracing.NO_SPAN when it is off
         remaining = context.time_remaining()
         self.deadline = state.limits.deadline(remaining)
 
@@ -295,7 +296,17 @@ class CallScope:
             self.charge.release()
         self._uncount()
         elapsed = time.perf_counter() - self.started
-        call_log.add(self.method, self.nodes, self.code.name, elapsed * 1e3)
+        rows = self.rows or None
+        self.span.finish(self.code.name, nodes=self.nodes, rows=rows)
+        call_log.add(
+            self.method,
+            self.nodes,
+            self.code.name,
+            elapsed * 1e3,
+            rows=rows,
+            peer=self.context.peer(),
+            trace_id=self.span.trace_id,
+        )
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
 

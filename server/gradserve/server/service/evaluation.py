@@ -11,7 +11,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from gradserve.server.engine import memory
-from gradserve.server.engine.errors import GraphError, PlanNotFound
+from gradserve.server.engine.errors import Cancelled, GraphError, PlanNotFound
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
 from gradserve.server.engine.plan_cache import (
@@ -23,7 +23,7 @@ from gradserve.server.engine.second_order import evaluate_with_tangents, require
 from gradserve.server.engine.small_call import SmallCalls
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
-from gradserve.server.service import packed, wire
+from gradserve.server.service import packed, tracing, wire
 from gradserve.server.service.limits import LimitExceeded, Limits
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -34,6 +34,11 @@ CHUNK_NODE_ROWS = 65_536  # node results in one stream chunk (20 bytes each): ~1
 RAW_REQUEST_BYTES_PER_BYTE = 5
 
 StopCheck = Callable[[], bool]
+
+
+def _check(should_stop: StopCheck) -> None:
+    if should_stop():
+        raise Cancelled()
 
 
 def decode(raw: bytes) -> pb.EvaluateRequest:
@@ -147,8 +152,9 @@ class Evaluator:
         self._small_calls = SmallCalls()
         self.max_message_bytes = max_message_bytes
 
-    def plan(self, request: pb.EvaluateRequest, should_stop: StopCheck) -> tuple[Plan, bytes]:
-        """The request's plan from the cache, compiling (and caching) it on a miss."""
+    def plan(self, request: pb.EvaluateRequest, step, should_stop: StopCheck) -> tuple[Plan, bytes]:
+        """The request's plan from the cache, compiling (and caching) it on a miss. The
+        trace ``step`` (``tracing``) learns which it was."""
         if request.plan_digest:
             if wire.has_structure(request.graph):
                 raise GraphError(
@@ -162,6 +168,7 @@ class Evaluator:
                     field="plan_digest",
                 )
             plan = self._plans.get(request.plan_digest)
+            step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
             if plan is None:
                 raise PlanNotFound(request.plan_digest)
             return plan, request.plan_digest
@@ -170,8 +177,11 @@ class Evaluator:
         digest = small_structure_digest(request.graph)
         if digest is None:
             graph = self._graph_arrays(request.graph)
+            _check(should_stop)  # each step here takes up to a second on a huge graph
             digest = structure_digest(graph)
+            _check(should_stop)
         plan = self._plans.get(digest)
+        step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
         if plan is None:
             if graph is None:
                 graph = self._graph_arrays(request.graph)

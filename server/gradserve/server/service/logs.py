@@ -21,7 +21,7 @@ MESSAGE = "%s nodes=%d status=%s %.1f ms"
 
 
 class CallLog:
-    """``add(method, nodes, status, elapsed_ms)`` logs ``MESSAGE`` at INFO on ``logger``
+    """``add(method, nodes, status, elapsed_ms, ...)`` logs ``MESSAGE`` at INFO on ``logger``
     from a background thread. ``flush()`` logs what is pending now; it runs at exit and
     when a server stops. A forked child starts its own thread and leaves what it inherited
     to its parent."""
@@ -40,12 +40,24 @@ class CallLog:
         self._flushing = threading.Lock()
         self._writer: threading.Thread | None = None
 
-    def add(self, method: str, nodes: int, status: str, elapsed_ms: float) -> None:
+    def add(
+        self,
+        method: str,
+        nodes: int,
+        status: str,
+        elapsed_ms: float,
+        *,
+        rows: int | None = None,
+        peer: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        """Queue a call's line. The optional fields are not in the text line; they reach
+        the record's attributes (as ``extra`` does), for ``--log-format json``."""
         if not self._logger.isEnabledFor(logging.INFO):
             return
         if self._writer is None:
             self._start_writer()
-        self._pending.append((time.time(), method, nodes, status, elapsed_ms))
+        self._pending.append((time.time(), method, nodes, status, elapsed_ms, rows, peer, trace_id))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -65,9 +77,27 @@ class CallLog:
     def flush(self) -> None:
         with self._flushing:
             while self._pending:
-                created, *fields = self._pending.popleft()
+                created, method, nodes, status, elapsed_ms, rows, peer, trace_id = (
+                    self._pending.popleft()
+                )
+                extra = {
+                    "method": method,
+                    "nodes": nodes,
+                    "status": status,
+                    "duration_ms": round(elapsed_ms, 3),
+                    "rows": rows,
+                    "peer": peer,
+                    "trace_id": trace_id,
+                }
                 record = self._logger.makeRecord(
-                    self._logger.name, logging.INFO, "", 0, MESSAGE, tuple(fields), None
+                    self._logger.name,
+                    logging.INFO,
+                    "",
+                    0,
+                    MESSAGE,
+                    (method, nodes, status, elapsed_ms),
+                    None,
+                    extra=extra,
                 )
                 _stamp(record, created)
                 self._logger.handle(record)

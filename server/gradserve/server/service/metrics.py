@@ -4,7 +4,8 @@
 received, and counts the graph nodes of successful Evaluate and EvaluateStream calls. Each
 instance has its own registry, so several servers in one process (as in the tests) keep
 separate counts. ``watch_plan_cache`` adds the plan cache's hits and misses, read from the
-cache at each scrape.
+cache at each scrape. With several worker processes the metrics work in prometheus_client's
+multiprocess mode and one endpoint serves them all (``metrics_multiprocess``).
 """
 
 import asyncio
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.service import metrics_multiprocess
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -160,7 +162,10 @@ class _PlanCacheCollector:
 
 
 def watch_plan_cache(metrics: CallMetrics, cache: PlanCache) -> None:
-    metrics.registry.register(_PlanCacheCollector(cache))
+    if metrics_multiprocess.enabled():  # scraped in another process: copy the figures
+        metrics_multiprocess.mirror_plan_cache(cache, metrics.registry)
+    else:
+        metrics.registry.register(_PlanCacheCollector(cache))
 
 
 def serve_metrics(metrics: CallMetrics, host: str, port: int):

@@ -48,7 +48,8 @@ class GradientServicer:
         raw_bytes = evaluation.raw_request_bytes(len(raw))
         await call.admit(raw_bytes)
         small_request = len(raw) <= INLINE_REQUEST_BYTES
-        request = await call.compute(_decode, raw, inline=small_request)
+        with call.span.step("decoding"):
+            request = await call.compute(_decode, raw, inline=small_request)
         del raw
         graph = request.graph
         call.labels = graph.labels
@@ -57,7 +58,8 @@ class GradientServicer:
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
         await call.admit(call.request_bytes + evaluation.compile_cost(request))
-        plan, digest = await call.compute(self._evaluator.plan, request, inline=inline)
+        with call.span.step("compiling") as step:  # the plan, cached or compiled now
+            plan, digest = await call.compute(self._evaluator.plan, request, step, inline=inline)
         call.nodes = plan.node_count
         call.labels = plan.labels  # a plan named by its digest has them, the request not
         if unary:
@@ -66,7 +68,10 @@ class GradientServicer:
         # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
         if plan.source is None and not request.leaf_tangents and (request.rows or 1) == 1:
             quick = self._evaluator.small_is_quick(plan, digest)
-            small = await call.compute(self._evaluator.small, plan, digest, request, inline=quick)
+            with call.span.step("evaluating"):
+                small = await call.compute(
+                    self._evaluator.small, plan, digest, request, inline=quick
+                )
         if small is not None:
             return request, digest, small
         return request, digest, self._evaluator.job(request, plan, digest)
@@ -83,10 +88,12 @@ class GradientServicer:
         async with CallScope("Evaluate", context, self._state) as call:
             _, digest, prepared = await self._prepare(call, unary=True)
             if isinstance(prepared, evaluation.Results):
-                reply = evaluation.unary_small_reply(prepared, digest)
+                with call.span.step("encoding"):
+                    reply = evaluation.unary_small_reply(prepared, digest)
             else:
                 block = await self._admit_job(call, prepared, streaming=False)
-                reply = await call.compute(self._evaluator.unary_reply, prepared, block)
+                with call.span.step("evaluating"):  # and encoding: one step on the executor
+                    reply = await call.compute(self._evaluator.unary_reply, prepared, block)
                 # The arrays are gone; grpc copies the message while it is being sent.
                 await call.admit(call.request_bytes + 2 * len(reply))
             await call.send(reply)
@@ -102,7 +109,8 @@ class GradientServicer:
             job = prepared
             block = await self._admit_job(call, job, streaming=True)
             for first in range(0, job.rows, block):
-                results = await call.compute(self._evaluator.evaluate_block, job, first, block)
+                with call.span.step("evaluating"):
+                    results = await call.compute(self._evaluator.evaluate_block, job, first, block)
                 for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
                     if call.should_stop():
                         return

@@ -1,0 +1,109 @@
+"""`--workers N --metrics-port P`: one scrape of P sees every worker's calls, and a worker
+that dies and is replaced neither loses nor doubles counts (prometheus_client's
+multiprocess mode)."""
+
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+from graphs import neuron
+from hardening import wait_until
+from metered import sample, scrape
+from ports import free_port
+from servers import GRADSERVE, Served, health
+from test_cli import worker_pids
+
+from gradserve.client import connect
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def evaluate_on_new_connections(port: int, calls: int) -> None:
+    """Each call on a new channel, so that the kernel spreads them over the workers."""
+    g, ids = neuron()
+    for _ in range(calls):
+        channel, stub = connect(f"127.0.0.1:{port}")
+        with channel:
+            reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+        assert reply.grads[ids["x1"]] == pytest.approx(-1.5, rel=1e-12)
+
+
+def evaluations(text: str) -> float:
+    return sample(text, "gradserve_calls_total", method="Evaluate", code="OK")
+
+
+def plan_gauge_pids(text: str) -> set[int]:
+    return {int(pid) for pid in re.findall(r'gradserve_plan_cache_plans\{pid="(\d+)"\}', text)}
+
+
+def handling_pids(log: str) -> set[int]:
+    return {int(pid) for pid in re.findall(r" (\d+) INFO \S+: Evaluate ", log)}
+
+
+def test_one_scrape_counts_every_workers_calls_across_a_restart():
+    metrics_port = free_port()
+    with Served("--workers", "2", "--metrics-port", str(metrics_port)) as served:
+        served.wait_for(r"(?s:worker serving.*){2}")
+        workers = worker_pids(served.log)
+        evaluate_on_new_connections(served.port, 40)
+        assert wait_until(lambda: served.log.count(": Evaluate ") == 40, 10)
+        assert handling_pids(served.log) == workers  # both workers took calls
+
+        text = scrape(metrics_port)
+        assert evaluations(text) == 40
+        assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 400
+        count = "gradserve_call_duration_seconds_count"
+        assert sample(text, count, method="Evaluate") == 40
+        # Per-worker gauges carry the worker's pid; the plan-cache figures are summed.
+        assert wait_until(lambda: plan_gauge_pids(scrape(metrics_port)) == workers, 10)
+        lookups = "gradserve_plan_cache_lookups_total"
+
+        def lookups_counted() -> float:
+            text = scrape(metrics_port)
+            return sum(sample(text, lookups, outcome=outcome) for outcome in ("hit", "miss"))
+
+        assert wait_until(lambda: lookups_counted() == 40, 10)  # one lookup a call
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        served.wait_for(rf"worker {victim} exited .*restarting it")
+        served.wait_for(r"(?s:worker serving.*){3}")
+        assert evaluations(scrape(metrics_port)) == 40  # the dead worker's counts remain
+        alive = worker_pids(served.log) - {victim}
+        assert wait_until(lambda: plan_gauge_pids(scrape(metrics_port)) == alive, 10)
+
+        evaluate_on_new_connections(served.port, 10)
+        assert wait_until(lambda: served.log.count(": Evaluate ") == 50, 10)
+        assert evaluations(scrape(metrics_port)) == 50  # and nothing is counted twice
+        assert served.stop() == 0
+    assert "Traceback" not in served.log
+
+
+def test_the_workers_metrics_port_in_use_is_a_clear_error():
+    with Served("--workers", "1") as served:
+        result = subprocess.run(
+            [
+                GRADSERVE,
+                "serve",
+                "--port",
+                "0",
+                "--workers",
+                "2",
+                "--metrics-port",
+                f"{served.port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{served.port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_single_process_server_still_serves_its_own_metrics():
+    metrics_port = free_port()
+    with Served("--workers", "1", "--metrics-port", str(metrics_port)) as served:
+        assert health(served.port).returncode == 0
+        assert sample(scrape(metrics_port), "gradserve_calls_total", method="Check", code="OK") == 1
