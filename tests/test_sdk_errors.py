@@ -44,6 +44,19 @@ def test_an_unknown_op_names_the_node_and_its_value(client):
     assert isinstance(error, ValueError)
 
 
+@pytest.mark.parametrize("label", ["log(x)", "it's (odd)", "x" * 100 + ")"])
+def test_a_labelled_node_is_found_whatever_its_label(client, label):
+    """The server quotes the node's label in its message (cut when long): the node id and
+    the reason are read back whatever characters the label has."""
+    x = Value(-1.0)
+    y = x.log()
+    y.label = label
+    with pytest.raises(GraphError) as caught:
+        client.evaluate(y)
+    assert caught.value.node == 1 and caught.value.value is y
+    assert caught.value.reason.startswith("op 'log' is not defined at (-1.0)")
+
+
 def test_a_wrong_input_count_via_apply(client):
     x = Value(1.0)
     with pytest.raises(GraphError, match="takes 1 input"):

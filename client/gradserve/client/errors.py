@@ -13,7 +13,15 @@ import grpc.aio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-_NODE_REASON = re.compile(r"node (\d+)(?: \([^)]*\))?: (.*)", re.DOTALL)
+# "node 7: reason", or with the node's label quoted as Python quotes a string (either quote,
+# with escapes, any characters inside), cut and followed by its length when long:
+# "node 7 ('x1*w1'): reason", "node 7 ('log(x…' (1048576 characters)): reason".
+_NODE_REASON = re.compile(
+    r"node (\d+)"
+    r"""(?: \((?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(?: \(\d+ characters\))?\))?"""
+    r": (.*)",
+    re.DOTALL,
+)
 
 
 class GradserveError(Exception):
