@@ -303,3 +303,11 @@ def test_the_domain_is_the_mathematical_one(ops, name):
         columns = [np.array(column) for column in zip(*points, strict=True)]
         got = np.asarray(domain(*columns))
         assert got.dtype == bool and got.tolist() == [expected] * len(points), (points, got)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_doc_states_the_domain_the_op_checks(ops, name):
+    """The doc says "Defined everywhere" exactly when the op has no domain, else names it."""
+    op = ops[name]
+    assert ("Defined everywhere" in op.doc) == (op.domain is None), op.doc
+    assert ("Domain:" in op.doc) == (op.domain is not None), op.doc
