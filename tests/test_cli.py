@@ -80,7 +80,7 @@ def test_workers_share_the_port_and_a_dead_worker_is_replaced():
             with channel:
                 reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
             assert reply.grads[ids["x1"]] == pytest.approx(-1.5, rel=1e-12)
-        time.sleep(0.2)
+        served.wait_for(r"(?s:INFO \S+: Evaluate .*){16}")  # call lines are written in batches
         handled = {int(pid) for pid in re.findall(r" (\d+) INFO \S+: Evaluate ", served.log)}
         assert handled == first
 
