@@ -12,7 +12,6 @@ import pytest
 from graphs import GraphBuilder
 
 from gradserve.server.engine.small_call import MAX_NODES
-from gradserve.server.service.servicer import DEFAULT_CHUNK_NODES
 from gradserve.v1 import gradserve_pb2 as pb
 
 LEAVES = 150  # with the products below: 300 nodes, well past the small-call path's 128
@@ -122,8 +121,8 @@ def chunk_sizes(stub, request: pb.EvaluateRequest) -> list[int]:
 
 
 def test_stream_chunks_hold_the_default_number_of_nodes(stub, big_graph):
+    """65,536 nodes a chunk: the figure the README and the proto state."""
     sizes = chunk_sizes(stub, pb.EvaluateRequest(graph=big_graph.proto()))
-    assert DEFAULT_CHUNK_NODES == 65_536  # the figure the README and the proto state
     assert sizes == [65_536, 65_536, 140_000 - 2 * 65_536]
 
 
