@@ -96,3 +96,71 @@ def test_a_domain_error_names_the_row_only_when_there_are_rows(ops):
     with pytest.raises(GraphError) as rows:
         evaluate(plan, np.array([[4.0, 2.0], [3.0, -1.0]]), outputs, seeds)
     assert rows.value.node == 3 and "in row 1" in str(rows.value)
+
+
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        (lambda x: np.zeros(3), r"forward returned shape \(3,\), expected \(2,\)"),
+        (lambda x: np.array(["a", "b"]), "forward returned dtype <U1"),
+        (lambda x: [1.0, 2.0], "forward returned list"),
+    ],
+)
+def test_bad_results_in_a_stretch_of_rows_are_op_failures(ops, result, problem):
+    odd = Op("odd", 1, forward=result, backward=lambda g, y, x: (g,))
+    g = _chain("neg", MIN_STRETCH + 2, 0.5)
+    g.op("odd", len(g.node_ops) - 1)
+    for _ in range(3):
+        g.op("neg", len(g.node_ops) - 1)
+    with pytest.raises(OpFailure, match=problem) as caught:
+        _run(g, {**ops, "odd": odd}, rows=[[0.5], [0.25]])
+    assert caught.value.node == MIN_STRETCH + 3
+
+
+def _raises(*args):
+    raise RuntimeError("plugin internals")
+
+
+def _group_of_three(op_name: str) -> GraphBuilder:
+    """Three leaves and op_name on each: one group of three nodes (ids 3, 4, 5)."""
+    g = GraphBuilder()
+    for x in (1.0, 2.0, 3.0):
+        g.leaf(x)
+    for leaf in range(3):
+        g.op(op_name, leaf)
+    return g
+
+
+@pytest.mark.parametrize(
+    ("op", "problem"),
+    [
+        (Op("fails", 1, forward=_raises, backward=lambda g, y, x: (g,)), "failed in forward"),
+        (Op("fails", 1, forward=np.negative, backward=_raises), "failed in backward"),
+        (
+            Op(
+                "fails",
+                1,
+                forward=np.negative,
+                backward=lambda g, y, x: (g,),
+                domain=lambda x: np.zeros(1, dtype=bool),
+            ),
+            "domain returned the wrong shape",
+        ),
+    ],
+)
+def test_a_failing_group_is_reported_at_its_first_node(ops, op, problem):
+    plan = compile_graph(_group_of_three("fails").arrays(), {**ops, "fails": op})
+    with pytest.raises(OpFailure, match=problem) as caught:
+        evaluate(plan, np.array([1.0, 2.0, 3.0]), np.array([3, 4, 5]), np.ones(3))
+    assert caught.value.node == 3
+
+
+def test_evaluate_passes_non_finite_numbers_unless_told_otherwise(ops):
+    """The engine's default is IEEE arithmetic; the server asks for the check per request."""
+    g = GraphBuilder()
+    g.op("exp", g.leaf(800.0))
+    plan = compile_graph(g.arrays(), ops)
+    values, grads = evaluate(plan, np.array([800.0]), np.array([1]), np.ones(1))
+    assert np.isposinf(values[1]) and np.isposinf(grads[0])
+    with pytest.raises(GraphError, match=r"produced inf"):
+        evaluate(plan, np.array([800.0]), np.array([1]), np.ones(1), allow_non_finite=False)
