@@ -97,6 +97,7 @@ CASES = {
             (-1.5, -2.0),
             (-10.0, 4.0),
             (-1e-300, -2.0),  # overflows to inf: d/dp must stay 0, not inf * 0
+            (-0.5, 3.0),  # a negative base above -1: d/dp is 0, log is never taken
         ],
         lambda x, p: _pow(x, p),
         lambda x, p: (p * _pow(x, p - 1), _pow(x, p) * ln(x) if x > 0 else Decimal(0)),
