@@ -104,6 +104,18 @@ NOTES = [
     "W5: each client process alternates between W3's neuron and W4's graph on its own channel "
     "(so its own connection, which the kernel assigns to one worker); a reply whose gradients "
     "differ from a single call's counts as an error.",
+    "W6: each timed run is a block of steps, micrograd's and gradserve's alternating, from "
+    "the same weights; the time per step is the block's mean, so micrograd's includes "
+    "collecting its graphs (reference cycles through each node's _backward closure, which "
+    "its own training loops leave to the garbage collector; measured apart on this machine,"
+    " its median step on the README model took about a quarter of its mean). gradserve's "
+    "includes recording, sending (from the second step, the plan digest and leaf values "
+    "only), the server's evaluation and filling .data and .grad. The two-moons step leaves "
+    "out demo.ipynb's accuracy, which reads every score's .data.",
+    "W7: the same W1 request with and without `leaf_tangents` (one random tangent per leaf), "
+    "called alternately, warm; the first pair (compiling, and building the batch scatters) "
+    "is not counted. The oracle is first-order gradients at leaves +-h t, h = 1e-3 and 5e-4, "
+    "combined by Richardson extrapolation.",
 ]
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """A bare gRPC server for the baselines: `python -m bench.echo`.
 
 It has no protobuf messages, so a round trip costs only gRPC itself. ``Echo`` returns the
-request's bytes as they came (W3's latency baseline). ``Sized`` returns as many zero bytes
-as the request's first 8 bytes say, little-endian: W4 uses it for what moving a batch's
-request and response costs, with no evaluation. It allows messages as large as gradserve's
-and logs ``serving on HOST:PORT`` like gradserve.
+request's bytes as they came (W3's latency baseline). With ``--aio`` it is a ``grpc.aio``
+server whose Echo is shaped as gradserve's methods are (request-streaming on the server
+side, one ``read`` and one ``write``): the floor under gradserve's own serving layer.
+``Sized`` returns as many zero bytes as the request's first 8 bytes say, little-endian: W4
+uses it for what moving a batch's request and response costs, with no evaluation. It
+allows messages as large as gradserve's and logs ``serving on HOST:PORT`` like gradserve.
 """
 
+import asyncio
 import signal
 import sys
 import threading
@@ -30,7 +33,30 @@ def _sized(request: bytes, context) -> bytes:
     return bytes(int.from_bytes(request[:8], "little"))
 
 
+async def _echo_stream(_requests, context) -> None:
+    await context.write(await context.read())
+
+
+def _serve_aio() -> None:
+    async def serve() -> None:
+        server = grpc.aio.server(options=channel_options(MAX_MESSAGE_BYTES))
+        handlers = {"Echo": grpc.stream_stream_rpc_method_handler(_echo_stream)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"serving on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+        await stopping.wait()
+        await server.stop(0)
+
+    asyncio.run(serve())
+
+
 def main() -> None:
+    if "--aio" in sys.argv[1:]:
+        _serve_aio()
+        return
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8), options=channel_options(MAX_MESSAGE_BYTES)
     )

@@ -86,5 +86,5 @@ def gradserve(workers: int) -> ServerProcess:
     return server
 
 
-def echo() -> ServerProcess:
-    return ServerProcess([sys.executable, "-m", "bench.echo"])
+def echo(aio: bool = False) -> ServerProcess:
+    return ServerProcess([sys.executable, "-m", "bench.echo", *(["--aio"] if aio else [])])

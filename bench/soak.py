@@ -1,6 +1,6 @@
 """A bounded soak on loopback: many clients, a mix of calls, statuses, latency and memory.
 
-    uv run python bench/soak.py [--clients 32] [--seconds 60] [--warmup 10]
+    uv run python bench/soak.py [--clients 32] [--seconds 60] [--warmup 10] [--abusers]
 
 It starts ``gradserve serve`` on a free port, runs the clients for the given time, each
 repeatedly making one of: a small valid Evaluate, a large valid EvaluateStream, an invalid
@@ -8,9 +8,17 @@ graph (expects INVALID_ARGUMENT), a stream cancelled after its first chunk (expe
 CANCELLED). It prints counts, p50/p99 latency per kind, any unexpected status, and the
 server's resident memory after warm-up and at the end. It exits 1 on an unexpected status
 or when memory grew more than 10% after warm-up.
+
+With ``--abusers`` it runs twice on fresh servers, without and then with abusive clients
+beside the legitimate ones (bench/abusers.py: half-open calls, never-read streams, stalled
+HTTP/2 readers, oversized batches), and compares the legitimate clients' success rate and
+p99 latency and the server's peak memory. The goal (issue 11): 100% success and a p99 at
+most twice the undisturbed one; it exits 1 otherwise. A server whose memory passes
+``--memory-cap-mb`` is killed, to protect the machine, and the run counts as failed.
 """
 
 import argparse
+import math
 import os
 import platform
 import random
@@ -25,6 +33,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.abusers import Abusers
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -58,9 +70,31 @@ def invalid_graph(rng: np.random.Generator) -> pb.Graph:
     return graph
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
+
+
+class MemoryCap:
+    """Kills the process once its resident memory passes ``cap_mib``."""
+
+    def __init__(self, process: subprocess.Popen, cap_mib: float) -> None:
+        self.process, self.cap_mib = process, cap_mib
+        self.killed_at_mib: float | None = None
+        self.stop = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.02) and self.process.poll() is None:
+            try:
+                rss = rss_mib(self.process.pid)
+            except (OSError, AttributeError):
+                return
+            if rss > self.cap_mib:
+                self.killed_at_mib = rss
+                self.process.kill()
+                return
 
 
 def start_server() -> tuple[subprocess.Popen, int]:
@@ -132,61 +166,116 @@ class Soak:
                     self.unexpected[(kind, code.name)] += 1
 
 
+class Phase:
+    """One soak on a fresh server, with or without abusers beside the clients."""
+
+    def __init__(self, args: argparse.Namespace, abusive: bool) -> None:
+        self.abusive = abusive
+        process, port = start_server()
+        cap = MemoryCap(process, args.memory_cap_mb)
+        channel, stub = connect(f"127.0.0.1:{port}")
+        self.soak = Soak(stub, args.large_leaves)
+        abusers = Abusers(port) if abusive else None
+        try:
+            if abusers:
+                abusers.__enter__()
+            stop_at = time.monotonic() + args.seconds
+            clients = [
+                threading.Thread(target=self.soak.client, args=(stop_at, seed))
+                for seed in range(args.clients)
+            ]
+            for thread in clients:
+                thread.start()
+            time.sleep(args.warmup)
+            self.after_warmup = rss_mib(process.pid) if process.poll() is None else math.nan
+            for thread in clients:
+                thread.join()
+            alive = process.poll() is None
+            self.at_end = rss_mib(process.pid) if alive else math.nan
+            self.peak = rss_mib(process.pid, "VmHWM") if alive else math.nan
+        finally:
+            if abusers:
+                abusers.__exit__(None, None, None)
+            cap.stop.set()
+            channel.close()
+            process.terminate()
+            process.wait(timeout=60)
+        self.killed_at_mib = cap.killed_at_mib
+        self.outcomes = dict(abusers.outcomes) if abusers else {}
+        latencies = [t for kind in EXPECTED for t in self.soak.latencies[kind]]
+        self.p99_ms = float(np.percentile(np.array(latencies) * 1e3, 99)) if latencies else math.nan
+        total = sum(self.soak.statuses.values())
+        self.success = (total - sum(self.soak.unexpected.values())) / total if total else 0.0
+
+    def report(self, args: argparse.Namespace) -> None:
+        print(("with" if self.abusive else "without") + " abusers:")
+        all_latencies = []
+        for kind in EXPECTED:
+            times = np.array(self.soak.latencies[kind]) * 1e3
+            all_latencies += self.soak.latencies[kind]
+            if times.size:
+                print(
+                    f"  {kind:9s} calls={times.size:6d} p50={np.percentile(times, 50):8.1f} ms "
+                    f"p99={np.percentile(times, 99):8.1f} ms"
+                )
+        total = sum(self.soak.statuses.values())
+        print(f"  all       calls={total:6d} p99={self.p99_ms:.1f} ms success={self.success:.2%}")
+        print(f"  statuses: {dict(self.soak.statuses)}")
+        unexpected = self.soak.unexpected
+        print(f"  unexpected statuses: {sum(unexpected.values())} {dict(unexpected)}")
+        print(
+            f"  server RSS: {self.after_warmup:.0f} MiB after warm-up, {self.at_end:.0f} MiB at "
+            f"the end ({self.growth:+.1%}), peak {self.peak:.0f} MiB"
+        )
+        if self.killed_at_mib is not None:
+            print(f"  KILLED: server memory passed {args.memory_cap_mb:g} MiB")
+        if self.abusive:
+            print(f"  abusers' calls ended as: {self.outcomes}")
+
+    @property
+    def growth(self) -> float:
+        return (self.at_end - self.after_warmup) / self.after_warmup
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=10)
     parser.add_argument("--large-leaves", type=int, default=100_000)
+    parser.add_argument(
+        "--abusers", action="store_true", help="compare runs without and with abusive clients"
+    )
+    parser.add_argument(
+        "--memory-cap-mb",
+        type=float,
+        default=6144,
+        help="kill the server if its resident memory passes this (default 6144)",
+    )
     args = parser.parse_args()
 
-    process, port = start_server()
-    channel, stub = connect(f"127.0.0.1:{port}")
-    soak = Soak(stub, args.large_leaves)
-    try:
-        started = time.monotonic()
-        stop_at = started + args.seconds
-        clients = [
-            threading.Thread(target=soak.client, args=(stop_at, seed))
-            for seed in range(args.clients)
-        ]
-        for thread in clients:
-            thread.start()
-        time.sleep(args.warmup)
-        after_warmup = rss_mib(process.pid)
-        for thread in clients:
-            thread.join()
-        at_end = rss_mib(process.pid)
-    finally:
-        channel.close()
-        process.terminate()
-        process.wait(timeout=30)
-
+    phases = [Phase(args, abusive=False)]
+    if args.abusers:
+        phases.append(Phase(args, abusive=True))
     print(
         f"machine: {platform.node()} {platform.machine()}, {platform.python_version()}, "
         f"{len(os.sched_getaffinity(0))} cores; date {time.strftime('%F %T %Z')}"
     )
     print(f"{args.clients} clients, {args.seconds:g} s, large graph {args.large_leaves} leaves")
-    all_latencies = []
-    for kind in EXPECTED:
-        times = np.array(soak.latencies[kind]) * 1e3
-        all_latencies += soak.latencies[kind]
-        if times.size:
-            print(
-                f"  {kind:9s} calls={times.size:6d} p50={np.percentile(times, 50):8.1f} ms "
-                f"p99={np.percentile(times, 99):8.1f} ms"
-            )
-    total = sum(soak.statuses.values())
-    p99 = np.percentile(np.array(all_latencies) * 1e3, 99)
-    print(f"  all       calls={total:6d} p99={p99:.1f} ms")
-    print(f"  statuses: {dict(soak.statuses)}")
-    print(f"  unexpected statuses: {sum(soak.unexpected.values())} {dict(soak.unexpected)}")
-    growth = (at_end - after_warmup) / after_warmup
-    print(
-        f"  server RSS: {after_warmup:.0f} MiB after warm-up, {at_end:.0f} MiB at the end "
-        f"({growth:+.1%})"
-    )
-    return 1 if soak.unexpected or growth > 0.10 else 0
+    for phase in phases:
+        phase.report(args)
+    calm = phases[0]
+    failed = bool(calm.soak.unexpected) or not calm.growth <= 0.10 or calm.killed_at_mib
+    if args.abusers:
+        abused = phases[1]
+        ratio = abused.p99_ms / calm.p99_ms
+        print(
+            f"legitimate clients beside the abusers: success {abused.success:.2%} "
+            f"(without: {calm.success:.2%}), p99 {ratio:.2f}x, peak memory "
+            f"{abused.peak:.0f} MiB (without: {calm.peak:.0f} MiB)"
+        )
+        failed = failed or abused.success < 1 or not ratio <= 2 or abused.killed_at_mib
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

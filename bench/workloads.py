@@ -1,4 +1,4 @@
-"""The workloads W1-W5: each measures gradserve and its peers and adds rows to a Report."""
+"""The workloads W1-W7: each measures gradserve and its peers and adds rows to a Report."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +12,7 @@ from bench.echo import PATH as ECHO_PATH
 from bench.echo import SIZED_PATH, sized_request
 from bench.graphs import MlpShape
 from bench.measure import Report, percentile_ms, timed
+from bench.training import w6_training
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -29,10 +30,13 @@ class Sizes:
     batch_rows: int
     clients: int
     seconds: float
+    training_steps: tuple[int, int]  # W6's steps per timed run: the small model, two moons
 
 
-FULL = Sizes(MlpShape(300, 300, 3), 1_000_000, 2_000, MlpShape(33, 33, 3), 1_000, 16, 30.0)
-QUICK = Sizes(MlpShape(6, 6, 3), 3_001, 50, MlpShape(4, 4, 2), 20, 2, 1.0)
+FULL = Sizes(
+    MlpShape(300, 300, 3), 1_000_000, 2_000, MlpShape(33, 33, 3), 1_000, 16, 30.0, (300, 3)
+)
+QUICK = Sizes(MlpShape(6, 6, 3), 3_001, 50, MlpShape(4, 4, 2), 20, 2, 1.0, (5, 1))
 
 
 def leaf_grads(stub, request: pb.EvaluateRequest) -> np.ndarray:
@@ -230,10 +234,15 @@ def w3_neuron(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
     columns = graphs.mlp(graphs.NEURON_SHAPE, graphs.NEURON_LEAVES)
     workload = f"W3 neuron ({columns.node_count} nodes)"
     request = _leaves_request(columns)
-    with servers.gradserve(workers=1) as server, servers.echo() as echo:
+    with (
+        servers.gradserve(workers=1) as server,
+        servers.echo() as echo,
+        servers.echo(aio=True) as aio_echo,
+    ):
         channel, stub = connect(server.target)
         echo_channel, _ = connect(echo.target)
-        with channel, echo_channel:
+        aio_channel, _ = connect(aio_echo.target)
+        with channel, echo_channel, aio_channel:
             report.agree(
                 workload,
                 "gradserve vs micrograd: 5 leaf gradients",
@@ -250,6 +259,10 @@ def w3_neuron(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
             ours, theirs = _interleaved_latencies(
                 lambda: stub.Evaluate(request), lambda: echo_call(ECHO_PAYLOAD), sizes.neuron_calls
             )
+            aio_call = aio_channel.unary_unary(ECHO_PATH)
+            ours_again, aio_floor = _interleaved_latencies(
+                lambda: stub.Evaluate(request), lambda: aio_call(ECHO_PAYLOAD), sizes.neuron_calls
+            )
     size = f"{request.ByteSize()} byte request"
     ours_p50, echo_p50 = percentile_ms(ours, 50), percentile_ms(theirs, 50)
     report.target(
@@ -265,6 +278,14 @@ def w3_neuron(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
         f"p99 over {sizes.neuron_calls:,} calls",
         f"{percentile_ms(ours, 99):.3f} ms",
         f"echo p99 {percentile_ms(theirs, 99):.3f} ms",
+    )
+    again_p50, aio_p50 = percentile_ms(ours_again, 50), percentile_ms(aio_floor, 50)
+    report.row(
+        workload,
+        f"p50 over {sizes.neuron_calls:,} calls, beside a grpc.aio echo",
+        f"{again_p50:.3f} ms",
+        f"grpc.aio echo shaped as gradserve's methods p50 {aio_p50:.3f} ms: "
+        f"{again_p50 / aio_p50:.2f}x (the serving layer's own floor)",
     )
 
 
@@ -355,7 +376,8 @@ def w5_concurrent(report: Report, sizes: Sizes, repeats: int, peer_list) -> None
             "zero errors",
             "PASS" if outcome.errors == 0 else "FAIL",
         )
-    ratio = throughput[2] / throughput[1]
+    # No call completed (a loaded machine, a --quick run of one second): no ratio, a FAIL.
+    ratio = throughput[2] / throughput[1] if throughput[1] else float("nan")
     report.target(
         workload,
         "throughput --workers 2 / --workers 1",
@@ -366,10 +388,79 @@ def w5_concurrent(report: Report, sizes: Sizes, repeats: int, peer_list) -> None
     )
 
 
+def _hvp_by_differences(stub, columns: graphs.Columns, tangents: np.ndarray) -> np.ndarray:
+    """The Hessian-vector product by central differences of first-order calls' gradients
+    along ``tangents``, Richardson-extrapolated (error O(h^4)): an independent oracle."""
+
+    def difference(h: float) -> np.ndarray:
+        up, down = (
+            leaf_grads(stub, _leaves_request(_with_leaves(columns, columns.leaf_values + s * h)))
+            for s in (tangents, -tangents)
+        )
+        return (up[0] - down[0]) / (2 * h)
+
+    return (4 * difference(5e-4) - difference(1e-3)) / 3
+
+
+def _with_leaves(columns: graphs.Columns, leaf_values: np.ndarray) -> graphs.Columns:
+    return graphs.Columns(columns.node_ops, columns.input_counts, columns.input_ids, leaf_values)
+
+
+def w7_hvp(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:
+    """W1's MLP: value + gradient + Hessian-vector product (leaf_tangents) against value +
+    gradient, warm, called alternately so that both see the same load."""
+    shape = sizes.mlp
+    values = shape.leaves(np.random.default_rng(1))
+    columns = graphs.mlp(shape, values)
+    workload = f"W7 hvp ({columns.node_count:,} nodes)"
+    tangents = np.random.default_rng(7).normal(size=len(values))
+    first = _leaves_request(columns)
+    second = _leaves_request(columns, leaf_tangents=tangents)
+
+    def with_tangents():
+        reply = stub.Evaluate(second)
+        return np.array(reply.grads), np.array(reply.grad_tangents)
+
+    with servers.gradserve(workers=1) as server:
+        channel, stub = connect(server.target)
+        with channel:
+            grads = leaf_grads(stub, first)[0]
+            second_grads, hvp = with_tangents()
+            oracle = _hvp_by_differences(stub, columns, tangents)
+            pairs = [(timed(lambda: leaf_grads(stub, first)), timed(with_tangents))]
+            pairs += [
+                (timed(lambda: leaf_grads(stub, first)), timed(with_tangents))
+                for _ in range(repeats)
+            ]
+    report.agree(workload, "gradients with and without tangents", second_grads, grads)
+    error = float(np.max(np.abs(hvp - oracle)) / np.max(np.abs(oracle)))
+    report.target(
+        workload,
+        "HVP vs finite differences of gradients",
+        f"{error:.1e}",
+        "largest absolute difference over the largest entry (Richardson, h = 1e-3, 5e-4)",
+        "<= 1e-6",
+        error <= 1e-6,
+    )
+    warm = pairs[1:]  # the first pair compiled and built the scatters
+    plain = _median([a[0] for a, _ in warm])
+    both = _median([b[0] for _, b in warm])
+    report.target(
+        workload,
+        "value + gradient + HVP, warm",
+        f"{both:.3f} s",
+        f"value + gradient {plain:.3f} s: {both / plain:.2f}x",
+        "<= 3x value + gradient",
+        both / plain <= 3,
+    )
+
+
 WORKLOADS = {
     "mlp": w1_mlp,
     "chain": w2_chain,
     "neuron": w3_neuron,
     "batch": w4_batch,
     "concurrent": w5_concurrent,
+    "training": w6_training,
+    "hvp": w7_hvp,
 }

@@ -2,6 +2,7 @@ import socket
 
 import grpc
 import pytest
+from conformance_suite import conformance_server, runner_env, tls_servers
 
 from gradserve.server.registry import discovered_entry_points, load_registry
 from gradserve.server.service.app import running_server
@@ -56,3 +57,19 @@ def unused_target():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def conformance_target():
+    """The conformance suite's server (tests/conformance_suite.py), shared by every runner:
+    its "host:port" target and bearer token."""
+    with conformance_server() as (target, token):
+        yield target, token
+
+
+@pytest.fixture(scope="session")
+def client_test_env(conformance_target, tmp_path_factory):
+    """What the Go and Node clients' tests read: the conformance server, the cases, and a
+    TLS and a mutual-TLS server (tests/conformance_suite.py), as environment variables."""
+    with tls_servers(tmp_path_factory.mktemp("certs")) as tls:
+        yield {**runner_env(*conformance_target), **tls}

@@ -2,7 +2,8 @@
 seed-weighted gradients of several outputs, batch rows, and EvaluateStream's chunk sizes.
 
 Graphs here have more than ``small_call.MAX_NODES`` nodes or more than one row, so no call
-takes the small-call path; the expected gradients are closed forms written out below.
+takes the small-call path (not even a structure's second call, which may run compiled); the
+expected gradients are closed forms written out below.
 """
 
 import math
@@ -14,7 +15,7 @@ from graphs import GraphBuilder
 from gradserve.server.engine.small_call import MAX_NODES
 from gradserve.v1 import gradserve_pb2 as pb
 
-LEAVES = 150  # with the products below: 300 nodes, well past the small-call path's 128
+LEAVES = 1100  # with the products below: 3,298 nodes, past the small-call path's 2,048
 
 
 def products(xs: list[float]) -> GraphBuilder:

@@ -72,7 +72,15 @@ def test_a_quick_run_writes_every_workload_and_agrees(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     text = output.read_text()
-    for workload in ("W1 mlp", "W2 chain", "W3 neuron", "W4 batch", "W5 concurrent"):
+    for workload in (
+        "W1 mlp",
+        "W2 chain",
+        "W3 neuron",
+        "W4 batch",
+        "W5 concurrent",
+        "W6 training",
+        "W7 hvp",
+    ):
         assert f"| {workload}" in text
     assert "| NO |" not in text
     agreement = text.split("## Agreement")[1].split("## Notes")[0]
@@ -89,10 +97,17 @@ def table_rows(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
+NUMBER = r"\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?"  # 812,399 or 0.376 or 1.1e-10
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
 def verdict_matches(row: list[str]) -> bool | None:
     """Whether the row's result is the verdict its figures give against its target (None
     for a row without a target). Ratio targets (">= 5x micrograd") read the last ratio in
-    the comparison, or the value; others ("<= 200 bytes/node", "zero errors") the value or
+    the comparison, or the value; others ("<= 200 bytes/node") the value, and "zero errors"
     the comparison. Figures within 2% of the target may round either way."""
     _, _, value, comparison, target, result = row
     if not target:
@@ -103,14 +118,14 @@ def verdict_matches(row: list[str]) -> bool | None:
         return True
     if target == "zero errors":
         return (result == "PASS") == comparison.endswith("errors 0")
-    bound = re.fullmatch(r"(>=|<=) ([\d.]+)(x?) .*|(>=|<=) ([\d.]+)(x)", target)
+    bound = re.fullmatch(rf"(>=|<=) ({NUMBER})(x?)(?: .*)?", target)
     assert bound, row
-    sign, limit, ratio = (bound[1], bound[2], bound[3]) if bound[1] else bound.group(4, 5, 6)
+    sign, limit, ratio = bound[1], _number(bound[2]), bound[3]
     if ratio:
-        figures = re.findall(r"([\d.]+)x", comparison) or re.findall(r"([\d.]+)x", value)
+        figures = re.findall(rf"({NUMBER})x", comparison) or re.findall(rf"({NUMBER})x", value)
+        figure = _number(figures[-1])
     else:
-        figures = re.findall(r"[\d.]+", value.replace(",", ""))
-    figure, limit = float(figures[-1] if ratio else figures[0]), float(limit)
+        figure = _number(re.findall(NUMBER, value)[0])
     if abs(figure - limit) <= 0.02 * limit:
         return True
     met = figure >= limit if sign == ">=" else figure <= limit

@@ -1,5 +1,6 @@
 """Every script in examples/ runs against a local server and prints what it promises."""
 
+import math
 import re
 import shutil
 import subprocess
@@ -22,7 +23,10 @@ def run(script: str, *args: str, env=None) -> subprocess.CompletedProcess:
 
 
 def test_every_example_is_tested():
-    tested = {"notebook_expression.py", "notebook_neuron.py", "draw_graph.py", "mlp_two_moons.py"}
+    tested = {
+        *("notebook_expression.py", "notebook_neuron.py", "draw_graph.py", "mlp_two_moons.py"),
+        "newton.py",
+    }
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -53,6 +57,19 @@ def test_mlp_loss_falls(target):
     losses = [float(x) for x in re.findall(r"loss (\S+)", result.stdout)]
     assert len(losses) == 15
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_newton_converges_in_a_handful_of_steps(target):
+    result = run("newton.py", "--target", target)
+    assert result.returncode == 0, result.stderr
+    steps = re.findall(r"step (\d+): x (\S+), y (\S+), \|grad\| (\S+)", result.stdout)
+    norms = [float(norm) for *_, norm in steps]
+    assert len(steps) <= 8 and norms[-1] < 1e-12  # from (-1, 1): quadratic convergence
+    # Quadratic convergence near the minimum: each norm below 10x the square of the last.
+    pairs = zip(norms[-4:-1], norms[-3:], strict=True)
+    assert all(after < 10 * before**2 for before, after in pairs)
+    x, y = float(steps[-1][1]), float(steps[-1][2])
+    assert abs(x - -math.log(2) / 2) < 1e-12 and abs(y) < 1e-12
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")

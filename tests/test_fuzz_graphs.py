@@ -3,13 +3,13 @@ corrupted graphs and random bytes against the server (always a clean status, nev
 
 The graphs use all 19 standard ops (and, on a server that isolates it, the example plugin's
 erf, gelu and logaddexp), with inputs inside each op's domain and away from its kinks, from
-a few nodes to a few thousand, with chains and wide levels, one to four rows, random
-outputs, seeds and selections, through Evaluate and EvaluateStream: every evaluation path
-runs (small calls, scalar stretches, groups, batch rows, isolation workers). The reference
-is ``fuzz_reference``: Python floats and ``math``.
+a few nodes to 3,500, with chains and wide levels, one to four rows, random outputs, seeds
+and selections, through Evaluate and EvaluateStream: every evaluation path runs (small
+calls, looped and compiled, scalar stretches, groups, batch rows, isolation workers). The
+reference is ``fuzz_reference``: Python floats and ``math``.
 
 Each property runs GRADSERVE_FUZZ_EXAMPLES examples (default 100, the README's figure; all
-properties together take about a minute); a long run is
+properties together take about ten seconds); a long run is
 ``GRADSERVE_FUZZ_EXAMPLES=20000 uv run pytest tests/test_fuzz_graphs.py``. A graph's
 structure comes from a seeded ``random.Random`` (hypothesis draws the seed, the size and
 the shape), which keeps a 3,000-node example cheap to draw; shrinking then shrinks the size.
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import Stretch, compile_graph
-from gradserve.server.engine.small_call import MAX_NODES
+from gradserve.server.engine.small_call import LOOP_NODES, MAX_NODES
 from gradserve.server.registry import discovered_entry_points, load_registry
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
@@ -57,7 +57,9 @@ class Case:
     def __init__(self, draw, ops: dict) -> None:
         size = draw(
             st.one_of(
-                st.integers(2, MAX_NODES), st.integers(MAX_NODES + 1, 600), st.integers(600, 3000)
+                st.integers(2, LOOP_NODES),
+                st.integers(LOOP_NODES + 1, MAX_NODES),
+                st.integers(MAX_NODES + 1, 3500),
             )
         )
         self.rows = draw(st.sampled_from([1, 1, 1, 2, 3, 4]))
@@ -86,8 +88,12 @@ class Case:
             values.append(v)
             grads.append(g)
         self.values, self.grads = np.array(values), np.array(grads)
-        small = n <= MAX_NODES and self.rows == 1
-        event("small call" if small else "rows > 1" if self.rows > 1 else "array, one row")
+        if self.rows > 1:
+            event("rows > 1")
+        elif n <= LOOP_NODES:
+            event("one row, up to LOOP_NODES nodes")
+        else:
+            event("one row, up to MAX_NODES nodes" if n <= MAX_NODES else "one row, more")
         assume(np.isfinite(self.grads).all() and np.abs(self.grads).max() < 1e250)
 
     def selected(self) -> list[int]:
@@ -172,7 +178,9 @@ def _ask(stub, case: Case, streamed: bool, chunk_size: int):
 @fuzz
 @given(cases(STANDARD), st.booleans(), st.sampled_from([0, 1, 7, 1000]))
 def test_the_server_agrees_with_a_reference_evaluation(stub, case, streamed, chunk_size):
+    """Each request twice: a structure's second call may run as a compiled program."""
     case.check(*_ask(stub, case, streamed, chunk_size))
+    case.check(*_ask(stub, case, not streamed, chunk_size))
 
 
 SPECIAL_SOURCE = Path(__file__).resolve().parents[1] / "ops_plugins" / "special"
@@ -299,7 +307,7 @@ def test_the_fuzzed_graphs_reach_every_path(ops):
     scalar stretches, graphs on both sides of the small-call limit, every op."""
     rng = random.Random(7)
     seen_ops, stretches, sizes = set(), 0, []
-    for size in (50, 400, 3000):
+    for size in (50, 400, MAX_NODES + 500):
         for chain_share in (0.0, 0.9):
             rg = random_graph(rng, STANDARD, size, 1, chain_share)
             sizes.append(len(rg.graph.node_ops))
@@ -308,4 +316,4 @@ def test_the_fuzzed_graphs_reach_every_path(ops):
             stretches += sum(isinstance(step, Stretch) for step in plan.steps)
     assert seen_ops == set(STANDARD)
     assert stretches > 0
-    assert min(sizes) <= MAX_NODES < max(sizes) and max(sizes) >= 3000
+    assert min(sizes) <= LOOP_NODES and max(sizes) > MAX_NODES

@@ -8,7 +8,7 @@ import pytest
 from graphs import GraphBuilder
 from hardening import violations
 
-from gradserve.server.service import servicer
+from gradserve.server.service import evaluation as servicer
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -42,7 +42,8 @@ def test_a_stream_error_carries_the_details_too(stub):
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.EvaluateStream(pb.EvaluateRequest(graph=g.proto())))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [field for field, _ in violations(caught.value)] == ["graph.op_names[1]"]
+    # op_names[0] is the op-table entry at fault (its node, 1, is in the description)
+    assert [field for field, _ in violations(caught.value)] == ["graph.op_names[0]"]
 
 
 def test_an_unexpected_error_is_internal_with_an_id_in_the_log(stub, monkeypatch, caplog):

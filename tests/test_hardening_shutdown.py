@@ -2,11 +2,11 @@
 
 import os
 import signal
-import time
 from concurrent import futures
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hardening import chain, wait_until
 from servers import Served
 from test_registry import install_fake_plugin
@@ -47,8 +47,14 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(nap_server):
         calls = [pool.submit(stub.Evaluate, request, timeout=30) for _ in range(4)]
         assert wait_until(lambda: started.exists() and len(started.read_text().split()) == 4, 10)
         served.process.send_signal(signal.SIGTERM)
-        served.wait_for("shutting down")
-        time.sleep(0.2)  # from the log line to server.stop()
+        # Health says NOT_SERVING while the calls drain, before the port closes.
+        probe = health_pb2_grpc.HealthStub(channel)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert wait_until(
+            lambda: probe.Check(health_pb2.HealthCheckRequest(), timeout=5).status == not_serving,
+            10,
+        )
+        assert not any(call.done() for call in calls)
         with pytest.raises(grpc.RpcError) as refused:
             stub.ListOps(pb.ListOpsRequest(), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,5 +1,6 @@
 """The Prometheus endpoint: calls by method and status, nodes evaluated, latency."""
 
+import asyncio
 import subprocess
 import time
 from types import SimpleNamespace
@@ -41,13 +42,23 @@ def test_a_call_shows_up_in_the_scrape(metered):
 
 
 def test_each_methods_handler_is_wrapped_once():
-    metrics = CallMetrics()
-    details = SimpleNamespace(method="/gradserve.v1.GradientService/ListOps")
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    wrapped = metrics.intercept_service(lambda _: handler, details)
-    assert metrics.intercept_service(lambda _: handler, details) is wrapped
-    other = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    assert metrics.intercept_service(lambda _: other, details) is not wrapped
+    interceptor = CallMetrics().interceptor("/gradserve.v1.GradientService/")
+    details = SimpleNamespace(method="/grpc.health.v1.Health/Check")
+
+    async def echo(request, context):
+        return request
+
+    def intercept(handler):
+        async def continuation(_):
+            return handler
+
+        return asyncio.run(interceptor.intercept_service(continuation, details))
+
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    wrapped = intercept(handler)
+    assert wrapped is not handler
+    assert intercept(handler) is wrapped
+    assert intercept(grpc.unary_unary_rpc_method_handler(echo)) is not wrapped
 
 
 def test_streams_and_errors_are_counted_by_status_code(metered):

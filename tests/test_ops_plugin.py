@@ -108,14 +108,19 @@ def special_graph() -> GraphBuilder:
     return g
 
 
-def evaluate_on_a_new_server(graph: GraphBuilder) -> tuple[dict, pb.EvaluateResponse]:
-    """ListOps and an evaluation of ``graph`` on a fresh ``gradserve serve`` process."""
+def evaluate_on_a_new_server(
+    graph: GraphBuilder, tangents: list[float] | None = None
+) -> tuple[dict, pb.EvaluateResponse]:
+    """ListOps and an evaluation of ``graph`` (with leaf ``tangents``, if given) on a fresh
+    ``gradserve serve`` process, which runs plugin ops in isolation workers."""
     with Served("--workers", "1") as served:
         channel, stub = connect(f"127.0.0.1:{served.port}")
         with channel:
             ops = {op.name: op for op in stub.ListOps(pb.ListOpsRequest()).ops}
             nodes = [4, 5, 6, 0, 1, 2, 3]  # erf, gelu, logaddexp and the leaves
             request = pb.EvaluateRequest(graph=graph.proto(), outputs=[4, 5, 6], nodes=nodes)
+            if tangents is not None:
+                request.leaf_tangents.extend(tangents)
             return ops, stub.Evaluate(request)
 
 
@@ -144,6 +149,16 @@ def test_install_then_uninstall_adds_then_removes_the_ops(environment_restored):
     assert d_one == pytest.approx(PHI_1 + math.exp(-0.5) / math.sqrt(2 * math.pi), rel=1e-14)
     softmax_a = math.exp(0.5) / (math.exp(0.5) + math.exp(-1.0))
     assert (d_a, d_b) == pytest.approx((softmax_a, 1 - softmax_a), rel=1e-14)
+
+    # Second order through the isolation workers: grad tangents are Hessian-vector products.
+    _, second = evaluate_on_a_new_server(special_graph(), tangents=[1.0, -2.0, 0.5, 3.0])
+    assert all(ops[name].second_order for name in ("erf", "gelu", "logaddexp"))
+    d2_half = -2 * 0.5 * 2 / math.sqrt(math.pi) * math.exp(-0.25)
+    d2_one = math.exp(-0.5) / math.sqrt(2 * math.pi) * (2 - 1)
+    ab = softmax_a * (1 - softmax_a)  # d2/da2 = d2/db2 = -d2/da db
+    expected = [d2_half * 1.0, d2_one * -2.0, ab * 0.5 - ab * 3.0, -ab * 0.5 + ab * 3.0]
+    assert list(second.grad_tangents[3:]) == pytest.approx(expected, rel=1e-13)
+    assert list(second.value_tangents[:1]) == pytest.approx([d_half], rel=1e-14)
 
     uninstalled = uv_pip("uninstall", DISTRIBUTION)
     assert uninstalled.returncode == 0, uninstalled.stderr

@@ -52,3 +52,26 @@ def test_one_row_as_lists_matches_protobuf(n):
     assert packed.gradient_chunk(ids, values, grads, digest, total_nodes=n) == (
         chunk.SerializeToString()
     )
+
+
+@pytest.mark.parametrize(("n", "rows"), [(0, 1), (1, 1), (7, 3), (300, 2)])
+def test_tangents_encode_as_protobuf_does(n, rows):
+    ids, values, grads = arrays(n, rows, seed=n + 1)
+    _, value_tangents, grad_tangents = arrays(n, rows, seed=n + 2)
+    fields = {
+        "values": values.T.ravel().tolist(),
+        "grads": grads.T.ravel().tolist(),
+        "value_tangents": value_tangents.T.ravel().tolist(),
+        "grad_tangents": grad_tangents.T.ravel().tolist(),
+    }
+    digest = bytes(range(16))
+    expected = pb.EvaluateResponse(node_ids=ids.tolist(), plan_digest=digest, rows=rows, **fields)
+    encoded = packed.evaluate_response(ids, values, grads, digest, value_tangents, grad_tangents)
+    assert encoded == expected.SerializeToString()
+    chunk = pb.GradientChunk(
+        node_ids=ids.tolist(), plan_digest=digest, rows=rows, total_nodes=n, **fields
+    )
+    encoded = packed.gradient_chunk(
+        ids, values, grads, digest, n, value_tangents=value_tangents, grad_tangents=grad_tangents
+    )
+    assert encoded == chunk.SerializeToString()

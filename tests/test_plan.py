@@ -126,8 +126,30 @@ def test_compiling_takes_under_80_bytes_a_node_beyond_the_wire_arrays(ops):
     assert peak / shape.node_count < 80
 
 
-def test_unused_unknown_op_names_are_ignored(ops):
-    plan = compile_graph(arrays(["nosuch", "tanh"], [0, 2], [0, 1], [0]), ops)
+def test_unused_unknown_op_names_are_refused(ops):
+    with pytest.raises(GraphError) as caught:
+        compile_graph(arrays(["tanh", "nosuch"], [0, 1], [0, 1], [0]), ops)
+    assert (caught.value.field, caught.value.index, caught.value.node) == (
+        "graph.op_names",
+        1,
+        None,
+    )
+    assert "unknown op 'nosuch'" in str(caught.value) and "used by no node" in str(caught.value)
+
+
+def test_an_op_name_listed_twice_is_refused(ops):
+    with pytest.raises(GraphError) as caught:
+        compile_graph(arrays(["tanh", "add", "tanh"], [0, 1, 3], [0, 1, 1], [0, 1]), ops)
+    assert (caught.value.field, caught.value.index, caught.value.node) == (
+        "graph.op_names",
+        2,
+        None,
+    )
+    assert "'tanh' twice (at 0 and 2)" in str(caught.value)
+
+
+def test_known_but_unused_op_names_are_allowed(ops):
+    plan = compile_graph(arrays(["add", "tanh"], [0, 2], [0, 1], [0]), ops)
     assert [g.op.name for g in plan.steps] == ["tanh"]
 
 

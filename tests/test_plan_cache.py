@@ -15,7 +15,7 @@ from gradserve.server.engine.plan_cache import (
     small_structure_digest,
     structure_digest,
 )
-from gradserve.server.service import servicer as servicer_module
+from gradserve.server.service import evaluation as servicer_module
 from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -107,7 +107,9 @@ def test_second_call_by_digest_reuses_the_plan(stub, monkeypatch):
 
     compiled = []
     monkeypatch.setattr(
-        servicer_module, "compile_graph", lambda *a: compiled.append(1) or compile_graph(*a)
+        servicer_module,
+        "compile_graph",
+        lambda *a, **k: compiled.append(1) or compile_graph(*a, **k),
     )
     leaves = [1.5, -0.5, 0.25, 2.0, -0.1]
     request = pb.EvaluateRequest(

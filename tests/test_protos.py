@@ -1,4 +1,5 @@
-"""The committed generated code matches the .proto, and the .proto passes buf lint."""
+"""The committed generated code matches the .proto, the .proto passes buf lint, and v1
+changes only additively (buf breaking against the committed baseline image)."""
 
 import filecmp
 import shutil
@@ -28,9 +29,62 @@ def test_regenerating_changes_nothing(tmp_path):
         )
 
 
-def test_buf_lint_passes():
+BASELINE = PROTOS / "baseline" / "gradserve_v1.binpb"
+
+
+def _buf() -> str:
     buf = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
     if buf is None:
         pytest.fail("buf is not installed; it is a dev dependency (buf-bin)")
-    result = subprocess.run([buf, "lint"], cwd=PROTOS, capture_output=True, text=True)
+    return buf
+
+
+def test_buf_lint_passes():
+    result = subprocess.run([_buf(), "lint"], cwd=PROTOS, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _breaking(module: Path) -> subprocess.CompletedProcess:
+    against = ["--against", str(BASELINE)]
+    return subprocess.run(
+        [_buf(), "breaking", *against], cwd=module, capture_output=True, text=True
+    )
+
+
+def test_v1_changes_only_additively():
+    """See protos/baseline/README.md to update the baseline on purpose."""
+    result = _breaking(PROTOS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_breaking_check_catches_a_removed_field(tmp_path):
+    module = tmp_path / "protos"
+    shutil.copytree(PROTOS, module, ignore=shutil.ignore_patterns("*.py", "*.pyi", "baseline"))
+    proto = module / "gradserve" / "v1" / "gradserve.proto"
+    text = proto.read_text()
+    assert "  bool allow_non_finite = 9;\n" in text
+    proto.write_text(text.replace("  bool allow_non_finite = 9;\n", ""))
+    result = _breaking(module)
+    assert result.returncode != 0
+    assert "allow_non_finite" in result.stdout + result.stderr
+
+
+def test_the_engine_knows_the_wire_selections_by_their_numbers():
+    from gradserve.server.engine import small_call
+    from gradserve.v1 import gradserve_pb2 as pb
+
+    for name in ("UNSPECIFIED", "ALL", "LEAVES", "NODES"):
+        assert getattr(small_call, f"SELECTION_{name}") == getattr(pb, f"SELECTION_{name}")
+
+
+def test_the_engine_imports_no_grpc_and_no_protobuf():
+    """The engine is the core: the gRPC edge calls it, never the reverse (DESIGN.md)."""
+    probe = (
+        "import sys, pkgutil, importlib, gradserve.server.engine as e\n"
+        "for m in pkgutil.iter_modules(e.__path__):\n"
+        "    importlib.import_module(f'{e.__name__}.{m.name}')\n"
+        "print(' '.join(sorted(n for n in sys.modules if n.split('.')[0] in ('grpc', 'google'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []

@@ -14,7 +14,7 @@ from servers import serving
 from gradserve.ops import Op
 from gradserve.server.engine import small_call
 from gradserve.server.registry import LoadedOp
-from gradserve.server.service import servicer
+from gradserve.server.service import evaluation as servicer
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -158,7 +158,10 @@ def tame_random_graph(rng: np.random.Generator) -> tuple[GraphBuilder, list, lis
 def test_random_graphs_match_central_differences(stub, general_path_calls, seed):
     g, recipe, values = tame_random_graph(np.random.default_rng(seed))
     reply = stub.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
+    again = stub.Evaluate(request(g, selection=pb.SELECTION_LEAVES))  # a compiled program
     assert not general_path_calls
+    # The compiled program does the looped program's operations in the same order.
+    assert again.SerializeToString() == reply.SerializeToString()
     for position, leaf in enumerate(g.leaf_values):
         h = 1e-6 * max(1.0, abs(leaf))
         ahead, behind = list(g.leaf_values), list(g.leaf_values)
@@ -251,8 +254,11 @@ UNUSUAL = {
 
 @pytest.mark.parametrize("case", UNUSUAL)
 def test_anything_unusual_gets_the_general_paths_answer(stub, general_only, case):
+    general = outcome(lambda: general_only(lambda: stub.Evaluate(UNUSUAL[case]())))
     fast = outcome(lambda: stub.Evaluate(UNUSUAL[case]()))
-    assert fast == outcome(lambda: general_only(lambda: stub.Evaluate(UNUSUAL[case]())))
+    assert fast == general
+    compiled = outcome(lambda: stub.Evaluate(UNUSUAL[case]()))  # the structure's second call
+    assert compiled == general
     chunks = outcome(lambda: list(stub.EvaluateStream(UNUSUAL[case]())))
     assert chunks == outcome(
         lambda: general_only(lambda: list(stub.EvaluateStream(UNUSUAL[case]())))
@@ -339,14 +345,59 @@ def test_ops_without_a_usable_scalar_backward_run_on_arrays(
 
 
 def test_large_graphs_and_batches_take_the_general_path(stub, general_path_calls):
-    g = graph_of(*["sin"] * small_call.MAX_NODES)
+    g = graph_of(*["sin"] * small_call.LOOP_NODES)  # 2 leaves: LOOP_NODES + 2 nodes
     stub.Evaluate(request(g))
-    assert general_path_calls == [1]
-    g = graph_of(*["sin"] * (small_call.MAX_NODES - 2))
+    assert general_path_calls == [1]  # a first call above LOOP_NODES
     stub.Evaluate(request(g))
-    assert general_path_calls == [1]  # exactly MAX_NODES nodes: the small path
+    assert general_path_calls == [1]  # the second call: a compiled program
+    g = graph_of(*["sin"] * (small_call.LOOP_NODES - 2))
+    stub.Evaluate(request(g))
+    assert general_path_calls == [1]  # exactly LOOP_NODES nodes: the loop from the start
+    too_large = graph_of(*["sin"] * (small_call.MAX_NODES - 1))
+    stub.Evaluate(request(too_large))
+    stub.Evaluate(request(too_large))
+    assert general_path_calls == [1, 1, 1]
     stub.Evaluate(request(with_leaf_values(g, [0.1, 0.2, 0.3, 0.4]), rows=2))
-    assert general_path_calls == [1, 1]
+    assert general_path_calls == [1, 1, 1, 1]
+
+
+def recurrence(steps: int) -> tuple[GraphBuilder, list]:
+    """y[k+1] = tanh(w * y[k] + 0.5 * y[k-1] - b), a long graph of inline (mul, add, sub) and
+    called (tanh) ops, with its recipe for ``forward``."""
+    g = GraphBuilder()
+    recipe: list = []
+    for value in (0.3, -0.2, 0.9, 0.5, 0.1):  # y0, y1, w, half, b
+        g.leaf(value)
+        recipe.append(None)
+
+    def op(name, *inputs):
+        recipe.append((name, list(inputs)))
+        return g.op(name, *inputs)
+
+    before, last = 0, 1
+    for _ in range(steps):
+        total = op("add", op("mul", 2, last), op("mul", before, 3))
+        before, last = last, op("tanh", op("sub", total, 4))
+    return g, recipe
+
+
+def test_a_compiled_program_of_a_thousand_nodes(stub, general_path_calls, general_only):
+    g, recipe = recurrence(250)  # 1,255 nodes
+    assert small_call.LOOP_NODES < len(recipe) <= small_call.MAX_NODES
+    first = stub.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
+    assert general_path_calls == [1]
+    compiled = stub.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
+    assert general_path_calls == [1]
+    # The engine rounds tanh as NumPy does; the compiled program, as math does.
+    np.testing.assert_allclose(compiled.values, first.values, rtol=1e-13)
+    np.testing.assert_allclose(compiled.grads, first.grads, rtol=1e-9, atol=1e-12)
+    for position, leaf in enumerate(g.leaf_values):  # and against central differences
+        h = 1e-6
+        ahead, behind = list(g.leaf_values), list(g.leaf_values)
+        ahead[position] += h
+        behind[position] -= h
+        numeric = (forward(recipe, ahead)[-1] - forward(recipe, behind)[-1]) / (2 * h)
+        assert compiled.grads[position] == pytest.approx(numeric, rel=1e-5, abs=1e-6), leaf
 
 
 def test_a_stream_of_small_chunks(stub, general_path_calls):

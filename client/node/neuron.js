@@ -2,39 +2,38 @@
 // The notebook's neuron, o = tanh(x1*w1 + x2*w2 + b), evaluated by a gradserve server.
 //   node neuron.js [host:port]        (default localhost:50051)
 import { pathToFileURL } from "node:url";
-import { connect, evaluate, evaluateStream } from "./gradserve.js";
+import { Client, Graph } from "./gradserve.js";
 
-export const LABELS = ["x1", "x2", "w1", "w2", "b", "x1*w1", "x2*w2", "x1w1+x2w2", "n", "o"];
-
-/** The graph in columnar form: node i reads only nodes before it. */
-export function neuronRequest() {
-  return {
-    graph: {
-      op_names: ["mul", "add", "tanh"], // node_ops: 0 = leaf, k = op_names[k - 1]
-      node_ops: [0, 0, 0, 0, 0, 1, 1, 2, 2, 3],
-      input_counts: [0, 0, 0, 0, 0, 2, 2, 2, 2, 1],
-      input_ids: [0, 2, 1, 3, 5, 6, 7, 4, 8],
-      leaf_values: [2.0, 0.0, -3.0, 1.0, 6.8813735870195432], // x1, x2, w1, w2, b
-      labels: LABELS,
-    },
-    selection: "SELECTION_ALL",
-  };
+/** The neuron, built node by node: the graph, its leaves and its output. */
+export function neuron() {
+  const g = new Graph();
+  const [x1, x2] = [g.leaf(2.0, "x1"), g.leaf(0.0, "x2")];
+  const [w1, w2] = [g.leaf(-3.0, "w1"), g.leaf(1.0, "w2")];
+  const b = g.leaf(6.8813735870195432, "b");
+  const sum = x1.mul(w1).label("x1*w1").add(x2.mul(w2).label("x2*w2")).label("x1w1+x2w2");
+  const o = sum.add(b).label("n").tanh().label("o");
+  return { g, x1, x2, w1, w2, b, o };
 }
 
-function show(title, result) {
+function show(title, g, parts) {
   console.log(title);
-  result.node_ids.forEach((id, i) => {
-    const value = result.values[i].toFixed(4).padStart(8);
-    const grad = result.grads[i].toFixed(4).padStart(8);
-    console.log(`  ${LABELS[id].padEnd(10)} value ${value}  grad ${grad}`);
-  });
+  for (const part of parts) {
+    part.node_ids.forEach((id, i) => {
+      const value = part.values[i].toFixed(4).padStart(8);
+      const grad = part.grads[i].toFixed(4).padStart(8);
+      console.log(`  ${g.labels[id].padEnd(10)} value ${value}  grad ${grad}`);
+    });
+  }
 }
 
 async function main(target = "localhost:50051") {
-  const client = connect(target);
+  const client = new Client(target, { timeoutMs: 30_000 });
+  const { g } = neuron();
   try {
-    show("Evaluate", await evaluate(client, neuronRequest()));
-    show("EvaluateStream", await evaluateStream(client, { ...neuronRequest(), chunk_size: 4 }));
+    show("Evaluate", g, [await client.evaluate(g, { selection: "SELECTION_ALL" })]);
+    const chunks = [];
+    for await (const chunk of client.stream(g, { selection: "SELECTION_ALL", chunk_size: 4 })) chunks.push(chunk);
+    show("EvaluateStream", g, chunks);
   } finally {
     client.close();
   }

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 
-from gradserve.client import calls
+from gradserve.client import calls, second_order
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
     DEFAULT_TARGET,
@@ -43,6 +43,7 @@ class AsyncClient:
         self._evaluate, self._evaluate_stream = serialized_calls(self._channel)
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
         self._progress = progress
+        self._plans = calls.PlanDigests()
 
     async def close(self) -> None:
         await self._channel.close()
@@ -58,13 +59,11 @@ class AsyncClient:
         with translated():
             return list((await self._stub.ListOps(pb.ListOpsRequest(), **self._options)).ops)
 
-    async def backward(self, loss: Value) -> None:
+    async def backward(self, loss: Value, *, allow_non_finite: bool = False) -> None:
         """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on."""
-        call = calls.backward_call(loss)
+        call = calls.backward_call(loss, allow_non_finite=allow_non_finite, plans=self._plans)
         if len(call.subgraph) <= calls.STREAM_ABOVE:
-            with translated(call.subgraph):
-                response = await self._evaluate(call.request, **self._options)
-            calls.fill(call.subgraph, [response])
+            calls.fill(call.subgraph, [await self._unary(call)])
             return
         messages = [message async for message in self._messages(call, self._progress)]
         calls.fill(call.subgraph, messages)
@@ -76,12 +75,31 @@ class AsyncClient:
         seeds: Sequence[float] | None = None,
         *,
         batch: Mapping[Value, Sequence[float]] | None = None,
+        allow_non_finite: bool = False,
     ) -> Evaluation:
         """As ``Client.evaluate``."""
-        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True, batch=batch)
+        call = calls.evaluate_call(
+            outputs,
+            wrt,
+            seeds,
+            with_outputs=True,
+            batch=batch,
+            allow_non_finite=allow_non_finite,
+            plans=self._plans,
+        )
+        return calls.evaluation(call, await self._unary(call))
+
+    async def _unary(self, call: calls.Call) -> pb.EvaluateResponse:
+        """As ``Client._unary``."""
         with translated(call.subgraph):
-            response = await self._evaluate(call.request, **self._options)
-        return calls.evaluation(call, response)
+            try:
+                response = await self._evaluate(call.request, **self._options)
+            except grpc.RpcError as error:
+                if not self._plans.forget(call, error):
+                    raise
+                response = await self._evaluate(call.full_request(), **self._options)
+        self._plans.learn(call, response)
+        return response
 
     async def stream(
         self,
@@ -91,17 +109,43 @@ class AsyncClient:
         *,
         chunk_size: int = 0,
         progress: bool | None = None,
+        allow_non_finite: bool = False,
     ) -> AsyncIterator[Chunk]:
         """As ``Client.stream``: ``async for chunk in client.stream(loss)``."""
-        call = calls.evaluate_call(outputs, wrt, seeds, chunk_size=chunk_size)
+        call = calls.evaluate_call(
+            outputs, wrt, seeds, chunk_size=chunk_size, allow_non_finite=allow_non_finite
+        )
         show = self._progress if progress is None else progress
         async for message in self._messages(call, show):
             yield calls.chunk(call, message)
 
+    # Second order (second_order.py), as on Client.
+    async def jvp(self, output, wrt, tangent, *, allow_non_finite=False, timeout=None) -> float:
+        """As ``Client.jvp``."""
+        made = second_order.jvp(output, wrt, tangent, allow_non_finite)
+        return await self._second_order(*made, timeout)
+
+    async def hvp(self, output, wrt, vector, *, allow_non_finite=False, timeout=None):
+        """As ``Client.hvp``."""
+        made = second_order.hvp(output, wrt, vector, allow_non_finite)
+        return await self._second_order(*made, timeout)
+
+    async def hessian(self, output, wrt, *, allow_non_finite=False, timeout=None):
+        """As ``Client.hessian``."""
+        made = second_order.hessian(output, wrt, allow_non_finite)
+        return await self._second_order(*made, timeout)
+
+    async def _second_order(self, call: calls.Call, read, timeout: float | None):
+        options = second_order.options(self._options, timeout)
+        with translated(call.subgraph):
+            response = await self._evaluate(call.request, **options)
+        return read(response)
+
     async def _messages(
         self, call: calls.Call, progress: bool | None
     ) -> AsyncIterator[pb.GradientChunk]:
-        responses = self._evaluate_stream(call.request, **self._options)
+        with translated(call.subgraph):
+            responses = self._evaluate_stream(call.whole_graph(), **self._options)
         bar = None
         try:
             with translated(call.subgraph):

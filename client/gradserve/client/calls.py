@@ -1,8 +1,11 @@
 """What the sync and async clients share: building requests from Values, reading results."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
 from gradserve.client import wire
@@ -13,7 +16,7 @@ from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
 
 STREAM_ABOVE = 65_536  # backward streams results of more nodes, so a progress bar can show
-_GRAPH = 1  # EvaluateRequest.graph's field number
+_GRAPH, _PLAN_DIGEST = 1, 7  # EvaluateRequest's field numbers
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,68 @@ class Chunk:
 @dataclass(frozen=True)
 class Call:
     """A prepared request, serialized (see ``channel.serialized_calls``), and what is needed
-    to read its results."""
+    to read its results.
+
+    When the client's server compiled a graph of the same structure before, ``request``
+    names that plan by its digest and carries only the leaf values; ``full_request`` then
+    builds the request with the whole graph, for a server that no longer holds the plan.
+    """
 
     request: bytes
     subgraph: Subgraph
     output_count: int = 0
+    fingerprint: bytes = b""
+    full_request: Callable[[], bytes] | None = field(default=None, compare=False)
+
+    def whole_graph(self) -> bytes:
+        """The request with the whole graph (a stream always sends it)."""
+        return self.request if self.full_request is None else self.full_request()
+
+
+class PlanDigests:
+    """The server's plan digests of the graph structures one client sent, by the SDK's own
+    fingerprint of the structure, so that a training loop, which sends graphs of one
+    structure again and again, sends only the digest and new leaf values (DESIGN.md, 5).
+
+    The fingerprint hashes what the server's digest covers (ops, inputs, labels), in the
+    SDK's own columns, so it costs a hash of two arrays rather than the wire encoding.
+    """
+
+    MAX_ENTRIES = 256
+
+    def __init__(self) -> None:
+        self._digests: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, fingerprint: bytes) -> bytes | None:
+        return self._digests.get(fingerprint)
+
+    def learn(self, call: Call, response) -> None:
+        """Keep the digest a reply named for the call's structure."""
+        if call.fingerprint and response.plan_digest:
+            self._digests[call.fingerprint] = response.plan_digest
+            self._digests.move_to_end(call.fingerprint)
+            while len(self._digests) > self.MAX_ENTRIES:
+                self._digests.popitem(last=False)
+
+    def forget(self, call: Call, error: grpc.RpcError) -> bool:
+        """Whether ``error`` says the server lost the plan the call named (NOT_FOUND); the
+        digest is then forgotten and the call is to be sent again with its whole graph."""
+        if call.full_request is None or error.code() != grpc.StatusCode.NOT_FOUND:
+            return False
+        self._digests.pop(call.fingerprint, None)
+        return True
+
+
+def fingerprint(subgraph: Subgraph, labels: list[str]) -> bytes:
+    """A digest of the sent graph's structure as the SDK records it: op codes (each an op
+    name and input count, per process), input ids and labels."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(len(subgraph).to_bytes(8, "little"))
+    h.update(subgraph.codes.astype(np.int32).tobytes())
+    h.update(subgraph.input_ids.astype(np.int32).tobytes())
+    for label in labels:
+        h.update(label.encode() + b"\0")
+    return h.digest()
 
 
 def _as_list(values: Value | Sequence[Value]) -> list[Value]:
@@ -60,23 +120,34 @@ def _as_list(values: Value | Sequence[Value]) -> list[Value]:
     return values
 
 
-def backward_call(loss: Value) -> Call:
+def backward_call(
+    loss: Value, *, allow_non_finite: bool = False, plans: PlanDigests | None = None
+) -> Call:
     """Every node the loss depends on, differentiated from the loss, all results back."""
     if not isinstance(loss, Value):
         raise TypeError(f"backward needs a Value, got {loss!r}")
-    call = evaluate_call(loss, wrt="all")
+    call = evaluate_call(loss, wrt="all", allow_non_finite=allow_non_finite, plans=plans)
     call.subgraph.tape.results = None  # an earlier backward's results are stale
     return call
 
 
 def evaluate_call(
-    outputs, wrt=None, seeds=None, *, with_outputs=False, chunk_size=0, batch=None
+    outputs,
+    wrt=None,
+    seeds=None,
+    *,
+    with_outputs=False,
+    chunk_size=0,
+    batch=None,
+    allow_non_finite=False,
+    plans: PlanDigests | None = None,
 ) -> Call:
     """``wrt``: a list of Values, None for the graph's leaves, or "all" for every node.
 
     With ``with_outputs`` the outputs' own results come first (``Call.output_count`` of them).
     ``batch`` maps leaf Values to sequences of B values: the graph is evaluated at B rows, the
-    other leaves keeping their ``.data`` in every row.
+    other leaves keeping their ``.data`` in every row. With ``plans``, a structure the server
+    compiled before is named by its digest (see ``PlanDigests``).
     """
     outputs = _as_list(outputs)
     if not outputs:
@@ -89,6 +160,7 @@ def evaluate_call(
         outputs=[subgraph.position(r) for r in roots],
         seeds=[] if seeds is None else [float(s) for s in seeds],
         chunk_size=chunk_size,
+        allow_non_finite=allow_non_finite,
     )
     leaf_values = subgraph.leaf_values()
     if batch:
@@ -101,8 +173,26 @@ def evaluate_call(
         if with_outputs:
             fields.nodes.extend(fields.outputs)
         fields.nodes.extend(_positions(wrt, subgraph, tape))
-    request = fields.SerializeToString() + wire.message(_GRAPH, subgraph.graph(leaf_values))
-    return Call(request, subgraph, output_count=len(outputs) if with_outputs else 0)
+    head = fields.SerializeToString()
+    output_count = len(outputs) if with_outputs else 0
+    if plans is None:
+        request = head + wire.message(_GRAPH, subgraph.graph(leaf_values))
+        return Call(request, subgraph, output_count)
+    labels = subgraph.labels()
+    key = fingerprint(subgraph, labels)
+    digest = plans.get(key)
+
+    def full_request() -> bytes:
+        return head + wire.message(_GRAPH, subgraph.graph(leaf_values, labels))
+
+    if digest is None:
+        return Call(full_request(), subgraph, output_count, key)
+    request = (
+        head
+        + wire.message(_PLAN_DIGEST, digest)
+        + wire.message(_GRAPH, subgraph.leaves_only(leaf_values))
+    )
+    return Call(request, subgraph, output_count, key, full_request)
 
 
 def _positions(wrt, subgraph: Subgraph, tape) -> list[int]:

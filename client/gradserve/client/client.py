@@ -3,8 +3,9 @@
 from collections.abc import Iterator, Mapping, Sequence
 
 import grpc
+import numpy as np
 
-from gradserve.client import calls
+from gradserve.client import calls, second_order
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
     DEFAULT_TARGET,
@@ -42,6 +43,7 @@ class Client:
         self._evaluate, self._evaluate_stream = serialized_calls(self._channel)
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
         self._progress = progress
+        self._plans = calls.PlanDigests()
 
     def close(self) -> None:
         self._channel.close()
@@ -57,13 +59,13 @@ class Client:
         with translated():
             return list(self._stub.ListOps(pb.ListOpsRequest(), **self._options).ops)
 
-    def backward(self, loss: Value) -> None:
-        """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on (``loss.backward``)."""
-        call = calls.backward_call(loss)
+    def backward(self, loss: Value, *, allow_non_finite: bool = False) -> None:
+        """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on (``loss.backward``).
+
+        ``allow_non_finite`` lets NaN and infinities through instead of failing the call."""
+        call = calls.backward_call(loss, allow_non_finite=allow_non_finite, plans=self._plans)
         if len(call.subgraph) <= calls.STREAM_ABOVE:
-            with translated(call.subgraph):
-                response = self._evaluate(call.request, **self._options)
-            calls.fill(call.subgraph, [response])
+            calls.fill(call.subgraph, [self._unary(call)])
             return
         calls.fill(call.subgraph, list(self._messages(call, self._progress)))
 
@@ -74,16 +76,36 @@ class Client:
         seeds: Sequence[float] | None = None,
         *,
         batch: Mapping[Value, Sequence[float]] | None = None,
+        allow_non_finite: bool = False,
     ) -> Evaluation:
         """Values of ``outputs``, and values and gradients of ``wrt`` (default: the graph's
         leaves), without touching the Value objects. ``seeds`` weight the outputs' gradients
         (default 1.0 each). ``batch`` maps leaf Values to sequences of B values: the graph is
         then evaluated at all B rows in one call (the other leaves keep their ``.data``), and
-        the results gain a leading axis of length B."""
-        call = calls.evaluate_call(outputs, wrt, seeds, with_outputs=True, batch=batch)
+        the results gain a leading axis of length B. ``allow_non_finite`` lets NaN and
+        infinities through instead of failing the call."""
+        call = calls.evaluate_call(
+            outputs,
+            wrt,
+            seeds,
+            with_outputs=True,
+            batch=batch,
+            allow_non_finite=allow_non_finite,
+            plans=self._plans,
+        )
+        return calls.evaluation(call, self._unary(call))
+
+    def _unary(self, call: calls.Call) -> pb.EvaluateResponse:
+        """Evaluate's reply; with the whole graph again if the server lost the plan named."""
         with translated(call.subgraph):
-            response = self._evaluate(call.request, **self._options)
-        return calls.evaluation(call, response)
+            try:
+                response = self._evaluate(call.request, **self._options)
+            except grpc.RpcError as error:
+                if not self._plans.forget(call, error):
+                    raise
+                response = self._evaluate(call.full_request(), **self._options)
+        self._plans.learn(call, response)
+        return response
 
     def stream(
         self,
@@ -93,17 +115,43 @@ class Client:
         *,
         chunk_size: int = 0,
         progress: bool | None = None,
+        allow_non_finite: bool = False,
     ) -> Iterator[Chunk]:
         """Like ``evaluate``, but yields the results of ``wrt`` (default: the leaves; "all"
         for every node) chunk by chunk as they arrive, with a progress bar on a terminal."""
-        call = calls.evaluate_call(outputs, wrt, seeds, chunk_size=chunk_size)
+        call = calls.evaluate_call(
+            outputs, wrt, seeds, chunk_size=chunk_size, allow_non_finite=allow_non_finite
+        )
         show = self._progress if progress is None else progress
         for message in self._messages(call, show):
             yield calls.chunk(call, message)
 
+    # Second order (second_order.py). wrt: leaf Values; their current .data is the point.
+    def jvp(self, output, wrt, tangent, *, allow_non_finite=False, timeout=None) -> float:
+        """The directional derivative of ``output`` along ``tangent`` (one number per Value
+        of ``wrt``): a Jacobian-vector product."""
+        made = second_order.jvp(output, wrt, tangent, allow_non_finite)
+        return self._second_order(*made, timeout)
+
+    def hvp(self, output, wrt, vector, *, allow_non_finite=False, timeout=None) -> np.ndarray:
+        """H @ vector, shape (len(wrt),), H the Hessian of ``output`` with respect to
+        ``wrt`` (other leaves held constant)."""
+        made = second_order.hvp(output, wrt, vector, allow_non_finite)
+        return self._second_order(*made, timeout)
+
+    def hessian(self, output, wrt, *, allow_non_finite=False, timeout=None) -> np.ndarray:
+        """The Hessian of ``output`` with respect to ``wrt``, shape (n, n), in one call."""
+        return self._second_order(*second_order.hessian(output, wrt, allow_non_finite), timeout)
+
+    def _second_order(self, call: calls.Call, read, timeout: float | None):
+        with translated(call.subgraph):
+            response = self._evaluate(call.request, **second_order.options(self._options, timeout))
+        return read(response)
+
     def _messages(self, call: calls.Call, progress: bool | None) -> Iterator[pb.GradientChunk]:
         """EvaluateStream's chunks, counted on a progress bar; cancelled if abandoned."""
-        responses = self._evaluate_stream(call.request, **self._options)
+        with translated(call.subgraph):
+            responses = self._evaluate_stream(call.whole_graph(), **self._options)
         bar = None
         try:
             with translated(call.subgraph):

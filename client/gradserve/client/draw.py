@@ -78,8 +78,14 @@ def _quoted(text: str) -> str:
 
 
 def render(drawing: graphviz.Digraph, path: str | Path) -> Path:
-    """Render ``drawing`` to ``path`` (format from its suffix: .svg, .png, .pdf...)."""
+    """Render ``drawing`` to ``path`` (format from its suffix: .svg, .png, .pdf...).
+
+    The DOT text goes to ``dot`` through a pipe, so no source file is left beside ``path``,
+    and nothing at all is written when ``dot`` is missing."""
+    path = Path(path)
     try:
-        return Path(drawing.render(outfile=path, cleanup=True))
+        image = drawing.pipe(format=path.suffix.lstrip(".") or drawing.format)
     except graphviz.ExecutableNotFound:
         raise GraphvizNotFound(INSTALL_HINT) from None
+    path.write_bytes(image)
+    return path

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import grpc.aio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -58,6 +59,20 @@ class DeadlineExceeded(GradserveError, TimeoutError):
     """The call took longer than the client's ``timeout``."""
 
 
+class AuthError(GradserveError, PermissionError):
+    """The server refused the caller (UNAUTHENTICATED: no or a wrong token or certificate;
+    PERMISSION_DENIED: authenticated but not allowed); ``code`` says which."""
+
+
+class ClientClosed(GradserveError, ValueError):
+    """A call on a Client that was closed (``close()``, or its ``with`` block ended)."""
+
+
+class NoServerConfigured(GradserveError, RuntimeError):
+    """``backward()`` without a client, and no default server set (``gradserve.client.use``
+    or the ``GRADSERVE_TARGET`` environment variable)."""
+
+
 class GraphvizNotFound(GradserveError, RuntimeError):
     """Rendering a drawing needs Graphviz's ``dot`` program, which is not on the PATH."""
 
@@ -90,6 +105,8 @@ def translate(error: grpc.RpcError, subgraph=None) -> GradserveError:
         return ServerUnavailable(f"server unavailable: {details}", code)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"deadline exceeded: {details}", code)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AuthError(f"{code.name}: {details}", code)
     return ServerError(f"{code.name}: {details}", code)
 
 
@@ -100,3 +117,11 @@ def translated(subgraph=None) -> Iterator[None]:
         yield
     except grpc.RpcError as error:
         raise translate(error, subgraph) from None
+    except (ValueError, grpc.aio.UsageError) as error:
+        # grpc's words for a call on a closed channel ("Cannot invoke RPC on closed
+        # channel!", "Cannot invoke RPC: Channel closed!"; grpc.aio's UsageError: "Channel
+        # is closed.").
+        words = str(error).lower()
+        if "channel" in words and "closed" in words:
+            raise ClientClosed("the client was closed; make a new Client") from None
+        raise

@@ -79,21 +79,27 @@ class Subgraph:
             values = list(itertools.compress(values, (rows >= 0).tolist()))
             rows = rows[rows >= 0]
         for value, x, g in zip(values, data[rows].tolist(), grads[rows].tolist(), strict=True):
-            value.data, value.grad = x, g
+            value._data, value.grad = x, g
 
-    def graph(self, leaf_values: np.ndarray) -> bytes:
+    def graph(self, leaf_values: np.ndarray, labels: list[str] | None = None) -> bytes:
         """The Graph message, serialized, with ``leaf_values`` (``leaf_values()``, or rows
-        of them); labels are read now."""
+        of them); labels are read now unless given (``labels()``)."""
         names, node_ops = opcodes.op_table(self.codes)
+        labels = self.labels() if labels is None else labels
         return (
-            pb.Graph(op_names=names, labels=self._labels()).SerializeToString()
+            pb.Graph(op_names=names, labels=labels).SerializeToString()
             + wire.packed(_NODE_OPS, packed_varints(node_ops))
             + wire.packed(_INPUT_COUNTS, packed_varints(self.counts))
             + wire.packed(_INPUT_IDS, packed_varints(self.input_ids))
             + wire.packed(_LEAF_VALUES, wire.doubles(leaf_values))
         )
 
-    def _labels(self) -> list[str]:
+    @staticmethod
+    def leaves_only(leaf_values: np.ndarray) -> bytes:
+        """A Graph message with only ``leaf_values``, for a request naming a plan digest."""
+        return wire.packed(_LEAF_VALUES, wire.doubles(leaf_values))
+
+    def labels(self) -> list[str]:
         """Every node's label, or none when no Value has one."""
         positions, values, _ = self.held
         if not any(map(_label, values)):
@@ -115,7 +121,7 @@ class Subgraph:
         return np.array(data, dtype=np.float64)
 
 
-_data, _label = operator.attrgetter("data"), operator.attrgetter("label")
+_data, _label = operator.attrgetter("_data"), operator.attrgetter("label")
 
 
 def reachable(roots: list[int], counts: list[int], ids: list[int], n: int) -> np.ndarray:

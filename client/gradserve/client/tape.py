@@ -26,6 +26,7 @@ class Tape:
         "__weakref__",
         "codes",
         "forget",
+        "index",
         "input_ids",
         "leaf_ids",
         "live",
@@ -50,6 +51,10 @@ class Tape:
         # Per node, data and grad from the last backward (NaN where unknown), so that a
         # drawing shows them even for intermediate Values the program no longer holds.
         self.results: tuple[np.ndarray, np.ndarray] | None = None
+        # For ``Value._prev``, built when first asked and again once the tape grew: where
+        # each node's inputs start in ``input_ids``, and node id -> its Value (the leaves')
+        # or a weak reference to it (op nodes', so that the tape keeps none alive).
+        self.index: tuple[int, list[int], dict, dict] | None = None
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -70,6 +75,40 @@ class Tape:
         """The op-node Values still alive."""
         values = (ref() for ref in list(self.live))  # a copy: a Value may go meanwhile
         return [value for value in values if value is not None]
+
+    def inputs_of(self, node: int) -> tuple:
+        """The Values of node ``node``'s inputs (``Value._prev``): the same objects every
+        time, made and adopted here for op nodes whose Values the program dropped."""
+        if self.index is None or self.index[0] != len(self.codes):
+            counts = opcodes.input_counts(np.array(self.codes, dtype=np.int64))
+            starts = [0, *np.cumsum(counts, dtype=np.int64).tolist()]
+            leaves = {i: value for value, i in self.leaf_ids.items()}
+            ops = {value._id: weakref.ref(value) for value in self.live_values()}
+            self.index = (len(self.codes), starts, leaves, ops)
+        _, starts, leaves, ops = self.index
+        inputs = []
+        for i in self.input_ids[starts[node] : starts[node + 1]]:
+            value = leaves.get(i)
+            if value is None:
+                ref = ops.get(i)
+                value = ref() if ref is not None else None
+                if value is None:
+                    value = self._made_for(i)
+                    ops[i] = weakref.ref(value)
+            inputs.append(value)
+        return tuple(inputs)
+
+    def _made_for(self, node: int):
+        """A Value for the op node ``node``, whose own the program dropped, with the
+        results remembered for it."""
+        from gradserve.client.value import Value  # value imports tape
+
+        value = Value.__new__(Value)
+        value._data, value.grad = self.result(node) or (None, 0.0)
+        value.label = ""
+        value._tape, value._id = self, node
+        self.adopt(value)
+        return value
 
     def remember(self, nodes: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
         """Keep the results of the tape ids ``nodes`` (a backward clears ``results`` first)."""

@@ -1,8 +1,15 @@
 """``Value``: a micrograd-style scalar whose graph is recorded here and differentiated remotely.
 
-Operators only record a node (see ``tape``); nothing is computed locally. ``.data`` of an op
-node is None until the graph is evaluated: ``loss.backward(client)`` fills ``.data`` and
-``.grad`` of every Value the loss depends on.
+Operators only record a node (see ``tape``); nothing is computed locally.
+``loss.backward(client)`` (or ``loss.backward()`` on the default server, see ``default``)
+fills ``.data`` and ``.grad`` of every Value the loss depends on. Reading ``.data`` of an op
+node not evaluated yet evaluates what is pending on its tape, in one call to the default
+server (without one it stays None); like micrograd's, it then stays as it is until a backward
+recomputes it.
+
+``_prev`` and ``_op`` show the graph as micrograd's Value does, for the lecture's ``trace``
+and ``draw_dot``: a node's inputs as Value objects (one object per node, made on demand for
+intermediates the program dropped) and its op's symbol.
 """
 
 import numbers
@@ -20,20 +27,70 @@ NEG, TANH, RELU, EXP, LOG, SIGMOID = (
 class Value:
     """A scalar in a computation graph: a leaf when built as ``Value(data)``."""
 
-    __slots__ = ("__weakref__", "_id", "_tape", "data", "grad", "label")
+    __slots__ = ("__weakref__", "_data", "_id", "_tape", "grad", "label")
 
     def __init__(self, data: float, label: str = "") -> None:
         if type(data) is not float and not isinstance(data, numbers.Real):
             raise TypeError(f"Value data must be a real number, got {type(data).__name__}")
-        self.data = float(data)
+        self._data = float(data)
         self.grad = 0.0
         self.label = label
         self._tape = None  # leaves belong to no tape
         self._id = -1
 
+    @property
+    def data(self) -> float | None:
+        """The value: a leaf's own; an op node's from the last evaluation, evaluating what is
+        pending on its tape on the default server when there is none yet (None without a
+        default server)."""
+        if self._data is None and self._tape is not None:
+            from gradserve.client import pending  # pending -> calls -> value
+
+            pending.evaluate(self._tape)
+        return self._data
+
+    @data.setter
+    def data(self, data: float | None) -> None:
+        self._data = data
+
+    @property
+    def _prev(self) -> tuple["Value", ...]:
+        """The Values this one was computed from, in order (empty for a leaf): the objects
+        the program built, or one made now (and kept while used) for a dropped one."""
+        return () if self._tape is None else self._tape.inputs_of(self._id)
+
+    @property
+    def _op(self) -> str:
+        """'+' for add, '*' for mul, the op's name for any other op, '' for a leaf."""
+        if self._tape is None:
+            return ""
+        name = opcodes.name(self._tape.codes[self._id])
+        return _SYMBOLS.get(name, name)
+
     def __repr__(self) -> str:
         label = f", label={self.label!r}" if self.label else ""
-        return f"Value(data={self.data}, grad={self.grad}{label})"
+        data = self.data if self._tape is None or self._data is not None else self._shown_data()
+        return f"Value(data={data}, grad={self.grad}{label})"
+
+    def _shown_data(self) -> str | float:
+        """An op node's data for its repr: evaluated if a default server is set, else
+        ``<pending>`` (with the reason when the evaluation failed)."""
+        from gradserve.client import default
+        from gradserve.client.errors import GradserveError
+
+        if default.configured() is None:
+            return "<pending>"
+        try:
+            return self.data
+        except GradserveError as error:  # a repr does not raise: the error shows in it
+            return f"<pending: {error}>"
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        """In Jupyter a Value shows as its drawing (``draw_dot``): SVG when Graphviz's
+        ``dot`` is installed, the DOT text otherwise."""
+        from gradserve.client.draw import draw_dot
+
+        return draw_dot(self)._repr_mimebundle_(include, exclude, **kwargs)
 
     def apply(self, op: str, *others: "Value | float") -> "Value":
         """A node applying the server's op ``op`` to this Value and ``others``, in order.
@@ -49,13 +106,19 @@ class Value:
             inputs.append(value)
         return _record(op, inputs)
 
-    def backward(self, client):
-        """Evaluate this Value's graph on ``client``'s server and fill ``.data`` and ``.grad``
-        of every Value it depends on (gradients of this Value, fresh on each call).
+    def backward(self, client=None, *, allow_non_finite: bool = False):
+        """Evaluate this Value's graph and fill ``.data`` and ``.grad`` of every Value it
+        depends on (gradients of this Value, fresh on each call), on ``client``'s server or,
+        without one, on the default server (``gradserve.client.use`` or ``GRADSERVE_TARGET``).
 
         With an ``AsyncClient`` it returns a coroutine: ``await loss.backward(client)``.
+        ``allow_non_finite`` lets NaN and infinities through instead of failing the call.
         """
-        return client.backward(self)
+        if client is None:
+            from gradserve.client import default
+
+            client = default.client()
+        return client.backward(self, allow_non_finite=allow_non_finite)
 
     # Binary operators: a plain number on either side becomes a constant leaf.
     def __add__(self, other):
@@ -107,6 +170,9 @@ class Value:
         return _unary(SIGMOID, self)
 
 
+_SYMBOLS = {"add": "+", "mul": "*"}
+
+
 def _as_value(x) -> Value | None:
     if isinstance(x, Value):
         return x
@@ -118,7 +184,7 @@ def _constant(x) -> Value | None:
     if type(x) is not float and type(x) is not int and not isinstance(x, numbers.Real):
         return None
     constant = Value.__new__(Value)
-    constant.data = float(x)
+    constant._data = float(x)
     constant.grad = 0.0
     constant.label = ""
     constant._tape = None
@@ -174,7 +240,7 @@ def _record(op: str, inputs: list[Value]) -> Value:
 def _op_node(tape: Tape) -> Value:
     """The Value of the node just recorded on ``tape``."""
     out = Value.__new__(Value)
-    out.data = None
+    out._data = None
     out.grad = 0.0
     out.label = ""
     out._tape = tape

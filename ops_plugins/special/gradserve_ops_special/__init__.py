@@ -39,6 +39,10 @@ def _erf_scalar_backward(g, y, x):
     return (g * _TWO_OVER_SQRT_PI * math.exp(-(x * x)),)
 
 
+def _erf_second(y, x):
+    return (-2.0 * x * _TWO_OVER_SQRT_PI * np.exp(-np.square(x)),)
+
+
 erf = Op(
     "erf",
     1,
@@ -46,9 +50,10 @@ erf = Op(
     scalar=math.erf,
     backward=_erf_backward,
     scalar_backward=_erf_scalar_backward,
+    second=_erf_second,
     doc="The error function, 2/sqrt(pi) times the integral of e^-t^2 from 0 to x, as the C "
     "library's erf (accurate to an ulp or two). Defined everywhere; "
-    "d/dx = 2/sqrt(pi) e^-x^2.",
+    "d/dx = 2/sqrt(pi) e^-x^2, d2/dx2 = -2x d/dx.",
 )
 
 
@@ -69,15 +74,21 @@ def _gelu_backward(g, y, x):
     return (g * (_normal_cdf(x) + x * _ONE_OVER_SQRT_2PI * np.exp(-0.5 * np.square(x))),)
 
 
+def _gelu_second(y, x):
+    # d/dx (Phi(x) + x phi(x)) = 2 phi(x) + x phi'(x) = phi(x) (2 - x^2).
+    return (_ONE_OVER_SQRT_2PI * np.exp(-0.5 * np.square(x)) * (2.0 - np.square(x)),)
+
+
 gelu = Op(
     "gelu",
     1,
     forward=_gelu,
     scalar=_gelu_scalar,
     backward=_gelu_backward,
+    second=_gelu_second,
     doc="The exact GELU, x Phi(x) with Phi the standard normal CDF (not the tanh "
     "approximation), accurate for large negative x. Defined everywhere; "
-    "d/dx = Phi(x) + x phi(x), phi the standard normal density.",
+    "d/dx = Phi(x) + x phi(x), phi the standard normal density; d2/dx2 = phi(x) (2 - x^2).",
 )
 
 
@@ -86,12 +97,19 @@ def _logaddexp_backward(g, y, a, b):
     return g * np.exp(a - y), g * np.exp(b - y)
 
 
+def _logaddexp_second(y, a, b):
+    # With softmax weights wa + wb = 1: d2/da2 = d2/db2 = wa wb, d2/da db = -wa wb.
+    both = np.exp(a - y) * np.exp(b - y)
+    return both, -both, both
+
+
 logaddexp = Op(
     "logaddexp",
     2,
     forward=np.logaddexp,
     backward=_logaddexp_backward,
+    second=_logaddexp_second,
     doc="log(e^a + e^b), computed without overflow (NumPy's logaddexp). Defined "
     "everywhere; d/da = e^(a - y), d/db = e^(b - y), with y the result (the softmax "
-    "weights of a and b).",
+    "weights of a and b); d2/da2 = d2/db2 = -d2/da db = e^(a - y) e^(b - y).",
 )

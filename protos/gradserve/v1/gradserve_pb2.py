@@ -24,29 +24,30 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgradserve/v1/gradserve.proto\x12\x0cgradserve.v1\"y\n\x05Graph\x12\x10\n\x08op_names\x18\x01 \x03(\t\x12\x10\n\x08node_ops\x18\x02 \x03(\r\x12\x14\n\x0cinput_counts\x18\x03 \x03(\r\x12\x11\n\tinput_ids\x18\x04 \x03(\r\x12\x13\n\x0bleaf_values\x18\x05 \x03(\x01\x12\x0e\n\x06labels\x18\x06 \x03(\t\"\xe1\x01\n\x0f\x45valuateRequest\x12\"\n\x05graph\x18\x01 \x01(\x0b\x32\x13.gradserve.v1.Graph\x12\x0f\n\x07outputs\x18\x02 \x03(\r\x12\r\n\x05seeds\x18\x03 \x03(\x01\x12*\n\tselection\x18\x04 \x01(\x0e\x32\x17.gradserve.v1.Selection\x12\r\n\x05nodes\x18\x05 \x03(\r\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x13\n\x0bplan_digest\x18\x07 \x01(\x0c\x12\x0c\n\x04rows\x18\x08 \x01(\r\x12\x18\n\x10\x61llow_non_finite\x18\t \x01(\x08\"f\n\x10\x45valuateResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\r\n\x05grads\x18\x03 \x03(\x01\x12\x13\n\x0bplan_digest\x18\x04 \x01(\x0c\x12\x0c\n\x04rows\x18\x05 \x01(\r\"x\n\rGradientChunk\x12\x10\n\x08node_ids\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\r\n\x05grads\x18\x03 \x03(\x01\x12\x13\n\x0btotal_nodes\x18\x04 \x01(\x04\x12\x13\n\x0bplan_digest\x18\x05 \x01(\x0c\x12\x0c\n\x04rows\x18\x06 \x01(\r\"\x10\n\x0eListOpsRequest\"4\n\x0fListOpsResponse\x12!\n\x03ops\x18\x01 \x03(\x0b\x32\x14.gradserve.v1.OpInfo\"\x80\x01\n\x06OpInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61rity\x18\x02 \x01(\r\x12\x10\n\x08variadic\x18\x03 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x04 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x07 \x01(\t*d\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\x11\n\rSELECTION_ALL\x10\x01\x12\x14\n\x10SELECTION_LEAVES\x10\x02\x12\x13\n\x0fSELECTION_NODES\x10\x03\x32\xf4\x01\n\x0fGradientService\x12I\n\x08\x45valuate\x12\x1d.gradserve.v1.EvaluateRequest\x1a\x1e.gradserve.v1.EvaluateResponse\x12N\n\x0e\x45valuateStream\x12\x1d.gradserve.v1.EvaluateRequest\x1a\x1b.gradserve.v1.GradientChunk0\x01\x12\x46\n\x07ListOps\x12\x1c.gradserve.v1.ListOpsRequest\x1a\x1d.gradserve.v1.ListOpsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgradserve/v1/gradserve.proto\x12\x0cgradserve.v1\"y\n\x05Graph\x12\x10\n\x08op_names\x18\x01 \x03(\t\x12\x10\n\x08node_ops\x18\x02 \x03(\r\x12\x14\n\x0cinput_counts\x18\x03 \x03(\r\x12\x11\n\tinput_ids\x18\x04 \x03(\r\x12\x13\n\x0bleaf_values\x18\x05 \x03(\x01\x12\x0e\n\x06labels\x18\x06 \x03(\t\"\xf8\x01\n\x0f\x45valuateRequest\x12\"\n\x05graph\x18\x01 \x01(\x0b\x32\x13.gradserve.v1.Graph\x12\x0f\n\x07outputs\x18\x02 \x03(\r\x12\r\n\x05seeds\x18\x03 \x03(\x01\x12*\n\tselection\x18\x04 \x01(\x0e\x32\x17.gradserve.v1.Selection\x12\r\n\x05nodes\x18\x05 \x03(\r\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x13\n\x0bplan_digest\x18\x07 \x01(\x0c\x12\x0c\n\x04rows\x18\x08 \x01(\r\x12\x18\n\x10\x61llow_non_finite\x18\t \x01(\x08\x12\x15\n\rleaf_tangents\x18\n \x03(\x01\"\x95\x01\n\x10\x45valuateResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\r\n\x05grads\x18\x03 \x03(\x01\x12\x13\n\x0bplan_digest\x18\x04 \x01(\x0c\x12\x0c\n\x04rows\x18\x05 \x01(\r\x12\x16\n\x0evalue_tangents\x18\x06 \x03(\x01\x12\x15\n\rgrad_tangents\x18\x07 \x03(\x01\"\xba\x01\n\rGradientChunk\x12\x10\n\x08node_ids\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\r\n\x05grads\x18\x03 \x03(\x01\x12\x13\n\x0btotal_nodes\x18\x04 \x01(\x04\x12\x13\n\x0bplan_digest\x18\x05 \x01(\x0c\x12\x0c\n\x04rows\x18\x06 \x01(\r\x12\x11\n\tfirst_row\x18\x07 \x01(\r\x12\x16\n\x0evalue_tangents\x18\x08 \x03(\x01\x12\x15\n\rgrad_tangents\x18\t \x03(\x01\"\x10\n\x0eListOpsRequest\"4\n\x0fListOpsResponse\x12!\n\x03ops\x18\x01 \x03(\x0b\x32\x14.gradserve.v1.OpInfo\"\x96\x01\n\x06OpInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61rity\x18\x02 \x01(\r\x12\x10\n\x08variadic\x18\x03 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x04 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x07 \x01(\t\x12\x14\n\x0csecond_order\x18\x08 \x01(\x08*d\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\x11\n\rSELECTION_ALL\x10\x01\x12\x14\n\x10SELECTION_LEAVES\x10\x02\x12\x13\n\x0fSELECTION_NODES\x10\x03\x32\xf4\x01\n\x0fGradientService\x12I\n\x08\x45valuate\x12\x1d.gradserve.v1.EvaluateRequest\x1a\x1e.gradserve.v1.EvaluateResponse\x12N\n\x0e\x45valuateStream\x12\x1d.gradserve.v1.EvaluateRequest\x1a\x1b.gradserve.v1.GradientChunk0\x01\x12\x46\n\x07ListOps\x12\x1c.gradserve.v1.ListOpsRequest\x1a\x1d.gradserve.v1.ListOpsResponseB\xc5\x01\n\x10\x63om.gradserve.v1B\x0eGradserveProtoP\x01Z@github.com/gradserve/gradserve/client/go/gradservev1;gradservev1\xa2\x02\x03GXX\xaa\x02\x0cGradserve.V1\xba\x02\rGradserve_V1_\xca\x02\x0cGradserve\\V1\xe2\x02\x18Gradserve\\V1\\GPBMetadata\xea\x02\rGradserve::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gradserve.v1.gradserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_SELECTION']._serialized_start=826
-  _globals['_SELECTION']._serialized_end=926
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020com.gradserve.v1B\016GradserveProtoP\001Z@github.com/gradserve/gradserve/client/go/gradservev1;gradservev1\242\002\003GXX\252\002\014Gradserve.V1\272\002\rGradserve_V1_\312\002\014Gradserve\\V1\342\002\030Gradserve\\V1\\GPBMetadata\352\002\rGradserve::V1'
+  _globals['_SELECTION']._serialized_start=986
+  _globals['_SELECTION']._serialized_end=1086
   _globals['_GRAPH']._serialized_start=46
   _globals['_GRAPH']._serialized_end=167
   _globals['_EVALUATEREQUEST']._serialized_start=170
-  _globals['_EVALUATEREQUEST']._serialized_end=395
-  _globals['_EVALUATERESPONSE']._serialized_start=397
-  _globals['_EVALUATERESPONSE']._serialized_end=499
-  _globals['_GRADIENTCHUNK']._serialized_start=501
-  _globals['_GRADIENTCHUNK']._serialized_end=621
-  _globals['_LISTOPSREQUEST']._serialized_start=623
-  _globals['_LISTOPSREQUEST']._serialized_end=639
-  _globals['_LISTOPSRESPONSE']._serialized_start=641
-  _globals['_LISTOPSRESPONSE']._serialized_end=693
-  _globals['_OPINFO']._serialized_start=696
-  _globals['_OPINFO']._serialized_end=824
-  _globals['_GRADIENTSERVICE']._serialized_start=929
-  _globals['_GRADIENTSERVICE']._serialized_end=1173
+  _globals['_EVALUATEREQUEST']._serialized_end=418
+  _globals['_EVALUATERESPONSE']._serialized_start=421
+  _globals['_EVALUATERESPONSE']._serialized_end=570
+  _globals['_GRADIENTCHUNK']._serialized_start=573
+  _globals['_GRADIENTCHUNK']._serialized_end=759
+  _globals['_LISTOPSREQUEST']._serialized_start=761
+  _globals['_LISTOPSREQUEST']._serialized_end=777
+  _globals['_LISTOPSRESPONSE']._serialized_start=779
+  _globals['_LISTOPSRESPONSE']._serialized_end=831
+  _globals['_OPINFO']._serialized_start=834
+  _globals['_OPINFO']._serialized_end=984
+  _globals['_GRADIENTSERVICE']._serialized_start=1089
+  _globals['_GRADIENTSERVICE']._serialized_end=1333
 # @@protoc_insertion_point(module_scope)

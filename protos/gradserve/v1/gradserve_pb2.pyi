@@ -35,7 +35,7 @@ class Graph(_message.Message):
     def __init__(self, op_names: _Optional[_Iterable[str]] = ..., node_ops: _Optional[_Iterable[int]] = ..., input_counts: _Optional[_Iterable[int]] = ..., input_ids: _Optional[_Iterable[int]] = ..., leaf_values: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("graph", "outputs", "seeds", "selection", "nodes", "chunk_size", "plan_digest", "rows", "allow_non_finite")
+    __slots__ = ("graph", "outputs", "seeds", "selection", "nodes", "chunk_size", "plan_digest", "rows", "allow_non_finite", "leaf_tangents")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class EvaluateRequest(_message.Message):
     PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_NON_FINITE_FIELD_NUMBER: _ClassVar[int]
+    LEAF_TANGENTS_FIELD_NUMBER: _ClassVar[int]
     graph: Graph
     outputs: _containers.RepeatedScalarFieldContainer[int]
     seeds: _containers.RepeatedScalarFieldContainer[float]
@@ -54,37 +55,48 @@ class EvaluateRequest(_message.Message):
     plan_digest: bytes
     rows: int
     allow_non_finite: bool
-    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., outputs: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[float]] = ..., selection: _Optional[_Union[Selection, str]] = ..., nodes: _Optional[_Iterable[int]] = ..., chunk_size: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ..., allow_non_finite: _Optional[bool] = ...) -> None: ...
+    leaf_tangents: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, graph: _Optional[_Union[Graph, _Mapping]] = ..., outputs: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[float]] = ..., selection: _Optional[_Union[Selection, str]] = ..., nodes: _Optional[_Iterable[int]] = ..., chunk_size: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ..., allow_non_finite: _Optional[bool] = ..., leaf_tangents: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("node_ids", "values", "grads", "plan_digest", "rows")
+    __slots__ = ("node_ids", "values", "grads", "plan_digest", "rows", "value_tangents", "grad_tangents")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
     PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TANGENTS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_TANGENTS_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     grads: _containers.RepeatedScalarFieldContainer[float]
     plan_digest: bytes
     rows: int
-    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
+    value_tangents: _containers.RepeatedScalarFieldContainer[float]
+    grad_tangents: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ..., value_tangents: _Optional[_Iterable[float]] = ..., grad_tangents: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GradientChunk(_message.Message):
-    __slots__ = ("node_ids", "values", "grads", "total_nodes", "plan_digest", "rows")
+    __slots__ = ("node_ids", "values", "grads", "total_nodes", "plan_digest", "rows", "first_row", "value_tangents", "grad_tangents")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_NODES_FIELD_NUMBER: _ClassVar[int]
     PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TANGENTS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_TANGENTS_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     grads: _containers.RepeatedScalarFieldContainer[float]
     total_nodes: int
     plan_digest: bytes
     rows: int
-    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., total_nodes: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
+    first_row: int
+    value_tangents: _containers.RepeatedScalarFieldContainer[float]
+    grad_tangents: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., grads: _Optional[_Iterable[float]] = ..., total_nodes: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., rows: _Optional[int] = ..., first_row: _Optional[int] = ..., value_tangents: _Optional[_Iterable[float]] = ..., grad_tangents: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ListOpsRequest(_message.Message):
     __slots__ = ()
@@ -97,7 +109,7 @@ class ListOpsResponse(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ...) -> None: ...
 
 class OpInfo(_message.Message):
-    __slots__ = ("name", "arity", "variadic", "doc", "distribution", "version", "entry_point")
+    __slots__ = ("name", "arity", "variadic", "doc", "distribution", "version", "entry_point", "second_order")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARITY_FIELD_NUMBER: _ClassVar[int]
     VARIADIC_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +117,7 @@ class OpInfo(_message.Message):
     DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENTRY_POINT_FIELD_NUMBER: _ClassVar[int]
+    SECOND_ORDER_FIELD_NUMBER: _ClassVar[int]
     name: str
     arity: int
     variadic: bool
@@ -112,4 +125,5 @@ class OpInfo(_message.Message):
     distribution: str
     version: str
     entry_point: str
-    def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., variadic: _Optional[bool] = ..., doc: _Optional[str] = ..., distribution: _Optional[str] = ..., version: _Optional[str] = ..., entry_point: _Optional[str] = ...) -> None: ...
+    second_order: bool
+    def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., variadic: _Optional[bool] = ..., doc: _Optional[str] = ..., distribution: _Optional[str] = ..., version: _Optional[str] = ..., entry_point: _Optional[str] = ..., second_order: _Optional[bool] = ...) -> None: ...

@@ -59,8 +59,9 @@ class GradientServiceServicer:
     def Evaluate(self, request, context):
         """Evaluates a graph and returns the selected nodes' values and gradients in one
         message. Suited to small and medium results: a response larger than the client's
-        receive limit (4 MiB by default in most gRPC clients) fails, so use EvaluateStream
-        for large graphs.
+        receive limit (4 MiB by default in most gRPC clients) or the server's send limit
+        (64 MiB by default) fails with RESOURCE_EXHAUSTED, so use EvaluateStream for large
+        graphs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

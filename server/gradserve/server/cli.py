@@ -22,7 +22,14 @@ from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
 from gradserve.server.runtime.workers import serve_workers, stop_signal_event
 from gradserve.server.service import limits
-from gradserve.server.service.app import DEFAULT_MAX_MESSAGE_BYTES, start_server
+from gradserve.server.service.app import (
+    DEFAULT_MAX_CONNECTION_AGE_S,
+    DEFAULT_MAX_MEMORY_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_THREADS,
+    start_server,
+)
+from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
 from gradserve.server.service.security import read_token, server_credentials
 
@@ -87,6 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
                 registry,
                 address=address,
                 max_message_bytes=args.max_message_mb * 1024 * 1024,
+                max_memory_bytes=args.max_memory_mb * 1024 * 1024,
+                send_timeout=args.send_timeout,
+                max_connection_age=args.max_connection_age,
                 threads=args.threads,
                 plan_cache_nodes=args.plan_cache_nodes,
                 reuse_port=reuse_port,
@@ -207,6 +217,28 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
             f"--{name}", type=int, default=_env(name, default), help=f"{unit} (default {default})"
         )
     serve.add_argument(
+        "--max-memory-mb",
+        type=_positive_int,
+        default=_env("max-memory-mb", DEFAULT_MAX_MEMORY_BYTES // 2**20),
+        help="memory budget of the calls in flight, per worker process, in MiB "
+        f"(default {DEFAULT_MAX_MEMORY_BYTES // 2**20})",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=float,
+        default=_env("send-timeout", DEFAULT_SEND_TIMEOUT_S),
+        help="seconds a client may take to read a reply message before its call is "
+        f"abandoned (default {DEFAULT_SEND_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=_env("max-connection-age", DEFAULT_MAX_CONNECTION_AGE_S),
+        help="seconds after which a connection is asked to go away, and closed once its "
+        f"calls had the default deadline to finish; 0: never (default "
+        f"{DEFAULT_MAX_CONNECTION_AGE_S:g})",
+    )
+    serve.add_argument(
         "--default-deadline",
         type=float,
         default=_env("default-deadline", limits.DEFAULT_DEADLINE_S),
@@ -266,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes sharing the port (default: the number of cores)",
     )
     serve.add_argument(
-        "--threads", type=int, default=_env("threads", 8), help="handler threads (default 8)"
+        "--threads",
+        type=_positive_int,
+        default=_env("threads", DEFAULT_THREADS),
+        help=f"evaluation threads per worker process (default {DEFAULT_THREADS})",
     )
     serve.add_argument(
         "--plan-cache-nodes",

@@ -10,6 +10,7 @@ Backward = Callable[..., Sequence[np.ndarray]]
 Domain = Callable[..., np.ndarray]
 Scalar = Callable[..., float]
 ScalarBackward = Callable[..., Sequence[float]]
+Second = Callable[..., Sequence[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,19 @@ class Op:
     same order, and may raise ``ArithmeticError`` or ``ValueError`` where ``math`` raises
     (``math.cosh(1000)``, a division by zero): the engine then evaluates the whole call with
     the array functions. ``gradcheck`` compares it with ``backward``.
+
+    ``second(y, *xs)``, when given, returns the op's local second derivatives, which
+    Hessian-vector products (forward-over-reverse) need: for inputs ``x1 .. xk``, the arrays
+    ``d2y/dxi dxj`` for every pair ``i <= j`` in row-major upper-triangular order (for two
+    inputs: ``d2y/da2, d2y/da db, d2y/db2``), each of the inputs' shape, or an empty tuple
+    when every second derivative is zero (an op linear in its inputs: add, sub, neg, sum;
+    a variadic sum of n inputs would otherwise return n(n+1)/2 arrays of zeros). At a kink,
+    where the first derivative jumps (relu at 0, a tie of max), the convention is 0, as
+    PyTorch's. First-order tangents (Jacobian-vector products) need nothing more: the local
+    derivatives are ``backward`` with an upstream gradient of 1. A request for second-order
+    results through an op without ``second`` is refused, naming the op and the node;
+    ``ListOps`` says which ops have it, and ``gradcheck`` compares it with central finite
+    differences of ``backward``.
     """
 
     name: str
@@ -64,6 +78,7 @@ class Op:
     domain: Domain | None = None
     scalar: Scalar | None = None
     scalar_backward: ScalarBackward | None = None
+    second: Second | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -78,3 +93,8 @@ class Op:
     def accepts(self, n_inputs: int) -> bool:
         """Whether a node with ``n_inputs`` inputs may apply this op."""
         return n_inputs >= 1 if self.arity is None else n_inputs == self.arity
+
+
+def linear_second(y: np.ndarray, *xs: np.ndarray) -> tuple[()]:
+    """The ``second`` of an op linear in its inputs: every second derivative is 0."""
+    return ()

@@ -27,6 +27,11 @@ An op with a scalar backward has it compared with its array backward in the same
 same points (with random upstream gradients) and special values: the gradients must agree
 input by input to within ``SCALAR_BACKWARD_ULPS``, and points where it raises an ArithmeticError or
 ValueError pass (the engine then evaluates the call with the array functions).
+
+An op with second derivatives (``second``) has each ``d2y/dxi dxj`` compared with central
+finite differences of its backward (with an upstream gradient of 1) along ``xj``, with the
+same step and tolerances, at the points where the backward is smooth too (its one-sided
+slopes over ``KINK_STEP`` agree): ``second_points`` says at how many.
 """
 
 import itertools
@@ -71,6 +76,7 @@ class GradcheckResult:
     worst_share: float = np.nan
     worst_point: tuple[float, ...] | None = None
     problem: str = ""
+    second_points: int = 0
 
     def __str__(self) -> str:
         status = "ok  " if self.ok else "FAIL"
@@ -82,6 +88,8 @@ class GradcheckResult:
         )
         line += " at (" + ", ".join(f"{x:.6g}" for x in self.worst_point) + ")"
         line += f" over {self.points} points"
+        if self.second_points:
+            line += f", second derivatives at {self.second_points}"
         return line + (f": {self.problem}" if self.problem else "")
 
 
@@ -223,6 +231,62 @@ def _scalar_backward_mismatch(op: Op, g: np.ndarray, xs: list[np.ndarray]) -> st
     return ""
 
 
+def _second(op: Op, y: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """``op.second`` as the full list of pairs i <= j (zeros for a linear op's ``()``)."""
+    k = len(xs)
+    pairs = k * (k + 1) // 2
+    try:
+        with np.errstate(all="ignore"):
+            result = op.second(y, *xs)
+    except Exception as exc:
+        raise _Broken(f"second raised {exc!r}") from exc
+    if not isinstance(result, tuple | list) or len(result) not in (0, pairs):
+        raise _Broken(f"second must return {pairs} arrays (pairs i <= j) or ()")
+    if not result:
+        return [np.zeros(xs[0].shape) for _ in range(pairs)]
+    return _arrays("second", result, xs[0].shape)
+
+
+def _local_derivatives(op: Op, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """The backward with an upstream gradient of 1: every input's local derivative."""
+    y = _forward(op, xs)
+    return _backward(op, np.ones(y.shape), y, xs)
+
+
+def _second_mismatch(op: Op, xs: list[np.ndarray]) -> tuple[str, int]:
+    """Where ``op.second`` disagrees with central finite differences of ``op.backward``, as
+    a problem text ("" where they agree), and at how many points it was checked."""
+    analytic = _second(op, _forward(op, xs), xs)
+    numeric: dict[tuple[int, int], np.ndarray] = {}
+    smooth = np.ones(xs[0].shape, dtype=bool)
+    for j, x in enumerate(xs):
+        scale = np.maximum(1.0, np.abs(x))
+        h, wide = STEP * scale, KINK_STEP * scale
+        ahead, behind = (_local_derivatives(op, _shifted(xs, j, s * h)) for s in (1.0, -1.0))
+        here = _local_derivatives(op, xs)
+        far = [_local_derivatives(op, _shifted(xs, j, s * wide)) for s in (1.0, -1.0)]
+        with np.errstate(all="ignore"):
+            for i in range(len(xs)):
+                numeric[min(i, j), max(i, j)] = (ahead[i] - behind[i]) / (2.0 * h)
+                up, down = (far[0][i] - here[i]) / wide, (here[i] - far[1][i]) / wide
+                smooth &= np.isfinite(up) & np.isfinite(down)
+                smooth &= np.abs(up - down) <= 0.5 * (np.abs(up) + np.abs(down)) + ATOL
+    pairs = [(i, j) for i in range(len(xs)) for j in range(i, len(xs))]
+    for (i, j), got in zip(pairs, analytic, strict=True):
+        want = numeric[i, j]
+        with np.errstate(all="ignore"):
+            bad = smooth & ~(np.abs(got - want) <= ATOL + RTOL * np.abs(want))
+        if bad.any():
+            at = int(np.argmax(bad))
+            where = ", ".join(f"{x[at]:.17g}" for x in xs)
+            return (
+                f"second gives d2y/dx{i + 1}dx{j + 1} = {got[at]!r} at ({where}), finite "
+                f"differences of backward {want[at]!r} ({int(bad.sum())} points off)",
+                int(smooth.sum()),
+            )
+    return "", int(smooth.sum())
+
+
 def _close(a: float, b: float, ulps: int = SCALAR_ULPS) -> bool:
     if a == b or (math.isnan(a) and math.isnan(b)):
         return True
@@ -233,8 +297,9 @@ def _close(a: float, b: float, ulps: int = SCALAR_ULPS) -> bool:
 
 def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
     """Compare ``op.backward`` with central finite differences at ``points`` random points,
-    ``op.scalar``, if the op has one, with ``op.forward``, and ``op.scalar_backward``, if
-    it has one, with ``op.backward``."""
+    ``op.scalar``, if the op has one, with ``op.forward``, ``op.scalar_backward``, if
+    it has one, with ``op.backward``, and ``op.second``, if it has one, with finite
+    differences of ``op.backward``."""
     if points < 1:
         raise ValueError(f"points must be at least 1, got {points}")
     n_inputs = VARIADIC_INPUTS if op.arity is None else op.arity
@@ -261,12 +326,19 @@ def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
         if op.scalar_backward is not None:
             upstream = rng.normal(0.0, 1.0, size=len(checked[0]))
             scalar_problem += _scalar_backward_mismatch(op, upstream, checked)
+        second_problem, second_points = "", 0
+        if op.second is not None:
+            second_problem, second_points = _second_mismatch(op, xs)
     except _Broken as exc:
         return GradcheckResult(op.name, False, 0, problem=str(exc))
     shares[np.isnan(shares)] = np.inf  # a NaN gradient where the numeric one is finite
     failed = int(np.count_nonzero((shares > 1.0).any(axis=0)))
     i, worst = np.unravel_index(int(np.argmax(shares)), shares.shape)
-    problems = [f"{failed} of {found} points outside tolerance" if failed else "", scalar_problem]
+    problems = [
+        f"{failed} of {found} points outside tolerance" if failed else "",
+        scalar_problem,
+        second_problem,
+    ]
     return GradcheckResult(
         op.name,
         ok=not any(problems),
@@ -275,4 +347,5 @@ def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
         worst_share=float(shares[i, worst]),
         worst_point=tuple(float(x[worst]) for x in xs),
         problem="; ".join(problem for problem in problems if problem),
+        second_points=second_points,
     )

@@ -19,7 +19,7 @@ import operator
 
 import numpy as np
 
-from gradserve.ops.contract import Op
+from gradserve.ops.contract import Op, linear_second
 
 # --- arithmetic -------------------------------------------------------------------------
 
@@ -35,6 +35,7 @@ add = Op(
     scalar=operator.add,
     backward=_add_backward,
     scalar_backward=_add_backward,
+    second=linear_second,
     doc="a + b. Defined everywhere; d/da = d/db = 1.",
 )
 
@@ -50,6 +51,7 @@ sub = Op(
     scalar=operator.sub,
     backward=_sub_backward,
     scalar_backward=_sub_backward,
+    second=linear_second,
     doc="a - b. Defined everywhere; d/da = 1, d/db = -1.",
 )
 
@@ -65,12 +67,17 @@ neg = Op(
     scalar=operator.neg,
     backward=_neg_backward,
     scalar_backward=_neg_backward,
+    second=linear_second,
     doc="-x. Defined everywhere; d/dx = -1.",
 )
 
 
 def _mul_backward(g, y, a, b):
     return g * b, g * a
+
+
+def _mul_second(y, a, b):
+    return np.zeros_like(a), np.ones_like(a), np.zeros_like(a)
 
 
 mul = Op(
@@ -80,12 +87,19 @@ mul = Op(
     scalar=operator.mul,
     backward=_mul_backward,
     scalar_backward=_mul_backward,
+    second=_mul_second,
     doc="a * b. Defined everywhere; d/da = b, d/db = a.",
 )
 
 
 def _div_backward(g, y, a, b):
     return g / b, -g * y / b
+
+
+def _div_second(y, a, b):
+    # d2/da2 = 0, d2/da db = -1/b^2, d2/db2 = 2a/b^3 = 2y/b^2.
+    inverse_square = 1.0 / np.square(b)
+    return np.zeros_like(a), -inverse_square, 2.0 * y * inverse_square
 
 
 div = Op(
@@ -95,6 +109,7 @@ div = Op(
     scalar=operator.truediv,
     backward=_div_backward,
     scalar_backward=_div_backward,
+    second=_div_second,
     domain=lambda a, b: b != 0,
     doc="a / b. Domain: b != 0 (a zero divisor is the client's error, not inf). "
     "d/da = 1/b, d/db = -a/b^2.",
@@ -120,6 +135,7 @@ sum_ = Op(
     scalar=_sum_scalar,
     backward=_sum_backward,
     scalar_backward=_sum_backward,
+    second=linear_second,
     doc="x1 + x2 + ... + xn, for one or more inputs (variadic). Defined everywhere; d/dxi = 1.",
 )
 
@@ -143,6 +159,18 @@ def _pow_scalar_backward(g, y, x, p):
     return g * dx, g * dp
 
 
+def _pow_second(y, x, p):
+    # The derivatives of _pow_backward's: d2/dx2 = p (p-1) x^(p-2) (0 where p is 0 or 1,
+    # whose first derivative is constant); d2/dx dp = x^(p-1) (1 + p log x) and
+    # d2/dp2 = x^p log(x)^2 where x > 0, and 0 elsewhere, as d/dp is 0 there.
+    positive = x > 0
+    log_x = np.log(np.where(positive, x, 1.0))
+    dxx = np.where((p == 0) | (p == 1), 0.0, p * (p - 1) * np.power(x, p - 2))
+    dxp = np.where(positive, np.power(x, p - 1) * (1.0 + p * log_x), 0.0)
+    dpp = np.where(positive, y * np.square(log_x), 0.0)
+    return dxx, dxp, dpp
+
+
 pow_ = Op(
     "pow",
     2,
@@ -150,17 +178,24 @@ pow_ = Op(
     scalar=math.pow,
     backward=_pow_backward,
     scalar_backward=_pow_scalar_backward,
+    second=_pow_second,
     domain=_pow_domain,
     doc="x ** p, both inputs nodes. Domain: x > 0; x == 0 with p >= 0; x < 0 with an integer "
     "p (real results only, never complex). d/dx = p * x^(p-1) (0 when p == 0; inf at "
     "x == 0 for 0 < p < 1). d/dp = x^p * log(x) where x > 0; 0 at x == 0 (the limit from "
     "x > 0 for p > 0) and where x < 0, where it does not exist over the reals: so a constant "
-    "integer exponent of a negative base, as in micrograd's e**2, gets no NaN.",
+    "integer exponent of a negative base, as in micrograd's e**2, gets no NaN. Second "
+    "derivatives: the closed forms where x > 0; where x <= 0 the ones involving p are 0, as "
+    "d/dp is.",
 )
 
 
 def _exp_backward(g, y, x):
     return (g * y,)
+
+
+def _exp_second(y, x):
+    return (y,)
 
 
 exp = Op(
@@ -170,12 +205,17 @@ exp = Op(
     scalar=math.exp,
     backward=_exp_backward,
     scalar_backward=_exp_backward,
+    second=_exp_second,
     doc="e^x. Defined everywhere (overflows to inf above about 709.78). d/dx = e^x.",
 )
 
 
 def _log_backward(g, y, x):
     return (g / x,)
+
+
+def _log_second(y, x):
+    return (-1.0 / np.square(x),)
 
 
 log = Op(
@@ -185,6 +225,7 @@ log = Op(
     scalar=math.log,
     backward=_log_backward,
     scalar_backward=_log_backward,
+    second=_log_second,
     domain=lambda x: x > 0,
     doc="Natural logarithm. Domain: x > 0. d/dx = 1/x.",
 )
@@ -194,6 +235,10 @@ def _sqrt_backward(g, y, x):
     return (g * 0.5 / y,)
 
 
+def _sqrt_second(y, x):
+    return (-0.25 / (x * y),)  # -1 / (4 x^(3/2)); -inf at x = 0
+
+
 sqrt = Op(
     "sqrt",
     1,
@@ -201,6 +246,7 @@ sqrt = Op(
     scalar=math.sqrt,
     backward=_sqrt_backward,
     scalar_backward=_sqrt_backward,
+    second=_sqrt_second,
     domain=lambda x: x >= 0,
     doc="Square root. Domain: x >= 0. d/dx = 1 / (2 sqrt(x)), inf at x = 0.",
 )
@@ -220,6 +266,10 @@ def _tanh_scalar_backward(g, y, x):
     return (g / (c * c),)
 
 
+def _tanh_second(y, x):
+    return (-2.0 * y / np.square(np.cosh(x)),)  # -2 tanh(x) / cosh(x)^2
+
+
 tanh = Op(
     "tanh",
     1,
@@ -227,6 +277,7 @@ tanh = Op(
     scalar=math.tanh,
     backward=_tanh_backward,
     scalar_backward=_tanh_scalar_backward,
+    second=_tanh_second,
     doc="tanh(x), computed by the library (no overflow for large |x|). "
     "Defined everywhere; d/dx = 1 - tanh(x)^2, computed as 1/cosh(x)^2.",
 )
@@ -255,6 +306,12 @@ def _sigmoid_scalar_backward(g, y, x):
     return (g * (e / ((1.0 + e) * (1.0 + e))),)
 
 
+def _sigmoid_second(y, x):
+    # s'' = s' (1 - 2s), and 1 - 2 sigmoid(x) = -tanh(x/2): no cancellation for large |x|.
+    e = np.exp(-np.abs(x))
+    return (-(e / np.square(1.0 + e)) * np.tanh(0.5 * x),)
+
+
 sigmoid = Op(
     "sigmoid",
     1,
@@ -262,6 +319,7 @@ sigmoid = Op(
     scalar=_sigmoid_scalar,
     backward=_sigmoid_backward,
     scalar_backward=_sigmoid_scalar_backward,
+    second=_sigmoid_second,
     doc="1 / (1 + e^-x), in a form that never overflows. Defined everywhere; "
     "d/dx = sigmoid(x) (1 - sigmoid(x)), computed as e^-|x| / (1 + e^-|x|)^2.",
 )
@@ -283,6 +341,11 @@ def _softplus_scalar_backward(g, y, x):
     return (g * _sigmoid_scalar(x),)
 
 
+def _softplus_second(y, x):
+    e = np.exp(-np.abs(x))
+    return (e / np.square(1.0 + e),)  # sigmoid'(x)
+
+
 softplus = Op(
     "softplus",
     1,
@@ -290,6 +353,7 @@ softplus = Op(
     scalar=_softplus_scalar,
     backward=_softplus_backward,
     scalar_backward=_softplus_scalar_backward,
+    second=_softplus_second,
     doc="log(1 + e^x), as max(x, 0) + log1p(e^-|x|) so it never overflows. Defined "
     "everywhere; d/dx = sigmoid(x).",
 )
@@ -308,6 +372,10 @@ def _relu_scalar_backward(g, y, x):
     return (g * (1.0 if x > 0.0 else 0.0),)
 
 
+def _relu_second(y, x):
+    return (np.zeros_like(x),)  # piecewise linear; 0 at the kink too, as PyTorch
+
+
 relu = Op(
     "relu",
     1,
@@ -315,8 +383,9 @@ relu = Op(
     scalar=_relu_scalar,
     backward=_relu_backward,
     scalar_backward=_relu_scalar_backward,
+    second=_relu_second,
     doc="max(x, 0). Defined everywhere; d/dx = 1 for x > 0, else 0 (0 at x = 0, as in "
-    "micrograd and PyTorch).",
+    "micrograd and PyTorch); second derivative 0 everywhere, the kink included.",
 )
 
 
@@ -329,6 +398,10 @@ def _abs_scalar_backward(g, y, x):
     return (g * (1.0 if x > 0.0 else -1.0 if x < 0.0 else 0.0 if x == 0.0 else x),)
 
 
+def _abs_second(y, x):
+    return (np.zeros_like(x),)  # piecewise linear; 0 at the kink too, as PyTorch
+
+
 abs_ = Op(
     "abs",
     1,
@@ -336,7 +409,9 @@ abs_ = Op(
     scalar=abs,
     backward=_abs_backward,
     scalar_backward=_abs_scalar_backward,
-    doc="|x|. Defined everywhere; d/dx = sign(x), 0 at x = 0 (as PyTorch).",
+    second=_abs_second,
+    doc="|x|. Defined everywhere; d/dx = sign(x), 0 at x = 0 (as PyTorch); second derivative 0 "
+    "everywhere, x = 0 included.",
 )
 
 # --- trigonometry -----------------------------------------------------------------------
@@ -350,6 +425,10 @@ def _sin_scalar_backward(g, y, x):
     return (g * math.cos(x),)
 
 
+def _sin_second(y, x):
+    return (-y,)
+
+
 sin = Op(
     "sin",
     1,
@@ -357,6 +436,7 @@ sin = Op(
     scalar=math.sin,
     backward=_sin_backward,
     scalar_backward=_sin_scalar_backward,
+    second=_sin_second,
     doc="sin(x), x in radians. Defined everywhere; d/dx = cos(x).",
 )
 
@@ -369,6 +449,10 @@ def _cos_scalar_backward(g, y, x):
     return (-g * math.sin(x),)
 
 
+def _cos_second(y, x):
+    return (-y,)
+
+
 cos = Op(
     "cos",
     1,
@@ -376,6 +460,7 @@ cos = Op(
     scalar=math.cos,
     backward=_cos_backward,
     scalar_backward=_cos_scalar_backward,
+    second=_cos_second,
     doc="cos(x), x in radians. Defined everywhere; d/dx = -sin(x).",
 )
 
@@ -398,6 +483,12 @@ def _max_scalar_backward(g, y, a, b):
     return g * share * (a >= b), g * share * (b >= a)
 
 
+def _extremum_second(y, a, b):
+    # Piecewise linear: every second derivative 0, at a tie too (as PyTorch).
+    zero = np.zeros_like(a)
+    return zero, zero, zero
+
+
 max_ = Op(
     "max",
     2,
@@ -405,8 +496,10 @@ max_ = Op(
     scalar=_max_scalar,
     backward=_max_backward,
     scalar_backward=_max_scalar_backward,
+    second=_extremum_second,
     doc="The larger of a and b. Defined everywhere; d/da = 1 where a > b, 0 where a < b; "
-    "on a tie a and b get half of the gradient each (as PyTorch's maximum).",
+    "on a tie a and b get half of the gradient each (as PyTorch's maximum). Second derivatives 0 "
+    "everywhere, ties included.",
 )
 
 
@@ -431,6 +524,8 @@ min_ = Op(
     scalar=_min_scalar,
     backward=_min_backward,
     scalar_backward=_min_scalar_backward,
+    second=_extremum_second,
     doc="The smaller of a and b. Defined everywhere; d/da = 1 where a < b, 0 where a > b; "
-    "on a tie a and b get half of the gradient each (as PyTorch's minimum).",
+    "on a tie a and b get half of the gradient each (as PyTorch's minimum). Second derivatives 0 "
+    "everywhere, ties included.",
 )

@@ -63,7 +63,7 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
         if should_stop():
             raise Cancelled()
         if isinstance(step, Stretch):
-            _backward_stretch(step, values, grads)
+            _backward_stretch(step, values, grads, should_stop)
             continue
         g, y = grads.take(step.nodes, axis=0), values.take(step.nodes, axis=0)
         local = _backward(step, g, y, values)
@@ -93,15 +93,30 @@ def _check_leaf_count(plan: Plan, given: int) -> None:
 def _forward(group: Group, xs: list[np.ndarray]) -> np.ndarray:
     op = group.op
     try:
-        inside = None if op.domain is None else op.domain(*xs)
+        inside = None if op.domain is None else _inside(op.domain, xs)
         outside = inside is not None and not np.all(inside)
         if not outside:
             y = op.forward(*xs)
+    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+        raise
     except Exception as exc:
         raise OpFailure(op.name, int(group.nodes[0]), "failed in forward") from exc
     if outside:
         _raise_outside_domain(group, xs, inside)
     return _checked(group, y, "forward", xs[0].shape)
+
+
+def _inside(domain: Callable, xs: list[np.ndarray]) -> np.ndarray:
+    """Where the inputs are inside the op's domain. A NaN input counts as inside: NaN
+    propagates (IEEE 754), it is not a domain error (and it is there only when the request
+    allows non-finite numbers, or as the finite check's business)."""
+    inside = domain(*xs)
+    if np.all(inside):
+        return inside
+    nan = np.isnan(xs[0])
+    for x in xs[1:]:
+        nan |= np.isnan(x)
+    return inside | nan if np.shape(inside) == nan.shape else inside
 
 
 def _raise_outside_domain(group: Group, xs: list[np.ndarray], inside: np.ndarray) -> None:
@@ -120,6 +135,8 @@ def _raise_outside_domain(group: Group, xs: list[np.ndarray], inside: np.ndarray
 def _backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     try:
         local = group.op.backward(g, y, *values.take(group.args, axis=0))
+    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+        raise
     except Exception as exc:
         raise OpFailure(group.op.name, int(group.nodes[0]), "failed in backward") from exc
     if not isinstance(local, tuple | list) or len(local) != len(group.args):
@@ -147,6 +164,8 @@ def _forward_node(stretch: Stretch, position: int, xs: list[np.ndarray]) -> np.n
     single = Group(op, stretch.nodes[position : position + 1], None)
     try:
         y = op.forward(*xs)
+    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+        raise
     except Exception as exc:
         raise OpFailure(op.name, int(single.nodes[0]), "failed in forward") from exc
     return _checked(single, y, "forward", xs[0].shape)
@@ -169,6 +188,8 @@ def _forward_stretch_arrays(stretch: Stretch, values: np.ndarray, should_stop: C
                 y = op.forward(values[inputs[start]], values[inputs[start + 1]])
             else:
                 y = op.forward(*[values[i] for i in inputs[start:end]])
+        except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+            raise
         except Exception as exc:
             raise OpFailure(op.name, node, "failed in forward") from exc
         if type(y) is not np.ndarray or y.dtype != np.float64 or y.shape != rows:
@@ -193,22 +214,40 @@ def _check_stretch_domains(stretch: Stretch, values: np.ndarray) -> None:
         raise first_outside[1]
 
 
-def _backward_stretch(stretch: Stretch, values: np.ndarray, grads: np.ndarray) -> None:
-    """Local derivatives of the whole chain in one call per part (backward with an upstream
-    gradient of 1: an op's backward is linear in it), then propagation node by node."""
-    local = np.empty((len(stretch.inputs), values.shape[1]))
+_SLICE_NODE_ROWS = 1 << 20  # node-rows of a chain's local derivatives taken in one op call
+
+
+def _backward_stretch(
+    stretch: Stretch, values: np.ndarray, grads: np.ndarray, should_stop: Callable
+) -> None:
+    """Local derivatives of the whole chain in one call per part and slice (backward with
+    an upstream gradient of 1: an op's backward is linear in it), then propagation node by
+    node. A part is taken in slices of about a million node-rows, with a stop check
+    between them: a long chain over many rows takes seconds."""
+    rows = values.shape[1]
+    local = np.empty((len(stretch.inputs), rows))
+    step = max(1, _SLICE_NODE_ROWS // rows)
     for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
-        y = values[part.nodes]
-        derivatives = _backward(part, np.ones_like(y), y, values)
-        edges = stretch.input_offsets[positions] + np.arange(len(part.args))[:, None]
-        local[edges] = np.stack(derivatives)
+        for start in range(0, len(part.nodes), step):
+            if should_stop():
+                raise Cancelled()
+            piece = slice(start, start + step)
+            sliced = Group(part.op, part.nodes[piece], part.args[:, piece])
+            y = values[sliced.nodes]
+            derivatives = _backward(sliced, np.ones_like(y), y, values)
+            edges = stretch.input_offsets[positions[piece]] + np.arange(len(sliced.args))[:, None]
+            local[edges] = np.stack(derivatives)
+    if should_stop():
+        raise Cancelled()
     if values.shape[1] == 1:
-        scalar_stretch.backward(stretch, local[:, 0], grads)
+        scalar_stretch.backward(stretch, local[:, 0], grads, should_stop)
         return
     offsets = stretch.input_offsets.tolist()
     nodes = stretch.nodes.tolist()
     inputs = stretch.inputs.tolist()
     for position in range(len(nodes) - 1, -1, -1):
+        if position % scalar_stretch.POLL_EVERY == 0 and should_stop():
+            raise Cancelled()
         upstream = grads[nodes[position]]
         for edge in range(offsets[position], offsets[position + 1]):
             grads[inputs[edge]] += upstream * local[edge]

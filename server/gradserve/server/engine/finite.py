@@ -34,13 +34,12 @@ def check_values(plan: Plan, values: np.ndarray) -> None:
     if first is None:
         return
     node, value = first
-    if np.isin(node, plan.leaves):
+    leaf = int(np.searchsorted(plan.leaves, node))
+    if leaf < len(plan.leaves) and plan.leaves[leaf] == node:
         reason = f"leaf value {value!r} is not finite; {_HOW_TO_ALLOW}"
-        field = "graph.leaf_values"
-    else:
-        reason = f"the op produced {value!r} from finite inputs; {_HOW_TO_ALLOW}"
-        field = "graph.node_ops"
-    raise GraphError(reason, node=node, field=field)
+        raise GraphError(reason, node=node, field="graph.leaf_values", index=leaf)
+    reason = f"the op produced {value!r} from finite inputs; {_HOW_TO_ALLOW}"
+    raise GraphError(reason, node=node, field="graph.node_ops", index=node)
 
 
 def check_grads(grads: np.ndarray) -> None:
@@ -55,4 +54,5 @@ def check_grads(grads: np.ndarray) -> None:
             f"derivative of one of its readers overflowed; {_HOW_TO_ALLOW}",
             node=node,
             field="graph.node_ops",
+            index=node,
         )

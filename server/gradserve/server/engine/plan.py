@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradserve.ops import Op
-from gradserve.server.engine.errors import GraphError
+from gradserve.server.engine.errors import Cancelled, GraphError, quote
 from gradserve.server.engine.scatter import Scatter
 
 # Node ids, input positions and levels while compiling. Four bytes each halve the
@@ -107,29 +107,54 @@ class Plan:
     def describe(self, node: int) -> str:
         """The node id with its label, if it has one, for messages."""
         label = self.labels[node] if self.labels else ""
-        return f"{node} ({label!r})" if label else str(node)
+        return f"{node} ({quote(label)})" if label else str(node)
 
 
-def compile_graph(graph: GraphArrays, ops: Mapping[str, Op]) -> Plan:
-    """Validate ``graph`` against the loaded ``ops`` and schedule it; raise GraphError."""
+def _never() -> bool:
+    return False
+
+
+def compile_graph(
+    graph: GraphArrays, ops: Mapping[str, Op], should_stop: Callable[[], bool] = _never
+) -> Plan:
+    """Validate ``graph`` against the loaded ``ops`` and schedule it; raise GraphError.
+
+    ``should_stop`` is polled between phases and in every loop (a huge graph takes seconds
+    to compile); when it returns True the compilation is abandoned (Cancelled)."""
+    stop = _Stop(should_stop)
     node_ops = _as_ids(graph.node_ops, "graph.node_ops", per_node=True)
     counts = _as_ids(graph.input_counts, "graph.input_counts", per_node=True)
     input_ids = _as_ids(graph.input_ids, "graph.input_ids", per_node=False)
     n = len(node_ops)
     _check_lengths(graph, n, counts, input_ids)
+    stop.check()
     table = _resolve_ops(graph.op_names, node_ops, ops)
     _check_arity(table, node_ops, counts)
+    stop.check()
     offsets = np.zeros(n + 1, dtype=_ID)
     np.cumsum(counts, out=offsets[1:])
     owners = np.repeat(np.arange(n, dtype=_ID), counts)  # the node that reads each input
     _check_inputs(n, owners, input_ids)
-    levels = levels_of(node_ops != 0, counts, offsets, input_ids, owners)
+    stop.check()
+    levels = levels_of(node_ops != 0, counts, offsets, input_ids, owners, stop)
+    stop.check()
     return Plan(
         node_count=n,
         leaves=np.flatnonzero(node_ops == 0),
-        steps=_schedule(table, node_ops, counts, offsets, input_ids, levels),
+        steps=_schedule(table, node_ops, counts, offsets, input_ids, levels, stop),
         labels=tuple(graph.labels),
     )
+
+
+class _Stop:
+    """``should_stop`` as a check that raises Cancelled."""
+
+    def __init__(self, should_stop: Callable[[], bool] = _never) -> None:
+        self.should_stop = should_stop
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise Cancelled()
 
 
 def _as_ids(values, field: str, per_node: bool) -> np.ndarray:
@@ -146,6 +171,7 @@ def _as_ids(values, field: str, per_node: bool) -> np.ndarray:
             f"{field.removeprefix('graph.')}[{index}] = {values[index]} is out of range",
             node=index if per_node else None,
             field=field,
+            index=index,
         )
     if values.dtype.kind in "iu" and values.dtype.itemsize == np.dtype(_ID).itemsize:
         return values.view(_ID)  # every value fits, so the bits are the same
@@ -182,7 +208,19 @@ def _check_lengths(graph: GraphArrays, n: int, counts: np.ndarray, input_ids: np
 def _resolve_ops(
     op_names: Sequence[str], node_ops: np.ndarray, ops: Mapping[str, Op]
 ) -> list[Op | None]:
-    """The op table as Op objects (index 0 is the leaf marker, None)."""
+    """The op table as Op objects (index 0 is the leaf marker, None).
+
+    Each name must be listed once and be known, used or not: a duplicate or a stray name is
+    a client bug that would otherwise go unnoticed."""
+    first_listing: dict[str, int] = {}
+    for index, name in enumerate(op_names):
+        if first_listing.setdefault(name, index) != index:
+            raise GraphError(
+                f"op_names lists {quote(name)} twice (at {first_listing[name]} and {index}); "
+                "list each op once",
+                field="graph.op_names",
+                index=index,
+            )
     out_of_table = np.flatnonzero(node_ops > len(op_names))
     if out_of_table.size:
         node = int(out_of_table[0])
@@ -190,6 +228,7 @@ def _resolve_ops(
             f"op index {node_ops[node]} is out of range (op_names has {len(op_names)} entries)",
             node=node,
             field="graph.node_ops",
+            index=node,
         )
     used = np.zeros(len(op_names) + 1, dtype=bool)
     used[node_ops] = True
@@ -199,9 +238,15 @@ def _resolve_ops(
             table.append(ops[name])
         elif used[index]:
             node = int(np.argmax(node_ops == index))
-            raise GraphError(f"unknown op {name!r}", node=node, field="graph.op_names")
+            raise GraphError(
+                f"unknown op {quote(name)}", node=node, field="graph.op_names", index=index - 1
+            )
         else:
-            table.append(None)  # named but unused: harmless
+            raise GraphError(
+                f"unknown op {quote(name)} (listed in op_names, used by no node)",
+                field="graph.op_names",
+                index=index - 1,
+            )
     return table
 
 
@@ -221,7 +266,7 @@ def _check_arity(table: list[Op | None], node_ops: np.ndarray, counts: np.ndarra
             reason = f"op {op.name!r} takes one or more inputs, got none"
         else:
             reason = f"op {op.name!r} takes {op.arity} input(s), got {got}"
-        raise GraphError(reason, node=node, field="graph.input_counts")
+        raise GraphError(reason, node=node, field="graph.input_counts", index=node)
 
 
 def _check_inputs(n: int, owners: np.ndarray, input_ids: np.ndarray) -> None:
@@ -236,7 +281,7 @@ def _check_inputs(n: int, owners: np.ndarray, input_ids: np.ndarray) -> None:
                 f"input id {source} is not earlier than the node; ids must be in topological "
                 "order, so forward references and cycles are not allowed"
             )
-        raise GraphError(reason, node=node, field="graph.input_ids")
+        raise GraphError(reason, node=node, field="graph.input_ids", index=first)
 
 
 def levels_of(
@@ -245,6 +290,7 @@ def levels_of(
     offsets: np.ndarray,
     input_ids: np.ndarray,
     owners: np.ndarray,
+    stop: _Stop | None = None,
 ) -> np.ndarray:
     """Level of each node: 0 for leaves, else one more than its deepest input.
 
@@ -257,6 +303,7 @@ def levels_of(
     deep without being chains would need a pass per level of narrow work; for them the
     plain pass in id order (:func:`_levels_in_id_order`) is quicker, and taken instead.
     """
+    stop = stop or _Stop()
     n = len(counts)
     level = np.zeros(n, dtype=_ID)
     from_op = is_op[input_ids]
@@ -281,6 +328,7 @@ def levels_of(
     dist = is_link.astype(_ID)
     jumping = links
     while jumping.size:
+        stop.check()
         up = root[jumping]
         dist[jumping] += dist[up]
         root[jumping] = root[up]
@@ -309,10 +357,11 @@ def levels_of(
     slot = np.empty(n, dtype=_ID)
     narrow_passes = 0
     while frontier.size:
+        stop.check()
         if frontier.size < _NARROW:
             narrow_passes += 1
             if narrow_passes > _NARROW_PASSES:
-                return _levels_in_id_order(counts, offsets, input_ids)
+                return _levels_in_id_order(counts, offsets, input_ids, stop)
         begin, end = src_start[frontier], src_start[frontier + 1]
         sizes = end - begin
         edges = np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
@@ -330,12 +379,16 @@ _NARROW = 64  # nodes in a Kahn pass below which a pass costs more than it does
 _NARROW_PASSES = 4096  # narrow passes tolerated before switching to the per-node loop
 
 
-def _levels_in_id_order(counts: np.ndarray, offsets: np.ndarray, input_ids: np.ndarray):
+def _levels_in_id_order(
+    counts: np.ndarray, offsets: np.ndarray, input_ids: np.ndarray, stop: _Stop
+) -> np.ndarray:
     """The same levels by one pass in id order (ids are topological): Python lists make the
     per-node step cheap, and there is no recursion, so depth does not matter."""
     level = [0] * len(counts)
     ids = input_ids.tolist()
     for node, (start, count) in enumerate(zip(offsets.tolist(), counts.tolist(), strict=False)):
+        if not node % _POLL_NODES:
+            stop.check()
         if count == 1:
             level[node] = level[ids[start]] + 1
         elif count == 2:
@@ -346,6 +399,7 @@ def _levels_in_id_order(counts: np.ndarray, offsets: np.ndarray, input_ids: np.n
     return np.array(level, dtype=_ID)
 
 
+_POLL_NODES = 65_536  # nodes of a per-node loop between two polls of should_stop
 MIN_STRETCH = 16  # consecutive one-node levels that run faster as a Stretch than as Groups
 
 
@@ -356,6 +410,7 @@ def _schedule(
     offsets: np.ndarray,
     input_ids: np.ndarray,
     levels: np.ndarray,
+    stop: _Stop,
 ) -> tuple[Group | Stretch, ...]:
     """The op nodes as Groups by (level, op, input count), in level order, except that runs
     of at least MIN_STRETCH one-node groups become Stretches."""
@@ -372,6 +427,8 @@ def _schedule(
     group = 0
     for run_start, run_end in [*runs, (len(bounds) - 1, len(bounds) - 1)]:
         for start, end in itertools.pairwise(bounds[group : run_start + 1].tolist()):
+            if not len(steps) % 1024:
+                stop.check()
             steps.append(_make_group(table, node_ops, counts, offsets, input_ids, order[start:end]))
         if run_end > run_start:
             nodes = order[bounds[run_start] : bounds[run_end]]

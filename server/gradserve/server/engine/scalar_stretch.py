@@ -49,6 +49,8 @@ def forward(
             position = len(v) - start
             xs = [np.array([v[a]]) for a in _inputs_of(position, first, second)]
             append(float(array_forward(stretch, position, xs)[0]))
+        except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+            raise
         except Exception as exc:
             _check_floats(stretch, v[start:])  # once: the call fails either way
             raise _failure(stretch, len(v) - start, "failed in forward") from exc
@@ -83,7 +85,9 @@ def _failure(stretch: Stretch, position: int, problem: str) -> OpFailure:
     return OpFailure(stretch.ops[position].name, int(stretch.nodes[position]), problem)
 
 
-def backward(stretch: Stretch, local: np.ndarray, grads: np.ndarray) -> None:
+def backward(
+    stretch: Stretch, local: np.ndarray, grads: np.ndarray, should_stop: Callable[[], bool]
+) -> None:
     """Propagate ``grads[:, 0]`` back through the stretch, given each input's local
     derivative (``local``, one per entry of ``stretch.inputs``).
 
@@ -97,13 +101,17 @@ def backward(stretch: Stretch, local: np.ndarray, grads: np.ndarray) -> None:
     inputs = stretch.local_inputs - outside  # positions in the stretch; negative: outside
     within = inputs >= 0
     g = grads[stretch.nodes, 0].tolist()
-    for reader, node, d in zip(
+    edges = zip(
         reversed(readers[within].tolist()),
         reversed(inputs[within].tolist()),
         reversed(local[within].tolist()),
         strict=True,
-    ):
-        g[node] += g[reader] * d
+    )
+    for polled in range(0, int(within.sum()), POLL_EVERY * 16):
+        if polled and should_stop():  # a plain float step: poll 16x less often than forward
+            raise Cancelled()
+        for reader, node, d in islice(edges, POLL_EVERY * 16):
+            g[node] += g[reader] * d
     g = np.array(g)
     grads[stretch.nodes, 0] = g
     from_outside = ~within

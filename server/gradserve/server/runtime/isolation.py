@@ -22,6 +22,7 @@ import numpy as np
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.engine.second_order import evaluate_with_tangents
 from gradserve.server.registry import load_registry
 
 TRUSTED_DISTRIBUTIONS = frozenset({"gradserve-ops-core"})
@@ -31,18 +32,24 @@ log = logging.getLogger(__name__)
 
 
 def _work(connection, op_names: list[str]) -> None:
-    """The worker's loop: receive a job, send back ("ok", values, grads) or an error."""
+    """The worker's loop: receive a job, send back ("ok", values, grads), with the value
+    and gradient tangents after them when the job has leaf tangents, or an error."""
     ops = {name: loaded.op for name, loaded in load_registry(allow=op_names).items()}
     while True:
-        graph, leaves, outputs, seeds, allow_non_finite = connection.recv()
+        graph, leaves, outputs, seeds, allow_non_finite, tangents = connection.recv()
         try:
             plan = compile_graph(graph, ops)
-            values, grads = evaluate(
-                plan, leaves, outputs, seeds, allow_non_finite=allow_non_finite
-            )
-            connection.send(("ok", values, grads))
+            if tangents is None:
+                results = evaluate(plan, leaves, outputs, seeds, allow_non_finite=allow_non_finite)
+            else:
+                results = evaluate_with_tangents(
+                    plan, leaves, tangents, outputs, seeds, allow_non_finite=allow_non_finite
+                )
+            connection.send(("ok", *results))
         except GraphError as exc:
-            connection.send(("graph", exc.reason, exc.node, exc.field))
+            connection.send(("graph", exc.reason, exc.node, exc.field, exc.index))
+        except MemoryError:
+            connection.send(("memory",))
         except OpFailure as exc:
             problem = str(exc).split(f"op {exc.op!r} ", 1)[-1]
             cause = "".join(traceback.format_exception(exc.__cause__ or exc))
@@ -88,12 +95,14 @@ class IsolatedEvaluator:
         seeds: np.ndarray,
         should_stop: Callable[[], bool],
         allow_non_finite: bool,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Like ``evaluate``; ``should_stop`` is polled while waiting for a worker and for
-        its answer. A worker abandoned by a cancelled or expired call is replaced."""
+        tangents: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, ...]:
+        """Like ``evaluate`` (or, given leaf ``tangents``, ``evaluate_with_tangents``);
+        ``should_stop`` is polled while waiting for a worker and for its answer. A worker
+        abandoned by a cancelled or expired call is replaced."""
         worker = self._take(should_stop)
         try:
-            worker.connection.send((graph, leaves, outputs, seeds, allow_non_finite))
+            worker.connection.send((graph, leaves, outputs, seeds, allow_non_finite, tangents))
             while not worker.connection.poll(_POLL_S):
                 if should_stop():
                     raise Cancelled()
@@ -108,25 +117,35 @@ class IsolatedEvaluator:
         return _unpack(answer)
 
     def _take(self, should_stop: Callable[[], bool]) -> _Worker:
+        """An idle worker that is alive: one that died while idle (killed from outside,
+        say) is replaced here, before a call could be sent to it."""
         while True:
             try:
-                return self._idle.get(timeout=_POLL_S)
+                worker = self._idle.get(timeout=_POLL_S)
             except queue.Empty:
                 if should_stop():
                     raise Cancelled() from None
+                continue
+            if worker.process.is_alive():
+                return worker
+            log.warning("isolated worker %d died while idle; replacing it", worker.process.pid)
+            worker.kill()
+            self._idle.put(_Worker(self._op_names))
 
     def close(self) -> None:
         while not self._idle.empty():
             self._idle.get().kill()
 
 
-def _unpack(answer: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _unpack(answer: tuple) -> tuple[np.ndarray, ...]:
     kind, *rest = answer
     if kind == "ok":
-        return rest[0], rest[1]
+        return tuple(rest)
     if kind == "graph":
-        reason, node, field = rest
-        raise GraphError(reason, node=node, field=field)
+        reason, node, field, index = rest
+        raise GraphError(reason, node=node, field=field, index=index)
+    if kind == "memory":
+        raise MemoryError("an isolated worker ran out of memory")
     op, node, problem, cause = rest
     log.error("op %r failed in an isolated worker:\n%s", op, cause)
     raise OpFailure(op, node, problem)

@@ -1,8 +1,16 @@
-"""Build and run the gRPC server: our service, health and reflection, wired in one place."""
+"""Build and run the gRPC server: our service, health and reflection, wired in one place.
 
+The server is ``grpc.aio``: calls are coroutines on one event loop, which runs in a thread
+of its own, and evaluation runs on a small executor (``--threads``). ``start_server``
+returns once it listens; ``RunningServer.stop`` drains it (health NOT_SERVING, new calls
+UNAVAILABLE, in-flight calls given the grace to finish) and stops it.
+"""
+
+import asyncio
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,34 +21,59 @@ from grpc_reflection.v1alpha import reflection
 from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES, PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
-from gradserve.server.service.codec import CodecInterceptor
+from gradserve.server.service.admission import MemoryBudget
+from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S, ServerState, call_log
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.service.security import BearerTokenInterceptor
-from gradserve.server.service.servicer import GradientServicer, call_log
-from gradserve.v1 import gradserve_pb2 as pb
-from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+from gradserve.server.service.servicer import SERVICE_NAME, GradientServicer, handlers
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MEMORY_BYTES = 1024 * 1024 * 1024
+DEFAULT_THREADS = 4
+DEFAULT_MAX_CONNECTION_AGE_S = 600.0
+# HTTP/2 streams one connection may have open at once: calls waiting for their request
+# cost little, but not nothing.
+MAX_STREAMS_PER_CONNECTION = 1024
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
-    health: health.HealthServicer
     port: int
+    _loop: asyncio.AbstractEventLoop
+    _thread: threading.Thread
+    _server: grpc.aio.Server
+    _health: health.aio.HealthServicer
+    _state: ServerState
     isolated: IsolatedEvaluator | None = None
 
     def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, let in-flight calls finish for up to ``grace`` s, then stop."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to
+        ``grace`` s, then stop (calls still running are cancelled)."""
+        asyncio.run_coroutine_threadsafe(self._drain_and_stop(grace), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._state.executor.shutdown(wait=False, cancel_futures=True)
         call_log.flush()
         if self.isolated is not None:
             self.isolated.close()
+
+    async def _drain_and_stop(self, grace: float) -> None:
+        state = self._state
+        state.draining = True  # first: a probe that sees NOT_SERVING may count on it
+        await self._health.enter_graceful_shutdown()
+        for waiting in list(state.waiting_for_request):
+            waiting.cancel_waiting()
+        try:
+            if state.active:
+                await asyncio.wait_for(state.all_ended.wait(), grace)
+        except TimeoutError:
+            log.warning("the grace (%g s) ran out; cancelling %d call(s)", grace, state.active)
+        state.stopped = True
+        await self._server.stop(0)
 
 
 def start_server(
@@ -48,7 +81,10 @@ def start_server(
     *,
     address: str = "127.0.0.1:0",
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    threads: int = 8,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    threads: int = DEFAULT_THREADS,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
+    max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_S,
     reuse_port: bool = False,
     plan_cache_nodes: int = DEFAULT_MAX_NODES,
     metrics: CallMetrics | None = None,
@@ -66,47 +102,76 @@ def start_server(
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
     ``metrics``, when given, records every call (see ``gradserve.server.service.metrics``).
     ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
-    on every call but health checks. Calls beyond ``limits.max_concurrent_calls`` get
-    RESOURCE_EXHAUSTED at once instead of queueing without bound. With
-    ``isolation_workers``, plans using ops from distributions other than gradserve-ops-core
-    and ``trusted_plugins`` run in that many replaceable worker processes (the registry must
-    then come from the entry points, which the workers load again).
+    on every call but health checks. With ``isolation_workers``, plans using ops from
+    distributions other than gradserve-ops-core and ``trusted_plugins`` run in that many
+    replaceable worker processes (the registry must then come from the entry points, which
+    the workers load again). A connection older than ``max_connection_age`` seconds (0:
+    no limit) is asked to go away, and closed once its calls have had the default deadline
+    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). README,
+    "Running it safely", explains the other options.
     """
-    limits = limits or Limits()
     isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
-        interceptors=[  # the first is outermost: metrics see every call's final status
-            *([metrics] if metrics else []),
-            *([BearerTokenInterceptor(auth_token)] if auth_token else []),
-            CodecInterceptor(),
-        ],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", int(reuse_port)),
-        ],
-        maximum_concurrent_rpcs=limits.max_concurrent_calls,
+    state = ServerState(
+        limits=limits or Limits(),
+        budget=MemoryBudget(max_memory_bytes),
+        executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
+        threads=threads,
+        send_timeout_s=send_timeout,
+        metrics=metrics,
     )
     plan_cache = PlanCache(plan_cache_nodes)
     if metrics:
         watch_plan_cache(metrics, plan_cache)
-    servicer = GradientServicer(registry, plan_cache, limits, isolated)
-    pb_grpc.add_GradientServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if enable_reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
-    server.start()
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, port, isolated)
+    servicer = GradientServicer(registry, plan_cache, state, isolated, max_message_bytes)
+    interceptors = [
+        *([metrics.interceptor(f"/{SERVICE_NAME}/")] if metrics else []),
+        *([BearerTokenInterceptor(auth_token)] if auth_token else []),
+    ]
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", int(reuse_port)),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ]
+    if max_connection_age > 0:
+        grace = state.limits.default_deadline_s
+        options += [
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
+        ]
+
+    async def start() -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+        state.on_loop()
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        server.add_generic_rpc_handlers((handlers(servicer),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if enable_reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+        await server.start()
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return server, health_servicer, port
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="gradserve-loop", daemon=True)
+    thread.start()
+    try:
+        server, health_servicer, port = asyncio.run_coroutine_threadsafe(start(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        state.executor.shutdown(wait=False)
+        if isolated is not None:
+            isolated.close()
+        raise
+    return RunningServer(port, loop, thread, server, health_servicer, state, isolated)
 
 
 def _isolated_evaluator(

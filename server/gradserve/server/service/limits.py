@@ -66,6 +66,7 @@ class Limits:
                 f"limit max-fan-in = {self.max_fan_in}",
                 node=node,
                 field="graph.input_counts",
+                index=node,
             )
 
     def deadline(self, time_remaining: float | None) -> float:

@@ -1,17 +1,15 @@
 """Prometheus metrics for every gRPC call, served over HTTP on a port of their own.
 
-``CallMetrics`` is a server interceptor: it times each call, records its method and final
-status code, and counts the graph nodes of successful Evaluate and EvaluateStream calls. The
-node count is the one thing it cannot read from the request (a request by plan_digest
-carries no graph), so the servicer reports it with ``report_nodes``. Each instance has its
-own registry, so several servers in one process (as in the tests) keep separate counts.
-``watch_plan_cache`` adds the plan cache's hits and misses, read from the cache at each
-scrape.
+``CallMetrics`` times each call, records its method and the status code its client
+received, and counts the graph nodes of successful Evaluate and EvaluateStream calls. Each
+instance has its own registry, so several servers in one process (as in the tests) keep
+separate counts. ``watch_plan_cache`` adds the plan cache's hits and misses, read from the
+cache at each scrape.
 """
 
+import asyncio
+import inspect
 import time
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -22,27 +20,14 @@ from gradserve.server.engine.plan_cache import PlanCache
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-# The current call's graph size: the interceptor sets a fresh tally before the handler runs,
-# in the handler's thread, and the servicer fills it in.
-_call_nodes: ContextVar[list[int] | None] = ContextVar("gradserve_call_nodes", default=None)
 
+class CallMetrics:
+    """The call counters and latencies of one server.
 
-def report_nodes(nodes: int) -> None:
-    """Tell the metrics interceptor, if one wraps this call, how many nodes its graph has."""
-    tally = _call_nodes.get()
-    if tally is not None:
-        tally[0] = nodes
+    The GradientService's calls are recorded by their CallScope, which knows the status the
+    client received; ``interceptor()`` records the other services' (health, reflection).
+    """
 
-
-_HANDLER_FACTORIES = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
-
-
-class CallMetrics(grpc.ServerInterceptor):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.calls = Counter(
@@ -64,31 +49,7 @@ class CallMetrics(grpc.ServerInterceptor):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        # Each method's handler is wrapped once: method -> (its handler, the wrapped one).
-        self._wrapped: dict[str, tuple] = {}
         self._children: dict[tuple, object] = {}
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        cached = self._wrapped.get(handler_call_details.method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, self._wrap(handler_call_details.method, handler))
-            self._wrapped[handler_call_details.method] = cached
-        return cached[1]
-
-    def _wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        method = path.rsplit("/", 1)[-1]
-        kind = ("stream" if handler.request_streaming else "unary") + (
-            "_stream" if handler.response_streaming else "_unary"
-        )
-        record = self._record_streaming if handler.response_streaming else self._record_unary
-        return _HANDLER_FACTORIES[kind](
-            record(method, getattr(handler, kind)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
     def _child(self, metric, *labels: str):
         """``metric.labels(*labels)``, remembered: each lookup there takes a lock."""
@@ -97,53 +58,85 @@ class CallMetrics(grpc.ServerInterceptor):
             child = self._children[metric, labels] = metric.labels(*labels)
         return child
 
-    def _record_unary(self, method: str, behavior: Callable) -> Callable:
-        def recorded(request, context):
-            started = time.perf_counter()
-            code = None
-            nodes = [0]
-            _call_nodes.set(nodes)
-            try:
-                response = behavior(request, context)
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self._finish(method, context, code, started, nodes[0])
-            return response
-
-        return recorded
-
-    def _record_streaming(self, method: str, behavior: Callable) -> Callable:
-        def recorded(request, context) -> Iterator:
-            started = time.perf_counter()
-            code = None
-            nodes = [0]
-            _call_nodes.set(nodes)
-            try:
-                yield from behavior(request, context)
-            except GeneratorExit:
-                code = grpc.StatusCode.CANCELLED  # the client went away mid-stream
-                raise
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self._finish(method, context, code, started, nodes[0])
-
-        return recorded
-
-    def _finish(self, method, context, code, started, nodes: int) -> None:
-        if code is None:
-            # No exception: the handler may still have set a code, or the client cancelled
-            # and the handler stopped early without raising.
-            code = context.code() or (
-                grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
-            )
-        self._child(self.latency, method).observe(time.perf_counter() - started)
+    def record(self, method: str, code: grpc.StatusCode, seconds: float, nodes: int = 0) -> None:
+        self._child(self.latency, method).observe(seconds)
         self._child(self.calls, method, code.name).inc()
         if code is grpc.StatusCode.OK and nodes:
             self._child(self.nodes, method).inc(nodes)
+
+    def interceptor(self, skip_prefix: str) -> grpc.aio.ServerInterceptor:
+        """Records every call whose method does not start with ``skip_prefix``."""
+        return _OtherServices(self, skip_prefix)
+
+
+class _OtherServices(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: CallMetrics, skip_prefix: str) -> None:
+        self._metrics = metrics
+        self._skip = skip_prefix
+        self._wrapped: dict[str, tuple] = {}  # method -> (its handler, the wrapped one)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        path = handler_call_details.method
+        if handler is None or path.startswith(self._skip):
+            return handler
+        cached = self._wrapped.get(path)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[path] = (handler, self._wrap(path, handler))
+        return cached[1]
+
+    def _wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = path.rsplit("/", 1)[-1]
+        kind = ("stream" if handler.request_streaming else "unary") + (
+            "_stream" if handler.response_streaming else "_unary"
+        )
+        behavior = getattr(handler, kind)
+        record = self._metrics.record
+
+        def finish(context, started: float, code) -> None:
+            if code is None:
+                code = _code_of(context) or grpc.StatusCode.OK
+            record(method, code, time.perf_counter() - started)
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def recorded(request, context):
+                started, code = time.perf_counter(), None
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except BaseException:
+                    code = _code_of(context) or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    finish(context, started, code)
+
+        else:
+
+            async def recorded(request, context):
+                started, code = time.perf_counter(), None
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except BaseException:
+                    code = _code_of(context) or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    finish(context, started, code)
+
+        return handler._replace(**{kind: recorded})
+
+
+def _code_of(context) -> grpc.StatusCode | None:
+    code = context.code()
+    if isinstance(code, int):  # grpc.aio may report the raw status number
+        return next((c for c in grpc.StatusCode if c.value[0] == code), None)
+    return code
 
 
 class _PlanCacheCollector:

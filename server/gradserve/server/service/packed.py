@@ -72,20 +72,50 @@ def rows_of(values: np.ndarray | list[float]) -> int:
     return 1 if isinstance(values, list) else values.shape[1]
 
 
-def evaluate_response(ids, values, grads, digest: bytes) -> bytes:
-    """An EvaluateResponse: node_ids 1, values 2, grads 3, plan_digest 4, rows 5."""
+def _tangents(number: int, value_tangents, grad_tangents) -> list[bytes | memoryview]:
+    """value_tangents (field ``number``) and grad_tangents (the next), when computed."""
+    if value_tangents is None:
+        return []
+    return [
+        *_delimited(number, _row_by_row(value_tangents)),
+        *_delimited(number + 1, _row_by_row(grad_tangents)),
+    ]
+
+
+def evaluate_response(
+    ids, values, grads, digest: bytes, value_tangents=None, grad_tangents=None
+) -> bytes:
+    """An EvaluateResponse: node_ids 1, values 2, grads 3, plan_digest 4, rows 5, and with
+    tangents value_tangents 6, grad_tangents 7 (shaped as values)."""
     return b"".join(
-        [*_results(ids, values, grads), *_delimited(4, digest), *_scalar(5, rows_of(values))]
+        [
+            *_results(ids, values, grads),
+            *_delimited(4, digest),
+            *_scalar(5, rows_of(values)),
+            *_tangents(6, value_tangents, grad_tangents),
+        ]
     )
 
 
-def gradient_chunk(ids, values, grads, digest: bytes, total_nodes: int) -> bytes:
-    """A GradientChunk: node_ids 1, values 2, grads 3, total_nodes 4, plan_digest 5, rows 6."""
+def gradient_chunk(
+    ids,
+    values,
+    grads,
+    digest: bytes,
+    total_nodes: int,
+    first_row: int = 0,
+    value_tangents=None,
+    grad_tangents=None,
+) -> bytes:
+    """A GradientChunk: node_ids 1, values 2, grads 3, total_nodes 4, plan_digest 5, rows 6,
+    first_row 7, and with tangents value_tangents 8, grad_tangents 9."""
     return b"".join(
         [
             *_results(ids, values, grads),
             *_scalar(4, total_nodes),
             *_delimited(5, digest),
             *_scalar(6, rows_of(values)),
+            *_scalar(7, first_row),
+            *_tangents(8, value_tangents, grad_tangents),
         ]
     )

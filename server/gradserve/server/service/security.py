@@ -32,27 +32,32 @@ def read_token(token: str | None, token_file: str | None) -> str | None:
     return token or None
 
 
-def _deny(request, context: grpc.ServicerContext):
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+async def _deny(_requests, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Let a call through only with ``authorization: Bearer <token>`` metadata.
 
-    The comparison is constant-time (``hmac.compare_digest``), so response timing does not
-    reveal how much of a guess was right. The health service stays open for probes.
+    The decision is made from the call's metadata alone, before its request is read: the
+    refusal handler is request-streaming, so it runs at once and ends the call
+    UNAUTHENTICATED without waiting for (or decoding) a message. The comparison is
+    constant-time (``hmac.compare_digest``), so response timing does not reveal how much of
+    a guess was right. The health service stays open for probes.
     """
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
-        self._denied = grpc.unary_unary_rpc_method_handler(_deny)
+        self._denied = grpc.stream_stream_rpc_method_handler(_deny)
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(OPEN_METHOD_PREFIX):
-            return continuation(handler_call_details)
-        offered = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if isinstance(offered, str):
-            offered = offered.encode()
+            return await continuation(handler_call_details)
+        offered = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                offered = value.encode() if isinstance(value, str) else value
+                break
         if hmac.compare_digest(offered, self._expected):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         return self._denied

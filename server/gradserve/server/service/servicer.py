@@ -1,234 +1,149 @@
-"""The GradientService implementation: wire in, engine, wire out.
+"""The GradientService: each method as a coroutine that receives, computes and sends.
 
-Every engine error becomes a gRPC status here, in ``_call``, and nowhere else.
+The methods are registered with raw bytes in and out (see ``handlers``) and as
+request-streaming on the server side, so that a handler starts as soon as a call does:
+it then waits for the request message itself, which costs nothing, and nothing is
+decoded by grpc before the call is authorised. Errors become statuses in one place,
+``calls.CallScope``.
 """
-
-import dataclasses
-import functools
-import logging
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 
 import grpc
 
-from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure, PlanNotFound
-from gradserve.server.engine.evaluate import evaluate
-from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
-from gradserve.server.engine.plan_cache import PlanCache, small_structure_digest, structure_digest
-from gradserve.server.engine.small_call import SmallCalls
+from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
-from gradserve.server.service import metrics, packed, wire
-from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
-from gradserve.server.service.logs import CallLog
-from gradserve.server.service.status import abort_bad_request, abort_internal
+from gradserve.server.service import evaluation
+from gradserve.server.service.calls import CallScope, ServerState
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
-DEFAULT_CHUNK_NODES = 65_536  # node results (20 bytes each on the wire): ~1.3 MB a chunk
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
 
-log = logging.getLogger(__name__)
-call_log = CallLog(log)  # the line each call logs, written off the call's path
-
-
-class _CallRecord:
-    """What the per-call log line reports."""
-
-    def __init__(self) -> None:
-        self.nodes = 0
-        self.code = grpc.StatusCode.OK
+# Work this small runs on the event loop: a hop to a thread and back costs more. The
+# array path always runs on the executor (a plugin op may be slow, and only there can a
+# call be abandoned while the loop goes on serving); the small-call path, a few hundred
+# float operations of trusted ops, runs on the loop.
+INLINE_REQUEST_BYTES = 64 * 1024
+INLINE_NODES = 2_048
 
 
-@contextmanager
-def _call(method: str, context: grpc.ServicerContext) -> Iterator[_CallRecord]:
-    """Map engine errors to statuses and write one log line per call.
-
-    Client errors carry a google.rpc.BadRequest field violation; anything unexpected is
-    INTERNAL with an error id, never UNKNOWN and never a traceback.
-    """
-    record = _CallRecord()
-    started = time.perf_counter()
-    try:
-        yield record
-    except LimitExceeded as exc:
-        record.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-        abort_bad_request(context, record.code, exc)
-    except GraphError as exc:
-        record.code = grpc.StatusCode.INVALID_ARGUMENT
-        abort_bad_request(context, record.code, exc)
-    except PlanNotFound as exc:
-        record.code = grpc.StatusCode.NOT_FOUND
-        context.abort(record.code, str(exc))
-    except OpFailure as exc:
-        # A plugin bug: the client learns which op and node; the plugin's own error text
-        # stays in the server log.
-        log.error("%s: %s", method, exc, exc_info=exc.__cause__)
-        record.code = grpc.StatusCode.INTERNAL
-        context.abort(record.code, f"{exc}; the op plugin failed (details in the server log)")
-    except DeadlineExceeded as exc:
-        record.code = grpc.StatusCode.DEADLINE_EXCEEDED
-        context.abort(record.code, str(exc))
-    except Cancelled:
-        record.code = grpc.StatusCode.CANCELLED
-    except GeneratorExit:
-        record.code = grpc.StatusCode.CANCELLED
-        raise
-    except Exception:
-        record.code = grpc.StatusCode.INTERNAL
-        abort_internal(context, method)
-    finally:
-        elapsed_ms = (time.perf_counter() - started) * 1e3
-        call_log.add(method, record.nodes, record.code.name, elapsed_ms)
-        metrics.report_nodes(record.nodes)
-
-
-def _stop_check(deadline: float) -> tuple[Callable[[], bool], Callable[[], None]]:
-    """The engine's ``should_stop`` and the callback that marks the caller gone.
-
-    ``should_stop`` is True once the caller has gone; past the deadline it raises
-    DeadlineExceeded. The flag is a list rather than an Event, which costs microseconds
-    to make on every call."""
-    gone: list[bool] = []
-
-    def should_stop() -> bool:
-        if time.monotonic() > deadline:
-            raise DeadlineExceeded(
-                "the call ran past its deadline (the caller's, or the server's "
-                "default-deadline for calls without one) and was stopped"
-            )
-        return bool(gone)
-
-    return should_stop, functools.partial(gone.append, True)
-
-
-class _Results:
-    """The selected nodes' results, shaped (len(ids), rows) (or lists, for one row from the
-    small-call path), and the plan's digest."""
-
-    def __init__(self, ids, values, grads, digest) -> None:
-        self.ids, self.values, self.grads, self.digest = ids, values, grads, digest
-
-
-class GradientServicer(pb_grpc.GradientServiceServicer):
+class GradientServicer:
     def __init__(
         self,
-        registry: Mapping[str, LoadedOp],
+        registry: dict[str, LoadedOp],
         plan_cache: PlanCache,
-        limits: Limits | None = None,
-        isolated: IsolatedEvaluator | None = None,
+        state: ServerState,
+        isolated: IsolatedEvaluator | None,
+        max_message_bytes: int,
     ) -> None:
-        self._registry = registry
-        self._ops = {name: loaded.op for name, loaded in registry.items()}
-        self._plans = plan_cache
-        self._limits = limits or Limits()
-        self._isolated = isolated
-        self._small_calls = SmallCalls()
-
-    def _plan(self, request: pb.EvaluateRequest) -> tuple[Plan, bytes]:
-        """The request's plan from the cache, compiling (and caching) it on a miss."""
-        if request.plan_digest:
-            if wire.has_structure(request.graph):
-                raise GraphError(
-                    "send either a graph structure or a plan_digest, not both",
-                    field="plan_digest",
-                )
-            plan = self._plans.get(request.plan_digest)
-            if plan is None:
-                raise PlanNotFound(request.plan_digest)
-            return plan, request.plan_digest
-        self._limits.check_sizes(request)
-        graph = None
-        digest = small_structure_digest(request.graph)
-        if digest is None:
-            graph = self._graph_arrays(request.graph)
-            digest = structure_digest(graph)
-        plan = self._plans.get(digest)
-        if plan is None:
-            if graph is None:
-                graph = self._graph_arrays(request.graph)
-            plan = compile_graph(graph, self._ops)
-            if self._isolated is not None and self._isolated.handles(plan):
-                plan = dataclasses.replace(plan, source=graph)  # workers compile it again
-            self._plans.put(digest, plan)
-        return plan, digest
-
-    def _graph_arrays(self, graph: pb.Graph) -> GraphArrays:
-        """The graph's fields as arrays, once its fan-in is known to be within the limit.
-
-        A cached plan passed this check when it was compiled, so a hit skips it."""
-        arrays = wire.graph_arrays(graph)
-        self._limits.check_fan_in(arrays.input_counts)
-        return arrays
-
-    def _evaluate(
-        self, request: pb.EvaluateRequest, should_stop: Callable[[], bool], record: _CallRecord
-    ) -> _Results:
-        plan, digest = self._plan(request)
-        record.nodes = plan.node_count
-        small = self._small_calls.evaluate(plan, digest, request, should_stop)
-        if small is not None:
-            return _Results(*small, digest)
-        outputs, seeds = wire.outputs_and_seeds(request, plan)
-        selected = wire.selected_nodes(request, plan)
-        leaves, allow_non_finite = wire.leaf_rows(request, plan), request.allow_non_finite
-        if plan.source is not None:
-            values, grads = self._isolated.evaluate(
-                plan.source, leaves, outputs, seeds, should_stop, allow_non_finite
-            )
-        else:
-            values, grads = evaluate(
-                plan, leaves, outputs, seeds, should_stop, allow_non_finite=allow_non_finite
-            )
-        return _Results(
-            selected, values.take(selected, axis=0), grads.take(selected, axis=0), digest
+        self._state = state
+        self._evaluator = evaluation.Evaluator(
+            registry, plan_cache, state.limits, isolated, max_message_bytes
         )
+        self._ops_reply = _list_ops_reply(registry)
 
-    def _should_stop(self, context: grpc.ServicerContext) -> Callable[[], bool]:
-        should_stop, mark_gone = _stop_check(self._limits.deadline(context.time_remaining()))
-        context.add_callback(mark_gone)
-        return should_stop
+    async def _prepare(self, call: CallScope, unary: bool = False):
+        """Receive, decode and plan the request; the Job, or small-call Results. A unary
+        reply that could not be sent is refused here, before any evaluation."""
+        raw = await call.receive()
+        raw_bytes = evaluation.raw_request_bytes(len(raw))
+        await call.admit(raw_bytes)
+        small_request = len(raw) <= INLINE_REQUEST_BYTES
+        request = await call.compute(_decode, raw, inline=small_request)
+        del raw
+        graph = request.graph
+        call.labels = graph.labels
+        call.nodes, call.rows = len(graph.node_ops), request.rows or 1
+        inline = small_request and len(graph.node_ops) <= INLINE_NODES
+        # A small request's bound from its length is good enough, and quicker to get.
+        call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
+        await call.admit(call.request_bytes + evaluation.compile_cost(request))
+        plan, digest = await call.compute(self._evaluator.plan, request, inline=inline)
+        call.nodes = plan.node_count
+        call.labels = plan.labels  # a plan named by its digest has them, the request not
+        if unary:
+            self._evaluator.check_reply_fits(request, plan)
+        small = None
+        # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
+        if plan.source is None and not request.leaf_tangents and (request.rows or 1) == 1:
+            quick = self._evaluator.small_is_quick(plan, digest)
+            small = await call.compute(self._evaluator.small, plan, digest, request, inline=quick)
+        if small is not None:
+            return request, digest, small
+        return request, digest, self._evaluator.job(request, plan, digest)
 
-    def Evaluate(self, request, context):
-        should_stop = self._should_stop(context)
-        with _call("Evaluate", context) as record:
-            results = self._evaluate(request, should_stop, record)
-            return packed.evaluate_response(
-                results.ids, results.values, results.grads, results.digest
+    async def _admit_job(self, call: CallScope, job: evaluation.Job, streaming: bool) -> int:
+        """Charge the evaluation to the budget; the rows to evaluate at once."""
+        budget, base = self._state.budget.total, call.request_bytes
+        # Half the budget, so that two large calls can run at once; at least an eighth.
+        block = job.block_rows(max(budget // 2 - base, budget // 8), streaming)
+        await call.admit(base + job.memory(block, streaming))
+        return block
+
+    async def Evaluate(self, _requests, context):
+        async with CallScope("Evaluate", context, self._state) as call:
+            _, digest, prepared = await self._prepare(call, unary=True)
+            if isinstance(prepared, evaluation.Results):
+                reply = evaluation.unary_small_reply(prepared, digest)
+            else:
+                block = await self._admit_job(call, prepared, streaming=False)
+                reply = await call.compute(self._evaluator.unary_reply, prepared, block)
+                # The arrays are gone; grpc copies the message while it is being sent.
+                await call.admit(call.request_bytes + 2 * len(reply))
+            await call.send(reply)
+
+    async def EvaluateStream(self, _requests, context):
+        async with CallScope("EvaluateStream", context, self._state) as call:
+            request, digest, prepared = await self._prepare(call)
+            if isinstance(prepared, evaluation.Results):
+                total = len(prepared.ids)
+                for chunk in evaluation.chunks(prepared, digest, total, 1, request.chunk_size):
+                    await call.send(chunk)
+                return
+            job = prepared
+            block = await self._admit_job(call, job, streaming=True)
+            for first in range(0, job.rows, block):
+                results = await call.compute(self._evaluator.evaluate_block, job, first, block)
+                for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
+                    if call.should_stop():
+                        return
+                    await call.send(chunk)
+                del results
+
+    async def ListOps(self, _requests, context):
+        async with CallScope("ListOps", context, self._state) as call:
+            call.refuse_if_draining()
+            await call.send(self._ops_reply)
+
+
+def _decode(raw: bytes, _should_stop):
+    return evaluation.decode(raw)
+
+
+def _list_ops_reply(registry: dict[str, LoadedOp]) -> bytes:
+    """The ListOps reply, made once: the ops do not change while the server runs."""
+    return pb.ListOpsResponse(
+        ops=[
+            pb.OpInfo(
+                name=name,
+                arity=loaded.op.arity or 0,
+                variadic=loaded.op.variadic,
+                doc=loaded.op.doc,
+                distribution=loaded.distribution,
+                version=loaded.version,
+                entry_point=loaded.entry_point,
+                second_order=loaded.op.second is not None,
             )
+            for name, loaded in sorted(registry.items())
+        ]
+    ).SerializeToString()
 
-    def EvaluateStream(self, request, context):
-        should_stop = self._should_stop(context)
-        with _call("EvaluateStream", context) as record:
-            results = self._evaluate(request, should_stop, record)
-            rows = packed.rows_of(results.values)
-            limit = max(1, DEFAULT_CHUNK_NODES // rows)
-            chunk = min(request.chunk_size or limit, limit)
-            for start in range(0, len(results.ids), chunk):
-                if should_stop():
-                    raise Cancelled()
-                part = slice(start, start + chunk)
-                yield packed.gradient_chunk(
-                    results.ids[part],
-                    results.values[part],
-                    results.grads[part],
-                    results.digest,
-                    total_nodes=len(results.ids),
-                )
 
-    def ListOps(self, request, context):
-        with _call("ListOps", context):
-            return pb.ListOpsResponse(
-                ops=[
-                    pb.OpInfo(
-                        name=name,
-                        arity=loaded.op.arity or 0,
-                        variadic=loaded.op.variadic,
-                        doc=loaded.op.doc,
-                        distribution=loaded.distribution,
-                        version=loaded.version,
-                        entry_point=loaded.entry_point,
-                    )
-                    for name, loaded in sorted(self._registry.items())
-                ]
-            )
+def handlers(servicer: GradientServicer) -> grpc.GenericRpcHandler:
+    """The service's methods, bytes in and out, each started as soon as its call is."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            name: grpc.stream_stream_rpc_method_handler(getattr(servicer, name))
+            for name in ("Evaluate", "EvaluateStream", "ListOps")
+        },
+    )

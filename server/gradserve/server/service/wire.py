@@ -46,6 +46,18 @@ def leaf_rows(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
     return values.reshape(rows, -1) if rows > 1 else values[None, :]
 
 
+def leaf_tangent_rows(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
+    """The leaf tangents as an array of shape (rows, leaves), laid out as the leaf values."""
+    given, expected = len(request.leaf_tangents), len(request.graph.leaf_values)
+    if given != expected:
+        raise GraphError(
+            f"leaf_tangents has {given} entries; it needs one per leaf value ({expected})",
+            field="leaf_tangents",
+        )
+    tangents = _array(request.leaf_tangents, np.float64)
+    return tangents.reshape(request.rows or 1, -1)
+
+
 def _check_ids(ids: np.ndarray, plan: Plan, field: str) -> None:
     bad = np.flatnonzero(ids >= plan.node_count)
     if bad.size:
@@ -53,6 +65,7 @@ def _check_ids(ids: np.ndarray, plan: Plan, field: str) -> None:
             f"{field}[{bad[0]}] = {ids[bad[0]]} is out of range "
             f"(the graph has {plan.node_count} nodes)",
             field=field,
+            index=int(bad[0]),
         )
 
 

@@ -1,0 +1,53 @@
+"""Regenerate the Go stubs (client/go/gradservev1) from protos/gradserve/v1/*.proto.
+
+Run from anywhere: ``python3 -m uv run python client/go/generate.py``. It needs Debian's
+``protoc-gen-go`` and ``protoc-gen-go-grpc`` on the PATH (see client/go/README.md); protoc
+itself is grpc_tools', the one that generates the Python modules. The generated files are
+committed; ``tests/test_go_client.py`` checks that running this changes nothing. ``--out DIR``
+writes DIR/gradservev1 instead (the test uses it).
+
+The files land where the proto's ``go_package`` says, relative to the Go import path of
+client/go (``github.com/gradserve/gradserve/client/go``): protoc's ``module=`` option strips
+that prefix.
+"""
+
+import argparse
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+from grpc_tools import protoc
+
+GO_ROOT = Path(__file__).resolve().parent
+PROTO_ROOT = GO_ROOT.parents[1] / "protos"
+MODULE = "github.com/gradserve/gradserve/client/go"
+PLUGINS = ("protoc-gen-go", "protoc-gen-go-grpc")
+
+
+def generate(out_dir: Path) -> None:
+    """Write the Go package for every .proto under PROTO_ROOT into out_dir/<package>."""
+    missing = [plugin for plugin in PLUGINS if shutil.which(plugin) is None]
+    if missing:
+        sys.exit(f"{', '.join(missing)} not on PATH: apt-get install {' '.join(PLUGINS)}")
+    protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
+    well_known = resources.files("grpc_tools") / "_proto"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--go_out={out_dir}",
+        f"--go_opt=module={MODULE}",
+        f"--go-grpc_out={out_dir}",
+        f"--go-grpc_opt=module={MODULE}",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        sys.exit("protoc failed")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=GO_ROOT, help="output root folder")
+    generate(parser.parse_args().out)

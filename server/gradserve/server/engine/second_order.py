@@ -1,0 +1,235 @@
+"""Tangents: Jacobian-vector products forward and Hessian-vector products by
+forward-over-reverse, on top of a first-order evaluation.
+
+Given a tangent ``t`` for every leaf (a direction), every node gets
+
+- ``value_tangent``: the directional derivative of its value, propagated forward:
+  ``t[node] = sum_j d_j t[x_j]``, with ``d_j`` the op's local derivatives, which are its
+  backward with an upstream gradient of 1 (a backward is linear in that gradient);
+- ``grad_tangent``: the directional derivative of its gradient, propagated backward by
+  differentiating each reverse step ``grad[x_j] += d_j grad[node]`` along ``t``:
+  ``grad_tangent[x_j] += d_j grad_tangent[node] + grad[node] sum_k H_jk t[x_k]``, with
+  ``H`` the op's second derivatives (``Op.second``). For a leaf this is the Hessian of
+  ``sum(seeds * outputs)`` times the leaf tangents.
+
+Values and gradients come from ``evaluate`` unchanged, so they equal a first-order call's.
+Like it, the tangent passes make one vectorized op call per group and scatter-add into
+inputs, so shared nodes and repeated inputs (``x*x``) get every contribution; a Stretch
+(chain) gets its local derivatives from one call per part and propagates node by node on
+arrays. Nothing recurses, and ``should_stop`` is polled between steps.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.engine.evaluate import _backward, _checked, evaluate
+from gradserve.server.engine.plan import Group, Plan, Stretch
+
+
+def _never() -> bool:
+    return False
+
+
+def evaluate_with_tangents(
+    plan: Plan,
+    leaf_values: np.ndarray,
+    leaf_tangents: np.ndarray,
+    outputs: np.ndarray,
+    seeds: np.ndarray,
+    should_stop: Callable[[], bool] = _never,
+    allow_non_finite: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return every node's value, gradient, value tangent and gradient tangent.
+
+    ``leaf_tangents`` has the shape of ``leaf_values``: ``(L,)`` for one row or ``(B, L)``;
+    results are shaped ``(n,)`` or ``(n, B)`` to match. Every op of the plan must have
+    second derivatives, otherwise GraphError names the op and its first node. Unless
+    ``allow_non_finite``, a NaN or Inf tangent is a GraphError naming the node.
+    """
+    require_second_order(plan)
+    leaf_values = np.asarray(leaf_values, dtype=np.float64)
+    leaf_tangents = np.asarray(leaf_tangents, dtype=np.float64)
+    if leaf_tangents.shape != leaf_values.shape:
+        raise GraphError(
+            f"leaf_tangents has {leaf_tangents.size} entries but leaf_values has "
+            f"{leaf_values.size}: give one tangent per leaf value (per row)",
+            field="leaf_tangents",
+        )
+    values, grads = evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite)
+    single_row = leaf_values.ndim == 1
+    if single_row:
+        values, grads = values[:, None], grads[:, None]
+    with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, silently
+        tangents = np.zeros(values.shape)
+        tangents[plan.leaves] = np.atleast_2d(leaf_tangents).T
+        locals_ = _forward_tangents(plan, values, tangents, should_stop)
+        if not allow_non_finite:
+            _check_finite(plan, tangents, "tangent of the value")
+        grad_tangents = np.zeros(values.shape)
+        _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, should_stop)
+    if not allow_non_finite:
+        _check_finite(plan, grad_tangents, "tangent of the gradient")
+    if single_row:
+        return values[:, 0], grads[:, 0], tangents[:, 0], grad_tangents[:, 0]
+    return values, grads, tangents, grad_tangents
+
+
+def require_second_order(plan: Plan) -> None:
+    """Raise GraphError naming the first op (and its first node) without ``second``."""
+    missing = [
+        (int(group.nodes.min()), group.op.name)
+        for group in _groups(plan)
+        if group.op.second is None
+    ]
+    if missing:
+        node, name = min(missing)
+        raise GraphError(
+            f"op {name!r} has no second derivatives, so leaf_tangents (Hessian-vector "
+            "products) cannot go through it; ListOps says which ops have them "
+            "(second_order)",
+            node=node,
+            field="leaf_tangents",
+        )
+
+
+def _groups(plan: Plan):
+    for step in plan.steps:
+        yield from step.parts if isinstance(step, Stretch) else (step,)
+
+
+def _local_derivatives(group: Group, values: np.ndarray) -> list[np.ndarray]:
+    """The group's local derivatives, one array per input position (shape (m, rows))."""
+    y = values.take(group.nodes, axis=0)
+    return _backward(group, np.ones(y.shape), y, values)
+
+
+def _forward_tangents(plan, values, tangents, should_stop) -> list:
+    """Fill ``tangents`` of the op nodes, step by step; return each step's local
+    derivatives (a list per Group, an array per edge for a Stretch) for the reverse pass."""
+    locals_ = []
+    for step in plan.steps:
+        if should_stop():
+            raise Cancelled()
+        if isinstance(step, Stretch):
+            local = _stretch_locals(step, values, _local_derivatives)
+            _forward_stretch(step, local, tangents, should_stop)
+            locals_.append(local)
+            continue
+        derivatives = _local_derivatives(step, values)
+        total = derivatives[0] * tangents.take(step.args[0], axis=0)
+        for d, arg in zip(derivatives[1:], step.args[1:], strict=True):
+            total += d * tangents.take(arg, axis=0)
+        tangents[step.nodes] = total
+        locals_.append(derivatives)
+    return locals_
+
+
+def _stretch_locals(stretch: Stretch, values: np.ndarray, per_part) -> np.ndarray:
+    """``per_part(part, ...)`` (one array per input position) laid out per edge of the
+    stretch: shape (len(stretch.inputs), rows)."""
+    local = np.empty((len(stretch.inputs), values.shape[1]))
+    for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
+        edges = stretch.input_offsets[positions] + np.arange(len(part.args))[:, None]
+        local[edges] = np.stack(per_part(part, values))
+    return local
+
+
+def _forward_stretch(stretch, local, tangents, should_stop) -> None:
+    offsets = stretch.input_offsets.tolist()
+    inputs = stretch.inputs.tolist()
+    for position, node in enumerate(stretch.nodes.tolist()):
+        if position % 1024 == 0 and should_stop():
+            raise Cancelled()
+        start, end = offsets[position], offsets[position + 1]
+        total = local[start] * tangents[inputs[start]]
+        for edge in range(start + 1, end):
+            total += local[edge] * tangents[inputs[edge]]
+        tangents[node] = total
+
+
+def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray):
+    """Per input position j, ``sum_k H_jk t[x_k]``: how the group's local derivatives move
+    along the tangents; None for an op linear in its inputs."""
+    xs = list(values.take(group.args, axis=0))
+    y = values.take(group.nodes, axis=0)
+    try:
+        pairs = group.op.second(y, *xs)
+    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
+        raise
+    except Exception as exc:
+        raise OpFailure(group.op.name, int(group.nodes[0]), "failed in second") from exc
+    k = len(xs)
+    if not isinstance(pairs, tuple | list) or len(pairs) not in (0, k * (k + 1) // 2):
+        raise OpFailure(
+            group.op.name,
+            int(group.nodes[0]),
+            f"second must return {k * (k + 1) // 2} array(s) (pairs i <= j) or ()",
+        )
+    if not pairs:
+        return None
+    pairs = iter([_checked(group, h, "second", y.shape) for h in pairs])
+    ts = list(tangents.take(group.args, axis=0))
+    moved = [np.zeros(y.shape) for _ in range(k)]
+    for i in range(k):
+        for j in range(i, k):
+            h = next(pairs)
+            moved[i] += h * ts[j]
+            if j != i:
+                moved[j] += h * ts[i]
+    return moved
+
+
+def _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, stop) -> None:
+    """Fill ``grad_tangents`` in reverse step order (forward-over-reverse)."""
+    for step, local in zip(reversed(plan.steps), reversed(locals_), strict=True):
+        if stop():
+            raise Cancelled()
+        if isinstance(step, Stretch):
+            _backward_stretch(step, local, values, grads, tangents, grad_tangents, stop)
+            continue
+        upstream = grad_tangents.take(step.nodes, axis=0)
+        g = grads.take(step.nodes, axis=0)
+        moved = _second_directional(step, values, tangents)
+        contributions = [d * upstream for d in local]
+        if moved is not None:
+            contributions = [c + g * m for c, m in zip(contributions, moved, strict=True)]
+        for scatter, c in zip(step.scatters, contributions, strict=True):
+            scatter.add_into(grad_tangents, c)
+
+
+def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, stop) -> None:
+    """A chain: the second-order terms of every edge in one call per part (gradients and
+    tangents are known by now), then the propagation node by node."""
+
+    def moved_of(part: Group, values: np.ndarray) -> list[np.ndarray]:
+        moved = _second_directional(part, values, tangents)
+        zero = np.zeros((len(part.nodes), values.shape[1]))
+        return moved if moved is not None else [zero] * len(part.args)
+
+    moved = _stretch_locals(stretch, values, moved_of)
+    offsets = stretch.input_offsets.tolist()
+    inputs = stretch.inputs.tolist()
+    nodes = stretch.nodes.tolist()
+    for position in range(len(nodes) - 1, -1, -1):
+        if position % 1024 == 0 and stop():
+            raise Cancelled()
+        node = nodes[position]
+        upstream, g = grad_tangents[node], grads[node]
+        for edge in range(offsets[position], offsets[position + 1]):
+            grad_tangents[inputs[edge]] += local[edge] * upstream + g * moved[edge]
+
+
+def _check_finite(plan: Plan, array: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if bad.size:
+        node = int(bad[0])
+        row = array[node]
+        value = float(row[~np.isfinite(row)][0])
+        raise GraphError(
+            f"the {what} is {value!r}: a leaf tangent is not finite or a derivative "
+            "overflowed; set allow_non_finite in the request to pass NaN and Inf through",
+            node=node,
+            field="leaf_tangents",
+        )

@@ -1,0 +1,110 @@
+"""Memory admission: every call in flight is charged to one budget before it allocates.
+
+A call's memory is estimated from its fields' lengths (``engine/memory.py``) and charged in
+steps as it learns more: the request on arrival, the compilation once the graph's size is
+known, the evaluation and the reply once the plan is. The charge stays until the reply has
+been sent, so replies waiting for a slow reader count too.
+
+A call that can never fit the budget is refused (RESOURCE_EXHAUSTED, naming the limit and
+the estimate). One that fits but finds the budget in use waits up to ``wait_s`` for calls
+ahead of it to finish, then is refused; retrying later may then succeed. Small calls (at
+most ``budget / 256``) never wait: they may overdraw the budget by at most that much each,
+so the many small calls of a shared server keep flowing while a large one holds most of
+the budget.
+"""
+
+import asyncio
+import time
+
+DEFAULT_WAIT_S = 5.0
+SMALL_FRACTION = 256  # a call of at most budget / SMALL_FRACTION bytes never waits
+
+
+class NeverFits(Exception):
+    """The call needs more than the whole budget."""
+
+    def __init__(self, needed: int, budget: int) -> None:
+        self.needed, self.budget = needed, budget
+        super().__init__(
+            f"the call needs an estimated {_mib(needed)} of server memory, more than this "
+            f"server's whole budget max-memory-mb = {budget // 2**20}"
+        )
+
+
+class BudgetBusy(Exception):
+    """The budget stayed in use by other calls for longer than the call may wait."""
+
+    def __init__(self, needed: int, budget: int, waited: float) -> None:
+        super().__init__(
+            f"the call needs an estimated {_mib(needed)} of server memory and this server's "
+            f"budget (max-memory-mb = {budget // 2**20}) stayed in use by other calls for "
+            f"{waited:.1f} s; retry later"
+        )
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+class MemoryBudget:
+    """One server process's budget, shared by its calls (used on the event loop only)."""
+
+    def __init__(self, total_bytes: int, wait_s: float = DEFAULT_WAIT_S) -> None:
+        self.total = total_bytes
+        self.wait_s = wait_s
+        self.used = 0
+        self._freed: asyncio.Condition | None = None  # made on the loop, at first use
+
+    def charge(self) -> "Charge":
+        return Charge(self)
+
+    async def _take(self, amount: int, total_after: int, deadline: float) -> None:
+        if total_after > self.total:
+            raise NeverFits(total_after, self.total)
+        if total_after <= self.total // SMALL_FRACTION or self.used + amount <= self.total:
+            self.used += amount
+            return
+        if self._freed is None:
+            self._freed = asyncio.Condition()
+        started = time.monotonic()
+        timeout = max(0.0, min(self.wait_s, deadline - started))
+        async with self._freed:
+            try:
+                await asyncio.wait_for(
+                    self._freed.wait_for(lambda: self.used + amount <= self.total), timeout
+                )
+            except TimeoutError:
+                raise BudgetBusy(total_after, self.total, time.monotonic() - started) from None
+            self.used += amount
+
+    def _give_back(self, amount: int) -> None:
+        self.used -= amount
+        if self._freed is not None and amount:
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._freed:
+            self._freed.notify_all()
+
+
+class Charge:
+    """What one call holds of the budget; ``release()`` gives it all back."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.bytes = 0
+
+    async def resize(self, target: int, deadline: float) -> None:
+        """Hold ``target`` bytes: give back the difference, or take it (waiting or raising
+        as the module docstring says)."""
+        change = target - self.bytes
+        if change > 0:
+            await self.budget._take(change, target, deadline)
+        elif change < 0:
+            self.budget._give_back(-change)
+        self.bytes = target
+
+    def release(self) -> None:
+        if self.bytes:
+            self.budget._give_back(self.bytes)
+            self.bytes = 0

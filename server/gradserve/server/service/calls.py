@@ -1,0 +1,303 @@
+"""One call's life on the server: receiving its request, running its work, sending its
+reply, and ending with a status that tells the truth, in the log and the metrics as well
+as to the client.
+
+Waiting costs nothing: a call waiting for its request message, for a compute slot, for
+memory or for a slow reader is a suspended coroutine on the event loop; it holds a thread
+of the executor only while it computes, and memory of the budget only once admitted.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+
+from gradserve.server.engine.errors import (
+    Cancelled,
+    GraphError,
+    NodeError,
+    OpFailure,
+    PlanNotFound,
+)
+from gradserve.server.service import status
+from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
+from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
+from gradserve.server.service.logs import CallLog
+from gradserve.server.service.metrics import CallMetrics
+
+log = logging.getLogger("gradserve.server.service.servicer")
+call_log = CallLog(log)  # the line each call logs, written off the call's path
+
+DEFAULT_SEND_TIMEOUT_S = 30.0
+
+
+class TooManyCalls(Exception):
+    """More calls in progress than max-concurrent-calls."""
+
+
+class SendTimedOut(Exception):
+    """The client took a reply message only after the send timeout: the call was abandoned."""
+
+
+class Draining(Exception):
+    """The server is shutting down and takes no new calls."""
+
+
+@dataclass
+class ServerState:
+    """What the calls of one server share."""
+
+    limits: Limits
+    budget: MemoryBudget
+    executor: ThreadPoolExecutor
+    threads: int
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
+    metrics: CallMetrics | None = None
+    active: int = 0  # calls whose request has arrived and that have not ended
+    draining: bool = False
+    stopped: bool = False  # the grace ran out: calls still running are being cancelled
+    waiting_for_request: set = field(default_factory=set)  # of CallScope
+    all_ended: asyncio.Event | None = None
+    slots: asyncio.Semaphore | None = None
+
+    def on_loop(self) -> None:
+        """Make the asyncio objects, on the server's event loop."""
+        self.all_ended = asyncio.Event()
+        self.all_ended.set()
+        self.slots = asyncio.Semaphore(self.threads)
+
+
+class CallScope:
+    """``async with CallScope(method, context, state) as call:`` around a handler's body.
+
+    Engine and admission errors raised inside end the call with their status; a client
+    that went away (cancel, deadline, connection lost) is logged as what it saw."""
+
+    def __init__(self, method: str, context, state: ServerState) -> None:
+        self.method = method
+        self.context = context
+        self.state = state
+        self.nodes = 0
+        self.rows = 0
+        self.request_bytes = 0  # the decoded request's memory, once known
+        self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
+        self.code = grpc.StatusCode.OK
+        self.note = ""
+        self._gone = False
+        self._counted = False
+        self._running = None  # the executor future of the step in progress
+        self._task = asyncio.current_task()
+        self.charge = state.budget.charge()
+        remaining = context.time_remaining()
+        self.deadline = state.limits.deadline(remaining)
+
+    # -- the engine's stop check -------------------------------------------------------
+    def should_stop(self) -> bool:
+        """True once the caller has gone; past the deadline it raises DeadlineExceeded.
+        Polled from executor threads: it reads only plain attributes."""
+        if self._gone:
+            return True
+        if time.monotonic() > self.deadline:
+            raise DeadlineExceeded(
+                "the call ran past its deadline (the caller's, or the server's "
+                "default-deadline for calls without one) and was stopped"
+            )
+        return False
+
+    # -- the steps ---------------------------------------------------------------------
+    def refuse_if_draining(self) -> None:
+        if self.state.draining:
+            raise Draining()
+
+    async def receive(self) -> bytes:
+        """The request message's bytes, once they have all arrived; then the call counts
+        against max-concurrent-calls."""
+        self.refuse_if_draining()
+        self.state.waiting_for_request.add(self)
+        try:
+            raw = await self.context.read()
+        finally:
+            self.state.waiting_for_request.discard(self)
+        if raw is grpc.aio.EOF:
+            raise GraphError("the call ended without a request message", field="request")
+        if self.state.active >= self.state.limits.max_concurrent_calls:
+            raise TooManyCalls()
+        self.state.active += 1
+        self.state.all_ended.clear()
+        self._counted = True
+        return raw
+
+    async def admit(self, nbytes: int) -> None:
+        """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
+        await self.charge.resize(nbytes, self.deadline)
+
+    async def compute(self, work: Callable, *args, inline: bool = False):
+        """``work(*args, should_stop)`` on the executor, holding a compute slot; or right
+        here on the event loop when ``inline`` (small work: a thread hop costs more)."""
+        if inline:
+            return work(*args, self.should_stop)
+        async with self.state.slots:
+            loop = asyncio.get_running_loop()
+            self._running = loop.run_in_executor(self.state.executor, work, *args, self.should_stop)
+            try:
+                return await self._running
+            finally:
+                if self._running.done():
+                    self._running = None
+
+    async def send(self, message: bytes) -> None:
+        """Write one reply message. A client that has not taken it within the send timeout
+        is abandoned (see ``_abandon``); once grpc lets go of the message, the call ends
+        CANCELLED instead of going on."""
+        timer = asyncio.get_running_loop().call_later(self.state.send_timeout_s, self._abandon)
+        try:
+            await self.context.write(message)
+        except Exception:
+            if self.context.done():  # the client went away as the message was written
+                raise asyncio.CancelledError() from None
+            raise
+        finally:
+            timer.cancel()
+        if self.note == "send timeout":
+            raise SendTimedOut()
+
+    def _abandon(self) -> None:
+        """The client did not read within the send timeout: stop the call's work and stop
+        counting it (max-concurrent-calls, the drain).
+
+        grpc.aio cannot end one call while a write of it waits for the reader's
+        flow-control window (no status can be sent, and there is no server-side cancel),
+        so its message stays with grpc, and stays charged to the memory budget, until the
+        client reads, cancels or disconnects, its deadline passes, its connection reaches
+        --max-connection-age, or the server stops."""
+        self.note = "send timeout"
+        self._gone = True
+        log.warning(
+            "%s: the client did not read the reply within the send timeout (%g s); call "
+            "abandoned, its memory held until grpc releases the message",
+            self.method,
+            self.state.send_timeout_s,
+        )
+        self._uncount()
+
+    def cancel_waiting(self) -> None:
+        """Called when the server starts draining: end a call still waiting for its request."""
+        self.note = "draining"
+        self._task.cancel()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.state.active -= 1
+            if not self.state.active:
+                self.state.all_ended.set()
+
+    # -- the end -----------------------------------------------------------------------
+    async def __aenter__(self) -> "CallScope":
+        self.started = time.perf_counter()
+        return self
+
+    async def __aexit__(self, kind, exc, traceback) -> bool:
+        try:
+            if exc is None:
+                return False
+            if isinstance(exc, asyncio.CancelledError):
+                if self.note == "draining":
+                    await self._end(status.plain(grpc.StatusCode.UNAVAILABLE, _DRAINING))
+                self._went_away()
+                return False
+            await self._end(self._status_of(exc))
+            return False  # unreachable: _end raises grpc's abort exception
+        finally:
+            self._finish()
+
+    def _went_away(self) -> None:
+        """The client cancelled, its deadline passed, the connection was lost, the reply
+        was not read in time or the grace ran out: nothing can be sent any more."""
+        self._gone = True
+        if self.state.stopped:
+            self.code = grpc.StatusCode.UNAVAILABLE  # what the client sees on shutdown
+        elif self._past_deadline():
+            self.code = grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            self.code = grpc.StatusCode.CANCELLED
+
+    def _past_deadline(self) -> bool:
+        """Whether the call ended by its deadline: grpc's own account of the time left
+        (the caller's deadline), or the server's default deadline."""
+        remaining = self.context.time_remaining()
+        if remaining is not None and remaining <= 0.01:
+            return True
+        return time.monotonic() >= self.deadline - 0.001
+
+    def _status_of(self, exc: BaseException) -> grpc.Status:
+        """The status an exception ends the call with (also sets ``self.code``)."""
+        code = grpc.StatusCode
+        if isinstance(exc, NodeError):
+            exc.label_from(self.labels)  # "node 7 ('x1*w1'): ..."
+        if isinstance(exc, LimitExceeded):
+            result = status.bad_request(code.RESOURCE_EXHAUSTED, exc)
+        elif isinstance(exc, GraphError):
+            result = status.bad_request(code.INVALID_ARGUMENT, exc)
+        elif isinstance(exc, PlanNotFound):
+            result = status.plain(code.NOT_FOUND, str(exc))
+        elif isinstance(exc, OpFailure):
+            # A plugin bug: the client learns which op and node, and an error id; the
+            # plugin's own error text stays in the server log under that id.
+            result = status.internal(self.method, f"{exc}; the op plugin failed")
+        elif isinstance(exc, DeadlineExceeded):
+            result = status.plain(code.DEADLINE_EXCEEDED, str(exc))
+        elif isinstance(exc, NeverFits | BudgetBusy):
+            result = status.quota_failure("max-memory-mb", str(exc))
+        elif isinstance(exc, MemoryError):
+            result = status.quota_failure(
+                "memory", "the server ran out of memory for this call; retry later or send less"
+            )
+        elif isinstance(exc, TooManyCalls):
+            limit = self.state.limits.max_concurrent_calls
+            result = status.quota_failure(
+                "max-concurrent-calls",
+                f"this server process already has {limit} calls in progress "
+                f"(max-concurrent-calls = {limit}); retry later",
+            )
+        elif isinstance(exc, SendTimedOut):
+            result = status.plain(
+                code.CANCELLED,
+                "the reply was not read within the server's send timeout "
+                f"({self.state.send_timeout_s:g} s); the call was abandoned",
+            )
+        elif isinstance(exc, Draining):
+            result = status.plain(code.UNAVAILABLE, _DRAINING)
+        elif isinstance(exc, Cancelled):  # the stop flag: the client is gone already
+            self._went_away()
+            raise asyncio.CancelledError()
+        else:
+            result = status.internal(self.method)
+        return result
+
+    async def _end(self, result: grpc.Status) -> None:
+        self.code = result.code
+        self._gone = True
+        await self.context.abort(result.code, result.details, result.trailing_metadata)
+
+    def _finish(self) -> None:
+        running = self._running
+        if running is not None and not running.done():
+            # The step goes on in its thread until its next stop check: its memory stays
+            # charged until then.
+            self._gone = True
+            running.add_done_callback(lambda _: self.charge.release())
+        else:
+            self.charge.release()
+        self._uncount()
+        elapsed = time.perf_counter() - self.started
+        call_log.add(self.method, self.nodes, self.code.name, elapsed * 1e3)
+        if self.state.metrics is not None:
+            self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
+
+
+_DRAINING = "the server is shutting down and takes no new calls; retry on another server"

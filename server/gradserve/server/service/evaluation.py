@@ -1,0 +1,306 @@
+"""The synchronous work of an Evaluate or EvaluateStream call, as steps the servicer runs
+on its executor (or, when small, on the event loop): decode the request, find or compile
+its plan, then evaluate it, in row blocks when the whole batch would not fit the memory
+budget, and encode the reply. Every step polls ``should_stop``.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from gradserve.server.engine import memory
+from gradserve.server.engine.errors import GraphError, PlanNotFound
+from gradserve.server.engine.evaluate import evaluate
+from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.engine.plan_cache import (
+    PlanCache,
+    small_structure_digest,
+    structure_digest,
+)
+from gradserve.server.engine.second_order import evaluate_with_tangents, require_second_order
+from gradserve.server.engine.small_call import SmallCalls
+from gradserve.server.registry import LoadedOp
+from gradserve.server.runtime.isolation import IsolatedEvaluator
+from gradserve.server.service import packed, wire
+from gradserve.server.service.limits import LimitExceeded, Limits
+from gradserve.v1 import gradserve_pb2 as pb
+
+DIGEST_BYTES = 16
+CHUNK_NODE_ROWS = 65_536  # node results in one stream chunk (20 bytes each): ~1.3 MB
+# A request's bytes and, while they are decoded, the message: packed varints of one byte
+# widen to 4-byte ints.
+RAW_REQUEST_BYTES_PER_BYTE = 5
+
+StopCheck = Callable[[], bool]
+
+
+def decode(raw: bytes) -> pb.EvaluateRequest:
+    """The request message, or INVALID_ARGUMENT for bytes that are not one."""
+    try:
+        return pb.EvaluateRequest.FromString(raw)
+    except DecodeError:
+        reason = "the bytes are not a valid protobuf message of this method's request type"
+        raise GraphError(reason, field="request") from None
+
+
+def raw_request_bytes(raw_length: int) -> int:
+    """The memory of a request's bytes and of decoding them, from their length alone."""
+    return RAW_REQUEST_BYTES_PER_BYTE * raw_length
+
+
+def request_bytes(request: pb.EvaluateRequest) -> int:
+    """The memory of the decoded request, from its fields' lengths."""
+    graph = request.graph
+    ints = len(graph.node_ops) + len(graph.input_counts) + len(graph.input_ids)
+    ints += len(request.nodes) + len(request.outputs)
+    doubles = len(graph.leaf_values) + len(request.leaf_tangents) + len(request.seeds)
+    text = sum(map(len, graph.op_names)) + sum(map(len, graph.labels)) + 64 * len(graph.labels)
+    return 4 * ints + 8 * doubles + text + len(request.plan_digest)
+
+
+def compile_cost(request: pb.EvaluateRequest) -> int:
+    """The memory compiling the request's graph would take (0 when it names a plan)."""
+    graph = request.graph
+    if request.plan_digest:
+        return 0
+    return memory.compile_bytes(len(graph.node_ops), len(graph.input_ids))
+
+
+@dataclasses.dataclass
+class Results:
+    """The selected nodes' results for rows [first_row, first_row + rows): values and
+    gradients shaped (len(ids), rows), or lists for one row from the small-call path."""
+
+    ids: np.ndarray | list[int]
+    values: np.ndarray | list[float]
+    grads: np.ndarray | list[float]
+    first_row: int = 0
+
+
+@dataclasses.dataclass
+class Job:
+    """A request with its plan, ready to evaluate."""
+
+    request: pb.EvaluateRequest
+    plan: Plan
+    digest: bytes
+    leaves: np.ndarray  # (rows, leaves)
+    outputs: np.ndarray
+    seeds: np.ndarray
+    selected: np.ndarray
+    tangents: np.ndarray | None = None  # (rows, leaves): a JVP and HVP call
+
+    @property
+    def rows(self) -> int:
+        return self.leaves.shape[0]
+
+    @property
+    def results_per_node(self) -> int:
+        """Arrays of results per node: values and gradients, and their tangents."""
+        return 2 if self.tangents is None else 4
+
+    def reply_bytes(self) -> int:
+        """The size of the whole result, as one EvaluateResponse."""
+        doubles = self.results_per_node * len(self.selected) * self.rows
+        return 8 * doubles + 5 * len(self.selected) + 64
+
+    def memory(self, block_rows: int, streaming: bool) -> int:
+        """Evaluation of ``block_rows`` rows at a time, and the results it keeps: all of
+        them for a unary reply, one chunk at a time for a stream."""
+        kept = (
+            memory.results_bytes(min(len(self.selected), CHUNK_NODE_ROWS), 1)
+            if streaming
+            else memory.results_bytes(len(self.selected), self.rows)
+        )
+        factor = self.results_per_node // 2  # tangents double what is computed and kept
+        return factor * (memory.evaluation_bytes(self.plan.node_count, block_rows) + kept)
+
+    def block_rows(self, allowance: int, streaming: bool) -> int:
+        """The most rows evaluated at once within ``allowance`` bytes (at least 1; a stream
+        also keeps a block's results of one node within one chunk)."""
+        rows = self.rows
+        if streaming:
+            rows = min(rows, CHUNK_NODE_ROWS)
+        per_row = memory.evaluation_bytes(self.plan.node_count, 1) * self.results_per_node // 2
+        fixed = self.memory(0, streaming)
+        return max(1, min(rows, (allowance - fixed) // max(per_row, 1)))
+
+
+class Evaluator:
+    """The steps, with what they share: the ops, the plan cache, the limits, the isolated
+    workers and the small-call programs of one server."""
+
+    def __init__(
+        self,
+        registry: Mapping[str, LoadedOp],
+        plan_cache: PlanCache,
+        limits: Limits,
+        isolated: IsolatedEvaluator | None,
+        max_message_bytes: int,
+    ) -> None:
+        self._ops = {name: loaded.op for name, loaded in registry.items()}
+        self._plans = plan_cache
+        self._limits = limits
+        self._isolated = isolated
+        self._small_calls = SmallCalls()
+        self.max_message_bytes = max_message_bytes
+
+    def plan(self, request: pb.EvaluateRequest, should_stop: StopCheck) -> tuple[Plan, bytes]:
+        """The request's plan from the cache, compiling (and caching) it on a miss."""
+        if request.plan_digest:
+            if wire.has_structure(request.graph):
+                raise GraphError(
+                    "send either a graph structure or a plan_digest, not both",
+                    field="plan_digest",
+                )
+            if len(request.plan_digest) != DIGEST_BYTES:
+                raise GraphError(
+                    f"plan_digest must be {DIGEST_BYTES} bytes (as a reply's plan_digest), "
+                    f"got {len(request.plan_digest)}",
+                    field="plan_digest",
+                )
+            plan = self._plans.get(request.plan_digest)
+            if plan is None:
+                raise PlanNotFound(request.plan_digest)
+            return plan, request.plan_digest
+        self._limits.check_sizes(request)
+        graph = None
+        digest = small_structure_digest(request.graph)
+        if digest is None:
+            graph = self._graph_arrays(request.graph)
+            digest = structure_digest(graph)
+        plan = self._plans.get(digest)
+        if plan is None:
+            if graph is None:
+                graph = self._graph_arrays(request.graph)
+            plan = compile_graph(graph, self._ops, should_stop)
+            if self._isolated is not None and self._isolated.handles(plan):
+                plan = dataclasses.replace(plan, source=graph)  # workers compile it again
+            self._plans.put(digest, plan)
+        return plan, digest
+
+    def _graph_arrays(self, graph: pb.Graph) -> GraphArrays:
+        """The graph's fields as arrays, once its fan-in is known to be within the limit.
+
+        A cached plan passed this check when it was compiled, so a hit skips it."""
+        arrays = wire.graph_arrays(graph)
+        self._limits.check_fan_in(arrays.input_counts)
+        return arrays
+
+    def small(
+        self, plan: Plan, digest: bytes, request: pb.EvaluateRequest, should_stop: StopCheck
+    ) -> Results | None:
+        """The results on Python floats, for a small graph with one row; None otherwise."""
+        small = self._small_calls.evaluate(plan, digest, request, should_stop)
+        return None if small is None else Results(*small)
+
+    def small_is_quick(self, plan: Plan, digest: bytes) -> bool:
+        return self._small_calls.quick(plan, digest)
+
+    def job(self, request: pb.EvaluateRequest, plan: Plan, digest: bytes) -> Job:
+        tangents = None
+        if request.leaf_tangents:  # JVPs and HVPs: every op needs second derivatives
+            require_second_order(plan)
+            tangents = wire.leaf_tangent_rows(request, plan)
+        outputs, seeds = wire.outputs_and_seeds(request, plan)
+        selected = wire.selected_nodes(request, plan)
+        leaves = wire.leaf_rows(request, plan)
+        return Job(request, plan, digest, leaves, outputs, seeds, selected, tangents)
+
+    def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> None:
+        """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
+        selection's size from the request's fields: LEAVES counts as every node)."""
+        selected = len(request.nodes) or plan.node_count
+        per_node = 2 if not request.leaf_tangents else 4
+        size = 8 * per_node * selected * (request.rows or 1) + 5 * selected + 64
+        if size > self.max_message_bytes:
+            raise LimitExceeded(
+                f"the reply would take about {size / 2**20:,.1f} MiB, more than this server's "
+                f"max-message-mb = {self.max_message_bytes // 2**20}; use EvaluateStream, "
+                "whose chunks always fit, or select fewer nodes or rows",
+                field="nodes",
+            )
+
+    def evaluate_block(
+        self, job: Job, first: int, rows: int, should_stop: StopCheck
+    ) -> tuple[np.ndarray, ...]:
+        """Every node's values and gradients (and, for a call with tangents, their
+        tangents) for rows [first, first + rows), each shaped (nodes, rows)."""
+        block = slice(first, first + rows)
+        leaves, allow = job.leaves[block], job.request.allow_non_finite
+        tangents = None if job.tangents is None else job.tangents[block]
+        if job.plan.source is not None:
+            return self._isolated.evaluate(
+                job.plan.source, leaves, job.outputs, job.seeds, should_stop, allow, tangents
+            )
+        if tangents is not None:
+            return evaluate_with_tangents(
+                job.plan, leaves, tangents, job.outputs, job.seeds, should_stop, allow
+            )
+        return evaluate(job.plan, leaves, job.outputs, job.seeds, should_stop, allow)
+
+    def unary_reply(self, job: Job, block_rows: int, should_stop: StopCheck) -> bytes:
+        """The EvaluateResponse, evaluated ``block_rows`` rows at a time."""
+        if block_rows >= job.rows:
+            block = self.evaluate_block(job, 0, job.rows, should_stop)
+            results = [result.take(job.selected, axis=0) for result in block]
+        else:
+            shape = (len(job.selected), job.rows)
+            results = [np.empty(shape) for _ in range(job.results_per_node)]
+            for first in range(0, job.rows, block_rows):
+                block = self.evaluate_block(job, first, block_rows, should_stop)
+                last = first + block[0].shape[1]
+                for result, block_result in zip(results, block, strict=True):
+                    result[:, first:last] = block_result.take(job.selected, axis=0)
+                del block
+        return packed.evaluate_response(job.selected, *results[:2], job.digest, *results[2:])
+
+
+def unary_small_reply(results: Results, digest: bytes) -> bytes:
+    return packed.evaluate_response(results.ids, results.values, results.grads, digest)
+
+
+def chunks(
+    results: Results, digest: bytes, total_nodes: int, rows: int, chunk_size: int
+) -> Iterator[bytes]:
+    """The GradientChunks of ``results`` (``rows`` rows), at most CHUNK_NODE_ROWS node
+    results each, or ``chunk_size`` nodes when the client asks for fewer."""
+    per_chunk = max(1, CHUNK_NODE_ROWS // rows)
+    if chunk_size:
+        per_chunk = min(per_chunk, chunk_size)
+    for start in range(0, len(results.ids), per_chunk):
+        part = slice(start, start + per_chunk)
+        yield packed.gradient_chunk(
+            results.ids[part],
+            results.values[part],
+            results.grads[part],
+            digest,
+            total_nodes=total_nodes,
+            first_row=results.first_row,
+        )
+
+
+def block_chunks(
+    job: Job, first: int, block: tuple[np.ndarray, ...], chunk_size: int
+) -> Iterator[bytes]:
+    """The chunks of one row block (its values, gradients and tangents), each gathering its
+    own nodes' results (so that the selection's results are never all held at once)."""
+    rows = block[0].shape[1]
+    per_chunk = max(1, CHUNK_NODE_ROWS // rows)
+    if chunk_size:
+        per_chunk = min(per_chunk, chunk_size)
+    for start in range(0, len(job.selected), per_chunk):
+        ids = job.selected[start : start + per_chunk]
+        values, grads, *tangents = (result.take(ids, axis=0) for result in block)
+        yield packed.gradient_chunk(
+            ids,
+            values,
+            grads,
+            job.digest,
+            total_nodes=len(job.selected),
+            first_row=first,
+            value_tangents=tangents[0] if tangents else None,
+            grad_tangents=tangents[1] if tangents else None,
+        )
