@@ -1,5 +1,6 @@
 """The benchmark harness (bench/) on tiny sizes, so that it cannot rot unnoticed."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,49 @@ def test_a_quick_run_writes_every_workload_and_agrees(tmp_path):
     assert agreement.count("| yes |") >= 8
     assert "- cores: " in text and "- NumPy: " in text
     results = text.split("## Results")[1].split("## Agreement")[0]
-    assert "PASS" in results or "FAIL" in results
+    verdicts = [verdict_matches(row) for row in table_rows(results)]
+    assert verdicts.count(True) >= 5 and False not in verdicts, results
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The body rows of the first table, as lists of cells."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+NUMBER = r"\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?"  # 812,399 or 0.376 or 1.1e-10
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def verdict_matches(row: list[str]) -> bool | None:
+    """Whether the row's result is the verdict its figures give against its target (None
+    for a row without a target). Ratio targets (">= 5x micrograd") read the last ratio in
+    the comparison, or the value; others ("<= 200 bytes/node") the value, and "zero errors"
+    the comparison. Figures within 2% of the target may round either way."""
+    _, _, value, comparison, target, result = row
+    if not target:
+        assert result == "", row
+        return None
+    assert result in ("PASS", "FAIL", "SKIP"), row
+    if result == "SKIP":
+        return True
+    if target == "zero errors":
+        return (result == "PASS") == comparison.endswith("errors 0")
+    bound = re.fullmatch(rf"(>=|<=) ({NUMBER})(x?)(?: .*)?", target)
+    assert bound, row
+    sign, limit, ratio = bound[1], _number(bound[2]), bound[3]
+    if ratio:
+        figures = re.findall(rf"({NUMBER})x", comparison) or re.findall(rf"({NUMBER})x", value)
+        figure = _number(figures[-1])
+    else:
+        figure = _number(re.findall(NUMBER, value)[0])
+    if abs(figure - limit) <= 0.02 * limit:
+        return True
+    met = figure >= limit if sign == ">=" else figure <= limit
+    return (result == "PASS") == met
 
 
 def test_a_subset_runs_alone_and_a_bad_name_is_an_error(tmp_path):

@@ -17,6 +17,8 @@ import ctypes, sys, threading
 from gradserve.server.runtime import malloc
 if sys.argv[1] == "capped":
     assert malloc.limit_arenas(1)
+if sys.argv[1] == "operator":
+    assert not malloc.limit_arenas(1)
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 together = threading.Barrier(5)
@@ -35,14 +37,15 @@ together.wait()
 """
 
 
-def run_python(script: str, mode: str) -> subprocess.CompletedProcess:
+def run_python(script: str, mode: str, **operator: str) -> subprocess.CompletedProcess:
     """``script`` in a fresh interpreter, given ``mode``, without the operator's malloc
-    settings in its environment (they would win over the module's)."""
+    settings in its environment (they would win over the module's) but ``operator``'s."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith("MALLOC_") and name != "GLIBC_TUNABLES"
     }
+    env.update(operator)
     return subprocess.run(
         [sys.executable, "-c", script, mode],
         capture_output=True,
@@ -53,9 +56,9 @@ def run_python(script: str, mode: str) -> subprocess.CompletedProcess:
     )
 
 
-def arenas(mode: str) -> int:
+def arenas(mode: str, **operator: str) -> int:
     # malloc_stats writes "Arena N:" per arena
-    return run_python(COUNT_ARENAS, mode).stderr.count("Arena ")
+    return run_python(COUNT_ARENAS, mode, **operator).stderr.count("Arena ")
 
 
 def test_threads_share_the_capped_arenas():
@@ -66,6 +69,8 @@ def test_threads_share_the_capped_arenas():
 def test_an_operator_setting_wins(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     assert not malloc.limit_arenas()
+    # and the effect: with the operator's 8 arenas the threads get arenas of their own
+    assert arenas("operator", MALLOC_ARENA_MAX="8") > 1
 
 
 # A 200 MB block is touched and freed; then the resident set is printed, in MiB.
@@ -75,6 +80,8 @@ import numpy as np
 from gradserve.server.runtime import malloc
 if sys.argv[1] == "keep":
     assert malloc.keep_freed_memory()
+if sys.argv[1] == "operator":
+    assert not malloc.keep_freed_memory()
 block = np.ones(25_000_000)
 del block
 with open("/proc/self/statm") as statm:
@@ -82,8 +89,8 @@ with open("/proc/self/statm") as statm:
 """
 
 
-def resident_mib_after_free(mode: str) -> int:
-    return int(run_python(RESIDENT_AFTER_FREE, mode).stdout)
+def resident_mib_after_free(mode: str, **operator: str) -> int:
+    return int(run_python(RESIDENT_AFTER_FREE, mode, **operator).stdout)
 
 
 def test_freed_memory_is_kept_for_the_next_call():
@@ -97,3 +104,7 @@ def test_an_operator_setting_of_the_thresholds_wins(monkeypatch):
         "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1000000:glibc.malloc.trim_threshold=1000000"
     )
     assert not malloc.keep_freed_memory()  # and this process's malloc is left as it was
+    # and the effect: with the operator's 1 MB thresholds the freed block goes back
+    tunables = "glibc.malloc.mmap_threshold=1000000:glibc.malloc.trim_threshold=1000000"
+    kept = resident_mib_after_free("keep")
+    assert resident_mib_after_free("operator", GLIBC_TUNABLES=tunables) + 150 < kept

@@ -40,6 +40,7 @@ def test_a_missing_or_wrong_token_is_unauthenticated(guarded, token):
     with channel:
         for call in (
             lambda: stub.ListOps(pb.ListOpsRequest()),
+            lambda: stub.Evaluate(pb.EvaluateRequest(graph=neuron()[0].proto())),
             lambda: list(stub.EvaluateStream(pb.EvaluateRequest(graph=neuron()[0].proto()))),
         ):
             with pytest.raises(grpc.RpcError) as caught:
