@@ -221,8 +221,13 @@ class Evaluator:
 
     def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> None:
         """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
-        selection's size from the request's fields: LEAVES counts as every node)."""
-        selected = len(request.nodes) or plan.node_count
+        selection's size from the request's fields)."""
+        if request.nodes:
+            selected = len(request.nodes)
+        elif request.selection == pb.SELECTION_LEAVES:
+            selected = len(plan.leaves)
+        else:
+            selected = plan.node_count
         per_node = 2 if not request.leaf_tangents else 4
         size = 8 * per_node * selected * (request.rows or 1) + 5 * selected + 64
         if size > self.max_message_bytes:
