@@ -105,3 +105,30 @@ def test_the_default_limits_admit_tens_of_millions_of_nodes():
     request = pb.EvaluateRequest()
     request.graph.node_ops.extend([0] * 1000)
     limits.check_sizes(request)  # a plain graph passes
+
+
+def test_a_reply_too_big_for_one_message_is_refused_before_evaluation_by_its_selection(
+    registry,
+):
+    """The reply-size check counts what the selection returns: the leaves of a batch fit
+    where every node's results would not (1 MiB messages here)."""
+    g = GraphBuilder()
+    x = g.leaf(0.5)
+    node = x
+    for _ in range(999):
+        node = g.op("neg", node)
+    rows = 200  # every node: 1,000 x 200 x 16 bytes = 3.2 MB; the leaf alone: 3.2 kB
+    graph = g.proto()
+    graph.leaf_values[:] = [float(r) for r in range(rows)]
+    with serving(registry, max_message_bytes=2**20) as stub:
+        leaves = stub.Evaluate(
+            pb.EvaluateRequest(graph=graph, rows=rows, selection=pb.SELECTION_LEAVES)
+        )
+        assert list(leaves.values) == [float(r) for r in range(rows)]
+        assert list(leaves.grads) == [-1.0] * rows  # 999 negations
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Evaluate(pb.EvaluateRequest(graph=graph, rows=rows))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "EvaluateStream" in caught.value.details()
+        chunks = list(stub.EvaluateStream(pb.EvaluateRequest(graph=graph, rows=rows)))
+        assert sum(len(chunk.node_ids) for chunk in chunks) == 1000

@@ -79,8 +79,9 @@ class GradientServicer:
     async def _admit_job(self, call: CallScope, job: evaluation.Job, streaming: bool) -> int:
         """Charge the evaluation to the budget; the rows to evaluate at once."""
         budget, base = self._state.budget.total, call.request_bytes
-        # Half the budget, so that two large calls can run at once; at least an eighth.
-        block = job.block_rows(max(budget // 2 - base, budget // 8), streaming)
+        # Row blocks only when the whole batch would not fit the budget (a block costs a
+        # pass over every op group): a large call may take most of it and wait for it.
+        block = job.block_rows(max(budget - base, budget // 8), streaming)
         await call.admit(base + job.memory(block, streaming))
         return block
 
