@@ -67,15 +67,24 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
             continue
         g, y = grads.take(step.nodes, axis=0), values.take(step.nodes, axis=0)
         local = _backward(step, g, y, values)
+        # One scatter per input position: a variadic op over a million inputs makes a
+        # million of them, so the loop polls too.
         if values.shape[1] == 1:  # np.add.at is quick on one column and needs no sort
-            for arg, grad in zip(step.args, local, strict=True):
+            for position, (arg, grad) in enumerate(zip(step.args, local, strict=True)):
+                if position % _POLL_INPUTS == _POLL_INPUTS - 1 and should_stop():
+                    raise Cancelled()
                 np.add.at(grads, arg, grad)
         else:
-            for scatter, grad in zip(step.scatters, local, strict=True):
+            for position, (scatter, grad) in enumerate(zip(step.scatters, local, strict=True)):
+                if position % _POLL_INPUTS == _POLL_INPUTS - 1 and should_stop():
+                    raise Cancelled()
                 scatter.add_into(grads, grad)
     if not allow_non_finite:
         finite.check_grads(grads)
     return (values[:, 0], grads[:, 0]) if single_row else (values, grads)
+
+
+_POLL_INPUTS = 4096  # input positions of a group scattered between two stop checks
 
 
 def _check_leaf_count(plan: Plan, given: int) -> None:
