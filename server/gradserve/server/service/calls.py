@@ -142,12 +142,13 @@ class CallScope:
         if inline:
             return work(*args, self.should_stop)
         async with self.state.slots:
-            loop = asyncio.get_running_loop()
-            self._running = loop.run_in_executor(self.state.executor, work, *args, self.should_stop)
+            # The thread's own future: cancelling the awaiting task does not stop a thread,
+            # so _finish must know whether it still runs.
+            running = self._running = self.state.executor.submit(work, *args, self.should_stop)
             try:
-                return await self._running
+                return await asyncio.wrap_future(running)
             finally:
-                if self._running.done():
+                if running.done():
                     self._running = None
 
     async def send(self, message: bytes) -> None:
@@ -291,7 +292,8 @@ class CallScope:
             # The step goes on in its thread until its next stop check: its memory stays
             # charged until then.
             self._gone = True
-            running.add_done_callback(lambda _: self.charge.release())
+            loop = asyncio.get_running_loop()
+            running.add_done_callback(lambda _: loop.call_soon_threadsafe(self.charge.release))
         else:
             self.charge.release()
         self._uncount()
