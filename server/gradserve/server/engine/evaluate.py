@@ -12,11 +12,7 @@ import numpy as np
 
 from gradserve.server.engine import finite, scalar_stretch
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.engine.plan import Group, Plan, Stretch
-
-
-def _never() -> bool:
-    return False
+from gradserve.server.engine.plan import Group, Plan, Stretch, never_stop
 
 
 def evaluate(
@@ -24,7 +20,7 @@ def evaluate(
     leaf_values: np.ndarray,
     outputs: np.ndarray,
     seeds: np.ndarray,
-    should_stop: Callable[[], bool] = _never,
+    should_stop: Callable[[], bool] = never_stop,
     allow_non_finite: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return every node's value and its gradient of ``sum(seeds * outputs)``.

@@ -110,12 +110,13 @@ class Plan:
         return f"{node} ({quote(label)})" if label else str(node)
 
 
-def _never() -> bool:
+def never_stop() -> bool:
+    """The default stop check of the engine's entry points: nobody ever stops the work."""
     return False
 
 
 def compile_graph(
-    graph: GraphArrays, ops: Mapping[str, Op], should_stop: Callable[[], bool] = _never
+    graph: GraphArrays, ops: Mapping[str, Op], should_stop: Callable[[], bool] = never_stop
 ) -> Plan:
     """Validate ``graph`` against the loaded ``ops`` and schedule it; raise GraphError.
 
@@ -149,7 +150,7 @@ def compile_graph(
 class _Stop:
     """``should_stop`` as a check that raises Cancelled."""
 
-    def __init__(self, should_stop: Callable[[], bool] = _never) -> None:
+    def __init__(self, should_stop: Callable[[], bool] = never_stop) -> None:
         self.should_stop = should_stop
 
     def check(self) -> None:

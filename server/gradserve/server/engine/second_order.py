@@ -25,11 +25,7 @@ import numpy as np
 
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.engine.evaluate import _backward, _checked, evaluate
-from gradserve.server.engine.plan import Group, Plan, Stretch
-
-
-def _never() -> bool:
-    return False
+from gradserve.server.engine.plan import Group, Plan, Stretch, never_stop
 
 
 def evaluate_with_tangents(
@@ -38,7 +34,7 @@ def evaluate_with_tangents(
     leaf_tangents: np.ndarray,
     outputs: np.ndarray,
     seeds: np.ndarray,
-    should_stop: Callable[[], bool] = _never,
+    should_stop: Callable[[], bool] = never_stop,
     allow_non_finite: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return every node's value, gradient, value tangent and gradient tangent.

@@ -9,6 +9,7 @@ multiprocess mode and one endpoint serves them all (``metrics_multiprocess``).
 """
 
 import asyncio
+import contextlib
 import inspect
 import time
 
@@ -95,41 +96,34 @@ class _OtherServices(grpc.aio.ServerInterceptor):
         behavior = getattr(handler, kind)
         record = self._metrics.record
 
-        def finish(context, started: float, code) -> None:
-            if code is None:
-                code = _code_of(context) or grpc.StatusCode.OK
-            record(method, code, time.perf_counter() - started)
+        @contextlib.contextmanager
+        def recording(context):
+            """Record the call's method, final status and duration when it ends."""
+            started, code = time.perf_counter(), None
+            try:
+                yield
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                code = _code_of(context) or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                code = code or _code_of(context) or grpc.StatusCode.OK
+                record(method, code, time.perf_counter() - started)
 
         if inspect.isasyncgenfunction(behavior):
 
             async def recorded(request, context):
-                started, code = time.perf_counter(), None
-                try:
+                with recording(context):
                     async for response in behavior(request, context):
                         yield response
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except BaseException:
-                    code = _code_of(context) or grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    finish(context, started, code)
 
         else:
 
             async def recorded(request, context):
-                started, code = time.perf_counter(), None
-                try:
+                with recording(context):
                     return await behavior(request, context)
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except BaseException:
-                    code = _code_of(context) or grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    finish(context, started, code)
 
         return handler._replace(**{kind: recorded})
 
