@@ -8,6 +8,7 @@ of the executor only while it computes, and memory of the budget only once admit
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,7 @@ class CallScope:
         self._counted = False
         self._running = None  # the executor future of the step in progress
         self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
         self.span = tracing.start_call(method, context)  # tracing.NO_SPAN when it is off
         remaining = context.time_remaining()
@@ -190,6 +192,12 @@ class CallScope:
         """Called when the server starts draining: end a call still waiting for its request."""
         self.note = "draining"
         self._task.cancel()
+
+    def _release_from_thread(self, _running) -> None:
+        """Give the call's memory back once its abandoned step has finished, from that
+        step's thread; when the server has stopped meanwhile, there is nothing to give."""
+        with contextlib.suppress(RuntimeError):  # the event loop is closed
+            self._loop.call_soon_threadsafe(self.charge.release)
 
     def _uncount(self) -> None:
         if self._counted:
@@ -292,8 +300,7 @@ class CallScope:
             # The step goes on in its thread until its next stop check: its memory stays
             # charged until then.
             self._gone = True
-            loop = asyncio.get_running_loop()
-            running.add_done_callback(lambda _: loop.call_soon_threadsafe(self.charge.release))
+            running.add_done_callback(self._release_from_thread)
         else:
             self.charge.release()
         self._uncount()
