@@ -54,6 +54,7 @@ class MemoryBudget:
         self.wait_s = wait_s
         self.used = 0
         self._freed: asyncio.Condition | None = None  # made on the loop, at first use
+        self._waiting = 0  # calls waiting for memory: only they need waking
 
     def charge(self) -> "Charge":
         return Charge(self)
@@ -69,17 +70,20 @@ class MemoryBudget:
         started = time.monotonic()
         timeout = max(0.0, min(self.wait_s, deadline - started))
         async with self._freed:
+            self._waiting += 1
             try:
                 await asyncio.wait_for(
                     self._freed.wait_for(lambda: self.used + amount <= self.total), timeout
                 )
             except TimeoutError:
                 raise BudgetBusy(total_after, self.total, time.monotonic() - started) from None
+            finally:
+                self._waiting -= 1
             self.used += amount
 
     def _give_back(self, amount: int) -> None:
         self.used -= amount
-        if self._freed is not None and amount:
+        if self._waiting and amount:
             asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:

@@ -9,6 +9,7 @@ decoded by grpc before the call is authorised. Errors become statuses in one pla
 
 import grpc
 
+from gradserve.server.engine.errors import Cancelled
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
@@ -113,8 +114,8 @@ class GradientServicer:
                 with call.span.step("evaluating"):
                     results = await call.compute(self._evaluator.evaluate_block, job, first, block)
                 for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
-                    if call.should_stop():
-                        return
+                    if call.should_stop():  # past the deadline it raises DeadlineExceeded
+                        raise Cancelled()  # the client is gone: never an OK status
                     await call.send(chunk)
                 del results
 
