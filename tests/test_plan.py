@@ -246,3 +246,28 @@ def test_deep_graphs_without_chains_take_the_per_node_pass(monkeypatch):
     )
     assert levels(g) == reference_levels(g)
     assert fallbacks == [1]
+
+
+def test_the_per_node_pass_takes_the_deepest_input_of_any_count(monkeypatch):
+    """The per-node pass on a deep graph without chains whose nodes read one input (tanh),
+    two or three (a sum), the deepest of them last: every count's branch of that pass."""
+    g = GraphBuilder()
+    for _ in range(3):
+        g.leaf(1.0)
+    for n in range(3, 9000):
+        kind = n % 3
+        if kind == 0:
+            g.op("add", n - 2, n - 1)
+        elif kind == 1:
+            g.op("tanh", n - 1)
+        else:
+            g.op("sum", n - 3, n - 2, n - 1)
+    fallbacks = []
+    per_node = plan_module._levels_in_id_order
+    monkeypatch.setattr(
+        plan_module,
+        "_levels_in_id_order",
+        lambda *args: fallbacks.append(1) or per_node(*args),
+    )
+    assert levels(g) == reference_levels(g)
+    assert fallbacks == [1]
