@@ -1,5 +1,6 @@
 """Validation and scheduling of graphs (compile_graph)."""
 
+import sys
 import tracemalloc
 
 import numpy as np
@@ -271,3 +272,21 @@ def test_the_per_node_pass_takes_the_deepest_input_of_any_count(monkeypatch):
     )
     assert levels(g) == reference_levels(g)
     assert fallbacks == [1]
+
+
+def test_compiling_polls_the_stop_check_in_the_per_node_pass_too(ops):
+    """A deep graph's per-node levels pass is a Python loop: it must poll the stop check, or
+    a cancelled compilation of millions of nodes would go on to its end."""
+    g = GraphBuilder()
+    g.leaf(1.0)
+    g.leaf(1.0)
+    for n in range(2, 6000):
+        g.op("add", n - 1, n - 2)
+    callers = []
+
+    def should_stop() -> bool:
+        callers.append(sys._getframe(2).f_code.co_name)  # should_stop <- check <- caller
+        return False
+
+    compile_graph(g.arrays(), ops, should_stop)
+    assert "_levels_in_id_order" in callers
