@@ -290,3 +290,30 @@ def test_compiling_polls_the_stop_check_in_the_per_node_pass_too(ops):
 
     compile_graph(g.arrays(), ops, should_stop)
     assert "_levels_in_id_order" in callers
+
+
+def test_of_several_bad_inputs_the_first_is_named(ops):
+    """Two nodes read forward: the error names the earlier one, and its entry of input_ids."""
+    g = GraphBuilder()
+    a = g.leaf(1.0)
+    g.op("neg", a)
+    g.op("neg", a)
+    g.op("neg", a)
+    g.input_ids[1] = 2  # node 2 reads itself
+    g.input_ids[2] = 3  # node 3 reads itself
+    with pytest.raises(GraphError) as caught:
+        compile_graph(g.arrays(), ops)
+    assert (caught.value.node, caught.value.index) == (2, 1)
+
+
+def test_scheduling_polls_the_stop_check_between_its_groups(ops):
+    """Building the steps of a graph with many groups polls the stop check too."""
+    g = chain_with_branches(np.random.default_rng(0), 3000)
+    callers = []
+
+    def should_stop() -> bool:
+        callers.append(sys._getframe(2).f_code.co_name)  # should_stop <- check <- caller
+        return False
+
+    compile_graph(g.arrays(), ops, should_stop)
+    assert "_schedule" in callers
