@@ -1,5 +1,6 @@
 """Validation and scheduling of graphs (compile_graph)."""
 
+import dataclasses
 import sys
 import tracemalloc
 
@@ -317,3 +318,18 @@ def test_scheduling_polls_the_stop_check_between_its_groups(ops):
 
     compile_graph(g.arrays(), ops, should_stop)
     assert "_schedule" in callers
+
+
+@pytest.mark.parametrize("extra", [-1, 1])
+def test_input_counts_must_have_exactly_one_entry_per_node(ops, extra):
+    """One count too few or too many: a GraphError naming the field, never a crash."""
+    g = GraphBuilder()
+    a = g.leaf(1.0)
+    g.op("neg", a)
+    arrays = g.arrays()
+    counts = arrays.input_counts
+    counts = counts[:extra] if extra < 0 else np.concatenate([counts, [0]]).astype(counts.dtype)
+    with pytest.raises(GraphError) as caught:
+        compile_graph(dataclasses.replace(arrays, input_counts=counts), ops)
+    assert caught.value.field == "graph.input_counts"
+    assert "one per node" in str(caught.value)
