@@ -333,3 +333,16 @@ def test_input_counts_must_have_exactly_one_entry_per_node(ops, extra):
         compile_graph(dataclasses.replace(arrays, input_counts=counts), ops)
     assert caught.value.field == "graph.input_counts"
     assert "one per node" in str(caught.value)
+
+
+def test_input_ids_must_have_as_many_entries_as_the_counts_add_up_to(ops):
+    """An input id too many: a GraphError naming the field, never a crash."""
+    g = GraphBuilder()
+    a = g.leaf(1.0)
+    g.op("neg", a)
+    arrays = g.arrays()
+    ids = np.concatenate([arrays.input_ids, [0]]).astype(arrays.input_ids.dtype)
+    with pytest.raises(GraphError) as caught:
+        compile_graph(dataclasses.replace(arrays, input_ids=ids), ops)
+    assert caught.value.field == "graph.input_ids"
+    assert "add up to 1" in str(caught.value)
