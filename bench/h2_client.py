@@ -77,7 +77,6 @@ class H2GrpcClient:
         self.conn.initiate_connection()
         self.streams: dict[int, StreamState] = {}
         self.terminated: h2.events.ConnectionTerminated | None = None
-        self.goaway: h2.events.ConnectionTerminated | None = None  # the server asked us to go
         self._flush()
 
     def start_call(
@@ -174,8 +173,6 @@ class H2GrpcClient:
                 state.ended = True
             elif isinstance(event, h2.events.StreamReset) and state:
                 state.reset_code = event.error_code
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self.goaway = event  # the streams the server had may still end
 
     def _flush(self) -> None:
         if outgoing := self.conn.data_to_send():
