@@ -18,6 +18,7 @@ import grpc
 import pytest
 from graphs import GraphBuilder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hardening import chain
 from servers import Served
 from test_registry import install_fake_plugin
 
@@ -94,15 +95,6 @@ def rpc_code(call) -> grpc.StatusCode:
 
 
 # Graphs ----------------------------------------------------------------------------------
-
-
-def chain(op: str, length: int, start: float = 0.5) -> GraphBuilder:
-    """A leaf followed by ``length`` applications of ``op``, each reading the previous node."""
-    g = GraphBuilder()
-    node = g.leaf(start)
-    for _ in range(length):
-        node = g.op(op, node)
-    return g
 
 
 def chain_graph(op: str, length: int, leaf_values) -> pb.Graph:
@@ -317,12 +309,3 @@ def wait_for_call_line(served: Served, method: str, nodes: int, timeout: float =
 def line_time(line: re.Match) -> float:
     """The epoch time a call log line was stamped with (the call's end, local time)."""
     return datetime.strptime(line["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()

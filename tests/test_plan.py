@@ -233,12 +233,25 @@ def test_a_pure_chain_collapses_to_one_pass(monkeypatch):
 
 
 def test_deep_graphs_without_chains_take_the_per_node_pass(monkeypatch):
-    # Every node reads the two before it: each pass of Kahn's algorithm would see one node.
+    g = ladder(6000)
+    fallbacks = count_per_node_passes(monkeypatch)
+    assert levels(g) == reference_levels(g)
+    assert fallbacks == [1]
+
+
+def ladder(nodes: int) -> GraphBuilder:
+    """Two leaves, then nodes that each read the two before them: deep without chains, so
+    each pass of Kahn's algorithm would see one node."""
     g = GraphBuilder()
     g.leaf(1.0)
     g.leaf(1.0)
-    for n in range(2, 6000):
+    for n in range(2, nodes):
         g.op("add", n - 1, n - 2)
+    return g
+
+
+def count_per_node_passes(monkeypatch) -> list[int]:
+    """A list that gets an entry each time the levels fall back to the per-node pass."""
     fallbacks = []
     per_node = plan_module._levels_in_id_order
     monkeypatch.setattr(
@@ -246,8 +259,19 @@ def test_deep_graphs_without_chains_take_the_per_node_pass(monkeypatch):
         "_levels_in_id_order",
         lambda *args: fallbacks.append(1) or per_node(*args),
     )
-    assert levels(g) == reference_levels(g)
-    assert fallbacks == [1]
+    return fallbacks
+
+
+def stop_check_callers(ops, g: GraphBuilder) -> list[str]:
+    """The functions that polled the stop check while ``g`` was compiled."""
+    callers = []
+
+    def should_stop() -> bool:
+        callers.append(sys._getframe(2).f_code.co_name)  # should_stop <- check <- caller
+        return False
+
+    compile_graph(g.arrays(), ops, should_stop)
+    return callers
 
 
 def test_the_per_node_pass_takes_the_deepest_input_of_any_count(monkeypatch):
@@ -264,13 +288,7 @@ def test_the_per_node_pass_takes_the_deepest_input_of_any_count(monkeypatch):
             g.op("tanh", n - 1)
         else:
             g.op("sum", n - 3, n - 2, n - 1)
-    fallbacks = []
-    per_node = plan_module._levels_in_id_order
-    monkeypatch.setattr(
-        plan_module,
-        "_levels_in_id_order",
-        lambda *args: fallbacks.append(1) or per_node(*args),
-    )
+    fallbacks = count_per_node_passes(monkeypatch)
     assert levels(g) == reference_levels(g)
     assert fallbacks == [1]
 
@@ -278,19 +296,7 @@ def test_the_per_node_pass_takes_the_deepest_input_of_any_count(monkeypatch):
 def test_compiling_polls_the_stop_check_in_the_per_node_pass_too(ops):
     """A deep graph's per-node levels pass is a Python loop: it must poll the stop check, or
     a cancelled compilation of millions of nodes would go on to its end."""
-    g = GraphBuilder()
-    g.leaf(1.0)
-    g.leaf(1.0)
-    for n in range(2, 6000):
-        g.op("add", n - 1, n - 2)
-    callers = []
-
-    def should_stop() -> bool:
-        callers.append(sys._getframe(2).f_code.co_name)  # should_stop <- check <- caller
-        return False
-
-    compile_graph(g.arrays(), ops, should_stop)
-    assert "_levels_in_id_order" in callers
+    assert "_levels_in_id_order" in stop_check_callers(ops, ladder(6000))
 
 
 def test_of_several_bad_inputs_the_first_is_named(ops):
@@ -310,14 +316,7 @@ def test_of_several_bad_inputs_the_first_is_named(ops):
 def test_scheduling_polls_the_stop_check_between_its_groups(ops):
     """Building the steps of a graph with many groups polls the stop check too."""
     g = chain_with_branches(np.random.default_rng(0), 3000)
-    callers = []
-
-    def should_stop() -> bool:
-        callers.append(sys._getframe(2).f_code.co_name)  # should_stop <- check <- caller
-        return False
-
-    compile_graph(g.arrays(), ops, should_stop)
-    assert "_schedule" in callers
+    assert "_schedule" in stop_check_callers(ops, g)
 
 
 @pytest.mark.parametrize("extra", [-1, 1])

@@ -7,6 +7,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from hardening import wait_until
 from resilience import (
     HANG_S,
     call_lines,
@@ -18,7 +19,6 @@ from resilience import (
     serve,
     stub_on,
     wait_for_call_line,
-    wait_until,
 )
 
 from gradserve.v1 import gradserve_pb2 as pb

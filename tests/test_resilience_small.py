@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from graphs import GraphBuilder
-from hardening import violations
+from hardening import violations, wait_until
 from resilience import (
     HANG_S,
     Naps,
@@ -22,7 +22,6 @@ from resilience import (
     nap_server,
     serve,
     stub_on,
-    wait_until,
 )
 from test_registry import install_fake_plugin
 

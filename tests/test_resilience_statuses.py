@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from graphs import GraphBuilder
 from grpc_status import rpc_status
-from hardening import violations
+from hardening import violations, wait_until
 from resilience import (
     EVALUATE_STREAM,
     HANG_S,
@@ -23,7 +23,6 @@ from resilience import (
     rpc_code,
     serve,
     stub_on,
-    wait_until,
 )
 
 from gradserve.v1 import gradserve_pb2 as pb

@@ -11,6 +11,7 @@ from contextlib import ExitStack
 
 import grpc
 import pytest
+from hardening import wait_until
 from resilience import (
     AUTHORISED,
     EVALUATE,
@@ -31,7 +32,6 @@ from resilience import (
     stub_on,
     token_file,
     two_nodes,
-    wait_until,
 )
 
 from bench.h2_client import H2GrpcClient
