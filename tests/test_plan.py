@@ -263,11 +263,15 @@ def count_per_node_passes(monkeypatch) -> list[int]:
 
 
 def stop_check_callers(ops, g: GraphBuilder) -> list[str]:
-    """The functions that polled the stop check while ``g`` was compiled."""
+    """The functions on the stack, up to a few frames up, whenever the stop check was
+    polled while ``g`` was compiled."""
     callers = []
 
     def should_stop() -> bool:
-        callers.append(sys._getframe(2).f_code.co_name)  # should_stop <- check <- caller
+        frame = sys._getframe(1)
+        for _ in range(4):  # the check's own helpers, then the loop that polled
+            callers.append(frame.f_code.co_name)
+            frame = frame.f_back
         return False
 
     compile_graph(g.arrays(), ops, should_stop)

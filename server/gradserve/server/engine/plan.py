@@ -147,6 +147,12 @@ def compile_graph(
     )
 
 
+def raise_if_stopped(should_stop: Callable[[], bool]) -> None:
+    """Raise Cancelled when ``should_stop()`` says the caller has gone."""
+    if should_stop():
+        raise Cancelled()
+
+
 class _Stop:
     """``should_stop`` as a check that raises Cancelled."""
 
@@ -154,8 +160,7 @@ class _Stop:
         self.should_stop = should_stop
 
     def check(self) -> None:
-        if self.should_stop():
-            raise Cancelled()
+        raise_if_stopped(self.should_stop)
 
 
 def _as_ids(values, field: str, per_node: bool) -> np.ndarray:

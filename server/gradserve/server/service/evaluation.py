@@ -11,9 +11,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from gradserve.server.engine import memory
-from gradserve.server.engine.errors import Cancelled, GraphError, PlanNotFound
+from gradserve.server.engine.errors import GraphError, PlanNotFound
 from gradserve.server.engine.evaluate import evaluate
-from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph, raise_if_stopped
 from gradserve.server.engine.plan_cache import (
     PlanCache,
     small_structure_digest,
@@ -34,11 +34,6 @@ CHUNK_NODE_ROWS = 65_536  # node results in one stream chunk (20 bytes each): ~1
 RAW_REQUEST_BYTES_PER_BYTE = 5
 
 StopCheck = Callable[[], bool]
-
-
-def _check(should_stop: StopCheck) -> None:
-    if should_stop():
-        raise Cancelled()
 
 
 def decode(raw: bytes) -> pb.EvaluateRequest:
@@ -106,11 +101,6 @@ class Job:
         """Arrays of results per node: values and gradients, and their tangents."""
         return 2 if self.tangents is None else 4
 
-    def reply_bytes(self) -> int:
-        """The size of the whole result, as one EvaluateResponse."""
-        doubles = self.results_per_node * len(self.selected) * self.rows
-        return 8 * doubles + 5 * len(self.selected) + 64
-
     def memory(self, block_rows: int, streaming: bool) -> int:
         """Evaluation of ``block_rows`` rows at a time, and the results it keeps: all of
         them for a unary reply, one chunk at a time for a stream."""
@@ -177,9 +167,9 @@ class Evaluator:
         digest = small_structure_digest(request.graph)
         if digest is None:
             graph = self._graph_arrays(request.graph)
-            _check(should_stop)  # each step here takes up to a second on a huge graph
+            raise_if_stopped(should_stop)  # each step here takes up to a second on a huge graph
             digest = structure_digest(graph)
-            _check(should_stop)
+            raise_if_stopped(should_stop)
         plan = self._plans.get(digest)
         step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
         if plan is None:
@@ -229,7 +219,7 @@ class Evaluator:
         else:
             selected = plan.node_count
         per_node = 2 if not request.leaf_tangents else 4
-        size = 8 * per_node * selected * (request.rows or 1) + 5 * selected + 64
+        size = reply_bytes(selected, request.rows or 1, per_node)
         if size > self.max_message_bytes:
             raise LimitExceeded(
                 f"the reply would take about {size / 2**20:,.1f} MiB, more than this server's "
@@ -273,6 +263,19 @@ class Evaluator:
         return packed.evaluate_response(job.selected, *results[:2], job.digest, *results[2:])
 
 
+def reply_bytes(selected: int, rows: int, results_per_node: int) -> int:
+    """The size of an EvaluateResponse: doubles, an id varint of up to 5 bytes per node,
+    and the digest and rows fields."""
+    return 8 * results_per_node * selected * rows + 5 * selected + 64
+
+
+def nodes_per_chunk(rows: int, chunk_size: int) -> int:
+    """Nodes in one GradientChunk of ``rows`` rows: at most CHUNK_NODE_ROWS node results,
+    fewer when the client asks for ``chunk_size`` nodes (0: no wish)."""
+    per_chunk = max(1, CHUNK_NODE_ROWS // rows)
+    return min(per_chunk, chunk_size) if chunk_size else per_chunk
+
+
 def unary_small_reply(results: Results, digest: bytes) -> bytes:
     return packed.evaluate_response(results.ids, results.values, results.grads, digest)
 
@@ -282,9 +285,7 @@ def chunks(
 ) -> Iterator[bytes]:
     """The GradientChunks of ``results`` (``rows`` rows), at most CHUNK_NODE_ROWS node
     results each, or ``chunk_size`` nodes when the client asks for fewer."""
-    per_chunk = max(1, CHUNK_NODE_ROWS // rows)
-    if chunk_size:
-        per_chunk = min(per_chunk, chunk_size)
+    per_chunk = nodes_per_chunk(rows, chunk_size)
     for start in range(0, len(results.ids), per_chunk):
         part = slice(start, start + per_chunk)
         yield packed.gradient_chunk(
@@ -303,9 +304,7 @@ def block_chunks(
     """The chunks of one row block (its values, gradients and tangents), each gathering its
     own nodes' results (so that the selection's results are never all held at once)."""
     rows = block[0].shape[1]
-    per_chunk = max(1, CHUNK_NODE_ROWS // rows)
-    if chunk_size:
-        per_chunk = min(per_chunk, chunk_size)
+    per_chunk = nodes_per_chunk(rows, chunk_size)
     for start in range(0, len(job.selected), per_chunk):
         ids = job.selected[start : start + per_chunk]
         values, grads, *tangents = (result.take(ids, axis=0) for result in block)
