@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradserve import health_probe
-from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES
+from gradserve.server.engine.plan_cache import BUDGET_SHARE
 from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
@@ -117,6 +117,9 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         log.error("cannot start: --tls-cert and --tls-key go together (--tls-client-ca needs both)")
         return 2
+    if args.plan_cache_mb is not None and int(args.plan_cache_mb) >= args.max_memory_mb:
+        log.error("cannot start: --plan-cache-mb must be less than --max-memory-mb")
+        return 2
     tls_files = [f for f in (args.tls_cert, args.tls_key, args.tls_client_ca) if f]
     try:
         for tls_file in tls_files:
@@ -154,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
                 send_timeout=args.send_timeout,
                 max_connection_age=args.max_connection_age,
                 threads=args.threads,
-                plan_cache_nodes=args.plan_cache_nodes,
+                plan_cache_bytes=_plan_cache_bytes(args),
                 reuse_port=reuse_port,
                 metrics=metrics,
                 limits=server_limits,
@@ -230,6 +233,11 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
             return 2
+
+
+def _plan_cache_bytes(args: argparse.Namespace) -> int | None:
+    """--plan-cache-mb in bytes (None: the default share of the memory budget)."""
+    return None if args.plan_cache_mb is None else int(args.plan_cache_mb) * 2**20
 
 
 def _ops_check(args: argparse.Namespace) -> int:
@@ -343,10 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"evaluation threads per worker process (default {DEFAULT_THREADS})",
     )
     serve.add_argument(
-        "--plan-cache-nodes",
+        "--plan-cache-mb",
         type=_whole(0),
-        default=_env("plan-cache-nodes", DEFAULT_MAX_NODES),
-        help=f"total nodes of compiled plans kept for reuse (default {DEFAULT_MAX_NODES:,})",
+        default=_env("plan-cache-mb", None),
+        help="MiB of compiled plans kept for reuse, part of --max-memory-mb (default: "
+        f"1/{BUDGET_SHARE} of it)",
     )
     serve.add_argument(
         "--ops", default=_env("ops", None), help="comma-separated allow-list of ops to load"

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES, PlanCache
+from gradserve.server.engine import plan_cache as plans
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
@@ -86,7 +86,7 @@ def start_server(
     send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_S,
     reuse_port: bool = False,
-    plan_cache_nodes: int = DEFAULT_MAX_NODES,
+    plan_cache_bytes: int | None = None,
     metrics: CallMetrics | None = None,
     limits: Limits | None = None,
     credentials: grpc.ServerCredentials | None = None,
@@ -107,19 +107,28 @@ def start_server(
     replaceable worker processes (the registry must then come from the entry points, which
     the workers load again). A connection older than ``max_connection_age`` seconds (0:
     no limit) is asked to go away, and closed once its calls have had the default deadline
-    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). README,
-    "Running it safely", explains the other options.
+    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). The plan
+    cache holds at most ``plan_cache_bytes`` (default: an eighth of ``max_memory_bytes``),
+    and the calls in flight the rest of ``max_memory_bytes``. docs/running-safely.md
+    explains every option.
     """
+    if plan_cache_bytes is None:
+        plan_cache_bytes = max_memory_bytes // plans.BUDGET_SHARE
+    if not 0 <= plan_cache_bytes < max_memory_bytes:
+        raise ValueError(
+            f"the plan cache ({plan_cache_bytes // 2**20} MiB) must be smaller than the "
+            f"memory budget ({max_memory_bytes // 2**20} MiB)"
+        )
     isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
     state = ServerState(
         limits=limits or Limits(),
-        budget=MemoryBudget(max_memory_bytes),
+        budget=MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes),
         executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
         threads=threads,
         send_timeout_s=send_timeout,
         metrics=metrics,
     )
-    plan_cache = PlanCache(plan_cache_nodes)
+    plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
         watch_plan_cache(metrics, plan_cache)
     servicer = GradientServicer(registry, plan_cache, state, isolated, max_message_bytes)
