@@ -21,7 +21,7 @@ import pytest
 HINTS = {
     "dot": "apt-get install graphviz",
     "docker-compose": "apt-get install docker-compose",
-    "go": "Go 1.22+ from go.dev or apt-get install golang-go",
+    "go": "Go 1.26+ (go.dev/dl), with the module proxy",
     "node": "Node.js 20+",
     "npm": "Node.js 20+",
     "protoc": "apt-get install protobuf-compiler",
