@@ -8,7 +8,6 @@ free ports, so that the run cannot clash with anything else listening on this ma
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,14 +44,13 @@ def seconds(duration: str) -> float:
 PROFILES = ["scale", "observability"]
 
 
+@pytest.mark.requires_tool("docker-compose")
 @pytest.mark.parametrize(
     "profile",
     [[], *(["--profile", name] for name in PROFILES)],
     ids=["default", *PROFILES],
 )
 def test_compose_file_resolves(profile):
-    if shutil.which("docker-compose") is None:
-        pytest.skip("docker-compose is not installed (.ci/run installs it)")
     result = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE_FILE), *profile, "config"],
         capture_output=True,
