@@ -23,6 +23,7 @@ from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S, ServerState, call_log
+from gradserve.server.service.health_listing import ListingHealthServicer
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.service.security import BearerTokenInterceptor
@@ -153,7 +154,7 @@ def start_server(
         state.on_loop()
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers((handlers(servicer),))
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = ListingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if enable_reflection:
             reflection.enable_server_reflection(
