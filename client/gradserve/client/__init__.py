@@ -1,6 +1,10 @@
 """The gradserve Python client: micrograd-style Values differentiated by a gradserve server."""
 
-from gradserve.client import nn
+# grpc_logging runs first, before any module imports grpc (see its docstring).
+from gradserve.client import (
+    grpc_logging,  # noqa: F401
+    nn,
+)
 from gradserve.client.aio import AsyncClient
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import DEFAULT_TARGET, connect
