@@ -19,6 +19,7 @@ from gradserve.client.errors import (
     GraphError,
     GraphvizNotFound,
     NoServerConfigured,
+    ResourceExhausted,
     ServerError,
     ServerUnavailable,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "GraphError",
     "GraphvizNotFound",
     "NoServerConfigured",
+    "ResourceExhausted",
     "ServerError",
     "ServerUnavailable",
     "Value",

@@ -37,7 +37,7 @@ SERVER_NOT_TRUSTED = (
 )
 
 # C-core's words, lower-cased, for each cause.
-_NOTHING_LISTENS = ("connection refused", "dns resolution failed", "name resolution")
+_NOTHING_LISTENS = ("connection refused", "errors resolving", "dns resolution failed")
 _CLOSED = "socket closed"
 _WRONG_VERSION = "wrong_version_number"
 _NOT_TRUSTED = "certificate_verify_failed"

@@ -35,6 +35,7 @@ class BudgetBusy(Exception):
     """The budget stayed in use by other calls for longer than the call may wait."""
 
     def __init__(self, needed: int, budget: int, waited: float) -> None:
+        self.needed, self.budget = needed, budget
         super().__init__(
             f"the call needs an estimated {_mib(needed)} of server memory and this server's "
             f"budget (max-memory-mb = {budget // 2**20}) stayed in use by other calls for "
