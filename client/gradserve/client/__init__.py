@@ -4,6 +4,7 @@
 from gradserve.client import (
     grpc_logging,  # noqa: F401
     nn,
+    optim,
 )
 from gradserve.client.aio import AsyncClient
 from gradserve.client.calls import Chunk, Evaluation
@@ -45,6 +46,7 @@ __all__ = [
     "connect",
     "draw_dot",
     "nn",
+    "optim",
     "render",
     "use",
 ]
