@@ -1,5 +1,6 @@
 """The synchronous client: evaluate, stream, ops, and what a training loop relies on."""
 
+import dataclasses
 import gc
 import tracemalloc
 
@@ -20,8 +21,13 @@ def client(target):
 def test_ops_lists_the_standard_ops(client):
     ops = {op.name: op for op in client.ops()}
     assert {"add", "mul", "pow", "tanh", "relu", "sum"} <= set(ops)
-    assert ops["sum"].variadic
+    assert ops["sum"].variadic and ops["sum"].arity is None
     assert ops["mul"].arity == 2
+    # Plain Python objects, not protobuf messages: comparable, printable, asdict-able.
+    mul = dataclasses.asdict(ops["mul"])
+    assert mul["second_order"] is True and mul["distribution"] == "gradserve-ops-core"
+    assert mul["doc"].startswith("a * b") and mul["entry_point"] == "mul"
+    assert repr(ops["mul"]).startswith("OpInfo(name='mul', arity=2, variadic=False")
 
 
 def test_evaluate_returns_results_without_touching_the_values(client):
