@@ -20,6 +20,7 @@ from gradserve.client import (
     ServerUnavailable,
     Value,
 )
+from gradserve.client.channel import target_or_default
 from gradserve.client.security import channel_credentials
 from gradserve.server.service.app import running_server
 from gradserve.server.service.limits import Limits
@@ -68,6 +69,14 @@ def _one_line(error: GradserveError) -> str:
     return text
 
 
+def test_without_a_target_the_client_reads_gradserve_target(monkeypatch, unused_target):
+    monkeypatch.setenv("GRADSERVE_TARGET", unused_target)
+    assert f"answers at {unused_target}:" in str(_failure(None))
+    monkeypatch.delenv("GRADSERVE_TARGET")
+    assert target_or_default(None) == "localhost:50051"  # (a server may listen there)
+    assert target_or_default("h:1") == "h:1"
+
+
 def test_nothing_at_the_target_says_to_start_a_server(unused_target):
     error = _failure(unused_target)
     assert isinstance(error, ServerUnavailable) and isinstance(error, ConnectionError)
@@ -88,8 +97,7 @@ def test_a_plaintext_client_on_a_tls_port_is_told_to_use_tls(tls_port):
     assert isinstance(error, ServerUnavailable)
     assert _one_line(error) == (
         f"the server at localhost:{tls_port} expects TLS and this client connects in "
-        "plaintext: pass credentials=channel_credentials(ca_file=...) "
-        "(gradserve.client.security)"
+        "plaintext: give the client the CA certificate that signed the server's"
     )
 
 
@@ -98,7 +106,7 @@ def test_a_tls_client_on_a_plaintext_port_is_told_to_drop_tls(plaintext_port, ce
     assert isinstance(error, ServerUnavailable)
     assert _one_line(error) == (
         f"the server at localhost:{plaintext_port} speaks plaintext and this client connects "
-        "with TLS: drop the credentials, or start the server with --tls-cert and --tls-key"
+        "with TLS: connect without TLS, or start the server with --tls-cert and --tls-key"
     )
 
 
@@ -145,7 +153,10 @@ def test_a_deadline_names_the_clients_timeout(target):
     error = caught.value
     assert error.timeout == 1e-6 and isinstance(error, TimeoutError)
     assert "Deadline Exceeded" not in _one_line(error)
-    assert _one_line(error).startswith("the call took longer than its timeout of 1e-06 s:")
+    assert _one_line(error) == (
+        "the call took longer than its timeout of 1e-06 s: pass a larger timeout, "
+        "or send a smaller graph"
+    )
 
 
 def test_a_deadline_names_the_calls_own_timeout(target):

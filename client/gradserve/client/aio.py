@@ -7,10 +7,10 @@ import grpc
 from gradserve.client import calls, ops, second_order
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
-    DEFAULT_TARGET,
     MAX_MESSAGE_BYTES,
     channel_options,
     serialized_calls,
+    target_or_default,
 )
 from gradserve.client.errors import Where, translated
 from gradserve.client.progress import progress_bar
@@ -26,7 +26,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | None = None,
         *,
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -35,6 +35,7 @@ class AsyncClient:
         progress: bool | None = None,
     ) -> None:
         options = channel_options(max_message_bytes)
+        target = target_or_default(target)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:

@@ -8,10 +8,10 @@ import numpy as np
 from gradserve.client import calls, ops, second_order
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
-    DEFAULT_TARGET,
     MAX_MESSAGE_BYTES,
     connect,
     serialized_calls,
+    target_or_default,
 )
 from gradserve.client.errors import Where, translated
 from gradserve.client.progress import progress_bar
@@ -22,6 +22,8 @@ from gradserve.v1 import gradserve_pb2 as pb
 class Client:
     """A connection to a gradserve server; use it as a context manager, or ``close()`` it.
 
+    ``target`` is "host:port"; without one, the ``GRADSERVE_TARGET`` environment variable,
+    else ``localhost:50051``.
     ``timeout`` (seconds) bounds every call; ``credentials`` makes the channel secure;
     ``metadata`` (key, value) pairs go with every call; ``progress`` None shows a bar for
     large streamed results on a terminal, True or False forces it on or off.
@@ -29,7 +31,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | None = None,
         *,
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -37,6 +39,7 @@ class Client:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         progress: bool | None = None,
     ) -> None:
+        target = target_or_default(target)
         self._channel, self._stub = connect(
             target, max_message_bytes=max_message_bytes, credentials=credentials
         )

@@ -126,6 +126,13 @@ def _graph_error(error: grpc.RpcError, subgraph) -> GraphError:
     return GraphError(reason, node=node, value=value, field=violation.field if violation else "")
 
 
+# As the Node.js and Go clients say it (tests/test_client_messages.py).
+DEADLINE = (
+    "the call took longer than its timeout of {timeout} s: pass a larger timeout, "
+    "or send a smaller graph"
+)
+
+
 @dataclass(frozen=True)
 class Where:
     """What an error message names besides the server's words: the target the client was
@@ -156,10 +163,7 @@ def translate(error: grpc.RpcError, subgraph=None, where: Where = Where()) -> Gr
 def _deadline(details: str, where: Where) -> DeadlineExceeded:
     """gRPC says "Deadline Exceeded"; the message names the timeout and what to change."""
     if where.timeout is not None:
-        message = (
-            f"the call took longer than its timeout of {where.timeout:g} s: pass a larger "
-            "timeout (Client(timeout=...) or the call's timeout=), or send a smaller graph"
-        )
+        message = DEADLINE.format(timeout=f"{where.timeout:g}")
     else:  # no client timeout: the server's default deadline ended it, in its words
         message = f"the call passed the server's deadline: {details}"
     return DeadlineExceeded(message, grpc.StatusCode.DEADLINE_EXCEEDED, where.timeout)

@@ -14,28 +14,28 @@ those words and by whether the client's channel uses TLS:
 The Node.js and Go clients give the same messages (``client/node``, ``client/go``).
 """
 
+# The same words in every client (Python, Node.js, Go); tests/test_client_messages.py
+# compares them. What to pass in each language is in docs/sdk/errors.md.
 NO_SERVER = (
     "no gradserve server answers at {target}: start one with `gradserve serve`, "
     "or set GRADSERVE_TARGET"
 )
 SERVER_WANTS_TLS = (
-    "the server at {target} expects TLS and this client connects in plaintext: pass "
-    "credentials=channel_credentials(ca_file=...) (gradserve.client.security)"
+    "the server at {target} expects TLS and this client connects in plaintext: "
+    "give the client the CA certificate that signed the server's"
 )
 SERVER_WANTS_PLAINTEXT = (
     "the server at {target} speaks plaintext and this client connects with TLS: "
-    "drop the credentials, or start the server with --tls-cert and --tls-key"
+    "connect without TLS, or start the server with --tls-cert and --tls-key"
 )
 SERVER_WANTS_CERTIFICATE = (
     "the server at {target} refused the TLS connection: it requires a client certificate "
-    "signed by a CA it trusts (mutual TLS): pass cert_file= and key_file= to "
-    "channel_credentials"
+    "signed by a CA it trusts (mutual TLS): give the client its certificate and key"
 )
 SERVER_NOT_TRUSTED = (
-    "the server at {target} presented a certificate this client does not trust: pass the CA "
-    "that signed it as channel_credentials(ca_file=...)"
+    "the server at {target} presented a certificate this client does not trust: "
+    "give the client the CA certificate that signed it"
 )
-
 # C-core's words, lower-cased, for each cause.
 _NOTHING_LISTENS = ("connection refused", "errors resolving", "dns resolution failed")
 _CLOSED = "socket closed"

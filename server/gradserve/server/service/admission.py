@@ -27,7 +27,8 @@ class NeverFits(Exception):
         self.needed, self.budget = needed, budget
         super().__init__(
             f"the call needs an estimated {_mib(needed)} of server memory, more than this "
-            f"server's whole budget max-memory-mb = {budget // 2**20}"
+            f"server's whole budget max-memory-mb = {budget // 2**20}: send fewer nodes or "
+            "rows, or start the server with a larger --max-memory-mb"
         )
 
 
