@@ -1,6 +1,7 @@
 """Open a channel to a gradserve server and get a GradientService stub."""
 
 import functools
+import os
 
 import grpc
 
@@ -10,7 +11,14 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
+TARGET_VARIABLE = "GRADSERVE_TARGET"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # matches the server's default
+
+
+def target_or_default(target: str | None) -> str:
+    """``target``; without one, the ``GRADSERVE_TARGET`` environment variable, else
+    ``localhost:50051`` (where ``gradserve serve`` listens by default)."""
+    return target or os.environ.get(TARGET_VARIABLE, "").strip() or DEFAULT_TARGET
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -23,14 +31,15 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def connect(
-    target: str = DEFAULT_TARGET,
+    target: str | None = None,
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> tuple[grpc.Channel, pb_grpc.GradientServiceStub]:
-    """A channel to ``target`` (secure when ``credentials`` are given) and a stub on it;
-    close the channel when done."""
+    """A channel to ``target`` (see ``target_or_default``; secure when ``credentials`` are
+    given) and a stub on it; close the channel when done."""
     options = channel_options(max_message_bytes)
+    target = target_or_default(target)
     if credentials is None:
         channel = grpc.insecure_channel(target, options=options)
     else:
