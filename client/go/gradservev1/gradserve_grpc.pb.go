@@ -29,6 +29,19 @@ type GradientServiceClient interface {
 	EvaluateStream(ctx context.Context, in *EvaluateRequest, opts ...grpc.CallOption) (GradientService_EvaluateStreamClient, error)
 	// Lists the operations this server has loaded from its op plugins.
 	ListOps(ctx context.Context, in *ListOpsRequest, opts ...grpc.CallOption) (*ListOpsResponse, error)
+	// Evaluates many requests over one long-lived stream: a training loop's steps, one
+	// message each. It streams so that a small call costs one message on an open stream
+	// instead of a new call (headers, authentication, a new handler) each time: on loopback
+	// about half of a unary call's latency. Every TrainRequest gets exactly one
+	// TrainResponse with the same id, in the order the requests were sent; a failed request
+	// gets its google.rpc.Status there and the stream goes on. Authentication is checked
+	// once, when the stream opens; the stream stays on the server process that accepted it,
+	// so plans it compiled serve its later requests by plan_digest. Each request is charged
+	// to the server's memory budget like a unary Evaluate, and its results must fit in one
+	// message (use EvaluateStream for larger ones). The stream itself ends with a status
+	// only for what ends every call: the server draining or stopping, the client
+	// cancelling, or a message that is not a TrainRequest.
+	Train(ctx context.Context, opts ...grpc.CallOption) (GradientService_TrainClient, error)
 }
 
 type gradientServiceClient struct {
@@ -89,6 +102,37 @@ func (c *gradientServiceClient) ListOps(ctx context.Context, in *ListOpsRequest,
 	return out, nil
 }
 
+func (c *gradientServiceClient) Train(ctx context.Context, opts ...grpc.CallOption) (GradientService_TrainClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_GradientService_serviceDesc.Streams[1], "/gradserve.v1.GradientService/Train", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &gradientServiceTrainClient{stream}
+	return x, nil
+}
+
+type GradientService_TrainClient interface {
+	Send(*TrainRequest) error
+	Recv() (*TrainResponse, error)
+	grpc.ClientStream
+}
+
+type gradientServiceTrainClient struct {
+	grpc.ClientStream
+}
+
+func (x *gradientServiceTrainClient) Send(m *TrainRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *gradientServiceTrainClient) Recv() (*TrainResponse, error) {
+	m := new(TrainResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // GradientServiceServer is the server API for GradientService service.
 // All implementations must embed UnimplementedGradientServiceServer
 // for forward compatibility
@@ -105,6 +149,19 @@ type GradientServiceServer interface {
 	EvaluateStream(*EvaluateRequest, GradientService_EvaluateStreamServer) error
 	// Lists the operations this server has loaded from its op plugins.
 	ListOps(context.Context, *ListOpsRequest) (*ListOpsResponse, error)
+	// Evaluates many requests over one long-lived stream: a training loop's steps, one
+	// message each. It streams so that a small call costs one message on an open stream
+	// instead of a new call (headers, authentication, a new handler) each time: on loopback
+	// about half of a unary call's latency. Every TrainRequest gets exactly one
+	// TrainResponse with the same id, in the order the requests were sent; a failed request
+	// gets its google.rpc.Status there and the stream goes on. Authentication is checked
+	// once, when the stream opens; the stream stays on the server process that accepted it,
+	// so plans it compiled serve its later requests by plan_digest. Each request is charged
+	// to the server's memory budget like a unary Evaluate, and its results must fit in one
+	// message (use EvaluateStream for larger ones). The stream itself ends with a status
+	// only for what ends every call: the server draining or stopping, the client
+	// cancelling, or a message that is not a TrainRequest.
+	Train(GradientService_TrainServer) error
 	mustEmbedUnimplementedGradientServiceServer()
 }
 
@@ -120,6 +177,9 @@ func (UnimplementedGradientServiceServer) EvaluateStream(*EvaluateRequest, Gradi
 }
 func (UnimplementedGradientServiceServer) ListOps(context.Context, *ListOpsRequest) (*ListOpsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListOps not implemented")
+}
+func (UnimplementedGradientServiceServer) Train(GradientService_TrainServer) error {
+	return status.Errorf(codes.Unimplemented, "method Train not implemented")
 }
 func (UnimplementedGradientServiceServer) mustEmbedUnimplementedGradientServiceServer() {}
 
@@ -191,6 +251,32 @@ func _GradientService_ListOps_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GradientService_Train_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GradientServiceServer).Train(&gradientServiceTrainServer{stream})
+}
+
+type GradientService_TrainServer interface {
+	Send(*TrainResponse) error
+	Recv() (*TrainRequest, error)
+	grpc.ServerStream
+}
+
+type gradientServiceTrainServer struct {
+	grpc.ServerStream
+}
+
+func (x *gradientServiceTrainServer) Send(m *TrainResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *gradientServiceTrainServer) Recv() (*TrainRequest, error) {
+	m := new(TrainRequest)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 var _GradientService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "gradserve.v1.GradientService",
 	HandlerType: (*GradientServiceServer)(nil),
@@ -209,6 +295,12 @@ var _GradientService_serviceDesc = grpc.ServiceDesc{
 			StreamName:    "EvaluateStream",
 			Handler:       _GradientService_EvaluateStream_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Train",
+			Handler:       _GradientService_Train_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "gradserve/v1/gradserve.proto",
