@@ -45,13 +45,13 @@ def used(no_default, target):
     """A default server set with use(), its calls' requests recorded."""
     client = gradserve.client.use(target)
     sent = []
-    evaluate = client._evaluate
+    send = client._send  # every Evaluate request, on the Train stream or as a call
 
-    def recording(request, **options):
+    def recording(request):
         sent.append(pb.EvaluateRequest.FromString(request))
-        return evaluate(request, **options)
+        return send(request)
 
-    client._evaluate = recording
+    client._send = recording
     client.sent = sent
     return client
 
