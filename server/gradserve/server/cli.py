@@ -185,8 +185,13 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             log.info("serving on %s:%d; %s", args.host, running.port, describe)
         wait_until_set(stopping)
-        log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
-        running.stop(args.grace)
+        log.info(
+            "shutting down: NOT_SERVING, new calls taken for %g s more, then draining calls"
+            " for up to %g s",
+            args.drain_delay,
+            args.grace,
+        )
+        running.stop(args.grace, drain_delay=args.drain_delay)
         if metrics_port:
             metrics_http.shutdown()
         log.info("stopped")
@@ -329,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds(zero_allowed=True),
         default=_env("grace", 10.0),
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default 10)",
+    )
+    serve.add_argument(
+        "--drain-delay",
+        type=_seconds(zero_allowed=True),
+        default=_env("drain-delay", 0.0),
+        help="seconds a stopping server keeps taking new calls while its health already says"
+        " NOT_SERVING, so that a load balancer polling health takes it out first; the"
+        " grace follows (default 0)",
     )
     serve.add_argument(
         "--workers",
