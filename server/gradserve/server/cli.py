@@ -200,8 +200,13 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             log.info("serving on %s:%d; %s", args.host, running.port, describe)
         wait_until_set(stopping)
-        log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
-        running.stop(args.grace)
+        log.info(
+            "shutting down: NOT_SERVING, new calls taken for %g s more, then draining calls"
+            " for up to %g s",
+            args.drain_delay,
+            args.grace,
+        )
+        running.stop(args.grace, drain_delay=args.drain_delay)
         if metrics_port:
             metrics_http.shutdown()
         log.info("stopped")
@@ -346,6 +351,14 @@ def _add_serve(commands) -> None:
         type=_seconds(zero_allowed=True),
         default=10.0,
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    )
+    serve.add_argument(
+        "--drain-delay",
+        type=_seconds(zero_allowed=True),
+        default=0.0,
+        help="seconds a stopping server keeps taking new calls while its health already says"
+        " NOT_SERVING, so that a load balancer polling health takes it out first; the"
+        " grace follows",
     )
     serve.add_argument(
         "--workers",

@@ -50,10 +50,16 @@ class RunningServer:
     _state: ServerState
     isolated: IsolatedEvaluator | None = None
 
-    def stop(self, grace: float) -> None:
+    def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to
-        ``grace`` s, then stop (calls still running are cancelled)."""
-        asyncio.run_coroutine_threadsafe(self._drain_and_stop(grace), self._loop).result()
+        ``grace`` s, then stop (calls still running are cancelled).
+
+        ``drain_delay`` s pass between reporting NOT_SERVING and refusing new calls: a load
+        balancer that polls health (HAProxy, Kubernetes endpoints) takes the server out in
+        that time, so the calls it still routes here are served, not refused."""
+        asyncio.run_coroutine_threadsafe(
+            self._drain_and_stop(grace, drain_delay), self._loop
+        ).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -62,9 +68,12 @@ class RunningServer:
         if self.isolated is not None:
             self.isolated.close()
 
-    async def _drain_and_stop(self, grace: float) -> None:
+    async def _drain_and_stop(self, grace: float, drain_delay: float) -> None:
         state = self._state
-        state.draining = True  # first: a probe that sees NOT_SERVING may count on it
+        if drain_delay > 0:
+            await self._health.enter_graceful_shutdown()
+            await asyncio.sleep(drain_delay)
+        state.draining = True  # before NOT_SERVING when there is no delay: a probe may count on it
         await self._health.enter_graceful_shutdown()
         for waiting in list(state.waiting_for_request):
             waiting.cancel_waiting()
