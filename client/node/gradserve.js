@@ -22,6 +22,9 @@ const definition = protoLoader.loadSync(path.join("gradserve", "v1", "gradserve.
   defaults: true,
 });
 const { GradientService } = grpc.loadPackageDefinition(definition).gradserve.v1;
+/** gRPC's service config for every gradserve client: retry UNAVAILABLE with backoff (every
+ * call is a pure function of its request). The one copy lives beside the .proto. */
+export const SERVICE_CONFIG = readFileSync(path.join(PROTO_ROOT, "gradserve", "v1", "service_config.json"), "utf8");
 
 // --- errors ------------------------------------------------------------------------------
 
@@ -253,6 +256,9 @@ export class Client {
     this.stub = new GradientService(target, credentials, {
       "grpc.max_receive_message_length": maxMessageBytes,
       "grpc.max_send_message_length": maxMessageBytes,
+      "grpc.service_config": SERVICE_CONFIG,
+      // gRPC retries only a request it still holds: 256 KiB by default.
+      "grpc.per_rpc_retry_buffer_size": maxMessageBytes,
     });
     this.token = token;
     this.timeoutMs = timeoutMs;
