@@ -102,4 +102,7 @@ def test_a_bad_environment_value_is_a_usage_error_too():
         [GRADSERVE, "serve"], capture_output=True, text=True, timeout=30, env=env
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "argument --threads: 'eight' is not a whole number" in result.stderr
+    assert (
+        "argument --threads: GRADSERVE_THREADS='eight' (from the environment): "
+        "'eight' is not a whole number"
+    ) in result.stderr

@@ -27,7 +27,8 @@ class NeverFits(Exception):
         self.needed, self.budget = needed, budget.total
         super().__init__(
             f"the call needs an estimated {_mib(needed)} of server memory, more than this "
-            f"server's whole budget for calls, {budget.describe()}"
+            f"server's whole budget for calls, {budget.describe()}: send fewer nodes or "
+            "rows, or start the server with a larger --max-memory-mb"
         )
 
 
@@ -35,6 +36,7 @@ class BudgetBusy(Exception):
     """The budget stayed in use by other calls for longer than the call may wait."""
 
     def __init__(self, needed: int, budget: "MemoryBudget", waited: float) -> None:
+        self.needed, self.budget = needed, budget.total
         super().__init__(
             f"the call needs an estimated {_mib(needed)} of server memory and this server's "
             f"budget for calls ({budget.describe()}) stayed in use by other calls for "

@@ -23,6 +23,7 @@ from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S, ServerState, call_log
+from gradserve.server.service.health_listing import ListingHealthServicer
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.service.security import BearerTokenInterceptor
@@ -49,10 +50,16 @@ class RunningServer:
     _state: ServerState
     isolated: IsolatedEvaluator | None = None
 
-    def stop(self, grace: float) -> None:
+    def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to
-        ``grace`` s, then stop (calls still running are cancelled)."""
-        asyncio.run_coroutine_threadsafe(self._drain_and_stop(grace), self._loop).result()
+        ``grace`` s, then stop (calls still running are cancelled).
+
+        ``drain_delay`` s pass between reporting NOT_SERVING and refusing new calls: a load
+        balancer that polls health (HAProxy, Kubernetes endpoints) takes the server out in
+        that time, so the calls it still routes here are served, not refused."""
+        asyncio.run_coroutine_threadsafe(
+            self._drain_and_stop(grace, drain_delay), self._loop
+        ).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -61,9 +68,12 @@ class RunningServer:
         if self.isolated is not None:
             self.isolated.close()
 
-    async def _drain_and_stop(self, grace: float) -> None:
+    async def _drain_and_stop(self, grace: float, drain_delay: float) -> None:
         state = self._state
-        state.draining = True  # first: a probe that sees NOT_SERVING may count on it
+        if drain_delay > 0:
+            await self._health.enter_graceful_shutdown()
+            await asyncio.sleep(drain_delay)
+        state.draining = True  # before NOT_SERVING when there is no delay: a probe may count on it
         await self._health.enter_graceful_shutdown()
         for waiting in list(state.waiting_for_request):
             waiting.cancel_waiting()
@@ -157,7 +167,7 @@ def start_server(
         state.on_loop()
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers((handlers(servicer),))
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = ListingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if enable_reflection:
             reflection.enable_server_reflection(
