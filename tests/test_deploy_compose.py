@@ -76,7 +76,8 @@ def test_the_compose_services_set_every_server_flag_and_outlast_its_grace():
         env = service["environment"]
         server_variables = {key for key in env if key.startswith("GRADSERVE_")}
         assert {"GRADSERVE_" + flag.upper() for flag in flags} == server_variables, name
-        assert seconds(service["stop_grace_period"]) > float(env["GRADSERVE_GRACE"])
+        drain = float(env["GRADSERVE_DRAIN_DELAY"]) + float(env["GRADSERVE_GRACE"])
+        assert seconds(service["stop_grace_period"]) > drain
         assert service["restart"] in ("always", "unless-stopped", "on-failure")
         limits = service["deploy"]["resources"]["limits"]
         assert limits["cpus"] and limits["memory"]

@@ -26,6 +26,8 @@ def test_the_dot_source_needs_no_binary(monkeypatch, target):
     assert "rankdir=LR" in source
     assert '"{ o | data 0.7071 | grad 1.0000 }"' in source
     assert '"{ n | data 0.8814 | grad 0.5000 }"' in source
+    # Op nodes named as Value._op names them (micrograd's notebook: "*", "+", "tanh").
+    assert 'n2op [label="*"]' in source and 'n4op [label="+"]' in source
     assert 'n5op [label="tanh"]' in source
     assert source.count("shape=record") == 6  # x1, w1, x1*w1, b, n, o
     assert source.count("->") == (2 + 1) + (2 + 1) + (1 + 1)  # mul, add, tanh: in and out

@@ -827,6 +827,155 @@ func (x *OpInfo) GetSecondOrder() bool {
 	return false
 }
 
+// One request on a Train stream.
+type TrainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's name for this request, echoed in its TrainResponse; ids should be unique
+	// among the requests still waiting for a response on one stream (a counter will do).
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The evaluation, exactly as Evaluate takes it; chunk_size is ignored. Absent when
+	// `cancel` is set.
+	Request *EvaluateRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// This request's deadline, in milliseconds from when the server reads it; 0 means the
+	// server's default deadline. A request past its deadline is stopped and answered with
+	// DEADLINE_EXCEEDED; the stream goes on.
+	TimeoutMs uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// When true, this message carries no request: it cancels the earlier request with the
+	// same id. A request being evaluated is stopped, one not yet started is skipped, and
+	// either is answered with CANCELLED; a request already answered is not answered again.
+	Cancel        bool `protobuf:"varint,4,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrainRequest) Reset() {
+	*x = TrainRequest{}
+	mi := &file_gradserve_v1_gradserve_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrainRequest) ProtoMessage() {}
+
+func (x *TrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gradserve_v1_gradserve_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrainRequest.ProtoReflect.Descriptor instead.
+func (*TrainRequest) Descriptor() ([]byte, []int) {
+	return file_gradserve_v1_gradserve_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TrainRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TrainRequest) GetRequest() *EvaluateRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *TrainRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *TrainRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+// The answer to one TrainRequest.
+type TrainResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the request this answers.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The request's results, as Evaluate returns them; absent when it failed.
+	Response *EvaluateResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	// Set when the request failed: a serialized google.rpc.Status, the same bytes the
+	// grpc-status-details-bin trailer of a failed Evaluate would carry for it (its code,
+	// message and details; see "Errors" above), e.g. NOT_FOUND for a plan_digest the server
+	// no longer holds. Empty when the request succeeded. Bytes rather than the message type
+	// so that this protocol imports nothing beyond protobuf's own: every client parses this
+	// trailer already. A message field of the same number reads the same bytes, should a
+	// later version type it.
+	Status        []byte `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrainResponse) Reset() {
+	*x = TrainResponse{}
+	mi := &file_gradserve_v1_gradserve_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrainResponse) ProtoMessage() {}
+
+func (x *TrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gradserve_v1_gradserve_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrainResponse.ProtoReflect.Descriptor instead.
+func (*TrainResponse) Descriptor() ([]byte, []int) {
+	return file_gradserve_v1_gradserve_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *TrainResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TrainResponse) GetResponse() *EvaluateResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *TrainResponse) GetStatus() []byte {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
 var File_gradserve_v1_gradserve_proto protoreflect.FileDescriptor
 
 const file_gradserve_v1_gradserve_proto_rawDesc = "" +
@@ -888,16 +1037,27 @@ const file_gradserve_v1_gradserve_proto_rawDesc = "" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12\x1f\n" +
 	"\ventry_point\x18\a \x01(\tR\n" +
 	"entryPoint\x12!\n" +
-	"\fsecond_order\x18\b \x01(\bR\vsecondOrder*d\n" +
+	"\fsecond_order\x18\b \x01(\bR\vsecondOrder\"\x8e\x01\n" +
+	"\fTrainRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
+	"\arequest\x18\x02 \x01(\v2\x1d.gradserve.v1.EvaluateRequestR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\x12\x16\n" +
+	"\x06cancel\x18\x04 \x01(\bR\x06cancel\"s\n" +
+	"\rTrainResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12:\n" +
+	"\bresponse\x18\x02 \x01(\v2\x1e.gradserve.v1.EvaluateResponseR\bresponse\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\fR\x06status*d\n" +
 	"\tSelection\x12\x19\n" +
 	"\x15SELECTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSELECTION_ALL\x10\x01\x12\x14\n" +
 	"\x10SELECTION_LEAVES\x10\x02\x12\x13\n" +
-	"\x0fSELECTION_NODES\x10\x032\xf4\x01\n" +
+	"\x0fSELECTION_NODES\x10\x032\xba\x02\n" +
 	"\x0fGradientService\x12I\n" +
 	"\bEvaluate\x12\x1d.gradserve.v1.EvaluateRequest\x1a\x1e.gradserve.v1.EvaluateResponse\x12N\n" +
 	"\x0eEvaluateStream\x12\x1d.gradserve.v1.EvaluateRequest\x1a\x1b.gradserve.v1.GradientChunk0\x01\x12F\n" +
-	"\aListOps\x12\x1c.gradserve.v1.ListOpsRequest\x1a\x1d.gradserve.v1.ListOpsResponseB\xc5\x01\n" +
+	"\aListOps\x12\x1c.gradserve.v1.ListOpsRequest\x1a\x1d.gradserve.v1.ListOpsResponse\x12D\n" +
+	"\x05Train\x12\x1a.gradserve.v1.TrainRequest\x1a\x1b.gradserve.v1.TrainResponse(\x010\x01B\xc5\x01\n" +
 	"\x10com.gradserve.v1B\x0eGradserveProtoP\x01Z@github.com/gradserve/gradserve/client/go/gradservev1;gradservev1\xa2\x02\x03GXX\xaa\x02\fGradserve.V1\xba\x02\rGradserve_V1_\xca\x02\fGradserve\\V1\xe2\x02\x18Gradserve\\V1\\GPBMetadata\xea\x02\rGradserve::V1b\x06proto3"
 
 var (
@@ -913,7 +1073,7 @@ func file_gradserve_v1_gradserve_proto_rawDescGZIP() []byte {
 }
 
 var file_gradserve_v1_gradserve_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_gradserve_v1_gradserve_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_gradserve_v1_gradserve_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_gradserve_v1_gradserve_proto_goTypes = []any{
 	(Selection)(0),           // 0: gradserve.v1.Selection
 	(*Graph)(nil),            // 1: gradserve.v1.Graph
@@ -923,22 +1083,28 @@ var file_gradserve_v1_gradserve_proto_goTypes = []any{
 	(*ListOpsRequest)(nil),   // 5: gradserve.v1.ListOpsRequest
 	(*ListOpsResponse)(nil),  // 6: gradserve.v1.ListOpsResponse
 	(*OpInfo)(nil),           // 7: gradserve.v1.OpInfo
+	(*TrainRequest)(nil),     // 8: gradserve.v1.TrainRequest
+	(*TrainResponse)(nil),    // 9: gradserve.v1.TrainResponse
 }
 var file_gradserve_v1_gradserve_proto_depIdxs = []int32{
 	1, // 0: gradserve.v1.EvaluateRequest.graph:type_name -> gradserve.v1.Graph
 	0, // 1: gradserve.v1.EvaluateRequest.selection:type_name -> gradserve.v1.Selection
 	7, // 2: gradserve.v1.ListOpsResponse.ops:type_name -> gradserve.v1.OpInfo
-	2, // 3: gradserve.v1.GradientService.Evaluate:input_type -> gradserve.v1.EvaluateRequest
-	2, // 4: gradserve.v1.GradientService.EvaluateStream:input_type -> gradserve.v1.EvaluateRequest
-	5, // 5: gradserve.v1.GradientService.ListOps:input_type -> gradserve.v1.ListOpsRequest
-	3, // 6: gradserve.v1.GradientService.Evaluate:output_type -> gradserve.v1.EvaluateResponse
-	4, // 7: gradserve.v1.GradientService.EvaluateStream:output_type -> gradserve.v1.GradientChunk
-	6, // 8: gradserve.v1.GradientService.ListOps:output_type -> gradserve.v1.ListOpsResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 3: gradserve.v1.TrainRequest.request:type_name -> gradserve.v1.EvaluateRequest
+	3, // 4: gradserve.v1.TrainResponse.response:type_name -> gradserve.v1.EvaluateResponse
+	2, // 5: gradserve.v1.GradientService.Evaluate:input_type -> gradserve.v1.EvaluateRequest
+	2, // 6: gradserve.v1.GradientService.EvaluateStream:input_type -> gradserve.v1.EvaluateRequest
+	5, // 7: gradserve.v1.GradientService.ListOps:input_type -> gradserve.v1.ListOpsRequest
+	8, // 8: gradserve.v1.GradientService.Train:input_type -> gradserve.v1.TrainRequest
+	3, // 9: gradserve.v1.GradientService.Evaluate:output_type -> gradserve.v1.EvaluateResponse
+	4, // 10: gradserve.v1.GradientService.EvaluateStream:output_type -> gradserve.v1.GradientChunk
+	6, // 11: gradserve.v1.GradientService.ListOps:output_type -> gradserve.v1.ListOpsResponse
+	9, // 12: gradserve.v1.GradientService.Train:output_type -> gradserve.v1.TrainResponse
+	9, // [9:13] is the sub-list for method output_type
+	5, // [5:9] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_gradserve_v1_gradserve_proto_init() }
@@ -952,7 +1118,7 @@ func file_gradserve_v1_gradserve_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gradserve_v1_gradserve_proto_rawDesc), len(file_gradserve_v1_gradserve_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -75,6 +75,7 @@ const (
 	GradientService_Evaluate_FullMethodName       = "/gradserve.v1.GradientService/Evaluate"
 	GradientService_EvaluateStream_FullMethodName = "/gradserve.v1.GradientService/EvaluateStream"
 	GradientService_ListOps_FullMethodName        = "/gradserve.v1.GradientService/ListOps"
+	GradientService_Train_FullMethodName          = "/gradserve.v1.GradientService/Train"
 )
 
 // GradientServiceClient is the client API for GradientService service.
@@ -95,6 +96,19 @@ type GradientServiceClient interface {
 	EvaluateStream(ctx context.Context, in *EvaluateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GradientChunk], error)
 	// Lists the operations this server has loaded from its op plugins, and its version.
 	ListOps(ctx context.Context, in *ListOpsRequest, opts ...grpc.CallOption) (*ListOpsResponse, error)
+	// Evaluates many requests over one long-lived stream: a training loop's steps, one
+	// message each. It streams so that a small call costs one message on an open stream
+	// instead of a new call (headers, authentication, a new handler) each time: on loopback
+	// about half of a unary call's latency. Every TrainRequest gets exactly one
+	// TrainResponse with the same id, in the order the requests were sent; a failed request
+	// gets its google.rpc.Status there and the stream goes on. Authentication is checked
+	// once, when the stream opens; the stream stays on the server process that accepted it,
+	// so plans it compiled serve its later requests by plan_digest. Each request is charged
+	// to the server's memory budget like a unary Evaluate, and its results must fit in one
+	// message (use EvaluateStream for larger ones). The stream itself ends with a status
+	// only for what ends every call: the server draining or stopping, the client
+	// cancelling, or a message that is not a TrainRequest.
+	Train(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TrainRequest, TrainResponse], error)
 }
 
 type gradientServiceClient struct {
@@ -144,6 +158,19 @@ func (c *gradientServiceClient) ListOps(ctx context.Context, in *ListOpsRequest,
 	return out, nil
 }
 
+func (c *gradientServiceClient) Train(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TrainRequest, TrainResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GradientService_ServiceDesc.Streams[1], GradientService_Train_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[TrainRequest, TrainResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GradientService_TrainClient = grpc.BidiStreamingClient[TrainRequest, TrainResponse]
+
 // GradientServiceServer is the server API for GradientService service.
 // All implementations must embed UnimplementedGradientServiceServer
 // for forward compatibility.
@@ -162,6 +189,19 @@ type GradientServiceServer interface {
 	EvaluateStream(*EvaluateRequest, grpc.ServerStreamingServer[GradientChunk]) error
 	// Lists the operations this server has loaded from its op plugins, and its version.
 	ListOps(context.Context, *ListOpsRequest) (*ListOpsResponse, error)
+	// Evaluates many requests over one long-lived stream: a training loop's steps, one
+	// message each. It streams so that a small call costs one message on an open stream
+	// instead of a new call (headers, authentication, a new handler) each time: on loopback
+	// about half of a unary call's latency. Every TrainRequest gets exactly one
+	// TrainResponse with the same id, in the order the requests were sent; a failed request
+	// gets its google.rpc.Status there and the stream goes on. Authentication is checked
+	// once, when the stream opens; the stream stays on the server process that accepted it,
+	// so plans it compiled serve its later requests by plan_digest. Each request is charged
+	// to the server's memory budget like a unary Evaluate, and its results must fit in one
+	// message (use EvaluateStream for larger ones). The stream itself ends with a status
+	// only for what ends every call: the server draining or stopping, the client
+	// cancelling, or a message that is not a TrainRequest.
+	Train(grpc.BidiStreamingServer[TrainRequest, TrainResponse]) error
 	mustEmbedUnimplementedGradientServiceServer()
 }
 
@@ -180,6 +220,9 @@ func (UnimplementedGradientServiceServer) EvaluateStream(*EvaluateRequest, grpc.
 }
 func (UnimplementedGradientServiceServer) ListOps(context.Context, *ListOpsRequest) (*ListOpsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListOps not implemented")
+}
+func (UnimplementedGradientServiceServer) Train(grpc.BidiStreamingServer[TrainRequest, TrainResponse]) error {
+	return status.Error(codes.Unimplemented, "method Train not implemented")
 }
 func (UnimplementedGradientServiceServer) mustEmbedUnimplementedGradientServiceServer() {}
 func (UnimplementedGradientServiceServer) testEmbeddedByValue()                         {}
@@ -249,6 +292,13 @@ func _GradientService_ListOps_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GradientService_Train_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GradientServiceServer).Train(&grpc.GenericServerStream[TrainRequest, TrainResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GradientService_TrainServer = grpc.BidiStreamingServer[TrainRequest, TrainResponse]
+
 // GradientService_ServiceDesc is the grpc.ServiceDesc for GradientService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -270,6 +320,12 @@ var GradientService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "EvaluateStream",
 			Handler:       _GradientService_EvaluateStream_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Train",
+			Handler:       _GradientService_Train_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "gradserve/v1/gradserve.proto",

@@ -1,6 +1,11 @@
 """The gradserve Python client: micrograd-style Values differentiated by a gradserve server."""
 
-from gradserve.client import nn
+# grpc_logging runs first, before any module imports grpc (see its docstring).
+from gradserve.client import (
+    grpc_logging,  # noqa: F401
+    nn,
+    optim,
+)
 from gradserve.client.aio import AsyncClient
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import DEFAULT_TARGET, connect
@@ -14,6 +19,7 @@ from gradserve.client.errors import (
     GraphError,
     GraphvizNotFound,
     NoServerConfigured,
+    ResourceExhausted,
     ServerError,
     ServerUnavailable,
 )
@@ -44,6 +50,7 @@ __all__ = [
     "GraphError",
     "GraphvizNotFound",
     "NoServerConfigured",
+    "ResourceExhausted",
     "ServerError",
     "ServerUnavailable",
     "Value",
@@ -51,6 +58,7 @@ __all__ = [
     "connect",
     "draw_dot",
     "nn",
+    "optim",
     "render",
     "use",
 ]

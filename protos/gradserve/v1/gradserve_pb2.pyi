@@ -129,3 +129,25 @@ class OpInfo(_message.Message):
     entry_point: str
     second_order: bool
     def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., variadic: _Optional[bool] = ..., doc: _Optional[str] = ..., distribution: _Optional[str] = ..., version: _Optional[str] = ..., entry_point: _Optional[str] = ..., second_order: _Optional[bool] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("id", "request", "timeout_ms", "cancel")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: EvaluateRequest
+    timeout_ms: int
+    cancel: bool
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[EvaluateRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("id", "response", "status")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    response: EvaluateResponse
+    status: bytes
+    def __init__(self, id: _Optional[int] = ..., response: _Optional[_Union[EvaluateResponse, _Mapping]] = ..., status: _Optional[bytes] = ...) -> None: ...
