@@ -10,7 +10,6 @@ the servers' and the balancer's own metrics:
 """
 
 import math
-import shutil
 import signal
 import threading
 from contextlib import ExitStack
@@ -26,9 +25,7 @@ from servers import Served
 from bench.balancer import Balancer
 from gradserve.client import Client, Value
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("haproxy") is None, reason="HAProxy is not installed (apt install haproxy)"
-)
+pytestmark = pytest.mark.requires_tool("haproxy")
 
 STRUCTURES = 5
 DRAIN_DELAY_S = 3  # longer than the balancer takes to see NOT_SERVING (a check a second)

@@ -1,15 +1,20 @@
 // A gradserve client for Node.js: a graph builder, a Client with TLS, mutual TLS, bearer
 // tokens and deadlines, plan-digest reuse, and typed errors carrying the server's
-// google.rpc.BadRequest details. The service definition is loaded straight from the
-// repository's protos/ folder (no generated code). Types: gradserve.d.ts.
-import { readFileSync } from "node:fs";
+// google.rpc.BadRequest details. The service definition is loaded from the .proto files
+// at run time (no generated code). Types: gradserve.d.ts.
+import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
-export const PROTO_ROOT = fileURLToPath(new URL("../../protos", import.meta.url));
+// The installed package carries the .proto files beside this file (npm pack copies them,
+// scripts/bundle-protos.js); in the repository they are its protos/ folder.
+const BUNDLED_PROTOS = fileURLToPath(new URL("./protos", import.meta.url));
+export const PROTO_ROOT = existsSync(BUNDLED_PROTOS)
+  ? BUNDLED_PROTOS
+  : fileURLToPath(new URL("../../protos", import.meta.url));
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024; // the server's default limit
 /** Graphs above this many nodes come back through EvaluateStream in backward(). */
 export const STREAM_ABOVE = 1 << 20;
