@@ -8,7 +8,7 @@ and selections, through Evaluate and EvaluateStream: every evaluation path runs 
 calls, looped and compiled, scalar stretches, groups, batch rows, isolation workers). The
 reference is ``fuzz_reference``: Python floats and ``math``.
 
-Each property runs GRADSERVE_FUZZ_EXAMPLES examples (default 100, the README's figure; all
+Each property runs GRADSERVE_FUZZ_EXAMPLES examples (default 100, the figure docs/running-safely.md states; all
 properties together take about ten seconds); a long run is
 ``GRADSERVE_FUZZ_EXAMPLES=20000 uv run pytest tests/test_fuzz_graphs.py``. A graph's
 structure comes from a seeded ``random.Random`` (hypothesis draws the seed, the size and

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conformance_suite import load, readme_example
+from conformance_suite import docs_example, load
 
 ROOT = Path(__file__).resolve().parents[1]
 GO_CLIENT = ROOT / "client" / "go"
@@ -73,7 +73,7 @@ def test_the_go_client_passes_its_tests_and_the_conformance_suite(
     client_test_env, target, tmp_path
 ):
     """One build of the package: `go test` (its tests and the conformance suite), then the
-    README's example with the build cache warm."""
+    docs/clients/go.md's example with the build cache warm."""
     if shutil.which("go") is None:
         pytest.skip("Go is not installed (CI installs golang-go and the packages from apt)")
     env = go_environment(tmp_path / "gopath")
@@ -93,7 +93,7 @@ def test_the_go_client_passes_its_tests_and_the_conformance_suite(
 
     example = tmp_path / "example" / "main.go"
     example.parent.mkdir()
-    example.write_text(readme_example("go").replace("localhost:50051", target))
+    example.write_text(docs_example("docs/clients/go.md", "go").replace("localhost:50051", target))
     ran = subprocess.run(
         ["go", "run", str(example)], env=env, capture_output=True, text=True, timeout=300
     )

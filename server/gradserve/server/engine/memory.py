@@ -2,7 +2,7 @@
 
 The server charges these estimates to its memory budget before it compiles or evaluates
 (``gradserve.server.service.admission``). They are upper estimates of the peak above idle,
-measured on this project's benchmarks (README, "Running it safely").
+measured on this project's benchmarks (docs/running-safely.md).
 """
 
 # Compiling: the graph's fields as arrays, the checks' and the scheduler's temporaries, and

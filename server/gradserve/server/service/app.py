@@ -108,8 +108,8 @@ def start_server(
     replaceable worker processes (the registry must then come from the entry points, which
     the workers load again). A connection older than ``max_connection_age`` seconds (0:
     no limit) is asked to go away, and closed once its calls have had the default deadline
-    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). README,
-    "Running it safely", explains the other options.
+    to finish: what bounds a reader that never reads (see ``CallScope._abandon``).
+    docs/running-safely.md explains the other options.
     """
     isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
     state = ServerState(
