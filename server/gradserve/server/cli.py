@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gradserve import cli_options, health_probe
 from gradserve.server import ops_list
-from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES
+from gradserve.server.engine.plan_cache import BUDGET_SHARE
 from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
@@ -129,6 +129,9 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         log.error("cannot start: --tls-cert and --tls-key go together (--tls-client-ca needs both)")
         return 2
+    if args.plan_cache_mb is not None and int(args.plan_cache_mb) >= args.max_memory_mb:
+        log.error("cannot start: --plan-cache-mb must be less than --max-memory-mb")
+        return 2
     tls_files = [f for f in (args.tls_cert, args.tls_key, args.tls_client_ca) if f]
     try:
         for tls_file in tls_files:
@@ -166,7 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
                 send_timeout=args.send_timeout,
                 max_connection_age=args.max_connection_age,
                 threads=args.threads,
-                plan_cache_nodes=args.plan_cache_nodes,
+                plan_cache_bytes=_plan_cache_bytes(args),
                 reuse_port=reuse_port,
                 metrics=metrics,
                 limits=server_limits,
@@ -197,8 +200,13 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             log.info("serving on %s:%d; %s", args.host, running.port, describe)
         wait_until_set(stopping)
-        log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
-        running.stop(args.grace)
+        log.info(
+            "shutting down: NOT_SERVING, new calls taken for %g s more, then draining calls"
+            " for up to %g s",
+            args.drain_delay,
+            args.grace,
+        )
+        running.stop(args.grace, drain_delay=args.drain_delay)
         if metrics_port:
             metrics_http.shutdown()
         log.info("stopped")
@@ -247,6 +255,11 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, _reason(exc))
             return 1
+
+
+def _plan_cache_bytes(args: argparse.Namespace) -> int | None:
+    """--plan-cache-mb in bytes (None: the default share of the memory budget)."""
+    return None if args.plan_cache_mb is None else int(args.plan_cache_mb) * 2**20
 
 
 def _ops_check(args: argparse.Namespace) -> int:
@@ -340,6 +353,14 @@ def _add_serve(commands) -> None:
         help="seconds in-flight calls get to finish on SIGTERM/SIGINT",
     )
     serve.add_argument(
+        "--drain-delay",
+        type=_seconds(zero_allowed=True),
+        default=0.0,
+        help="seconds a stopping server keeps taking new calls while its health already says"
+        " NOT_SERVING, so that a load balancer polling health takes it out first; the"
+        " grace follows",
+    )
+    serve.add_argument(
         "--workers",
         type=_positive_int,
         default=os.cpu_count() or 1,
@@ -352,10 +373,11 @@ def _add_serve(commands) -> None:
         help="evaluation threads per worker process",
     )
     serve.add_argument(
-        "--plan-cache-nodes",
+        "--plan-cache-mb",
         type=_whole(0),
-        default=DEFAULT_MAX_NODES,
-        help="total nodes of compiled plans kept for reuse",
+        default=None,
+        help="MiB of compiled plans kept for reuse, within --max-memory-mb (default: "
+        f"1/{BUDGET_SHARE} of --max-memory-mb)",
     )
     serve.add_argument("--ops", help="comma-separated allow-list of ops to load (default: all)")
     serve.add_argument(
