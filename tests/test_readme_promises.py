@@ -1,4 +1,4 @@
-"""Promises the README makes that no other test checked, each by its effect.
+"""Promises the documentation (docs/) makes that no other test checked, each by its effect.
 
 Server flags run through `gradserve serve` as an operator starts it; the SDK's through a
 real server. Each test fails when the promised behaviour is removed.
