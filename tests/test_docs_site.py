@@ -127,3 +127,18 @@ def subparser_serve():
     parser = cli.build_parser()
     (commands,) = [a for a in parser._actions if a.dest == "command"]
     return commands.choices["serve"]
+
+
+@pytest.mark.parametrize("page", docs_pages.pages())
+def test_every_default_a_page_states_in_a_table_is_the_parsers(page):
+    """A table row ``| `--max-nodes` | 20,000,000 | ...`` anywhere in the documentation
+    states the option's default: it must be the parser's (numbers compared as numbers)."""
+    defaults = {
+        action.option_strings[-1]: action.builtin_default
+        for action in subparser_serve()._actions
+        if getattr(action, "builtin_default", None) is not None
+    }
+    for row in re.findall(r"^\| `(--[a-z-]+)` \| ([^|]+) \|", docs_pages.text(page), re.M):
+        option, stated = row[0], row[1].strip().replace(",", "")
+        if option in defaults and re.fullmatch(r"\d+(\.\d+)?", stated):
+            assert float(stated) == float(defaults[option]), (page, option, stated)
