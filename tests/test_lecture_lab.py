@@ -29,7 +29,9 @@ BIN = Path(sys.executable).parent
 
 
 def documented_command() -> list[str]:
+    """The command of docs/notebook.md, which README.md gives too."""
     (command,) = [c for c in docs_pages.code(PAGE, "sh") if "jupyter lab" in c]
+    assert command in docs_pages.code("README.md", "sh")
     words = shlex.split(command)
     assert words[:4] == ["python3", "-m", "uv", "run"], words
     return [str(BIN / words[4]), *words[5:]]
