@@ -20,6 +20,7 @@ from hardening import SlowOp, violations, wait_until
 from servers import GRADSERVE, Served
 from test_registry import install_fake_plugin
 
+import gradserve.client
 from gradserve.client import (
     Client,
     DeadlineExceeded,
@@ -93,7 +94,7 @@ class _FailsAfterOneChunk(pb_grpc.GradientServiceServicer):
             context.abort(grpc.StatusCode.INTERNAL, "failed after one chunk")
 
 
-def test_a_backward_that_fails_midway_changes_no_value(stub):
+def test_a_backward_that_fails_midway_changes_no_value(stub, target):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_GradientServiceServicer_to_server(_FailsAfterOneChunk(stub), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -104,7 +105,11 @@ def test_a_backward_that_fails_midway_changes_no_value(stub):
         nodes = [x]
         for _ in range(70_000):  # more than one chunk of results: backward streams
             nodes.append(nodes[-1] + c)
-        before = [(v.data, v.grad) for v in nodes]
+        gradserve.client.use(target)  # reading .data evaluates the pending nodes there
+        try:
+            before = [(v.data, v.grad) for v in nodes]
+        finally:
+            gradserve.client.use(None)
         with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerError):
             nodes[-1].backward(client)
         assert [(v.data, v.grad) for v in nodes] == before
