@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conformance_suite import load, readme_example
+from conformance_suite import docs_example, load
 from system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,11 +94,11 @@ def test_the_go_client_is_vetted_and_passes_its_tests_and_the_conformance_suite(
     assert output.count("--- PASS: TestConformance/") == len(load()["cases"]), output
 
 
-def test_a_module_outside_the_repository_requires_the_client_and_runs_the_readme_example(
+def test_a_module_outside_the_repository_requires_the_client_and_runs_the_docs_example(
     target, tmp_path
 ):
     """A user's module: `require` the client (a `replace` to this checkout stands in for a
-    published tag), the README's example as its main package, `go mod tidy`, build, run."""
+    published tag), docs/clients/go.md's example as its main package, `go mod tidy`, build, run."""
     version = (ROOT / "VERSION").read_text().strip()
     user = tmp_path / "neuron"
     user.mkdir()
@@ -106,7 +106,9 @@ def test_a_module_outside_the_repository_requires_the_client_and_runs_the_readme
         f"module example.com/neuron\n\ngo 1.26\n\nrequire {MODULE} v{version}\n\n"
         f"replace {MODULE} => {GO_CLIENT}\n"
     )
-    (user / "main.go").write_text(readme_example("go").replace("localhost:50051", target))
+    (user / "main.go").write_text(
+        docs_example("docs/clients/go.md", "go").replace("localhost:50051", target)
+    )
     for step in (["mod", "tidy"], ["build", "-o", "neuron", "."]):
         done = go(*step, cwd=user, env={"GOFLAGS": ""})
         assert done.returncode == 0, done.stdout + done.stderr
