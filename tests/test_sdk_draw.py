@@ -1,13 +1,10 @@
 """draw_dot: DOT text always, rendering where Graphviz's dot is installed, clear errors if not."""
 
-import shutil
 import time
 
 import pytest
 
 from gradserve.client import Client, GraphvizNotFound, Value, draw_dot, render
-
-HAS_DOT = shutil.which("dot") is not None
 
 
 def _neuron():
@@ -46,9 +43,7 @@ def test_rendering_without_the_binary_says_what_to_install(monkeypatch, tmp_path
     assert "digraph" in shown["text/plain"]
 
 
-@pytest.mark.skipif(
-    not HAS_DOT, reason="Graphviz's dot is not installed (apt-get install graphviz)"
-)
+@pytest.mark.requires_tool("dot")
 def test_rendering_with_the_binary(tmp_path):
     drawing = draw_dot(_neuron()[0])
     svg = render(drawing, tmp_path / "graph.svg")

@@ -45,13 +45,13 @@ def used(no_default, target):
     """A default server set with use(), its calls' requests recorded."""
     client = gradserve.client.use(target)
     sent = []
-    evaluate = client._evaluate
+    send = client._send  # every Evaluate request, on the Train stream or as a call
 
-    def recording(request, **options):
+    def recording(request):
         sent.append(pb.EvaluateRequest.FromString(request))
-        return evaluate(request, **options)
+        return send(request)
 
-    client._evaluate = recording
+    client._send = recording
     client.sent = sent
     return client
 
@@ -290,9 +290,10 @@ def test_a_value_displays_as_its_drawing(used, monkeypatch):
     shown = o._repr_mimebundle_()
     if shutil.which("dot"):
         assert "<svg" in shown["image/svg+xml"] and "tanh" in shown["image/svg+xml"]
-    monkeypatch.setenv("PATH", "")
-    text = o._repr_mimebundle_()["text/plain"]
-    assert "digraph" in text and "data -1.0000" in text  # tanh(-6) to 4 places
+    assert shown["text/plain"] == repr(o)
+    monkeypatch.setenv("PATH", "")  # no dot: the drawing is gone, the text stays the repr
+    assert o._repr_mimebundle_() == {"text/plain": repr(o)}
+    assert repr(o).startswith("Value(data=-0.99998")  # tanh(-6)
 
 
 def test_a_closed_async_client_raises_a_gradserve_error(target):

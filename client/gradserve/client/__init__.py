@@ -11,7 +11,6 @@ from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import DEFAULT_TARGET, connect
 from gradserve.client.client import Client
 from gradserve.client.default import use
-from gradserve.client.draw import draw_dot, render
 from gradserve.client.errors import (
     AuthError,
     ClientClosed,
@@ -25,6 +24,18 @@ from gradserve.client.errors import (
     ServerUnavailable,
 )
 from gradserve.client.value import Value
+from gradserve.client.version import __version__
+
+
+def __getattr__(name: str):
+    """``draw_dot`` and ``render``, imported when first used: they need the optional
+    graphviz package (``pip install 'gradserve-client[draw]'``), the rest of the SDK not."""
+    if name in ("draw_dot", "render"):
+        from gradserve.client import draw
+
+        return getattr(draw, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -43,6 +54,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailable",
     "Value",
+    "__version__",
     "connect",
     "draw_dot",
     "nn",

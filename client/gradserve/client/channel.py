@@ -9,6 +9,7 @@ from gradserve.client import structure
 from gradserve.client.tracing import trace_metadata
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+from gradserve.v1.service_config import SERVICE_CONFIG_JSON
 
 DEFAULT_TARGET = "localhost:50051"
 TARGET_VARIABLE = "GRADSERVE_TARGET"
@@ -21,12 +22,18 @@ def target_or_default(target: str | None) -> str:
     return target or os.environ.get(TARGET_VARIABLE, "").strip() or DEFAULT_TARGET
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     """Raise gRPC's 4 MiB receive limit to the server's 64 MiB, so that results of a few
-    million nodes fit in one Evaluate response."""
+    million nodes fit in one Evaluate response, and retry UNAVAILABLE with gRPC's own
+    ``retryPolicy`` (``gradserve.v1.service_config``). gRPC retries only requests it still
+    holds, 256 KiB by default: it may hold one up to the message limit, which the caller
+    holds anyway until the call returns."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.service_config", SERVICE_CONFIG_JSON),
+        ("grpc.enable_retries", 1),
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
     ]
 
 

@@ -15,6 +15,8 @@ from gradserve.client.channel import (
 )
 from gradserve.client.errors import Where, translated
 from gradserve.client.progress import progress_bar
+from gradserve.client.tracing import trace_metadata
+from gradserve.client.train_stream import TrainStream
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -26,7 +28,9 @@ class Client:
     else ``localhost:50051``.
     ``timeout`` (seconds) bounds every call; ``credentials`` makes the channel secure;
     ``metadata`` (key, value) pairs go with every call; ``progress`` None shows a bar for
-    large streamed results on a terminal, True or False forces it on or off.
+    large streamed results on a terminal, True or False forces it on or off;
+    ``train_stream`` False sends every request as a unary call instead of on the one open
+    Train stream (``train_stream.py``).
     """
 
     def __init__(
@@ -38,6 +42,7 @@ class Client:
         metadata: Sequence[tuple[str, str | bytes]] = (),
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         progress: bool | None = None,
+        train_stream: bool = True,
     ) -> None:
         target = target_or_default(target)
         self._channel, self._stub = connect(
@@ -48,8 +53,11 @@ class Client:
         self._where = Where(target, credentials is not None, timeout)
         self._progress = progress
         self._plans = calls.PlanDigests()
+        self._train = TrainStream(self._channel) if train_stream else None
 
     def close(self) -> None:
+        if self._train is not None:
+            self._train.close()
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -103,13 +111,23 @@ class Client:
         """Evaluate's reply; with the whole graph again if the server lost the plan named."""
         with translated(call.subgraph, self._where):
             try:
-                response = self._evaluate(call.request, **self._options)
+                response = self._send(call.request)
             except grpc.RpcError as error:
                 if not self._plans.forget(call, error):
                     raise
-                response = self._evaluate(call.full_request(), **self._options)
+                response = self._send(call.full_request())
         self._plans.learn(call, response)
         return response
+
+    def _send(self, request: bytes) -> pb.EvaluateResponse:
+        """Evaluate's reply: a message on the Train stream when it is free, else a call
+        (also inside a traced span: a call carries its own trace context, see ``tracing``)."""
+        if self._train is not None and not trace_metadata():
+            timeout, metadata = self._options["timeout"], self._options["metadata"]
+            response = self._train.evaluate(request, timeout, metadata)
+            if response is not None:
+                return response
+        return self._evaluate(request, **self._options)
 
     def stream(
         self,

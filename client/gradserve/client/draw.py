@@ -3,13 +3,21 @@
 Building the drawing needs only the ``graphviz`` Python package; the DOT text is always
 available as ``.source``. Rendering to SVG or PNG needs Graphviz's ``dot`` program; where it
 is missing the error says what to install, and a notebook shows the DOT text instead of
-failing with ``ExecutableNotFound``.
+failing with ``ExecutableNotFound``. The ``graphviz`` package is an optional dependency
+(``pip install 'gradserve-client[draw]'``); importing this module without it says so.
 """
 
 from pathlib import Path
 
-import graphviz
 import numpy as np
+
+try:
+    import graphviz
+except ImportError as error:  # the [draw] extra is not installed
+    raise ImportError(
+        "drawing needs the graphviz package: pip install 'gradserve-client[draw]'",
+        name=error.name,
+    ) from error
 
 from gradserve.client import opcodes
 from gradserve.client.errors import GraphvizNotFound, NoServerConfigured

@@ -88,11 +88,14 @@ class Value:
             return f"<pending: {error}>"
 
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
-        """In Jupyter a Value shows as its drawing (``draw_dot``): SVG when Graphviz's
-        ``dot`` is installed, the DOT text otherwise."""
-        from gradserve.client.draw import draw_dot
-
-        return draw_dot(self)._repr_mimebundle_(include, exclude, **kwargs)
+        """In Jupyter a Value shows as its drawing (``draw_dot``) where Graphviz can render
+        it; its text form is always its repr, with or without Graphviz."""
+        text = {"text/plain": repr(self)}
+        try:
+            from gradserve.client.draw import draw_dot
+        except ImportError:  # no graphviz package: the repr alone
+            return text
+        return {**draw_dot(self)._repr_mimebundle_(include, exclude, **kwargs), **text}
 
     def apply(self, op: str, *others: "Value | float") -> "Value":
         """A node applying the server's op ``op`` to this Value and ``others``, in order.

@@ -127,12 +127,16 @@ class CallScope:
             self.state.waiting_for_request.discard(self)
         if raw is grpc.aio.EOF:
             raise GraphError("the call ended without a request message", field="request")
+        self.count_in()
+        return raw
+
+    def count_in(self) -> None:
+        """Count the call against max-concurrent-calls (and the drain) from now on."""
         if self.state.active >= self.state.limits.max_concurrent_calls:
             raise TooManyCalls()
         self.state.active += 1
         self.state.all_ended.clear()
         self._counted = True
-        return raw
 
     async def admit(self, nbytes: int) -> None:
         """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
