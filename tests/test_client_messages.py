@@ -4,12 +4,12 @@ servers, and their messages are compared word for word."""
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 from certs import make_certificates
-from test_go_client import IMPORT_PATH, go_environment
+from system_tools import require_tool
+from test_go_client import GO_CLIENT, go
 from test_node_client import NODE_CLIENT
 
 from gradserve.client import AuthError, Client, GradserveError, Value
@@ -17,7 +17,6 @@ from gradserve.client.security import channel_credentials
 from gradserve.server.service.app import running_server
 from gradserve.server.service.security import server_credentials
 
-GO_PACKAGE = f"{IMPORT_PATH}/client/go/gradserve"
 CHAIN = 200_000  # tanh nodes: far more than a millisecond of work for any client
 
 
@@ -79,8 +78,7 @@ def _python(case) -> tuple[str, bool]:
 
 
 def _node(cases) -> dict:
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed (CI has Node 20)")
+    require_tool("node", "npm")
     if not (NODE_CLIENT / "node_modules").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True)
     result = subprocess.run(
@@ -96,17 +94,12 @@ def _node(cases) -> dict:
     return {name: (message, auth) for name, message, auth in lines}
 
 
-def _go(cases, tmp_path) -> dict:
-    if shutil.which("go") is None:
-        pytest.skip("Go is not installed (CI installs golang-go and the packages from apt)")
-    env = go_environment(tmp_path / "gopath")
-    result = subprocess.run(
-        ["go", "test", "-count=1", "-v", "-tags", "messages", "-run", "^TestMessages$", GO_PACKAGE],
-        cwd=tmp_path,
-        env={**env, "GRADSERVE_MESSAGE_CASES": json.dumps(cases)},
-        capture_output=True,
-        text=True,
-        timeout=300,
+def _go(cases) -> dict:
+    require_tool("go")
+    result = go(
+        *("test", "-count=1", "-v", "-tags", "messages", "-run", "^TestMessages$", "./gradserve"),
+        cwd=GO_CLIENT,
+        env={"GRADSERVE_MESSAGE_CASES": json.dumps(cases)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     found = {}
@@ -118,16 +111,16 @@ def _go(cases, tmp_path) -> dict:
     return found
 
 
-def test_python_node_and_go_say_the_same(cases, tmp_path):
+def test_python_node_and_go_say_the_same(cases):
     python = {case["name"]: _python(case) for case in cases}
     assert python["nothing listens"][0].startswith("no gradserve server answers at localhost:")
     assert python["no client certificate"][1] and python["foreign client certificate"][1]
     assert python["timeout"][0].startswith("the call took longer than its timeout of 0.001 s")
     # A message of its own for each case, but for the two refused client certificates.
     assert len(set(python.values())) == len(cases) - 1
-    node, go = _node(cases), _go(cases, tmp_path)
+    node, go_ = _node(cases), _go(cases)
     for case in cases:
         name = case["name"]
         assert node[name] == python[name], f"Node.js, {name}"
-        assert go[name] == python[name], f"Go, {name}"
+        assert go_[name] == python[name], f"Go, {name}"
         assert "Resolution note" not in node[name][0]
