@@ -2,6 +2,7 @@
 every default and variable, errors from the environment that name the variable,
 `gradserve ops list` and `gradserve health --service` for a name that does not exist."""
 
+import argparse
 import json
 import re
 import subprocess
@@ -96,8 +97,12 @@ def value_for(action) -> tuple[str, object]:
         return "debug", "DEBUG"
     if isinstance(action.builtin_default, float):
         return "7.5", 7.5
-    if isinstance(action.builtin_default, int) or action.dest == "workers":
+    if isinstance(action.builtin_default, int):
         return "7", 7
+    try:
+        action.type("seven")
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return "7", 7  # a number whose default is None
     return "seven", "seven"
 
 

@@ -27,6 +27,7 @@ from gradserve.client import (
     ServerUnavailable,
     Value,
     connect,
+    default,
 )
 from gradserve.client.security import channel_credentials
 from gradserve.server.service.app import running_server
@@ -93,7 +94,8 @@ class _FailsAfterOneChunk(pb_grpc.GradientServiceServicer):
             context.abort(grpc.StatusCode.INTERNAL, "failed after one chunk")
 
 
-def test_a_backward_that_fails_midway_changes_no_value(stub):
+def test_a_backward_that_fails_midway_changes_no_value(stub, target):
+    default.use(target)  # reading a pending .data evaluates it on the working server
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_GradientServiceServicer_to_server(_FailsAfterOneChunk(stub), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -111,6 +113,7 @@ def test_a_backward_that_fails_midway_changes_no_value(stub):
         assert (c.data, c.grad) == (0.5, 8.0)
     finally:
         server.stop(0)
+        default.use(None)
 
 
 def _stream_progress_output(client, capsys, monkeypatch, nodes: int) -> str:
