@@ -188,7 +188,7 @@ def test_over_the_memory_budget_is_resource_exhausted_with_estimate_and_limit(re
     for _ in range(50_000):  # 50,001 nodes: several MiB of arrays
         y = y * 1.0001
     with (
-        running_server(registry, max_memory_bytes=budget, plan_cache_bytes=0) as server,
+        running_server(registry, max_memory_bytes=budget) as server,
         Client(f"127.0.0.1:{server.port}") as client,
         pytest.raises(ResourceExhausted) as caught,
     ):
