@@ -1,9 +1,10 @@
 """The code on the SDK's docs pages (docs/sdk/errors.md, docs/sdk/pytorch.md) runs as
 written against a live server, and prints what the page says it prints.
 
-Each page's ```python blocks, but for those after a ``<!-- not-run -->`` line, run in order
-as one script in a fresh interpreter, with GRADSERVE_TARGET naming the test server. A
-``# text`` comment right after a ``print(...)`` line is the output the page promises.
+As on every docs page, each fenced block follows a marker line: ``<!-- not-run -->``, or
+``<!-- runs in tests/test_docs_sdk.py -->`` for the blocks run here. A page's blocks run in
+order as one script in a fresh interpreter, with GRADSERVE_TARGET naming the test server.
+A ``# text`` comment right after a ``print(...)`` line is the output the page promises.
 """
 
 import itertools
@@ -15,13 +16,16 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "sdk"
-BLOCK = re.compile(r"(<!-- not-run -->\n)?```python\n(.*?)```", re.DOTALL)
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["docs/sdk/errors.md", "docs/sdk/pytorch.md"]
+RUNS_HERE = "<!-- runs in tests/test_docs_sdk.py -->"
+NOT_RUN = "<!-- not-run -->"
+BLOCK = re.compile(r"([^\n]*)\n```(\w*)\n(.*?)```", re.DOTALL)
 
 
-def blocks(page: Path) -> list[str]:
-    """The page's Python blocks that are meant to run."""
-    return [code for skip, code in BLOCK.findall(page.read_text()) if not skip]
+def blocks(page: str) -> list[tuple[str, str, str]]:
+    """Each fenced block of the page: the line before it, its language, its code."""
+    return BLOCK.findall((ROOT / page).read_text())
 
 
 def promised_output(code: str) -> list[str]:
@@ -33,9 +37,17 @@ def promised_output(code: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("page", ["errors.md", "pytorch.md"])
+@pytest.mark.parametrize("page", PAGES)
+def test_every_block_is_marked(page):
+    found = blocks(page)
+    assert found
+    for marker, _, code in found:
+        assert marker in (RUNS_HERE, NOT_RUN), f"{page}: no marker before {code[:60]!r}"
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_the_pages_code_runs_and_prints_what_it_says(page, target):
-    code = blocks(DOCS / page)
+    code = [code for marker, _, code in blocks(page) if marker == RUNS_HERE]
     assert code, f"{page} has no code that runs"
     env = {**os.environ, "GRADSERVE_TARGET": target}
     result = subprocess.run(
@@ -56,7 +68,7 @@ def test_every_exception_of_the_sdk_is_on_the_errors_page():
     import gradserve.client
     from gradserve.client import GradserveError
 
-    page = (DOCS / "errors.md").read_text()
+    page = (ROOT / "docs/sdk/errors.md").read_text()
     exported = [
         name
         for name in gradserve.client.__all__
