@@ -15,6 +15,7 @@ sends faster than it is served. Replies go out in the order the requests came.
 """
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -68,7 +69,10 @@ def failed(request_id: int, result: grpc.Status) -> bytes:
 
 class MessageScope(CallScope):
     """One TrainRequest: a call whose request came in a stream message, whose reply and
-    status go out in one, and whose failure ends only itself."""
+    status go out in one, and whose failure ends only itself. Its log line is at DEBUG:
+    at INFO a stream logs one line when it ends, with the nodes of all its requests."""
+
+    log_level = logging.DEBUG
 
     def __init__(self, stream: CallScope, message: pb.TrainRequest) -> None:
         super().__init__("Train", stream.context, stream.state)
@@ -94,6 +98,10 @@ class MessageScope(CallScope):
 
     async def send(self, message: bytes) -> None:
         await self.stream.send(answered(self.id, message))
+
+    def _finish(self) -> None:
+        self.stream.nodes += self.nodes
+        super()._finish()
 
     async def __aexit__(self, kind, exc, traceback) -> bool:
         try:
