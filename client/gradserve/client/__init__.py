@@ -1,6 +1,9 @@
 """The gradserve Python client: micrograd-style Values differentiated by a gradserve server."""
 
-from gradserve.client import nn
+from gradserve.client import (
+    nn,
+    pending,  # noqa: F401 - installs how pending .data is read
+)
 from gradserve.client.aio import AsyncClient
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import DEFAULT_TARGET, connect
