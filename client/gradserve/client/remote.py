@@ -1,10 +1,11 @@
-"""What a Value needs from the client layer, which supplies it: how pending data is fetched,
-which client a backward without one calls, and how a Value is drawn.
+"""What a Value needs from the client layer, which supplies it: how pending data is fetched
+and which client a backward without one calls.
 
-``value.py`` and ``tape.py`` import only this module; the modules that do the work
-(``pending``, ``default``, ``draw``) install their functions here when they are imported,
-which importing ``gradserve.client`` always does. So the package's imports run one way
-(client layer -> value -> tape), with no cycle through the Value.
+``value.py`` imports this module, not the client layer; the modules that do the work
+(``pending``, ``default``) install their functions here when they are imported, which
+importing ``gradserve.client`` always does. So the package's imports run one way (client
+layer -> value -> tape), with no cycle through the Value. (Drawing is the optional extra
+``draw.py``, which a Value imports when it is drawn; it needs Values only as a type.)
 """
 
 
@@ -19,4 +20,3 @@ def _no_client():
 evaluate_pending = _nothing_pending  # (tape) -> None: fill .data of its pending Values
 configured_client = _no_client  # () -> the default server's Client, or None
 default_client = _no_client  # () -> that Client, or NoServerConfigured saying how to set one
-draw = None  # (value) -> its drawing (draw.draw_dot)

@@ -103,10 +103,12 @@ class ListOpsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListOpsResponse(_message.Message):
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "server_version")
     OPS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[OpInfo]
-    def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ...) -> None: ...
+    server_version: str
+    def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class OpInfo(_message.Message):
     __slots__ = ("name", "arity", "variadic", "doc", "distribution", "version", "entry_point", "second_order")

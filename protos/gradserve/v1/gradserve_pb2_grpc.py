@@ -82,7 +82,7 @@ class GradientServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOps(self, request, context):
-        """Lists the operations this server has loaded from its op plugins.
+        """Lists the operations this server has loaded from its op plugins, and its version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

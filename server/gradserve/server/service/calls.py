@@ -268,7 +268,9 @@ class CallScope:
         elif isinstance(exc, DeadlineExceeded):
             result = status.plain(code.DEADLINE_EXCEEDED, str(exc))
         elif isinstance(exc, NeverFits | BudgetBusy):
-            result = status.quota_failure("max-memory-mb", str(exc))
+            result = status.quota_failure(
+                "max-memory-mb", str(exc), limit=exc.budget, estimate=exc.needed
+            )
         elif isinstance(exc, MemoryError):
             result = status.quota_failure(
                 "memory", "the server ran out of memory for this call; retry later or send less"
@@ -279,6 +281,7 @@ class CallScope:
                 "max-concurrent-calls",
                 f"this server process already has {limit} calls in progress "
                 f"(max-concurrent-calls = {limit}); retry later",
+                limit=limit,
             )
         elif isinstance(exc, SendTimedOut):
             result = status.plain(

@@ -9,6 +9,7 @@ decoded by grpc before the call is authorised. Errors become statuses in one pla
 
 import grpc
 
+from gradserve.server import __version__
 from gradserve.server.engine.errors import Cancelled
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.registry import LoadedOp
@@ -151,7 +152,8 @@ def _list_ops_reply(registry: dict[str, LoadedOp]) -> bytes:
                 second_order=loaded.op.second is not None,
             )
             for name, loaded in sorted(registry.items())
-        ]
+        ],
+        server_version=__version__,
     ).SerializeToString()
 
 
