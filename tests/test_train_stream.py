@@ -3,7 +3,9 @@
 import logging
 import math
 import queue
+import re
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -219,10 +221,21 @@ def test_a_stream_logs_one_info_line_and_its_requests_at_debug(registry, caplog)
         for request_id in range(3):
             stream.send(request_id, neuron_request())
             assert stream.answer().response.grads
+        stream.send(3, neuron_request(nodes=[99]))  # no node 99: a failure, logged at INFO
+        assert status_of(stream.answer()).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         stream.close()
         assert list(stream.responses) == []
         assert wait_until(lambda: _train_lines(caplog, logging.INFO), timeout=5)
-    (summary,) = _train_lines(caplog, logging.INFO)
-    assert summary.startswith("Train nodes=30 status=OK")  # the neuron's 10 nodes, 3 times
+    failure, summary = _train_lines(caplog, logging.INFO)
+    assert failure.startswith("Train nodes=10 status=INVALID_ARGUMENT")
+    assert summary.startswith("Train nodes=40 status=OK")  # the neuron's 10 nodes, 4 times
     requests = _train_lines(caplog, logging.DEBUG)
     assert len(requests) == 3 and all(r.startswith("Train nodes=10 status=OK") for r in requests)
+
+
+def test_the_docs_example_runs_and_prints_the_gradients(target, capsys):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training-stream.md").read_text()
+    (example,) = re.findall(r"\n```python\n(.*?)```", page, re.DOTALL)
+    exec(example.replace('"localhost:50051"', repr(target)), {})
+    # d(a*b)/da = b = 4, d(a*b)/db = a = 3, then the product's own seed.
+    assert capsys.readouterr().out.splitlines() == [f"{i} [4.0, 3.0, 1.0]" for i in range(3)]

@@ -69,10 +69,13 @@ def failed(request_id: int, result: grpc.Status) -> bytes:
 
 class MessageScope(CallScope):
     """One TrainRequest: a call whose request came in a stream message, whose reply and
-    status go out in one, and whose failure ends only itself. Its log line is at DEBUG:
-    at INFO a stream logs one line when it ends, with the nodes of all its requests."""
+    status go out in one, and whose failure ends only itself. Its log line is at DEBUG when
+    it succeeded (at INFO a stream logs one line when it ends, with the nodes of all its
+    requests), at INFO when it failed."""
 
-    log_level = logging.DEBUG
+    @property
+    def log_level(self) -> int:
+        return logging.DEBUG if self.code == grpc.StatusCode.OK else logging.INFO
 
     def __init__(self, stream: CallScope, message: pb.TrainRequest) -> None:
         super().__init__("Train", stream.context, stream.state)
