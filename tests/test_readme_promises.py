@@ -104,10 +104,15 @@ def test_a_backward_that_fails_midway_changes_no_value(stub):
         nodes = [x]
         for _ in range(70_000):  # more than one chunk of results: backward streams
             nodes.append(nodes[-1] + c)
-        before = [(v.data, v.grad) for v in nodes]
-        with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerError):
+        # The op nodes' data is pending (None): reading .data would evaluate it.
+        before = [(v._data, v.grad) for v in nodes]
+        # A 1 MiB message limit: a reply of 70,001 nodes does not fit, so backward streams.
+        with (
+            Client(f"127.0.0.1:{port}", max_message_bytes=2**20) as client,
+            pytest.raises(ServerError, match="failed after one chunk"),
+        ):
             nodes[-1].backward(client)
-        assert [(v.data, v.grad) for v in nodes] == before
+        assert [(v._data, v.grad) for v in nodes] == before
         assert (c.data, c.grad) == (0.5, 8.0)
     finally:
         server.stop(0)
