@@ -84,8 +84,8 @@ class Op:
     differences of ``backward``.
 
     ``formulas`` is set by ``gradserve.ops.formulas.formula_op``, which builds every function
-    above from one set of formulas: an op written that way (with float forms) is inlined in
-    the engine's compiled small-call code rather than called.
+    above from one set of formulas: an op of fixed arity written that way is inlined in the
+    engine's compiled small-call code rather than called.
     """
 
     name: str

@@ -37,6 +37,7 @@ import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -132,8 +133,8 @@ def _expr(x: object) -> Expr:
 @dataclass(frozen=True, eq=False)
 class Elementwise:
     """A function that formulas may call beyond the namespace's (``erf``): its array form
-    and, if it has one, its float form. Called with expressions it is traced; called with
-    arrays it is its array form."""
+    and, if it has one, its float form. Called with expressions it is traced, with floats it
+    is its float form, with arrays its array form."""
 
     name: str
     array: Callable[..., np.ndarray]
@@ -142,6 +143,8 @@ class Elementwise:
     def __call__(self, *args):
         if any(isinstance(a, Expr) for a in args):
             return Expr("call", self, *map(_expr, args))
+        if self.scalar is not None and all(isinstance(a, float) for a in args):
+            return self.scalar(*args)
         return self.array(*args)
 
 
@@ -149,82 +152,48 @@ def _calls(name: str, arity: int = 1):
     return lambda *args: Expr(name, *map(_expr, args[:arity]))
 
 
-class _Emitter:
-    """The namespace that traces formulas (``EMIT``): each function builds an Expr."""
-
-    exp = staticmethod(_calls("exp"))
-    log = staticmethod(_calls("log"))
-    log1p = staticmethod(_calls("log1p"))
-    sqrt = staticmethod(_calls("sqrt"))
-    tanh = staticmethod(_calls("tanh"))
-    cosh = staticmethod(_calls("cosh"))
-    sin = staticmethod(_calls("sin"))
-    cos = staticmethod(_calls("cos"))
-    abs = staticmethod(_calls("abs"))
-    sign = staticmethod(_calls("sign"))
-    square = staticmethod(_calls("square"))
-    power = staticmethod(_calls("power", 2))
-    maximum = staticmethod(_calls("maximum", 2))
-    minimum = staticmethod(_calls("minimum", 2))
-    logaddexp = staticmethod(_calls("logaddexp", 2))
-    where = staticmethod(_calls("where", 3))
-
-    @staticmethod
-    def total(xs: Sequence) -> Expr:
-        """x1 + x2 + ... + xn, added left to right."""
-        return functools.reduce(operator.add, xs)
-
-
-class _Array:
-    """The NumPy namespace (``ARRAY``): the same functions as ``EMIT``, on arrays."""
-
-    exp, log, log1p, sqrt, tanh, cosh = np.exp, np.log, np.log1p, np.sqrt, np.tanh, np.cosh
-    sin, cos, abs, sign, square, power = np.sin, np.cos, np.abs, np.sign, np.square, np.power
-    maximum, minimum, logaddexp, where = np.maximum, np.minimum, np.logaddexp, np.where
-
-    @staticmethod
-    def total(xs: Sequence[np.ndarray]) -> np.ndarray:
-        return functools.reduce(np.add, xs)
-
-
-class _Float:
-    """The namespace of Python floats (``FLOAT``), for a variadic op's float functions:
-    the float forms of ``EMIT``'s functions, except that ``where`` gets both branches
-    computed (a formula run directly cannot skip one)."""
-
-    exp, log, log1p, sqrt, tanh, cosh = (
-        math.exp,
-        math.log,
-        math.log1p,
-        math.sqrt,
-        math.tanh,
-        math.cosh,
-    )
-    sin, cos, abs, power = math.sin, math.cos, abs, math.pow
-
-    @staticmethod
-    def square(x: float) -> float:
-        return x * x
-
-    @staticmethod
-    def where(c: bool, a: float, b: float) -> float:
-        return a if c else b
-
-    @staticmethod
-    def total(xs: Sequence[float]) -> float:
-        return functools.reduce(operator.add, xs)
-
-
-EMIT = _Emitter()
-ARRAY = _Array()
-FLOAT = _Float()
-
-_OPERATORS = ("+", "-", "*", "/", "<", "<=", ">", ">=", "==", "!=", "|", "&")
-
 # The namespace's functions: NumPy's of the same name on arrays; on floats, those of math
 # (the first row) or the forms below (None: no float form).
 _MATH = ("exp", "log", "log1p", "sqrt", "tanh", "cosh", "sin", "cos")
-_NUMPY = (*_MATH, "abs", "sign", "square", "power", "maximum", "minimum", "logaddexp", "where")
+_NUMPY = (*_MATH, "abs", "sign", "square", "power", "maximum", "minimum", "logaddexp")
+
+
+def _reduce_add(xs: Sequence):
+    """x1 + x2 + ... + xn, added left to right."""
+    return functools.reduce(operator.add, xs)
+
+
+_TWO_OPERANDS = ("power", "maximum", "minimum", "logaddexp")
+# The namespace that traces formulas: each function builds an Expr.
+EMIT = SimpleNamespace(
+    **{name: _calls(name, 2 if name in _TWO_OPERANDS else 1) for name in _NUMPY},
+    where=_calls("where", 3),
+    total=_reduce_add,
+)
+# The NumPy namespace: the same functions as EMIT's, on arrays.
+ARRAY = SimpleNamespace(
+    **{name: getattr(np, name) for name in _NUMPY},
+    where=np.where,
+    total=lambda xs: functools.reduce(np.add, xs),
+)
+# The namespace of Python floats, for a variadic op's float functions: the float forms of
+# EMIT's functions, except that ``where`` gets both branches computed (a formula run
+# directly cannot skip one).
+FLOAT = SimpleNamespace(
+    **{name: getattr(math, name) for name in _MATH},
+    abs=abs,
+    power=math.pow,
+    square=lambda x: x * x,
+    where=lambda c, a, b: a if c else b,
+    maximum=lambda a, b: a if a > b or a != a else b,
+    minimum=lambda a, b: a if a < b or a != a else b,
+    sign=lambda x: 1.0 if x > 0.0 else -1.0 if x < 0.0 else 0.0 if x == 0.0 else x,
+    total=_reduce_add,
+)
+
+_OPERATORS = ("+", "-", "*", "/", "<", "<=", ">", ">=", "==", "!=", "|", "&")
+
+# On floats, the other functions' forms (None: no float form).
 _FLOAT_CODE: dict[str, Callable[..., str] | None] = {
     "where": lambda c, a, b: f"({a} if {c} else {b})",
     "abs": lambda a: f"abs({a})",
@@ -245,6 +214,7 @@ _ARRAY_FUNCTIONS = {
     "/": np.divide,
     "neg": np.negative,
     **{name: getattr(np, name) for name in _NUMPY},
+    "where": np.where,
 }
 _FLOAT_FUNCTIONS = {
     "+": operator.add,
@@ -463,7 +433,7 @@ def formula_op(
         scalar=scalar,
         scalar_backward=scalar_backward,
         second=second_array,
-        formulas=formulas if arity and scalar is not None and scalar_backward is not None else None,
+        formulas=formulas,
     )
 
 

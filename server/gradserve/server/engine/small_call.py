@@ -144,13 +144,13 @@ def _fetch(inputs: list[int]):
 
 def _compiled(steps: list[_Step]):
     """forward and backward as straight-line code: one line per node each way, no loop,
-    list indices as constants. An op written as formulas is inline (its float code,
-    rendered by ``Op.formulas``); any other op's scalar functions are called."""
+    list indices as constants. An op of fixed arity written as formulas is inline (its
+    float code, rendered by ``Op.formulas``); any other op's scalar functions are called."""
     forward_lines, backward_lines = [], []
     code = Code(array=False)
     for slot, op, inputs in steps:
         args = [f"v[{i}]" for i in inputs]
-        if op.formulas is not None:
+        if op.formulas is not None and op.arity is not None:
             statements, value = op.formulas.emit_forward(args, code)
             forward_lines.append(" " + "; ".join([*statements, f"v.append({value})"]))
             statements, grads = op.formulas.emit_backward(f"g[{slot}]", f"v[{slot}]", args, code)
