@@ -12,6 +12,7 @@ from itertools import islice
 
 import numpy as np
 
+from gradserve.server.engine import op_calls
 from gradserve.server.engine.errors import Cancelled, OpFailure
 from gradserve.server.engine.plan import Stretch
 
@@ -26,13 +27,11 @@ def forward(
     stretch: Stretch,
     values: np.ndarray,
     should_stop: Callable[[], bool],
-    array_forward: Callable[[Stretch, int, list[np.ndarray]], np.ndarray],
 ) -> None:
     """Fill ``values[stretch.nodes, 0]`` with the scalar forwards (``stretch.scalars``).
 
-    ``array_forward(stretch, position, xs)`` computes one node with its op's array forward,
-    raising OpFailure if the op fails; it takes over where a scalar forward raises an
-    ArithmeticError or ValueError.
+    Where a scalar forward raises an ArithmeticError or ValueError, the node's op array
+    forward (``op_calls.forward_node``) takes over.
     """
     v = values[stretch.outside, 0].tolist()
     start = len(v)
@@ -48,7 +47,7 @@ def forward(
         except _NOT_IEEE:
             position = len(v) - start
             xs = [np.array([v[a]]) for a in _inputs_of(position, first, second)]
-            append(float(array_forward(stretch, position, xs)[0]))
+            append(float(op_calls.forward_node(stretch, position, xs)[0]))
         except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
             raise
         except Exception as exc:

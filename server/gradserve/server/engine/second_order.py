@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gradserve.server.engine import op_calls
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.engine.evaluate import _backward, _checked, evaluate
+from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import Group, Plan, Stretch, never_stop
 
 
@@ -98,7 +99,7 @@ def _groups(plan: Plan):
 def _local_derivatives(group: Group, values: np.ndarray) -> list[np.ndarray]:
     """The group's local derivatives, one array per input position (shape (m, rows))."""
     y = values.take(group.nodes, axis=0)
-    return _backward(group, np.ones(y.shape), y, values)
+    return op_calls.backward(group, np.ones(y.shape), y, values)
 
 
 def _forward_tangents(plan, values, tangents, should_stop) -> list:
@@ -166,7 +167,7 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray, 
         )
     if not pairs:
         return None
-    pairs = iter([_checked(group, h, "second", y.shape) for h in pairs])
+    pairs = iter([op_calls.checked(group, h, "second", y.shape) for h in pairs])
     ts = list(tangents.take(group.args, axis=0))
     moved = [np.zeros(y.shape) for _ in range(k)]
     for i in range(k):
