@@ -102,9 +102,7 @@ def _forward_stretch(stretch: Stretch, values: np.ndarray, should_stop: Callable
 
 def _forward_stretch_arrays(stretch: Stretch, values: np.ndarray, should_stop: Callable) -> None:
     rows = values.shape[1:]
-    offsets = stretch.input_offsets.tolist()
-    inputs = stretch.inputs.tolist()
-    nodes = stretch.nodes.tolist()
+    nodes, offsets, inputs = stretch.lists()
     for position, (op, node) in enumerate(zip(stretch.ops, nodes, strict=True)):
         if should_stop():  # every node: a slow plugin op may take long for each
             raise Cancelled()
@@ -164,16 +162,13 @@ def _backward_stretch(
             sliced = Group(part.op, part.nodes[piece], part.args[:, piece])
             y = values[sliced.nodes]
             derivatives = op_calls.backward(sliced, np.ones_like(y), y, values)
-            edges = stretch.input_offsets[positions[piece]] + np.arange(len(sliced.args))[:, None]
-            local[edges] = np.stack(derivatives)
+            local[stretch.edges(positions[piece], len(sliced.args))] = np.stack(derivatives)
     if should_stop():
         raise Cancelled()
     if values.shape[1] == 1:
         scalar_stretch.backward(stretch, local[:, 0], grads, should_stop)
         return
-    offsets = stretch.input_offsets.tolist()
-    nodes = stretch.nodes.tolist()
-    inputs = stretch.inputs.tolist()
+    nodes, offsets, inputs = stretch.lists()
     for position in range(len(nodes) - 1, -1, -1):
         if position % scalar_stretch.POLL_EVERY == 0 and should_stop():
             raise Cancelled()

@@ -35,7 +35,7 @@ def forward(
     """
     v = values[stretch.outside, 0].tolist()
     start = len(v)
-    first, second = _first_and_second(stretch)
+    first, second = stretch.local_pairs()
     program = zip(stretch.scalars, first, second, strict=True)
     append = v.append
     while len(v) - start < len(stretch.nodes):
@@ -57,15 +57,6 @@ def forward(
     if results.dtype != np.float64:
         _check_floats(stretch, v[start:])
     values[stretch.nodes, 0] = results
-
-
-def _first_and_second(stretch: Stretch) -> tuple[list[int], list[int]]:
-    """Each node's first input and second input (-1 for a node with one) in the list."""
-    begins = stretch.input_offsets[:-1]
-    two = np.flatnonzero(np.diff(stretch.input_offsets) == 2)
-    second = np.full(len(begins), -1, dtype=begins.dtype)
-    second[two] = stretch.local_inputs[begins[two] + 1]
-    return stretch.local_inputs[begins].tolist(), second.tolist()
 
 
 def _inputs_of(position: int, first: list[int], second: list[int]) -> list[int]:
@@ -96,7 +87,7 @@ def backward(
     receive is added in one vectorized step afterwards.
     """
     outside = len(stretch.outside)
-    readers = np.repeat(np.arange(len(stretch.nodes)), np.diff(stretch.input_offsets))
+    readers = stretch.readers()
     inputs = stretch.local_inputs - outside  # positions in the stretch; negative: outside
     within = inputs >= 0
     g = grads[stretch.nodes, 0].tolist()

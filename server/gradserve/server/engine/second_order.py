@@ -129,15 +129,13 @@ def _stretch_locals(stretch: Stretch, values: np.ndarray, per_part) -> np.ndarra
     stretch: shape (len(stretch.inputs), rows)."""
     local = np.empty((len(stretch.inputs), values.shape[1]))
     for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
-        edges = stretch.input_offsets[positions] + np.arange(len(part.args))[:, None]
-        local[edges] = np.stack(per_part(part, values))
+        local[stretch.edges(positions, len(part.args))] = np.stack(per_part(part, values))
     return local
 
 
 def _forward_stretch(stretch, local, tangents, should_stop) -> None:
-    offsets = stretch.input_offsets.tolist()
-    inputs = stretch.inputs.tolist()
-    for position, node in enumerate(stretch.nodes.tolist()):
+    nodes, offsets, inputs = stretch.lists()
+    for position, node in enumerate(nodes):
         if position % 1024 == 0 and should_stop():
             raise Cancelled()
         start, end = offsets[position], offsets[position + 1]
@@ -214,9 +212,7 @@ def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, st
         return moved if moved is not None else [zero] * len(part.args)
 
     moved = _stretch_locals(stretch, values, moved_of)
-    offsets = stretch.input_offsets.tolist()
-    inputs = stretch.inputs.tolist()
-    nodes = stretch.nodes.tolist()
+    nodes, offsets, inputs = stretch.lists()
     for position in range(len(nodes) - 1, -1, -1):
         if position % 1024 == 0 and stop():
             raise Cancelled()

@@ -186,8 +186,8 @@ def _nodes_of(plan: Plan) -> Iterator[tuple[Op, int, list[int]]]:
     """Each op node with its op and input ids, step by step."""
     for step in plan.steps:
         if isinstance(step, Stretch):
-            offsets, inputs = step.input_offsets.tolist(), step.inputs.tolist()
-            for position, (op, node) in enumerate(zip(step.ops, step.nodes.tolist(), strict=True)):
+            nodes, offsets, inputs = step.lists()
+            for position, (op, node) in enumerate(zip(step.ops, nodes, strict=True)):
                 yield op, node, inputs[offsets[position] : offsets[position + 1]]
         else:
             for node, *inputs in zip(step.nodes.tolist(), *step.args.tolist(), strict=True):
