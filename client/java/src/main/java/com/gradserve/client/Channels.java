@@ -18,9 +18,13 @@ import java.util.List;
 final class Channels {
   private Channels() {}
 
-  /** What a channel is made from; the files are PEM, and null when not given. */
+  /**
+   * What a channel is made from: the caller's own credentials, or plaintext, or TLS from PEM
+   * files (null when not given).
+   */
   record Settings(
       String target,
+      ChannelCredentials credentials,
       boolean tls,
       File caFile,
       File certFile,
@@ -36,6 +40,9 @@ final class Channels {
   }
 
   private static ChannelCredentials credentials(Settings settings) {
+    if (settings.credentials() != null) {
+      return settings.credentials();
+    }
     if (!settings.tls()) {
       return InsecureChannelCredentials.create();
     }

@@ -7,6 +7,7 @@ import com.gradserve.v1.GradientServiceGrpc.GradientServiceBlockingStub;
 import com.gradserve.v1.ListOpsRequest;
 import com.gradserve.v1.OpInfo;
 import com.gradserve.v1.Selection;
+import io.grpc.ChannelCredentials;
 import io.grpc.ClientInterceptor;
 import io.grpc.Context;
 import io.grpc.Deadline;
@@ -271,6 +272,7 @@ public final class GradserveClient implements AutoCloseable {
   /** Configures a {@link GradserveClient}; plaintext unless a TLS option is given. */
   public static final class Builder {
     private final String target;
+    private ChannelCredentials credentials;
     private boolean tls;
     private File caFile;
     private File certFile;
@@ -308,6 +310,15 @@ public final class GradserveClient implements AutoCloseable {
       tls = true;
       this.certFile = certFile;
       this.keyFile = keyFile;
+      return this;
+    }
+
+    /**
+     * Connects with these gRPC credentials (a TlsChannelCredentials with a trust manager of
+     * your own, say) instead of the TLS options above.
+     */
+    public Builder credentials(ChannelCredentials credentials) {
+      this.credentials = credentials;
       return this;
     }
 
@@ -352,7 +363,14 @@ public final class GradserveClient implements AutoCloseable {
       ManagedChannel channel =
           Channels.open(
               new Channels.Settings(
-                  target, tls, caFile, certFile, keyFile, maxMessageBytes, List.copyOf(interceptors)));
+                  target,
+                  credentials,
+                  tls,
+                  caFile,
+                  certFile,
+                  keyFile,
+                  maxMessageBytes,
+                  List.copyOf(interceptors)));
       GradientServiceBlockingStub stub =
           GradientServiceGrpc.newBlockingStub(channel).withMaxOutboundMessageSize(maxMessageBytes);
       if (token != null) {

@@ -120,7 +120,8 @@ class ConformanceTest {
       for (int id : ints(spec, "inputs")) {
         inputs.add(nodes.get(id < 0 ? id + nodes.size() : id));
       }
-      nodes.add(graph.apply(spec.get("op").getAsString(), inputs.toArray(Node[]::new)).label(label));
+      String op = spec.get("op").getAsString();
+      nodes.add(graph.apply(op, inputs.toArray(Node[]::new)).label(label));
     }
 
     private void call(GradserveClient shared, JsonObject call) throws Exception {
