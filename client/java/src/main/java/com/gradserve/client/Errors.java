@@ -6,6 +6,8 @@ import com.google.rpc.BadRequest;
 import com.google.rpc.QuotaFailure;
 import io.grpc.Status;
 import io.grpc.protobuf.StatusProto;
+import java.math.BigDecimal;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -17,11 +19,23 @@ import java.util.List;
 final class Errors {
   private Errors() {}
 
-  /** The typed exception for a failed call to {@code target}. */
-  static GradserveException from(Throwable error, String target) {
+  /** As the Python SDK and the other clients say it. */
+  static final String DEADLINE =
+      "the call took longer than its timeout of %s s: pass a larger timeout, "
+          + "or send a smaller graph";
+
+  /**
+   * What a message names besides the server's words: the target, whether the channel uses
+   * TLS, and the call's timeout (null when the call had none, so the server's default ended
+   * it).
+   */
+  record Where(String target, boolean tls, Duration timeout) {}
+
+  /** The typed exception for a failed call. */
+  static GradserveException from(Throwable error, Where where) {
     GradserveException.Details details = details(error);
     Status status = details.status();
-    String text = status.getDescription() == null ? "" : status.getDescription();
+    String text = Unreachable.firstLine(status);
     String name = status.getCode().name();
     return switch (status.getCode()) {
       case INVALID_ARGUMENT -> new GraphException(
@@ -29,16 +43,32 @@ final class Errors {
               ? text
               : details.fieldViolations().get(0).getDescription(),
           details);
-      case UNAVAILABLE -> new ServerUnavailableException(
-          "server unavailable at " + target + ": " + text, details);
+      case UNAVAILABLE -> unavailable(details, where);
       case DEADLINE_EXCEEDED -> new DeadlineExceededException(
-          "deadline exceeded: " + text, details);
+          where.timeout() == null
+              ? "the call passed the server's deadline: " + text
+              : String.format(DEADLINE, seconds(where.timeout())),
+          details);
+      case RESOURCE_EXHAUSTED -> new LimitException(text, details);
       case UNAUTHENTICATED, PERMISSION_DENIED -> new AuthException(name + ": " + text, details);
-      case RESOURCE_EXHAUSTED -> new LimitException(name + ": " + text, details);
       case NOT_FOUND -> new PlanNotFoundException(name + ": " + text, details);
       case CANCELLED -> new CancelledException(name + ": " + text, details);
       default -> new ServerException(name + ": " + text, details);
     };
+  }
+
+  private static GradserveException unavailable(GradserveException.Details details, Where where) {
+    Unreachable.Explanation why =
+        Unreachable.explain(details.status(), where.target(), where.tls());
+    return why.refusedIdentity()
+        ? new AuthException(why.message(), details)
+        : new ServerUnavailableException(why.message(), details);
+  }
+
+  /** Seconds as Python's "{:g}" mostly writes them: 30, 0.5, 0.001. */
+  static String seconds(Duration timeout) {
+    BigDecimal seconds = new BigDecimal(timeout.toNanos()).movePointLeft(9);
+    return seconds.stripTrailingZeros().toPlainString();
   }
 
   /**

@@ -11,6 +11,7 @@ import io.grpc.ChannelCredentials;
 import io.grpc.ClientInterceptor;
 import io.grpc.Context;
 import io.grpc.Deadline;
+import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -60,6 +61,7 @@ public final class GradserveClient implements AutoCloseable {
   private final ManagedChannel channel;
   private final GradientServiceBlockingStub stub;
   private final String target;
+  private final boolean tls;
   private final Duration timeout; // null: the server's default
   private final Deadline deadline; // from withDeadline, or null
   private final AtomicBoolean closed;
@@ -68,12 +70,14 @@ public final class GradserveClient implements AutoCloseable {
       ManagedChannel channel,
       GradientServiceBlockingStub stub,
       String target,
+      boolean tls,
       Duration timeout,
       Deadline deadline,
       AtomicBoolean closed) {
     this.channel = channel;
     this.stub = stub;
     this.target = target;
+    this.tls = tls;
     this.timeout = timeout;
     this.deadline = deadline;
     this.closed = closed;
@@ -94,12 +98,12 @@ public final class GradserveClient implements AutoCloseable {
    * of the client's timeout. Closing either closes the connection.
    */
   public GradserveClient withDeadline(Deadline deadline) {
-    return new GradserveClient(channel, stub, target, timeout, deadline, closed);
+    return new GradserveClient(channel, stub, target, tls, timeout, deadline, closed);
   }
 
   /** This client, on the same connection, with another timeout for calls without a deadline. */
   public GradserveClient withTimeout(Duration timeout) {
-    return new GradserveClient(channel, stub, target, timeout, null, closed);
+    return new GradserveClient(channel, stub, target, tls, timeout, null, closed);
   }
 
   /**
@@ -110,26 +114,47 @@ public final class GradserveClient implements AutoCloseable {
     return stub;
   }
 
-  /** The stub for one call: the deadline that applies to it, on an open connection. */
-  private GradientServiceBlockingStub callStub() {
+  /** One call's stub, with the deadline that applies to it, and what its errors name. */
+  private record Call(GradientServiceBlockingStub stub, Errors.Where where) {
+    GradserveException error(StatusRuntimeException failure) {
+      return Errors.from(failure, where);
+    }
+  }
+
+  /** The next call, on an open connection: its deadline and the timeout that set it. */
+  private Call call() {
     if (closed.get()) {
       throw new IllegalStateException("the client was closed; make a new client");
     }
+    Deadline inContext = Context.current().getDeadline();
     if (deadline != null) {
-      return stub.withDeadline(deadline);
+      return new Call(stub.withDeadline(deadline), where(remaining(deadline)));
     }
-    if (timeout != null && Context.current().getDeadline() == null) {
-      return stub.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    if (inContext != null) {
+      return new Call(stub, where(remaining(inContext)));
     }
-    return stub;
+    if (timeout != null) {
+      return new Call(
+          stub.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS), where(timeout));
+    }
+    return new Call(stub, where(null));
+  }
+
+  private Errors.Where where(Duration callTimeout) {
+    return new Errors.Where(target, tls, callTimeout);
+  }
+
+  private static Duration remaining(Deadline deadline) {
+    return Duration.ofNanos(Math.max(0, deadline.timeRemaining(TimeUnit.NANOSECONDS)));
   }
 
   /** The server's ops, sorted by name. */
   public List<OpInfo> listOps() {
+    Call call = call();
     try {
-      return callStub().listOps(ListOpsRequest.getDefaultInstance()).getOpsList();
+      return call.stub().listOps(ListOpsRequest.getDefaultInstance()).getOpsList();
     } catch (StatusRuntimeException error) {
-      throw Errors.from(error, target);
+      throw call.error(error);
     }
   }
 
@@ -140,8 +165,8 @@ public final class GradserveClient implements AutoCloseable {
 
   /** Evaluates {@code graph} and returns the selected nodes' results in one message. */
   public Result evaluate(Graph graph, Request request) {
-    GradientServiceBlockingStub call = callStub();
-    return withPlan(graph, request, wire -> Result.of(call.evaluate(wire)));
+    Call call = call();
+    return withPlan(graph, request, call, wire -> Result.of(call.stub().evaluate(wire)));
   }
 
   /**
@@ -150,9 +175,9 @@ public final class GradserveClient implements AutoCloseable {
    * cancels the call and is rethrown as it is.
    */
   public void stream(Graph graph, Request request, Consumer<Chunk> each) {
-    GradientServiceBlockingStub call = callStub();
+    Call call = call();
     try {
-      withPlan(graph, request, wire -> receive(call, wire, each));
+      withPlan(graph, request, call, wire -> receive(call.stub(), wire, each));
     } catch (HandlerFailure failure) {
       throw failure.thrown;
     }
@@ -221,8 +246,8 @@ public final class GradserveClient implements AutoCloseable {
     graph.keepResults(values, grads);
   }
 
-  /** One call: made with the graph's plan digest or its whole structure, as {@code call}. */
-  private interface Call {
+  /** One attempt of a call, with the graph's plan digest or its whole structure. */
+  private interface Attempt {
     Result run(EvaluateRequest wire);
   }
 
@@ -230,20 +255,20 @@ public final class GradserveClient implements AutoCloseable {
    * Makes the call with the graph's plan digest when it has one, sending the whole graph again
    * if the server no longer holds that plan, and remembers the digest returned.
    */
-  private Result withPlan(Graph graph, Request request, Call call) {
+  private static Result withPlan(Graph graph, Request request, Call call, Attempt attempt) {
     boolean byDigest = graph.planDigest() != null;
     Result result;
     try {
-      result = call.run(request.toProto(graph, false));
+      result = attempt.run(request.toProto(graph, false));
     } catch (StatusRuntimeException error) {
       if (!byDigest || error.getStatus().getCode() != Status.Code.NOT_FOUND) {
-        throw Errors.from(error, target);
+        throw call.error(error);
       }
       graph.forgetDigest();
       try {
-        result = call.run(request.toProto(graph, true));
+        result = attempt.run(request.toProto(graph, true));
       } catch (StatusRuntimeException again) {
-        throw Errors.from(again, target);
+        throw call.error(again);
       }
     }
     if (result != null) {
@@ -376,7 +401,10 @@ public final class GradserveClient implements AutoCloseable {
       if (token != null) {
         stub = stub.withCallCredentials(new BearerToken(token));
       }
-      return new GradserveClient(channel, stub, target, timeout, null, new AtomicBoolean());
+      boolean secure =
+          credentials == null ? tls : !(credentials instanceof InsecureChannelCredentials);
+      return new GradserveClient(
+          channel, stub, target, secure, timeout, null, new AtomicBoolean());
     }
   }
 }

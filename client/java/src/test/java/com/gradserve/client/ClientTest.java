@@ -9,6 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.google.rpc.QuotaFailure;
 import com.gradserve.v1.EvaluateRequest;
 import com.gradserve.v1.OpInfo;
 import com.gradserve.v1.Selection;
@@ -131,28 +132,46 @@ class ClientTest {
   }
 
   @Test
-  void tlsTrustsTheGivenCaAndAPlaintextClientCannotConnect() throws Exception {
+  void tlsTrustsTheGivenCaAndAMismatchIsExplainedInOneLine() throws Exception {
     Servers.Served server = Servers.tls();
+    String target = server.tlsTarget();
     try (GradserveClient client =
-        GradserveClient.builder(server.tlsTarget())
-            .tls(Servers.certificates().ca().toFile())
-            .build()) {
+        GradserveClient.builder(target).tls(Servers.certificates().ca().toFile()).build()) {
       List<OpInfo> ops = client.listOps();
       assertTrue(ops.stream().anyMatch(op -> op.getName().equals("tanh")), ops.toString());
-    }
-    try (GradserveClient plain = GradserveClient.builder(server.tlsTarget()).build()) {
-      assertThrows(ServerUnavailableException.class, plain::listOps);
     }
     ChannelCredentials own =
         TlsChannelCredentials.newBuilder()
             .trustManager(Servers.certificates().ca().toFile())
             .build();
-    try (GradserveClient client =
-        GradserveClient.builder(server.tlsTarget()).credentials(own).build()) {
+    try (GradserveClient client = GradserveClient.builder(target).credentials(own).build()) {
       assertFalse(client.listOps().isEmpty());
     }
-    try (GradserveClient systemRoots = GradserveClient.builder(server.tlsTarget()).tls().build()) {
-      assertThrows(ServerUnavailableException.class, systemRoots::listOps, "a CA no one trusts");
+    try (GradserveClient plain = GradserveClient.builder(target).build()) {
+      ServerUnavailableException error =
+          assertThrows(ServerUnavailableException.class, plain::listOps);
+      assertEquals(
+          "the server at " + target + " expects TLS and this client connects in plaintext: "
+              + "give the client the CA certificate that signed the server's",
+          error.getMessage());
+    }
+    try (GradserveClient systemRoots = GradserveClient.builder(target).tls().build()) {
+      ServerUnavailableException error =
+          assertThrows(ServerUnavailableException.class, systemRoots::listOps);
+      assertEquals(
+          "the server at " + target + " presented a certificate this client does not trust: "
+              + "give the client the CA certificate that signed it",
+          error.getMessage());
+    }
+    String plaintext = "localhost:" + Servers.conformance().port();
+    try (GradserveClient tlsToPlaintext =
+        GradserveClient.builder(plaintext).tls(Servers.certificates().ca().toFile()).build()) {
+      ServerUnavailableException error =
+          assertThrows(ServerUnavailableException.class, tlsToPlaintext::listOps);
+      assertEquals(
+          "the server at " + plaintext + " speaks plaintext and this client connects with TLS: "
+              + "connect without TLS, or start the server with --tls-cert and --tls-key",
+          error.getMessage());
     }
   }
 
@@ -173,7 +192,14 @@ class ClientTest {
             .tls(Servers.certificates().ca().toFile())
             .token(Servers.MTLS_TOKEN)
             .build()) {
-      assertThrows(ServerUnavailableException.class, () -> noCertificate.evaluate(neuron.graph));
+      AuthException refused =
+          assertThrows(AuthException.class, () -> noCertificate.evaluate(neuron.graph));
+      assertEquals(Status.Code.UNAVAILABLE, refused.code());
+      assertEquals(
+          "the server at " + Servers.mtls().tlsTarget() + " refused the TLS connection: it "
+              + "requires a client certificate signed by a CA it trusts (mutual TLS): give the "
+              + "client its certificate and key",
+          refused.getMessage());
     }
   }
 
@@ -207,21 +233,32 @@ class ClientTest {
       assertEquals("max-memory-mb", error.quotaViolations().get(0).getSubject());
       assertTrue(error.serverMessage().contains("max-memory-mb = 1"), error.serverMessage());
       assertTrue(error.fieldViolations().isEmpty());
-      assertTrue(error.getMessage().startsWith("RESOURCE_EXHAUSTED: "), error.getMessage());
+      assertEquals(error.serverMessage(), error.getMessage());
+      assertTrue(error.getMessage().endsWith("a larger --max-memory-mb"), error.getMessage());
+      QuotaFailure.Violation violation = error.quotaViolations().get(0);
+      long limit = violation.getQuotaValue(); // the part of the 1 MiB budget left for calls
+      assertTrue(limit > 0 && limit <= 1 << 20, "the limit " + limit);
+      long estimate = Long.parseLong(violation.getQuotaDimensionsMap().get("estimate_bytes"));
+      assertTrue(estimate > limit, "the estimate " + estimate + " is over the limit " + limit);
     }
   }
 
   @Test
-  void aServerThatIsNotThereIsUnavailableAndNamed() throws Exception {
+  void aServerThatIsNotThereIsUnavailableAndSaysWhatToDo() throws Exception {
     int port;
     try (ServerSocket probe = new ServerSocket(0)) {
       port = probe.getLocalPort();
     }
-    try (GradserveClient client = GradserveClient.builder("127.0.0.1:" + port).build()) {
-      ServerUnavailableException error =
-          assertThrows(ServerUnavailableException.class, client::listOps);
-      assertEquals(Status.Code.UNAVAILABLE, error.code());
-      assertTrue(error.getMessage().contains("127.0.0.1:" + port), error.getMessage());
+    for (String target : List.of("127.0.0.1:" + port, "no-such-host.invalid:50051")) {
+      try (GradserveClient client = GradserveClient.builder(target).build()) {
+        ServerUnavailableException error =
+            assertThrows(ServerUnavailableException.class, client::listOps);
+        assertEquals(Status.Code.UNAVAILABLE, error.code());
+        assertEquals(
+            "no gradserve server answers at " + target + ": start one with `gradserve serve`, "
+                + "or set GRADSERVE_TARGET",
+            error.getMessage());
+      }
     }
   }
 
@@ -234,7 +271,13 @@ class ClientTest {
             .token(server.token())
             .timeout(Duration.ofNanos(1))
             .build()) {
-      assertThrows(DeadlineExceededException.class, () -> shortTimeout.evaluate(neuron.graph));
+      DeadlineExceededException error =
+          assertThrows(
+              DeadlineExceededException.class, () -> shortTimeout.evaluate(neuron.graph));
+      assertEquals(
+          "the call took longer than its timeout of 0.000000001 s: pass a larger timeout, "
+              + "or send a smaller graph",
+          error.getMessage());
       Result result =
           shortTimeout.withDeadline(Deadline.after(1, TimeUnit.MINUTES)).evaluate(neuron.graph);
       near(Neuron.O, result.value(0, neuron.o.id()), "o within the given deadline");
