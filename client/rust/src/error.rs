@@ -1,0 +1,199 @@
+//! The one error type of every call, and the one place a gRPC status becomes it.
+//!
+//! A variant per status the server uses (see the error model in `gradserve.proto`), each
+//! carrying the server's message and the `google.rpc` details it attached: the BadRequest
+//! field violations of a client error, the QuotaFailure of a server at capacity.
+
+use tonic::Code;
+use tonic_types::{FieldViolation, QuotaViolation, StatusExt};
+
+/// What a failed call returns. Match on the variant to branch on the cause; [`Error::status`]
+/// has the server's message and details for every variant that came from the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// INVALID_ARGUMENT: the graph or the request is not a valid evaluation (an unknown op,
+    /// a value outside an op's domain, a bad selection...). Do not retry.
+    #[error("{}", .0.message)]
+    InvalidArgument(Box<Status>),
+    /// RESOURCE_EXHAUSTED: beyond the server's limits, its own size (BadRequest details) or
+    /// the server's capacity (QuotaFailure details: retrying later may work).
+    #[error("{}", .0.message)]
+    ResourceExhausted(Box<Status>),
+    /// NOT_FOUND: a plan digest the server does not hold. The client resends the graph by
+    /// itself, so this reaches a caller only through the raw stub.
+    #[error("{}", .0.message)]
+    NotFound(Box<Status>),
+    /// UNAUTHENTICATED (no or a wrong bearer token) or PERMISSION_DENIED.
+    #[error("{}: {}", code_name(.0.code), .0.message)]
+    Auth(Box<Status>),
+    /// DEADLINE_EXCEEDED: the call's timeout, or the server's default deadline, passed.
+    #[error("deadline exceeded: {}", .0.message)]
+    DeadlineExceeded(Box<Status>),
+    /// CANCELLED: the caller cancelled (see [`crate::Request::cancel`]) or the server
+    /// abandoned a reply nobody read.
+    #[error("cancelled: {}", .0.message)]
+    Cancelled(Box<Status>),
+    /// UNAVAILABLE: no server answers at the target (not started, wrong address, TLS
+    /// mismatch) or it is draining for shutdown.
+    #[error("no gradserve server answers at {target}: start one with `gradserve serve`, or check the address and TLS settings ({})", .status.message)]
+    Unavailable { target: String, status: Box<Status> },
+    /// INTERNAL (an op plugin failed; the message names the op, the node and an error id
+    /// to find in the server log) or any other status.
+    #[error("{}: {}", code_name(.0.code), .0.message)]
+    Server(Box<Status>),
+    /// The client refused the request before sending it (an empty graph, a row of the
+    /// wrong length, a node of another graph).
+    #[error("{0}")]
+    Request(String),
+    /// The client's settings are unusable: an unreadable CA or key file, a bad target.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A status from the server, with what the client read out of it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The gRPC status code.
+    pub code: Code,
+    /// The server's message, e.g. `node 1 ('log(x)'): log needs x > 0, got -1`.
+    pub message: String,
+    /// The node the message starts with (`node 7 ...`), if any.
+    pub node: Option<u32>,
+    /// The google.rpc.BadRequest field violations: `field` is the request field at fault,
+    /// e.g. `graph.input_ids[7]`.
+    pub violations: Vec<FieldViolation>,
+    /// The google.rpc.QuotaFailure violations: `subject` names the server limit, e.g.
+    /// `max-concurrent-calls`.
+    pub quota_violations: Vec<QuotaViolation>,
+}
+
+impl Status {
+    /// The first BadRequest violation's field, e.g. `graph.input_ids[7]`.
+    pub fn field(&self) -> Option<&str> {
+        self.violations.first().map(|violation| violation.field.as_str())
+    }
+}
+
+impl Error {
+    /// The server's status, for every variant but [`Error::Request`] and [`Error::Config`].
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Error::InvalidArgument(status)
+            | Error::ResourceExhausted(status)
+            | Error::NotFound(status)
+            | Error::Auth(status)
+            | Error::DeadlineExceeded(status)
+            | Error::Cancelled(status)
+            | Error::Server(status) => Some(status),
+            Error::Unavailable { status, .. } => Some(status),
+            Error::Request(_) | Error::Config(_) => None,
+        }
+    }
+
+    /// The gRPC status code, when the error is a status.
+    pub fn code(&self) -> Option<Code> {
+        self.status().map(|status| status.code)
+    }
+
+    /// The error for a status the call to `target` ended with.
+    pub(crate) fn from_status(status: tonic::Status, target: &str) -> Error {
+        let details = status.get_error_details();
+        let read = Box::new(Status {
+            code: code_of(&status),
+            message: status.message().to_owned(),
+            node: node_of(status.message()),
+            violations: details
+                .bad_request()
+                .map(|bad| bad.field_violations.clone())
+                .unwrap_or_default(),
+            quota_violations: details
+                .quota_failure()
+                .map(|quota| quota.violations.clone())
+                .unwrap_or_default(),
+        });
+        match read.code {
+            Code::InvalidArgument => Error::InvalidArgument(read),
+            Code::ResourceExhausted => Error::ResourceExhausted(read),
+            Code::NotFound => Error::NotFound(read),
+            Code::Unauthenticated | Code::PermissionDenied => Error::Auth(read),
+            Code::DeadlineExceeded => Error::DeadlineExceeded(read),
+            Code::Cancelled => Error::Cancelled(read),
+            Code::Unavailable => Error::Unavailable { target: target.to_owned(), status: read },
+            _ => Error::Server(read),
+        }
+    }
+}
+
+/// The status's code, but for a failure of the client's own transport (a status with a
+/// source error: the server never answered, or the connection or TLS handshake failed),
+/// which tonic reports as UNKNOWN or CANCELLED and is UNAVAILABLE, and tonic's own
+/// enforcement of the call's timeout, which it reports as CANCELLED.
+fn code_of(status: &tonic::Status) -> Code {
+    let Some(source) = std::error::Error::source(status) else { return status.code() };
+    if source.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+        Code::DeadlineExceeded
+    } else {
+        Code::Unavailable
+    }
+}
+
+/// The node a server message starts with: `node 7 ('x1*w1'): ...` or `node 7: ...`.
+fn node_of(message: &str) -> Option<u32> {
+    let rest = message.strip_prefix("node ")?;
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    match rest[digits..].chars().next() {
+        Some(' ') | Some(':') if digits > 0 => rest[..digits].parse().ok(),
+        _ => None,
+    }
+}
+
+/// The status code's name as the .proto and the other clients spell it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_is_read_from_the_start_of_the_message() {
+        assert_eq!(node_of("node 7 ('x1*w1'): log needs x > 0"), Some(7));
+        assert_eq!(node_of("node 12: not earlier"), Some(12));
+        assert_eq!(node_of("node x: nothing"), None);
+        assert_eq!(node_of("node 7x"), None);
+        assert_eq!(node_of("the graph is empty"), None);
+    }
+
+    #[test]
+    fn each_status_the_server_uses_has_its_variant() {
+        let error = |code| Error::from_status(tonic::Status::new(code, "why"), "host:1");
+        assert!(matches!(error(Code::InvalidArgument), Error::InvalidArgument(_)));
+        assert!(matches!(error(Code::PermissionDenied), Error::Auth(_)));
+        assert!(matches!(error(Code::Internal), Error::Server(_)));
+        assert!(matches!(error(Code::Unknown), Error::Server(_)));
+        let unavailable = error(Code::Unavailable);
+        assert!(unavailable.to_string().starts_with("no gradserve server answers at host:1: "));
+        assert_eq!(error(Code::Internal).to_string(), "INTERNAL: why");
+        assert_eq!(error(Code::Internal).code(), Some(Code::Internal));
+        assert_eq!(Error::Request("empty".into()).code(), None);
+    }
+}
