@@ -95,8 +95,9 @@ impl Error {
         self.status().map(|status| status.code)
     }
 
-    /// The error for a status the call to `target` ended with.
-    pub(crate) fn from_status(status: tonic::Status, target: &str) -> Error {
+    /// The error for a status that a call to `target` ended with (for calls made through
+    /// [`crate::Client::stub`]).
+    pub fn from_status(status: tonic::Status, target: &str) -> Error {
         let details = status.get_error_details();
         let read = Box::new(Status {
             code: code_of(&status),
@@ -147,8 +148,9 @@ fn node_of(message: &str) -> Option<u32> {
     }
 }
 
-/// The status code's name as the .proto and the other clients spell it.
-fn code_name(code: Code) -> &'static str {
+/// The status code's name as the .proto and the other clients spell it, e.g.
+/// `INVALID_ARGUMENT`.
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -24,7 +24,7 @@ mod request;
 
 pub use channel::{Bearer, ClientBuilder, Stub, MAX_MESSAGE_BYTES};
 pub use client::{Chunks, Client, STREAM_ABOVE};
-pub use error::{Error, Status};
+pub use error::{code_name, Error, Status};
 pub use graph::{Graph, Node, Operand};
 pub use request::{Chunk, Evaluation, Request};
 pub use tokio_util::sync::CancellationToken;
