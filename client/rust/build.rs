@@ -9,14 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = protos.join("gradserve/v1/gradserve.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     println!("cargo:rerun-if-env-changed=PROTOC");
-    tonic_prost_build::configure()
-        .build_server(false)
-        .compile_protos(&[proto], &[protos])
-        .map_err(|error| {
+    tonic_prost_build::configure().build_server(false).compile_protos(&[proto], &[protos]).map_err(
+        |error| {
             format!(
                 "{error}\nThe gradserve crate compiles gradserve.proto with protoc: install it \
                  (`apt-get install protobuf-compiler`) or set PROTOC to its path."
             )
             .into()
-        })
+        },
+    )
 }

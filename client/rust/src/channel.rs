@@ -122,11 +122,14 @@ impl ClientBuilder {
         };
         let mut config = ClientTlsConfig::new();
         config = match &self.ca_file {
-            Some(ca_file) => config.ca_certificate(Certificate::from_pem(read(ca_file, "CA file")?)),
+            Some(ca_file) => {
+                config.ca_certificate(Certificate::from_pem(read(ca_file, "CA file")?))
+            }
             None => config.with_native_roots(),
         };
         if let Some((cert_file, key_file)) = &self.identity {
-            let (cert, key) = (read(cert_file, "client certificate")?, read(key_file, "client key")?);
+            let (cert, key) =
+                (read(cert_file, "client certificate")?, read(key_file, "client key")?);
             config = config.identity(Identity::from_pem(cert, key));
         }
         Ok(config)
@@ -138,7 +141,10 @@ impl ClientBuilder {
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.0 {
             request.metadata_mut().insert("authorization", token.clone());
         }

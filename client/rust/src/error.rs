@@ -130,7 +130,9 @@ impl Error {
 /// which tonic reports as UNKNOWN or CANCELLED and is UNAVAILABLE, and tonic's own
 /// enforcement of the call's timeout, which it reports as CANCELLED.
 fn code_of(status: &tonic::Status) -> Code {
-    let Some(source) = std::error::Error::source(status) else { return status.code() };
+    let Some(source) = std::error::Error::source(status) else {
+        return status.code();
+    };
     if source.downcast_ref::<tonic::TimeoutExpired>().is_some() {
         Code::DeadlineExceeded
     } else {

@@ -151,7 +151,8 @@ impl Graph {
     pub fn set_leaf(&self, leaf: &Node, value: f64) {
         let mut tape = self.tape();
         let position = tape.leaf_of.get(&leaf.id).copied().filter(|_| leaf.graph == *self);
-        let position = position.unwrap_or_else(|| panic!("node {} is not a leaf of this graph", leaf.id));
+        let position =
+            position.unwrap_or_else(|| panic!("node {} is not a leaf of this graph", leaf.id));
         tape.leaf_values[position] = value;
     }
 

@@ -122,7 +122,11 @@ impl From<pb::GradientChunk> for Chunk {
 impl Request {
     /// The wire form for `graph`: its plan digest and leaf values when it has a digest and
     /// `reuse_plan`, else the whole graph.
-    pub(crate) fn wire(&self, graph: &Graph, reuse_plan: bool) -> Result<pb::EvaluateRequest, Error> {
+    pub(crate) fn wire(
+        &self,
+        graph: &Graph,
+        reuse_plan: bool,
+    ) -> Result<pb::EvaluateRequest, Error> {
         let digest = if reuse_plan { graph.plan_digest() } else { None };
         let mut wire_graph = match digest {
             Some(_) => pb::Graph::default(),

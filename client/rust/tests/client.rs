@@ -57,7 +57,10 @@ async fn the_structure_is_sent_once_and_resent_when_the_server_lacks_it() {
     near("o from another server", third.values[0], second.values[0]);
 
     // Stream does the same.
-    let tls = Client::builder(env("GRADSERVE_TLS_TARGET")).tls_ca(env("GRADSERVE_TLS_CA")).build().unwrap();
+    let tls = Client::builder(env("GRADSERVE_TLS_TARGET"))
+        .tls_ca(env("GRADSERVE_TLS_CA"))
+        .build()
+        .unwrap();
     assert_lacks(&tls, &neuron.graph).await;
     let mut chunks = tls.stream(&neuron.graph, &request).await.unwrap();
     let chunk = chunks.next().await.unwrap().unwrap();
@@ -92,7 +95,10 @@ async fn tls_trusts_the_given_ca() {
     assert!(matches!(error, Error::Unavailable { .. }), "plaintext to a TLS server: {error:?}");
     let system_roots = Client::builder(&target).tls().build().unwrap();
     let error = system_roots.list_ops().await.unwrap_err();
-    assert!(matches!(error, Error::Unavailable { .. }), "a CA the system does not trust: {error:?}");
+    assert!(
+        matches!(error, Error::Unavailable { .. }),
+        "a CA the system does not trust: {error:?}"
+    );
 }
 
 #[tokio::test]
@@ -106,7 +112,10 @@ async fn mutual_tls_needs_the_client_certificate_and_the_token() {
     let certificate = (env("GRADSERVE_CLIENT_CERT"), env("GRADSERVE_CLIENT_KEY"));
     let no_token = with_ca().client_certificate(&certificate.0, &certificate.1).build().unwrap();
     let error = no_token.evaluate(&neuron.graph, &Request::default()).await.unwrap_err();
-    assert!(matches!(&error, Error::Auth(status) if status.code == Code::Unauthenticated), "{error:?}");
+    assert!(
+        matches!(&error, Error::Auth(status) if status.code == Code::Unauthenticated),
+        "{error:?}"
+    );
 
     let no_certificate = with_ca().token(env("GRADSERVE_MTLS_TOKEN")).build().unwrap();
     let error = no_certificate.evaluate(&neuron.graph, &Request::default()).await.unwrap_err();
@@ -119,7 +128,9 @@ async fn a_bad_graph_is_invalid_argument_with_its_node_and_field() {
     let x = graph.leaf(-1.0).label("x");
     let _ = x.log().label("log(x)");
     let error = conformance_client().evaluate(&graph, &Request::default()).await.unwrap_err();
-    let Error::InvalidArgument(status) = &error else { panic!("expected INVALID_ARGUMENT: {error:?}") };
+    let Error::InvalidArgument(status) = &error else {
+        panic!("expected INVALID_ARGUMENT: {error:?}")
+    };
     assert_eq!((status.node, status.field()), (Some(1), Some("graph.leaf_values")));
     assert_eq!(status.violations.len(), 1);
     assert!(error.to_string().starts_with("node 1 ('log(x)'): "), "{error}");
@@ -135,7 +146,9 @@ async fn a_server_at_capacity_names_the_limit_in_a_quota_failure() {
     let rows = vec![vec![1.0, 2.0]; 100_000]; // about 8 MiB to evaluate, against a 1 MiB budget
     let request = Request { rows, selection: Selection::Leaves, ..Default::default() };
     let error = client.evaluate(&graph, &request).await.unwrap_err();
-    let Error::ResourceExhausted(status) = &error else { panic!("expected RESOURCE_EXHAUSTED: {error:?}") };
+    let Error::ResourceExhausted(status) = &error else {
+        panic!("expected RESOURCE_EXHAUSTED: {error:?}")
+    };
     let subjects: Vec<&str> = status.quota_violations.iter().map(|v| v.subject.as_str()).collect();
     assert_eq!(subjects, ["max-memory-mb"], "{error}");
     assert!(status.violations.is_empty());
@@ -219,7 +232,9 @@ async fn rows_evaluate_the_graph_at_each_row_of_leaf_values() {
     }
     let short_row = Request { rows: vec![vec![1.0]], ..Default::default() };
     let error = conformance_client().evaluate(&neuron.graph, &short_row).await.unwrap_err();
-    assert!(matches!(&error, Error::Request(why) if why == "a row has 1 values; the graph has 5 leaves"));
+    assert!(
+        matches!(&error, Error::Request(why) if why == "a row has 1 values; the graph has 5 leaves")
+    );
 }
 
 #[tokio::test]
@@ -258,7 +273,10 @@ async fn no_server_is_unavailable_with_an_actionable_message() {
     let error = client.evaluate(&graph, &Request::default()).await.unwrap_err();
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
     let message = error.to_string();
-    assert!(message.starts_with(&format!("no gradserve server answers at {target}: ")), "{message}");
+    assert!(
+        message.starts_with(&format!("no gradserve server answers at {target}: ")),
+        "{message}"
+    );
     assert!(message.contains("`gradserve serve`") && !message.contains('\n'), "{message}");
 }
 
@@ -277,14 +295,22 @@ async fn operators_constants_and_the_standard_ops_match_closed_forms() {
     conformance_client().backward(&y).await.unwrap();
     let (v, e) = (0.3f64, (-0.3f64).exp());
     let (s, softplus) = (1.0 / (1.0 + e), (1.0 + v.exp()).ln());
-    let value = s * v.sin() - v.cos() * e + 0.0 + v.sqrt() + softplus.ln() + v.powi(3) + 0.5 + v + (1.0 - v);
+    let value = s * v.sin() - v.cos() * e
+        + 0.0
+        + v.sqrt()
+        + softplus.ln()
+        + v.powi(3)
+        + 0.5
+        + v
+        + (1.0 - v);
     let slope = s * (1.0 - s) * v.sin() + s * v.cos() // sigmoid(x) sin(x)
         + (v.sin() + v.cos()) * e // -cos(x) / exp(x)
         + 0.0 // relu(2x - 1) at -0.4
         + 0.5 / v.sqrt() // sqrt(|-x|)
         + s / softplus // log(softplus(x))
         + 3.0 * v * v // x^3
-        + 0.0 + 1.0 - 1.0; // max(x, 0.5), min(x, 0.5), 1 - x
+        + 0.0 + 1.0
+        - 1.0; // max(x, 0.5), min(x, 0.5), 1 - x
     near("y", y.value(), value);
     near("dy/dx", x.grad(), slope);
 }

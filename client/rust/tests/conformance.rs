@@ -155,12 +155,21 @@ fn main() {
         let verdict = outcome.err().map_or("ok".to_owned(), |why| format!("FAILED: {why}"));
         println!("test conformance::{} ... {verdict}", case.name);
     }
-    println!("conformance suite: {} cases in {:.2} s", suite.cases.len(), started.elapsed().as_secs_f64());
+    println!(
+        "conformance suite: {} cases in {:.2} s",
+        suite.cases.len(),
+        started.elapsed().as_secs_f64()
+    );
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 && passed > 0 { 0 } else { 1 });
 }
 
-async fn run_case(case: &Case, target: &str, token: &str, tolerance: Tolerance) -> Result<(), String> {
+async fn run_case(
+    case: &Case,
+    target: &str,
+    token: &str,
+    tolerance: Tolerance,
+) -> Result<(), String> {
     let client = Client::builder(target).token(token).build().map_err(|e| e.to_string())?;
     let mut runner = Runner {
         client,
@@ -224,7 +233,10 @@ impl Runner {
             client = builder.build().map_err(|e| e.to_string())?;
         }
         if spec.target.as_deref() == Some("unreachable") {
-            client = Client::builder(unused_target()).token(&self.token).build().map_err(|e| e.to_string())?;
+            client = Client::builder(unused_target())
+                .token(&self.token)
+                .build()
+                .map_err(|e| e.to_string())?;
         }
         if call.rpc == "ListOps" {
             return check_ops(&client, &call.expect).await;
@@ -248,7 +260,10 @@ impl Runner {
         for (leaf, &value) in leaves.iter().zip(spec.leaf_values.iter().flatten()) {
             self.graph.set_leaf(leaf, value);
         }
-        let selection = spec.selection.as_deref().map_or(Some(Selection::Unspecified), Selection::from_str_name);
+        let selection = spec
+            .selection
+            .as_deref()
+            .map_or(Some(Selection::Unspecified), Selection::from_str_name);
         Ok(Request {
             outputs: spec.outputs.iter().map(|&id| self.nodes[id].clone()).collect(),
             seeds: spec.seeds.clone(),
@@ -319,7 +334,8 @@ impl Runner {
                 Ok(_) => return Err(format!("expected {}, the call succeeded", expect.status)),
                 Err(error) => error,
             };
-            let status = error.status().ok_or_else(|| format!("expected {}, got {error}", expect.status))?;
+            let status =
+                error.status().ok_or_else(|| format!("expected {}, got {error}", expect.status))?;
             if code_name(status.code) != expect.status {
                 return Err(format!("expected {}, got {error:?}", expect.status));
             }
@@ -332,7 +348,10 @@ impl Runner {
                 return Err(format!("field {:?}, expected {:?}", status.field(), expect.field));
             }
             if expect.node.is_some() && status.node != expect.node {
-                return Err(format!("node {:?}, expected {:?} ({})", status.node, expect.node, status.message));
+                return Err(format!(
+                    "node {:?}, expected {:?} ({})",
+                    status.node, expect.node, status.message
+                ));
             }
             return Ok(());
         }
@@ -347,7 +366,9 @@ impl Runner {
         if let Some(samples) = &expect.samples {
             let position: HashMap<u32, usize> =
                 results.node_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-            let at = |xs: &[f64]| -> Vec<f64> { samples.node_ids.iter().map(|id| xs[position[id]]).collect() };
+            let at = |xs: &[f64]| -> Vec<f64> {
+                samples.node_ids.iter().map(|id| xs[position[id]]).collect()
+            };
             self.close("sample values", &at(&results.values), &samples.values)?;
             self.close("sample grads", &at(&results.grads), &samples.grads)?;
             let sum = |xs: &[f64]| xs.iter().sum::<f64>();
@@ -373,7 +394,8 @@ impl Runner {
             return Err(format!("{what}: {} results, expected {}", got.len(), want.len()));
         }
         let Tolerance { absolute, relative } = self.tolerance;
-        match got.iter().zip(want).position(|(g, w)| (g - w).abs() > absolute + relative * w.abs()) {
+        match got.iter().zip(want).position(|(g, w)| (g - w).abs() > absolute + relative * w.abs())
+        {
             Some(i) => Err(format!("{what}[{i}]: {}, expected {}", got[i], want[i])),
             None => Ok(()),
         }

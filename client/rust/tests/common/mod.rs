@@ -34,7 +34,10 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| {
-                panic!("cannot run {}: {error} (`uv sync` makes it, or set GRADSERVE_BIN)", gradserve.display())
+                panic!(
+                    "cannot run {}: {error} (`uv sync` makes it, or set GRADSERVE_BIN)",
+                    gradserve.display()
+                )
             });
         let (found, target) = mpsc::channel();
         let log = BufReader::new(child.stderr.take().unwrap());
@@ -58,7 +61,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let pid = self.child.id().to_string();
-        let stopped = Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|s| s.success());
+        let stopped =
+            Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|s| s.success());
         if !stopped {
             let _ = self.child.kill();
         }
@@ -92,7 +96,7 @@ pub fn mtls_client() -> Client {
 }
 
 /// b, chosen so that the neuron's output is 1/sqrt(2) (the notebook's number).
-pub const B: f64 = 6.881_373_587_019_543_2;
+pub const B: f64 = 6.881_373_587_019_543;
 
 /// The notebook's o = tanh(x1*w1 + x2*w2 + b): the graph, its leaves, n and o.
 pub struct Neuron {

@@ -1,0 +1,137 @@
+"""The Rust client (client/rust) against live servers, through `cargo test`, and the crates
+and docs around it.
+
+`cargo test` builds the crate (build.rs generates the stubs with protoc) and runs its tests
+and the conformance runner against the servers tests/conformance_suite.py starts (the
+conformance server, a TLS and a mutual-TLS server), plus two its tests start themselves with
+this venv's `gradserve`. Then client/rust/neuron, a crate of its own that depends on the
+client by path, runs the notebook's neuron, and docs/clients/rust.md's examples run as its
+main.rs. Both builds share client/rust/target, so the dependencies compile once (`.ci/run`
+builds them before the test command).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from conformance_suite import load
+
+ROOT = Path(__file__).resolve().parents[1]
+CRATE = ROOT / "client" / "rust"
+NEURON = CRATE / "neuron"
+DOCS = ROOT / "docs" / "clients" / "rust.md"
+GRADSERVE = str(Path(sys.executable).parent / "gradserve")
+BUILD_TIMEOUT = 1200  # a cold build of tonic and its dependencies on 2 busy cores
+
+
+def cargo(*args: str, cwd: Path, env: dict[str, str], timeout: float = BUILD_TIMEOUT):
+    if shutil.which("cargo") is None:
+        pytest.skip("cargo is not installed (the Rust toolchain; CI's machine has it)")
+    if shutil.which("protoc") is None and "PROTOC" not in env:
+        pytest.skip("protoc is not installed (apt-get install protobuf-compiler; .ci/run does)")
+    command = ["nice", "cargo", *args, "--locked"]
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_the_rust_client_passes_its_tests_and_the_conformance_suite(client_test_env):
+    env = {**os.environ, **client_test_env, "GRADSERVE_BIN": GRADSERVE}
+    result = cargo("test", cwd=CRATE, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # Every test binary's summary: something ran, nothing failed, nothing was ignored.
+    summaries = re.findall(
+        r"^test result: ok\. (\d+) passed; (\d+) failed; (\d+) ignored", output, re.M
+    )
+    assert len(summaries) == 3, output  # the unit tests, tests/client.rs, the doc tests
+    assert all(
+        int(passed) > 0 and failed == ignored == "0" for passed, failed, ignored in summaries
+    )
+    cases = [case["name"] for case in load()["cases"]]
+    passed = re.findall(r"^test conformance::(\S+) \.\.\. ok$", result.stdout, re.M)
+    assert passed == cases, output
+    assert f"\n{len(cases)} passed, 0 failed\n" in result.stdout
+
+
+def rust_blocks(markdown: str) -> list[tuple[str, str]]:
+    """The page's ```rust blocks not marked `<!-- not-run -->`, each with the ```text block
+    that follows it (the output it prints)."""
+    pattern = r"(<!-- not-run -->\n)?```rust\n(.*?)```\n+```text\n(.*?)```"
+    return [(code, out) for skip, code, out in re.findall(pattern, markdown, re.S) if not skip]
+
+
+def test_the_docs_page_runs_every_rust_block_but_those_marked_not_run():
+    markdown = DOCS.read_text()
+    runnable = rust_blocks(markdown)
+    languages = re.findall(r"^```(\w+)$", markdown, re.M)  # opening fences
+    marked = markdown.count("<!-- not-run -->\n```")
+    assert len(runnable) == 3 and languages.count("text") == len(runnable)
+    assert len(runnable) + marked == len(languages) - languages.count("text")
+
+
+def test_the_neuron_crate_and_the_docs_examples_run(client_test_env, target, tmp_path):
+    """The neuron crate as committed, then each docs example as its main.rs (in a copy)."""
+    [neuron, *others] = rust_blocks(DOCS.read_text())
+    assert neuron[0] == (NEURON / "src" / "main.rs").read_text(), "the docs show the neuron crate"
+    env = {**os.environ, "GRADSERVE_TARGET": target, "CARGO_TARGET_DIR": str(CRATE / "target")}
+    ran = cargo("run", "--quiet", cwd=NEURON, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == neuron[1] == "o = 0.7071, do/dx1 = -1.5000, do/dw1 = 1.0000\n"
+
+    copy = tmp_path / "example"
+    (copy / "src").mkdir(parents=True)
+    manifest = (NEURON / "Cargo.toml").read_text()
+    assert 'gradserve = { path = ".." }' in manifest
+    manifest = manifest.replace('path = ".."', f"path = {str(CRATE)!r}")
+    (copy / "Cargo.toml").write_text(manifest)
+    shutil.copy(NEURON / "Cargo.lock", copy / "Cargo.lock")
+    for code, printed in others:
+        (copy / "src" / "main.rs").write_text(code)
+        ran = cargo("run", "--quiet", cwd=copy, env=env)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout == printed
+
+
+def test_the_crate_is_described_as_the_python_distributions_are():
+    package = tomllib.loads((CRATE / "Cargo.toml").read_text())["package"]
+    pyprojects = [*ROOT.glob("*/pyproject.toml"), *ROOT.glob("ops_plugins/*/pyproject.toml")]
+    projects = [tomllib.loads(p.read_text())["project"] for p in pyprojects]
+    assert {project["version"] for project in projects} == {package["version"]}
+    licenses = {project["license"] for project in projects if "license" in project}
+    assert licenses <= {package["license"]}
+    assert package["description"] and package["repository"] and package["readme"] == "README.md"
+    assert (CRATE / package["readme"]).is_file()
+
+
+def test_the_generated_stubs_are_not_committed():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = subprocess.run(
+        ["git", "ls-files", "client/rust"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "client/rust/Cargo.lock" in files and "client/rust/neuron/Cargo.lock" in files
+    assert not [f for f in files if f.endswith("gradserve.v1.rs") or "/target/" in f], files
+    assert (CRATE / ".gitignore").read_text().split() == ["/target/"]
+
+
+def test_the_rust_code_is_rustfmt_clean(tmp_path):
+    """Both crates (`cargo fmt --check`) and the docs' examples, with the crate's rustfmt.toml."""
+    if shutil.which("cargo") is None or shutil.which("rustfmt") is None:
+        pytest.skip("rustfmt is not installed (it comes with the Rust toolchain)")
+    for crate in (CRATE, NEURON):
+        checked = subprocess.run(["cargo", "fmt", "--check"], cwd=crate, capture_output=True)
+        assert checked.returncode == 0, checked.stdout.decode()
+    for i, (code, _) in enumerate(rust_blocks(DOCS.read_text())):
+        example = tmp_path / f"example{i}.rs"
+        example.write_text(code)
+        config = ["--config-path", str(CRATE / "rustfmt.toml")]
+        checked = subprocess.run(
+            ["rustfmt", "--edition", "2021", *config, "--check", str(example)], capture_output=True
+        )
+        assert checked.returncode == 0, checked.stdout.decode()
