@@ -13,7 +13,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::client::Client;
 use crate::error::Error;
+use crate::messages::Context;
 use crate::pb::gradient_service_client::GradientServiceClient;
+
+/// Where a client connects when its target is "" and GRADSERVE_TARGET is not set.
+pub const DEFAULT_TARGET: &str = "localhost:50051";
 
 /// The server's default message limit, which the client matches by default (gRPC's own
 /// default receive limit is 4 MiB).
@@ -37,8 +41,14 @@ pub struct ClientBuilder {
 
 impl ClientBuilder {
     pub(crate) fn new(target: String) -> ClientBuilder {
+        let target = match target.trim() {
+            "" => {
+                std::env::var("GRADSERVE_TARGET").map(|t| t.trim().to_owned()).unwrap_or_default()
+            }
+            given => given.to_owned(),
+        };
         ClientBuilder {
-            target,
+            target: if target.is_empty() { DEFAULT_TARGET.to_owned() } else { target },
             tls: false,
             ca_file: None,
             identity: None,
@@ -112,7 +122,8 @@ impl ClientBuilder {
         let stub = GradientServiceClient::with_interceptor(endpoint.connect_lazy(), Bearer(token))
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes);
-        Ok(Client::new(stub, self.target, self.timeout))
+        let context = Context { target: self.target, tls: self.tls, timeout: self.timeout };
+        Ok(Client::new(stub, context))
     }
 
     fn tls_config(&self) -> Result<ClientTlsConfig, Error> {

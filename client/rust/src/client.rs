@@ -11,6 +11,7 @@ use tonic::Code;
 use crate::channel::{ClientBuilder, Stub};
 use crate::error::Error;
 use crate::graph::{Graph, Node};
+use crate::messages::Context;
 use crate::pb;
 use crate::request::{Chunk, Evaluation, Request};
 
@@ -23,26 +24,32 @@ pub const STREAM_ABOVE: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub struct Client {
     stub: Stub,
-    target: String,
-    timeout: Option<Duration>,
+    context: Context, // the target, TLS or not, the client's timeout
 }
 
 /// When a call must end, and what can end it early.
 #[derive(Clone)]
 struct Bounds {
+    timeout: Option<Duration>,
     deadline: Option<Instant>,
     cancel: Option<CancellationToken>,
 }
 
 impl Client {
-    /// Settings for a client of the server at `target` ("host:port"): TLS, a token, a
-    /// timeout. `Client::builder(target).build()` is a plaintext client.
+    /// Settings for a client of the server at `target` ("host:port"; "" for the
+    /// GRADSERVE_TARGET environment variable, else [`crate::DEFAULT_TARGET`]): TLS, a token,
+    /// a timeout. `Client::builder(target).build()` is a plaintext client.
     pub fn builder(target: impl Into<String>) -> ClientBuilder {
         ClientBuilder::new(target.into())
     }
 
-    pub(crate) fn new(stub: Stub, target: String, timeout: Option<Duration>) -> Client {
-        Client { stub, target, timeout }
+    pub(crate) fn new(stub: Stub, context: Context) -> Client {
+        Client { stub, context }
+    }
+
+    /// The target the client calls ("host:port").
+    pub fn target(&self) -> &str {
+        &self.context.target
     }
 
     /// The generated stub on this connection, for calls this crate does not wrap.
@@ -50,12 +57,17 @@ impl Client {
         self.stub.clone()
     }
 
+    /// The [`Error`] for a status that a call through [`Client::stub`] ended with.
+    pub fn error(&self, status: tonic::Status) -> Error {
+        Error::from_status(status, &Context { timeout: None, ..self.context.clone() })
+    }
+
     /// The server's ops, sorted by name.
     pub async fn list_ops(&self) -> Result<Vec<pb::OpInfo>, Error> {
         let bounds = self.bounds(None, None);
         let mut stub = self.stub();
         let reply = bounds.guard(stub.list_ops(bounds.request(pb::ListOpsRequest {}))).await;
-        Ok(reply.map_err(|status| self.error(status))?.into_inner().ops)
+        Ok(reply.map_err(|status| bounds.error(status, &self.context))?.into_inner().ops)
     }
 
     /// Evaluates `graph` and returns the selected nodes' results in one message. The
@@ -67,7 +79,7 @@ impl Client {
             let reply = bounds.guard(self.stub().evaluate(bounds.request(wire))).await?;
             Ok(Evaluation::from(reply.into_inner()))
         };
-        let results = self.with_plan(graph, request, call).await?;
+        let results = self.with_plan(graph, request, &bounds, call).await?;
         remember_digest(graph, &results.plan_digest);
         Ok(results)
     }
@@ -84,12 +96,12 @@ impl Client {
             let first = bounds.guard(messages.message()).await?;
             Ok((messages, first))
         };
-        let (messages, first) = self.with_plan(graph, request, call).await?;
+        let (messages, first) = self.with_plan(graph, request, &bounds, call).await?;
         if let Some(chunk) = &first {
             remember_digest(graph, &chunk.plan_digest);
         }
         let done = first.is_none(); // a stream with no chunk at all
-        Ok(Chunks { messages, first, bounds, client: self.clone(), done })
+        Ok(Chunks { messages, first, bounds, context: self.context.clone(), done })
     }
 
     /// Evaluates `loss`'s graph and differentiates `loss`, then fills every node's value and
@@ -129,6 +141,7 @@ impl Client {
         &self,
         graph: &Graph,
         request: &Request,
+        bounds: &Bounds,
         mut call: impl AsyncFnMut(pb::EvaluateRequest) -> Result<T, tonic::Status>,
     ) -> Result<T, Error> {
         let wire = request.wire(graph, true)?;
@@ -140,16 +153,13 @@ impl Client {
             }
             reply => reply,
         };
-        reply.map_err(|status| self.error(status))
+        reply.map_err(|status| bounds.error(status, &self.context))
     }
 
     fn bounds(&self, timeout: Option<Duration>, cancel: Option<CancellationToken>) -> Bounds {
-        let deadline = timeout.or(self.timeout).map(|timeout| Instant::now() + timeout);
-        Bounds { deadline, cancel }
-    }
-
-    fn error(&self, status: tonic::Status) -> Error {
-        Error::from_status(status, &self.target)
+        let timeout = timeout.or(self.context.timeout);
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        Bounds { timeout, deadline, cancel }
     }
 }
 
@@ -160,6 +170,11 @@ fn remember_digest(graph: &Graph, digest: &[u8]) {
 }
 
 impl Bounds {
+    /// The error for a status the call ended with, naming its timeout.
+    fn error(&self, status: tonic::Status, context: &Context) -> Error {
+        Error::from_status(status, &Context { timeout: self.timeout, ..context.clone() })
+    }
+
     /// The message as a call that tells the server its deadline (grpc-timeout).
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -201,7 +216,7 @@ pub struct Chunks {
     messages: tonic::Streaming<pb::GradientChunk>,
     first: Option<pb::GradientChunk>,
     bounds: Bounds,
-    client: Client,
+    context: Context,
     done: bool,
 }
 
@@ -224,7 +239,7 @@ impl Chunks {
             }
             Err(status) => {
                 self.done = true;
-                Some(Err(self.client.error(status)))
+                Some(Err(self.bounds.error(status, &self.context)))
             }
         }
     }

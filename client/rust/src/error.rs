@@ -7,39 +7,45 @@
 use tonic::Code;
 use tonic_types::{FieldViolation, QuotaViolation, StatusExt};
 
+use crate::messages::{self, Context};
+
 /// What a failed call returns. Match on the variant to branch on the cause; [`Error::status`]
-/// has the server's message and details for every variant that came from the server.
+/// has the server's message and details for every variant that came from a call. `Display`
+/// is one line: the server's message, or what to do where the client can tell (no server
+/// at the target, TLS on one side only, the call's timeout), in the other clients' words.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// INVALID_ARGUMENT: the graph or the request is not a valid evaluation (an unknown op,
     /// a value outside an op's domain, a bad selection...). Do not retry.
-    #[error("{}", .0.message)]
+    #[error("{}", .0.summary)]
     InvalidArgument(Box<Status>),
     /// RESOURCE_EXHAUSTED: beyond the server's limits, its own size (BadRequest details) or
     /// the server's capacity (QuotaFailure details: retrying later may work).
-    #[error("{}", .0.message)]
+    #[error("{}", .0.summary)]
     ResourceExhausted(Box<Status>),
     /// NOT_FOUND: a plan digest the server does not hold. The client resends the graph by
     /// itself, so this reaches a caller only through the raw stub.
-    #[error("{}", .0.message)]
+    #[error("{}", .0.summary)]
     NotFound(Box<Status>),
-    /// UNAUTHENTICATED (no or a wrong bearer token) or PERMISSION_DENIED.
-    #[error("{}: {}", code_name(.0.code), .0.message)]
+    /// The server refused the caller: UNAUTHENTICATED (no or a wrong bearer token),
+    /// PERMISSION_DENIED, or UNAVAILABLE when the TLS handshake refused the client's
+    /// certificate (mutual TLS).
+    #[error("{}", .0.summary)]
     Auth(Box<Status>),
     /// DEADLINE_EXCEEDED: the call's timeout, or the server's default deadline, passed.
-    #[error("deadline exceeded: {}", .0.message)]
+    #[error("{}", .0.summary)]
     DeadlineExceeded(Box<Status>),
     /// CANCELLED: the caller cancelled (see [`crate::Request::cancel`]) or the server
     /// abandoned a reply nobody read.
-    #[error("cancelled: {}", .0.message)]
+    #[error("{}", .0.summary)]
     Cancelled(Box<Status>),
-    /// UNAVAILABLE: no server answers at the target (not started, wrong address, TLS
-    /// mismatch) or it is draining for shutdown.
-    #[error("no gradserve server answers at {target}: start one with `gradserve serve`, or check the address and TLS settings ({})", .status.message)]
-    Unavailable { target: String, status: Box<Status> },
+    /// UNAVAILABLE: no answer from the target (no server, TLS on one side only, a server
+    /// certificate the client does not trust) or the server is draining for shutdown.
+    #[error("{}", .0.summary)]
+    Unavailable(Box<Status>),
     /// INTERNAL (an op plugin failed; the message names the op, the node and an error id
     /// to find in the server log) or any other status.
-    #[error("{}: {}", code_name(.0.code), .0.message)]
+    #[error("{}", .0.summary)]
     Server(Box<Status>),
     /// The client refused the request before sending it (an empty graph, a row of the
     /// wrong length, a node of another graph).
@@ -50,13 +56,15 @@ pub enum Error {
     Config(String),
 }
 
-/// A status from the server, with what the client read out of it.
+/// A call's status, with what the client read out of it.
 #[derive(Debug, Clone)]
 pub struct Status {
     /// The gRPC status code.
     pub code: Code,
-    /// The server's message, e.g. `node 1 ('log(x)'): log needs x > 0, got -1`.
+    /// The status message, e.g. `node 1 ('log(x)'): log needs x > 0, got -1`.
     pub message: String,
+    /// The one line the error displays: the message, or what to do.
+    pub summary: String,
     /// The node the message starts with (`node 7 ...`), if any.
     pub node: Option<u32>,
     /// The google.rpc.BadRequest field violations: `field` is the request field at fault,
@@ -75,7 +83,7 @@ impl Status {
 }
 
 impl Error {
-    /// The server's status, for every variant but [`Error::Request`] and [`Error::Config`].
+    /// The call's status, for every variant but [`Error::Request`] and [`Error::Config`].
     pub fn status(&self) -> Option<&Status> {
         match self {
             Error::InvalidArgument(status)
@@ -84,8 +92,8 @@ impl Error {
             | Error::Auth(status)
             | Error::DeadlineExceeded(status)
             | Error::Cancelled(status)
+            | Error::Unavailable(status)
             | Error::Server(status) => Some(status),
-            Error::Unavailable { status, .. } => Some(status),
             Error::Request(_) | Error::Config(_) => None,
         }
     }
@@ -95,14 +103,29 @@ impl Error {
         self.status().map(|status| status.code)
     }
 
-    /// The error for a status that a call to `target` ended with (for calls made through
-    /// [`crate::Client::stub`]).
-    pub fn from_status(status: tonic::Status, target: &str) -> Error {
+    /// The error for a status that a call in `context` ended with.
+    pub(crate) fn from_status(status: tonic::Status, context: &Context) -> Error {
         let details = status.get_error_details();
+        let (code, transport) = code_of(&status);
+        let message = status.message().to_owned();
+        let mut refused_identity = false;
+        let summary = match code {
+            Code::InvalidArgument | Code::ResourceExhausted | Code::NotFound => message.clone(),
+            Code::Unavailable => {
+                let (summary, refused) = messages::unavailable(&message, &transport, context);
+                refused_identity = refused;
+                summary
+            }
+            Code::DeadlineExceeded if context.timeout.is_some() => {
+                messages::timed_out(context.timeout.unwrap_or_default())
+            }
+            _ => format!("{}: {message}", code_name(code)),
+        };
         let read = Box::new(Status {
-            code: code_of(&status),
-            message: status.message().to_owned(),
-            node: node_of(status.message()),
+            code,
+            node: node_of(&message),
+            message,
+            summary,
             violations: details
                 .bad_request()
                 .map(|bad| bad.field_violations.clone())
@@ -112,31 +135,38 @@ impl Error {
                 .map(|quota| quota.violations.clone())
                 .unwrap_or_default(),
         });
-        match read.code {
+        match code {
             Code::InvalidArgument => Error::InvalidArgument(read),
             Code::ResourceExhausted => Error::ResourceExhausted(read),
             Code::NotFound => Error::NotFound(read),
             Code::Unauthenticated | Code::PermissionDenied => Error::Auth(read),
+            Code::Unavailable if refused_identity => Error::Auth(read),
             Code::DeadlineExceeded => Error::DeadlineExceeded(read),
             Code::Cancelled => Error::Cancelled(read),
-            Code::Unavailable => Error::Unavailable { target: target.to_owned(), status: read },
+            Code::Unavailable => Error::Unavailable(read),
             _ => Error::Server(read),
         }
     }
 }
 
-/// The status's code, but for a failure of the client's own transport (a status with a
-/// source error: the server never answered, or the connection or TLS handshake failed),
-/// which tonic reports as UNKNOWN or CANCELLED and is UNAVAILABLE, and tonic's own
-/// enforcement of the call's timeout, which it reports as CANCELLED.
-fn code_of(status: &tonic::Status) -> Code {
-    let Some(source) = std::error::Error::source(status) else {
-        return status.code();
-    };
-    if source.downcast_ref::<tonic::TimeoutExpired>().is_some() {
-        Code::DeadlineExceeded
-    } else {
-        Code::Unavailable
+/// The status's code and the words of the transport errors behind it ("" when the server
+/// sent the status). A failure of the client's own transport (the server never answered,
+/// the connection or the TLS handshake failed), which tonic reports as UNKNOWN or
+/// CANCELLED, is UNAVAILABLE; tonic's own enforcement of the call's timeout, which it
+/// reports as CANCELLED, is DEADLINE_EXCEEDED.
+fn code_of(status: &tonic::Status) -> (Code, String) {
+    let mut words = Vec::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return (Code::DeadlineExceeded, String::new());
+        }
+        words.push(error.to_string());
+        source = error.source();
+    }
+    match words.is_empty() {
+        true => (status.code(), String::new()),
+        false => (Code::Unavailable, words.join(": ")),
     }
 }
 
@@ -189,15 +219,24 @@ mod tests {
 
     #[test]
     fn each_status_the_server_uses_has_its_variant() {
-        let error = |code| Error::from_status(tonic::Status::new(code, "why"), "host:1");
+        let context = Context { target: "host:1".into(), tls: false, timeout: None };
+        let error = |code| Error::from_status(tonic::Status::new(code, "why"), &context);
         assert!(matches!(error(Code::InvalidArgument), Error::InvalidArgument(_)));
         assert!(matches!(error(Code::PermissionDenied), Error::Auth(_)));
         assert!(matches!(error(Code::Internal), Error::Server(_)));
         assert!(matches!(error(Code::Unknown), Error::Server(_)));
-        let unavailable = error(Code::Unavailable);
-        assert!(unavailable.to_string().starts_with("no gradserve server answers at host:1: "));
+        assert!(matches!(error(Code::Unavailable), Error::Unavailable(_)));
+        assert_eq!(
+            error(Code::Unavailable).to_string(),
+            "the server at host:1 is unavailable: why"
+        );
+        assert_eq!(error(Code::InvalidArgument).to_string(), "why");
         assert_eq!(error(Code::Internal).to_string(), "INTERNAL: why");
+        assert_eq!(error(Code::DeadlineExceeded).to_string(), "DEADLINE_EXCEEDED: why");
         assert_eq!(error(Code::Internal).code(), Some(Code::Internal));
         assert_eq!(Error::Request("empty".into()).code(), None);
+        let timed = Context { timeout: Some(std::time::Duration::from_millis(1)), ..context };
+        let late = Error::from_status(tonic::Status::deadline_exceeded("late"), &timed);
+        assert!(late.to_string().starts_with("the call took longer than its timeout of 0.001 s: "));
     }
 }

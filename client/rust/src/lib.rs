@@ -20,9 +20,10 @@ mod channel;
 mod client;
 mod error;
 mod graph;
+mod messages;
 mod request;
 
-pub use channel::{Bearer, ClientBuilder, Stub, MAX_MESSAGE_BYTES};
+pub use channel::{Bearer, ClientBuilder, Stub, DEFAULT_TARGET, MAX_MESSAGE_BYTES};
 pub use client::{Chunks, Client, STREAM_ABOVE};
 pub use error::{code_name, Error, Status};
 pub use graph::{Graph, Node, Operand};

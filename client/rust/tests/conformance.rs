@@ -324,7 +324,7 @@ impl Runner {
         let request = pb::EvaluateRequest { graph: Some(graph), plan_digest, ..Default::default() };
         Ok(match client.stub().evaluate(request).await {
             Ok(reply) => Ok((Evaluation::from(reply.into_inner()), 1)),
-            Err(status) => Err(Error::from_status(status, &self.target)),
+            Err(status) => Err(client.error(status)),
         })
     }
 
