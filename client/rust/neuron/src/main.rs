@@ -2,8 +2,8 @@ use gradserve::{Client, Error, Graph};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let target = std::env::var("GRADSERVE_TARGET").unwrap_or_else(|_| "localhost:50051".into());
-    let client = Client::builder(target).build()?;
+    // "": the GRADSERVE_TARGET environment variable, else localhost:50051.
+    let client = Client::builder("").build()?;
 
     // The notebook's neuron: o = tanh(x1*w1 + x2*w2 + b).
     let g = Graph::new();
