@@ -1,4 +1,8 @@
-"""Run the benchmark workloads (README, "Benchmarks") and write the results to BENCHMARKS.md."""
+"""Run the benchmark workloads (docs/benchmarks.md) and write the results to BENCHMARKS.md.
+
+A ``--quick`` run's tiny sizes make its figures meaningless (its targets FAIL), so it writes to
+build/bench-quick.md instead and refuses to overwrite the committed BENCHMARKS.md.
+"""
 
 import argparse
 import shlex
@@ -11,6 +15,9 @@ from bench import peers
 from bench.measure import Report
 from bench.report import markdown, write_section
 from bench.workloads import FULL, QUICK, WORKLOADS
+
+FULL_OUTPUT = Path("BENCHMARKS.md")
+QUICK_OUTPUT = Path("build/bench-quick.md")  # build/ is ignored by git
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -32,9 +39,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--seconds", type=float, help="how long W5's clients send (default 30, --quick 1)"
     )
     parser.add_argument(
-        "--output", type=Path, default=Path("BENCHMARKS.md"), help="(default BENCHMARKS.md)"
+        "--output",
+        type=Path,
+        help=f"(default {FULL_OUTPUT}; with --quick, {QUICK_OUTPUT})",
     )
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = QUICK_OUTPUT if args.quick else FULL_OUTPUT
+    elif args.quick and args.output.resolve() == FULL_OUTPUT.resolve():
+        parser.error(f"--quick figures mean nothing: write them elsewhere than {FULL_OUTPUT}")
     args.workloads = args.workloads.split(",")
     unknown = sorted(set(args.workloads) - set(WORKLOADS))
     if unknown:

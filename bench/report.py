@@ -91,6 +91,7 @@ def write_section(path: Path, section: str) -> None:
     (other benchmarks, such as the soak's, share the file)."""
     block = f"{START}\n{section.rstrip()}\n{END}"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if START in text and END in text:
         before, rest = text.split(START, 1)
         text = before + block + rest.split(END, 1)[1]

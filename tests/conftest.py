@@ -3,10 +3,31 @@ import socket
 import grpc
 import pytest
 from conformance_suite import conformance_server, runner_env, tls_servers
+from system_tools import STRICT, require_tool
 
 from gradserve.server.registry import discovered_entry_points, load_registry
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--require-tools",
+        action="store_true",
+        help="fail, rather than skip, tests whose system tool is missing (tests/system_tools.py)",
+    )
+
+
+def pytest_configure(config):
+    STRICT["value"] = config.getoption("--require-tools")
+    config.addinivalue_line(
+        "markers", "requires_tool(*names): needs these programs on the PATH (system_tools.py)"
+    )
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("requires_tool"):
+        require_tool(*marker.args)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The benchmark harness (bench/) on tiny sizes, so that it cannot rot unnoticed."""
 
+import os
 import re
 import subprocess
 import sys
@@ -145,6 +146,31 @@ def test_a_subset_runs_alone_and_a_bad_name_is_an_error(tmp_path):
     )
     assert bad.returncode == 2
     assert "unknown workload(s) fft" in bad.stderr
+
+
+def test_a_quick_run_leaves_benchmarks_md_alone(tmp_path):
+    """--quick's tiny-size figures go to build/bench-quick.md, never over BENCHMARKS.md."""
+    committed = "# Benchmarks\n\nthe full run's figures\n"
+    (tmp_path / "BENCHMARKS.md").write_text(committed)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "bench", "--quick", "--repeats", "1", "--workloads", "neuron"]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "BENCHMARKS.md").read_text() == committed
+    assert "W3 neuron" in (tmp_path / "build" / "bench-quick.md").read_text()
+    refused = subprocess.run(
+        [*command, "--output", "BENCHMARKS.md"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "BENCHMARKS.md" in refused.stderr
+    assert (tmp_path / "BENCHMARKS.md").read_text() == committed
 
 
 def test_the_harness_rewrites_only_its_own_section(tmp_path):

@@ -77,7 +77,7 @@ def test_ctrl_c_stops_every_process_without_a_traceback(tmp_path, workers):
         (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
         (["--grace", "-1"], "argument --grace: must be at least 0, got -1"),
         (["--grace", "nan"], "argument --grace: must be at least 0, got nan"),
-        (["--plan-cache-nodes", "-1"], "argument --plan-cache-nodes: must be at least 0, got -1"),
+        (["--plan-cache-mb", "-1"], "argument --plan-cache-mb: must be at least 0, got -1"),
         (["--max-nodes", "0"], "argument --max-nodes: must be at least 1, got 0"),
         (["--max-fan-in", "0"], "argument --max-fan-in: must be at least 1, got 0"),
         (["--max-concurrent-calls", "0"], "argument --max-concurrent-calls: must be at least 1"),
@@ -102,4 +102,7 @@ def test_a_bad_environment_value_is_a_usage_error_too():
         [GRADSERVE, "serve"], capture_output=True, text=True, timeout=30, env=env
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "argument --threads: 'eight' is not a whole number" in result.stderr
+    assert (
+        "argument --threads: GRADSERVE_THREADS='eight' (from the environment): "
+        "'eight' is not a whole number"
+    ) in result.stderr

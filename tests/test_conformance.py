@@ -7,7 +7,9 @@ fields, digests, chunking. The cases' successful Evaluate calls also run through
 tests/test_node_client.py) check their clients against the same cases.
 """
 
+import itertools
 import math
+import queue
 import re
 import subprocess
 import sys
@@ -15,10 +17,11 @@ import sys
 import grpc
 import pytest
 from conformance_suite import CASES_FILE, CONFORMANCE, load
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.client import Client, Value, connect
+from gradserve.client.train_stream import StreamedStatus
 from gradserve.v1 import gradserve_pb2 as pb
 
 SUITE = load()
@@ -127,7 +130,44 @@ def check_error(error: grpc.RpcError, expect: dict) -> None:
         assert bad_request.field_violations[0].field == expect["field"]
 
 
-def run_call(stub, graph: pb.Graph, call: dict, token: str, previous: list[bytes]) -> None:
+class TrainStreams:
+    """Train streams on one stub, one per set of metadata (a token is checked when a stream
+    opens), each reused for every Evaluate request sent with that metadata."""
+
+    def __init__(self, stub) -> None:
+        self.stub = stub
+        self.open: dict[tuple, tuple[queue.SimpleQueue, object]] = {}
+        self.ids = itertools.count()
+
+    def evaluate(self, request: pb.EvaluateRequest, metadata, timeout: float):
+        """Evaluate's reply as a stream message; a failure raises as Evaluate's would."""
+        if metadata not in self.open:
+            outbox = queue.SimpleQueue()
+            self.open[metadata] = outbox, self.stub.Train(iter(outbox.get, None), metadata=metadata)
+        outbox, answers = self.open[metadata]
+        request_id = next(self.ids)
+        outbox.put(pb.TrainRequest(id=request_id, request=request, timeout_ms=int(timeout * 1e3)))
+        answer = next(answers)
+        assert answer.id == request_id
+        if answer.status:
+            raise StreamedStatus(status_pb2.Status.FromString(answer.status))
+        return answer.response
+
+    def close(self) -> None:
+        for outbox, answers in self.open.values():
+            outbox.put(None)
+            answers.cancel()
+
+
+def run_call(
+    stub,
+    graph: pb.Graph,
+    call: dict,
+    token: str,
+    previous: list[bytes],
+    train: TrainStreams | None = None,
+) -> None:
+    """One call of a case; with ``train``, an Evaluate call is a message on a Train stream."""
     spec, expect = call["request"], call["expect"]
     metadata = (("authorization", f"Bearer {spec.get('token', token)}"),)
     if spec.get("token") == "":
@@ -143,7 +183,9 @@ def run_call(stub, graph: pb.Graph, call: dict, token: str, previous: list[bytes
         return
     request = request_of(graph, spec, previous[-1] if previous else b"")
     try:
-        if call["rpc"] == "Evaluate":
+        if call["rpc"] == "Evaluate" and train is not None:
+            messages = [train.evaluate(request, **options)]
+        elif call["rpc"] == "Evaluate":
             response = stub.Evaluate(request, **options)
             messages = [response]
         else:
@@ -183,6 +225,31 @@ def test_conformance(conformance_target, unused_target, case):
                 run_call(stub, graph, call, token, previous)
     finally:
         channel.close()
+
+
+TRAIN_CASES = [c for c in SUITE["cases"] if any(k["rpc"] == "Evaluate" for k in c["calls"])]
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=[c["name"] for c in TRAIN_CASES])
+def test_conformance_over_the_train_stream(conformance_target, unused_target, case):
+    """The case's Evaluate calls as messages on Train streams (one per token), answered with
+    the same results or statuses; the case's other calls as they are."""
+    target, token = conformance_target
+    graph = graph_of(case["graph"]) if "graph" in case else None
+    channel, stub = connect(target)
+    nowhere, _ = connect(unused_target)
+    streams = {"here": TrainStreams(stub), "nowhere": TrainStreams(type(stub)(nowhere))}
+    previous: list[bytes] = []
+    try:
+        for call in case["calls"]:
+            where = "nowhere" if call["request"].get("target") == "unreachable" else "here"
+            train = streams[where]
+            run_call(train.stub, graph, call, token, previous, train)
+    finally:
+        for train in streams.values():
+            train.close()
+        channel.close()
+        nowhere.close()
 
 
 def leaves_data(leaves: list[Value]) -> list[float]:

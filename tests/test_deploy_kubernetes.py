@@ -71,7 +71,9 @@ def test_the_probes_are_grpc_health_checks_on_the_serving_port():
 
 def test_pods_outlast_the_servers_grace():
     pod = OBJECTS["Deployment", "gradserve"]["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] > float(environment()["GRADSERVE_GRACE"])
+    env = environment()
+    drain = float(env["GRADSERVE_DRAIN_DELAY"]) + float(env["GRADSERVE_GRACE"])
+    assert pod["terminationGracePeriodSeconds"] > drain
     assert pod["securityContext"]["runAsUser"] == 10001  # the image's user
 
 

@@ -2,7 +2,6 @@
 
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +71,7 @@ def test_newton_converges_in_a_handful_of_steps(target):
     assert abs(x - -math.log(2) / 2) < 1e-12 and abs(y) < 1e-12
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+@pytest.mark.requires_tool("dot")
 def test_draw_graph_writes_an_svg(target, tmp_path):
     result = run("draw_graph.py", str(tmp_path / "neuron.svg"), "--target", target)
     assert result.returncode == 0, result.stderr

@@ -44,7 +44,7 @@ def _wide_graph(leaves: int) -> pb.Graph:
 def test_a_cancelled_stream_frees_its_memory(registry, caplog):
     request = pb.EvaluateRequest(graph=_wide_graph(250_000), chunk_size=1000)
     # No plan cache: a cached plan is kept on purpose; what the call itself held must go.
-    with caplog.at_level(logging.INFO), serving(registry, plan_cache_nodes=0) as stub:
+    with caplog.at_level(logging.INFO), serving(registry, plan_cache_bytes=0) as stub:
         gc.collect()
         tracemalloc.start()
         try:

@@ -70,6 +70,7 @@ def test_calls_beyond_max_concurrent_calls_are_refused_at_once(registry):
         [detail] = rpc_status.from_call(caught.value).details
         quota = error_details_pb2.QuotaFailure()
         assert detail.Unpack(quota) and quota.violations[0].subject == "max-concurrent-calls"
+        assert quota.violations[0].quota_value == 1  # the limit, for clients to show
         assert stub.ListOps(pb.ListOpsRequest(), timeout=10).ops  # ListOps is never refused
         slow.release.set()
         assert len(first.result(timeout=10).node_ids) == 2

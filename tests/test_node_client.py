@@ -9,21 +9,19 @@ gets them installed here, from the committed package-lock.json.
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conformance_suite import load, readme_example
+from system_tools import require_tool
 
 NODE_CLIENT = Path(__file__).resolve().parents[1] / "client" / "node"
 GRADSERVE = str(Path(sys.executable).parent / "gradserve")
 
 
 def test_the_node_client_passes_its_tests_and_the_conformance_suite(client_test_env):
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js is not installed (CI has Node 20)")
+    require_tool("node", "npm")
     if not (NODE_CLIENT / "node_modules").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True)
     result = subprocess.run(
@@ -43,8 +41,7 @@ def test_the_node_client_passes_its_tests_and_the_conformance_suite(client_test_
 
 
 def test_the_readme_example_runs_as_written(target):
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed (CI has Node 20)")
+    require_tool("node", "npm")
     if not (NODE_CLIENT / "node_modules").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True)
     result = subprocess.run(

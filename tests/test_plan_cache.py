@@ -1,14 +1,19 @@
 """Plan caching: the LRU itself, and reuse of a compiled structure by digest over gRPC."""
 
+import gc
 import math
+import tracemalloc
 
 import grpc
 import numpy as np
 import pytest
+import shapes
 from graphs import GraphBuilder, neuron
 from servers import serving
 
-from gradserve.server.engine.plan import compile_graph
+from gradserve.server.engine.errors import QUOTE_LIMIT
+from gradserve.server.engine.evaluate import evaluate
+from gradserve.server.engine.plan import GraphArrays, compile_graph
 from gradserve.server.engine.plan_cache import (
     SMALL_GRAPH_NODES,
     PlanCache,
@@ -80,18 +85,39 @@ def test_a_memoized_digest_still_meets_each_servers_fan_in_limit(registry):
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_lru_is_bounded_by_total_nodes(ops):
-    cache = PlanCache(max_nodes=25)
-    plans = {size: compile_graph(chain(size).arrays(), ops) for size in (10, 11, 12, 30)}
+def test_lru_is_bounded_by_total_bytes(ops):
+    plans = {size: compile_graph(chain(size).arrays(), ops) for size in (10, 11, 12, 3000)}
+    sizes = {size: plan.nbytes() for size, plan in plans.items()}
+    cache = PlanCache(max_bytes=sizes[10] + sizes[11] + sizes[12] - 1)
     cache.put(b"10", plans[10])
     cache.put(b"11", plans[11])
+    assert cache.bytes == sizes[10] + sizes[11]
     assert cache.get(b"10") is plans[10]  # now most recently used
-    cache.put(b"12", plans[12])  # 33 nodes > 25: evicts the least recently used, "11"
+    cache.put(b"12", plans[12])  # over the bound: evicts the least recently used, "11"
     assert cache.get(b"11") is None
     assert cache.get(b"10") is plans[10] and cache.get(b"12") is plans[12]
-    cache.put(b"30", plans[30])  # larger than the whole budget: not kept
-    assert cache.get(b"30") is None
+    assert cache.bytes == sizes[10] + sizes[12] and cache.evictions == 1
+    cache.put(b"3000", plans[3000])  # larger than the whole bound: not kept
+    assert cache.get(b"3000") is None and cache.bytes == sizes[10] + sizes[12]
     assert (cache.hits, cache.misses) == (3, 2)
+
+
+def test_a_plan_grown_by_its_scatters_is_counted_again(ops):
+    """A batch call makes a group's scatter after the plan was cached: ``remeasure`` counts
+    it, and evicts what no longer fits."""
+    g = GraphBuilder()
+    x = [g.leaf(1.0) for _ in range(50)]
+    g.op("sum", *x, *x)  # repeated inputs: the scatter keeps an order and run starts
+    plan = compile_graph(g.arrays(), ops)
+    other = compile_graph(chain(10).arrays(), ops)
+    before = plan.nbytes()
+    cache = PlanCache(max_bytes=before + other.nbytes())
+    cache.put(b"sum", plan)
+    cache.put(b"chain", other)
+    evaluate(plan, np.ones((3, 50)), np.array([50]), np.array([1.0]))
+    assert plan.nbytes() > before
+    cache.remeasure(b"sum", plan)
+    assert cache.bytes == plan.nbytes() and cache.get(b"chain") is None
 
 
 def neuron_closed_form(x1, x2, w1, w2, b):
@@ -128,10 +154,12 @@ def test_second_call_by_digest_reuses_the_plan(stub, monkeypatch):
 
 
 def test_evicted_digest_is_not_found_and_resending_the_graph_works(registry):
-    with serving(registry, plan_cache_nodes=15) as stub:
-        small, large = chain(10), chain(12)
+    small, large = chain(10), chain(12)
+    ops = {name: loaded.op for name, loaded in registry.items()}
+    large_bytes = compile_graph(large.arrays(), ops).nbytes()
+    with serving(registry, plan_cache_bytes=large_bytes + 100) as stub:
         digest = stub.Evaluate(pb.EvaluateRequest(graph=small.proto())).plan_digest
-        stub.Evaluate(pb.EvaluateRequest(graph=large.proto()))  # 22 nodes > 15: evicts small
+        stub.Evaluate(pb.EvaluateRequest(graph=large.proto()))  # both do not fit: evicts small
         request = pb.EvaluateRequest(graph=pb.Graph(leaf_values=[0.5]), plan_digest=digest)
         with pytest.raises(grpc.RpcError) as caught:
             stub.Evaluate(request)
@@ -185,3 +213,38 @@ def test_rows_must_match_the_leaf_values(stub):
         stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), rows=2))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "2 rows of 5 leaves need 10" in caught.value.details()
+
+
+@pytest.mark.parametrize("shape", sorted(shapes.SHAPES))
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_plans_bytes_cover_what_it_holds(ops, shape, rows):
+    """``Plan.nbytes`` (what the cache counts) against tracemalloc's count of what the plan
+    keeps after compiling and after an evaluation (which may make its scatters): never
+    below, at most 3x above."""
+    graph = shapes.SHAPES[shape]()
+    leaves = np.full((rows, shapes.leaf_count(graph)), 0.5)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        plan = compile_graph(graph, ops)
+        del graph
+        gc.collect()
+        compiled = tracemalloc.get_traced_memory()[0] - before
+        assert compiled <= plan.nbytes() <= 3 * compiled
+        evaluate(plan, leaves, np.array([plan.node_count - 1]), np.array([1.0]))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= plan.nbytes() <= 3 * held
+
+
+def test_a_plan_keeps_only_the_quoted_part_of_a_label(ops):
+    """A 1-node graph with an 8 MB label: its plan holds the label cut as messages quote
+    it, not the label."""
+    long_label = "x" * 8_000_000
+    plan = compile_graph(GraphArrays(["neg"], [0], [0], [], [long_label]), ops)
+    assert plan.labels == ("x" * QUOTE_LIMIT + "…",)
+    assert plan.nbytes() < 4096
+    assert plan.describe(0) == f"0 ('{'x' * QUOTE_LIMIT}…')"

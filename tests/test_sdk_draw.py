@@ -1,13 +1,10 @@
 """draw_dot: DOT text always, rendering where Graphviz's dot is installed, clear errors if not."""
 
-import shutil
 import time
 
 import pytest
 
 from gradserve.client import Client, GraphvizNotFound, Value, draw_dot, render
-
-HAS_DOT = shutil.which("dot") is not None
 
 
 def _neuron():
@@ -29,6 +26,8 @@ def test_the_dot_source_needs_no_binary(monkeypatch, target):
     assert "rankdir=LR" in source
     assert '"{ o | data 0.7071 | grad 1.0000 }"' in source
     assert '"{ n | data 0.8814 | grad 0.5000 }"' in source
+    # Op nodes named as Value._op names them (micrograd's notebook: "*", "+", "tanh").
+    assert 'n2op [label="*"]' in source and 'n4op [label="+"]' in source
     assert 'n5op [label="tanh"]' in source
     assert source.count("shape=record") == 6  # x1, w1, x1*w1, b, n, o
     assert source.count("->") == (2 + 1) + (2 + 1) + (1 + 1)  # mul, add, tanh: in and out
@@ -44,9 +43,7 @@ def test_rendering_without_the_binary_says_what_to_install(monkeypatch, tmp_path
     assert "digraph" in shown["text/plain"]
 
 
-@pytest.mark.skipif(
-    not HAS_DOT, reason="Graphviz's dot is not installed (apt-get install graphviz)"
-)
+@pytest.mark.requires_tool("dot")
 def test_rendering_with_the_binary(tmp_path):
     drawing = draw_dot(_neuron()[0])
     svg = render(drawing, tmp_path / "graph.svg")

@@ -45,13 +45,13 @@ def used(no_default, target):
     """A default server set with use(), its calls' requests recorded."""
     client = gradserve.client.use(target)
     sent = []
-    evaluate = client._evaluate
+    send = client._send  # every Evaluate request, on the Train stream or as a call
 
-    def recording(request, **options):
+    def recording(request):
         sent.append(pb.EvaluateRequest.FromString(request))
-        return evaluate(request, **options)
+        return send(request)
 
-    client._evaluate = recording
+    client._send = recording
     client.sent = sent
     return client
 
@@ -122,10 +122,13 @@ def test_data_read_leaves_earlier_gradients_alone(used):
     assert (a.grad, b.grad) == (3.0, 2.0)
 
 
-def test_without_a_server_data_stays_none_and_repr_shows_it_pending(no_default):
+def test_without_a_server_data_says_how_to_set_one_and_repr_shows_it_pending(no_default):
     *_, loss = _lecture_expression()
     loss.label = "L"
-    assert loss.data is None
+    with pytest.raises(NoServerConfigured, match="GRADSERVE_TARGET"):
+        loss.data  # noqa: B018 (the read is the test)
+    with pytest.raises(NoServerConfigured):
+        f"{loss.data:.4f}"  # micrograd's README demo: no TypeError about None
     assert repr(loss) == "Value(data=<pending>, grad=0.0, label='L')"
     assert repr(Value(1.5)) == "Value(data=1.5, grad=0.0)"
 
@@ -287,9 +290,10 @@ def test_a_value_displays_as_its_drawing(used, monkeypatch):
     shown = o._repr_mimebundle_()
     if shutil.which("dot"):
         assert "<svg" in shown["image/svg+xml"] and "tanh" in shown["image/svg+xml"]
-    monkeypatch.setenv("PATH", "")
-    text = o._repr_mimebundle_()["text/plain"]
-    assert "digraph" in text and "data -1.0000" in text  # tanh(-6) to 4 places
+    assert shown["text/plain"] == repr(o)
+    monkeypatch.setenv("PATH", "")  # no dot: the drawing is gone, the text stays the repr
+    assert o._repr_mimebundle_() == {"text/plain": repr(o)}
+    assert repr(o).startswith("Value(data=-0.99998")  # tanh(-6)
 
 
 def test_a_closed_async_client_raises_a_gradserve_error(target):
@@ -309,4 +313,6 @@ def test_reading_data_from_a_server_that_is_down(no_default, unused_target):
     y = Value(2.0) * 3
     with pytest.raises(ServerUnavailable):
         y.data  # noqa: B018 (the read is the test)
-    assert repr(y).startswith("Value(data=<pending: server unavailable")
+    assert repr(y).startswith(
+        f"Value(data=<pending: no gradserve server answers at {unused_target}"
+    )

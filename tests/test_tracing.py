@@ -89,10 +89,10 @@ def test_the_sdk_carries_the_callers_trace_to_the_server(registry, exported):
             (x * w).tanh().backward(client)
             ((key, value),) = trace_metadata()
             assert key == "traceparent" and f"{step.get_span_context().trace_id:032x}" in value
-        x.tanh().backward(client)  # outside the span
-    calls = by_name(exported.get_finished_spans())[CALL + "Evaluate"]
-    assert len(calls) == 2
-    traced, untraced = calls
+        x.tanh().backward(client)  # outside the span: a request on the Train stream
+    spans = by_name(exported.get_finished_spans())
+    (traced,) = spans[CALL + "Evaluate"]  # inside a span the SDK calls, with its context
+    untraced = spans[CALL + "Train"][0]  # the request's span (the stream has one too)
     assert traced.context.trace_id == step.get_span_context().trace_id
     assert traced.parent.span_id == step.get_span_context().span_id
     assert untraced.parent is None and untraced.context.trace_id != traced.context.trace_id
@@ -158,8 +158,8 @@ def test_the_server_exports_over_otlp_when_the_environment_asks(tmp_path):
     try:
         with Served("--workers", "1", env=env) as served:
             with Client(f"127.0.0.1:{served.port}") as client:
-                (Value(2.0) * Value(3.0)).backward(client)
-            assert wait_until(lambda: CALL + "Evaluate" in collector.names, 20)
+                (Value(2.0) * Value(3.0)).backward(client)  # a request on the Train stream
+            assert wait_until(lambda: CALL + "Train" in collector.names, 20)
             assert "tracing: spans exported over OTLP" in served.log
     finally:
         otlp.stop(0)

@@ -4,15 +4,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 
-from gradserve.client import calls, second_order
+from gradserve.client import calls, ops, second_order
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
-    DEFAULT_TARGET,
     MAX_MESSAGE_BYTES,
     channel_options,
     serialized_calls,
+    target_or_default,
 )
-from gradserve.client.errors import translated
+from gradserve.client.errors import Where, translated
 from gradserve.client.progress import progress_bar
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
@@ -26,7 +26,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | None = None,
         *,
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -35,6 +35,7 @@ class AsyncClient:
         progress: bool | None = None,
     ) -> None:
         options = channel_options(max_message_bytes)
+        target = target_or_default(target)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
@@ -42,6 +43,7 @@ class AsyncClient:
         self._stub = pb_grpc.GradientServiceStub(self._channel)
         self._evaluate, self._evaluate_stream = serialized_calls(self._channel)
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
+        self._where = Where(target, credentials is not None, timeout)
         self._progress = progress
         self._plans = calls.PlanDigests()
 
@@ -54,10 +56,10 @@ class AsyncClient:
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
 
-    async def ops(self) -> list[pb.OpInfo]:
+    async def ops(self) -> list[ops.OpInfo]:
         """The server's ops, sorted by name."""
-        with translated():
-            return list((await self._stub.ListOps(pb.ListOpsRequest(), **self._options)).ops)
+        with translated(where=self._where):
+            return ops.from_reply(await self._stub.ListOps(pb.ListOpsRequest(), **self._options))
 
     async def backward(self, loss: Value, *, allow_non_finite: bool = False) -> None:
         """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on."""
@@ -91,7 +93,7 @@ class AsyncClient:
 
     async def _unary(self, call: calls.Call) -> pb.EvaluateResponse:
         """As ``Client._unary``."""
-        with translated(call.subgraph):
+        with translated(call.subgraph, self._where):
             try:
                 response = await self._evaluate(call.request, **self._options)
             except grpc.RpcError as error:
@@ -137,18 +139,18 @@ class AsyncClient:
 
     async def _second_order(self, call: calls.Call, read, timeout: float | None):
         options = second_order.options(self._options, timeout)
-        with translated(call.subgraph):
+        with translated(call.subgraph, second_order.where(self._where, timeout)):
             response = await self._evaluate(call.request, **options)
         return read(response)
 
     async def _messages(
         self, call: calls.Call, progress: bool | None
     ) -> AsyncIterator[pb.GradientChunk]:
-        with translated(call.subgraph):
+        with translated(call.subgraph, self._where):
             responses = self._evaluate_stream(call.whole_graph(), **self._options)
         bar = None
         try:
-            with translated(call.subgraph):
+            with translated(call.subgraph, self._where):
                 async for message in responses:
                     if bar is None:
                         bar = progress_bar(message.total_nodes, progress)

@@ -152,9 +152,13 @@ def evaluate_call(
     outputs = _as_list(outputs)
     if not outputs:
         raise ValueError("evaluate needs at least one output")
-    tape = tape_of(outputs)
+    wanted = [] if wrt is None or isinstance(wrt, str) else _as_list(wrt)
+    tape = tape_of([*outputs, *wanted])
     roots = [tape.leaf_id(v) if v._tape is None else v._id for v in outputs]
-    subgraph = tape.subgraph(roots)
+    # A Value of wrt that the outputs do not read goes too, read by nothing: its gradient is
+    # 0 and its tangent changes nothing, as micrograd, torch and jax have it.
+    unread = [tape.leaf_id(v) if v._tape is None else v._id for v in wanted]
+    subgraph = tape.subgraph(roots + unread)
     tape.sent = True
     fields = pb.EvaluateRequest(
         outputs=[subgraph.position(r) for r in roots],
@@ -204,11 +208,8 @@ def _positions(wrt, subgraph: Subgraph, tape) -> list[int]:
         leaves = np.flatnonzero(subgraph.codes == LEAF)
         values = subgraph.values(leaves)
         return [p for p, v in zip(leaves.tolist(), values, strict=True) if v._id != CONSTANT]
-    ids = [tape.leaf_ids.get(v) if v._tape is None else v._id for v in _as_list(wrt)]
-    positions = [None if i is None else subgraph.position(i) for i in ids]
-    if None in positions:
-        raise ValueError("wrt holds a Value the outputs do not depend on")
-    return positions
+    ids = [tape.leaf_ids[v] if v._tape is None else v._id for v in _as_list(wrt)]
+    return [subgraph.position(i) for i in ids]  # each was sent (evaluate_call)
 
 
 def _rows(subgraph: Subgraph, tape, batch, leaf_values: np.ndarray) -> np.ndarray:

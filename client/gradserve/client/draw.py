@@ -3,16 +3,24 @@
 Building the drawing needs only the ``graphviz`` Python package; the DOT text is always
 available as ``.source``. Rendering to SVG or PNG needs Graphviz's ``dot`` program; where it
 is missing the error says what to install, and a notebook shows the DOT text instead of
-failing with ``ExecutableNotFound``.
+failing with ``ExecutableNotFound``. The ``graphviz`` package is an optional dependency
+(``pip install 'gradserve-client[draw]'``); importing this module without it says so.
 """
 
 from pathlib import Path
 
-import graphviz
 import numpy as np
 
+try:
+    import graphviz
+except ImportError as error:  # the [draw] extra is not installed
+    raise ImportError(
+        "drawing needs the graphviz package: pip install 'gradserve-client[draw]'",
+        name=error.name,
+    ) from error
+
 from gradserve.client import opcodes
-from gradserve.client.errors import GraphvizNotFound
+from gradserve.client.errors import GraphvizNotFound, NoServerConfigured
 from gradserve.client.value import Value
 
 INSTALL_HINT = (
@@ -39,13 +47,23 @@ def _record_text(value: Value | None, remembered: tuple[float, float] | None) ->
     """The record label. An intermediate the program dropped shows the last backward's
     results; "?" means not evaluated yet."""
     label = "" if value is None else value.label.translate(_RECORD_SPECIALS)
-    if value is not None and value.data is not None:
-        data, grad = f"{value.data:.4f}", f"{value.grad:.4f}"
+    data = None if value is None else _data(value)
+    if data is not None:
+        data, grad = f"{data:.4f}", f"{value.grad:.4f}"
     elif remembered is not None:
         data, grad = (f"{x:.4f}" for x in remembered)
     else:
         data, grad = "?", "?"
     return f"{{ {label} | data {data} | grad {grad} }}"
+
+
+def _data(value: Value) -> float | None:
+    """``.data``, evaluated on the default server if pending; None when pending and there is
+    no default server (a drawing shows "?" then)."""
+    try:
+        return value.data
+    except NoServerConfigured:
+        return None
 
 
 def draw_dot(root: Value, rankdir: str = "LR", format: str = "svg") -> Drawing:
@@ -64,7 +82,7 @@ def draw_dot(root: Value, rankdir: str = "LR", format: str = "svg") -> Drawing:
         record = _record_text(values[node], sub.tape.result(int(sub.kept[node])))
         lines.append(f'\tn{node} [label="{_quoted(record)}" shape=record]\n')
         if op:
-            lines.append(f'\tn{node}op [label="{_quoted(opcodes.name(op))}"]\n')
+            lines.append(f'\tn{node}op [label="{_quoted(opcodes.symbol(op))}"]\n')
             lines.append(f"\tn{node}op -> n{node}\n")
             for i in sub.input_ids[start : start + count].tolist():
                 lines.append(f"\tn{i} -> n{node}op\n")

@@ -34,6 +34,16 @@ def name(code: int) -> str:
     return _names[code]
 
 
+_SYMBOLS = {"add": "+", "mul": "*"}
+
+
+def symbol(code: int) -> str:
+    """How ``Value._op`` and drawings name an op, as micrograd's Value: '+' for add, '*' for
+    mul, the op's name for any other op ('tanh'), '' for a leaf."""
+    op = _names[code]
+    return _SYMBOLS.get(op, op)
+
+
 def input_counts(codes: np.ndarray) -> np.ndarray:
     """Each node's number of inputs."""
     return np.array(_counts, dtype=np.uint32)[codes]

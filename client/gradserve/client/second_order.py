@@ -8,11 +8,13 @@ leaves outside ``wrt``) and returns it with the function that reads the reply. T
 tangents are the one-hot vectors: row r holds H e_r.
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from gradserve.client import calls, wire
+from gradserve.client.errors import Where
 from gradserve.client.opcodes import LEAF
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
@@ -93,3 +95,8 @@ def _grad_tangents(response: pb.EvaluateResponse, n: int) -> np.ndarray:
 def options(defaults: dict, timeout: float | None) -> dict:
     """The client's call options, with this call's ``timeout`` when given."""
     return defaults if timeout is None else {**defaults, "timeout": timeout}
+
+
+def where(defaults: Where, timeout: float | None) -> Where:
+    """What the call's errors name: the client's, with this call's ``timeout`` when given."""
+    return defaults if timeout is None else dataclasses.replace(defaults, timeout=timeout)

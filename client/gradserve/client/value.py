@@ -4,8 +4,11 @@ Operators only record a node (see ``tape``); nothing is computed locally.
 ``loss.backward(client)`` (or ``loss.backward()`` on the default server, see ``default``)
 fills ``.data`` and ``.grad`` of every Value the loss depends on. Reading ``.data`` of an op
 node not evaluated yet evaluates what is pending on its tape, in one call to the default
-server (without one it stays None); like micrograd's, it then stays as it is until a backward
-recomputes it.
+server (without one it raises ``NoServerConfigured``); like micrograd's, it then stays as it
+is until a backward recomputes it.
+
+Besides micrograd's operators, a Value has PyTorch's names for the standard ops (``x.sin()``,
+``x.sqrt()``, ``x.maximum(y)``, ``x.add(y)`` ...), ``abs(x)``, ``float(x)`` and ``x.item()``.
 
 ``_prev`` and ``_op`` show the graph as micrograd's Value does, for the lecture's ``trace``
 and ``draw_dot``: a node's inputs as Value objects (one object per node, made on demand for
@@ -22,6 +25,8 @@ ADD, SUB, MUL, DIV, POW = (opcodes.code(op, 2) for op in ("add", "sub", "mul", "
 NEG, TANH, RELU, EXP, LOG, SIGMOID = (
     opcodes.code(op, 1) for op in ("neg", "tanh", "relu", "exp", "log", "sigmoid")
 )
+SQRT, ABS, SIN, COS = (opcodes.code(op, 1) for op in ("sqrt", "abs", "sin", "cos"))
+MAX, MIN = (opcodes.code(op, 2) for op in ("max", "min"))
 
 
 class Value:
@@ -41,8 +46,8 @@ class Value:
     @property
     def data(self) -> float | None:
         """The value: a leaf's own; an op node's from the last evaluation, evaluating what is
-        pending on its tape on the default server when there is none yet (None without a
-        default server)."""
+        pending on its tape on the default server when there is none yet
+        (``NoServerConfigured`` without a default server)."""
         if self._data is None and self._tape is not None:
             from gradserve.client import pending  # pending -> calls -> value
 
@@ -62,10 +67,7 @@ class Value:
     @property
     def _op(self) -> str:
         """'+' for add, '*' for mul, the op's name for any other op, '' for a leaf."""
-        if self._tape is None:
-            return ""
-        name = opcodes.name(self._tape.codes[self._id])
-        return _SYMBOLS.get(name, name)
+        return "" if self._tape is None else opcodes.symbol(self._tape.codes[self._id])
 
     def __repr__(self) -> str:
         label = f", label={self.label!r}" if self.label else ""
@@ -86,11 +88,14 @@ class Value:
             return f"<pending: {error}>"
 
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
-        """In Jupyter a Value shows as its drawing (``draw_dot``): SVG when Graphviz's
-        ``dot`` is installed, the DOT text otherwise."""
-        from gradserve.client.draw import draw_dot
-
-        return draw_dot(self)._repr_mimebundle_(include, exclude, **kwargs)
+        """In Jupyter a Value shows as its drawing (``draw_dot``) where Graphviz can render
+        it; its text form is always its repr, with or without Graphviz."""
+        text = {"text/plain": repr(self)}
+        try:
+            from gradserve.client.draw import draw_dot
+        except ImportError:  # no graphviz package: the repr alone
+            return text
+        return {**draw_dot(self)._repr_mimebundle_(include, exclude, **kwargs), **text}
 
     def apply(self, op: str, *others: "Value | float") -> "Value":
         """A node applying the server's op ``op`` to this Value and ``others``, in order.
@@ -169,8 +174,61 @@ class Value:
     def sigmoid(self) -> "Value":
         return _unary(SIGMOID, self)
 
+    # PyTorch's names (torch.Tensor's methods) for the standard ops, and Python's protocols.
+    def sqrt(self) -> "Value":
+        return _unary(SQRT, self)
 
-_SYMBOLS = {"add": "+", "mul": "*"}
+    def abs(self) -> "Value":
+        return _unary(ABS, self)
+
+    def sin(self) -> "Value":
+        return _unary(SIN, self)
+
+    def cos(self) -> "Value":
+        return _unary(COS, self)
+
+    def neg(self) -> "Value":
+        return _unary(NEG, self)
+
+    def add(self, other) -> "Value":
+        return _checked(_binary(ADD, self, other), other)
+
+    def sub(self, other) -> "Value":
+        return _checked(_binary(SUB, self, other), other)
+
+    def mul(self, other) -> "Value":
+        return _checked(_binary(MUL, self, other), other)
+
+    def div(self, other) -> "Value":
+        return _checked(_binary(DIV, self, other), other)
+
+    def pow(self, exponent) -> "Value":
+        return _checked(_binary(POW, self, exponent), exponent)
+
+    def maximum(self, other) -> "Value":
+        """The larger of the two (the op ``max``; its gradient goes to the larger input)."""
+        return _checked(_binary(MAX, self, other), other)
+
+    def minimum(self, other) -> "Value":
+        """The smaller of the two (the op ``min``)."""
+        return _checked(_binary(MIN, self, other), other)
+
+    def __abs__(self) -> "Value":
+        return _unary(ABS, self)
+
+    def item(self) -> float:
+        """``.data`` as a Python float, as ``torch.Tensor.item()`` (evaluated if pending)."""
+        return float(self.data)
+
+    def __float__(self) -> float:
+        return self.item()
+
+
+def _checked(result, other):
+    """``result`` of a method; a TypeError for an input that is no Value or number."""
+    if result is NotImplemented:
+        raise TypeError(f"expected a Value or a number, got {other!r}")
+    return result
 
 
 def _as_value(x) -> Value | None:

@@ -103,10 +103,12 @@ class ListOpsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListOpsResponse(_message.Message):
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "server_version")
     OPS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[OpInfo]
-    def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ...) -> None: ...
+    server_version: str
+    def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class OpInfo(_message.Message):
     __slots__ = ("name", "arity", "variadic", "doc", "distribution", "version", "entry_point", "second_order")
@@ -127,3 +129,25 @@ class OpInfo(_message.Message):
     entry_point: str
     second_order: bool
     def __init__(self, name: _Optional[str] = ..., arity: _Optional[int] = ..., variadic: _Optional[bool] = ..., doc: _Optional[str] = ..., distribution: _Optional[str] = ..., version: _Optional[str] = ..., entry_point: _Optional[str] = ..., second_order: _Optional[bool] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("id", "request", "timeout_ms", "cancel")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: EvaluateRequest
+    timeout_ms: int
+    cancel: bool
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[EvaluateRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("id", "response", "status")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    response: EvaluateResponse
+    status: bytes
+    def __init__(self, id: _Optional[int] = ..., response: _Optional[_Union[EvaluateResponse, _Mapping]] = ..., status: _Optional[bytes] = ...) -> None: ...

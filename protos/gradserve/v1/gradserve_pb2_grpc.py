@@ -50,6 +50,11 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListOpsRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListOpsResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.stream_stream(
+                '/gradserve.v1.GradientService/Train',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.TrainRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.TrainResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -77,7 +82,25 @@ class GradientServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOps(self, request, context):
-        """Lists the operations this server has loaded from its op plugins.
+        """Lists the operations this server has loaded from its op plugins, and its version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Train(self, request_iterator, context):
+        """Evaluates many requests over one long-lived stream: a training loop's steps, one
+        message each. It streams so that a small call costs one message on an open stream
+        instead of a new call (headers, authentication, a new handler) each time: on loopback
+        about half of a unary call's latency. Every TrainRequest gets exactly one
+        TrainResponse with the same id, in the order the requests were sent; a failed request
+        gets its google.rpc.Status there and the stream goes on. Authentication is checked
+        once, when the stream opens; the stream stays on the server process that accepted it,
+        so plans it compiled serve its later requests by plan_digest. Each request is charged
+        to the server's memory budget like a unary Evaluate, and its results must fit in one
+        message (use EvaluateStream for larger ones). The stream itself ends with a status
+        only for what ends every call: the server draining or stopping, the client
+        cancelling, or a message that is not a TrainRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +123,11 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.ListOps,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListOpsRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListOpsResponse.SerializeToString,
+            ),
+            'Train': grpc.stream_stream_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.TrainRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.TrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +212,33 @@ class GradientService:
             '/gradserve.v1.GradientService/ListOps',
             gradserve_dot_v1_dot_gradserve__pb2.ListOpsRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.ListOpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gradserve.v1.GradientService/Train',
+            gradserve_dot_v1_dot_gradserve__pb2.TrainRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.TrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,9 +1,11 @@
-"""The ``gradserve`` command: ``serve`` runs the server, ``health`` probes one, ``ops check``
-gradient-checks the installed ops.
+"""The ``gradserve`` command: ``serve`` runs the server, ``health`` probes one, ``ops list``
+lists a running server's ops, ``ops check`` gradient-checks the installed ones.
 
-Every option can also be set by an environment variable, GRADSERVE_ plus the option's
-name in capitals with dashes as underscores (``--max-message-mb`` is
-GRADSERVE_MAX_MESSAGE_MB); a flag on the command line wins.
+Every option of ``serve`` can also be set by an environment variable, GRADSERVE_ plus the
+option's name in capitals with dashes as underscores (``--max-message-mb`` is
+GRADSERVE_MAX_MESSAGE_MB); a flag on the command line wins. Options are declared with plain
+defaults: ``gradserve.cli_options.read_environment`` gives each its variable, and the help
+shows both (docs/server.md's table is generated from the same parser).
 """
 
 import argparse
@@ -13,14 +15,21 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
-from gradserve import health_probe
-from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES
+from gradserve import cli_options, health_probe
+from gradserve.server import ops_list
+from gradserve.server.engine.plan_cache import BUDGET_SHARE
 from gradserve.server.ops_check import check_ops
 from gradserve.server.registry import PluginError, load_registry
 from gradserve.server.runtime import malloc
-from gradserve.server.runtime.workers import serve_workers, stop_signal_event, wait_until_set
+from gradserve.server.runtime.workers import (
+    check_address_free,
+    serve_workers,
+    stop_signal_event,
+    wait_until_set,
+)
 from gradserve.server.service import limits, metrics_multiprocess, tracing
 from gradserve.server.service.app import (
     DEFAULT_MAX_CONNECTION_AGE_S,
@@ -35,14 +44,6 @@ from gradserve.server.service.metrics import CallMetrics, serve_metrics
 from gradserve.server.service.security import read_token, server_credentials
 
 log = logging.getLogger("gradserve")
-
-
-def _env(name: str, default):
-    return os.environ.get("GRADSERVE_" + name.upper().replace("-", "_"), default)
-
-
-def _flag(env_value) -> bool:
-    return str(env_value).lower() in ("1", "true", "yes", "on")
 
 
 def _port(text: str) -> int:
@@ -97,10 +98,21 @@ def _log_level(text: str) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (the usage of ``serve`` is a screenful), exit status 2."""
+    """Usage errors in one line (the usage of ``serve`` is a screenful), exit status 2; help
+    that shows each option's default and variable (subcommands' parsers are this class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", cli_options.HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _reason(exc: OSError) -> str:
+    """``[Errno 98] Address already in use`` -> ``address already in use``."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -116,6 +128,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         log.error("cannot start: --tls-cert and --tls-key go together (--tls-client-ca needs both)")
+        return 2
+    if args.plan_cache_mb is not None and int(args.plan_cache_mb) >= args.max_memory_mb:
+        log.error("cannot start: --plan-cache-mb must be less than --max-memory-mb")
         return 2
     tls_files = [f for f in (args.tls_cert, args.tls_key, args.tls_client_ca) if f]
     try:
@@ -154,7 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
                 send_timeout=args.send_timeout,
                 max_connection_age=args.max_connection_age,
                 threads=args.threads,
-                plan_cache_nodes=args.plan_cache_nodes,
+                plan_cache_bytes=_plan_cache_bytes(args),
                 reuse_port=reuse_port,
                 metrics=metrics,
                 limits=server_limits,
@@ -168,16 +183,16 @@ def _serve(args: argparse.Namespace) -> int:
                 isolation_workers=args.isolation_workers,
                 trusted_plugins=[d.strip() for d in args.trusted_plugins.split(",") if d.strip()],
             )
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # the address was taken since the check, or TLS failed
             log.error("cannot listen on %s: %s", address, exc)
-            return 2
+            return 1
         if metrics_port:
             try:
                 metrics_http = serve_metrics(metrics, args.host, metrics_port)
             except OSError as exc:
                 log.error("cannot serve metrics on %s:%d: %s", args.host, metrics_port, exc)
                 running.stop(0)
-                return 2
+                return 1
             log.info("metrics on http://%s:%d/metrics", args.host, metrics_http.server_port)
         if ready:
             log.info("worker serving")
@@ -185,13 +200,23 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             log.info("serving on %s:%d; %s", args.host, running.port, describe)
         wait_until_set(stopping)
-        log.info("shutting down: NOT_SERVING, draining calls for up to %g s", args.grace)
-        running.stop(args.grace)
+        log.info(
+            "shutting down: NOT_SERVING, new calls taken for %g s more, then draining calls"
+            " for up to %g s",
+            args.drain_delay,
+            args.grace,
+        )
+        running.stop(args.grace, drain_delay=args.drain_delay)
         if metrics_port:
             metrics_http.shutdown()
         log.info("stopped")
         return 0
 
+    try:
+        check_address_free(args.host, args.port)
+    except OSError as exc:  # before gRPC tries, whose C-core would log its own lines
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, _reason(exc))
+        return 1
     log.info(
         "tls=%s mutual-tls=%s auth-token=%s reflection=%s",
         *(bool(x) for x in (args.tls_cert, args.tls_client_ca, token, not args.no_reflection)),
@@ -212,7 +237,7 @@ def _serve(args: argparse.Namespace) -> int:
                 )
             except OSError as exc:
                 log.error("cannot serve metrics on %s:%d: %s", args.host, args.metrics_port, exc)
-                return 2
+                return 1
             stack.callback(metrics_http.shutdown)
             log.info(
                 "metrics of every worker on http://%s:%d/metrics", args.host, args.metrics_port
@@ -228,8 +253,13 @@ def _serve(args: argparse.Namespace) -> int:
                 on_exit=on_exit,
             )
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
-            return 2
+            log.error("cannot listen on %s:%d: %s", args.host, args.port, _reason(exc))
+            return 1
+
+
+def _plan_cache_bytes(args: argparse.Namespace) -> int | None:
+    """--plan-cache-mb in bytes (None: the default share of the memory budget)."""
+    return None if args.plan_cache_mb is None else int(args.plan_cache_mb) * 2**20
 
 
 def _ops_check(args: argparse.Namespace) -> int:
@@ -243,156 +273,195 @@ def _ops_check(args: argparse.Namespace) -> int:
 
 
 def _add_safety_options(serve: argparse.ArgumentParser) -> None:
-    """The limits and security options of ``serve`` (README: "Running it safely")."""
+    """The limits and security options of ``serve`` (docs/running-safely.md)."""
     for name, default, unit in (
         ("max-nodes", limits.DEFAULT_MAX_NODES, "nodes in one graph"),
         ("max-fan-in", limits.DEFAULT_MAX_FAN_IN, "inputs of one node"),
         ("max-concurrent-calls", limits.DEFAULT_MAX_CONCURRENT_CALLS, "calls at once"),
     ):
-        serve.add_argument(
-            f"--{name}",
-            type=_positive_int,
-            default=_env(name, default),
-            help=f"{unit} (default {default})",
-        )
+        serve.add_argument(f"--{name}", type=_positive_int, default=default, help=unit)
     serve.add_argument(
         "--max-memory-mb",
         type=_positive_int,
-        default=_env("max-memory-mb", DEFAULT_MAX_MEMORY_BYTES // 2**20),
-        help="memory budget of the calls in flight, per worker process, in MiB "
-        f"(default {DEFAULT_MAX_MEMORY_BYTES // 2**20})",
+        default=DEFAULT_MAX_MEMORY_BYTES // 2**20,
+        help="memory budget of the calls in flight, per worker process, in MiB",
     )
     serve.add_argument(
         "--send-timeout",
         type=_seconds(zero_allowed=False),
-        default=_env("send-timeout", DEFAULT_SEND_TIMEOUT_S),
-        help="seconds a client may take to read a reply message before its call is "
-        f"abandoned (default {DEFAULT_SEND_TIMEOUT_S:g})",
+        default=DEFAULT_SEND_TIMEOUT_S,
+        help="seconds a client may take to read a reply message before its call is abandoned",
     )
     serve.add_argument(
         "--max-connection-age",
-        type=float,
-        default=_env("max-connection-age", DEFAULT_MAX_CONNECTION_AGE_S),
+        type=_seconds(zero_allowed=True),
+        default=DEFAULT_MAX_CONNECTION_AGE_S,
         help="seconds after which a connection is asked to go away, and closed once its "
-        f"calls had the default deadline to finish; 0: never (default "
-        f"{DEFAULT_MAX_CONNECTION_AGE_S:g})",
+        "calls had the default deadline to finish; 0: never",
     )
     serve.add_argument(
         "--default-deadline",
         type=_seconds(zero_allowed=False),
-        default=_env("default-deadline", limits.DEFAULT_DEADLINE_S),
-        help=f"seconds for calls that set no deadline (default {limits.DEFAULT_DEADLINE_S:g})",
+        default=limits.DEFAULT_DEADLINE_S,
+        help="seconds for calls that set no deadline",
     )
-    serve.add_argument("--tls-cert", default=_env("tls-cert", None), help="PEM certificate chain")
-    serve.add_argument("--tls-key", default=_env("tls-key", None), help="PEM private key")
+    serve.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
+    serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     serve.add_argument(
-        "--tls-client-ca", default=_env("tls-client-ca", None), help="require client certs (mTLS)"
+        "--tls-client-ca", help="mutual TLS: require client certificates signed by this CA"
     )
-    serve.add_argument("--auth-token", default=_env("auth-token", None), help="bearer token")
+    serve.add_argument("--auth-token", help="require this bearer token on every call")
     serve.add_argument(
-        "--auth-token-file", default=_env("auth-token-file", None), help="file holding the token"
+        "--auth-token-file",
+        help="file whose first line is the token (wins over --auth-token)",
     )
     serve.add_argument(
         "--isolation-workers",
         type=_whole(0),
-        default=_env("isolation-workers", 2),
-        help="worker processes for graphs using untrusted ops; 0 runs them in-process (default 2)",
+        default=2,
+        help="worker processes for graphs using untrusted ops; 0 runs them in-process",
     )
     serve.add_argument(
         "--trusted-plugins",
-        default=_env("trusted-plugins", ""),
+        default="",
         help="comma-separated distributions whose ops run in-process like gradserve-ops-core",
     )
     serve.add_argument(
-        "--no-reflection",
-        action="store_true",
-        default=_flag(_env("no-reflection", "")),
-        help="do not serve server reflection",
+        "--no-reflection", action="store_true", help="do not serve server reflection"
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gradserve", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the gradient server")
-    serve.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to bind")
-    serve.add_argument("--port", type=_port, default=_env("port", 50051), help="0 picks one")
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the gradient server",
+        description="Run the gradient server. Every option can also be set by the "
+        "environment variable shown with it; a flag on the command line wins.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--port", type=_port, default=50051, help="port to bind; 0 picks one")
     serve.add_argument(
         "--max-message-mb",
         type=_positive_int,
-        default=_env("max-message-mb", DEFAULT_MAX_MESSAGE_BYTES // 2**20),
-        help="largest request and response, in MiB (default 64)",
+        default=DEFAULT_MAX_MESSAGE_BYTES // 2**20,
+        help="largest request and response, in MiB",
     )
     serve.add_argument(
         "--grace",
         type=_seconds(zero_allowed=True),
-        default=_env("grace", 10.0),
-        help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default 10)",
+        default=10.0,
+        help="seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    )
+    serve.add_argument(
+        "--drain-delay",
+        type=_seconds(zero_allowed=True),
+        default=0.0,
+        help="seconds a stopping server keeps taking new calls while its health already says"
+        " NOT_SERVING, so that a load balancer polling health takes it out first; the"
+        " grace follows",
     )
     serve.add_argument(
         "--workers",
         type=_positive_int,
-        default=_env("workers", os.cpu_count() or 1),
+        default=os.cpu_count() or 1,
         help="server processes sharing the port (default: the number of cores)",
     )
     serve.add_argument(
         "--threads",
         type=_positive_int,
-        default=_env("threads", DEFAULT_THREADS),
-        help=f"evaluation threads per worker process (default {DEFAULT_THREADS})",
+        default=DEFAULT_THREADS,
+        help="evaluation threads per worker process",
     )
     serve.add_argument(
-        "--plan-cache-nodes",
+        "--plan-cache-mb",
         type=_whole(0),
-        default=_env("plan-cache-nodes", DEFAULT_MAX_NODES),
-        help=f"total nodes of compiled plans kept for reuse (default {DEFAULT_MAX_NODES:,})",
+        default=None,
+        help="MiB of compiled plans kept for reuse, within --max-memory-mb (default: "
+        f"1/{BUDGET_SHARE} of it)",
     )
-    serve.add_argument(
-        "--ops", default=_env("ops", None), help="comma-separated allow-list of ops to load"
-    )
+    serve.add_argument("--ops", help="comma-separated allow-list of ops to load (default: all)")
     serve.add_argument(
         "--strict-plugins",
         action="store_true",
-        default=_flag(_env("strict-plugins", "")),
         help="fail start-up when an op plugin fails to load, instead of skipping it",
     )
     serve.add_argument(
         "--metrics-port",
         type=_port,
-        default=_env("metrics-port", 0),
-        help="serve Prometheus metrics over HTTP on this port (default 0: off)",
+        default=0,
+        help="serve Prometheus metrics over HTTP on this port; 0: off",
     )
     serve.add_argument(
         "--log-level",
         type=_log_level,
-        default=_env("log-level", "INFO"),
-        help="debug, info, warning, error or critical (default info)",
+        default="info",
+        help="debug, info, warning, error or critical",
     )
     serve.add_argument(
         "--log-format",
         choices=("text", "json"),
-        default=_env("log-format", "text"),
-        help="text lines, or one JSON object per line (default text)",
+        default="text",
+        help="text lines, or one JSON object per line",
     )
     _add_safety_options(serve)
+    cli_options.read_environment(serve)
     serve.set_defaults(run=_serve)
 
-    probe = commands.add_parser("health", help="exit 0 if a server reports SERVING")
-    health_probe.add_arguments(probe)
-    probe.set_defaults(run=health_probe.run)
 
-    ops = commands.add_parser("ops", help="inspect the installed ops")
-    ops_commands = ops.add_subparsers(dest="ops_command", required=True)
+def _add_ops(commands) -> None:
+    ops = commands.add_parser(
+        "ops",
+        help="list a running server's ops, or check the installed ones",
+        description="List a running server's ops, or check the installed ops' derivatives.",
+    )
+    ops_commands = ops.add_subparsers(dest="ops_command", required=True, metavar="COMMAND")
+    listing = ops_commands.add_parser(
+        "list",
+        help="list a running server's ops: name, arity, second order, distribution",
+        description="List a running server's ops: name, arity, second order, distribution.",
+    )
+    health_probe.add_connection_arguments(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(run=ops_list.run)
     check = ops_commands.add_parser(
-        "check", help="check every op's backward against central finite differences"
+        "check",
+        help="check every installed op's derivatives against central finite differences",
+        description="Check every installed op's derivatives (or one op's) against central "
+        "finite differences of its forward, at random points of its domain.",
     )
     check.add_argument("--op", help="check only this op")
-    check.add_argument(
-        "--points", type=_positive_int, default=200, help="random points per op (default 200)"
-    )
+    check.add_argument("--points", type=_positive_int, default=200, help="random points per op")
     check.add_argument("--seed", type=int, default=0, help="seed of the random points")
     check.set_defaults(run=_ops_check)
+
+
+DESCRIPTION = (
+    "gradserve evaluates graphs of scalar operations sent over gRPC and returns their "
+    "values and gradients."
+)
+EPILOG = "Run 'gradserve COMMAND --help' for a command's options. The documentation is in docs/."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gradserve",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=cli_options.HelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"gradserve {version('gradserve-server')}"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    probe = commands.add_parser(
+        "health",
+        help="exit 0 if a server reports SERVING",
+        description=health_probe.DESCRIPTION,
+    )
+    health_probe.add_arguments(probe)
+    probe.set_defaults(run=health_probe.run)
+    _add_ops(commands)
     return parser
 
 

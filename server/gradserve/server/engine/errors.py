@@ -8,10 +8,23 @@ QUOTE_LIMIT = 64  # characters of a client's string quoted back in a message
 def quote(text: str) -> str:
     """``text``, a string the client sent, quoted for a message and bounded: cut to
     QUOTE_LIMIT characters with an ellipsis and the full length, so that a megabyte label
-    or op name never makes a megabyte error message (or log line)."""
-    if len(text) <= QUOTE_LIMIT:
+    or op name never makes a megabyte error message (or log line). A string ``cut``
+    already is quoted as it is."""
+    if len(text) <= QUOTE_LIMIT or _is_cut(text):
         return repr(text)
-    return f"{text[:QUOTE_LIMIT] + '…'!r} ({len(text)} characters)"
+    return f"{text[:QUOTE_LIMIT] + _ELLIPSIS!r} ({len(text)} characters)"
+
+
+def cut(text: str) -> str:
+    """``text`` as a message quotes it, without the quotes: what a plan keeps of a label."""
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + _ELLIPSIS
+
+
+_ELLIPSIS = "…"
+
+
+def _is_cut(text: str) -> bool:
+    return len(text) == QUOTE_LIMIT + 1 and text.endswith(_ELLIPSIS)
 
 
 class EvaluationError(Exception):

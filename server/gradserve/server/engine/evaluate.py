@@ -63,24 +63,19 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
             continue
         g, y = grads.take(step.nodes, axis=0), values.take(step.nodes, axis=0)
         local = _backward(step, g, y, values)
-        # One scatter per input position: a variadic op over a million inputs makes a
-        # million of them, so the loop polls too.
+        if should_stop():  # a variadic op over a million inputs takes a while
+            raise Cancelled()
+        # Every input position's gradients at once, in args' order (position by position).
+        contributions = np.concatenate(local) if len(local) > 1 else local[0]
+        del local
         if values.shape[1] == 1:  # np.add.at is quick on one column and needs no sort
-            for position, (arg, grad) in enumerate(zip(step.args, local, strict=True)):
-                if position % _POLL_INPUTS == _POLL_INPUTS - 1 and should_stop():
-                    raise Cancelled()
-                np.add.at(grads, arg, grad)
+            np.add.at(grads, step.args.ravel(), contributions)
         else:
-            for position, (scatter, grad) in enumerate(zip(step.scatters, local, strict=True)):
-                if position % _POLL_INPUTS == _POLL_INPUTS - 1 and should_stop():
-                    raise Cancelled()
-                scatter.add_into(grads, grad)
+            step.scatter.add_into(grads, contributions)
+        del contributions
     if not allow_non_finite:
         finite.check_grads(grads)
     return (values[:, 0], grads[:, 0]) if single_row else (values, grads)
-
-
-_POLL_INPUTS = 4096  # input positions of a group scattered between two stop checks
 
 
 def _check_leaf_count(plan: Plan, given: int) -> None:

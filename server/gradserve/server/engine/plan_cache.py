@@ -1,5 +1,10 @@
 """Compiled plans kept by the digest of their graph's structure, least recently used first
-out, bounded by the total number of nodes they hold."""
+out, bounded by the bytes they hold (``Plan.nbytes``: arrays, scatter indexes, labels).
+
+The bound sits inside the server's memory budget: the service gives the calls in flight
+the budget less this cache's share (``service/app.py``), so what outlives a call and what
+a call holds add up to at most the budget.
+"""
 
 import functools
 import hashlib
@@ -10,7 +15,7 @@ import numpy as np
 
 from gradserve.server.engine.plan import GraphArrays, Plan
 
-DEFAULT_MAX_NODES = 20_000_000  # about 1 GB of plans for graphs like an MLP
+BUDGET_SHARE = 8  # by default the cache may hold 1/8 of the server's memory budget
 
 
 def structure_digest(graph: GraphArrays) -> bytes:
@@ -75,37 +80,58 @@ def _memoized_digest(structure: tuple) -> bytes:
 
 
 class PlanCache:
-    """Thread-safe LRU of plans. A plan larger than the whole budget is not kept."""
+    """Thread-safe LRU of plans, bounded by ``max_bytes``. A plan larger than that is not
+    kept. A plan's scatters are made on its first batch call, after it was cached:
+    ``remeasure`` counts them then."""
 
-    def __init__(self, max_nodes: int = DEFAULT_MAX_NODES) -> None:
-        self.max_nodes = max_nodes
-        self._plans: OrderedDict[bytes, Plan] = OrderedDict()
-        self._nodes = 0
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._plans: OrderedDict[bytes, tuple[Plan, int]] = OrderedDict()  # with its bytes
+        self.bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
 
     def get(self, digest: bytes) -> Plan | None:
         with self._lock:
-            plan = self._plans.get(digest)
-            if plan is None:
+            entry = self._plans.get(digest)
+            if entry is None:
                 self.misses += 1
                 return None
             self._plans.move_to_end(digest)
             self.hits += 1
-            return plan
+            return entry[0]
 
     def put(self, digest: bytes, plan: Plan) -> None:
-        if plan.node_count > self.max_nodes:
+        size = plan.nbytes()
+        if size > self.max_bytes:
             return
         with self._lock:
             if digest in self._plans:
                 return
-            self._plans[digest] = plan
-            self._nodes += plan.node_count
-            while self._nodes > self.max_nodes:
-                _, evicted = self._plans.popitem(last=False)
-                self._nodes -= evicted.node_count
+            self._plans[digest] = (plan, size)
+            self.bytes += size
+            self._evict()
+
+    def remeasure(self, digest: bytes, plan: Plan) -> None:
+        """Count what ``plan`` (cached under ``digest``) holds now; evict if it no longer
+        fits."""
+        size = plan.nbytes()
+        with self._lock:
+            entry = self._plans.get(digest)
+            if entry is None or entry[0] is not plan or entry[1] == size:
+                return
+            self._plans[digest] = (plan, size)
+            self._plans.move_to_end(digest)  # just used
+            self.bytes += size - entry[1]
+            self._evict()
+
+    def _evict(self) -> None:
+        while self.bytes > self.max_bytes:
+            _, (_, size) = self._plans.popitem(last=False)
+            self.bytes -= size
+            self.evictions += 1
 
     def __len__(self) -> int:
         return len(self._plans)

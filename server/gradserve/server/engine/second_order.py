@@ -115,7 +115,8 @@ def _forward_tangents(plan, values, tangents, should_stop) -> list:
             continue
         derivatives = _local_derivatives(step, values)
         total = derivatives[0] * tangents.take(step.args[0], axis=0)
-        for d, arg in zip(derivatives[1:], step.args[1:], strict=True):
+        for position, (d, arg) in enumerate(zip(derivatives[1:], step.args[1:], strict=True)):
+            _poll(position, should_stop)
             total += d * tangents.take(arg, axis=0)
         tangents[step.nodes] = total
         locals_.append(derivatives)
@@ -145,7 +146,7 @@ def _forward_stretch(stretch, local, tangents, should_stop) -> None:
         tangents[node] = total
 
 
-def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray):
+def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray, should_stop):
     """Per input position j, ``sum_k H_jk t[x_k]``: how the group's local derivatives move
     along the tangents; None for an op linear in its inputs."""
     xs = list(values.take(group.args, axis=0))
@@ -169,6 +170,7 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray):
     ts = list(tangents.take(group.args, axis=0))
     moved = [np.zeros(y.shape) for _ in range(k)]
     for i in range(k):
+        _poll(i, should_stop)
         for j in range(i, k):
             h = next(pairs)
             moved[i] += h * ts[j]
@@ -187,12 +189,18 @@ def _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, st
             continue
         upstream = grad_tangents.take(step.nodes, axis=0)
         g = grads.take(step.nodes, axis=0)
-        moved = _second_directional(step, values, tangents)
-        contributions = [d * upstream for d in local]
+        moved = _second_directional(step, values, tangents, stop)
+        # Every input position at once, shaped (positions, nodes, rows).
+        contributions = np.stack(local)
+        contributions *= upstream
         if moved is not None:
-            contributions = [c + g * m for c, m in zip(contributions, moved, strict=True)]
-        for scatter, c in zip(step.scatters, contributions, strict=True):
-            scatter.add_into(grad_tangents, c)
+            moved = np.stack(moved)
+            moved *= g
+            contributions += moved
+            del moved
+        if stop():
+            raise Cancelled()
+        step.scatter.add_into(grad_tangents, contributions.reshape(-1, values.shape[1]))
 
 
 def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, stop) -> None:
@@ -200,7 +208,7 @@ def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, st
     tangents are known by now), then the propagation node by node."""
 
     def moved_of(part: Group, values: np.ndarray) -> list[np.ndarray]:
-        moved = _second_directional(part, values, tangents)
+        moved = _second_directional(part, values, tangents, stop)
         zero = np.zeros((len(part.nodes), values.shape[1]))
         return moved if moved is not None else [zero] * len(part.args)
 
@@ -215,6 +223,15 @@ def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, st
         upstream, g = grad_tangents[node], grads[node]
         for edge in range(offsets[position], offsets[position + 1]):
             grad_tangents[inputs[edge]] += local[edge] * upstream + g * moved[edge]
+
+
+_POLL_INPUTS = 4096  # input positions of a group between two stop checks
+
+
+def _poll(position: int, should_stop) -> None:
+    """Every _POLL_INPUTS input positions, raise Cancelled when the caller has gone."""
+    if position % _POLL_INPUTS == _POLL_INPUTS - 1 and should_stop():
+        raise Cancelled()
 
 
 def _check_finite(plan: Plan, array: np.ndarray, what: str) -> None:

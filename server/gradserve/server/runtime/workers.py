@@ -55,6 +55,16 @@ def wait_until_set(event: threading.Event) -> None:
         pass
 
 
+def check_address_free(host: str, port: int) -> int:
+    """Bind ``host:port`` without SO_REUSEPORT and let it go: an OSError (EADDRINUSE) when
+    another process holds it, rather than a port silently shared. Returns the port (a free
+    one for port 0)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind(address)
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def reserved_port(host: str, port: int) -> Iterator[int]:
     """Hold ``host:port`` (a free one for port 0) for SO_REUSEPORT workers; yield the port.
@@ -63,10 +73,8 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
     uses is an error (OSError) rather than silently shared. The reservation socket never
     listens, so it receives no connections.
     """
+    port = check_address_free(host, port)
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind(address)
-        port = probe.getsockname()[1]
     with socket.socket(family, socket.SOCK_STREAM) as reservation:
         reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         reservation.bind((address[0], port, *address[2:]))

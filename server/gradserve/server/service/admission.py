@@ -23,21 +23,23 @@ SMALL_FRACTION = 256  # a call of at most budget / SMALL_FRACTION bytes never wa
 class NeverFits(Exception):
     """The call needs more than the whole budget."""
 
-    def __init__(self, needed: int, budget: int) -> None:
-        self.needed, self.budget = needed, budget
+    def __init__(self, needed: int, budget: "MemoryBudget") -> None:
+        self.needed, self.budget = needed, budget.total
         super().__init__(
             f"the call needs an estimated {_mib(needed)} of server memory, more than this "
-            f"server's whole budget max-memory-mb = {budget // 2**20}"
+            f"server's whole budget for calls, {budget.describe()}: send fewer nodes or "
+            "rows, or start the server with a larger --max-memory-mb"
         )
 
 
 class BudgetBusy(Exception):
     """The budget stayed in use by other calls for longer than the call may wait."""
 
-    def __init__(self, needed: int, budget: int, waited: float) -> None:
+    def __init__(self, needed: int, budget: "MemoryBudget", waited: float) -> None:
+        self.needed, self.budget = needed, budget.total
         super().__init__(
             f"the call needs an estimated {_mib(needed)} of server memory and this server's "
-            f"budget (max-memory-mb = {budget // 2**20}) stayed in use by other calls for "
+            f"budget for calls ({budget.describe()}) stayed in use by other calls for "
             f"{waited:.1f} s; retry later"
         )
 
@@ -47,21 +49,31 @@ def _mib(nbytes: int) -> str:
 
 
 class MemoryBudget:
-    """One server process's budget, shared by its calls (used on the event loop only)."""
+    """One server process's budget, shared by its calls (used on the event loop only).
 
-    def __init__(self, total_bytes: int, wait_s: float = DEFAULT_WAIT_S) -> None:
-        self.total = total_bytes
+    ``reserved`` bytes of ``total_bytes`` are kept for what outlives calls (the plan
+    cache); the calls share the rest, ``total``."""
+
+    def __init__(self, total_bytes: int, wait_s: float = DEFAULT_WAIT_S, reserved: int = 0) -> None:
+        self.configured = total_bytes
+        self.reserved = reserved
+        self.total = total_bytes - reserved
         self.wait_s = wait_s
         self.used = 0
         self._freed: asyncio.Condition | None = None  # made on the loop, at first use
         self._waiting = 0  # calls waiting for memory: only they need waking
+
+    def describe(self) -> str:
+        """The budget's settings, as a message names them."""
+        text = f"{_mib(self.total)}: max-memory-mb = {self.configured // 2**20}"
+        return text + (f" less plan-cache-mb = {self.reserved // 2**20}" if self.reserved else "")
 
     def charge(self) -> "Charge":
         return Charge(self)
 
     async def _take(self, amount: int, total_after: int, deadline: float) -> None:
         if total_after > self.total:
-            raise NeverFits(total_after, self.total)
+            raise NeverFits(total_after, self)
         if total_after <= self.total // SMALL_FRACTION or self.used + amount <= self.total:
             self.used += amount
             return
@@ -76,7 +88,7 @@ class MemoryBudget:
                     self._freed.wait_for(lambda: self.used + amount <= self.total), timeout
                 )
             except TimeoutError:
-                raise BudgetBusy(total_after, self.total, time.monotonic() - started) from None
+                raise BudgetBusy(total_after, self, time.monotonic() - started) from None
             finally:
                 self._waiting -= 1
             self.used += amount

@@ -18,11 +18,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gradserve.server.engine.plan_cache import DEFAULT_MAX_NODES, PlanCache
+from gradserve.server.engine import plan_cache as plans
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S, ServerState, call_log
+from gradserve.server.service.health_listing import ListingHealthServicer
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.service.security import BearerTokenInterceptor
@@ -49,10 +50,16 @@ class RunningServer:
     _state: ServerState
     isolated: IsolatedEvaluator | None = None
 
-    def stop(self, grace: float) -> None:
+    def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to
-        ``grace`` s, then stop (calls still running are cancelled)."""
-        asyncio.run_coroutine_threadsafe(self._drain_and_stop(grace), self._loop).result()
+        ``grace`` s, then stop (calls still running are cancelled).
+
+        ``drain_delay`` s pass between reporting NOT_SERVING and refusing new calls: a load
+        balancer that polls health (HAProxy, Kubernetes endpoints) takes the server out in
+        that time, so the calls it still routes here are served, not refused."""
+        asyncio.run_coroutine_threadsafe(
+            self._drain_and_stop(grace, drain_delay), self._loop
+        ).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -61,9 +68,12 @@ class RunningServer:
         if self.isolated is not None:
             self.isolated.close()
 
-    async def _drain_and_stop(self, grace: float) -> None:
+    async def _drain_and_stop(self, grace: float, drain_delay: float) -> None:
         state = self._state
-        state.draining = True  # first: a probe that sees NOT_SERVING may count on it
+        if drain_delay > 0:
+            await self._health.enter_graceful_shutdown()
+            await asyncio.sleep(drain_delay)
+        state.draining = True  # before NOT_SERVING when there is no delay: a probe may count on it
         await self._health.enter_graceful_shutdown()
         for waiting in list(state.waiting_for_request):
             waiting.cancel_waiting()
@@ -86,7 +96,7 @@ def start_server(
     send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_S,
     reuse_port: bool = False,
-    plan_cache_nodes: int = DEFAULT_MAX_NODES,
+    plan_cache_bytes: int | None = None,
     metrics: CallMetrics | None = None,
     limits: Limits | None = None,
     credentials: grpc.ServerCredentials | None = None,
@@ -107,19 +117,28 @@ def start_server(
     replaceable worker processes (the registry must then come from the entry points, which
     the workers load again). A connection older than ``max_connection_age`` seconds (0:
     no limit) is asked to go away, and closed once its calls have had the default deadline
-    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). README,
-    "Running it safely", explains the other options.
+    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). The plan
+    cache holds at most ``plan_cache_bytes`` (default: an eighth of ``max_memory_bytes``),
+    and the calls in flight the rest of ``max_memory_bytes``. docs/running-safely.md
+    explains every option.
     """
+    if plan_cache_bytes is None:
+        plan_cache_bytes = max_memory_bytes // plans.BUDGET_SHARE
+    if not 0 <= plan_cache_bytes < max_memory_bytes:
+        raise ValueError(
+            f"the plan cache ({plan_cache_bytes // 2**20} MiB) must be smaller than the "
+            f"memory budget ({max_memory_bytes // 2**20} MiB)"
+        )
     isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
     state = ServerState(
         limits=limits or Limits(),
-        budget=MemoryBudget(max_memory_bytes),
+        budget=MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes),
         executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
         threads=threads,
         send_timeout_s=send_timeout,
         metrics=metrics,
     )
-    plan_cache = PlanCache(plan_cache_nodes)
+    plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
         watch_plan_cache(metrics, plan_cache)
     servicer = GradientServicer(registry, plan_cache, state, isolated, max_message_bytes)
@@ -144,7 +163,7 @@ def start_server(
         state.on_loop()
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers((handlers(servicer),))
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = ListingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if enable_reflection:
             reflection.enable_server_reflection(

@@ -127,12 +127,16 @@ class CallScope:
             self.state.waiting_for_request.discard(self)
         if raw is grpc.aio.EOF:
             raise GraphError("the call ended without a request message", field="request")
+        self.count_in()
+        return raw
+
+    def count_in(self) -> None:
+        """Count the call against max-concurrent-calls (and the drain) from now on."""
         if self.state.active >= self.state.limits.max_concurrent_calls:
             raise TooManyCalls()
         self.state.active += 1
         self.state.all_ended.clear()
         self._counted = True
-        return raw
 
     async def admit(self, nbytes: int) -> None:
         """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
@@ -262,7 +266,9 @@ class CallScope:
         elif isinstance(exc, DeadlineExceeded):
             result = status.plain(code.DEADLINE_EXCEEDED, str(exc))
         elif isinstance(exc, NeverFits | BudgetBusy):
-            result = status.quota_failure("max-memory-mb", str(exc))
+            result = status.quota_failure(
+                "max-memory-mb", str(exc), limit=exc.budget, estimate=exc.needed
+            )
         elif isinstance(exc, MemoryError):
             result = status.quota_failure(
                 "memory", "the server ran out of memory for this call; retry later or send less"
@@ -273,6 +279,7 @@ class CallScope:
                 "max-concurrent-calls",
                 f"this server process already has {limit} calls in progress "
                 f"(max-concurrent-calls = {limit}); retry later",
+                limit=limit,
             )
         elif isinstance(exc, SendTimedOut):
             result = status.plain(

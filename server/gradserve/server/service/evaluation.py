@@ -241,10 +241,13 @@ class Evaluator:
                 job.plan.source, leaves, job.outputs, job.seeds, should_stop, allow, tangents
             )
         if tangents is not None:
-            return evaluate_with_tangents(
+            results = evaluate_with_tangents(
                 job.plan, leaves, tangents, job.outputs, job.seeds, should_stop, allow
             )
-        return evaluate(job.plan, leaves, job.outputs, job.seeds, should_stop, allow)
+        else:
+            results = evaluate(job.plan, leaves, job.outputs, job.seeds, should_stop, allow)
+        self._plans.remeasure(job.digest, job.plan)  # it may have made its scatters
+        return results
 
     def unary_reply(self, job: Job, block_rows: int, should_stop: StopCheck) -> bytes:
         """The EvaluateResponse, evaluated ``block_rows`` rows at a time."""

@@ -153,6 +153,11 @@ class _PlanCacheCollector:
         yield GaugeMetricFamily(
             "gradserve_plan_cache_plans", "Compiled plans held in the cache", len(self.cache)
         )
+        yield GaugeMetricFamily(
+            "gradserve_plan_cache_bytes",
+            "Bytes of compiled plans held in the cache (at most --plan-cache-mb)",
+            self.cache.bytes,
+        )
 
 
 def watch_plan_cache(metrics: CallMetrics, cache: PlanCache) -> None:

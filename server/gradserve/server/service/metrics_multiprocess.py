@@ -80,6 +80,12 @@ def mirror_plan_cache(cache: PlanCache, registry: CollectorRegistry) -> None:
         multiprocess_mode="liveall",
         registry=registry,
     )
+    held = Gauge(
+        "gradserve_plan_cache_bytes",
+        "Bytes of compiled plans held in the cache, by worker process",
+        multiprocess_mode="liveall",
+        registry=registry,
+    )
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 
     def copy() -> None:
@@ -90,6 +96,7 @@ def mirror_plan_cache(cache: PlanCache, registry: CollectorRegistry) -> None:
             misses.inc(now_misses - seen_misses)
             seen_hits, seen_misses = now_hits, now_misses
             plans.set(len(cache))
+            held.set(cache.bytes)
             time.sleep(MIRROR_INTERVAL)
 
     threading.Thread(target=copy, name="plan-cache-metrics", daemon=True).start()

@@ -9,11 +9,12 @@ decoded by grpc before the call is authorised. Errors become statuses in one pla
 
 import grpc
 
+from gradserve.server import __version__
 from gradserve.server.engine.errors import Cancelled
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
-from gradserve.server.service import evaluation
+from gradserve.server.service import evaluation, train_stream
 from gradserve.server.service.calls import CallScope, ServerState
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -86,19 +87,26 @@ class GradientServicer:
         await call.admit(base + job.memory(block, streaming))
         return block
 
+    async def _unary_reply(self, call: CallScope) -> bytes:
+        """Receive, evaluate and encode one Evaluate request: the reply message's bytes."""
+        _, digest, prepared = await self._prepare(call, unary=True)
+        if isinstance(prepared, evaluation.Results):
+            with call.span.step("encoding"):
+                return evaluation.unary_small_reply(prepared, digest)
+        block = await self._admit_job(call, prepared, streaming=False)
+        with call.span.step("evaluating"):  # and encoding: one step on the executor
+            reply = await call.compute(self._evaluator.unary_reply, prepared, block)
+        # The arrays are gone; grpc copies the message while it is being sent.
+        await call.admit(call.request_bytes + 2 * len(reply))
+        return reply
+
     async def Evaluate(self, _requests, context):
         async with CallScope("Evaluate", context, self._state) as call:
-            _, digest, prepared = await self._prepare(call, unary=True)
-            if isinstance(prepared, evaluation.Results):
-                with call.span.step("encoding"):
-                    reply = evaluation.unary_small_reply(prepared, digest)
-            else:
-                block = await self._admit_job(call, prepared, streaming=False)
-                with call.span.step("evaluating"):  # and encoding: one step on the executor
-                    reply = await call.compute(self._evaluator.unary_reply, prepared, block)
-                # The arrays are gone; grpc copies the message while it is being sent.
-                await call.admit(call.request_bytes + 2 * len(reply))
-            await call.send(reply)
+            await call.send(await self._unary_reply(call))
+
+    async def Train(self, _requests, context):
+        async with CallScope("Train", context, self._state) as stream:
+            await train_stream.serve(stream, self._unary_reply)
 
     async def EvaluateStream(self, _requests, context):
         async with CallScope("EvaluateStream", context, self._state) as call:
@@ -144,7 +152,8 @@ def _list_ops_reply(registry: dict[str, LoadedOp]) -> bytes:
                 second_order=loaded.op.second is not None,
             )
             for name, loaded in sorted(registry.items())
-        ]
+        ],
+        server_version=__version__,
     ).SerializeToString()
 
 
@@ -154,6 +163,6 @@ def handlers(servicer: GradientServicer) -> grpc.GenericRpcHandler:
         SERVICE_NAME,
         {
             name: grpc.stream_stream_rpc_method_handler(getattr(servicer, name))
-            for name in ("Evaluate", "EvaluateStream", "ListOps")
+            for name in ("Evaluate", "EvaluateStream", "ListOps", "Train")
         },
     )

@@ -55,10 +55,20 @@ def bad_request(code: grpc.StatusCode, exc: GraphError) -> grpc.Status:
     return _status(code, message, error_details_pb2.BadRequest(field_violations=[violation]))
 
 
-def quota_failure(subject: str, message: str) -> grpc.Status:
+def quota_failure(
+    subject: str, message: str, *, limit: int = 0, estimate: int | None = None
+) -> grpc.Status:
     """RESOURCE_EXHAUSTED for a server-wide limit (not the request's own size), with a
-    QuotaFailure naming the limit: retrying later may succeed."""
-    violation = error_details_pb2.QuotaFailure.Violation(subject=subject, description=message)
+    QuotaFailure naming the limit: retrying later may succeed.
+
+    ``limit`` (the violation's ``quota_value``) is the limit's value, in bytes for the memory
+    budget; ``estimate`` (``quota_dimensions["estimate_bytes"]``) what the server estimated
+    the call needs, so that clients can show both without parsing the message."""
+    violation = error_details_pb2.QuotaFailure.Violation(
+        subject=subject, description=message, quota_value=limit
+    )
+    if estimate is not None:
+        violation.quota_dimensions["estimate_bytes"] = str(estimate)
     return _status(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         message,

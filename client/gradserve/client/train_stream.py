@@ -1,0 +1,132 @@
+"""A Client's Train stream: its Evaluate requests as messages on one open stream.
+
+A training loop's step is one small request; as a unary call it pays for a new call each
+time, as a message on an open bidirectional stream about half of that (see the proto's
+``Train``). The stream opens at the first request and stays open; a request waits for its
+own answer before the next is sent, so answers never need matching up. A thread that finds
+the stream busy with another thread's request, and every request to a server without
+``Train``, goes as a unary call instead. A failed request raises ``StreamedStatus``, which
+reads like the gRPC error of the unary call, so the SDK handles both alike.
+
+The stream is opened with the headers of its first request: the caller's metadata (a bearer
+token is checked once, when it opens) and that request's structure header (a load balancer
+routing by structure pins the stream, and with it the plans compiled there). A request made
+inside an active OpenTelemetry span goes as a unary call, which carries that span's context.
+"""
+
+import itertools
+import queue
+import threading
+
+import grpc
+from google.rpc import status_pb2
+
+from gradserve.client import structure
+from gradserve.client.channel import with_headers
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1.wire_format import VARINT, delimited_header, varint
+
+METHOD = "/gradserve.v1.GradientService/Train"
+_ID, _REQUEST, _TIMEOUT_MS = 1, 2, 3  # TrainRequest's field numbers
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class StreamedStatus(grpc.RpcError):
+    """A request on the stream failed: its status, read as a failed unary call's error
+    (``code()``, ``details()``, and the rich details in ``trailing_metadata()``)."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        for code in grpc.StatusCode:
+            if code.value[0] == self._status.code:
+                return code
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._status.message
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return ((_DETAILS_KEY, self._status.SerializeToString()),)
+
+
+def request_message(request_id: int, request: bytes, timeout: float | None) -> bytes:
+    """A TrainRequest around the serialized EvaluateRequest ``request``."""
+    message = varint(_ID << 3 | VARINT) + varint(request_id)
+    message += delimited_header(_REQUEST, len(request)) + request
+    if timeout is not None:
+        message += varint(_TIMEOUT_MS << 3 | VARINT) + varint(max(1, round(timeout * 1e3)))
+    return message
+
+
+class TrainStream:
+    """One Client's stream; ``evaluate`` sends a request on it when it can."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._open_call = with_headers(
+            channel.stream_stream(METHOD, response_deserializer=pb.TrainResponse.FromString)
+        )
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._requests: queue.SimpleQueue | None = None
+        self._responses = None
+        self.unsupported = False  # the server answered UNIMPLEMENTED: it has no Train
+
+    def evaluate(
+        self, request: bytes, timeout: float | None, metadata
+    ) -> pb.EvaluateResponse | None:
+        """Evaluate's reply to ``request`` over the stream; None when the stream is busy
+        with another thread's request or the server has no Train (send it unary then)."""
+        if self.unsupported or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            reused = self._responses is not None
+            try:
+                return self._exchange(request, timeout, metadata)
+            except grpc.RpcError as error:
+                if isinstance(error, StreamedStatus):
+                    raise
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self.unsupported = True
+                    return None
+                if not reused:
+                    raise
+            # The stream, open since an earlier request, broke (its server restarted, its
+            # connection was closed): evaluation has no side effects, so ask again anew.
+            return self._exchange(request, timeout, metadata)
+        finally:
+            self._lock.release()
+
+    def _exchange(self, request: bytes, timeout: float | None, metadata) -> pb.EvaluateResponse:
+        if self._responses is None:
+            self._requests = queue.SimpleQueue()
+            headers = (*metadata, *structure.metadata(request))  # the first request's
+            self._responses = self._open_call(iter(self._requests.get, None), metadata=headers)
+        request_id = next(self._ids)
+        self._requests.put(request_message(request_id, request, timeout))
+        try:
+            reply = next(self._responses)
+        except BaseException:  # the stream failed, ended or was interrupted: start anew
+            self.close()
+            raise
+        if reply.id != request_id:
+            self.close()
+            raise StreamedStatus(
+                status_pb2.Status(
+                    code=grpc.StatusCode.INTERNAL.value[0],
+                    message=f"the Train stream answered request {reply.id}, not {request_id}",
+                )
+            )
+        if reply.status:
+            raise StreamedStatus(status_pb2.Status.FromString(reply.status))
+        return reply.response
+
+    def close(self) -> None:
+        """End the stream (a new one opens at the next request)."""
+        if self._requests is not None:
+            self._requests.put(None)  # ends the request iterator, and grpc's thread reading it
+        if self._responses is not None:
+            self._responses.cancel()
+        self._requests = self._responses = None

@@ -1,0 +1,209 @@
+"""The Train stream: many Evaluate requests, one message each, over one long-lived call.
+
+A training loop sends a request of one structure per step. As unary calls each pays for a new
+call (headers, authentication, a handler task, a log line's fields); on one open stream a
+request costs a message. Every request is served as an Evaluate call is (``MessageScope`` is
+a ``CallScope`` whose request, reply and status travel in stream messages): it is admitted
+to the memory budget, counts against max-concurrent-calls while it runs, has its own
+deadline, and fails alone, answered with a ``google.rpc.Status``. Authentication ran once,
+when the stream opened (the interceptor sees only calls).
+
+The stream holds at most two requests that are not being evaluated (one waiting for the
+evaluation in progress, one read after it), each charged to the budget by its length while
+held; reading stops until one is taken, so HTTP/2 flow control holds back a client that
+sends faster than it is served. Replies go out in the order the requests came.
+"""
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from gradserve.server.engine.errors import Cancelled, GraphError
+from gradserve.server.service import status
+from gradserve.server.service.admission import BudgetBusy, NeverFits
+from gradserve.server.service.calls import CallScope, SendTimedOut
+from gradserve.server.service.evaluation import raw_request_bytes
+from gradserve.server.service.limits import DeadlineExceeded
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1.wire_format import VARINT, delimited_header, varint
+
+_ID, _RESPONSE = 1, 2  # TrainResponse's field numbers
+_DETAILS_KEY = "grpc-status-details-bin"
+_CANCELLED = "the client cancelled this request"
+
+
+def decode(raw: bytes) -> pb.TrainRequest:
+    try:
+        return pb.TrainRequest.FromString(raw)
+    except DecodeError:
+        reason = "a Train stream message is not a valid TrainRequest"
+        raise GraphError(reason, field="request") from None
+
+
+def answered(request_id: int, reply: bytes) -> bytes:
+    """A TrainResponse carrying the serialized EvaluateResponse ``reply``, written without
+    parsing the reply again."""
+    return (
+        varint(_ID << 3 | VARINT)
+        + varint(request_id)
+        + delimited_header(_RESPONSE, len(reply))
+        + reply
+    )
+
+
+def failed(request_id: int, result: grpc.Status) -> bytes:
+    """A TrainResponse carrying the status ``result`` as a serialized google.rpc.Status:
+    the bytes of its grpc-status-details-bin trailer when it has one."""
+    rich = dict(result.trailing_metadata or ()).get(_DETAILS_KEY)
+    if rich is None:
+        code = result.code.value[0]
+        rich = status_pb2.Status(code=code, message=result.details).SerializeToString()
+    return pb.TrainResponse(id=request_id, status=rich).SerializeToString()
+
+
+class MessageScope(CallScope):
+    """One TrainRequest: a call whose request came in a stream message, whose reply and
+    status go out in one, and whose failure ends only itself."""
+
+    def __init__(self, stream: CallScope, message: pb.TrainRequest) -> None:
+        super().__init__("Train", stream.context, stream.state)
+        self.stream = stream
+        self.id = message.id
+        self._raw = message.request.SerializeToString()
+        timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
+        left = stream.context.time_remaining()  # the stream's own deadline bounds it too
+        if left is not None:
+            timeout = left if timeout is None else min(timeout, left)
+        self.deadline = self.state.limits.deadline(timeout)
+
+    def cancel(self) -> None:
+        """The client cancelled this request: stop it at the engine's next stop check."""
+        self.note = "cancelled"
+        self._gone = True
+
+    async def receive(self) -> bytes:
+        self.refuse_if_draining()
+        self.count_in()
+        raw, self._raw = self._raw, b""
+        return raw
+
+    async def send(self, message: bytes) -> None:
+        await self.stream.send(answered(self.id, message))
+
+    async def __aexit__(self, kind, exc, traceback) -> bool:
+        try:
+            if exc is None:
+                return False
+            if isinstance(exc, asyncio.CancelledError | SendTimedOut):  # the stream ends
+                self._went_away()
+                return False
+            if self.note == "cancelled":
+                result = status.plain(grpc.StatusCode.CANCELLED, _CANCELLED)
+            elif isinstance(exc, Cancelled) and not isinstance(exc, DeadlineExceeded):
+                # stopped, but neither by this request's cancel nor its deadline
+                self._went_away()
+                return False
+            else:
+                result = self._status_of(exc)
+            self.code = result.code
+            self._gone = True
+            await self.stream.send(failed(self.id, result))
+            return True
+        finally:
+            self._finish()
+
+
+class _Inbox:
+    """The stream's requests, read ahead by one, and the cancels among them."""
+
+    def __init__(self, stream: CallScope) -> None:
+        self.stream = stream
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self.current: MessageScope | None = None
+        self.cancelled: set[int] = set()  # ids of waiting requests the client cancelled
+        self.waiting: list[int] = []  # ids of the requests read and not yet taken
+        self.held = 0  # bytes of those requests, charged to the stream
+
+    async def read_all(self) -> None:
+        """Read messages until the client half-closes; an error ends the stream."""
+        context = self.stream.context
+        try:
+            while True:
+                raw = await context.read()
+                if raw is grpc.aio.EOF:
+                    await self.queue.put(None)
+                    return
+                message = decode(raw)
+                if message.cancel:
+                    self._cancel(message.id)
+                    continue
+                size = raw_request_bytes(len(raw))
+                del raw
+                try:
+                    await self.stream.admit(self.held + size)
+                except (NeverFits, BudgetBusy) as refused:  # answered alone, not held
+                    message, size = pb.TrainRequest(id=message.id), refused
+                else:
+                    self.held += size
+                self.waiting.append(message.id)
+                await self.queue.put((message, size))
+        except Exception as exc:  # handed to the stream, which ends with its status
+            await self.queue.put(exc)
+
+    def _cancel(self, request_id: int) -> None:
+        if self.current is not None and self.current.id == request_id:
+            self.current.cancel()
+        elif request_id in self.waiting:
+            self.cancelled.add(request_id)
+
+    async def next(self) -> tuple[pb.TrainRequest, int] | None:
+        """The next request and its charged size; None once the client has half-closed.
+        While waiting, the stream is a call waiting for its request (a drain ends it)."""
+        state = self.stream.state
+        state.waiting_for_request.add(self.stream)
+        try:
+            item = await self.queue.get()
+        finally:
+            state.waiting_for_request.discard(self.stream)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def taken(self, request_id: int, size: int) -> None:
+        self.waiting.remove(request_id)
+        self.held -= size
+        await self.stream.admit(self.held)
+
+
+async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[bytes]]) -> None:
+    """Answer the stream's requests in order with ``evaluate`` (one Evaluate's work: a
+    call scope in, the reply's bytes out) until the client half-closes."""
+    left = stream.context.time_remaining()
+    stream.deadline = math.inf if left is None else time.monotonic() + left
+    inbox = _Inbox(stream)
+    reader = asyncio.get_running_loop().create_task(inbox.read_all())
+    try:
+        while (item := await inbox.next()) is not None:
+            stream.refuse_if_draining()
+            message, size = item
+            refused = size if isinstance(size, Exception) else None
+            await inbox.taken(message.id, 0 if refused else size)
+            if message.id in inbox.cancelled:
+                inbox.cancelled.discard(message.id)
+                refused = status.plain(grpc.StatusCode.CANCELLED, _CANCELLED)
+            elif refused is not None:
+                refused = stream._status_of(refused)
+            if refused is not None:
+                await stream.send(failed(message.id, refused))
+                continue
+            async with MessageScope(stream, message) as call:
+                inbox.current = call
+                await call.send(await evaluate(call))
+            inbox.current = None
+    finally:
+        reader.cancel()

@@ -1,0 +1,142 @@
+"""The SDK's requests ride one Train stream per Client, and fail, time out and fall back as
+unary calls would."""
+
+import math
+from concurrent import futures
+
+import grpc
+import pytest
+from hardening import SlowOp
+
+from gradserve.client import Client, DeadlineExceeded, GraphError, Value
+from gradserve.server.service.app import running_server
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def count_opens(client: Client) -> list:
+    """A list that grows by one each time the client opens its Train stream."""
+    opened = []
+    open_call = client._train._open_call
+
+    def counted(*args, **kwargs):
+        opened.append(1)
+        return open_call(*args, **kwargs)
+
+    client._train._open_call = counted
+    return opened
+
+
+def neuron(x1: float):
+    x = [Value(x1, "x1"), Value(0.0, "x2")]
+    w = [Value(-3.0, "w1"), Value(1.0, "w2")]
+    b = Value(6.8813735870195432, "b")
+    return x, w, b, (x[0] * w[0] + x[1] * w[1] + b).tanh()
+
+
+def test_a_training_loop_s_steps_share_one_stream_with_unary_results(target):
+    with Client(target) as streamed, Client(target, train_stream=False) as unary:
+        opened = count_opens(streamed)
+        for step in range(5):
+            x, w, b, o = neuron(2.0 + step / 10)
+            o.backward(streamed)
+            mine = [o.data, *(v.grad for v in (*x, *w, b))]
+            o.backward(unary)
+            assert mine == [o.data, *(v.grad for v in (*x, *w, b))]  # bit for bit
+            t = math.tanh(x[0].data * -3.0 + 6.8813735870195432)  # the closed form
+            assert o.data == pytest.approx(t) and b.grad == pytest.approx(1 - t * t)
+        assert opened == [1]
+
+
+def test_a_failed_request_raises_its_error_and_the_stream_goes_on(target):
+    with Client(target) as client:
+        opened = count_opens(client)
+        x = Value(-1.0, "x")
+        y = x.log()  # outside log's domain
+        with pytest.raises(GraphError) as caught:
+            y.backward(client)
+        assert caught.value.node is not None and "log" in str(caught.value)
+        z = x * x
+        z.backward(client)
+        assert (z.data, x.grad) == (1.0, -2.0)
+        assert opened == [1]
+
+
+def test_a_request_past_the_client_s_timeout_raises_and_the_next_works(registry):
+    slow = SlowOp(seconds=0.05)
+    with (
+        running_server(slow.registry(registry)) as server,
+        Client(f"127.0.0.1:{server.port}", timeout=0.3) as client,
+    ):
+        x = Value(0.5)
+        y = x
+        for _ in range(100):  # about 5 s of work
+            y = y.apply("slow")
+        with pytest.raises(DeadlineExceeded):
+            y.backward(client)
+        assert slow.calls < 20
+        z = x * 3.0
+        z.backward(client)
+        assert x.grad == 3.0
+
+
+class EvaluateOnly:
+    """A server of the protocol's unary Evaluate only (no Train), forwarding to a real one."""
+
+    def __init__(self, stub) -> None:
+        self.stub = stub
+        self.calls = 0
+
+    def Evaluate(self, request, context):
+        self.calls += 1
+        return self.stub.Evaluate(request)
+
+
+def test_a_server_without_train_is_called_unary(stub):
+    forwarding = EvaluateOnly(stub)
+    old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handlers = {
+        "Evaluate": grpc.unary_unary_rpc_method_handler(
+            forwarding.Evaluate,
+            request_deserializer=pb.EvaluateRequest.FromString,
+            response_serializer=pb.EvaluateResponse.SerializeToString,
+        )
+    }
+    old.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("gradserve.v1.GradientService", handlers),)
+    )
+    port = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            for step in range(3):
+                x = Value(float(step))
+                (x * x).backward(client)
+                assert x.grad == 2.0 * step
+        assert forwarding.calls == 3  # the first after UNIMPLEMENTED, then straight away
+        assert client._train.unsupported
+    finally:
+        old.stop(0)
+
+
+def test_two_threads_share_a_client_one_on_the_stream_one_by_calls(target):
+    with Client(target) as client:
+
+        def step(seed: float) -> float:
+            x = Value(seed)
+            (x * x * x).backward(client)
+            return x.grad
+
+        with futures.ThreadPoolExecutor(max_workers=4) as pool:
+            grads = list(pool.map(step, [float(i) for i in range(40)]))
+        assert grads == [3.0 * i * i for i in range(40)]
+
+
+def test_the_bearer_token_opens_the_stream(registry):
+    with (
+        running_server(registry, auth_token="s3cret") as server,
+        Client(f"127.0.0.1:{server.port}", metadata=[("authorization", "Bearer s3cret")]) as ok,
+    ):
+        x = Value(3.0)
+        (x * x).backward(ok)
+        assert x.grad == 6.0
+        assert not ok._train.unsupported and ok._train._responses is not None

@@ -1,0 +1,201 @@
+"""The Train stream: many Evaluate requests over one call, each answered (or failed) alone."""
+
+import math
+import queue
+import threading
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from graphs import neuron
+from hardening import SlowOp, chain, wait_until
+from servers import serving
+
+from gradserve.server.service.app import running_server, start_server
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+class Stream:
+    """A Train call whose requests are sent one by one, as a test decides."""
+
+    def __init__(self, stub, metadata=()) -> None:
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.responses = stub.Train(iter(self._outbox.get, None), metadata=metadata)
+
+    def send(self, request_id: int, request=None, **fields) -> None:
+        self._outbox.put(pb.TrainRequest(id=request_id, request=request, **fields))
+
+    def answer(self) -> pb.TrainResponse:
+        return next(self.responses)
+
+    def close(self) -> None:
+        self._outbox.put(None)
+
+
+def status_of(response: pb.TrainResponse) -> status_pb2.Status:
+    return status_pb2.Status.FromString(response.status)
+
+
+def neuron_request(**fields) -> pb.EvaluateRequest:
+    graph, _ = neuron()
+    return pb.EvaluateRequest(graph=graph.proto(), selection=pb.SELECTION_LEAVES, **fields)
+
+
+def test_requests_are_answered_in_order_with_their_ids_and_evaluate_s_results(stub):
+    unary = stub.Evaluate(neuron_request())
+    stream = Stream(stub)
+    for request_id in (7, 8, 1_000_000_000_000):
+        stream.send(request_id, neuron_request())
+        answer = stream.answer()
+        assert answer.id == request_id and not answer.status
+        assert answer.response == unary  # bit for bit, digest included
+    stream.close()
+    assert list(stream.responses) == []  # the client half-closed: the stream ends OK
+    # The neuron's gradients in closed form: o = tanh(n), do/dn = 1 - o^2 = 0.5.
+    o = math.tanh(2.0 * -3.0 + 0.0 * 1.0 + 6.8813735870195432)
+    dn = 1 - o * o
+    assert list(unary.grads) == pytest.approx([-3.0 * dn, 1.0 * dn, 2.0 * dn, 0.0, dn])
+
+
+def test_a_failed_request_gets_its_status_and_the_stream_goes_on(stub):
+    stream = Stream(stub)
+    bad = neuron_request()
+    bad.graph.op_names[0] = "sinh"  # not an op the server has
+    stream.send(1, bad)
+    failed = stream.answer()
+    assert failed.id == 1 and not failed.HasField("response")
+    status = status_of(failed)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "unknown op 'sinh'" in status.message
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert bad_request.field_violations[0].field.startswith("graph.op_names")
+    stream.send(2, neuron_request())
+    assert stream.answer().response.grads
+    stream.close()
+
+
+def test_a_plan_is_named_by_its_digest_on_the_stream_and_a_lost_one_is_not_found(stub):
+    stream = Stream(stub)
+    stream.send(1, neuron_request())
+    first = stream.answer().response
+    graph, _ = neuron()
+    by_digest = pb.EvaluateRequest(
+        plan_digest=first.plan_digest,
+        graph=pb.Graph(leaf_values=graph.leaf_values),
+        selection=pb.SELECTION_LEAVES,
+    )
+    stream.send(2, by_digest)
+    assert stream.answer().response == first
+    by_digest.plan_digest = bytes(16)
+    stream.send(3, by_digest)
+    assert status_of(stream.answer()).code == grpc.StatusCode.NOT_FOUND.value[0]
+    stream.close()
+
+
+def test_a_request_past_its_own_deadline_fails_alone(registry):
+    slow = SlowOp(seconds=0.05)
+    with serving(slow.registry(registry)) as stub:
+        stream = Stream(stub)
+        stream.send(1, pb.EvaluateRequest(graph=chain("slow", 200).proto()), timeout_ms=200)
+        late = stream.answer()
+        assert status_of(late).code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        assert slow.calls < 20  # stopped, not run to the end (200 calls)
+        stream.send(2, neuron_request())
+        assert stream.answer().response.grads
+        stream.close()
+
+
+def test_a_cancel_message_stops_its_request_and_the_stream_goes_on(registry):
+    slow = SlowOp(seconds=0.05)
+    with serving(slow.registry(registry)) as stub:
+        stream = Stream(stub)
+        stream.send(5, pb.EvaluateRequest(graph=chain("slow", 200).proto()))
+        assert wait_until(lambda: slow.calls >= 2, timeout=10)
+        stream.send(5, cancel=True)
+        cancelled = stream.answer()
+        assert cancelled.id == 5
+        assert status_of(cancelled).code == grpc.StatusCode.CANCELLED.value[0]
+        stopped_at = slow.calls
+        assert stopped_at < 20
+        stream.send(6, neuron_request())
+        assert stream.answer().id == 6
+        assert slow.calls == stopped_at
+        stream.close()
+
+
+def test_a_waiting_request_that_is_cancelled_is_skipped(registry):
+    slow = SlowOp(seconds=0.05)
+    with serving(slow.registry(registry)) as stub:
+        stream = Stream(stub)
+        stream.send(1, pb.EvaluateRequest(graph=chain("slow", 10).proto()))
+        assert wait_until(lambda: slow.calls >= 1, timeout=10)
+        stream.send(2, pb.EvaluateRequest(graph=chain("slow", 200).proto()))
+        stream.send(2, cancel=True)
+        first, second = stream.answer(), stream.answer()
+        assert first.id == 1 and not first.status
+        assert second.id == 2
+        assert status_of(second).code == grpc.StatusCode.CANCELLED.value[0]
+        assert slow.calls == 10  # the second request never ran
+        stream.close()
+
+
+def test_every_request_is_charged_to_the_budget_and_all_is_given_back(registry):
+    with running_server(registry, max_memory_bytes=64 * 2**20) as server:
+        budget = server._state.budget
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.GradientServiceStub(channel)
+            stream = Stream(stub)
+            huge = pb.EvaluateRequest(graph=chain("neg", 3_000_000).proto())
+            stream.send(1, huge)
+            refused = stream.answer()
+            assert status_of(refused).code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert "max-memory-mb" in status_of(refused).message
+            stream.send(2, neuron_request())
+            assert stream.answer().response.grads
+            assert budget.used == 0  # nothing held between requests
+            stream.close()
+            assert list(stream.responses) == []
+        assert wait_until(lambda: budget.used == 0 and server._state.active == 0, timeout=5)
+
+
+def test_the_token_is_checked_once_when_the_stream_opens(registry):
+    with (
+        running_server(registry, auth_token="s3cret") as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.GradientServiceStub(channel)
+        refused = Stream(stub)
+        refused.send(1, neuron_request())
+        with pytest.raises(grpc.RpcError) as caught:
+            refused.answer()
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stream = Stream(stub, metadata=[("authorization", "Bearer s3cret")])
+        for request_id in range(3):
+            stream.send(request_id, neuron_request())
+            assert stream.answer().response.grads
+        stream.close()
+
+
+def test_a_message_that_is_not_a_train_request_ends_the_stream(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        train = channel.stream_stream("/gradserve.v1.GradientService/Train")
+        with pytest.raises(grpc.RpcError) as caught:
+            list(train(iter([b"\xff\xff\xff"])))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_draining_server_ends_an_idle_stream_unavailable(registry):
+    server = start_server(registry)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stream = Stream(pb_grpc.GradientServiceStub(channel))
+    stream.send(1, neuron_request())
+    assert stream.answer().response.grads
+    stopping = threading.Thread(target=server.stop, args=(5,))
+    stopping.start()
+    with pytest.raises(grpc.RpcError) as caught:
+        stream.answer()
+    stopping.join()
+    channel.close()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
