@@ -25,6 +25,8 @@ HINTS = {
     "node": "Node.js 20+",
     "npm": "Node.js 20+",
     "protoc": "apt-get install protobuf-compiler",
+    "cargo": "Rust 1.88+ (rustup.rs), with crates.io",
+    "rustfmt": "rustup component add rustfmt",
 }
 STRICT = {"value": False}  # set by conftest.py from --require-tools
 
