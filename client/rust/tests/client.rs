@@ -126,7 +126,10 @@ async fn tls_trusts_the_given_ca_and_a_mismatch_says_what_to_do() {
 async fn mutual_tls_needs_the_client_certificate_and_the_token() {
     let target = env("GRADSERVE_MTLS_TARGET");
     let neuron = neuron();
-    mtls_client().backward(&neuron.o).await.unwrap();
+    let client = mtls_client();
+    let token = env("GRADSERVE_MTLS_TOKEN");
+    assert!(!format!("{client:?}").contains(&token), "Debug shows the token: {client:?}");
+    client.backward(&neuron.o).await.unwrap();
     near("o", neuron.o.value(), (2.0 * -3.0 + B).tanh());
 
     let with_ca = || Client::builder(&target).tls_ca(env("GRADSERVE_TLS_CA"));
