@@ -1,7 +1,9 @@
 """The memory budget: what never fits, what waits, what is refused, what never waits."""
 
 import asyncio
+import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +93,29 @@ def test_a_charge_grown_past_the_whole_budget_never_fits_and_waits_for_nothing()
         assert charge.bytes == 80 * MIB and budget.used == 80 * MIB and budget.waiting == 0
 
     _run(scenario())
+
+
+def test_refusals_state_the_budget_and_the_estimate_in_mib():
+    """The messages a client reads: the call's estimate and the budget, in MiB, and the
+    plan cache's share of max-memory-mb when one is reserved."""
+
+    async def scenario():
+        budget = MemoryBudget(100 * MIB, wait_s=0.01, reserved=30 * MIB)
+        with pytest.raises(NeverFits) as never:
+            await budget.charge().resize(75 * MIB, deadline=time.monotonic() + 10)
+        assert "an estimated 75.0 MiB" in str(never.value)
+        assert "70.0 MiB: max-memory-mb = 100 less plan-cache-mb = 30" in str(never.value)
+        await budget.charge().resize(60 * MIB, deadline=time.monotonic() + 10)
+        with pytest.raises(BudgetBusy) as busy:
+            await budget.charge().resize(MIB * 3 // 2 * 10, deadline=time.monotonic() + 10)
+        assert "an estimated 15.0 MiB" in str(busy.value)
+
+    _run(scenario())
+
+
+def test_the_default_wait_is_the_one_the_docs_state():
+    """docs/running-safely.md: a call that fits "waits up to N s for calls ahead of it"."""
+    page = (Path(__file__).parents[1] / "docs" / "running-safely.md").read_text()
+    documented = re.search(r"waits up to ([\d.]+) s for calls ahead of it", page)
+    assert documented, "running-safely.md no longer states the wait"
+    assert MemoryBudget(100 * MIB).wait_s == float(documented.group(1))

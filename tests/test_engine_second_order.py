@@ -10,7 +10,7 @@ from graphs import GraphBuilder
 from second_graphs import SPECIAL, random_graph
 
 from gradserve.ops import Op
-from gradserve.server.engine.errors import Cancelled, GraphError
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import Stretch, compile_graph
 from gradserve.server.engine.second_order import evaluate_with_tangents
@@ -225,3 +225,19 @@ def test_the_reverse_tangent_pass_polls_the_stop_check(ops):
     reached.clear()
     with pytest.raises(Cancelled):
         evaluate_with_tangents(plan, x, t, *last(plan), should_stop=lambda: bool(reached))
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_a_second_with_the_wrong_number_of_pairs_is_an_op_failure_naming_the_count(ops, count):
+    """A two-input op has three second derivatives (pairs i <= j: xx, xy, yy)."""
+
+    def second(y, x, w):
+        return tuple(np.zeros_like(y) for _ in range(count))
+
+    product = Op("product", 2, lambda x, w: x * w, lambda g, y, x, w: (g * w, g * x), second=second)
+    g = GraphBuilder()
+    g.op("product", g.leaf(2.0), g.leaf(3.0))
+    plan = compiled(g, {**ops, "product": product})
+    with pytest.raises(OpFailure, match=r"op 'product' second must return 3 array\(s\)") as caught:
+        evaluate_with_tangents(plan, np.array([2.0, 3.0]), np.ones(2), *last(plan))
+    assert caught.value.node == 2
