@@ -241,3 +241,38 @@ def test_a_second_with_the_wrong_number_of_pairs_is_an_op_failure_naming_the_cou
     with pytest.raises(OpFailure, match=r"op 'product' second must return 3 array\(s\)") as caught:
         evaluate_with_tangents(plan, np.array([2.0, 3.0]), np.ones(2), *last(plan))
     assert caught.value.node == 2
+
+
+def test_a_wide_op_s_forward_tangents_poll_the_stop_check_as_they_go(ops):
+    """One op reading 12,289 inputs: the forward tangent pass, which adds them one position
+    at a time, checks for a stop while it does (every 4,096 positions), not only before and
+    after the op. Counted in the trace of calls: the polls between the pass taking the op's
+    local derivatives (its last ``backward`` call) and the reverse pass reaching ``second``."""
+    trace = []
+
+    def backward(g, y, *xs):
+        trace.append("backward")
+        return (g,) * len(xs)
+
+    def second(y, *xs):
+        trace.append("second")
+        return ()
+
+    wide = Op("wide", None, lambda *xs: sum(xs), backward, second=second)
+    inputs = 3 * 4096 + 1
+    g = GraphBuilder()
+    g.op("wide", *[g.leaf(1.0) for _ in range(inputs)])
+    plan = compiled(g, {**ops, "wide": wide})
+
+    def should_stop():
+        trace.append("poll")
+        return False
+
+    _, _, vt, _ = evaluate_with_tangents(
+        plan, np.ones(inputs), np.full(inputs, 0.5), *last(plan), should_stop
+    )
+    assert vt[-1] == 0.5 * inputs
+    last_backward = len(trace) - 1 - trace[::-1].index("backward")
+    between = trace[last_backward : trace.index("second")]
+    # One is the reverse pass's check before the op; the rest are the forward pass's.
+    assert between.count("poll") - 1 >= 3
