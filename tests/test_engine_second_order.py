@@ -276,3 +276,30 @@ def test_a_wide_op_s_forward_tangents_poll_the_stop_check_as_they_go(ops):
     between = trace[last_backward : trace.index("second")]
     # One is the reverse pass's check before the op; the rest are the forward pass's.
     assert between.count("poll") - 1 >= 3
+
+
+def test_a_long_chain_s_reverse_tangents_poll_the_stop_check_as_they_go(ops):
+    """A chain of 3,000 nodes runs as one Stretch: after its second derivatives (its last
+    ``second`` call), the reverse pass walks it node by node and checks for a stop while it
+    does (every 1,024 nodes), not only once."""
+    trace = []
+
+    def second(y, x):
+        trace.append("second")
+        return (-np.sin(x),)
+
+    wavy = Op("wavy", 1, np.sin, lambda g, y, x: (g * np.cos(x),), second=second)
+    g = GraphBuilder()
+    node = g.leaf(0.3)
+    for _ in range(3000):
+        node = g.op("wavy", node)
+    plan = compiled(g, {**ops, "wavy": wavy})
+    assert [type(step) for step in plan.steps] == [Stretch]
+
+    def should_stop():
+        trace.append("poll")
+        return False
+
+    evaluate_with_tangents(plan, np.array([0.3]), np.array([1.0]), *last(plan), should_stop)
+    last_second = len(trace) - 1 - trace[::-1].index("second")
+    assert trace[last_second:].count("poll") >= 2
