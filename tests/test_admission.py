@@ -119,3 +119,24 @@ def test_the_default_wait_is_the_one_the_docs_state():
     documented = re.search(r"waits up to ([\d.]+) s for calls ahead of it", page)
     assert documented, "running-safely.md no longer states the wait"
     assert MemoryBudget(100 * MIB).wait_s == float(documented.group(1))
+
+
+def test_a_call_with_no_wait_left_is_refused_before_memory_given_back_later_reaches_it():
+    """wait_s 0: refused at the loop's next turn, even though the memory it needs is given
+    back 0.3 s after it parked (timers fire in order of their time, so this does not depend
+    on the machine's speed)."""
+
+    async def scenario():
+        budget = MemoryBudget(100 * MIB, wait_s=0.0)
+        holder = budget.charge()
+        await holder.resize(80 * MIB, deadline=time.monotonic() + 60)
+        late = asyncio.create_task(budget.charge().resize(50 * MIB, time.monotonic() + 60))
+        while budget.waiting == 0 and not late.done():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        holder.release()
+        with pytest.raises(BudgetBusy):
+            await late
+        assert budget.used == 0
+
+    _run(scenario())
