@@ -82,11 +82,13 @@ def test_each_more_row_adds_at_most_the_per_row_estimate(ops):
         ),
     ],
 )
-def test_the_compile_estimate_is_never_below_compiling_s_peak(ops, shape):
+def test_the_compile_estimate_is_never_below_compiling_s_peak_nor_10x_above(ops, shape):
+    """Per node and input alike for every shape, so loose on some: 1.2x the peak of a long
+    chain, 8x a wide fan-in's."""
     graph = shapes.SHAPES[shape]()
     peak = _peak(lambda: compile_graph(graph, ops))
     estimate = memory.compile_bytes(len(graph.node_ops), len(graph.input_ids))
-    assert peak <= estimate, f"peak {peak:,}, estimate {estimate:,}"
+    assert peak <= estimate <= 10 * peak, f"peak {peak:,}, estimate {estimate:,}"
 
 
 # Python objects (the message's bytes object, the arrays' headers) on top of the arrays.
