@@ -278,17 +278,23 @@ def test_a_wide_op_s_forward_tangents_poll_the_stop_check_as_they_go(ops):
     assert between.count("poll") - 1 >= 3
 
 
-def test_a_long_chain_s_reverse_tangents_poll_the_stop_check_as_they_go(ops):
-    """A chain of 3,000 nodes runs as one Stretch: after its second derivatives (its last
-    ``second`` call), the reverse pass walks it node by node and checks for a stop while it
-    does (every 1,024 nodes), not only once."""
+def test_a_long_chain_s_tangent_passes_poll_the_stop_check_as_they_go(ops):
+    """A chain of 3,000 nodes runs as one Stretch. Each tangent pass walks it node by node
+    and checks for a stop while it does (every 1,024 nodes), not only once: the forward
+    pass after its local derivatives (the last ``backward`` call) and before the reverse
+    pass's second derivatives (the first ``second`` call, one check before it), the reverse
+    pass after them."""
     trace = []
+
+    def backward(g, y, x):
+        trace.append("backward")
+        return (g * np.cos(x),)
 
     def second(y, x):
         trace.append("second")
         return (-np.sin(x),)
 
-    wavy = Op("wavy", 1, np.sin, lambda g, y, x: (g * np.cos(x),), second=second)
+    wavy = Op("wavy", 1, np.sin, backward, second=second)
     g = GraphBuilder()
     node = g.leaf(0.3)
     for _ in range(3000):
@@ -301,5 +307,7 @@ def test_a_long_chain_s_reverse_tangents_poll_the_stop_check_as_they_go(ops):
         return False
 
     evaluate_with_tangents(plan, np.array([0.3]), np.array([1.0]), *last(plan), should_stop)
+    last_backward = len(trace) - 1 - trace[::-1].index("backward")
+    assert trace[last_backward : trace.index("second")].count("poll") - 1 >= 2
     last_second = len(trace) - 1 - trace[::-1].index("second")
     assert trace[last_second:].count("poll") >= 2
