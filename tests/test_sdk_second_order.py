@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from gradserve.client import AsyncClient, Client, GraphError, Value
+from gradserve.client import AsyncClient, Client, GraphError, Value, second_order
+from gradserve.client.errors import Where
 
 H = 1e-5
 
@@ -128,8 +129,11 @@ def test_non_finite_results_need_allow_non_finite(client):
 
 def test_bad_arguments_are_refused_before_calling(client):
     out, (x, y, _) = f_values(*POINT)
-    with pytest.raises(ValueError, match="one number per Value of wrt"):
-        client.jvp(out, [x, y], [1.0])
+    for wrong in ([1.0], [1.0, 2.0, 3.0], [[1.0, 2.0], [3.0, 4.0]]):  # too few, too many, 2-D
+        with pytest.raises(ValueError, match="one number per Value of wrt"):
+            client.jvp(out, [x, y], wrong)
+        with pytest.raises(ValueError, match="one number per Value of wrt"):
+            client.hvp(out, [x, y], wrong)
     with pytest.raises(ValueError, match="leaf Values"):
         client.hessian(out, [x * y])
 
@@ -145,3 +149,13 @@ def test_against_pytorch_when_it_is_installed(client):
     expected = torch.autograd.functional.hessian(f, point).numpy()
     out, xs = f_values(*POINT)
     np.testing.assert_allclose(client.hessian(out, xs), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_call_s_timeout_replaces_the_client_s_only_when_given():
+    """What a second-order call's options and error messages name: the client's timeout,
+    or the call's own when it gives one."""
+    defaults = Where(target="server:1", tls=True, timeout=5.0)
+    assert second_order.where(defaults, None) == defaults
+    assert second_order.where(defaults, 2.0) == Where(target="server:1", tls=True, timeout=2.0)
+    assert second_order.options({"timeout": 5.0}, None) == {"timeout": 5.0}
+    assert second_order.options({"timeout": 5.0, "x": 1}, 2.0) == {"timeout": 2.0, "x": 1}
