@@ -4,9 +4,11 @@ import asyncio
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from gradserve.server.service import admission
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 
 MIB = 2**20
@@ -138,5 +140,35 @@ def test_a_call_with_no_wait_left_is_refused_before_memory_given_back_later_reac
         with pytest.raises(BudgetBusy):
             await late
         assert budget.used == 0
+
+    _run(scenario())
+
+
+def test_a_refusal_after_waiting_states_how_long_the_call_waited(monkeypatch):
+    """Read from the module's clock, replaced here by one that moves 1.5 s during the wait
+    (the wait itself runs on the event loop's clock, which stays real)."""
+    ticks = iter([1000.0, 1001.5])
+    monkeypatch.setattr(admission, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
+
+    async def scenario():
+        budget = MemoryBudget(100 * MIB, wait_s=0.01)
+        await budget.charge().resize(80 * MIB, deadline=5000.0)
+        with pytest.raises(BudgetBusy, match=r"stayed in use by other calls for 1\.5 s"):
+            await budget.charge().resize(50 * MIB, deadline=5000.0)
+
+    _run(scenario())
+
+
+def test_memory_given_back_while_no_call_waits_wakes_nothing():
+    """Only waiting calls need waking: giving memory back schedules no task otherwise."""
+
+    async def scenario():
+        budget = MemoryBudget(100 * MIB, wait_s=10)
+        charge = budget.charge()
+        await charge.resize(80 * MIB, deadline=time.monotonic() + 10)
+        before = asyncio.all_tasks()
+        await charge.resize(30 * MIB, deadline=time.monotonic() + 10)
+        charge.release()
+        assert asyncio.all_tasks() == before and budget.used == 0
 
     _run(scenario())
