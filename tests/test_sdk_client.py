@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 
 from gradserve.client import Client, Value
-from gradserve.client.calls import streams
+from gradserve.client.calls import evaluate_call, streams
 from gradserve.client.tape import current_tape
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -210,3 +210,14 @@ def test_a_backward_of_70_000_nodes_is_one_message_named_by_its_digest_the_secon
             assert len(sent) == step + 1
         assert sent[0].graph.node_ops and not sent[0].plan_digest
         assert sent[1].plan_digest and not sent[1].graph.node_ops
+
+
+@pytest.mark.parametrize("not_a_value", [3.0, "x", None])
+def test_outputs_and_wrt_that_are_not_values_are_refused_before_calling(not_a_value):
+    """A number, a string or None among the outputs or wrt is a TypeError naming it, raised
+    while the request is built (no server is needed to see it)."""
+    x = Value(2.0)
+    y = x * x
+    for outputs, wrt in (([y, not_a_value], [x]), ([y], [x, not_a_value])):
+        with pytest.raises(TypeError, match=f"expected Values, got {not_a_value!r}"):
+            evaluate_call(outputs, wrt)
