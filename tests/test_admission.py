@@ -172,3 +172,18 @@ def test_memory_given_back_while_no_call_waits_wakes_nothing():
         assert asyncio.all_tasks() == before and budget.used == 0
 
     _run(scenario())
+
+
+@pytest.mark.parametrize("size", [1, MIB // 3, MIB - 1, MIB])
+def test_a_call_of_at_most_a_256th_of_the_budget_overdraws_a_full_budget(size):
+    """With no wait allowed, a call that had to wait would be refused: these are not."""
+
+    async def scenario():
+        budget = MemoryBudget(256 * MIB, wait_s=0.0)
+        await budget.charge().resize(256 * MIB, deadline=time.monotonic() + 10)
+        await budget.charge().resize(size, deadline=time.monotonic() + 10)
+        assert budget.used == 256 * MIB + size
+        with pytest.raises(BudgetBusy):  # one byte more is not small
+            await budget.charge().resize(MIB + 1, deadline=time.monotonic() + 10)
+
+    _run(scenario())
