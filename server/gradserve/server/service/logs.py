@@ -72,10 +72,6 @@ class CallLog:
         if not self._wake.is_set():
             self._wake.set()
 
-    def wanted(self, level: int = logging.INFO) -> bool:
-        """Whether a call's line at ``level`` would be logged."""
-        return self._logger.isEnabledFor(level)
-
     def _over_rate(self, method: str, status: str) -> bool:
         """Count a failed call; whether its method and status are over the rate this
         second (then only counted, for the summary line)."""
@@ -105,6 +101,10 @@ class CallLog:
                 if now - window[0] >= 1.0:
                     self._summarise(key, window, now)
                     del self._failures[key]
+
+    def wanted(self, level: int = logging.INFO) -> bool:
+        """Whether a call's line at ``level`` would be logged."""
+        return self._logger.isEnabledFor(level)
 
     def _start_writer(self) -> None:
         with self._starting:
