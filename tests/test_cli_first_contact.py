@@ -96,7 +96,9 @@ def value_for(action) -> tuple[str, object]:
         return "debug", "DEBUG"
     if isinstance(action.builtin_default, float):
         return "7.5", 7.5
-    if isinstance(action.builtin_default, int) or action.dest == "workers":
+    # Whole numbers whose default is worked out from other options (None here).
+    counted = ("workers", "plan_cache_mb", "max_calls_per_connection")
+    if isinstance(action.builtin_default, int) or action.dest in counted:
         return "7", 7
     return "seven", "seven"
 
