@@ -248,7 +248,8 @@ class Evaluator:
             )
         else:
             results = evaluate(job.plan, leaves, job.outputs, job.seeds, should_stop, allow)
-        self._plans.remeasure(job.digest, job.plan)  # it may have made its scatters
+        if rows > 1 or tangents is not None:  # the plan has made its scatters now
+            self._plans.remeasure(job.digest, job.plan)
         return results
 
     def unary_reply(self, job: Job, block_rows: int, should_stop: StopCheck) -> bytes:
