@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conformance_suite import load, readme_example
+from conformance_suite import docs_example, load
 from system_tools import require_tool
 
 NODE_CLIENT = Path(__file__).resolve().parents[1] / "client" / "node"
@@ -41,13 +41,13 @@ def test_the_node_client_passes_its_tests_and_the_conformance_suite(client_test_
     assert len(passed) == cases, output
 
 
-def test_the_readme_example_runs_as_written(target):
+def test_the_docs_example_runs_as_written(target):
     require_tool("node", "npm")
     if not (NODE_CLIENT / "node_modules").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True)
     result = subprocess.run(
         ["node", "--input-type=module"],  # the script from stdin, imports relative to cwd
-        input=readme_example("js").replace("localhost:50051", target),
+        input=docs_example("docs/clients/node.md", "js").replace("localhost:50051", target),
         cwd=NODE_CLIENT,
         capture_output=True,
         text=True,
@@ -101,7 +101,7 @@ def test_the_packed_package_installs_into_an_empty_folder_and_type_checks(target
 
     result = subprocess.run(
         ["node", "--input-type=module"],
-        input=readme_example("js").replace("localhost:50051", target),
+        input=docs_example("docs/clients/node.md", "js").replace("localhost:50051", target),
         cwd=app,
         capture_output=True,
         text=True,
