@@ -67,7 +67,8 @@ def test_the_rust_client_passes_its_tests_and_the_conformance_suite(client_test_
 def rust_blocks(markdown: str) -> list[tuple[str, str]]:
     """The page's ```rust blocks not marked `<!-- not-run -->`, each with the ```text block
     that follows it (the output it prints)."""
-    pattern = r"(<!-- not-run -->\n)?```rust\n(.*?)```\n+```text\n(.*?)```"
+    output = r"(?:<!-- runs in \S+ -->\n)?```text\n(.*?)```"  # may carry its test's marker
+    pattern = r"(<!-- not-run -->\n)?```rust\n(.*?)```\n+" + output
     return [(code, out) for skip, code, out in re.findall(pattern, markdown, re.S) if not skip]
 
 

@@ -234,6 +234,7 @@ def test_a_stream_logs_one_info_line_and_its_requests_at_debug(registry, caplog)
 
 
 def test_the_docs_example_runs_and_prints_the_gradients(target, capsys):
+    """docs/training-stream.md's example, run as written against the test server."""
     page = (Path(__file__).resolve().parents[1] / "docs" / "training-stream.md").read_text()
     (example,) = re.findall(r"\n```python\n(.*?)```", page, re.DOTALL)
     exec(example.replace('"localhost:50051"', repr(target)), {})
