@@ -95,8 +95,12 @@ def test_the_neuron_crate_and_the_docs_examples_run(client_test_env, target, tmp
     manifest = (NEURON / "Cargo.toml").read_text()
     assert 'gradserve = { path = ".." }' in manifest
     manifest = manifest.replace('path = ".."', f"path = {str(CRATE)!r}")
-    (copy / "Cargo.toml").write_text(manifest)
-    shutil.copy(NEURON / "Cargo.lock", copy / "Cargo.lock")
+    # A name of its own: both crates build into the shared target folder, where a binary of
+    # the same name would be the neuron's on the next run (cargo finds it fresh and reruns it).
+    rename = ('name = "gradserve-neuron"', 'name = "gradserve-docs-example"')
+    (copy / "Cargo.toml").write_text(manifest.replace(*rename))
+    lock = (NEURON / "Cargo.lock").read_text()
+    (copy / "Cargo.lock").write_text(lock.replace(*rename))
     for code, printed in others:
         (copy / "src" / "main.rs").write_text(code)
         ran = cargo("run", "--quiet", cwd=copy, env=env)
