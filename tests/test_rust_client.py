@@ -67,7 +67,8 @@ def test_the_rust_client_passes_its_tests_and_the_conformance_suite(client_test_
 def rust_blocks(markdown: str) -> list[tuple[str, str]]:
     """The page's ```rust blocks not marked `<!-- not-run -->`, each with the ```text block
     that follows it (the output it prints)."""
-    pattern = r"(<!-- not-run -->\n)?```rust\n(.*?)```\n+```text\n(.*?)```"
+    output = r"(?:<!-- runs in \S+ -->\n)?```text\n(.*?)```"  # may carry its test's marker
+    pattern = r"(<!-- not-run -->\n)?```rust\n(.*?)```\n+" + output
     return [(code, out) for skip, code, out in re.findall(pattern, markdown, re.S) if not skip]
 
 
@@ -94,8 +95,12 @@ def test_the_neuron_crate_and_the_docs_examples_run(client_test_env, target, tmp
     manifest = (NEURON / "Cargo.toml").read_text()
     assert 'gradserve = { path = ".." }' in manifest
     manifest = manifest.replace('path = ".."', f"path = {str(CRATE)!r}")
-    (copy / "Cargo.toml").write_text(manifest)
-    shutil.copy(NEURON / "Cargo.lock", copy / "Cargo.lock")
+    # A name of its own: both crates build into the shared target folder, where a binary of
+    # the same name would be the neuron's on the next run (cargo finds it fresh and reruns it).
+    rename = ('name = "gradserve-neuron"', 'name = "gradserve-docs-example"')
+    (copy / "Cargo.toml").write_text(manifest.replace(*rename))
+    lock = (NEURON / "Cargo.lock").read_text()
+    (copy / "Cargo.lock").write_text(lock.replace(*rename))
     for code, printed in others:
         (copy / "src" / "main.rs").write_text(code)
         ran = cargo("run", "--quiet", cwd=copy, env=env)
