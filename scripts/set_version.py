@@ -1,6 +1,7 @@
 """Write the release version (the repository's VERSION file, or the argument) everywhere a
 package manager reads one: the five Python distributions (and their pins on each other), the
-Go module's `gradserve.Version` and the npm package.
+Go module's `gradserve.Version`, the npm package and the Java artifact (its pom and the
+dependency its docs page names).
 
     python3 scripts/set_version.py 0.2.0    # writes VERSION, then the copies
     python3 scripts/set_version.py          # rewrites the copies from VERSION
@@ -24,6 +25,9 @@ PYPROJECTS = [
 ]
 GO_VERSION = "client/go/gradserve/version.go"
 NPM_FILES = ["client/node/package.json", "client/node/package-lock.json"]
+JAVA_FILES = ["client/java/pom.xml", "docs/clients/java.md"]
+# The <version> after the artifact's <artifactId>, a comment between them allowed.
+JAVA_VERSION = r"(<artifactId>gradserve-client</artifactId>\s*(?:<!--[^>]*-->\s*)?<version>)[^<]*"
 
 
 def substitute(path: Path, pattern: str, replacement: str, count: int = 0) -> None:
@@ -49,6 +53,8 @@ def set_version(version: str) -> None:
         if "packages" in data:  # the lock file names the package's own version twice
             data["packages"][""]["version"] = version
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    for name in JAVA_FILES:
+        substitute(ROOT / name, JAVA_VERSION, rf"\g<1>{version}", count=1)
 
 
 if __name__ == "__main__":

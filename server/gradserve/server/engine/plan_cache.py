@@ -15,7 +15,7 @@ import numpy as np
 from gradserve.server.engine.plan import GraphArrays, Plan
 from gradserve.v1.structure import structure_digest as shared_structure_digest
 
-BUDGET_SHARE = 8  # by default the cache may hold 1/8 of the server's memory budget
+BUDGET_SHARE = 4  # by default the cache may hold a quarter of the memory budget
 
 
 def structure_digest(graph: GraphArrays) -> bytes:
