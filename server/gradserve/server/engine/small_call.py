@@ -86,7 +86,7 @@ def program_of(plan: Plan, compiled: bool = False) -> Program | None:
     """The plan's program, or None when the plan is not for this path (too large, with an op
     lacking a scalar forward or backward, or run in isolation workers)."""
     limit = MAX_NODES if compiled else LOOP_NODES
-    if not 0 < plan.node_count <= limit or plan.source is not None:
+    if not 0 < plan.node_count <= limit or plan.isolated:
         return None
     leaves = plan.leaves.tolist()
     slots = [0] * plan.node_count

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
+from gradserve.server.engine.plan import GraphArrays, compile_graph
 from gradserve.server.engine.run import Inputs, run
 from gradserve.server.registry import load_registry
 
@@ -107,9 +107,10 @@ class IsolatedEvaluator:
         for _ in range(workers):
             self._idle.put(_Worker(self._op_names))
 
-    def handles(self, plan: Plan) -> bool:
-        """Whether ``plan`` uses an untrusted op, and so must run in a worker."""
-        return not self._untrusted.isdisjoint(plan.op_names)
+    @property
+    def untrusted(self) -> frozenset[str]:
+        """The names of the ops that run in the workers (``Op.isolated`` in the server)."""
+        return self._untrusted
 
     def run(
         self, graph: GraphArrays, inputs: Inputs, should_stop: Callable[[], bool]

@@ -137,7 +137,11 @@ class Evaluator:
         isolated: IsolatedEvaluator | None,
         max_message_bytes: int,
     ) -> None:
-        self._ops = {name: loaded.op for name, loaded in registry.items()}
+        untrusted = frozenset() if isolated is None else isolated.untrusted
+        self._ops = {  # an op that the workers run is isolated, and so is every plan using it
+            name: dataclasses.replace(loaded.op, isolated=True) if name in untrusted else loaded.op
+            for name, loaded in registry.items()
+        }
         self._plans = plan_cache
         self._limits = limits
         self._isolated = isolated
@@ -178,7 +182,7 @@ class Evaluator:
             if graph is None:
                 graph = self._graph_arrays(request.graph)
             plan = compile_graph(graph, self._ops, should_stop)
-            if self._isolated is not None and self._isolated.handles(plan):
+            if plan.isolated:
                 plan = dataclasses.replace(plan, source=graph)  # workers compile it again
             self._plans.put(digest, plan)
         return plan, digest
@@ -239,7 +243,7 @@ class Evaluator:
         inputs = Inputs(
             job.leaves, job.outputs, job.seeds, job.tangents, job.request.allow_non_finite
         ).rows(slice(first, first + rows))
-        if job.plan.source is not None:
+        if job.plan.isolated:
             return self._isolated.run(job.plan.source, inputs, should_stop)
         results = run(job.plan, inputs, should_stop)
         self._plans.remeasure(job.digest, job.plan)  # it may have made its scatters
