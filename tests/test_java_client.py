@@ -9,6 +9,7 @@ them before the tests).
 """
 
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -20,6 +21,7 @@ from system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 JAVA_CLIENT = ROOT / "client" / "java"
+REPORTS = JAVA_CLIENT / "target" / "surefire-reports"
 DOCS = ROOT / "docs" / "clients" / "java.md"
 # The dependency plugin writes the docs project's classpath; named in full, so that no
 # unpinned plugin version is looked up.
@@ -48,7 +50,9 @@ def test_the_generated_stubs_are_not_committed():
 
 @pytest.fixture(scope="module")
 def installed():
-    """`mvn install` in client/java: the suite runs, then the jar is installed."""
+    """`mvn install` in client/java: the suite runs, then the jar is installed. Reports of an
+    earlier build go first, so that only this run's are read."""
+    shutil.rmtree(REPORTS, ignore_errors=True)
     result = subprocess.run(
         [*maven(), "install", f"-Dgradserve.executable={GRADSERVE}"],
         cwd=JAVA_CLIENT,
@@ -62,7 +66,7 @@ def installed():
 def surefire_cases() -> dict[str, list[tuple[str, str]]]:
     """Each test class's (test name, outcome) pairs from Surefire's XML reports."""
     cases: dict[str, list[tuple[str, str]]] = {}
-    for report in (JAVA_CLIENT / "target" / "surefire-reports").glob("TEST-*.xml"):
+    for report in REPORTS.glob("TEST-*.xml"):
         for case in ElementTree.parse(report).getroot().iter("testcase"):
             outcome = next(
                 (c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed"
