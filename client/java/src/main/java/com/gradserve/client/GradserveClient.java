@@ -152,8 +152,9 @@ public final class GradserveClient implements AutoCloseable {
     return new Errors.Where(target, tls, callTimeout);
   }
 
+  /** The time left until the deadline, to the millisecond (as error messages name it). */
   private static Duration remaining(Deadline deadline) {
-    return Duration.ofNanos(Math.max(0, deadline.timeRemaining(TimeUnit.NANOSECONDS)));
+    return Duration.ofMillis(Math.max(0, deadline.timeRemaining(TimeUnit.MILLISECONDS)));
   }
 
   /** The server's ops, sorted by name. */
