@@ -89,13 +89,18 @@ def test_the_neuron_crate_and_the_docs_examples_run(client_test_env, target, tmp
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == neuron[1] == "o = 0.7071, do/dx1 = -1.5000, do/dw1 = 1.0000\n"
 
+    # A copy under a name of its own: in the shared target folder, a binary of the same name
+    # would replace the neuron's.
     copy = tmp_path / "example"
     (copy / "src").mkdir(parents=True)
     manifest = (NEURON / "Cargo.toml").read_text()
     assert 'gradserve = { path = ".." }' in manifest
     manifest = manifest.replace('path = ".."', f"path = {str(CRATE)!r}")
-    (copy / "Cargo.toml").write_text(manifest)
-    shutil.copy(NEURON / "Cargo.lock", copy / "Cargo.lock")
+    for name in ("Cargo.toml", "Cargo.lock"):
+        text = manifest if name == "Cargo.toml" else (NEURON / name).read_text()
+        renamed = text.replace('name = "gradserve-neuron"', 'name = "gradserve-docs-example"')
+        assert renamed != text, name
+        (copy / name).write_text(renamed)
     for code, printed in others:
         (copy / "src" / "main.rs").write_text(code)
         ran = cargo("run", "--quiet", cwd=copy, env=env)
