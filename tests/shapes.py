@@ -68,8 +68,8 @@ def leaf_count(graph: GraphArrays) -> int:
 
 
 SHAPES = {
-    "wide fan-in": lambda: wide_fan_in(100_000),
-    "deep chain": lambda: deep_chain(100_000),
+    "wide fan-in": lambda: wide_fan_in(20_000),
+    "deep chain": lambda: deep_chain(20_000),
     "mlp": lambda: mlp(24, 3),
-    "labelled": lambda: labelled(20_000, 200),
+    "labelled": lambda: labelled(5_000, 200),
 }

@@ -21,10 +21,14 @@ import pytest
 HINTS = {
     "dot": "apt-get install graphviz",
     "docker-compose": "apt-get install docker-compose",
+    "haproxy": "apt-get install haproxy",
     "go": "Go 1.26+ (go.dev/dl), with the module proxy",
     "node": "Node.js 20+",
     "npm": "Node.js 20+",
     "protoc": "apt-get install protobuf-compiler",
+    "mvn": "apt-get install maven",
+    "java": "apt-get install openjdk-17-jdk-headless",
+    "javac": "apt-get install openjdk-17-jdk-headless",
     "cargo": "Rust 1.88+ (rustup.rs), with crates.io",
     "rustfmt": "rustup component add rustfmt",
 }

@@ -245,6 +245,6 @@ def test_a_plan_keeps_only_the_quoted_part_of_a_label(ops):
     it, not the label."""
     long_label = "x" * 8_000_000
     plan = compile_graph(GraphArrays(["neg"], [0], [0], [], [long_label]), ops)
-    assert plan.labels == ("x" * QUOTE_LIMIT + "…",)
+    assert plan.labels == ("x" * QUOTE_LIMIT,)
     assert plan.nbytes() < 4096
-    assert plan.describe(0) == f"0 ('{'x' * QUOTE_LIMIT}…')"
+    assert plan.describe(0) == f"0 ('{'x' * QUOTE_LIMIT}…' (8000000 characters))"

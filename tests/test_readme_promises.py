@@ -1,4 +1,4 @@
-"""Promises the README makes that no other test checked, each by its effect.
+"""Promises the documentation (docs/) makes that no other test checked, each by its effect.
 
 Server flags run through `gradserve serve` as an operator starts it; the SDK's through a
 real server. Each test fails when the promised behaviour is removed.
@@ -20,6 +20,7 @@ from hardening import SlowOp, violations, wait_until
 from servers import GRADSERVE, Served
 from test_registry import install_fake_plugin
 
+import gradserve.client
 from gradserve.client import (
     Client,
     DeadlineExceeded,
@@ -93,7 +94,7 @@ class _FailsAfterOneChunk(pb_grpc.GradientServiceServicer):
             context.abort(grpc.StatusCode.INTERNAL, "failed after one chunk")
 
 
-def test_a_backward_that_fails_midway_changes_no_value(stub):
+def test_a_backward_that_fails_midway_changes_no_value(stub, target):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_GradientServiceServicer_to_server(_FailsAfterOneChunk(stub), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -104,8 +105,16 @@ def test_a_backward_that_fails_midway_changes_no_value(stub):
         nodes = [x]
         for _ in range(70_000):  # more than one chunk of results: backward streams
             nodes.append(nodes[-1] + c)
-        before = [(v.data, v.grad) for v in nodes]
-        with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerError):
+        gradserve.client.use(target)  # reading .data evaluates the pending nodes there
+        try:
+            before = [(v.data, v.grad) for v in nodes]
+        finally:
+            gradserve.client.use(None)
+        # A 1 MiB message limit: a reply of 70,001 nodes does not fit, so backward streams.
+        with (
+            Client(f"127.0.0.1:{port}", max_message_bytes=2**20) as client,
+            pytest.raises(ServerError, match="failed after one chunk"),
+        ):
             nodes[-1].backward(client)
         assert [(v.data, v.grad) for v in nodes] == before
         assert (c.data, c.grad) == (0.5, 8.0)

@@ -132,7 +132,7 @@ def test_stream_chunks_fit_a_message_whatever_the_rows(plain_server):
 @pytest.fixture(scope="module")
 def napping(tmp_path_factory):
     folder = tmp_path_factory.mktemp("naps")
-    flags = ("--max-concurrent-calls", "4", "--threads", "4")
+    flags = ("--max-concurrent-calls", "4", "--max-calls-per-connection", "4", "--threads", "4")
     with nap_server(folder, *flags) as served, channel_to(served.port) as channel:
         naps = Naps(folder)
         yield served, stub_on(channel), naps

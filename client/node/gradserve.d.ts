@@ -4,6 +4,9 @@
 export const PROTO_ROOT: string;
 /** The server's default message limit, which the client matches: 64 MiB. */
 export const MAX_MESSAGE_BYTES: number;
+/** gRPC's service config (JSON) every client uses: retry UNAVAILABLE with backoff. */
+export const SERVICE_CONFIG: string;
+export const DEFAULT_TARGET: string;
 /** Graphs above this many nodes come back through EvaluateStream in backward(). */
 export const STREAM_ABOVE: number;
 
@@ -82,8 +85,21 @@ export class GradserveError extends Error {
   field: string | null;
   /** The node the message names ("node 7 ..."), or null. */
   node: number | null;
-  constructor(code: number, details: string, violations?: FieldViolation[]);
-  static from(error: unknown): unknown;
+  /** True when the server refused the client's TLS identity (no or a foreign certificate). */
+  auth: boolean;
+  /** RESOURCE_EXHAUSTED: the limit's name ("max-memory-mb", a request field), or null. */
+  subject: string | null;
+  /** RESOURCE_EXHAUSTED: the limit (bytes for the memory budget), or null. */
+  limit: number | null;
+  /** RESOURCE_EXHAUSTED: the server's estimate of what the call needs (bytes), or null. */
+  estimate: number | null;
+  constructor(
+    code: number,
+    details: string,
+    violations?: FieldViolation[],
+    extra?: { explained?: string | null; auth?: boolean; quota?: { subject: string; limit: number | null; estimate: number | null } | null },
+  );
+  static from(error: unknown, where?: { target?: string; tls?: boolean; timeoutMs?: number }): unknown;
 }
 
 type Operand = Node | number;
@@ -173,7 +189,11 @@ export interface ClientOptions {
 }
 
 export class Client {
-  constructor(target: string, options?: ClientOptions);
+  /** `target` "host:port"; without one, GRADSERVE_TARGET, else DEFAULT_TARGET. */
+  constructor(target?: string, options?: ClientOptions);
+  readonly target: string;
+  /** Whether the channel uses TLS. */
+  readonly secure: boolean;
   close(): void;
   listOps(options?: CallOptions): Promise<OpInfo[]>;
   evaluate(graph: Graph, request?: Request, options?: CallOptions): Promise<EvaluateResponse>;

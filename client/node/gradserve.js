@@ -1,16 +1,23 @@
 // A gradserve client for Node.js: a graph builder, a Client with TLS, mutual TLS, bearer
 // tokens and deadlines, plan-digest reuse, and typed errors carrying the server's
-// google.rpc.BadRequest details. The service definition is loaded straight from the
-// repository's protos/ folder (no generated code). Types: gradserve.d.ts.
-import { readFileSync } from "node:fs";
+// google.rpc.BadRequest details. The service definition is loaded from the .proto files
+// at run time (no generated code). Types: gradserve.d.ts.
+import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
-export const PROTO_ROOT = fileURLToPath(new URL("../../protos", import.meta.url));
+// The installed package carries the .proto files beside this file (npm pack copies them,
+// scripts/bundle-protos.js); in the repository they are its protos/ folder.
+const BUNDLED_PROTOS = fileURLToPath(new URL("./protos", import.meta.url));
+export const PROTO_ROOT = existsSync(BUNDLED_PROTOS)
+  ? BUNDLED_PROTOS
+  : fileURLToPath(new URL("../../protos", import.meta.url));
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024; // the server's default limit
+/** Where `new Client()` connects without a target or GRADSERVE_TARGET. */
+export const DEFAULT_TARGET = "localhost:50051";
 /** Graphs above this many nodes come back through EvaluateStream in backward(). */
 export const STREAM_ABOVE = 1 << 20;
 
@@ -22,6 +29,9 @@ const definition = protoLoader.loadSync(path.join("gradserve", "v1", "gradserve.
   defaults: true,
 });
 const { GradientService } = grpc.loadPackageDefinition(definition).gradserve.v1;
+/** gRPC's service config for every gradserve client: retry UNAVAILABLE with backoff (every
+ * call is a pure function of its request). The one copy lives beside the .proto. */
+export const SERVICE_CONFIG = readFileSync(path.join(PROTO_ROOT, "gradserve", "v1", "service_config.json"), "utf8");
 
 // --- errors ------------------------------------------------------------------------------
 
@@ -40,6 +50,19 @@ const rpcTypes = protobuf.Root.fromJSON({
               },
             },
             Any: { fields: { type_url: { type: "string", id: 1 }, value: { type: "bytes", id: 2 } } },
+            QuotaFailure: {
+              fields: { violations: { rule: "repeated", type: "Violation", id: 1 } },
+              nested: {
+                Violation: {
+                  fields: {
+                    subject: { type: "string", id: 1 },
+                    description: { type: "string", id: 2 },
+                    quota_dimensions: { keyType: "string", type: "string", id: 6 },
+                    quota_value: { type: "int64", id: 7 },
+                  },
+                },
+              },
+            },
             BadRequest: {
               fields: { field_violations: { rule: "repeated", type: "FieldViolation", id: 1 } },
               nested: {
@@ -59,7 +82,57 @@ const rpcTypes = protobuf.Root.fromJSON({
 });
 const RpcStatus = rpcTypes.lookupType("google.rpc.Status");
 const BadRequest = rpcTypes.lookupType("google.rpc.BadRequest");
+const QuotaFailure = rpcTypes.lookupType("google.rpc.QuotaFailure");
 const BAD_REQUEST_URL = "type.googleapis.com/google.rpc.BadRequest";
+const QUOTA_FAILURE_URL = "type.googleapis.com/google.rpc.QuotaFailure";
+
+// One line that says what to do, in the same words as the Python and Go clients
+// (client/gradserve/client/unreachable.py and errors.py; tests/test_client_messages.py).
+const MESSAGES = {
+  noServer: (target) => `no gradserve server answers at ${target}: start one with \`gradserve serve\`, or set GRADSERVE_TARGET`,
+  serverWantsTls: (target) =>
+    `the server at ${target} expects TLS and this client connects in plaintext: give the client the CA certificate that signed the server's`,
+  serverWantsPlaintext: (target) =>
+    `the server at ${target} speaks plaintext and this client connects with TLS: connect without TLS, or start the server with --tls-cert and --tls-key`,
+  serverWantsCertificate: (target) =>
+    `the server at ${target} refused the TLS connection: it requires a client certificate signed by a CA it trusts (mutual TLS): give the client its certificate and key`,
+  serverNotTrusted: (target) =>
+    `the server at ${target} presented a certificate this client does not trust: give the client the CA certificate that signed it`,
+  deadline: (seconds) => `the call took longer than its timeout of ${formatG(seconds)} s: pass a larger timeout, or send a smaller graph`,
+};
+
+/** A number as Python's "{:g}" writes it (6 significant digits; 1e-05, 1e+06). */
+function formatG(x) {
+  const exponent = x === 0 ? 0 : Math.floor(Math.log10(Math.abs(x)));
+  if (exponent < -4 || exponent >= 6) {
+    const [mantissa, power] = Number(x.toPrecision(6)).toExponential().split("e");
+    const sign = power.startsWith("-") ? "-" : "+";
+    return `${mantissa}e${sign}${power.replace(/^[-+]/, "").padStart(2, "0")}`;
+  }
+  return String(Number(x.toPrecision(6)));
+}
+
+/**
+ * What went wrong when no call got through (UNAVAILABLE), told apart by grpc-js's words and
+ * whether the channel uses TLS; null when the words say none of these.
+ */
+function unavailable(details, target, tls) {
+  const words = details.toLowerCase();
+  if (/econnrefused|name resolution failed|enotfound|eai_again/.test(words)) return MESSAGES.noServer(target);
+  if (tls && words.includes("wrong version number")) return MESSAGES.serverWantsPlaintext(target);
+  if (tls && /unable to verify|unable to get local issuer|self[- ]signed|certificate verify failed/.test(words)) {
+    return MESSAGES.serverNotTrusted(target);
+  }
+  if (words.includes("failed to connect")) {
+    return tls ? MESSAGES.serverWantsCertificate(target) : MESSAGES.serverWantsTls(target);
+  }
+  return null;
+}
+
+/** grpc-js's details without its empty trailing "Resolution note: ". */
+function cleaned(details) {
+  return details.replace(/\.? ?Resolution note: ?$/, "").trimEnd();
+}
 const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
 /**
@@ -67,10 +140,16 @@ const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, co
  * read `codeName`), `details` the server's message; client errors carry the BadRequest's
  * `violations`, the first one's `field` ("graph.input_ids[7]"), and `node`, the id the
  * message names (null if none). See the error model in gradserve.proto.
+ *
+ * When the client can say what to do, `message` is that one line alone, in the Python and
+ * Go clients' words: nothing at the target, TLS on one side only, a client certificate the
+ * server refused (`auth` true), a server certificate the client does not trust, a deadline.
+ * RESOURCE_EXHAUSTED carries the QuotaFailure's `subject`, `limit` and `estimate` (bytes,
+ * for the memory budget; null when the server did not say).
  */
 export class GradserveError extends Error {
-  constructor(code, details, violations = []) {
-    super(`${CODE_NAMES[code] ?? code}: ${details}`);
+  constructor(code, details, violations = [], { explained = null, auth = false, quota = null } = {}) {
+    super(explained ?? `${CODE_NAMES[code] ?? code}: ${details}`);
     this.name = "GradserveError";
     this.code = code;
     this.codeName = CODE_NAMES[code] ?? String(code);
@@ -79,22 +158,50 @@ export class GradserveError extends Error {
     this.field = violations[0]?.field ?? null;
     const node = /^node (\d+)[ :]/.exec(details);
     this.node = node ? Number(node[1]) : null;
+    this.auth = auth;
+    this.subject = quota?.subject ?? null;
+    this.limit = quota?.limit ?? null;
+    this.estimate = quota?.estimate ?? null;
   }
 
-  /** A GradserveError from a grpc-js ServiceError. */
-  static from(error) {
+  /**
+   * A GradserveError from a grpc-js ServiceError; `where` ({target, tls, timeoutMs}) lets the
+   * message name the target and the timeout.
+   */
+  static from(error, where = {}) {
     if (error instanceof GradserveError || error?.code === undefined) return error;
     const violations = [];
+    let quota = null;
     for (const raw of error.metadata?.get("grpc-status-details-bin") ?? []) {
       for (const detail of RpcStatus.decode(raw).details) {
         if (detail.type_url === BAD_REQUEST_URL) {
           for (const v of BadRequest.decode(detail.value).field_violations) {
             violations.push({ field: v.field, description: v.description });
           }
+        } else if (detail.type_url === QUOTA_FAILURE_URL) {
+          const [v] = QuotaFailure.decode(detail.value).violations;
+          if (v) {
+            const estimate = v.quota_dimensions?.estimate_bytes;
+            quota = { subject: v.subject, limit: Number(v.quota_value) || null, estimate: estimate ? Number(estimate) : null };
+          }
         }
       }
     }
-    return new GradserveError(error.code, error.details ?? "", violations);
+    const details = cleaned(error.details ?? "");
+    if (error.code === grpc.status.RESOURCE_EXHAUSTED && !quota && violations.length) {
+      quota = { subject: violations[0].field, limit: null, estimate: null };
+    }
+    let explained = null;
+    let auth = false;
+    if (error.code === grpc.status.UNAVAILABLE && where.target) {
+      explained = unavailable(details, where.target, where.tls) ?? `the server at ${where.target} is unavailable: ${details}`;
+      auth = explained === MESSAGES.serverWantsCertificate(where.target);
+    } else if (error.code === grpc.status.DEADLINE_EXCEEDED && where.timeoutMs !== undefined) {
+      explained = MESSAGES.deadline(where.timeoutMs / 1000);
+    } else if (error.code === grpc.status.RESOURCE_EXHAUSTED) {
+      explained = details;
+    }
+    return new GradserveError(error.code, details, violations, { explained, auth, quota });
   }
 }
 
@@ -238,7 +345,8 @@ function read(file) {
 }
 
 /**
- * A connection to a gradserve server. Options: `ca` (a PEM file: connect over TLS trusting
+ * A connection to a gradserve server at `target` ("host:port"; without one, the
+ * GRADSERVE_TARGET environment variable, else localhost:50051). Options: `ca` (a PEM file: connect over TLS trusting
  * it), `cert` and `key` (PEM files: a client certificate, mutual TLS), `tls: true` (TLS with
  * the system's roots), `token` (sent as "authorization: Bearer <token>"; use it over TLS),
  * `timeoutMs` (the deadline of calls that set none; otherwise the server's default of
@@ -246,13 +354,19 @@ function read(file) {
  */
 export class Client {
   constructor(target, { ca, cert, key, tls = false, token, timeoutMs, maxMessageBytes = MAX_MESSAGE_BYTES } = {}) {
-    const secure = tls || ca || cert;
+    target ||= process.env.GRADSERVE_TARGET?.trim() || DEFAULT_TARGET;
+    const secure = Boolean(tls || ca || cert);
+    this.target = target;
+    this.secure = secure;
     const credentials = secure
       ? grpc.credentials.createSsl(read(ca), read(key), read(cert))
       : grpc.credentials.createInsecure();
     this.stub = new GradientService(target, credentials, {
       "grpc.max_receive_message_length": maxMessageBytes,
       "grpc.max_send_message_length": maxMessageBytes,
+      "grpc.service_config": SERVICE_CONFIG,
+      // gRPC retries only a request it still holds: 256 KiB by default.
+      "grpc.per_rpc_retry_buffer_size": maxMessageBytes,
     });
     this.token = token;
     this.timeoutMs = timeoutMs;
@@ -267,7 +381,8 @@ export class Client {
     const metadata = new grpc.Metadata();
     if (this.token) metadata.set("authorization", `Bearer ${this.token}`);
     const timeout = deadlineMs ?? this.timeoutMs;
-    return { metadata, options: timeout === undefined ? {} : { deadline: Date.now() + timeout }, signal };
+    const where = { target: this.target, tls: this.secure, timeoutMs: timeout };
+    return { metadata, options: timeout === undefined ? {} : { deadline: Date.now() + timeout }, signal, where };
   }
 
   /** ListOps: the server's ops, sorted by name. */
@@ -277,10 +392,10 @@ export class Client {
 
   /** A unary call with a request message as it is (protocol level): Evaluate by default. */
   evaluateRaw(request, options, method = "Evaluate") {
-    const { metadata, options: callOptions } = this._call(options);
+    const { metadata, options: callOptions, where } = this._call(options);
     return new Promise((resolve, reject) => {
       this.stub[method](request, metadata, callOptions, (error, response) =>
-        error ? reject(GradserveError.from(error)) : resolve(response),
+        error ? reject(GradserveError.from(error, where)) : resolve(response),
       );
     });
   }
@@ -290,14 +405,14 @@ export class Client {
    * `signal` (an AbortSignal) to cancel the call.
    */
   async *streamRaw(request, options) {
-    const { metadata, options: callOptions, signal } = this._call(options);
+    const { metadata, options: callOptions, signal, where } = this._call(options);
     const call = this.stub.EvaluateStream(request, metadata, callOptions);
     const cancel = () => call.cancel();
     signal?.addEventListener("abort", cancel);
     try {
       for await (const chunk of call) yield chunk;
     } catch (error) {
-      throw GradserveError.from(error);
+      throw GradserveError.from(error, where);
     } finally {
       signal?.removeEventListener("abort", cancel);
       call.cancel(); // a no-op once the call has ended; stops it when the caller breaks

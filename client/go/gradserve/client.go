@@ -20,6 +20,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -46,7 +47,12 @@ type Client struct {
 	conn    *grpc.ClientConn
 	stub    pb.GradientServiceClient
 	timeout time.Duration
+	target  string
+	tls     bool
 }
+
+// DefaultTarget is where Dial("") connects when GRADSERVE_TARGET is not set.
+const DefaultTarget = "localhost:50051"
 
 type settings struct {
 	tls             *tls.Config
@@ -105,16 +111,30 @@ func WithMaxMessageBytes(n int) Option {
 	return func(s *settings) { s.maxMessageBytes = n }
 }
 
-// Dial connects to target ("host:port") in plaintext unless a TLS option is given. It
-// does not wait for the server: a server that is down makes calls fail with UNAVAILABLE.
+// Dial connects to target ("host:port"; "" for the GRADSERVE_TARGET environment variable,
+// else DefaultTarget) in plaintext unless a TLS option is given. It does not wait for the
+// server: a server that is down makes calls fail with UNAVAILABLE.
 func Dial(target string, options ...Option) (*Client, error) {
+	if target == "" {
+		target = strings.TrimSpace(os.Getenv("GRADSERVE_TARGET"))
+	}
+	if target == "" {
+		target = DefaultTarget
+	}
 	s := settings{maxMessageBytes: MaxMessageBytes}
 	for _, option := range options {
 		option(&s)
 	}
-	dial := []grpc.DialOption{grpc.WithDefaultCallOptions(
-		grpc.MaxCallRecvMsgSize(s.maxMessageBytes), grpc.MaxCallSendMsgSize(s.maxMessageBytes),
-	)}
+	dial := []grpc.DialOption{
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(s.maxMessageBytes), grpc.MaxCallSendMsgSize(s.maxMessageBytes),
+			// gRPC retries only a request it still holds: 256 KiB by default.
+			grpc.MaxRetryRPCBufferSize(s.maxMessageBytes),
+		),
+		// Retry UNAVAILABLE with backoff (service_config.json, the policy every client
+		// shares): every call is a pure function of its request.
+		grpc.WithDefaultServiceConfig(serviceConfig),
+	}
 	if s.tls == nil {
 		dial = append(dial, grpc.WithInsecure())
 	} else {
@@ -131,7 +151,9 @@ func Dial(target string, options ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gradserve: dial %s: %w", target, err)
 	}
-	return &Client{conn: conn, stub: pb.NewGradientServiceClient(conn), timeout: s.timeout}, nil
+	client := &Client{conn: conn, stub: pb.NewGradientServiceClient(conn), timeout: s.timeout}
+	client.target, client.tls = target, s.tls != nil
+	return client, nil
 }
 
 func (s *settings) tlsConfig() (*tls.Config, error) {
@@ -174,21 +196,26 @@ func (c *Client) Close() error { return c.conn.Close() }
 // TLS, the token and the message limits apply to it too.
 func (c *Client) Stub() pb.GradientServiceClient { return c.stub }
 
-// withTimeout applies the client's timeout to a context without a deadline.
-func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+// withTimeout applies the client's timeout to a context without a deadline; the where
+// of the call's errors names the timeout when it applied.
+func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc, where) {
+	w := where{target: c.target, tls: c.tls}
 	if _, has := ctx.Deadline(); has || c.timeout <= 0 {
-		return context.WithCancel(ctx)
+		ctx, cancel := context.WithCancel(ctx)
+		return ctx, cancel, w
 	}
-	return context.WithTimeout(ctx, c.timeout)
+	w.timeout = c.timeout
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	return ctx, cancel, w
 }
 
 // ListOps lists the server's ops, sorted by name.
 func (c *Client) ListOps(ctx context.Context) ([]*pb.OpInfo, error) {
-	ctx, cancel := c.withTimeout(ctx)
+	ctx, cancel, w := c.withTimeout(ctx)
 	defer cancel()
 	response, err := c.stub.ListOps(ctx, &pb.ListOpsRequest{})
 	if err != nil {
-		return nil, asError(err)
+		return nil, w.explain(asError(err))
 	}
 	return response.GetOps(), nil
 }
@@ -249,7 +276,7 @@ type Chunk struct {
 // graph's structure goes over the wire once: later calls send its plan digest and leaf
 // values, and the whole graph again only if the server answers NOT_FOUND.
 func (c *Client) Evaluate(ctx context.Context, g *Graph, req *Request) (*Result, error) {
-	ctx, cancel := c.withTimeout(ctx)
+	ctx, cancel, w := c.withTimeout(ctx)
 	defer cancel()
 	call := func(request *pb.EvaluateRequest) (*Result, error) {
 		response, err := c.stub.Evaluate(ctx, request)
@@ -263,13 +290,14 @@ func (c *Client) Evaluate(ctx context.Context, g *Graph, req *Request) (*Result,
 			ValueTangents: response.GetValueTangents(), GradTangents: response.GetGradTangents(),
 		}, nil
 	}
-	return withPlan(g, req, call)
+	result, err := withPlan(g, req, call)
+	return result, w.explain(err)
 }
 
 // Stream evaluates g like Evaluate, but receives the results in bounded chunks, calling
 // each for every chunk as it arrives. An error from each cancels the call and is returned.
 func (c *Client) Stream(ctx context.Context, g *Graph, req *Request, each func(*Chunk) error) error {
-	ctx, cancel := c.withTimeout(ctx)
+	ctx, cancel, w := c.withTimeout(ctx)
 	defer cancel()
 	call := func(request *pb.EvaluateRequest) (*Result, error) {
 		stream, err := c.stub.EvaluateStream(ctx, request)
@@ -302,7 +330,7 @@ func (c *Client) Stream(ctx context.Context, g *Graph, req *Request, each func(*
 	if errors.As(err, &callback) {
 		return callback.err
 	}
-	return err
+	return w.explain(err)
 }
 
 // callbackError carries Stream's callback's own error past the status translation.

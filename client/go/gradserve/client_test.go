@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,8 +154,13 @@ func TestMutualTLSNeedsTheClientCertificateAndTheToken(t *testing.T) {
 	if _, err := dial(t, target, WithTLS(ca), cert).Evaluate(ctx, g, nil); !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("without the token: %v", err)
 	}
-	if _, err := dial(t, target, WithTLS(ca), token).Evaluate(ctx, g, nil); !errors.Is(err, ErrUnavailable) {
+	_, err := dial(t, target, WithTLS(ca), token).Evaluate(ctx, g, nil)
+	var e *Error
+	if !errors.Is(err, ErrUnavailable) || !errors.As(err, &e) || !e.Auth {
 		t.Fatalf("without a client certificate: %v", err)
+	}
+	if !strings.Contains(e.Message, "requires a client certificate") {
+		t.Errorf("the message does not say what to do: %q", e.Message)
 	}
 }
 
@@ -184,8 +190,13 @@ func TestTheClientTimeoutAppliesAndAContextDeadlineWins(t *testing.T) {
 	target, token := conformanceServer(t)
 	g, _, _, _, _, _, _, _ := neuron()
 	short := dial(t, target, WithToken(token), WithTimeout(time.Nanosecond))
-	if _, err := short.Evaluate(context.Background(), g, nil); !errors.Is(err, ErrDeadlineExceeded) {
+	_, err := short.Evaluate(context.Background(), g, nil)
+	if !errors.Is(err, ErrDeadlineExceeded) {
 		t.Fatalf("a 1 ns client timeout: %v", err)
+	}
+	want := "gradserve: the call took longer than its timeout of 1e-09 s: pass a larger timeout, or send a smaller graph"
+	if err.Error() != want {
+		t.Errorf("got %q, want %q", err.Error(), want)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

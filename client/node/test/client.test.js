@@ -179,7 +179,10 @@ test("TLS trusts the given CA; plaintext to a TLS server is UNAVAILABLE", { skip
     const { g, o } = neuron();
     await tls.backward(o);
     near(o.value, Math.tanh(2 * -3 + 6.8813735870195432), "o over TLS");
-    await assert.rejects(plain.evaluate(g), (error) => error.code === grpc.status.UNAVAILABLE);
+    await assert.rejects(
+      plain.evaluate(g),
+      (error) => error.code === grpc.status.UNAVAILABLE && error.message.startsWith(`the server at ${env.GRADSERVE_TLS_TARGET} expects TLS`),
+    );
   } finally {
     tls.close();
     plain.close();
@@ -197,7 +200,10 @@ test("mutual TLS needs the client certificate, and the token", { skip: needs("GR
     await full.backward(o);
     near(o.grad, 1, "do/do over mutual TLS");
     await assert.rejects(noToken.evaluate(g), (error) => error.code === grpc.status.UNAUTHENTICATED);
-    await assert.rejects(noCert.evaluate(g), (error) => error.code === grpc.status.UNAVAILABLE);
+    await assert.rejects(
+      noCert.evaluate(g),
+      (error) => error.code === grpc.status.UNAVAILABLE && error.auth && error.message.includes("requires a client certificate"),
+    );
   } finally {
     for (const c of [full, noToken, noCert]) c.close();
   }
@@ -207,10 +213,46 @@ test("the client's timeout applies; a call's own deadline wins", async () => {
   const short = new Client(server.target, { timeoutMs: 0 });
   try {
     const { g } = neuron();
-    await assert.rejects(short.evaluate(g), (error) => error instanceof GradserveError && error.code === grpc.status.DEADLINE_EXCEEDED);
+    await assert.rejects(
+      short.evaluate(g),
+      (error) =>
+        error instanceof GradserveError &&
+        error.code === grpc.status.DEADLINE_EXCEEDED &&
+        error.message === "the call took longer than its timeout of 0 s: pass a larger timeout, or send a smaller graph",
+    );
     assert.equal((await short.evaluate(g, {}, { deadlineMs: 60_000 })).values.length, 10);
   } finally {
     short.close();
+  }
+});
+
+test("nothing at the target: one line that says what to do, no empty resolution note", async () => {
+  const nowhere = new Client("127.0.0.1:1", { timeoutMs: 60_000 });
+  try {
+    await assert.rejects(nowhere.listOps(), (error) => {
+      assert.equal(error.message, "no gradserve server answers at 127.0.0.1:1: start one with `gradserve serve`, or set GRADSERVE_TARGET");
+      assert.ok(!error.details.includes("Resolution note"), error.details);
+      return true;
+    });
+  } finally {
+    nowhere.close();
+  }
+});
+
+test("without a target the client reads GRADSERVE_TARGET, else localhost:50051", () => {
+  const saved = process.env.GRADSERVE_TARGET;
+  try {
+    process.env.GRADSERVE_TARGET = "example.invalid:7";
+    const fromEnv = new Client();
+    assert.equal(fromEnv.target, "example.invalid:7");
+    fromEnv.close();
+    delete process.env.GRADSERVE_TARGET;
+    const fallback = new Client();
+    assert.equal(fallback.target, "localhost:50051");
+    fallback.close();
+  } finally {
+    if (saved === undefined) delete process.env.GRADSERVE_TARGET;
+    else process.env.GRADSERVE_TARGET = saved;
   }
 });
 

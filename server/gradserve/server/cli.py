@@ -145,6 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_fan_in=args.max_fan_in,
         max_concurrent_calls=args.max_concurrent_calls,
         default_deadline_s=args.default_deadline,
+        request_timeout_s=args.request_timeout,
+        calls_per_connection=args.max_calls_per_connection,
     )
     describe = "ops: " + ", ".join(sorted(registry))
 
@@ -305,6 +307,20 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         default=limits.DEFAULT_DEADLINE_S,
         help="seconds for calls that set no deadline",
     )
+    # Issue 19: what a request may take while it arrives, and one connection's share.
+    serve.add_argument(
+        "--request-timeout",
+        type=_seconds(zero_allowed=False),
+        default=limits.DEFAULT_REQUEST_TIMEOUT_S,
+        help="seconds a call's request message may take to arrive, within its deadline",
+    )
+    serve.add_argument(
+        "--max-calls-per-connection",
+        type=_positive_int,
+        default=None,
+        help="calls in progress from one connection at once (default: 1/"
+        f"{limits.CONNECTION_SHARE} of --max-concurrent-calls)",
+    )
     serve.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     serve.add_argument(
@@ -377,7 +393,7 @@ def _add_serve(commands) -> None:
         type=_whole(0),
         default=None,
         help="MiB of compiled plans kept for reuse, within --max-memory-mb (default: "
-        f"1/{BUDGET_SHARE} of it)",
+        f"1/{BUDGET_SHARE} of --max-memory-mb)",
     )
     serve.add_argument("--ops", help="comma-separated allow-list of ops to load (default: all)")
     serve.add_argument(

@@ -8,23 +8,29 @@ QUOTE_LIMIT = 64  # characters of a client's string quoted back in a message
 def quote(text: str) -> str:
     """``text``, a string the client sent, quoted for a message and bounded: cut to
     QUOTE_LIMIT characters with an ellipsis and the full length, so that a megabyte label
-    or op name never makes a megabyte error message (or log line). A string ``cut``
-    already is quoted as it is."""
-    if len(text) <= QUOTE_LIMIT or _is_cut(text):
-        return repr(text)
-    return f"{text[:QUOTE_LIMIT] + _ELLIPSIS!r} ({len(text)} characters)"
+    or op name never makes a megabyte error message (or log line). A ``Cut`` string is
+    quoted with the length it had."""
+    length = getattr(text, "length", len(text))
+    if length <= QUOTE_LIMIT:
+        return repr(str(text))
+    return f"{str(text)[:QUOTE_LIMIT] + '…'!r} ({length} characters)"
+
+
+class Cut(str):
+    """The first QUOTE_LIMIT characters of a longer client string, with its ``length``:
+    what a plan keeps of a label, all that a message quotes."""
+
+    length: int
+
+    def __new__(cls, text: str) -> "Cut":
+        cut = super().__new__(cls, text[:QUOTE_LIMIT])
+        cut.length = len(text)
+        return cut
 
 
 def cut(text: str) -> str:
-    """``text`` as a message quotes it, without the quotes: what a plan keeps of a label."""
-    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + _ELLIPSIS
-
-
-_ELLIPSIS = "…"
-
-
-def _is_cut(text: str) -> bool:
-    return len(text) == QUOTE_LIMIT + 1 and text.endswith(_ELLIPSIS)
+    """``text`` itself when a message would quote it whole, else its ``Cut``."""
+    return text if len(text) <= QUOTE_LIMIT else Cut(text)
 
 
 class EvaluationError(Exception):

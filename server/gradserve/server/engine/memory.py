@@ -2,26 +2,68 @@
 
 The server charges these estimates to its memory budget before it compiles or evaluates
 (``gradserve.server.service.admission``). They are upper estimates of the peak above idle,
-measured on this project's benchmarks (README, "Running it safely").
+checked against tracemalloc's measured peak over graphs of every shape (wide fan-in, deep
+chain, MLP, many rows, tangents) in tests/test_resilience_estimate.py: never below it, at
+most 3x above it.
 """
 
+from dataclasses import dataclass
+
 # Compiling: the graph's fields as arrays, the checks' and the scheduler's temporaries, and
-# the plan (groups, gathered input ids, scatters). Measured peak on W1 (a wide MLP) and W2
-# (a chain): 100-150 bytes a node with about one and a half inputs each.
-COMPILE_BYTES_PER_NODE = 160
+# the plan (groups, gathered input ids, chains' per-node lists). Measured peak: about 32
+# bytes a node for a wide fan-in, 100 for an MLP, 220 for a long chain (the chain's
+# tuples and lists of Python objects); this bound holds for all of them.
+COMPILE_BYTES_PER_NODE = 240
 COMPILE_BYTES_PER_INPUT = 24
 
-# Evaluating: values and gradients (8 bytes each), a group's gathered inputs and the op's
-# outputs and local derivatives while that group runs (bounded by about as much again).
-EVALUATION_BYTES_PER_NODE_ROW = 40
+
+@dataclass(frozen=True)
+class PlanSizes:
+    """What a plan's evaluation allocates in proportion to: counted once per plan."""
+
+    nodes: int
+    edges: int  # inputs read by its op nodes, all told
+    positions: int  # input positions of its groups (a node reading k inputs has k)
+    chain_nodes: int  # nodes in its stretches (chains)
+
+
+# Per node and row: values and gradients (8 bytes each) and a group's outputs, upstream
+# gradients and results while it runs; per input edge and row: the gathered inputs, the
+# local derivatives and the scatter's copies. Per input position: the array objects an
+# op's backward returns, one per position (a sum of a million inputs returns a million).
+# Per chain node: the single-row float path's lists. With tangents: their two arrays,
+# every group's local derivatives kept for the reverse pass, the second-order terms.
+FIRST_ORDER = (24, 16, 200)  # bytes per node-row, per edge-row, per position
+WITH_TANGENTS = (56, 48, 350)
+BYTES_PER_CHAIN_NODE = 240
+# A chain's local derivatives are taken a slice of about a million node-rows at a time:
+# the slice's inputs, outputs and derivatives.
+CHAIN_SLICE_BYTES_PER_NODE_ROW = 32
+CHAIN_SLICE_NODE_ROWS = 1 << 20
 
 
 def compile_bytes(nodes: int, inputs: int) -> int:
     return COMPILE_BYTES_PER_NODE * nodes + COMPILE_BYTES_PER_INPUT * inputs
 
 
-def evaluation_bytes(nodes: int, rows: int) -> int:
-    return EVALUATION_BYTES_PER_NODE_ROW * nodes * rows
+def evaluation_bytes(sizes: PlanSizes, rows: int, tangents: bool = False) -> int:
+    """The peak of evaluating ``rows`` rows (and their tangents): every array evaluation
+    allocates, the results it returns included."""
+    per_node_row, per_edge_row, per_position = WITH_TANGENTS if tangents else FIRST_ORDER
+    chain_slices = min(sizes.chain_nodes * rows, CHAIN_SLICE_NODE_ROWS)
+    return (
+        (per_node_row * sizes.nodes + per_edge_row * sizes.edges) * rows
+        + per_position * sizes.positions
+        + BYTES_PER_CHAIN_NODE * sizes.chain_nodes
+        + CHAIN_SLICE_BYTES_PER_NODE_ROW * chain_slices
+    )
+
+
+def evaluation_bytes_per_row(sizes: PlanSizes, tangents: bool = False) -> int:
+    """What each more row adds to ``evaluation_bytes`` at most."""
+    per_node_row, per_edge_row, _ = WITH_TANGENTS if tangents else FIRST_ORDER
+    chain = CHAIN_SLICE_BYTES_PER_NODE_ROW * sizes.chain_nodes
+    return per_node_row * sizes.nodes + per_edge_row * sizes.edges + chain
 
 
 def results_bytes(nodes: int, rows: int) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 
 from gradserve.ops import Op
 from gradserve.server.engine.errors import Cancelled, GraphError, cut, quote
+from gradserve.server.engine.memory import PlanSizes
 from gradserve.server.engine.scatter import Scatter
 
 # Node ids, input positions and levels while compiling. Four bytes each halve the
@@ -91,6 +92,33 @@ class Stretch:
     # inputs; otherwise None.
     scalars: tuple[Callable[..., float], ...] | None
 
+    # The stretch's index fields are read through these methods only, so that their layout
+    # is decoded in one place.
+
+    def lists(self) -> tuple[list[int], list[int], list[int]]:
+        """``nodes``, ``input_offsets`` and ``inputs`` as Python lists, for the loops that
+        go node by node (a list index is several times quicker than an array's)."""
+        return self.nodes.tolist(), self.input_offsets.tolist(), self.inputs.tolist()
+
+    def edges(self, positions: np.ndarray, count: int) -> np.ndarray:
+        """The entries of ``inputs`` read by the nodes at ``positions`` (which all read
+        ``count`` inputs, as a part's do): shape (count, len(positions)), laid out as a
+        Group's ``args``."""
+        return self.input_offsets[positions] + np.arange(count)[:, None]
+
+    def readers(self) -> np.ndarray:
+        """For each entry of ``inputs``, the position in ``nodes`` of the node reading it."""
+        return np.repeat(np.arange(len(self.nodes)), np.diff(self.input_offsets))
+
+    def local_pairs(self) -> tuple[list[int], list[int]]:
+        """Each node's first input and second input (-1 for a node with one) as positions
+        in the list of ``outside`` followed by ``nodes`` (see ``local_inputs``)."""
+        begins = self.input_offsets[:-1]
+        two = np.flatnonzero(np.diff(self.input_offsets) == 2)
+        second = np.full(len(begins), -1, dtype=begins.dtype)
+        second[two] = self.local_inputs[begins[two] + 1]
+        return self.local_inputs[begins].tolist(), second.tolist()
+
     def nbytes(self) -> int:
         """The memory the stretch holds: its arrays, its parts and its per-node tuples."""
         arrays = (self.nodes, self.input_offsets, self.inputs, self.outside, self.local_inputs)
@@ -124,6 +152,20 @@ class Plan:
             for group in (step.parts if isinstance(step, Stretch) else (step,))
         )
 
+    @functools.cached_property
+    def sizes(self) -> PlanSizes:
+        """What its evaluation allocates in proportion to (``memory.evaluation_bytes``)."""
+        edges = positions = chain_nodes = 0
+        for step in self.steps:
+            if isinstance(step, Stretch):
+                chain_nodes += len(step.nodes)
+                edges += len(step.inputs)
+                positions += sum(len(part.args) for part in step.parts)
+            else:
+                edges += step.args.size
+                positions += len(step.args)
+        return PlanSizes(self.node_count, edges, positions, chain_nodes)
+
     def describe(self, node: int) -> str:
         """The node id with its label, if it has one, for messages."""
         label = self.labels[node] if self.labels else ""
@@ -156,8 +198,12 @@ def _array_bytes(*arrays: np.ndarray) -> int:
 
 def _text_bytes(texts: Sequence[str]) -> int:
     """A tuple or list of strings: its references and each string (ones of at most one
-    character are CPython's shared singletons)."""
-    strings = sum(sys.getsizeof(text) for text in texts if len(text) > 1)
+    character are CPython's shared singletons; a ``Cut`` has a __dict__ too)."""
+    strings = sum(
+        sys.getsizeof(text) + (0 if type(text) is str else _OBJECT_BYTES)
+        for text in texts
+        if len(text) > 1
+    )
     return _OBJECT_BYTES + _POINTER_BYTES * len(texts) + strings
 
 
@@ -195,7 +241,7 @@ def compile_graph(
         leaves=np.flatnonzero(node_ops == 0),
         steps=_schedule(table, node_ops, counts, offsets, input_ids, levels, stop),
         # A plan keeps of each label only what a message quotes: a megabyte label costs
-        # the cache 70 bytes, not a megabyte.
+        # the cache a few hundred bytes, not a megabyte.
         labels=tuple(map(cut, graph.labels)),
     )
 

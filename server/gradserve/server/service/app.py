@@ -37,6 +37,18 @@ DEFAULT_MAX_CONNECTION_AGE_S = 600.0
 # cost little, but not nothing.
 MAX_STREAMS_PER_CONNECTION = 1024
 
+# grpc core's own limits on floods of control frames. A rapid-reset client (streams opened
+# and reset at once, thousands a second) is answered with a PING for one reset in ten; one
+# that does not read what it induces (pings, resets) past 1,000 frames is disconnected. A
+# client pinging more often than every 5 minutes without calls gets a GOAWAY at the second
+# strike (grpc's defaults, stated here).
+FLOOD_LIMITS = [
+    ("grpc.http2.ping_on_rst_stream_percent", 10),
+    ("grpc.http2.max_pending_induced_frames", 1_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -118,7 +130,7 @@ def start_server(
     the workers load again). A connection older than ``max_connection_age`` seconds (0:
     no limit) is asked to go away, and closed once its calls have had the default deadline
     to finish: what bounds a reader that never reads (see ``CallScope._abandon``). The plan
-    cache holds at most ``plan_cache_bytes`` (default: an eighth of ``max_memory_bytes``),
+    cache holds at most ``plan_cache_bytes`` (default: a quarter of ``max_memory_bytes``),
     and the calls in flight the rest of ``max_memory_bytes``. docs/running-safely.md
     explains every option.
     """
@@ -140,7 +152,7 @@ def start_server(
     )
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
-        watch_plan_cache(metrics, plan_cache)
+        watch_plan_cache(metrics, plan_cache, state.budget)
     servicer = GradientServicer(registry, plan_cache, state, isolated, max_message_bytes)
     interceptors = [
         *([metrics.interceptor(f"/{SERVICE_NAME}/")] if metrics else []),
@@ -151,6 +163,11 @@ def start_server(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        # Compressed requests are refused by grpc itself, before anything is inflated
+        # (UNIMPLEMENTED, "Compression algorithm ... is disabled"): a 64 KB gzip request
+        # inflating to 63 MB stalled a worker. Replies are never compressed either.
+        ("grpc.compression_enabled_algorithms_bitset", 1),  # identity only
+        *FLOOD_LIMITS,
     ]
     if max_connection_age > 0:
         grace = state.limits.default_deadline_s

@@ -40,6 +40,14 @@ class TooManyCalls(Exception):
     """More calls in progress than max-concurrent-calls."""
 
 
+class TooManyCallsOnConnection(Exception):
+    """More calls in progress on one connection than max-calls-per-connection."""
+
+
+class RequestTimedOut(Exception):
+    """The request message did not arrive within the request timeout (or the deadline)."""
+
+
 class SendTimedOut(Exception):
     """The client took a reply message only after the send timeout: the call was abandoned."""
 
@@ -62,6 +70,7 @@ class ServerState:
     draining: bool = False
     stopped: bool = False  # the grace ran out: calls still running are being cancelled
     waiting_for_request: set = field(default_factory=set)  # of CallScope
+    per_connection: dict = field(default_factory=dict)  # calls counted, by peer
     all_ended: asyncio.Event | None = None
     slots: asyncio.Semaphore | None = None
 
@@ -78,6 +87,8 @@ class CallScope:
     Engine and admission errors raised inside end the call with their status; a client
     that went away (cancel, deadline, connection lost) is logged as what it saw."""
 
+    log_level = logging.INFO  # of the line each call logs when it ends
+
     def __init__(self, method: str, context, state: ServerState) -> None:
         self.method = method
         self.context = context
@@ -87,6 +98,7 @@ class CallScope:
         self.request_bytes = 0  # the decoded request's memory, once known
         self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
         self.code = grpc.StatusCode.OK
+        self.connection = ""  # the peer, once the call counts against the limits
         self.note = ""
         self._gone = False
         self._counted = False
@@ -121,8 +133,11 @@ class CallScope:
         against max-concurrent-calls."""
         self.refuse_if_draining()
         self.state.waiting_for_request.add(self)
+        arriving = min(self.deadline, time.monotonic() + self.state.limits.request_timeout_s)
         try:
-            raw = await self.context.read()
+            raw = await asyncio.wait_for(self.context.read(), arriving - time.monotonic())
+        except TimeoutError:
+            raise RequestTimedOut() from None
         finally:
             self.state.waiting_for_request.discard(self)
         if raw is grpc.aio.EOF:
@@ -134,6 +149,11 @@ class CallScope:
         """Count the call against max-concurrent-calls (and the drain) from now on."""
         if self.state.active >= self.state.limits.max_concurrent_calls:
             raise TooManyCalls()
+        self.connection = self.context.peer()
+        per_connection = self.state.per_connection
+        if per_connection.get(self.connection, 0) >= self.state.limits.max_calls_per_connection:
+            raise TooManyCallsOnConnection()
+        per_connection[self.connection] = per_connection.get(self.connection, 0) + 1
         self.state.active += 1
         self.state.all_ended.clear()
         self._counted = True
@@ -165,9 +185,10 @@ class CallScope:
         try:
             await self.context.write(message)
         except Exception:
-            if self.context.done():  # the client went away as the message was written
-                raise asyncio.CancelledError() from None
-            raise
+            # grpc refuses the write only when the call is over for the client (it cancelled,
+            # its connection went, its deadline passed): no status can reach it any more,
+            # so the call ends as CANCELLED (or DEADLINE_EXCEEDED), without a traceback.
+            raise asyncio.CancelledError() from None
         finally:
             timer.cancel()
         if self.note == "send timeout":
@@ -206,6 +227,10 @@ class CallScope:
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
+            per_connection = self.state.per_connection
+            per_connection[self.connection] -= 1
+            if not per_connection[self.connection]:
+                del per_connection[self.connection]
             self.state.active -= 1
             if not self.state.active:
                 self.state.all_ended.set()
@@ -281,6 +306,20 @@ class CallScope:
                 f"(max-concurrent-calls = {limit}); retry later",
                 limit=limit,
             )
+        elif isinstance(exc, TooManyCallsOnConnection):
+            limit = self.state.limits.max_calls_per_connection
+            result = status.quota_failure(
+                "max-calls-per-connection",
+                f"this connection already has {limit} calls in progress on this server "
+                f"process (max-calls-per-connection = {limit}); retry later, or spread the "
+                "calls over more connections",
+            )
+        elif isinstance(exc, RequestTimedOut):
+            result = status.plain(
+                code.DEADLINE_EXCEEDED,
+                "the request message did not arrive within the server's request-timeout "
+                f"({self.state.limits.request_timeout_s:g} s) or the call's deadline",
+            )
         elif isinstance(exc, SendTimedOut):
             result = status.plain(
                 code.CANCELLED,
@@ -314,15 +353,17 @@ class CallScope:
         elapsed = time.perf_counter() - self.started
         rows = self.rows or None
         self.span.finish(self.code.name, nodes=self.nodes, rows=rows)
-        call_log.add(
-            self.method,
-            self.nodes,
-            self.code.name,
-            elapsed * 1e3,
-            rows=rows,
-            peer=self.context.peer(),
-            trace_id=self.span.trace_id,
-        )
+        if call_log.wanted(self.log_level):  # the peer's address is not free to get
+            call_log.add(
+                self.method,
+                self.nodes,
+                self.code.name,
+                elapsed * 1e3,
+                rows=rows,
+                peer=self.context.peer(),
+                trace_id=self.span.trace_id,
+                level=self.log_level,
+            )
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
 

@@ -29,6 +29,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 
 DIGEST_BYTES = 16
 CHUNK_NODE_ROWS = 65_536  # node results in one stream chunk (20 bytes each): ~1.3 MB
+MAX_CHUNKS = 4_096  # chunks of one row block at most, whatever chunk_size asks
 # A request's bytes and, while they are decoded, the message: packed varints of one byte
 # widen to 4-byte ints.
 RAW_REQUEST_BYTES_PER_BYTE = 5
@@ -109,8 +110,9 @@ class Job:
             if streaming
             else memory.results_bytes(len(self.selected), self.rows)
         )
-        factor = self.results_per_node // 2  # tangents double what is computed and kept
-        return factor * (memory.evaluation_bytes(self.plan.node_count, block_rows) + kept)
+        factor = self.results_per_node // 2  # tangents double the results kept
+        tangents = self.tangents is not None
+        return memory.evaluation_bytes(self.plan.sizes, block_rows, tangents) + factor * kept
 
     def block_rows(self, allowance: int, streaming: bool) -> int:
         """The most rows evaluated at once within ``allowance`` bytes (at least 1; a stream
@@ -118,7 +120,7 @@ class Job:
         rows = self.rows
         if streaming:
             rows = min(rows, CHUNK_NODE_ROWS)
-        per_row = memory.evaluation_bytes(self.plan.node_count, 1) * self.results_per_node // 2
+        per_row = memory.evaluation_bytes_per_row(self.plan.sizes, self.tangents is not None)
         fixed = self.memory(0, streaming)
         return max(1, min(rows, (allowance - fixed) // max(per_row, 1)))
 
@@ -272,11 +274,16 @@ def reply_bytes(selected: int, rows: int, results_per_node: int) -> int:
     return 8 * results_per_node * selected * rows + 5 * selected + 64
 
 
-def nodes_per_chunk(rows: int, chunk_size: int) -> int:
+def nodes_per_chunk(rows: int, chunk_size: int, selected: int) -> int:
     """Nodes in one GradientChunk of ``rows`` rows: at most CHUNK_NODE_ROWS node results,
-    fewer when the client asks for ``chunk_size`` nodes (0: no wish)."""
+    fewer when the client asks for ``chunk_size`` nodes (0: no wish), but never so few that
+    the ``selected`` nodes take more than MAX_CHUNKS chunks per row block: a chunk costs a
+    message's work whatever it holds, so a 5 MB request selecting one node 5 million
+    times in chunks of 1 would cost a core for minutes."""
     per_chunk = max(1, CHUNK_NODE_ROWS // rows)
-    return min(per_chunk, chunk_size) if chunk_size else per_chunk
+    if chunk_size:
+        per_chunk = min(per_chunk, max(chunk_size, -(-selected // MAX_CHUNKS)))
+    return per_chunk
 
 
 def unary_small_reply(results: Results, digest: bytes) -> bytes:
@@ -288,7 +295,7 @@ def chunks(
 ) -> Iterator[bytes]:
     """The GradientChunks of ``results`` (``rows`` rows), at most CHUNK_NODE_ROWS node
     results each, or ``chunk_size`` nodes when the client asks for fewer."""
-    per_chunk = nodes_per_chunk(rows, chunk_size)
+    per_chunk = nodes_per_chunk(rows, chunk_size, len(results.ids))
     for start in range(0, len(results.ids), per_chunk):
         part = slice(start, start + per_chunk)
         yield packed.gradient_chunk(
@@ -307,7 +314,7 @@ def block_chunks(
     """The chunks of one row block (its values, gradients and tangents), each gathering its
     own nodes' results (so that the selection's results are never all held at once)."""
     rows = block[0].shape[1]
-    per_chunk = nodes_per_chunk(rows, chunk_size)
+    per_chunk = nodes_per_chunk(rows, chunk_size, len(job.selected))
     for start in range(0, len(job.selected), per_chunk):
         ids = job.selected[start : start + per_chunk]
         values, grads, *tangents = (result.take(ids, axis=0) for result in block)

@@ -20,6 +20,8 @@ DEFAULT_MAX_NODES = 20_000_000
 DEFAULT_MAX_FAN_IN = 1_000_000
 DEFAULT_MAX_CONCURRENT_CALLS = 64
 DEFAULT_DEADLINE_S = 300.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+CONNECTION_SHARE = 2  # by default one connection may hold half of max-concurrent-calls
 _NO_DEADLINE_S = 1e9  # gRPC reports an "infinite" deadline as a remainder of centuries
 
 
@@ -37,6 +39,14 @@ class Limits:
     max_fan_in: int = DEFAULT_MAX_FAN_IN
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
     default_deadline_s: float = DEFAULT_DEADLINE_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S  # for the request to arrive
+    calls_per_connection: int | None = None  # None: max_concurrent_calls / CONNECTION_SHARE
+
+    @property
+    def max_calls_per_connection(self) -> int:
+        if self.calls_per_connection is not None:
+            return self.calls_per_connection
+        return max(1, self.max_concurrent_calls // CONNECTION_SHARE)
 
     def check_sizes(self, request: pb.EvaluateRequest) -> None:
         """Reject a graph with too many nodes, or more inputs than its nodes may read, in

@@ -160,11 +160,27 @@ class _PlanCacheCollector:
         )
 
 
-def watch_plan_cache(metrics: CallMetrics, cache: PlanCache) -> None:
+class _BudgetCollector:
+    """The memory budget's bytes held by calls, read when scraped."""
+
+    def __init__(self, budget) -> None:
+        self.budget = budget
+
+    def collect(self):
+        yield GaugeMetricFamily(
+            "gradserve_memory_budget_used_bytes",
+            "Bytes of the memory budget held by calls in flight (estimates)",
+            self.budget.used,
+        )
+
+
+def watch_plan_cache(metrics: CallMetrics, cache: PlanCache, budget) -> None:
+    """Report the plan cache's lookups and size, and the memory budget's bytes in use."""
     if metrics_multiprocess.enabled():  # scraped in another process: copy the figures
-        metrics_multiprocess.mirror_plan_cache(cache, metrics.registry)
+        metrics_multiprocess.mirror_plan_cache(cache, budget, metrics.registry)
     else:
         metrics.registry.register(_PlanCacheCollector(cache))
+        metrics.registry.register(_BudgetCollector(budget))
 
 
 def serve_metrics(metrics: CallMetrics, host: str, port: int):

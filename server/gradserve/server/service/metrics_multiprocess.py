@@ -65,9 +65,10 @@ def worker_exited(pid: int) -> None:
     mark_process_dead(pid)
 
 
-def mirror_plan_cache(cache: PlanCache, registry: CollectorRegistry) -> None:
-    """In a worker: keep the plan cache's lookups (counters) and plans (a gauge labelled by
-    pid) in metrics, updated from a daemon thread."""
+def mirror_plan_cache(cache: PlanCache, budget, registry: CollectorRegistry) -> None:
+    """In a worker: keep the plan cache's lookups (counters), plans and bytes, and the
+    memory budget's bytes in use (gauges labelled by pid) in metrics, updated from a
+    daemon thread."""
     lookups = Counter(
         "gradserve_plan_cache_lookups",
         "Compiled-plan cache lookups, by outcome (a miss compiles, or is NOT_FOUND)",
@@ -86,6 +87,12 @@ def mirror_plan_cache(cache: PlanCache, registry: CollectorRegistry) -> None:
         multiprocess_mode="liveall",
         registry=registry,
     )
+    used = Gauge(
+        "gradserve_memory_budget_used_bytes",
+        "Bytes of the memory budget held by calls in flight (estimates), by worker process",
+        multiprocess_mode="liveall",
+        registry=registry,
+    )
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 
     def copy() -> None:
@@ -97,6 +104,7 @@ def mirror_plan_cache(cache: PlanCache, registry: CollectorRegistry) -> None:
             seen_hits, seen_misses = now_hits, now_misses
             plans.set(len(cache))
             held.set(cache.bytes)
+            used.set(budget.used)
             time.sleep(MIRROR_INTERVAL)
 
     threading.Thread(target=copy, name="plan-cache-metrics", daemon=True).start()

@@ -63,7 +63,8 @@ class GradientServicer:
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
             plan, digest = await call.compute(self._evaluator.plan, request, step, inline=inline)
         call.nodes = plan.node_count
-        call.labels = plan.labels  # a plan named by its digest has them, the request not
+        if not graph.labels:  # a plan named by its digest: the labels as the plan keeps them
+            call.labels = plan.labels
         if unary:
             self._evaluator.check_reply_fits(request, plan)
         small = None

@@ -1,0 +1,154 @@
+"""Issue 19's findings against an in-process server: what outlives a call is bounded in
+bytes, one connection cannot take every call slot, a request must arrive in time, gzip
+bombs are refused before they are inflated, and a stream's chunks are bounded in number."""
+
+import logging
+import time
+
+import grpc
+import numpy as np
+import pytest
+from graphs import GraphBuilder
+from hardening import SlowOp, chain, wait_until
+from resilience import HalfOpenCall, channel_to, repeated_nodes, stub_on
+
+from bench.h2_client import H2GrpcClient
+from gradserve.server.service import evaluation, logs
+from gradserve.server.service.app import running_server
+from gradserve.server.service.calls import call_log
+from gradserve.server.service.limits import Limits
+from gradserve.server.service.metrics import CallMetrics
+from gradserve.v1 import gradserve_pb2 as pb
+
+MIB = 2**20
+
+
+def test_plans_with_distinct_megabyte_labels_stay_within_the_plan_cache(registry):
+    """Finding 1: 1-node graphs, each with a distinct 1 MB label, all compiled and cached:
+    the cache holds at most --plan-cache-mb, and each plan keeps 65 characters of its
+    label (so the cache holds many of them, not three)."""
+    metrics = CallMetrics()
+    options = {"max_memory_bytes": 64 * MIB, "plan_cache_bytes": 2 * MIB, "metrics": metrics}
+    with running_server(registry, **options) as server, channel_to(server.port) as channel:
+        stub = stub_on(channel)
+        for i in range(40):
+            graph = pb.Graph(node_ops=[0], input_counts=[0], leaf_values=[1.0])
+            graph.labels.append(f"{i:04d}" + "x" * MIB)
+            stub.Evaluate(pb.EvaluateRequest(graph=graph), timeout=30)
+        held = metrics.registry.get_sample_value("gradserve_plan_cache_bytes")
+        plans = metrics.registry.get_sample_value("gradserve_plan_cache_plans")
+    assert 0 < held <= 2 * MIB
+    assert plans == 40  # a plan of a megabyte label takes a few kB
+
+
+def test_one_connection_holds_at_most_its_share_of_the_call_slots(registry):
+    """Finding 5: --max-concurrent-calls 4 gives one connection 2 slots: its third call is
+    refused RESOURCE_EXHAUSTED naming max-calls-per-connection, while a call on another
+    connection is still served."""
+    slow = SlowOp(seconds=30)
+    limits = Limits(max_concurrent_calls=4)
+    assert limits.max_calls_per_connection == 2
+    with (
+        running_server(slow.registry(registry), limits=limits) as server,
+        channel_to(server.port, own_connection=1) as greedy,
+        channel_to(server.port, own_connection=2) as other,
+    ):
+        napping = [
+            stub_on(greedy).Evaluate.future(
+                pb.EvaluateRequest(graph=chain("slow", 1).proto()), timeout=60
+            )
+            for _ in range(2)
+        ]
+        try:
+            assert wait_until(lambda: slow.calls == 2, timeout=10)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub_on(greedy).Evaluate(pb.EvaluateRequest(graph=chain("neg", 1).proto()))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max-calls-per-connection = 2" in caught.value.details()
+            reply = stub_on(other).Evaluate(pb.EvaluateRequest(graph=chain("neg", 1).proto()))
+            assert list(reply.values) == [0.5, -0.5]
+        finally:
+            slow.release.set()
+        assert all(len(call.result(timeout=30).node_ids) == 2 for call in napping)
+
+
+def test_a_request_that_does_not_arrive_in_time_ends_deadline_exceeded(registry):
+    """Finding 2: the request timeout applies while the request arrives (here a call that
+    never sends it), whatever the call's own, longer deadline."""
+    limits = Limits(request_timeout_s=0.2)
+    with running_server(registry, limits=limits) as server, channel_to(server.port) as channel:
+        half_open = HalfOpenCall(channel, "/gradserve.v1.GradientService/Evaluate", timeout=60)
+        try:
+            assert half_open.done.wait(30)
+            assert half_open.call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "request-timeout" in half_open.call.details()
+        finally:
+            half_open.close()
+
+
+def test_a_compressed_request_is_refused_before_it_is_inflated(registry):
+    """Finding 4: a gzip request is refused by grpc itself (the server enables no
+    compression), so no worker inflates it; the server then serves the next call."""
+    graph = chain("neg", 1).proto()
+    with running_server(registry) as server:
+        with (
+            grpc.insecure_channel(
+                f"127.0.0.1:{server.port}", compression=grpc.Compression.Gzip
+            ) as gzipped,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            stub_on(gzipped).Evaluate(pb.EvaluateRequest(graph=graph), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "compression" in caught.value.details().lower()
+        with channel_to(server.port) as plain:
+            assert list(stub_on(plain).Evaluate(pb.EvaluateRequest(graph=graph)).values) == [
+                0.5,
+                -0.5,
+            ]
+
+
+def test_a_stream_of_one_node_repeated_in_chunks_of_one_is_chunked_in_bulk(registry):
+    """Finding 7: node 0 selected 100,000 times with chunk_size 1 comes in at most
+    MAX_CHUNKS chunks (a chunk costs a message's work whatever it holds), all results
+    right."""
+    request = repeated_nodes(100_000)
+    request.chunk_size = 1
+    with running_server(registry) as server, channel_to(server.port) as channel:
+        chunks = list(stub_on(channel).EvaluateStream(request, timeout=60))
+    assert len(chunks) <= evaluation.MAX_CHUNKS
+    assert sum(len(chunk.node_ids) for chunk in chunks) == 100_000
+    assert all(set(chunk.values) == {0.5} for chunk in chunks)
+
+
+def test_a_small_stream_keeps_the_chunk_size_it_asks_for(registry):
+    g = GraphBuilder()
+    g.op("sum", *[g.leaf(1.0) for _ in range(10)])
+    with running_server(registry) as server, channel_to(server.port) as channel:
+        request = pb.EvaluateRequest(graph=g.proto(), chunk_size=1)
+        chunks = list(stub_on(channel).EvaluateStream(request, timeout=30))
+    assert [len(chunk.node_ids) for chunk in chunks] == [1] * 11
+    assert np.isclose(chunks[-1].values[0], 10.0)
+
+
+def test_a_rapid_reset_flood_is_not_logged_call_by_call(registry, caplog):
+    """Finding 7: 3,000 streams opened and reset at once on one connection end as as many
+    CANCELLED calls, which the call log writes at its bounded rate for one failure (and a
+    line counting the rest); another client is still served."""
+    with (
+        caplog.at_level(logging.INFO, logger="gradserve.server.service.servicer"),
+        running_server(registry) as server,
+    ):
+        with H2GrpcClient(server.port) as flooder:
+            for _ in range(3_000):
+                flooder.reset(flooder.open_stream("/gradserve.v1.GradientService/Evaluate"))
+            flooder.pump(lambda: False, time.monotonic() + 1)  # answer grpc's pings
+        with channel_to(server.port) as channel:
+            reply = stub_on(channel).Evaluate(pb.EvaluateRequest(graph=chain("neg", 1).proto()))
+            assert list(reply.values) == [0.5, -0.5]
+        call_log.flush()
+    messages = [record.getMessage() for record in caplog.records]
+    cancelled = [m for m in messages if m.startswith("Evaluate nodes=0 status=CANCELLED")]
+    print(len(cancelled), [m for m in messages if "more" in m])
+    assert cancelled, "the flood's calls were not logged at all"
+    seconds = 1 + len([m for m in messages if "more Evaluate calls" in m])
+    assert len(cancelled) <= seconds * logs.FAILURES_PER_SECOND
