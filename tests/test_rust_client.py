@@ -68,7 +68,7 @@ def test_the_rust_client_passes_its_tests_and_the_conformance_suite(client_test_
 
 def rust_examples() -> list[tuple[str, str]]:
     """The page's Rust blocks that run here, each with the output block that follows it
-    (marked not-run: it is what the example prints)."""
+    (checked here too: it is what the example prints)."""
     blocks = docs_pages.blocks(DOCS_PAGE)
     return [
         (block.code, output.code)
@@ -84,6 +84,7 @@ def test_the_docs_page_runs_every_rust_block_but_those_marked_not_run():
     rust = [block for block in blocks if block.language == "rust"]
     assert all(block.runs_in or block.marker == docs_pages.NOT_RUN for block in rust)
     outputs = [block for block in blocks if block.language == "text"]
+    assert all(output.runs_in == "tests/test_rust_client.py" for output in outputs)
     assert [output.code for output in outputs] == [printed for _, printed in runnable]
 
 
