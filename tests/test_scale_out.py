@@ -152,7 +152,7 @@ def test_a_server_killed_mid_loop_fails_no_call(cluster):
     loop.run_for(20)
     loop.stop()
     assert not loop.failures
-    assert cluster.balancer.states()[f"s{victim + 1}"] == "DOWN"
+    cluster.balancer.wait_until(lambda states: states.get(f"s{victim + 1}") == "DOWN")
     survivors = [i for i in range(3) if i != victim]
     # Each of the victim's structures reached a survivor by plan digest first, NOT_FOUND (a
     # miss), then whole (a miss that compiles). The survivors' own ones were not compiled again.

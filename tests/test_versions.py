@@ -55,6 +55,14 @@ def test_the_java_artifact_and_the_dependency_its_docs_name_have_it():
     assert named == [VERSION]
 
 
+def test_the_rust_crate_has_it():
+    crate = tomllib.loads((ROOT / "client/rust/Cargo.toml").read_text())["package"]
+    assert crate["version"] == VERSION
+    for lock in ("client/rust/Cargo.lock", "client/rust/neuron/Cargo.lock"):
+        packages = tomllib.loads((ROOT / lock).read_text())["package"]
+        assert [p["version"] for p in packages if p["name"] == "gradserve"] == [VERSION], lock
+
+
 def test_the_installed_code_reports_it():
     assert gradserve.client.__version__ == version("gradserve-client") == VERSION
     assert version("gradserve-server") == version("gradserve-protos") == VERSION

@@ -63,6 +63,11 @@ class MemoryBudget:
         self._freed: asyncio.Condition | None = None  # made on the loop, at first use
         self._waiting = 0  # calls waiting for memory: only they need waking
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for memory now (parked until another call gives some back)."""
+        return self._waiting
+
     def describe(self) -> str:
         """The budget's settings, as a message names them."""
         text = f"{_mib(self.total)}: max-memory-mb = {self.configured // 2**20}"
@@ -84,9 +89,10 @@ class MemoryBudget:
         async with self._freed:
             self._waiting += 1
             try:
-                await asyncio.wait_for(
-                    self._freed.wait_for(lambda: self.used + amount <= self.total), timeout
-                )
+                # The wait parks this very task (asyncio.wait_for would start another): once
+                # ``waiting`` counts a call, the next memory given back wakes it.
+                async with asyncio.timeout(timeout):
+                    await self._freed.wait_for(lambda: self.used + amount <= self.total)
             except TimeoutError:
                 raise BudgetBusy(total_after, self, time.monotonic() - started) from None
             finally:

@@ -246,7 +246,8 @@ class Evaluator:
         if job.plan.isolated:
             return self._isolated.run(job.plan.source, inputs, should_stop)
         results = run(job.plan, inputs, should_stop)
-        self._plans.remeasure(job.digest, job.plan)  # it may have made its scatters
+        if rows > 1 or job.tangents is not None:  # the plan has made its scatters now
+            self._plans.remeasure(job.digest, job.plan)
         return results
 
     def unary_reply(self, job: Job, block_rows: int, should_stop: StopCheck) -> bytes:

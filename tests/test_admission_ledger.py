@@ -1,0 +1,96 @@
+"""The memory ledger over whole calls: whatever a sequence of calls does (succeeds, fails,
+is cancelled, passes its deadline, is not found, streams), the budget is back at 0 once
+their threads have ended, and a call its client gave up on stays charged while its thread
+still runs (its arrays are still alive). Read from the server's own gauge,
+gradserve_memory_budget_used_bytes, on its metrics endpoint."""
+
+import random
+
+import grpc
+import numpy as np
+import pytest
+from graphs import neuron
+from hardening import SlowOp, chain, wait_until
+from metered import metered_server, sample, scrape
+
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+GAUGE = "gradserve_memory_budget_used_bytes"
+
+
+def used(metrics_port: int) -> float:
+    return sample(scrape(metrics_port), GAUGE)
+
+
+def ok(stub) -> grpc.StatusCode:
+    stub.Evaluate(pb.EvaluateRequest(graph=neuron()[0].proto()), timeout=30)
+    return grpc.StatusCode.OK
+
+
+def streamed(stub) -> grpc.StatusCode:
+    request = pb.EvaluateRequest(graph=chain("tanh", 300).proto(), chunk_size=64)
+    assert sum(len(c.node_ids) for c in stub.EvaluateStream(request, timeout=30)) == 301
+    return grpc.StatusCode.OK
+
+
+def invalid(stub) -> grpc.StatusCode:
+    graph = neuron()[0].proto()
+    graph.input_ids[0] = 99  # not an earlier node
+    return code_of(lambda: stub.Evaluate(pb.EvaluateRequest(graph=graph), timeout=30))
+
+
+def not_found(stub) -> grpc.StatusCode:
+    request = pb.EvaluateRequest(plan_digest=bytes(16), graph=pb.Graph(leaf_values=[1.0]))
+    return code_of(lambda: stub.Evaluate(request, timeout=30))
+
+
+def code_of(call) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def gated(rows: int = 2) -> pb.EvaluateRequest:
+    """Through the gate op, with rows (the array path, on an evaluation thread)."""
+    graph = chain("slow", 2).proto()
+    del graph.leaf_values[:]
+    graph.leaf_values.extend(np.linspace(0.1, 0.9, rows).tolist())
+    return pb.EvaluateRequest(graph=graph, rows=rows)
+
+
+@pytest.fixture
+def gate():
+    gate = SlowOp(seconds=60)
+    yield gate
+    gate.release.set()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_budget_is_back_at_zero_after_any_sequence_of_calls(registry, gate, seed):
+    kinds = [ok, streamed, invalid, not_found] * 3
+    random.Random(seed).shuffle(kinds)
+    with (
+        metered_server(gate.registry(registry)) as (server, metrics_port),
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.GradientServiceStub(channel)
+        expected = {ok: "OK", streamed: "OK", invalid: "INVALID_ARGUMENT"}
+        expected[not_found] = "NOT_FOUND"
+        for kind in kinds[:6]:
+            assert kind(stub).name == expected[kind]
+        # Two calls the client gives up on while their threads are held in the gate:
+        # one past its deadline, one cancelled.
+        late = code_of(lambda: stub.Evaluate(gated(), timeout=0.5))
+        assert late == grpc.StatusCode.DEADLINE_EXCEEDED
+        cancelled = stub.Evaluate.future(gated(rows=3))
+        assert wait_until(lambda: gate.calls >= 2, 30)
+        assert cancelled.cancel()
+        for kind in kinds[6:]:
+            assert kind(stub).name == expected[kind]
+        # Their threads still run: what they allocated is still charged.
+        assert used(metrics_port) > 0
+        gate.release.set()
+        assert wait_until(lambda: used(metrics_port) == 0, 30), used(metrics_port)
