@@ -7,8 +7,10 @@ defaults, reads the server's resident memory when idle, runs that abuser alone f
 ``--seconds`` beside one legitimate client (a small Evaluate every 0.1 s, counting how its
 calls end), stops the abuser, waits ``--settle`` seconds (longer than the request and send
 timeouts, so that what the server still holds is what the attack leaves behind) and reads
-the memory again. It prints one line per kind: idle, peak and left-behind resident memory in
-MiB, the legitimate client's outcomes, and how the server ended the abuser's calls.
+the memory again. It prints one line per kind: resident memory idle, at peak and after
+(malloc keeps up to 1 GiB of freed memory for the next call, README "Running it safely"),
+what the server still holds by its own ledger (the memory budget in use, the plan cache),
+the legitimate client's outcomes, and how the server ended the abuser's calls.
 """
 
 import argparse
@@ -24,10 +26,41 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import re
+import subprocess
+import urllib.request
+
 from bench.abusers import Abusers
-from bench.soak import rss_mib, small_graph, start_server
+from bench.soak import GRADSERVE, rss_mib, small_graph
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
+
+GAUGES = ("gradserve_memory_budget_used_bytes", "gradserve_plan_cache_bytes")
+
+
+def start_server(metrics_port: int) -> tuple[subprocess.Popen, int]:
+    """`gradserve serve --workers 1` with its defaults and metrics on ``metrics_port``."""
+    process = subprocess.Popen(
+        [GRADSERVE, "serve", "--port", "0", "--workers", "1", "--metrics-port", str(metrics_port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:
+        if match := re.search(r"serving on [\d.]+:(\d+)", line):
+            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+            return process, int(match.group(1))
+    raise SystemExit("the server did not start")
+
+
+def gauges(metrics_port: int) -> str:
+    """The server's budget in use and plan cache, in MiB, from its metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = []
+    for name in GAUGES:
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        values.append(float(found[1]) / 2**20 if found else float("nan"))
+    return f"budget in use {values[0]:.1f} MiB, plan cache {values[1]:.1f} MiB"
 
 
 def legitimate(port: int, stop: threading.Event, outcomes: Counter) -> None:
@@ -42,8 +75,8 @@ def legitimate(port: int, stop: threading.Event, outcomes: Counter) -> None:
                 outcomes[error.code().name] += 1
 
 
-def measure(kind: str, seconds: float, settle: float) -> str:
-    process, port = start_server()
+def measure(kind: str, seconds: float, settle: float, metrics_port: int) -> str:
+    process, port = start_server(metrics_port)
     try:
         time.sleep(1)
         idle = rss_mib(process.pid)
@@ -59,8 +92,9 @@ def measure(kind: str, seconds: float, settle: float) -> str:
         time.sleep(settle)
         peak, left = rss_mib(process.pid, "VmHWM"), rss_mib(process.pid)
         return (
-            f"{kind.strip('_'):18s} idle {idle:6.0f}  peak {peak:6.0f}  left {left:6.0f} MiB;"
-            f" legitimate {dict(outcomes)}; abuser {dict(abusers.outcomes)}"
+            f"{kind.strip('_'):18s} RSS idle {idle:5.0f}, peak {peak:5.0f}, after {left:5.0f} "
+            f"MiB; {gauges(metrics_port)}; legitimate {dict(outcomes)}; "
+            f"abuser {dict(abusers.outcomes)}"
         )
     finally:
         process.terminate()
@@ -71,11 +105,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--settle", type=float, default=35)
+    parser.add_argument("--metrics-port", type=int, default=9187)
     parser.add_argument("kinds", nargs="*", help="abuser methods, e.g. _gzip_bombs")
     args = parser.parse_args()
     kinds = args.kinds or [thread.name for thread in Abusers(0).threads]
     for kind in kinds:
-        print(measure(kind, args.seconds, args.settle), flush=True)
+        print(measure(kind, args.seconds, args.settle, args.metrics_port), flush=True)
     return 0
 
 

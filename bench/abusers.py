@@ -211,7 +211,8 @@ class Abusers:
                             SERVICE + "Evaluate", 60 * 2**20, 59 * 2**20
                         )
                         clients.append((client, stream))
-                    except (OSError, TimeoutError) as error:
+                    except (OSError, TimeoutError, h2.exceptions.H2Error) as error:
+                        # the server may end the stream while the body is still being sent
                         self._count("partial-body", type(error).__name__)
                         self.stop.wait(POLL_S)
                 for client, stream_id in list(clients):

@@ -17,11 +17,6 @@ from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
 
-def _start_delay(clients: int) -> float:
-    """Seconds for every client process to start (import NumPy and gRPC) before the clock."""
-    return 1.0 + 0.5 * clients
-
-
 @dataclass
 class Outcome:
     calls: int
@@ -30,18 +25,19 @@ class Outcome:
     p99_ms: list[float]  # per request kind
 
 
-def _client(target, requests: list[bytes], expected, start_at: float, seconds: float):
-    """Send the requests in turn from ``start_at`` for ``seconds``; a reply that differs from
+def _client(target, requests: list[bytes], expected, ready, seconds: float):
+    """Send the requests in turn for ``seconds`` once every client is ``ready`` (a barrier:
+    on a loaded machine a spawned process takes seconds to start); a reply that differs from
     ``expected`` counts as an error. Returns (latencies per kind, errors, first error)."""
     messages = [pb.EvaluateRequest.FromString(data) for data in requests]
     latencies: list[list[float]] = [[] for _ in messages]
     errors, first_error = 0, ""
     channel, stub = connect(target)
     with channel:
-        time.sleep(max(0.0, start_at - time.time()))
-        end_at = start_at + seconds  # wall clock, shared by every client
+        ready.wait()
+        end_at = time.monotonic() + seconds
         kind = 0
-        while time.time() < end_at:
+        while time.monotonic() < end_at:
             started = time.perf_counter()
             try:
                 reply = stub.Evaluate(messages[kind])
@@ -57,10 +53,11 @@ def _client(target, requests: list[bytes], expected, start_at: float, seconds: f
 
 def run_clients(target: str, requests, expected, clients: int, seconds: float) -> Outcome:
     """Run ``clients`` client processes against ``target`` and pool their results."""
-    start_at = time.time() + _start_delay(clients)
     payload = [r.SerializeToString() for r in requests]
-    arguments = [(target, payload, expected, start_at, seconds)] * clients
-    with multiprocessing.get_context("spawn").Pool(clients) as pool:
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(clients) as pool:
+        ready = manager.Barrier(clients)
+        arguments = [(target, payload, expected, ready, seconds)] * clients
         results = pool.starmap(_client, arguments)
     per_kind = [
         [seconds for latencies, _, _ in results for seconds in latencies[k]]

@@ -135,6 +135,7 @@ class Soak:
         self.latencies = defaultdict(list)
         self.statuses = Counter()
         self.unexpected = Counter()
+        self.details: dict = {}  # the first message of each (kind, status) that failed
 
     def one_call(self, kind: str) -> grpc.StatusCode:
         try:
@@ -152,6 +153,7 @@ class Soak:
                 for _ in call:
                     pass
         except grpc.RpcError as error:
+            self.details.setdefault((kind, error.code().name), (error.details() or "")[:200])
             return error.code()
         return grpc.StatusCode.OK
 
@@ -228,6 +230,8 @@ class Phase:
         print(f"  statuses: {dict(self.soak.statuses)}")
         unexpected = self.soak.unexpected
         print(f"  unexpected statuses: {sum(unexpected.values())} {dict(unexpected)}")
+        for key in unexpected:
+            print(f"    first {key}: {self.soak.details.get(key, '')}")
         print(
             f"  server RSS: {self.after_warmup:.0f} MiB after warm-up, {self.at_end:.0f} MiB at "
             f"the end ({self.growth:+.1%}), peak {self.peak:.0f} MiB"

@@ -77,7 +77,7 @@ def test_links_stay_in_the_repository_or_go_to_public_sites(page):
 def test_no_page_speaks_of_issues_or_of_our_machines(page):
     text = docs_pages.text(page)
     assert not re.search(r"\bissue #?\d", text, re.IGNORECASE), page
-    assert not re.search(r"\b(our|this project's) (\d-core )?machines\b", text), page
+    assert not re.search(r"\b(our|this project's|the project's) (\d-core )?machines?\b", text), page
 
 
 def test_the_readme_is_a_landing_page():

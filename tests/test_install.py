@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from docs_pages import blocks, section
 from servers import Served
 
 from gradserve.v1 import gradserve_pb2 as pb
@@ -88,11 +89,10 @@ def size_mib(folder: Path) -> float:
     return sum(p.lstat().st_size for p in folder.rglob("*")) / 2**20
 
 
-def readme_block(section: str) -> str:
-    """The first ```python block of the README's section titled ``section``."""
-    readme = (ROOT / "README.md").read_text()
-    text = readme.split(f"\n## {section}\n", 1)[1]
-    return text.split("```python\n", 1)[1].split("```", 1)[0]
+def readme_sdk_example() -> str:
+    """The README's SDK example: the Python block of its "A first gradient" section."""
+    found = blocks("README.md", section("README.md", "A first gradient"))
+    return next(block.code for block in found if block.language == "python")
 
 
 def test_one_command_builds_a_wheel_and_an_sdist_of_each_with_index_metadata(dist):
@@ -122,7 +122,7 @@ def test_the_client_extras_are_only_the_optional_drawing_and_progress_bar():
 def test_a_client_environment_runs_the_readme_example_and_a_hessian(dist, target, tmp_path):
     python = environment(tmp_path / "client-env", "gradserve-client", find_links=dist)
     assert not {"gradserve-server", "graphviz", "tqdm", "pytest"} & installed(python)
-    example = readme_block("A first gradient").replace("localhost:50051", target)
+    example = readme_sdk_example().replace("localhost:50051", target)
     hessian = f"""
 from gradserve.client import Client, Value
 x, y = Value(0.7), Value(-1.2)

@@ -1,18 +1,21 @@
 """The Java client (client/java) through Maven: its JUnit suite and conformance runner, and a
-separate Maven project built from docs/clients/java.md against the installed artifact.
+separate Maven project built from the docs page's pom.xml and examples (docs/clients/java.md)
+against the installed artifact.
 
 `mvn install` compiles the client (its stubs generated from protos/ by protobuf-maven-plugin),
 runs its tests through Surefire (they start the gradserve servers they need from this
 .venv's `gradserve`) and installs the jar into the local Maven repository, where the docs'
-project finds it. The first run downloads the Maven plugins and libraries (`.ci/run` fetches
-them before the tests).
+project finds it. The first run downloads the Maven plugins and libraries (about 90 MB) from
+Maven Central.
 """
 
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import docs_pages
 import pytest
 from conformance_suite import load
 from servers import GRADSERVE
@@ -20,7 +23,8 @@ from system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 JAVA_CLIENT = ROOT / "client" / "java"
-DOCS = ROOT / "docs" / "clients" / "java.md"
+REPORTS = JAVA_CLIENT / "target" / "surefire-reports"
+PAGE = "docs/clients/java.md"
 # The dependency plugin writes the docs project's classpath; named in full, so that no
 # unpinned plugin version is looked up.
 BUILD_CLASSPATH = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:build-classpath"
@@ -48,7 +52,9 @@ def test_the_generated_stubs_are_not_committed():
 
 @pytest.fixture(scope="module")
 def installed():
-    """`mvn install` in client/java: the suite runs, then the jar is installed."""
+    """`mvn install` in client/java: the suite runs, then the jar is installed. Reports of an
+    earlier build go first, so that only this run's are read."""
+    shutil.rmtree(REPORTS, ignore_errors=True)
     result = subprocess.run(
         [*maven(), "install", f"-Dgradserve.executable={GRADSERVE}"],
         cwd=JAVA_CLIENT,
@@ -62,7 +68,7 @@ def installed():
 def surefire_cases() -> dict[str, list[tuple[str, str]]]:
     """Each test class's (test name, outcome) pairs from Surefire's XML reports."""
     cases: dict[str, list[tuple[str, str]]] = {}
-    for report in (JAVA_CLIENT / "target" / "surefire-reports").glob("TEST-*.xml"):
+    for report in REPORTS.glob("TEST-*.xml"):
         for case in ElementTree.parse(report).getroot().iter("testcase"):
             outcome = next(
                 (c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed"
@@ -83,46 +89,37 @@ def test_the_java_client_passes_its_tests_and_the_conformance_suite(installed):
     assert conformance == [f"cases() {case['name']}" for case in load()["cases"]]
 
 
-def docs_blocks(language: str) -> list[tuple[str, str]]:
-    """The page's runnable ```language blocks (those not marked not-run), each with the
-    ```text block that follows it ("" when none)."""
-    text = DOCS.read_text()
-    blocks = re.finditer(r"(<!-- not-run[^>]*-->\n)?```(\w+)\n(.*?)```", text, re.DOTALL)
-    found, pending = [], None
-    for block in blocks:
-        marked, lang, body = block.groups()
-        if lang == "text" and pending is not None:
-            found[-1] = (found[-1][0], body)
-        pending = None
-        if lang == language and not marked:
-            found.append((body, ""))
-            pending = body
-    return found
+def runnable(language: str) -> list[docs_pages.Block]:
+    """The page's ```language blocks that this test runs."""
+    return [
+        block
+        for block in docs_pages.blocks(PAGE)
+        if block.language == language and block.runs_in == "tests/test_java_client.py"
+    ]
 
 
-def docs_block(language: str) -> str:
-    [(body, _)] = docs_blocks(language)
-    return body
+def examples() -> list[tuple[str, str]]:
+    """Each runnable Java example with the ```text block after it: what it prints."""
+    ordered = sorted(runnable("java") + runnable("text"), key=lambda block: block.line)
+    languages = [block.language for block in ordered]
+    assert languages == ["java", "text"] * (len(ordered) // 2), languages
+    return [(ordered[i].code, ordered[i + 1].code) for i in range(0, len(ordered), 2)]
 
 
-def test_every_block_of_the_page_runs_or_is_marked_not_run():
-    text = DOCS.read_text()
-    fences = re.findall(r"(<!-- not-run[^>]*-->\n)?```(\w+)\n", text)
-    running = [lang for marked, lang in fences if not marked]
-    # A text block is the output of the java block before it, checked below.
-    assert sorted(set(running)) == ["java", "text", "xml"], fences
-    assert running.count("java") == running.count("text") == len(docs_blocks("java"))
+def test_the_page_has_a_pom_and_examples_with_their_output():
+    assert len(runnable("xml")) == 1
+    assert len(examples()) >= 3
 
 
 def test_a_separate_maven_project_runs_the_docs_examples(installed, target, tmp_path):
     """The page's pom.xml and Java examples as their own project, depending on the installed
     artifact; each example prints what the page says (worked out by hand there)."""
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    (tmp_path / "pom.xml").write_text(docs_block("xml"))
+    [pom] = runnable("xml")
+    (tmp_path / "pom.xml").write_text(pom.code)
     sources = tmp_path / "src" / "main" / "java"
     sources.mkdir(parents=True)
-    examples = docs_blocks("java")
-    for source, _ in examples:
+    for source, _ in examples():
         name = re.search(r"public class (\w+)", source)[1]
         (sources / f"{name}.java").write_text(source.replace("localhost:50051", target))
     classpath = tmp_path / "classpath.txt"
@@ -136,7 +133,7 @@ def test_a_separate_maven_project_runs_the_docs_examples(installed, target, tmp_
     assert built.returncode == 0, built.stdout + built.stderr
     path = f"{tmp_path / 'target' / 'classes'}:{classpath.read_text().strip()}"
     assert "gradserve-client-" in path
-    for source, expected in examples:
+    for source, expected in examples():
         name = re.search(r"public class (\w+)", source)[1]
         ran = subprocess.run(
             ["java", "-cp", path, name], capture_output=True, text=True, timeout=120

@@ -198,3 +198,51 @@ def test_the_engine_imports_no_plugin():
                 continue
             for name in names:
                 assert not name.startswith(("gradserve.ops.standard", "gradserve_ops")), path
+
+
+def derived(op: Op) -> Op:
+    """The op from its value and grads formulas only: second derivatives derived."""
+    f = op.formulas
+    return formula_op(op.name, op.arity, value=f.value, grads=f.grads, domain=op.domain)
+
+
+def test_second_derivatives_derived_from_the_grads_agree_with_the_written_ones(ops):
+    """Away from kinks and special cases, differentiating each standard op's grads formula
+    gives its written second derivatives (themselves checked against closed forms in
+    test_ops_second.py) to within rounding."""
+    rng = np.random.default_rng(4)
+    for name, op in ops.items():
+        if op.arity is None:
+            continue
+        xs = [rng.uniform(0.3, 3.0, (300, 1)) for _ in range(op.arity)]
+        if name == "pow":
+            xs[1] = rng.uniform(1.2, 3.0, (300, 1))
+        y = op.forward(*xs)
+        written, got = op.second(y, *xs), derived(op).second(y, *xs)
+        if got == ():  # piecewise linear: every second derivative 0 (a linear op's ())
+            assert all(not np.any(w) for w in written), name
+            continue
+        for w, d in zip(written, got, strict=True):
+            np.testing.assert_allclose(d, w, rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+def test_a_plugin_op_without_second_derivatives_gets_them_derived():
+    softsign = formula_op(
+        "softsign",
+        1,
+        value=lambda m, x: x / (1.0 + m.abs(x)),
+        grads=lambda m, g, y, x: (g / m.square(1.0 + m.abs(x)),),
+    )
+    x = np.random.default_rng(5).uniform(-4.0, 4.0, (200, 1))
+    (got,) = softsign.second(softsign.forward(x), x)
+    closed_form = -2.0 * np.sign(x) / (1.0 + np.abs(x)) ** 3
+    np.testing.assert_allclose(got, closed_form, rtol=1e-13)
+    from gradserve.ops.gradcheck import gradcheck
+
+    assert gradcheck(softsign).ok
+
+
+def test_formulas_calling_an_elementwise_function_get_no_derived_second():
+    f = Elementwise("f", np.exp, math.exp)
+    op = formula_op("e", 1, value=lambda m, x: f(x), grads=lambda m, g, y, x: (g * f(x),))
+    assert op.second is None and op.scalar is not None

@@ -349,3 +349,19 @@ def test_input_ids_must_have_as_many_entries_as_the_counts_add_up_to(ops):
         compile_graph(dataclasses.replace(arrays, input_ids=ids), ops)
     assert caught.value.field == "graph.input_ids"
     assert "add up to 1" in str(caught.value)
+
+
+def test_a_plan_is_isolated_when_it_applies_an_isolated_op(ops):
+    """Isolation is a property of the ops (Op.isolated, set by the server for untrusted
+    ones), not of how the plan was made: a plan applying one runs in the workers and never
+    on the small-call path."""
+    from gradserve.server.engine.small_call import program_of
+
+    g = GraphBuilder()
+    x = g.leaf(0.5)
+    g.op("tanh", g.op("mul", x, x))
+    trusted = compile_graph(g.arrays(), ops)
+    isolated_ops = {**ops, "tanh": dataclasses.replace(ops["tanh"], isolated=True)}
+    isolated = compile_graph(g.arrays(), isolated_ops)
+    assert not trusted.isolated and program_of(trusted) is not None
+    assert isolated.isolated and program_of(isolated) is None

@@ -21,8 +21,11 @@ from gradserve.server.engine.plan_cache import (
     structure_digest,
 )
 from gradserve.server.service import evaluation as servicer_module
+from gradserve.server.service.app import running_server
 from gradserve.server.service.limits import Limits
+from gradserve.server.service.metrics import CallMetrics
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 
 def chain(length: int, start: float = 0.5) -> GraphBuilder:
@@ -248,3 +251,32 @@ def test_a_plan_keeps_only_the_quoted_part_of_a_label(ops):
     assert plan.labels == ("x" * QUOTE_LIMIT,)
     assert plan.nbytes() < 4096
     assert plan.describe(0) == f"0 ('{'x' * QUOTE_LIMIT}…' (8000000 characters))"
+
+
+def test_the_server_counts_the_scatters_a_batch_call_makes(registry):
+    """A batch call makes its plan's scatters after the plan was cached: the cache's bytes
+    (its gauge) grow by them, and a second batch call adds nothing."""
+    g = GraphBuilder()
+    x = [g.leaf(1.0) for _ in range(200)]
+    g.op("sum", *x, *x)
+    graph = g.proto()
+    metrics = CallMetrics()
+    with (
+        running_server(registry, metrics=metrics) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.GradientServiceStub(channel)
+
+        def held() -> float:
+            return metrics.registry.get_sample_value("gradserve_plan_cache_bytes")
+
+        stub.Evaluate(pb.EvaluateRequest(graph=graph))
+        single = held()
+        del graph.leaf_values[:]
+        graph.leaf_values.extend([1.0] * 200 * 3)
+        reply = stub.Evaluate(pb.EvaluateRequest(graph=graph, rows=3))
+        batched = held()
+        stub.Evaluate(pb.EvaluateRequest(graph=graph, rows=3))
+        assert held() == batched
+    assert batched > single + 200 * 2 * 8  # at least the scatter's order of 400 edges
+    assert list(reply.grads[:3]) == [2.0, 2.0, 2.0]  # each leaf read twice

@@ -70,11 +70,11 @@ def test_the_breaking_check_catches_a_removed_field(tmp_path):
 
 
 def test_the_engine_knows_the_wire_selections_by_their_numbers():
-    from gradserve.server.engine import small_call
+    from gradserve.server.engine import requests
     from gradserve.v1 import gradserve_pb2 as pb
 
     for name in ("UNSPECIFIED", "ALL", "LEAVES", "NODES"):
-        assert getattr(small_call, f"SELECTION_{name}") == getattr(pb, f"SELECTION_{name}")
+        assert getattr(requests, f"SELECTION_{name}") == getattr(pb, f"SELECTION_{name}")
 
 
 def test_the_engine_imports_no_grpc_and_no_protobuf():

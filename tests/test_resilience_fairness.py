@@ -42,11 +42,11 @@ def test_plans_with_distinct_megabyte_labels_stay_within_the_plan_cache(registry
 
 
 def test_one_connection_holds_at_most_its_share_of_the_call_slots(registry):
-    """Finding 5: --max-concurrent-calls 4 gives one connection 2 slots: its third call is
+    """Finding 5: --max-concurrent-calls 8 gives one connection 2 slots: its third call is
     refused RESOURCE_EXHAUSTED naming max-calls-per-connection, while a call on another
     connection is still served."""
     slow = SlowOp(seconds=30)
-    limits = Limits(max_concurrent_calls=4)
+    limits = Limits(max_concurrent_calls=8)
     assert limits.max_calls_per_connection == 2
     with (
         running_server(slow.registry(registry), limits=limits) as server,
@@ -131,9 +131,9 @@ def test_a_small_stream_keeps_the_chunk_size_it_asks_for(registry):
 
 
 def test_a_rapid_reset_flood_is_not_logged_call_by_call(registry, caplog):
-    """Finding 7: 3,000 streams opened and reset at once on one connection end as as many
-    CANCELLED calls, which the call log writes at its bounded rate for one failure (and a
-    line counting the rest); another client is still served."""
+    """Finding 7: 3,000 streams opened and reset at once on one connection end as failed
+    calls, which the call log writes at its bounded rate for one failure and then counts in
+    a line (the exact rate: test_resilience_logs.py); another client is still served."""
     with (
         caplog.at_level(logging.INFO, logger="gradserve.server.service.servicer"),
         running_server(registry) as server,
@@ -145,10 +145,22 @@ def test_a_rapid_reset_flood_is_not_logged_call_by_call(registry, caplog):
         with channel_to(server.port) as channel:
             reply = stub_on(channel).Evaluate(pb.EvaluateRequest(graph=chain("neg", 1).proto()))
             assert list(reply.values) == [0.5, -0.5]
-        call_log.flush()
-    messages = [record.getMessage() for record in caplog.records]
-    cancelled = [m for m in messages if m.startswith("Evaluate nodes=0 status=CANCELLED")]
-    print(len(cancelled), [m for m in messages if "more" in m])
-    assert cancelled, "the flood's calls were not logged at all"
-    seconds = 1 + len([m for m in messages if "more Evaluate calls" in m])
-    assert len(cancelled) <= seconds * logs.FAILURES_PER_SECOND
+
+        def cancelled() -> list[str]:
+            call_log.flush()
+            return [
+                record.getMessage()
+                for record in caplog.records
+                if record.getMessage().startswith("Evaluate nodes=0 status=CANCELLED")
+            ]
+
+        def summaries() -> list[str]:
+            call_log.flush()
+            return [r.getMessage() for r in caplog.records if "more Evaluate" in r.getMessage()]
+
+        # The server ends the reset streams as it gets to them, faster than the log's rate:
+        # past it, the lines stop and a line counts the rest.
+        assert wait_until(lambda: summaries(), 60), f"{len(cancelled())} lines, no summary"
+    assert len(cancelled()) >= logs.FAILURES_PER_SECOND
+    suppressed = sum(int(line.split()[0]) for line in summaries())
+    assert suppressed > 0

@@ -2,9 +2,15 @@
 reset opens and resets thousands of streams a second) is logged at a bounded rate, with a
 line that counts the rest; successful calls are never held back."""
 
+import logging
+
+from hardening import wait_until
+from resilience import channel_to, repeated_nodes, stub_on
 from test_logs import _logger
 
 from gradserve.server.service import logs
+from gradserve.server.service.app import running_server
+from gradserve.server.service.calls import call_log
 from gradserve.server.service.logs import CallLog
 
 
@@ -33,3 +39,30 @@ def test_a_flood_of_one_failure_is_logged_at_a_bounded_rate_and_counted(monkeypa
     calls.add("Evaluate", 0, "CANCELLED", 0.1)  # a new second: logged again
     calls.flush()
     assert kept.records[-1].getMessage() == "Evaluate nodes=0 status=CANCELLED 0.1 ms"
+
+
+def test_a_client_gone_mid_reply_is_logged_cancelled_without_a_traceback(registry, caplog):
+    """Finding 6: streams whose client cancels after the first chunk, while the server is
+    writing the next ones: each call's line says CANCELLED, as the client saw it, and the
+    server logs no error and no traceback."""
+    request = repeated_nodes(400_000)
+    request.chunk_size = 1_000
+    with (
+        caplog.at_level(logging.INFO),
+        running_server(registry) as server,
+        channel_to(server.port) as channel,
+    ):
+        for _ in range(5):
+            stream = stub_on(channel).EvaluateStream(request, timeout=60)
+            next(stream)
+            stream.cancel()
+        assert wait_until(lambda: len(_lines(caplog, "EvaluateStream")) == 5, timeout=30)
+    assert {line.split("status=")[1].split()[0] for line in _lines(caplog, "EvaluateStream")} == {
+        "CANCELLED"
+    }
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def _lines(caplog, method: str) -> list[str]:
+    call_log.flush()
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(method + " ")]

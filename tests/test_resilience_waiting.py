@@ -38,7 +38,7 @@ from resilience import (
 from bench.h2_client import H2GrpcClient
 from gradserve.v1 import gradserve_pb2 as pb
 
-HALF_OPEN_CALLS = 80  # more than --max-concurrent-calls (64) and --threads
+HALF_OPEN_CALLS = 80  # more than --threads, and than the old --max-concurrent-calls (64)
 
 
 def _honest_call_answers(channel, metadata=()) -> None:

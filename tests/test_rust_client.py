@@ -10,6 +10,7 @@ main.rs. Both builds share client/rust/target, so the dependencies compile once 
 builds them before the test command).
 """
 
+import itertools
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import docs_pages
 import pytest
 from certs import make_certificates
 from conformance_suite import load
@@ -32,7 +34,7 @@ from gradserve.server.service.security import server_credentials
 ROOT = Path(__file__).resolve().parents[1]
 CRATE = ROOT / "client" / "rust"
 NEURON = CRATE / "neuron"
-DOCS = ROOT / "docs" / "clients" / "rust.md"
+DOCS_PAGE = "docs/clients/rust.md"  # its examples run here (tests/docs_pages.py)
 GRADSERVE = str(Path(sys.executable).parent / "gradserve")
 BUILD_TIMEOUT = 1200  # a cold build of tonic and its dependencies on 2 busy cores
 
@@ -64,38 +66,49 @@ def test_the_rust_client_passes_its_tests_and_the_conformance_suite(client_test_
     assert f"\n{len(cases)} passed, 0 failed\n" in result.stdout
 
 
-def rust_blocks(markdown: str) -> list[tuple[str, str]]:
-    """The page's ```rust blocks not marked `<!-- not-run -->`, each with the ```text block
-    that follows it (the output it prints)."""
-    pattern = r"(<!-- not-run -->\n)?```rust\n(.*?)```\n+```text\n(.*?)```"
-    return [(code, out) for skip, code, out in re.findall(pattern, markdown, re.S) if not skip]
+def rust_examples() -> list[tuple[str, str]]:
+    """The page's Rust blocks that run here, each with the output block that follows it
+    (checked here too: it is what the example prints)."""
+    blocks = docs_pages.blocks(DOCS_PAGE)
+    return [
+        (block.code, output.code)
+        for block, output in itertools.pairwise(blocks)
+        if block.language == "rust" and block.runs_in == "tests/test_rust_client.py"
+    ]
 
 
 def test_the_docs_page_runs_every_rust_block_but_those_marked_not_run():
-    markdown = DOCS.read_text()
-    runnable = rust_blocks(markdown)
-    languages = re.findall(r"^```(\w+)$", markdown, re.M)  # opening fences
-    marked = markdown.count("<!-- not-run -->\n```")
-    assert len(runnable) == 3 and languages.count("text") == len(runnable)
-    assert len(runnable) + marked == len(languages) - languages.count("text")
+    blocks = docs_pages.blocks(DOCS_PAGE)
+    runnable = rust_examples()
+    assert len(runnable) == 3
+    rust = [block for block in blocks if block.language == "rust"]
+    assert all(block.runs_in or block.marker == docs_pages.NOT_RUN for block in rust)
+    outputs = [block for block in blocks if block.language == "text"]
+    assert all(output.runs_in == "tests/test_rust_client.py" for output in outputs)
+    assert [output.code for output in outputs] == [printed for _, printed in runnable]
 
 
 def test_the_neuron_crate_and_the_docs_examples_run(client_test_env, target, tmp_path):
     """The neuron crate as committed, then each docs example as its main.rs (in a copy)."""
-    [neuron, *others] = rust_blocks(DOCS.read_text())
+    [neuron, *others] = rust_examples()
     assert neuron[0] == (NEURON / "src" / "main.rs").read_text(), "the docs show the neuron crate"
     env = {**os.environ, "GRADSERVE_TARGET": target, "CARGO_TARGET_DIR": str(CRATE / "target")}
     ran = cargo("run", "--quiet", cwd=NEURON, env=env)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == neuron[1] == "o = 0.7071, do/dx1 = -1.5000, do/dw1 = 1.0000\n"
 
+    # A copy under a name of its own: in the shared target folder, a binary of the same name
+    # would replace the neuron's.
     copy = tmp_path / "example"
     (copy / "src").mkdir(parents=True)
     manifest = (NEURON / "Cargo.toml").read_text()
     assert 'gradserve = { path = ".." }' in manifest
     manifest = manifest.replace('path = ".."', f"path = {str(CRATE)!r}")
-    (copy / "Cargo.toml").write_text(manifest)
-    shutil.copy(NEURON / "Cargo.lock", copy / "Cargo.lock")
+    for name in ("Cargo.toml", "Cargo.lock"):
+        text = manifest if name == "Cargo.toml" else (NEURON / name).read_text()
+        renamed = text.replace('name = "gradserve-neuron"', 'name = "gradserve-docs-example"')
+        assert renamed != text, name
+        (copy / name).write_text(renamed)
     for code, printed in others:
         (copy / "src" / "main.rs").write_text(code)
         ran = cargo("run", "--quiet", cwd=copy, env=env)
@@ -131,7 +144,7 @@ def test_the_rust_code_is_rustfmt_clean(tmp_path):
     for crate in (CRATE, NEURON):
         checked = subprocess.run(["cargo", "fmt", "--check"], cwd=crate, capture_output=True)
         assert checked.returncode == 0, checked.stdout.decode()
-    for i, (code, _) in enumerate(rust_blocks(DOCS.read_text())):
+    for i, (code, _) in enumerate(rust_examples()):
         example = tmp_path / f"example{i}.rs"
         example.write_text(code)
         config = ["--config-path", str(CRATE / "rustfmt.toml")]

@@ -20,15 +20,15 @@ from gradserve.v1 import gradserve_pb2 as pb
 
 @pytest.fixture
 def general_path_calls(monkeypatch):
-    """How many calls reached the general path's evaluate."""
+    """How many calls reached the general path (the engine's run)."""
     calls = []
-    general = servicer.evaluate
+    general = servicer.run
 
     def counted(*args, **kwargs):
         calls.append(1)
         return general(*args, **kwargs)
 
-    monkeypatch.setattr(servicer, "evaluate", counted)
+    monkeypatch.setattr(servicer, "run", counted)
     return calls
 
 

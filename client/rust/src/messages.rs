@@ -17,7 +17,16 @@ pub(crate) struct Context {
 const NOTHING_LISTENS: [&str; 3] = ["connection refused", "dns error", "failed to lookup address"];
 const WRONG_RECORD: [&str; 2] = ["invalidcontenttype", "corrupt message"];
 const NOT_TRUSTED: [&str; 1] = ["invalid peer certificate"];
-const CLOSED: [&str; 4] = ["connection closed", "broken pipe", "connection reset", "alert"];
+/// The server closed the connection in the handshake: hyper and rustls say it in one of
+/// these ways, depending on when it came.
+const CLOSED: [&str; 6] = [
+    "connection closed",
+    "peer closed connection", // "... without sending TLS close_notify"
+    "broken pipe",
+    "connection reset",
+    "unexpected eof",
+    "alert",
+];
 
 /// The message for a call that got no answer (UNAVAILABLE), from the transport's errors
 /// (`transport`, empty when the server itself answered UNAVAILABLE with `message`), and
@@ -55,7 +64,8 @@ pub(crate) fn unavailable(message: &str, transport: &str, context: &Context) -> 
              give the client the CA certificate that signed the server's"
         )
     } else {
-        format!("the server at {target} is unavailable: {message}")
+        let why = if transport.is_empty() { message } else { transport };
+        format!("the server at {target} is unavailable: {why}")
     };
     (message, false)
 }
@@ -103,6 +113,8 @@ mod tests {
         let pipe = "transport error: connection error: stream closed because of a broken pipe";
         assert!(says(pipe, &plain).0.contains("expects TLS and this client connects in plaintext"));
         assert_eq!(says(pipe, &tls), (says("connection closed", &tls).0, true));
+        let eof = "connection error: peer closed connection without sending TLS close_notify";
+        assert_eq!(says(eof, &tls), says(pipe, &tls));
         assert!(says(pipe, &tls).0.contains("requires a client certificate"));
         let record = "received corrupt message of type InvalidContentType";
         assert!(says(record, &tls)
@@ -111,6 +123,7 @@ mod tests {
         let issuer = "invalid peer certificate: UnknownIssuer";
         assert!(says(issuer, &tls).0.contains("a certificate this client does not trust"));
         assert_eq!(says("", &plain).0, "the server at h:1 is unavailable: m");
+        assert_eq!(says("h2: odd", &plain).0, "the server at h:1 is unavailable: h2: odd");
     }
 
     #[test]

@@ -21,6 +21,6 @@ def check_ops(
     for _, loaded in sorted(registry.items()):
         result = gradcheck(loaded.op, points=points, seed=seed)
         failures += not result.ok
-        print(f"{result}  [{loaded.distribution} {loaded.version}] {result.form}", file=out)
+        print(f"{result}  ({result.form})  [{loaded.distribution} {loaded.version}]", file=out)
     print(f"{len(registry) - failures} of {len(registry)} ops passed", file=out)
     return 1 if failures else 0

@@ -83,6 +83,10 @@ class Op:
     ``ListOps`` says which ops have it, and ``gradcheck`` compares it with central finite
     differences of ``backward``.
 
+    ``isolated`` is the server's to set, not the plugin's: True for an op of a distribution
+    the server does not trust, when it runs such ops in isolation worker processes; a plan
+    that applies one is evaluated there (``Plan.isolated``).
+
     ``formulas`` is set by ``gradserve.ops.formulas.formula_op``, which builds every function
     above from one set of formulas: an op of fixed arity written that way is inlined in the
     engine's compiled small-call code rather than called.
@@ -98,6 +102,7 @@ class Op:
     scalar_backward: ScalarBackward | None = None
     second: Second | None = None
     formulas: InlineFormulas | None = None
+    isolated: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

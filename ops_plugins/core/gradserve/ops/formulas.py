@@ -42,6 +42,18 @@ from types import SimpleNamespace
 import numpy as np
 
 from gradserve.ops.contract import Domain, Op
+from gradserve.ops.derivatives import NotDerivable, second_of
+from gradserve.ops.expressions import (
+    EMIT,
+    MATH_FUNCTIONS,
+    NUMPY_FUNCTIONS,
+    Elementwise,
+    Expr,
+    add_all,
+    as_expr,
+)
+
+__all__ = ["ARRAY", "EMIT", "FLOAT", "Code", "Elementwise", "Formulas", "formula_op"]
 
 ARRAY_NAMESPACE = {"np": np}
 FLOAT_NAMESPACE = {"math": math}
@@ -51,128 +63,9 @@ class NoFloatForm(Exception):
     """A formula uses a function that has no form on Python floats (``m.logaddexp``)."""
 
 
-class Expr:
-    """A node of a traced formula: ``kind`` and its operands (Exprs or floats).
-
-    Operators build new nodes; nodes compare and hash by identity, so a node used twice is
-    one node (and rendered once), however it was written."""
-
-    __slots__ = ("kind", "operands")
-
-    def __init__(self, kind: str, *operands: object) -> None:
-        self.kind = kind
-        self.operands = operands
-
-    def __add__(self, other):
-        return Expr("+", self, _expr(other))
-
-    def __radd__(self, other):
-        return Expr("+", _expr(other), self)
-
-    def __sub__(self, other):
-        return Expr("-", self, _expr(other))
-
-    def __rsub__(self, other):
-        return Expr("-", _expr(other), self)
-
-    def __mul__(self, other):
-        return Expr("*", self, _expr(other))
-
-    def __rmul__(self, other):
-        return Expr("*", _expr(other), self)
-
-    def __truediv__(self, other):
-        return Expr("/", self, _expr(other))
-
-    def __rtruediv__(self, other):
-        return Expr("/", _expr(other), self)
-
-    def __neg__(self):
-        return Expr("neg", self)
-
-    def __lt__(self, other):
-        return Expr("<", self, _expr(other))
-
-    def __le__(self, other):
-        return Expr("<=", self, _expr(other))
-
-    def __gt__(self, other):
-        return Expr(">", self, _expr(other))
-
-    def __ge__(self, other):
-        return Expr(">=", self, _expr(other))
-
-    def __eq__(self, other):  # type: ignore[override]
-        return Expr("==", self, _expr(other))
-
-    def __ne__(self, other):  # type: ignore[override]
-        return Expr("!=", self, _expr(other))
-
-    def __or__(self, other):
-        return Expr("|", self, _expr(other))
-
-    def __and__(self, other):
-        return Expr("&", self, _expr(other))
-
-    __hash__ = object.__hash__
-
-    def __bool__(self) -> bool:
-        raise TypeError(
-            "a formula cannot branch on its inputs with `if`, `and` or `or`: use m.where, & and |"
-        )
-
-
-def _expr(x: object) -> Expr:
-    if isinstance(x, Expr):
-        return x
-    if isinstance(x, bool | int | float):
-        return Expr("const", float(x))
-    raise TypeError(f"a formula can combine only expressions and numbers, not {x!r}")
-
-
-@dataclass(frozen=True, eq=False)
-class Elementwise:
-    """A function that formulas may call beyond the namespace's (``erf``): its array form
-    and, if it has one, its float form. Called with expressions it is traced, with floats it
-    is its float form, with arrays its array form."""
-
-    name: str
-    array: Callable[..., np.ndarray]
-    scalar: Callable[..., float] | None = None
-
-    def __call__(self, *args):
-        if any(isinstance(a, Expr) for a in args):
-            return Expr("call", self, *map(_expr, args))
-        if self.scalar is not None and all(isinstance(a, float) for a in args):
-            return self.scalar(*args)
-        return self.array(*args)
-
-
-def _calls(name: str, arity: int = 1):
-    return lambda *args: Expr(name, *map(_expr, args[:arity]))
-
-
-# The namespace's functions: NumPy's of the same name on arrays; on floats, those of math
-# (the first row) or the forms below (None: no float form).
-_MATH = ("exp", "log", "log1p", "sqrt", "tanh", "cosh", "sin", "cos")
-_NUMPY = (*_MATH, "abs", "sign", "square", "power", "maximum", "minimum", "logaddexp")
-
-
-def _reduce_add(xs: Sequence):
-    """x1 + x2 + ... + xn, added left to right."""
-    return functools.reduce(operator.add, xs)
-
-
-_TWO_OPERANDS = ("power", "maximum", "minimum", "logaddexp")
-# The namespace that traces formulas: each function builds an Expr.
-EMIT = SimpleNamespace(
-    **{name: _calls(name, 2 if name in _TWO_OPERANDS else 1) for name in _NUMPY},
-    where=_calls("where", 3),
-    total=_reduce_add,
-)
 # The NumPy namespace: the same functions as EMIT's, on arrays.
 ARRAY = SimpleNamespace(
-    **{name: getattr(np, name) for name in _NUMPY},
+    **{name: getattr(np, name) for name in NUMPY_FUNCTIONS},
     where=np.where,
     total=lambda xs: functools.reduce(np.add, xs),
 )
@@ -180,7 +73,7 @@ ARRAY = SimpleNamespace(
 # EMIT's functions, except that ``where`` gets both branches computed (a formula run
 # directly cannot skip one).
 FLOAT = SimpleNamespace(
-    **{name: getattr(math, name) for name in _MATH},
+    **{name: getattr(math, name) for name in MATH_FUNCTIONS},
     abs=abs,
     power=math.pow,
     square=lambda x: x * x,
@@ -188,7 +81,7 @@ FLOAT = SimpleNamespace(
     maximum=lambda a, b: a if a > b or a != a else b,
     minimum=lambda a, b: a if a < b or a != a else b,
     sign=lambda x: 1.0 if x > 0.0 else -1.0 if x < 0.0 else 0.0 if x == 0.0 else x,
-    total=_reduce_add,
+    total=add_all,
 )
 
 _OPERATORS = ("+", "-", "*", "/", "<", "<=", ">", ">=", "==", "!=", "|", "&")
@@ -213,7 +106,7 @@ _ARRAY_FUNCTIONS = {
     "*": np.multiply,
     "/": np.divide,
     "neg": np.negative,
-    **{name: getattr(np, name) for name in _NUMPY},
+    **{name: getattr(np, name) for name in NUMPY_FUNCTIONS},
     "where": np.where,
 }
 _FLOAT_FUNCTIONS = {
@@ -224,7 +117,7 @@ _FLOAT_FUNCTIONS = {
     "neg": operator.neg,
     "abs": abs,
     "power": math.pow,
-    **{name: getattr(math, name) for name in _MATH},
+    **{name: getattr(math, name) for name in MATH_FUNCTIONS},
 }
 
 
@@ -312,7 +205,7 @@ def _text(e: Expr, symbols, code: Code, uses: Counter, done: dict, statements: l
         text = f"{code.function(operands[0])}({', '.join(operands[1:])})"
     elif code.array:
         text = f"np.{e.kind}({', '.join(operands)})"
-    elif e.kind in _MATH:
+    elif e.kind in MATH_FUNCTIONS:
         text = f"math.{e.kind}({operands[0]})"
     else:
         form = _FLOAT_CODE[e.kind]
@@ -368,8 +261,8 @@ class Formulas:
         if traced is None:
             xs = _symbols([f"x{i}" for i in range(n_inputs)])
             g, y = _symbols(["g", "y"])
-            value = _expr(self.value(EMIT, *xs))
-            grads = [_expr(d) for d in _outputs(self.grads(EMIT, g, y, *xs), "grads", n_inputs)]
+            value = as_expr(self.value(EMIT, *xs))
+            grads = [as_expr(d) for d in _outputs(self.grads(EMIT, g, y, *xs), "grads", n_inputs)]
             traced = Traced(xs, g, y, value, grads)
             self._traced[n_inputs] = traced
         return traced
@@ -409,8 +302,10 @@ def formula_op(
 
     ``second(m, y, *xs)``, if given, returns the second derivatives as ``Op.second`` does
     (a formula may call the op's own ``grads`` with another upstream gradient, as tanh's
-    ``-2 y / cosh(x)^2`` is its first derivative times ``-2 y``). ``floats``: "both" gives
-    the op a scalar forward and backward rendered from the formulas, "forward" only the
+    ``-2 y / cosh(x)^2`` is its first derivative times ``-2 y``); without it, an op of fixed
+    arity gets them derived from ``grads`` (``gradserve.ops.derivatives``), unless its
+    formulas call an ``Elementwise`` function, whose derivative is not known. ``floats``:
+    "both" gives the op a scalar forward and backward rendered from the formulas, "forward" only the
     forward (where the float backward would round too differently from the array one),
     "none" neither; a formula that calls a function without a float form has none either.
     """
@@ -468,14 +363,19 @@ def _arrays(formulas: Formulas, arity: int):
     statements, texts = render(traced.grads, names, code)
     texts = [_shaped(t, d, "g") for t, d in zip(texts, traced.grads, strict=True)]
     backward = _compiled("backward", ["g", "y", *xs], statements, _returns(texts), code)
-    second = None
     if formulas.second is not None:
         pairs = _outputs(formulas.second(EMIT, traced.y, *traced.xs), "second", None)
-        pairs = [_expr(h) for h in pairs]
-        statements, texts = render(pairs, names, code)
-        texts = [_shaped(t, h, "y") for t, h in zip(texts, pairs, strict=True)]
-        second = _compiled("second", ["y", *xs], statements, _returns(texts), code)
-    return forward, backward, second
+        pairs = [as_expr(h) for h in pairs]
+    else:
+        try:
+            pairs = second_of(formulas.grads, traced.y, traced.xs)
+        except NotDerivable:
+            return forward, backward, None
+        if all(h.kind == "const" and h.operands[0] == 0.0 for h in pairs):
+            pairs = []  # linear in its inputs: () as Op.second allows
+    statements, texts = render(pairs, names, code)
+    texts = [_shaped(t, h, "y") for t, h in zip(texts, pairs, strict=True)]
+    return forward, backward, _compiled("second", ["y", *xs], statements, _returns(texts), code)
 
 
 def _shaped(text: str, e: Expr, like: str) -> str:

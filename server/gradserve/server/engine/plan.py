@@ -9,7 +9,7 @@ group reads another node of the same group.
 import functools
 import itertools
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,17 +140,24 @@ class Plan:
     steps: tuple[Group | Stretch, ...]  # in an order where every step's inputs come earlier
     labels: tuple[str, ...]
     # The graph it was compiled from, kept only when the plan must be compiled again
-    # elsewhere (an isolation worker, for untrusted ops).
+    # elsewhere (an isolation worker, for an isolated plan).
     source: GraphArrays | None = None
 
     @functools.cached_property
     def op_names(self) -> frozenset[str]:
         """The names of the ops the plan applies."""
-        return frozenset(
-            group.op.name
-            for step in self.steps
-            for group in (step.parts if isinstance(step, Stretch) else (step,))
-        )
+        return frozenset(op.name for op in self._ops())
+
+    @functools.cached_property
+    def isolated(self) -> bool:
+        """Whether the plan applies an op that the server runs in isolation workers
+        (``Op.isolated``): then it is evaluated there, never in the server's process."""
+        return any(op.isolated for op in self._ops())
+
+    def _ops(self) -> Iterator[Op]:
+        for step in self.steps:
+            for group in step.parts if isinstance(step, Stretch) else (step,):
+                yield group.op
 
     @functools.cached_property
     def sizes(self) -> PlanSizes:

@@ -76,6 +76,7 @@ class PlanCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._plans: OrderedDict[bytes, tuple[Plan, int]] = OrderedDict()  # with its bytes
+        self._settled: set[bytes] = set()  # plans measured with their scatters made
         self.bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -104,12 +105,18 @@ class PlanCache:
             self._evict()
 
     def remeasure(self, digest: bytes, plan: Plan) -> None:
-        """Count what ``plan`` (cached under ``digest``) holds now; evict if it no longer
-        fits."""
+        """Count what ``plan`` (cached under ``digest``) holds after its first batch or
+        tangent call, which makes every scatter it will ever have; evict if it no longer
+        fits. Later calls cost nothing."""
+        if digest in self._settled:
+            return
         size = plan.nbytes()
         with self._lock:
             entry = self._plans.get(digest)
-            if entry is None or entry[0] is not plan or entry[1] == size:
+            if entry is None or entry[0] is not plan:
+                return
+            self._settled.add(digest)
+            if entry[1] == size:
                 return
             self._plans[digest] = (plan, size)
             self._plans.move_to_end(digest)  # just used
@@ -118,7 +125,8 @@ class PlanCache:
 
     def _evict(self) -> None:
         while self.bytes > self.max_bytes:
-            _, (_, size) = self._plans.popitem(last=False)
+            digest, (_, size) = self._plans.popitem(last=False)
+            self._settled.discard(digest)
             self.bytes -= size
             self.evictions += 1
 

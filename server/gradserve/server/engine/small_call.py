@@ -26,11 +26,8 @@ import numpy as np
 
 from gradserve.ops import Op
 from gradserve.ops.formulas import Code
+from gradserve.server.engine import requests
 from gradserve.server.engine.plan import Plan, Stretch
-
-# The wire's Selection values (gradserve.v1.Selection; tests/test_protos.py checks that they
-# match): the engine reads a request's fields but imports no protobuf.
-SELECTION_UNSPECIFIED, SELECTION_ALL, SELECTION_LEAVES, SELECTION_NODES = range(4)
 
 
 class _Graph(Protocol):
@@ -89,7 +86,7 @@ def program_of(plan: Plan, compiled: bool = False) -> Program | None:
     """The plan's program, or None when the plan is not for this path (too large, with an op
     lacking a scalar forward or backward, or run in isolation workers)."""
     limit = MAX_NODES if compiled else LOOP_NODES
-    if not 0 < plan.node_count <= limit or plan.source is not None:
+    if not 0 < plan.node_count <= limit or plan.isolated:
         return None
     leaves = plan.leaves.tolist()
     slots = [0] * plan.node_count
@@ -272,16 +269,12 @@ def _evaluate(program: Program, request: EvaluateRequestFields):
     if not isfinite(sum(v)) or (program.domains and not _inside_domains(program, v)):
         return None
     g = [0.0] * len(v)
-    outputs, seeds = request.outputs, request.seeds
-    if outputs or seeds:
-        outputs = outputs or [len(slots) - 1]
-        seeds = seeds or [1.0] * len(outputs)
-        if len(seeds) != len(outputs):
-            return None
-        for output, seed in zip(outputs, seeds, strict=False):
-            g[slots[output]] += seed
-    else:
-        g[slots[-1]] = 1.0  # the last node, seeded with 1
+    outputs = requests.outputs_or_default(request.outputs, len(slots))
+    seeds = requests.seeds_or_default(request.seeds, len(outputs))
+    if len(seeds) != len(outputs):
+        return None
+    for output, seed in zip(outputs, seeds, strict=False):
+        g[slots[output]] += seed
     g = program.backward(v, g)
     if not isfinite(sum(g)):
         return None
@@ -291,16 +284,15 @@ def _evaluate(program: Program, request: EvaluateRequestFields):
 def _selected(program: Program, request: EvaluateRequestFields, v: list[float], g: list[float]):
     """The ids, values and gradients of the nodes whose results go back, as
     wire.selected_nodes picks them; None where that function raises."""
-    selection, nodes = request.selection, request.nodes
-    if selection == SELECTION_UNSPECIFIED:
-        selection = SELECTION_NODES if nodes else SELECTION_ALL
-    if selection == SELECTION_LEAVES and not nodes:
+    nodes = request.nodes
+    selection = requests.selection_of(request.selection, nodes)
+    if selection == requests.SELECTION_LEAVES and not nodes:
         count = len(program.leaves)
         return program.leaves, v[:count], g[:count]
-    if selection == SELECTION_NODES:
+    if selection == requests.SELECTION_NODES:
         ids = list(nodes)
         slots = [program.slots[i] for i in ids]
-    elif selection == SELECTION_ALL and not nodes:
+    elif selection == requests.SELECTION_ALL and not nodes:
         ids, slots = list(range(len(program.slots))), program.slots
     else:
         return None

@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.engine.evaluate import evaluate
-from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph
-from gradserve.server.engine.second_order import evaluate_with_tangents
+from gradserve.server.engine.plan import GraphArrays, compile_graph
+from gradserve.server.engine.run import Inputs, run
 from gradserve.server.registry import load_registry
 
 TRUSTED_DISTRIBUTIONS = frozenset({"gradserve-ops-core"})
@@ -65,18 +64,11 @@ def _work(connection, op_names: list[str]) -> None:
     ops = {name: loaded.op for name, loaded in load_registry(allow=op_names).items()}
     while True:
         try:
-            graph, leaves, outputs, seeds, allow_non_finite, tangents = connection.recv()
+            graph, inputs = connection.recv()
         except EOFError:  # the server has gone: nothing left to do
             return
         try:
-            plan = compile_graph(graph, ops)
-            if tangents is None:
-                results = evaluate(plan, leaves, outputs, seeds, allow_non_finite=allow_non_finite)
-            else:
-                results = evaluate_with_tangents(
-                    plan, leaves, tangents, outputs, seeds, allow_non_finite=allow_non_finite
-                )
-            connection.send(("ok", *results))
+            connection.send(("ok", *run(compile_graph(graph, ops), inputs)))
         except GraphError as exc:
             connection.send(("graph", exc.reason, exc.node, exc.field, exc.index))
         except MemoryError:
@@ -115,26 +107,20 @@ class IsolatedEvaluator:
         for _ in range(workers):
             self._idle.put(_Worker(self._op_names))
 
-    def handles(self, plan: Plan) -> bool:
-        """Whether ``plan`` uses an untrusted op, and so must run in a worker."""
-        return not self._untrusted.isdisjoint(plan.op_names)
+    @property
+    def untrusted(self) -> frozenset[str]:
+        """The names of the ops that run in the workers (``Op.isolated`` in the server)."""
+        return self._untrusted
 
-    def evaluate(
-        self,
-        graph: GraphArrays,
-        leaves: np.ndarray,
-        outputs: np.ndarray,
-        seeds: np.ndarray,
-        should_stop: Callable[[], bool],
-        allow_non_finite: bool,
-        tangents: np.ndarray | None = None,
+    def run(
+        self, graph: GraphArrays, inputs: Inputs, should_stop: Callable[[], bool]
     ) -> tuple[np.ndarray, ...]:
-        """Like ``evaluate`` (or, given leaf ``tangents``, ``evaluate_with_tangents``);
-        ``should_stop`` is polled while waiting for a worker and for its answer. A worker
-        abandoned by a cancelled or expired call is replaced."""
+        """``engine.run.run`` in a worker, which compiles ``graph`` again; ``should_stop``
+        is polled while waiting for a worker and for its answer. A worker abandoned by a
+        cancelled or expired call is replaced."""
         worker = self._take(should_stop)
         try:
-            worker.connection.send((graph, leaves, outputs, seeds, allow_non_finite, tangents))
+            worker.connection.send((graph, inputs))
             while not worker.connection.poll(_POLL_S):
                 if should_stop():
                     raise Cancelled()

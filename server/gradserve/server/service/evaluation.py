@@ -10,16 +10,16 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from gradserve.server.engine import memory
+from gradserve.server.engine import memory, requests
 from gradserve.server.engine.errors import GraphError, PlanNotFound
-from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph, raise_if_stopped
 from gradserve.server.engine.plan_cache import (
     PlanCache,
     small_structure_digest,
     structure_digest,
 )
-from gradserve.server.engine.second_order import evaluate_with_tangents, require_second_order
+from gradserve.server.engine.run import Inputs, run
+from gradserve.server.engine.second_order import require_second_order
 from gradserve.server.engine.small_call import SmallCalls
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import IsolatedEvaluator
@@ -137,7 +137,11 @@ class Evaluator:
         isolated: IsolatedEvaluator | None,
         max_message_bytes: int,
     ) -> None:
-        self._ops = {name: loaded.op for name, loaded in registry.items()}
+        untrusted = frozenset() if isolated is None else isolated.untrusted
+        self._ops = {  # an op that the workers run is isolated, and so is every plan using it
+            name: dataclasses.replace(loaded.op, isolated=True) if name in untrusted else loaded.op
+            for name, loaded in registry.items()
+        }
         self._plans = plan_cache
         self._limits = limits
         self._isolated = isolated
@@ -178,7 +182,7 @@ class Evaluator:
             if graph is None:
                 graph = self._graph_arrays(request.graph)
             plan = compile_graph(graph, self._ops, should_stop)
-            if self._isolated is not None and self._isolated.handles(plan):
+            if plan.isolated:
                 plan = dataclasses.replace(plan, source=graph)  # workers compile it again
             self._plans.put(digest, plan)
         return plan, digest
@@ -214,9 +218,10 @@ class Evaluator:
     def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> None:
         """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
         selection's size from the request's fields)."""
+        selection = requests.selection_of(request.selection, request.nodes)
         if request.nodes:
             selected = len(request.nodes)
-        elif request.selection == pb.SELECTION_LEAVES:
+        elif selection == requests.SELECTION_LEAVES:
             selected = len(plan.leaves)
         else:
             selected = plan.node_count
@@ -235,20 +240,14 @@ class Evaluator:
     ) -> tuple[np.ndarray, ...]:
         """Every node's values and gradients (and, for a call with tangents, their
         tangents) for rows [first, first + rows), each shaped (nodes, rows)."""
-        block = slice(first, first + rows)
-        leaves, allow = job.leaves[block], job.request.allow_non_finite
-        tangents = None if job.tangents is None else job.tangents[block]
-        if job.plan.source is not None:
-            return self._isolated.evaluate(
-                job.plan.source, leaves, job.outputs, job.seeds, should_stop, allow, tangents
-            )
-        if tangents is not None:
-            results = evaluate_with_tangents(
-                job.plan, leaves, tangents, job.outputs, job.seeds, should_stop, allow
-            )
-        else:
-            results = evaluate(job.plan, leaves, job.outputs, job.seeds, should_stop, allow)
-        self._plans.remeasure(job.digest, job.plan)  # it may have made its scatters
+        inputs = Inputs(
+            job.leaves, job.outputs, job.seeds, job.tangents, job.request.allow_non_finite
+        ).rows(slice(first, first + rows))
+        if job.plan.isolated:
+            return self._isolated.run(job.plan.source, inputs, should_stop)
+        results = run(job.plan, inputs, should_stop)
+        if rows > 1 or job.tangents is not None:  # the plan has made its scatters now
+            self._plans.remeasure(job.digest, job.plan)
         return results
 
     def unary_reply(self, job: Job, block_rows: int, should_stop: StopCheck) -> bytes:

@@ -18,10 +18,14 @@ from gradserve.v1 import gradserve_pb2 as pb
 
 DEFAULT_MAX_NODES = 20_000_000
 DEFAULT_MAX_FAN_IN = 1_000_000
-DEFAULT_MAX_CONCURRENT_CALLS = 64
+# Calls in progress: what they hold is bounded by the memory budget and what they compute by
+# --threads; this bounds their bookkeeping. Issue 19's soak: twenty stalled readers, one
+# pipelining connection and never-read streams held 64 slots at once, leaving none for the
+# legitimate clients.
+DEFAULT_MAX_CONCURRENT_CALLS = 256
 DEFAULT_DEADLINE_S = 300.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
-CONNECTION_SHARE = 2  # by default one connection may hold half of max-concurrent-calls
+CONNECTION_SHARE = 4  # by default one connection may hold a quarter of max-concurrent-calls
 _NO_DEADLINE_S = 1e9  # gRPC reports an "infinite" deadline as a remainder of centuries
 
 

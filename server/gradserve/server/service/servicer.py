@@ -69,7 +69,7 @@ class GradientServicer:
             self._evaluator.check_reply_fits(request, plan)
         small = None
         # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
-        if plan.source is None and not request.leaf_tangents and (request.rows or 1) == 1:
+        if not plan.isolated and not request.leaf_tangents and (request.rows or 1) == 1:
             quick = self._evaluator.small_is_quick(plan, digest)
             with call.span.step("evaluating"):
                 small = await call.compute(

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from gradserve.server.engine import requests
 from gradserve.server.engine.errors import GraphError
 from gradserve.server.engine.plan import GraphArrays, Plan
 from gradserve.v1 import gradserve_pb2 as pb
@@ -71,13 +72,11 @@ def _check_ids(ids: np.ndarray, plan: Plan, field: str) -> None:
 
 def outputs_and_seeds(request: pb.EvaluateRequest, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     """The nodes to differentiate and their seed gradients, defaults applied."""
+    outputs = _array(requests.outputs_or_default(request.outputs, plan.node_count), np.int64)
     if request.outputs:
-        outputs = _array(request.outputs, np.int64)
         _check_ids(outputs, plan, "outputs")
-    else:
-        outputs = np.array([plan.node_count - 1], dtype=np.int64)
     if not request.seeds:
-        return outputs, np.ones(len(outputs))
+        return outputs, np.array(requests.seeds_or_default(request.seeds, len(outputs)))
     if len(request.seeds) != len(outputs):
         raise GraphError(
             f"seeds has {len(request.seeds)} entries but there are {len(outputs)} outputs",
@@ -91,8 +90,7 @@ def selected_nodes(request: pb.EvaluateRequest, plan: Plan) -> np.ndarray:
     selection = request.selection
     if selection not in _SELECTIONS:
         raise GraphError(f"unknown selection {selection}", field="selection")
-    if selection == pb.SELECTION_UNSPECIFIED:
-        selection = pb.SELECTION_NODES if request.nodes else pb.SELECTION_ALL
+    selection = requests.selection_of(selection, request.nodes)
     if selection == pb.SELECTION_NODES:
         nodes = _array(request.nodes, np.int64)
         _check_ids(nodes, plan, "nodes")

@@ -114,6 +114,14 @@ public final class GradserveClient implements AutoCloseable {
     return stub;
   }
 
+  /**
+   * The typed exception for a call on {@link #stub()} that failed: a {@link
+   * PlanNotFoundException} for a plan digest the server does not hold, and so on.
+   */
+  public GradserveException exceptionFor(StatusRuntimeException error) {
+    return Errors.from(error, where(null));
+  }
+
   /** One call's stub, with the deadline that applies to it, and what its errors name. */
   private record Call(GradientServiceBlockingStub stub, Errors.Where where) {
     GradserveException error(StatusRuntimeException failure) {
@@ -144,8 +152,9 @@ public final class GradserveClient implements AutoCloseable {
     return new Errors.Where(target, tls, callTimeout);
   }
 
+  /** The time left until the deadline, to the millisecond (as error messages name it). */
   private static Duration remaining(Deadline deadline) {
-    return Duration.ofNanos(Math.max(0, deadline.timeRemaining(TimeUnit.NANOSECONDS)));
+    return Duration.ofMillis(Math.max(0, deadline.timeRemaining(TimeUnit.MILLISECONDS)));
   }
 
   /** The server's ops, sorted by name. */

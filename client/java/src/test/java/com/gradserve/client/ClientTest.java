@@ -4,6 +4,7 @@ import static com.gradserve.client.Near.near;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -95,6 +96,7 @@ class ClientTest {
               () -> client.stub().evaluate(Request.defaults().toProto(neuron.graph, false)),
               "the server should not hold the plan yet");
       assertEquals(Status.Code.NOT_FOUND, lacks.getStatus().getCode());
+      assertInstanceOf(PlanNotFoundException.class, client.exceptionFor(lacks));
       other.sent.clear();
       Result third = client.evaluate(neuron.graph, Request.builder().nodes(neuron.o).build());
       near(Math.tanh(1 * -3 + Neuron.B), third.value(0, 0), "o on the other server");

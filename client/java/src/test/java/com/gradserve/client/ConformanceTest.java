@@ -270,7 +270,7 @@ class ConformanceTest {
             response.getGradsList(), response.getRows(), response.getPlanDigest().toByteArray(),
             1);
       } catch (StatusRuntimeException error) {
-        throw Errors.from(error, new Errors.Where(client.target(), false, null));
+        throw client.exceptionFor(error);
       }
     }
 

@@ -18,8 +18,8 @@ import java.util.regex.Pattern;
 
 /**
  * The gradserve servers the tests call: `gradserve serve` subprocesses from the repository's
- * .venv on ports they pick, started once per test run when first needed and stopped (SIGTERM)
- * when the JVM exits. The conformance server's flags come from conformance/cases.json; the TLS
+ * .venv on ports they pick, all started together (in parallel) when the first one is needed,
+ * and stopped (SIGTERM) when the JVM exits. The conformance server's flags come from conformance/cases.json; the TLS
  * servers use certificates made by tests/certs.py.
  */
 final class Servers {
@@ -46,48 +46,47 @@ final class Servers {
 
   /** The conformance suite's server (plaintext, a bearer token, one process). */
   static synchronized Served conformance() {
-    if (conformance == null) {
-      JsonObject server = suite().getAsJsonObject("server");
-      List<String> flags = new ArrayList<>();
-      server.getAsJsonArray("flags").forEach(flag -> flags.add(flag.getAsString()));
-      String plugin = ROOT.resolve("conformance").resolve(server.get("pythonpath").getAsString())
-          .toString();
-      conformance = start(Map.of("PYTHONPATH", plugin), flags, server.get("token").getAsString());
-    }
+    launchAll();
     return conformance;
   }
 
   /** A TLS server (no token) with the certificates' server pair. */
   static synchronized Served tls() {
-    if (tls == null) {
-      tls = start(Map.of(), tlsFlags(), null);
-    }
+    launchAll();
     return tls;
   }
 
   /** A mutual-TLS server that also requires {@link #MTLS_TOKEN}. */
   static synchronized Served mtls() {
-    if (mtls == null) {
-      List<String> flags = tlsFlags();
-      flags.addAll(
-          List.of(
-              "--tls-client-ca", certificates().ca().toString(), "--auth-token", MTLS_TOKEN));
-      mtls = start(Map.of(), flags, MTLS_TOKEN);
-    }
+    launchAll();
     return mtls;
   }
 
   /** A plaintext server whose memory budget is 1 MiB: big graphs get a QuotaFailure. */
   static synchronized Served smallBudget() {
-    if (smallBudget == null) {
-      smallBudget =
-          start(
-              Map.of(),
-              new ArrayList<>(
-                  List.of("--workers", "1", "--isolation-workers", "0", "--max-memory-mb", "1")),
-              null);
-    }
+    launchAll();
     return smallBudget;
+  }
+
+  /** Starts every server at once, the first time one is needed: they start in parallel. */
+  private static void launchAll() {
+    if (conformance != null) {
+      return;
+    }
+    JsonObject server = suite().getAsJsonObject("server");
+    List<String> flags = new ArrayList<>();
+    server.getAsJsonArray("flags").forEach(flag -> flags.add(flag.getAsString()));
+    String plugin =
+        ROOT.resolve("conformance").resolve(server.get("pythonpath").getAsString()).toString();
+    conformance = launch(Map.of("PYTHONPATH", plugin), flags, server.get("token").getAsString());
+    tls = launch(Map.of(), tlsFlags(), null);
+    List<String> mutual = tlsFlags();
+    mutual.addAll(
+        List.of("--tls-client-ca", certificates().ca().toString(), "--auth-token", MTLS_TOKEN));
+    mtls = launch(Map.of(), mutual, MTLS_TOKEN);
+    List<String> small =
+        List.of("--workers", "1", "--isolation-workers", "0", "--max-memory-mb", "1");
+    smallBudget = launch(Map.of(), small, null);
   }
 
   private static List<String> tlsFlags() {
@@ -174,25 +173,31 @@ final class Servers {
     private final Process process;
     private final StringBuffer log = new StringBuffer();
     private final String token;
-    private int port;
+    private final List<String> flags;
+    private int port = -1;
 
-    private Served(Process process, String token) {
+    private Served(Process process, List<String> flags, String token) {
       this.process = process;
+      this.flags = flags;
       this.token = token;
     }
 
-    int port() {
+    /** The port it serves on, once its log says so (it may still be starting). */
+    synchronized int port() {
+      if (port < 0) {
+        port = awaitPort(this);
+      }
       return port;
     }
 
     /** "127.0.0.1:PORT" for plaintext servers. */
     String target() {
-      return "127.0.0.1:" + port;
+      return "127.0.0.1:" + port();
     }
 
     /** "localhost:PORT", the name in the TLS server's certificate. */
     String tlsTarget() {
-      return "localhost:" + port;
+      return "localhost:" + port();
     }
 
     String token() {
@@ -216,14 +221,15 @@ final class Servers {
     }
   }
 
-  private static Served start(Map<String, String> env, List<String> flags, String token) {
+  /** Starts `gradserve serve --port 0` with these flags, without waiting for it. */
+  private static Served launch(Map<String, String> env, List<String> flags, String token) {
     List<String> command = new ArrayList<>(List.of(executable(), "serve", "--port", "0"));
     command.addAll(flags);
     ProcessBuilder builder = new ProcessBuilder(command).redirectErrorStream(true);
     builder.environment().putAll(env);
     Served served;
     try {
-      served = new Served(builder.start(), token);
+      served = new Served(builder.start(), flags, token);
     } catch (IOException error) {
       throw new IllegalStateException(
           "cannot run " + executable() + " (make the .venv with `python3 -m uv sync`, or set "
@@ -233,12 +239,16 @@ final class Servers {
     Thread reader = new Thread(() -> collect(served), "gradserve log");
     reader.setDaemon(true);
     reader.start();
+    return served;
+  }
+
+  /** The port from the server's "serving on HOST:PORT" log line, within a minute. */
+  private static int awaitPort(Served served) {
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
     while (System.nanoTime() < deadline) {
       Matcher match = SERVING.matcher(served.log());
       if (match.find()) {
-        served.port = Integer.parseInt(match.group(1));
-        return served;
+        return Integer.parseInt(match.group(1));
       }
       if (!served.process.isAlive()) {
         break;
@@ -252,7 +262,7 @@ final class Servers {
     }
     served.stop();
     throw new IllegalStateException(
-        "gradserve serve " + String.join(" ", flags) + " did not start:\n" + served.log());
+        "gradserve serve " + String.join(" ", served.flags) + " did not start:\n" + served.log());
   }
 
   private static void collect(Served served) {
