@@ -102,6 +102,7 @@ class CallScope:
         self.note = ""
         self._gone = False
         self._counted = False
+        self._finished = False
         self._running = None  # the executor future of the step in progress
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
@@ -338,9 +339,16 @@ class CallScope:
     async def _end(self, result: grpc.Status) -> None:
         self.code = result.code
         self._gone = True
+        # grpc.aio's abort sends the status before it returns: the call is counted, logged
+        # and given back first, so that a client that has its status sees it in the metrics.
+        self._finish()
         await self.context.abort(result.code, result.details, result.trailing_metadata)
 
     def _finish(self) -> None:
+        """Count, log and give back the call, once."""
+        if self._finished:
+            return
+        self._finished = True
         running = self._running
         if running is not None and not running.done():
             # The step goes on in its thread until its next stop check: its memory stays

@@ -104,7 +104,8 @@ class MessageScope(CallScope):
         await self.stream.send(answered(self.id, message))
 
     def _finish(self) -> None:
-        self.stream.nodes += self.nodes
+        if not self._finished:
+            self.stream.nodes += self.nodes
         super()._finish()
 
     async def __aexit__(self, kind, exc, traceback) -> bool:
@@ -124,6 +125,7 @@ class MessageScope(CallScope):
                 result = self._status_of(exc)
             self.code = result.code
             self._gone = True
+            self._finish()  # counted before the client can read the status, as in _end
             await self.stream.send(failed(self.id, result))
             return True
         finally:
