@@ -106,7 +106,11 @@ def test_refusals_state_the_budget_and_the_estimate_in_mib():
         with pytest.raises(NeverFits) as never:
             await budget.charge().resize(75 * MIB, deadline=time.monotonic() + 10)
         assert "an estimated 75.0 MiB" in str(never.value)
-        assert "70.0 MiB: max-memory-mb = 100 less plan-cache-mb = 30" in str(never.value)
+        assert "70.0 MiB: max-memory-mb = 100 less plan-cache-mb = 30: send" in str(never.value)
+        without_cache = MemoryBudget(100 * MIB)
+        with pytest.raises(NeverFits) as never:
+            await without_cache.charge().resize(101 * MIB, deadline=time.monotonic() + 10)
+        assert "calls, 100.0 MiB: max-memory-mb = 100: send" in str(never.value)
         await budget.charge().resize(60 * MIB, deadline=time.monotonic() + 10)
         with pytest.raises(BudgetBusy) as busy:
             await budget.charge().resize(MIB * 3 // 2 * 10, deadline=time.monotonic() + 10)
