@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -134,3 +135,28 @@ def test_bad_flags_are_usage_errors(flags, message):
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_stop_signal_while_the_main_thread_holds_the_events_lock_does_not_deadlock():
+    """The handler runs in the main thread, here while it holds the stop event's lock (as
+    inside ``wait`` or an earlier handler's ``set``): it must not take that lock itself."""
+    code = (
+        "import signal\n"
+        "from gradserve.server.runtime.workers import stop_signal_event\n"
+        "stopping = stop_signal_event()\n"
+        "with stopping._cond:\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "print(stopping.wait(10))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "True", result.stderr
+
+
+def test_two_sigterms_close_together_stop_the_workers_and_their_parent():
+    with Served("--workers", "2") as served:
+        served.wait_for("serving on .* with 2 worker processes")
+        served.process.send_signal(signal.SIGTERM)
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=60) == 0

@@ -202,12 +202,8 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             log.info("serving on %s:%d; %s", args.host, running.port, describe)
         wait_until_set(stopping)
-        log.info(
-            "shutting down: NOT_SERVING, new calls taken for %g s more, then draining calls"
-            " for up to %g s",
-            args.drain_delay,
-            args.grace,
-        )
+        then = f"new calls taken for {args.drain_delay:g} s more, then " if args.drain_delay else ""
+        log.info("shutting down: NOT_SERVING, %sdraining calls for up to %g s", then, args.grace)
         running.stop(args.grace, drain_delay=args.drain_delay)
         if metrics_port:
             metrics_http.shutdown()

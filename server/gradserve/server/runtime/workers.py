@@ -38,10 +38,20 @@ def _take_stop_signals() -> None:
 
 
 def stop_signal_event() -> threading.Event:
-    """An event that the next SIGTERM or SIGINT sets (handlers installed by this call)."""
+    """An event that the next SIGTERM or SIGINT sets (handlers installed by this call).
+
+    The handler sets it from a thread of its own. A handler runs in the main thread between
+    two bytecodes, possibly while that thread holds the event's lock (in ``wait``, in
+    ``set``, or in the handler of a signal just before): taking the lock there deadlocked
+    the worker supervisor when two SIGTERMs came close together (a process group's kill
+    and `uv run` passing it on)."""
     stopping = threading.Event()
+
+    def handle(*_) -> None:
+        threading.Thread(target=stopping.set, name="stop-signal", daemon=True).start()
+
     for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda *_: stopping.set())
+        signal.signal(signum, handle)
     return stopping
 
 
