@@ -7,74 +7,16 @@ import os
 import subprocess
 
 import pytest
-from certs import make_certificates
+from message_cases import message_cases, python_message
 from system_tools import require_tool
 from test_go_client import GO_CLIENT, go
 from test_node_client import NODE_CLIENT
 
-from gradserve.client import AuthError, Client, GradserveError, Value
-from gradserve.client.security import channel_credentials
-from gradserve.server.service.app import running_server
-from gradserve.server.service.security import server_credentials
-
-CHAIN = 200_000  # tanh nodes: far more than a millisecond of work for any client
-
 
 @pytest.fixture(scope="module")
 def cases(registry, tmp_path_factory):
-    """Each case: where to call, with what, and how (ListOps, or a backward on a chain)."""
-    certs = make_certificates(tmp_path_factory.mktemp("certs"))
-    tls = server_credentials(str(certs.server.cert), str(certs.server.key))
-    mtls = server_credentials(str(certs.server.cert), str(certs.server.key), str(certs.ca))
-    with (
-        running_server(registry, address="localhost:0") as plain,
-        running_server(registry, credentials=tls, address="localhost:0") as secure,
-        running_server(registry, credentials=mtls, address="localhost:0") as mutual,
-    ):
-        stopped = running_server(registry, address="localhost:0")
-        with stopped as gone:
-            nothing = f"localhost:{gone.port}"
-        ca, stranger = str(certs.ca), certs.stranger
-
-        def case(name, target, tls=False, ca="", cert="", key="", timeout_s=30.0, chain=0):
-            return dict(locals())
-
-        yield [
-            case("nothing listens", nothing),
-            case("plaintext client, TLS server", f"localhost:{secure.port}"),
-            case("TLS client, plaintext server", f"localhost:{plain.port}", True, ca),
-            case("server not trusted", f"localhost:{secure.port}", True),
-            case("no client certificate", f"localhost:{mutual.port}", True, ca),
-            case(
-                "foreign client certificate",
-                f"localhost:{mutual.port}",
-                True,
-                ca,
-                str(stranger.cert),
-                str(stranger.key),
-            ),
-            case("timeout", f"localhost:{plain.port}", timeout_s=0.001, chain=CHAIN),
-        ]
-
-
-def _python(case) -> tuple[str, bool]:
-    credentials = None
-    if case["tls"]:
-        credentials = channel_credentials(
-            ca_file=case["ca"] or None, cert_file=case["cert"] or None, key_file=case["key"] or None
-        )
-    with Client(case["target"], credentials=credentials, timeout=case["timeout_s"]) as client:
-        try:
-            if case["chain"]:
-                y = Value(0.5)
-                for _ in range(case["chain"]):
-                    y = y.tanh()
-                y.backward(client)
-            else:
-                client.ops()
-        except GradserveError as error:
-            return str(error), isinstance(error, AuthError)
-    pytest.fail(f"{case['name']}: the call succeeded")
+    with message_cases(registry, tmp_path_factory.mktemp("certs")) as found:
+        yield found
 
 
 def _node(cases) -> dict:
@@ -112,7 +54,7 @@ def _go(cases) -> dict:
 
 
 def test_python_node_and_go_say_the_same(cases):
-    python = {case["name"]: _python(case) for case in cases}
+    python = {case["name"]: python_message(case) for case in cases}
     assert python["nothing listens"][0].startswith("no gradserve server answers at localhost:")
     assert python["no client certificate"][1] and python["foreign client certificate"][1]
     assert python["timeout"][0].startswith("the call took longer than its timeout of 0.001 s")

@@ -22,14 +22,9 @@ from pathlib import Path
 
 import docs_pages
 import pytest
-from certs import make_certificates
 from conformance_suite import load
+from message_cases import message_cases, python_message
 from system_tools import require_tool
-
-from gradserve.client import AuthError, Client, GradserveError, Value
-from gradserve.client.security import channel_credentials
-from gradserve.server.service.app import running_server
-from gradserve.server.service.security import server_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 CRATE = ROOT / "client" / "rust"
@@ -154,67 +149,9 @@ def test_the_rust_code_is_rustfmt_clean(tmp_path):
         assert checked.returncode == 0, checked.stdout.decode()
 
 
-def message_cases(registry, directory: Path):
-    """Calls that cannot get through, each as {name, target, tls, ca, cert, key, timeout_s,
-    chain}: nothing listening, TLS on one side only, an untrusted server, a mutual-TLS server
-    without or with a foreign client certificate, and a chain longer than its timeout."""
-    certs = make_certificates(directory)
-    tls = server_credentials(str(certs.server.cert), str(certs.server.key))
-    mtls = server_credentials(str(certs.server.cert), str(certs.server.key), str(certs.ca))
-    with (
-        running_server(registry, address="localhost:0") as plain,
-        running_server(registry, credentials=tls, address="localhost:0") as secure,
-        running_server(registry, credentials=mtls, address="localhost:0") as mutual,
-    ):
-        with running_server(registry, address="localhost:0") as gone:
-            nothing = f"localhost:{gone.port}"
-        ca, stranger = str(certs.ca), certs.stranger
-
-        def case(name, target, tls=False, ca="", cert="", key="", timeout_s=30.0, chain=0):
-            return dict(locals())
-
-        yield [
-            case("nothing listens", nothing),
-            case("plaintext client, TLS server", f"localhost:{secure.port}"),
-            case("TLS client, plaintext server", f"localhost:{plain.port}", True, ca),
-            case("server not trusted", f"localhost:{secure.port}", True),
-            case("no client certificate", f"localhost:{mutual.port}", True, ca),
-            case(
-                "foreign client certificate",
-                f"localhost:{mutual.port}",
-                True,
-                ca,
-                str(stranger.cert),
-                str(stranger.key),
-            ),
-            case("timeout", f"localhost:{plain.port}", timeout_s=0.001, chain=200_000),
-        ]
-
-
-def python_message(case) -> tuple[str, bool]:
-    """The Python SDK's message for the case, and whether it is an AuthError."""
-    credentials = None
-    if case["tls"]:
-        credentials = channel_credentials(
-            ca_file=case["ca"] or None, cert_file=case["cert"] or None, key_file=case["key"] or None
-        )
-    with Client(case["target"], credentials=credentials, timeout=case["timeout_s"]) as client:
-        try:
-            if case["chain"]:
-                y = Value(0.5)
-                for _ in range(case["chain"]):
-                    y = y.tanh()
-                y.backward(client)
-            else:
-                client.ops()
-        except GradserveError as error:
-            return str(error), isinstance(error, AuthError)
-    pytest.fail(f"{case['name']}: the call succeeded")
-
-
 def test_the_rust_client_says_what_the_python_sdk_says(registry, tmp_path):
     """Word for word, for each way a call fails to get through (examples/messages.rs)."""
-    for cases in message_cases(registry, tmp_path):
+    with message_cases(registry, tmp_path) as cases:
         env = {**os.environ, "GRADSERVE_MESSAGE_CASES": json.dumps(cases)}
         ran = cargo("run", "--quiet", "--example", "messages", cwd=CRATE, env=env)
         assert ran.returncode == 0, ran.stderr
