@@ -1,35 +1,37 @@
+# syntax=docker/dockerfile:1
 # gradserve: the gRPC gradient server with the standard ops.
 #   docker build -t gradserve .
 #   docker build -t gradserve --build-arg EXTRA_OPS="gradserve-ops-special==1.0" .
-# Two stages: the build stage resolves the workspace from uv.lock (--frozen: the lock is used
-# as committed, never re-resolved) into /opt/venv; the runtime stage copies only that venv.
+# Two stages. The build stage builds the server's wheels (gradserve-protos, gradserve-ops-core,
+# gradserve-server) and writes the lock's pins of their dependencies (uv export --frozen: the
+# lock as committed, never re-resolved). The runtime stage installs those wheels, pinned so,
+# into /opt/venv with pip; it holds no uv, no build tools and no source tree.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 RUN pip install --no-cache-dir uv==0.13.9
-ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
-    UV_COMPILE_BYTECODE=1 \
-    UV_LINK_MODE=copy \
-    UV_PYTHON_DOWNLOADS=never
+ENV UV_PYTHON_DOWNLOADS=never
 WORKDIR /src
-# Third-party dependencies first, in their own layer: it is rebuilt only when the lock changes.
 COPY pyproject.toml uv.lock ./
-COPY protos/pyproject.toml protos/
-COPY ops_plugins/core/pyproject.toml ops_plugins/core/
-COPY server/pyproject.toml server/
 COPY client/pyproject.toml client/
-RUN uv sync --frozen --no-dev --package gradserve-server --no-install-workspace
 COPY protos/ protos/
 COPY ops_plugins/core/ ops_plugins/core/
 COPY server/ server/
-RUN uv sync --frozen --no-dev --package gradserve-server --no-editable
-# Extra op plugins, by pip requirement, installed beside the core ops (space-separated).
-ARG EXTRA_OPS=""
-RUN if [ -n "$EXTRA_OPS" ]; then uv pip install --python /opt/venv/bin/python $EXTRA_OPS; fi
+RUN for project in protos ops_plugins/core server; do \
+        uv build --wheel --out-dir /wheels "$project" || exit 1; \
+    done \
+    && uv export --frozen --no-dev --package gradserve-server --no-emit-workspace \
+        --no-hashes --output-file /wheels/requirements.txt
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gradserve
-COPY --from=build /opt/venv /opt/venv
+# Extra op plugins, by pip requirement, installed beside the core ops (space-separated).
+ARG EXTRA_OPS=""
+# The wheels are mounted from the build stage, not copied: no layer keeps them.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m venv --without-pip /opt/venv \
+    && pip --python /opt/venv/bin/python install --no-cache-dir --find-links /wheels \
+        --constraint /wheels/requirements.txt /wheels/gradserve_*.whl $EXTRA_OPS
 # In a container the server must listen on all interfaces; the host decides what to publish.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

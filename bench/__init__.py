@@ -1,1 +1,1 @@
-"""The gradserve benchmark harness: `uv run python -m bench` (README, "Benchmarks")."""
+"""The gradserve benchmark harness: `uv run python -m bench` (docs/benchmarks.md)."""

@@ -8,6 +8,16 @@ as a slow, buggy or hostile caller would, to take the shared server down.
 - oversized batches: tiny requests for huge arrays (`rows x nodes`), which a server must
   refuse or evaluate within its memory budget.
 
+and issue 19's:
+
+- distinct labels: 1-node graphs, each with a distinct 1 MB label (plans outlive calls);
+- partial bodies: raw HTTP/2 streams declaring a 60 MB request, sending 59 MB, never the end;
+- gzip bombs: 64 KB gzip requests that inflate to 63 MB;
+- one connection's pipeline: 200 calls on one raw HTTP/2 connection that never reads;
+- a wide HVP: tangents through a `sum` of a million inputs;
+- chunks of one: EvaluateStream of one node selected a million times, chunk_size 1;
+- rapid reset: streams opened and reset at once on one connection, as fast as it goes.
+
 Each kind keeps its abuse going until ``stop`` is set: a call that the server ends is
 replaced by a new one. ``outcomes`` counts how the server ended them.
 """
@@ -18,6 +28,7 @@ import time
 from collections import Counter
 
 import grpc
+import h2.exceptions
 
 from bench.h2_client import H2GrpcClient
 from gradserve.v1 import gradserve_pb2 as pb
@@ -26,6 +37,8 @@ SERVICE = "/gradserve.v1.GradientService/"
 HALF_OPEN_CALLS = 80
 NEVER_READ_STREAMS = 8
 STALLED_READERS = 20
+PARTIAL_BODIES = 8
+PIPELINED_CALLS = 200
 POLL_S = 0.5  # how often ended abusive calls are replaced
 
 
@@ -64,9 +77,21 @@ class Abusers:
         self.channel = grpc.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]
         )
+        kinds = (
+            self._half_open,
+            self._never_read,
+            self._stalled,
+            self._oversized,
+            self._distinct_labels,
+            self._partial_bodies,
+            self._gzip_bombs,
+            self._pipelined,
+            self._wide_hvp,
+            self._chunks_of_one,
+            self._rapid_reset,
+        )
         self.threads = [
-            threading.Thread(target=target, name=target.__name__, daemon=True)
-            for target in (self._half_open, self._never_read, self._stalled, self._oversized)
+            threading.Thread(target=target, name=target.__name__, daemon=True) for target in kinds
         ]
 
     def _count(self, kind: str, outcome: str) -> None:
@@ -150,6 +175,130 @@ class Abusers:
                     self._count(kind, "OK")
                 except grpc.RpcError as error:
                     self._count(kind, error.code().name)
+
+    def _calls(self, kind: str, call) -> None:
+        """``call()`` again and again until stopped, counting how each ends."""
+        while not self.stop.is_set():
+            try:
+                call()
+                self._count(kind, "OK")
+            except grpc.RpcError as error:
+                self._count(kind, error.code().name)
+
+    def _distinct_labels(self) -> None:
+        stub = self.channel.unary_unary(
+            SERVICE + "Evaluate", request_serializer=pb.EvaluateRequest.SerializeToString
+        )
+        numbers = itertools.count()
+
+        def call():
+            graph = pb.Graph(node_ops=[0], input_counts=[0], leaf_values=[1.0])
+            graph.labels.append(f"{next(numbers):09d}" + "x" * 2**20)
+            stub(pb.EvaluateRequest(graph=graph), timeout=30)
+
+        self._calls("distinct-labels", call)
+
+    def _partial_bodies(self) -> None:
+        """Streams that declare 60 MB and send 59 MB of it, replaced once the server ends
+        them (its request timeout)."""
+        clients: list[tuple[H2GrpcClient, int]] = []
+        try:
+            while not self.stop.is_set():
+                while len(clients) < PARTIAL_BODIES and not self.stop.is_set():
+                    try:
+                        client = H2GrpcClient(self.port)
+                        stream = client.start_partial_call(
+                            SERVICE + "Evaluate", 60 * 2**20, 59 * 2**20
+                        )
+                        clients.append((client, stream))
+                    except (OSError, TimeoutError) as error:
+                        self._count("partial-body", type(error).__name__)
+                        self.stop.wait(POLL_S)
+                for client, stream_id in list(clients):
+                    state = client.streams[stream_id]
+                    client.pump(lambda s=state: s.finished, time.monotonic() + 0.01)
+                    if state.finished or client.terminated is not None:
+                        self._count("partial-body", f"grpc-status {state.grpc_status}")
+                        client.close()
+                        clients.remove((client, stream_id))
+                self.stop.wait(POLL_S)
+        finally:
+            for client, _ in clients:
+                client.close()
+
+    def _gzip_bombs(self) -> None:
+        bomb = pb.EvaluateRequest(graph=pb.Graph(node_ops=[0], input_counts=[0]))
+        bomb.graph.leaf_values.extend(bytes(63 * 2**20 // 8))  # zeros: inflate 1000x
+        raw = bomb.SerializeToString()
+        del bomb
+        with grpc.insecure_channel(
+            f"127.0.0.1:{self.port}",
+            compression=grpc.Compression.Gzip,
+            options=[("grpc.max_send_message_length", -1)],
+        ) as gzipped:
+            call = gzipped.unary_unary(SERVICE + "Evaluate")
+            self._calls("gzip-bomb", lambda: call(raw, timeout=30))
+
+    def _pipelined(self) -> None:
+        """One connection that never reads opens PIPELINED_CALLS calls for 1 MB replies."""
+        request = repeated_nodes(70_000).SerializeToString()
+        while not self.stop.is_set():
+            try:
+                with H2GrpcClient(self.port, window=0) as client:
+                    streams = [
+                        client.start_call(SERVICE + "Evaluate", request)
+                        for _ in range(PIPELINED_CALLS)
+                    ]
+                    deadline = time.monotonic() + 60
+                    while not self.stop.is_set() and time.monotonic() < deadline:
+                        client.pump(lambda: False, time.monotonic() + POLL_S)
+                    for stream_id in streams:
+                        state = client.streams[stream_id]
+                        self._count("pipelined", f"grpc-status {state.grpc_status}")
+            except (OSError, TimeoutError) as error:
+                self._count("pipelined", type(error).__name__)
+                self.stop.wait(POLL_S)
+
+    def _wide_hvp(self) -> None:
+        inputs = 1_000_000
+        graph = pb.Graph(
+            op_names=["sum", "mul"],
+            node_ops=[0] * inputs + [1, 2],
+            input_counts=[0] * inputs + [inputs, 2],
+            input_ids=[*range(inputs), inputs, inputs],
+            leaf_values=[0.5] * inputs,
+        )
+        request = pb.EvaluateRequest(
+            graph=graph, leaf_tangents=[1.0] * inputs, selection=pb.SELECTION_NODES, nodes=[0]
+        )
+        stub = self.channel.unary_unary(
+            SERVICE + "Evaluate", request_serializer=pb.EvaluateRequest.SerializeToString
+        )
+        self._calls("wide-hvp", lambda: stub(request, timeout=60))
+
+    def _chunks_of_one(self) -> None:
+        request = repeated_nodes(1_000_000)
+        request.chunk_size = 1
+        stream = self.channel.unary_stream(
+            SERVICE + "EvaluateStream", request_serializer=pb.EvaluateRequest.SerializeToString
+        )
+        self._calls("chunks-of-one", lambda: [None for _ in stream(request, timeout=60)])
+
+    def _rapid_reset(self) -> None:
+        """Streams opened and reset at once on one connection, as fast as one thread can."""
+        while not self.stop.is_set():
+            try:
+                with H2GrpcClient(self.port) as client:
+                    for _ in range(10_000):
+                        if self.stop.is_set():
+                            break
+                        client.reset(client.open_stream(SERVICE + "Evaluate"))
+                        if len(client.streams) % 100 == 0:  # read what came back, briefly
+                            client.pump(lambda: False, time.monotonic() + 0.001)
+                self._count("rapid-reset", "10k streams")
+            except (OSError, TimeoutError, h2.exceptions.ProtocolError) as error:
+                self._count("rapid-reset", type(error).__name__)
+                self.stop.wait(POLL_S)
 
     def __enter__(self):
         for thread in self.threads:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -76,6 +77,7 @@ class H2GrpcClient:
         )
         self.conn.initiate_connection()
         self.streams: dict[int, StreamState] = {}
+        self.pings = 0  # PINGs the server sent (not the acks of ours)
         self.terminated: h2.events.ConnectionTerminated | None = None
         self._flush()
 
@@ -84,6 +86,25 @@ class H2GrpcClient:
     ) -> int:
         """Open a stream for ``method`` (e.g. "/pkg.Service/Method"), send ``request`` as the
         call's one message and end our side; the stream id."""
+        stream_id = self.open_stream(method, metadata)
+        self._send_body(stream_id, grpc_message(request))
+        return stream_id
+
+    def start_partial_call(self, method: str, declared: int, sent: int) -> int:
+        """Open a stream whose one message declares ``declared`` bytes, send ``sent`` of
+        them and never the rest (the stream stays open); the stream id."""
+        stream_id = self.open_stream(method)
+        body = struct.pack(">?I", False, declared) + bytes(sent)
+        self._send_body(stream_id, body, end=False)
+        return stream_id
+
+    def reset(self, stream_id: int) -> None:
+        """Cancel the stream (RST_STREAM, CANCEL)."""
+        self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+        self._flush()
+
+    def open_stream(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> int:
+        """Send the HEADERS of a new call to ``method``; the stream id."""
         stream_id = self.conn.get_next_available_stream_id()
         headers = [
             (":method", "POST"),
@@ -96,11 +117,12 @@ class H2GrpcClient:
         ]
         self.conn.send_headers(stream_id, headers)
         self.streams[stream_id] = StreamState()
-        self._send_body(stream_id, grpc_message(request))
+        self._flush()
         return stream_id
 
-    def _send_body(self, stream_id: int, body: bytes, timeout: float = 30) -> None:
-        """Send ``body`` and end the stream, as fast as the server's windows allow."""
+    def _send_body(self, stream_id: int, body: bytes, timeout: float = 30, end: bool = True):
+        """Send ``body`` and (when ``end``) end the stream, as fast as the server's windows
+        allow."""
         deadline = time.monotonic() + timeout
         view = memoryview(body)
         while True:
@@ -110,7 +132,8 @@ class H2GrpcClient:
                 len(view),
             )
             if room or not view:
-                self.conn.send_data(stream_id, bytes(view[:room]), end_stream=room == len(view))
+                last = end and room == len(view)
+                self.conn.send_data(stream_id, bytes(view[:room]), end_stream=last)
                 self._flush()
                 view = view[room:]
                 if not view:
@@ -173,6 +196,8 @@ class H2GrpcClient:
                 state.ended = True
             elif isinstance(event, h2.events.StreamReset) and state:
                 state.reset_code = event.error_code
+            elif isinstance(event, h2.events.PingReceived):
+                self.pings += 1
 
     def _flush(self) -> None:
         if outgoing := self.conn.data_to_send():

@@ -45,7 +45,7 @@ def machine() -> dict[str, str]:
 
 def markdown(report: Report, command: str) -> str:
     lines = [
-        f'Written by `{command}` (README, "Benchmarks"). Times are medians of the stated',
+        f"Written by `{command}` (docs/benchmarks.md). Times are medians of the stated",
         "number of runs in this one run of the harness; ratios compare figures from the same",
         "run. A target that is not met says FAIL.",
         "",

@@ -26,17 +26,19 @@ from bench.balancer import Balancer
 STRUCTURES = 5
 
 
-def _client(target: str, start_at: float, seconds: float) -> tuple[list[float], int, str]:
-    """Training steps over every structure in turn from ``start_at`` for ``seconds``; each
-    step's gradient is checked against the closed form. (latencies, errors, first error)."""
+def _client(target: str, ready, seconds: float) -> tuple[list[float], int, str]:
+    """Training steps over every structure in turn for ``seconds`` once every client is
+    ``ready`` (a barrier: on a loaded machine, starting a process takes seconds); each step's
+    gradient is checked against the closed form. (latencies, errors, first error)."""
     from gradserve.client import Client, Value
 
     latencies, errors, first_error = [], 0, ""
     weights = [[0.1 * (i - 1) for i in range(k)] for k in range(1, STRUCTURES + 1)]
     with Client(target, timeout=60) as client:
-        time.sleep(max(0.0, start_at - time.time()))
+        ready.wait()
+        end_at = time.monotonic() + seconds
         kind = 0
-        while time.time() < start_at + seconds:
+        while time.monotonic() < end_at:
             w = [Value(v) for v in weights[kind]]
             s = Value(0.2)
             for i, weight in enumerate(w):
@@ -58,9 +60,10 @@ def _client(target: str, start_at: float, seconds: float) -> tuple[list[float], 
 
 
 def run(target: str, clients: int, seconds: float) -> dict:
-    start_at = time.time() + 2.0 + 1.0 * clients  # every process started before the clock
-    with multiprocessing.get_context("spawn").Pool(clients) as pool:
-        results = pool.starmap(_client, [(target, start_at, seconds)] * clients)
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(clients) as pool:
+        ready = manager.Barrier(clients)
+        results = pool.starmap(_client, [(target, ready, seconds)] * clients)
     latencies = [x for lat, _, _ in results for x in lat]
     return {
         "calls_per_s": len(latencies) / seconds,

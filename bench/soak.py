@@ -11,10 +11,13 @@ or when memory grew more than 10% after warm-up.
 
 With ``--abusers`` it runs twice on fresh servers, without and then with abusive clients
 beside the legitimate ones (bench/abusers.py: half-open calls, never-read streams, stalled
-HTTP/2 readers, oversized batches), and compares the legitimate clients' success rate and
-p99 latency and the server's peak memory. The goal (issue 11): 100% success and a p99 at
-most twice the undisturbed one; it exits 1 otherwise. A server whose memory passes
-``--memory-cap-mb`` is killed, to protect the machine, and the run counts as failed.
+HTTP/2 readers, oversized batches, and issue 19's: distinct-label plans, partial request
+bodies, gzip bombs, one connection's pipeline, a wide HVP, chunks of one, rapid reset), and
+compares the legitimate clients' success rate and p99 latency and the server's peak memory.
+The goal (issues 11 and 19): 100% success, a p99 at most twice the undisturbed one, and a
+peak memory within the server's idle size plus its budget; it exits 1 otherwise. A server
+whose memory passes ``--memory-cap-mb`` is killed, to protect the machine, and the run
+counts as failed.
 """
 
 import argparse
@@ -41,6 +44,7 @@ from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
 GRADSERVE = str(Path(sys.executable).parent / "gradserve")
+BUDGET_MIB = 1024  # the server's default --max-memory-mb
 
 
 def wide_graph(leaves: int, rng: np.random.Generator) -> pb.Graph:
@@ -172,6 +176,7 @@ class Phase:
     def __init__(self, args: argparse.Namespace, abusive: bool) -> None:
         self.abusive = abusive
         process, port = start_server()
+        self.idle = rss_mib(process.pid)
         cap = MemoryCap(process, args.memory_cap_mb)
         channel, stub = connect(f"127.0.0.1:{port}")
         self.soak = Soak(stub, args.large_leaves)
@@ -272,9 +277,11 @@ def main() -> int:
         print(
             f"legitimate clients beside the abusers: success {abused.success:.2%} "
             f"(without: {calm.success:.2%}), p99 {ratio:.2f}x, peak memory "
-            f"{abused.peak:.0f} MiB (without: {calm.peak:.0f} MiB)"
+            f"{abused.peak:.0f} MiB (without: {calm.peak:.0f} MiB; idle {abused.idle:.0f} MiB "
+            f"+ budget {BUDGET_MIB} MiB = {abused.idle + BUDGET_MIB:.0f} MiB)"
         )
         failed = failed or abused.success < 1 or not ratio <= 2 or abused.killed_at_mib
+        failed = failed or abused.peak > abused.idle + BUDGET_MIB
     return 1 if failed else 0
 
 

@@ -4,7 +4,7 @@
 with tracing off (no OTEL_* variables), one exporting every call's spans over OTLP to a
 stand-in collector in this process, and the bare gRPC echo of W3; then it alternates calls
 to the untraced server with calls to the echo, and to the traced one with the echo, and
-prints each server's p50 against the echo's (README, "Traces"). With ``--baseline
+prints each server's p50 against the echo's (docs/observability.md, "Traces"). With ``--baseline
 PATH/TO/gradserve`` (another checkout's console script, e.g. one without tracing), it also
 alternates calls between the untraced server and that one.
 """

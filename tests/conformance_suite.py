@@ -1,5 +1,5 @@
 """What the clients' tests share: the conformance suite's cases (conformance/cases.json), the
-servers they run against, and the README's examples.
+servers they run against, and the examples of the clients' pages under docs/clients/.
 
 Every language's runner reads the same file; the server is `gradserve serve` with the
 suite's flags (a bearer token, a small fan-in limit, one process so that plan digests stay
@@ -11,6 +11,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import docs_pages
 from certs import make_certificates
 from servers import Served
 
@@ -70,9 +71,6 @@ def tls_servers(directory: Path):
         }
 
 
-def readme_example(language: str) -> str:
-    """The first ```language block of the README's section for it."""
-    readme = (ROOT / "README.md").read_text()
-    title = {"go": "Go", "js": "Node.js"}[language]
-    section = readme.split(f"\n### {title}\n", 1)[1].split("\n### ", 1)[0]
-    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+def docs_example(page: str, language: str) -> str:
+    """The first ```language block of a client's page (docs/clients/go.md, node.md)."""
+    return docs_pages.code(page, language)[0]

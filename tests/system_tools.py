@@ -21,6 +21,7 @@ import pytest
 HINTS = {
     "dot": "apt-get install graphviz",
     "docker-compose": "apt-get install docker-compose",
+    "haproxy": "apt-get install haproxy",
     "go": "Go 1.26+ (go.dev/dl), with the module proxy",
     "node": "Node.js 20+",
     "npm": "Node.js 20+",

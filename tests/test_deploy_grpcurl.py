@@ -1,18 +1,18 @@
-"""The README's grpcurl request is valid: grpcurl sends its -d JSON as protobuf JSON, which
+"""docs/clients/grpcurl.md's request is valid: grpcurl sends its -d JSON as protobuf JSON, which
 json_format parses the same way. (grpcurl itself is not in any registry we can reach.)"""
 
 import math
 import re
 
-from dockerfile import ROOT
+import docs_pages
 from google.protobuf import json_format
 
 from gradserve.v1 import gradserve_pb2 as pb
 
 
-def test_the_readme_grpcurl_request_gets_the_neuron_gradients(stub):
-    readme = (ROOT / "README.md").read_text()
-    body = re.search(r"grpcurl -plaintext -d '(\{.*?\})' ", readme, re.S).group(1)
+def test_the_docs_grpcurl_request_gets_the_neuron_gradients(stub):
+    (block,) = docs_pages.code("docs/clients/grpcurl.md", "sh")
+    body = re.search(r"grpcurl -plaintext -d '(\{.*?\})' ", block, re.S).group(1)
     request = json_format.Parse(body, pb.EvaluateRequest())
     reply = stub.Evaluate(request)
     x1, x2, w1, w2, b = request.graph.leaf_values

@@ -3,7 +3,6 @@ shared config, and the hand-written health check is decoded as the gRPC call it 
 tests/test_scale_out.py runs it for real."""
 
 import re
-import shutil
 import subprocess
 
 import h2.config
@@ -73,9 +72,7 @@ def haproxy_check(*files) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True)
 
 
-needs_haproxy = pytest.mark.skipif(
-    shutil.which("haproxy") is None, reason="HAProxy is not installed (apt install haproxy)"
-)
+needs_haproxy = pytest.mark.requires_tool("haproxy")
 
 
 @needs_haproxy

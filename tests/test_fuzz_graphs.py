@@ -8,8 +8,8 @@ and selections, through Evaluate and EvaluateStream: every evaluation path runs 
 calls, looped and compiled, scalar stretches, groups, batch rows, isolation workers). The
 reference is ``fuzz_reference``: Python floats and ``math``.
 
-Each property runs GRADSERVE_FUZZ_EXAMPLES examples (default 100, the README's figure; all
-properties together take about ten seconds); a long run is
+Each property runs GRADSERVE_FUZZ_EXAMPLES examples (default 100, the figure
+docs/running-safely.md states; all properties together take about ten seconds); a long run is
 ``GRADSERVE_FUZZ_EXAMPLES=20000 uv run pytest tests/test_fuzz_graphs.py``. A graph's
 structure comes from a seeded ``random.Random`` (hypothesis draws the seed, the size and
 the shape), which keeps a 3,000-node example cheap to draw; shrinking then shrinks the size.

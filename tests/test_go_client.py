@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conformance_suite import load, readme_example
+from conformance_suite import docs_example, load
 from system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,12 @@ def go(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
 def test_regenerating_the_go_stubs_changes_nothing(tmp_path):
     generator = [sys.executable, str(GO_CLIENT / "generate.py"), "--out", str(tmp_path)]
     subprocess.run(generator, check=True)
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.go"))
-    assert fresh == [Path("gradservev1/gradserve.pb.go"), Path("gradservev1/gradserve_grpc.pb.go")]
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert fresh == [
+        Path("gradserve/service_config.json"),
+        Path("gradservev1/gradserve.pb.go"),
+        Path("gradservev1/gradserve_grpc.pb.go"),
+    ]
     for relative in fresh:
         assert filecmp.cmp(tmp_path / relative, GO_CLIENT / relative, shallow=False), (
             f"{relative} is stale: run `python3 -m uv run python client/go/generate.py` and commit"
@@ -90,11 +94,11 @@ def test_the_go_client_is_vetted_and_passes_its_tests_and_the_conformance_suite(
     assert output.count("--- PASS: TestConformance/") == len(load()["cases"]), output
 
 
-def test_a_module_outside_the_repository_requires_the_client_and_runs_the_readme_example(
+def test_a_module_outside_the_repository_requires_the_client_and_runs_the_docs_example(
     target, tmp_path
 ):
     """A user's module: `require` the client (a `replace` to this checkout stands in for a
-    published tag), the README's example as its main package, `go mod tidy`, build, run."""
+    published tag), docs/clients/go.md's example as its main package, `go mod tidy`, build, run."""
     version = (ROOT / "VERSION").read_text().strip()
     user = tmp_path / "neuron"
     user.mkdir()
@@ -102,7 +106,9 @@ def test_a_module_outside_the_repository_requires_the_client_and_runs_the_readme
         f"module example.com/neuron\n\ngo 1.26\n\nrequire {MODULE} v{version}\n\n"
         f"replace {MODULE} => {GO_CLIENT}\n"
     )
-    (user / "main.go").write_text(readme_example("go").replace("localhost:50051", target))
+    (user / "main.go").write_text(
+        docs_example("docs/clients/go.md", "go").replace("localhost:50051", target)
+    )
     for step in (["mod", "tidy"], ["build", "-o", "neuron", "."]):
         done = go(*step, cwd=user, env={"GOFLAGS": ""})
         assert done.returncode == 0, done.stdout + done.stderr

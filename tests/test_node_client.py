@@ -7,13 +7,14 @@ and a mutual-TLS server. `.ci/run` installs the packages (npm ci); a developer w
 gets them installed here, from the committed package-lock.json.
 """
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from conformance_suite import load, readme_example
+from conformance_suite import docs_example, load
 from system_tools import require_tool
 
 NODE_CLIENT = Path(__file__).resolve().parents[1] / "client" / "node"
@@ -40,13 +41,13 @@ def test_the_node_client_passes_its_tests_and_the_conformance_suite(client_test_
     assert len(passed) == cases, output
 
 
-def test_the_readme_example_runs_as_written(target):
+def test_the_docs_example_runs_as_written(target):
     require_tool("node", "npm")
     if not (NODE_CLIENT / "node_modules").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True)
     result = subprocess.run(
         ["node", "--input-type=module"],  # the script from stdin, imports relative to cwd
-        input=readme_example("js").replace("localhost:50051", target),
+        input=docs_example("docs/clients/node.md", "js").replace("localhost:50051", target),
         cwd=NODE_CLIENT,
         capture_output=True,
         text=True,
@@ -54,3 +55,69 @@ def test_the_readme_example_runs_as_written(target):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == "0.7071 -1.5000 1.0000\n"
+
+
+USES_THE_TYPES = """
+import { Client, Graph, GradserveError, type Node } from "@gradserve/client";
+
+const client = new Client("localhost:50051", { timeoutMs: 1000 });
+const g = new Graph();
+const x: Node = g.leaf(2, "x");
+const y = x.mul(g.leaf(-3)).tanh();
+try {
+  await client.backward(y);
+  const grad: number = x.grad;
+  console.log(grad);
+} catch (error) {
+  if (error instanceof GradserveError) console.log(error.code, error.field, error.node);
+}
+// @ts-expect-error: a leaf's value is a number (fails to compile if the types were missing)
+g.leaf("two");
+client.close();
+"""
+
+
+def test_the_packed_package_installs_into_an_empty_folder_and_type_checks(target, tmp_path):
+    """`npm pack`, then `npm install` of the tarball into an empty folder: the README's
+    example runs there, and a TypeScript file using the package compiles under `--strict`."""
+    require_tool("node", "npm")
+    if not (NODE_CLIENT / "node_modules").is_dir():  # for tsc
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True)
+    packed = subprocess.run(
+        ["npm", "pack", "--json", "--pack-destination", str(tmp_path)],
+        cwd=NODE_CLIENT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [tarball] = [tmp_path / entry["filename"] for entry in json.loads(packed.stdout)]
+    assert not (NODE_CLIENT / "protos").exists()  # postpack removed the bundled copy
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text('{"name": "app", "private": true, "type": "module"}\n')
+    npm_install = ["npm", "install", "--no-audit", "--no-fund", str(tarball)]
+    subprocess.run(npm_install, cwd=app, check=True, capture_output=True, timeout=300)
+    assert (app / "node_modules/@gradserve/client/protos/gradserve/v1/gradserve.proto").is_file()
+
+    result = subprocess.run(
+        ["node", "--input-type=module"],
+        input=readme_example("js").replace("localhost:50051", target),
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "0.7071 -1.5000 1.0000\n"
+
+    (app / "uses.ts").write_text(USES_THE_TYPES)
+    tsc = NODE_CLIENT / "node_modules" / ".bin" / "tsc"
+    options = "--strict --noEmit --module nodenext --moduleResolution nodenext --target es2022"
+    checked = subprocess.run(
+        [str(tsc), *options.split(), "--lib", "es2022,dom", "uses.ts"],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

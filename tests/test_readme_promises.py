@@ -1,4 +1,4 @@
-"""Promises the README makes that no other test checked, each by its effect.
+"""Promises the documentation (docs/) makes that no other test checked, each by its effect.
 
 Server flags run through `gradserve serve` as an operator starts it; the SDK's through a
 real server. Each test fails when the promised behaviour is removed.
@@ -20,6 +20,7 @@ from hardening import SlowOp, violations, wait_until
 from servers import GRADSERVE, Served
 from test_registry import install_fake_plugin
 
+import gradserve.client
 from gradserve.client import (
     Client,
     DeadlineExceeded,
@@ -27,7 +28,6 @@ from gradserve.client import (
     ServerUnavailable,
     Value,
     connect,
-    default,
 )
 from gradserve.client.security import channel_credentials
 from gradserve.server.service.app import running_server
@@ -95,7 +95,6 @@ class _FailsAfterOneChunk(pb_grpc.GradientServiceServicer):
 
 
 def test_a_backward_that_fails_midway_changes_no_value(stub, target):
-    default.use(target)  # reading a pending .data evaluates it on the working server
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_GradientServiceServicer_to_server(_FailsAfterOneChunk(stub), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -106,14 +105,17 @@ def test_a_backward_that_fails_midway_changes_no_value(stub, target):
         nodes = [x]
         for _ in range(70_000):  # more than one chunk of results: backward streams
             nodes.append(nodes[-1] + c)
-        before = [(v.data, v.grad) for v in nodes]
+        gradserve.client.use(target)  # reading .data evaluates the pending nodes there
+        try:
+            before = [(v.data, v.grad) for v in nodes]
+        finally:
+            gradserve.client.use(None)
         with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerError):
             nodes[-1].backward(client)
         assert [(v.data, v.grad) for v in nodes] == before
         assert (c.data, c.grad) == (0.5, 8.0)
     finally:
         server.stop(0)
-        default.use(None)
 
 
 def _stream_progress_output(client, capsys, monkeypatch, nodes: int) -> str:

@@ -2,6 +2,9 @@
 bytes, one connection cannot take every call slot, a request must arrive in time, gzip
 bombs are refused before they are inflated, and a stream's chunks are bounded in number."""
 
+import logging
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -9,8 +12,10 @@ from graphs import GraphBuilder
 from hardening import SlowOp, chain, wait_until
 from resilience import HalfOpenCall, channel_to, repeated_nodes, stub_on
 
-from gradserve.server.service import evaluation
+from bench.h2_client import H2GrpcClient
+from gradserve.server.service import evaluation, logs
 from gradserve.server.service.app import running_server
+from gradserve.server.service.calls import call_log
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics
 from gradserve.v1 import gradserve_pb2 as pb
@@ -123,3 +128,27 @@ def test_a_small_stream_keeps_the_chunk_size_it_asks_for(registry):
         chunks = list(stub_on(channel).EvaluateStream(request, timeout=30))
     assert [len(chunk.node_ids) for chunk in chunks] == [1] * 11
     assert np.isclose(chunks[-1].values[0], 10.0)
+
+
+def test_a_rapid_reset_flood_is_not_logged_call_by_call(registry, caplog):
+    """Finding 7: 3,000 streams opened and reset at once on one connection end as as many
+    CANCELLED calls, which the call log writes at its bounded rate for one failure (and a
+    line counting the rest); another client is still served."""
+    with (
+        caplog.at_level(logging.INFO, logger="gradserve.server.service.servicer"),
+        running_server(registry) as server,
+    ):
+        with H2GrpcClient(server.port) as flooder:
+            for _ in range(3_000):
+                flooder.reset(flooder.open_stream("/gradserve.v1.GradientService/Evaluate"))
+            flooder.pump(lambda: False, time.monotonic() + 1)  # answer grpc's pings
+        with channel_to(server.port) as channel:
+            reply = stub_on(channel).Evaluate(pb.EvaluateRequest(graph=chain("neg", 1).proto()))
+            assert list(reply.values) == [0.5, -0.5]
+        call_log.flush()
+    messages = [record.getMessage() for record in caplog.records]
+    cancelled = [m for m in messages if m.startswith("Evaluate nodes=0 status=CANCELLED")]
+    print(len(cancelled), [m for m in messages if "more" in m])
+    assert cancelled, "the flood's calls were not logged at all"
+    seconds = 1 + len([m for m in messages if "more Evaluate calls" in m])
+    assert len(cancelled) <= seconds * logs.FAILURES_PER_SECOND

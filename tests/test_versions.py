@@ -3,6 +3,8 @@ and the npm package, as installed code reports it and as the server tells its cl
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -49,3 +51,9 @@ def test_the_installed_code_reports_it():
 def test_list_ops_tells_clients_the_servers_version(stub):
     reply = stub.ListOps(pb.ListOpsRequest())
     assert reply.server_version == VERSION and reply.ops
+
+
+def test_the_command_prints_it():
+    gradserve = Path(sys.executable).parent / "gradserve"
+    printed = subprocess.run([gradserve, "--version"], capture_output=True, text=True, check=True)
+    assert printed.stdout == f"gradserve {VERSION}\n"

@@ -1,5 +1,8 @@
 """Regenerate the Go stubs (client/go/gradservev1) from protos/gradserve/v1/*.proto.
 
+It also copies protos/gradserve/v1/service_config.json (the retry policy) into the client
+package, which embeds it.
+
 Run from anywhere: ``python3 -m uv run python client/go/generate.py``. It needs Go: the
 plugins, protoc-gen-go and protoc-gen-go-grpc, are the versions pinned by client/go/go.mod's
 ``tool`` lines (``go tool -n`` builds them, with the module proxy's sources); protoc itself is
@@ -25,6 +28,7 @@ GO_ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = GO_ROOT.parents[1] / "protos"
 MODULE = "github.com/gradserve/gradserve/client/go"
 PLUGINS = ("protoc-gen-go", "protoc-gen-go-grpc")
+SERVICE_CONFIG = PROTO_ROOT / "gradserve" / "v1" / "service_config.json"
 
 
 def pinned_plugin(name: str) -> str:
@@ -58,6 +62,10 @@ def generate(out_dir: Path) -> None:
     ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
+    # The retry policy every client shares, embedded by the client package (go:embed cannot
+    # reach outside the module).
+    (out_dir / "gradserve").mkdir(exist_ok=True)
+    shutil.copyfile(SERVICE_CONFIG, out_dir / "gradserve" / SERVICE_CONFIG.name)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ export const PROTO_ROOT: string;
 /** The server's default message limit, which the client matches: 64 MiB. */
 export const MAX_MESSAGE_BYTES: number;
 export const DEFAULT_TARGET: string;
+/** gRPC's service config (JSON) every client uses: retry UNAVAILABLE with backoff. */
+export const SERVICE_CONFIG: string;
 /** Graphs above this many nodes come back through EvaluateStream in backward(). */
 export const STREAM_ABOVE: number;
 

@@ -1,15 +1,20 @@
 // A gradserve client for Node.js: a graph builder, a Client with TLS, mutual TLS, bearer
 // tokens and deadlines, plan-digest reuse, and typed errors carrying the server's
-// google.rpc.BadRequest details. The service definition is loaded straight from the
-// repository's protos/ folder (no generated code). Types: gradserve.d.ts.
-import { readFileSync } from "node:fs";
+// google.rpc.BadRequest details. The service definition is loaded from the .proto files
+// at run time (no generated code). Types: gradserve.d.ts.
+import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
-export const PROTO_ROOT = fileURLToPath(new URL("../../protos", import.meta.url));
+// The installed package carries the .proto files beside this file (npm pack copies them,
+// scripts/bundle-protos.js); in the repository they are its protos/ folder.
+const BUNDLED_PROTOS = fileURLToPath(new URL("./protos", import.meta.url));
+export const PROTO_ROOT = existsSync(BUNDLED_PROTOS)
+  ? BUNDLED_PROTOS
+  : fileURLToPath(new URL("../../protos", import.meta.url));
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024; // the server's default limit
 /** Where `new Client()` connects without a target or GRADSERVE_TARGET. */
 export const DEFAULT_TARGET = "localhost:50051";
@@ -24,6 +29,9 @@ const definition = protoLoader.loadSync(path.join("gradserve", "v1", "gradserve.
   defaults: true,
 });
 const { GradientService } = grpc.loadPackageDefinition(definition).gradserve.v1;
+/** gRPC's service config for every gradserve client: retry UNAVAILABLE with backoff (every
+ * call is a pure function of its request). The one copy lives beside the .proto. */
+export const SERVICE_CONFIG = readFileSync(path.join(PROTO_ROOT, "gradserve", "v1", "service_config.json"), "utf8");
 
 // --- errors ------------------------------------------------------------------------------
 
@@ -356,6 +364,9 @@ export class Client {
     this.stub = new GradientService(target, credentials, {
       "grpc.max_receive_message_length": maxMessageBytes,
       "grpc.max_send_message_length": maxMessageBytes,
+      "grpc.service_config": SERVICE_CONFIG,
+      // gRPC retries only a request it still holds: 256 KiB by default.
+      "grpc.per_rpc_retry_buffer_size": maxMessageBytes,
     });
     this.token = token;
     this.timeoutMs = timeoutMs;

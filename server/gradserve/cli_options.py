@@ -13,6 +13,7 @@ this too, and probes must start quickly.
 
 import argparse
 import os
+import re
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
 
@@ -146,3 +147,19 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+def markdown_table(parser: argparse.ArgumentParser) -> str:
+    """A Markdown table of the options of ``parser`` that read a variable: option, default,
+    variable, help. docs/server.md holds the one of ``gradserve serve`` (docs/generate.py
+    writes it, and a test checks that it is current)."""
+    rows = ["| option | default | environment variable | what it does |", "|---|---|---|---|"]
+    for action in environment_actions(parser):
+        text, default = action.help or "", default_text(action)
+        stated = re.search(r" \(default: ([^)]*)\)$", text)
+        if stated:
+            text, default = text[: stated.start()], stated[1]
+        option = ", ".join(f"`{o}`" for o in action.option_strings)
+        cells = [option, default, f"`{action.environment_variable}`", text.replace("|", "\\|")]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"

@@ -125,9 +125,16 @@ func Dial(target string, options ...Option) (*Client, error) {
 	for _, option := range options {
 		option(&s)
 	}
-	dial := []grpc.DialOption{grpc.WithDefaultCallOptions(
-		grpc.MaxCallRecvMsgSize(s.maxMessageBytes), grpc.MaxCallSendMsgSize(s.maxMessageBytes),
-	)}
+	dial := []grpc.DialOption{
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(s.maxMessageBytes), grpc.MaxCallSendMsgSize(s.maxMessageBytes),
+			// gRPC retries only a request it still holds: 256 KiB by default.
+			grpc.MaxRetryRPCBufferSize(s.maxMessageBytes),
+		),
+		// Retry UNAVAILABLE with backoff (service_config.json, the policy every client
+		// shares): every call is a pure function of its request.
+		grpc.WithDefaultServiceConfig(serviceConfig),
+	}
 	if s.tls == nil {
 		dial = append(dial, grpc.WithInsecure())
 	} else {

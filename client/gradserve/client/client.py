@@ -16,7 +16,7 @@ from gradserve.client.channel import (
 from gradserve.client.errors import Where, translated
 from gradserve.client.progress import progress_bar
 from gradserve.client.tracing import trace_metadata
-from gradserve.client.train_stream import TrainStream
+from gradserve.client.train_stream import TrainStreams
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -29,8 +29,8 @@ class Client:
     ``timeout`` (seconds) bounds every call; ``credentials`` makes the channel secure;
     ``metadata`` (key, value) pairs go with every call; ``progress`` None shows a bar for
     large streamed results on a terminal, True or False forces it on or off;
-    ``train_stream`` False sends every request as a unary call instead of on the one open
-    Train stream (``train_stream.py``).
+    ``train_stream`` False sends every request as a unary call instead of on the open Train
+    stream of its graph structure (``train_stream.py``).
     """
 
     def __init__(
@@ -53,7 +53,7 @@ class Client:
         self._where = Where(target, credentials is not None, timeout)
         self._progress = progress
         self._plans = calls.PlanDigests()
-        self._train = TrainStream(self._channel) if train_stream else None
+        self._train = TrainStreams(self._channel) if train_stream else None
 
     def close(self) -> None:
         if self._train is not None:

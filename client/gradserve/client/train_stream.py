@@ -8,15 +8,18 @@ the stream busy with another thread's request, and every request to a server wit
 ``Train``, goes as a unary call instead. A failed request raises ``StreamedStatus``, which
 reads like the gRPC error of the unary call, so the SDK handles both alike.
 
-The stream is opened with the headers of its first request: the caller's metadata (a bearer
-token is checked once, when it opens) and that request's structure header (a load balancer
-routing by structure pins the stream, and with it the plans compiled there). A request made
-inside an active OpenTelemetry span goes as a unary call, which carries that span's context.
+A Client keeps one stream per graph structure (``TrainStreams``), each opened with the
+headers of its first request: the caller's metadata (a bearer token is checked once, when it
+opens) and the structure header. A load balancer routing by structure (deploy/haproxy) pins
+each stream to the server that holds its structure's plan, as it does unary calls. A request
+made inside an active OpenTelemetry span goes as a unary call, which carries that span's
+context.
 """
 
 import itertools
 import queue
 import threading
+from collections import OrderedDict
 
 import grpc
 from google.rpc import status_pb2
@@ -123,6 +126,10 @@ class TrainStream:
             raise StreamedStatus(status_pb2.Status.FromString(reply.status))
         return reply.response
 
+    def idle(self) -> bool:
+        """No request is on the stream now."""
+        return not self._lock.locked()
+
     def close(self) -> None:
         """End the stream (a new one opens at the next request)."""
         if self._requests is not None:
@@ -130,3 +137,43 @@ class TrainStream:
         if self._responses is not None:
             self._responses.cancel()
         self._requests = self._responses = None
+
+
+class TrainStreams:
+    """A Client's Train streams, one per graph structure, the ``MAX_OPEN`` most recently used
+    kept open; ``evaluate`` as ``TrainStream.evaluate``."""
+
+    MAX_OPEN = 8
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+        self._lock = threading.Lock()
+        self._streams: OrderedDict[tuple, TrainStream] = OrderedDict()
+        self.unsupported = False
+
+    def evaluate(
+        self, request: bytes, timeout: float | None, metadata
+    ) -> pb.EvaluateResponse | None:
+        if self.unsupported:
+            return None
+        key = structure.metadata(request)
+        with self._lock:
+            stream = self._streams.pop(key, None) or TrainStream(self._channel)
+            self._streams[key] = stream
+            self._close_idle_beyond(self.MAX_OPEN)
+        try:
+            return stream.evaluate(request, timeout, metadata)
+        finally:
+            self.unsupported = self.unsupported or stream.unsupported
+
+    def _close_idle_beyond(self, count: int) -> None:
+        """Close the least recently used streams past ``count`` that no thread is using."""
+        for key in list(self._streams)[: max(0, len(self._streams) - count)]:
+            if self._streams[key].idle():
+                self._streams.pop(key).close()
+
+    def close(self) -> None:
+        with self._lock:
+            streams, self._streams = list(self._streams.values()), OrderedDict()
+        for stream in streams:
+            stream.close()

@@ -393,7 +393,7 @@ def _add_serve(commands) -> None:
         type=_whole(0),
         default=None,
         help="MiB of compiled plans kept for reuse, within --max-memory-mb (default: "
-        f"1/{BUDGET_SHARE} of it)",
+        f"1/{BUDGET_SHARE} of --max-memory-mb)",
     )
     serve.add_argument("--ops", help="comma-separated allow-list of ops to load (default: all)")
     serve.add_argument(

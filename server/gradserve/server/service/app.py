@@ -37,6 +37,18 @@ DEFAULT_MAX_CONNECTION_AGE_S = 600.0
 # cost little, but not nothing.
 MAX_STREAMS_PER_CONNECTION = 1024
 
+# grpc core's own limits on floods of control frames. A rapid-reset client (streams opened
+# and reset at once, thousands a second) is answered with a PING for one reset in ten; one
+# that does not read what it induces (pings, resets) past 1,000 frames is disconnected. A
+# client pinging more often than every 5 minutes without calls gets a GOAWAY at the second
+# strike (grpc's defaults, stated here).
+FLOOD_LIMITS = [
+    ("grpc.http2.ping_on_rst_stream_percent", 10),
+    ("grpc.http2.max_pending_induced_frames", 1_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -155,6 +167,7 @@ def start_server(
         # (UNIMPLEMENTED, "Compression algorithm ... is disabled"): a 64 KB gzip request
         # inflating to 63 MB stalled a worker. Replies are never compressed either.
         ("grpc.compression_enabled_algorithms_bitset", 1),  # identity only
+        *FLOOD_LIMITS,
     ]
     if max_connection_age > 0:
         grace = state.limits.default_deadline_s

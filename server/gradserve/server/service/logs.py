@@ -18,6 +18,11 @@ from collections import deque
 
 DEFAULT_INTERVAL = 0.05  # seconds a call's line may wait
 MESSAGE = "%s nodes=%d status=%s %.1f ms"
+# Failed calls of one method and status logged per second at most; the others are counted
+# and summed up in one line ("... more"), so that a flood of failing calls (13k streams a
+# second opened and reset on one connection) does not become a flood of log lines.
+FAILURES_PER_SECOND = 100
+SUPPRESSED = "%d more %s calls with status=%s in the last %.1f s were not logged one by one"
 
 
 class CallLog:
@@ -35,6 +40,8 @@ class CallLog:
 
     def _reset(self) -> None:
         self._pending: deque[tuple] = deque()  # append and popleft are thread-safe
+        self._failures: dict[tuple[str, str], list] = {}  # (method, status): [start, n, more]
+        self._counting = threading.Lock()
         self._wake = threading.Event()
         self._starting = threading.Lock()
         self._flushing = threading.Lock()
@@ -55,11 +62,43 @@ class CallLog:
         the record's attributes (as ``extra`` does), for ``--log-format json``."""
         if not self._logger.isEnabledFor(logging.INFO):
             return
+        if status != "OK" and self._over_rate(method, status):
+            return
         if self._writer is None:
             self._start_writer()
         self._pending.append((time.time(), method, nodes, status, elapsed_ms, rows, peer, trace_id))
         if not self._wake.is_set():
             self._wake.set()
+
+    def _over_rate(self, method: str, status: str) -> bool:
+        """Count a failed call; whether its method and status are over the rate this
+        second (then only counted, for the summary line)."""
+        now = time.monotonic()
+        with self._counting:
+            window = self._failures.get((method, status))
+            if window is None or now - window[0] >= 1.0:
+                self._summarise((method, status), window, now)
+                self._failures[(method, status)] = [now, 1, 0]
+                return False
+            window[1] += 1
+            if window[1] <= FAILURES_PER_SECOND:
+                return False
+            window[2] += 1
+            return True
+
+    def _summarise(self, key: tuple[str, str], window: list | None, now: float) -> None:
+        if window is not None and window[2]:
+            args = (window[2], *key, now - window[0])
+            self._logger.info(SUPPRESSED, *args)
+
+    def _summarise_old(self) -> None:
+        """The summary lines of windows that have ended."""
+        now = time.monotonic()
+        with self._counting:
+            for key, window in list(self._failures.items()):
+                if now - window[0] >= 1.0:
+                    self._summarise(key, window, now)
+                    del self._failures[key]
 
     def _start_writer(self) -> None:
         with self._starting:
@@ -75,6 +114,7 @@ class CallLog:
             self.flush()
 
     def flush(self) -> None:
+        self._summarise_old()
         with self._flushing:
             while self._pending:
                 created, method, nodes, status, elapsed_ms, rows, peer, trace_id = (

@@ -1,25 +1,24 @@
-"""The README's commands that install and remove an op plugin, run as written: they act on
+"""docs/plugins.md's commands that install and remove an op plugin, run as written: they act on
 the project's .venv, and each is undone before the test ends."""
 
-import re
 import shlex
 import subprocess
 from pathlib import Path
 
+import docs_pages
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-SECTION = (ROOT / "README.md").read_text().split("\n## Writing an op plugin\n", 1)[1]
-SECTION = SECTION.split("\n## ", 1)[0]
+PAGE = "docs/plugins.md"
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", SECTION, re.DOTALL)
+    return docs_pages.code(PAGE, language)
 
 
 def commands(block: str, root: Path) -> list[list[str]]:
-    """Each line of a shell block as arguments (comments dropped, the README's placeholder
+    """Each line of a shell block as arguments (comments dropped, the page's placeholder
     for the repository's folder filled in)."""
     lines = [line.split("  #")[0] for line in block.strip().splitlines()]
     return [shlex.split(line.replace("/path/to/gradserve", str(root))) for line in lines]
@@ -60,7 +59,7 @@ def test_the_special_plugin_installs_into_the_project_and_goes_again(removed_aft
 
 
 def test_a_new_plugin_installs_from_its_folder(tmp_path, removed_afterwards):
-    """The README's complete example plugin, written out and installed as it says."""
+    """The page's complete example plugin, written out and installed as it says."""
     plugin = tmp_path / "gradserve-ops-log2"
     plugin.mkdir()
     (plugin / "pyproject.toml").write_text(blocks("toml")[0])

@@ -1,9 +1,10 @@
-"""The README's op lists match what the ops report, and its example plugin works."""
+"""The op lists of docs/ops.md and docs/plugins.md match what the ops report, and the
+example plugin of docs/plugins.md works."""
 
 import re
 import tomllib
-from pathlib import Path
 
+import docs_pages
 import numpy as np
 import pytest
 from test_ops_plugin import special  # noqa: F401 (a fixture)
@@ -12,17 +13,11 @@ from gradserve.ops import Op
 from gradserve.ops.gradcheck import gradcheck
 from gradserve.v1 import gradserve_pb2 as pb
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
-
-def section(title: str) -> str:
-    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-
-
-def listed_ops(title: str) -> dict[str, tuple[int, str]]:
-    """name -> (arity, 0 for variadic; doc) for each op listed in the README section."""
+def listed_ops(page: str) -> dict[str, tuple[int, str]]:
+    """name -> (arity, 0 for variadic; doc) for each op listed on the page."""
     ops = {}
-    for line in section(title).splitlines():
+    for line in docs_pages.text(page).splitlines():
         if match := re.fullmatch(r"- \*\*`(\w+)`\*\* \((?:(\d+) inputs?|variadic)\): (.*)", line):
             ops[match[1]] = (int(match[2] or 0), match[3])
     return ops
@@ -34,16 +29,16 @@ def test_the_ops_list_is_what_list_ops_reports(stub):
         for op in stub.ListOps(pb.ListOpsRequest()).ops
         if op.distribution == "gradserve-ops-core"
     }
-    assert listed_ops("Ops") == reported
+    assert listed_ops("docs/ops.md") == reported
 
 
 def test_the_special_plugins_list_is_what_its_ops_say(special):  # noqa: F811
     ops = [special.erf, special.gelu, special.logaddexp]
-    assert listed_ops("Writing an op plugin") == {op.name: (op.arity, op.doc) for op in ops}
+    assert listed_ops("docs/plugins.md") == {op.name: (op.arity, op.doc) for op in ops}
 
 
 def code_block(language: str) -> str:
-    blocks = re.findall(rf"```{language}\n(.*?)```", section("Writing an op plugin"), re.DOTALL)
+    blocks = docs_pages.code("docs/plugins.md", language)
     assert len(blocks) == 1
     return blocks[0]
 

@@ -1,0 +1,83 @@
+"""What each abusive client of bench/abusers.py costs a default server, alone.
+
+    uv run python bench/abuser_memory.py [--seconds 20] [--settle 35] [KIND ...]
+
+For each kind (all by default) it starts a fresh `gradserve serve --workers 1` with its
+defaults, reads the server's resident memory when idle, runs that abuser alone for
+``--seconds`` beside one legitimate client (a small Evaluate every 0.1 s, counting how its
+calls end), stops the abuser, waits ``--settle`` seconds (longer than the request and send
+timeouts, so that what the server still holds is what the attack leaves behind) and reads
+the memory again. It prints one line per kind: idle, peak and left-behind resident memory in
+MiB, the legitimate client's outcomes, and how the server ended the abuser's calls.
+"""
+
+import argparse
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.abusers import Abusers
+from bench.soak import rss_mib, small_graph, start_server
+from gradserve.client import connect
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def legitimate(port: int, stop: threading.Event, outcomes: Counter) -> None:
+    request = pb.EvaluateRequest(graph=small_graph(np.random.default_rng(0)))
+    channel, stub = connect(f"127.0.0.1:{port}")
+    with channel:
+        while not stop.wait(0.1):
+            try:
+                stub.Evaluate(request, timeout=10)
+                outcomes["OK"] += 1
+            except grpc.RpcError as error:
+                outcomes[error.code().name] += 1
+
+
+def measure(kind: str, seconds: float, settle: float) -> str:
+    process, port = start_server()
+    try:
+        time.sleep(1)
+        idle = rss_mib(process.pid)
+        abusers = Abusers(port)
+        abusers.threads = [t for t in abusers.threads if t.name == kind]
+        stop, outcomes = threading.Event(), Counter()
+        client = threading.Thread(target=legitimate, args=(port, stop, outcomes), daemon=True)
+        client.start()
+        with abusers:
+            time.sleep(seconds)
+        stop.set()
+        client.join()
+        time.sleep(settle)
+        peak, left = rss_mib(process.pid, "VmHWM"), rss_mib(process.pid)
+        return (
+            f"{kind.strip('_'):18s} idle {idle:6.0f}  peak {peak:6.0f}  left {left:6.0f} MiB;"
+            f" legitimate {dict(outcomes)}; abuser {dict(abusers.outcomes)}"
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--settle", type=float, default=35)
+    parser.add_argument("kinds", nargs="*", help="abuser methods, e.g. _gzip_bombs")
+    args = parser.parse_args()
+    kinds = args.kinds or [thread.name for thread in Abusers(0).threads]
+    for kind in kinds:
+        print(measure(kind, args.seconds, args.settle), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
