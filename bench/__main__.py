@@ -109,7 +109,10 @@ NOTES = [
     "W1 peak memory: VmHWM minus VmRSS before the first call, of a fresh `--workers 1` server "
     "that served only W1's calls.",
     "W3: gradserve and the echo are called alternately, call by call, so that both see the "
-    "same load from other processes.",
+    "same load from other processes. The target compares like with like: the neuron as a "
+    "TrainRequest on one open Train stream (what the SDK sends) against an echo of 200 bytes "
+    "on one open stream to a grpc.aio server, each message sent once the previous answer "
+    "came; the unary rows compare an Evaluate call with an echo call.",
     "W4: the separate requests each carry the whole graph and one row, as a client without "
     "batching would send them, one after the other on one channel. The bare gRPC row is the "
     "echo server taking a request and sending a reply of the batch's sizes: no server "
@@ -123,7 +126,8 @@ NOTES = [
     "its own training loops leave to the garbage collector; measured apart on this machine,"
     " its median step on the README model took about a quarter of its mean). gradserve's "
     "includes recording, sending (from the second step, the plan digest and leaf values "
-    "only), the server's evaluation and filling .data and .grad. The two-moons step leaves "
+    "only, as a message on the client's Train stream), the server's evaluation and filling "
+    ".data and .grad. The two-moons step leaves "
     "out demo.ipynb's accuracy, which reads every score's .data.",
     "W7: the same W1 request with and without `leaf_tangents` (one random tangent per leaf), "
     "called alternately, warm; the first pair (compiling, and building the batch scatters) "

@@ -3,7 +3,8 @@
 It has no protobuf messages, so a round trip costs only gRPC itself. ``Echo`` returns the
 request's bytes as they came (W3's latency baseline). With ``--aio`` it is a ``grpc.aio``
 server whose Echo is shaped as gradserve's methods are (request-streaming on the server
-side, one ``read`` and one ``write``): the floor under gradserve's own serving layer.
+side, one ``read`` and one ``write``): the floor under gradserve's own serving layer; its
+Stream echoes every message of one long-lived bidirectional stream, as Train serves them.
 ``Sized`` returns as many zero bytes as the request's first 8 bytes say, little-endian: W4
 uses it for what moving a batch's request and response costs, with no evaluation. It
 allows messages as large as gradserve's and logs ``serving on HOST:PORT`` like gradserve.
@@ -22,6 +23,7 @@ from gradserve.client.channel import MAX_MESSAGE_BYTES, channel_options
 SERVICE = "bench.Echo"
 PATH = f"/{SERVICE}/Echo"
 SIZED_PATH = f"/{SERVICE}/Sized"
+STREAM_PATH = f"/{SERVICE}/Stream"  # --aio only
 
 
 def sized_request(request_bytes: int, reply_bytes: int) -> bytes:
@@ -37,10 +39,20 @@ async def _echo_stream(_requests, context) -> None:
     await context.write(await context.read())
 
 
+async def _echo_each(_requests, context) -> None:
+    """Every message back as it came, until the client half-closes: the floor under a
+    message on gradserve's Train stream."""
+    while (message := await context.read()) is not grpc.aio.EOF:
+        await context.write(message)
+
+
 def _serve_aio() -> None:
     async def serve() -> None:
         server = grpc.aio.server(options=channel_options(MAX_MESSAGE_BYTES))
-        handlers = {"Echo": grpc.stream_stream_rpc_method_handler(_echo_stream)}
+        handlers = {
+            "Echo": grpc.stream_stream_rpc_method_handler(_echo_stream),
+            "Stream": grpc.stream_stream_rpc_method_handler(_echo_each),
+        }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

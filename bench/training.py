@@ -75,7 +75,7 @@ def moons_step(model, value) -> object:
 
 TASKS = [
     Task("MLP(3, [4, 4, 1]) on 4 samples (README)", [3, 4, 4, 1], readme_step, 1.0),
-    Task("MLP(2, [16, 16, 1]) on 100 samples (two moons)", [2, 16, 16, 1], moons_step, 10.0),
+    Task("MLP(2, [16, 16, 1]) on 100 samples (two moons)", [2, 16, 16, 1], moons_step, 25.0),
 ]
 
 

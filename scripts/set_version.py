@@ -1,6 +1,7 @@
 """Write the release version (the repository's VERSION file, or the argument) everywhere a
 package manager reads one: the five Python distributions (and their pins on each other), the
-Go module's `gradserve.Version` and the npm package.
+Go module's `gradserve.Version`, the npm package, the Java artifact (its pom and the
+dependency its docs page names) and the Rust crate.
 
     python3 scripts/set_version.py 0.2.0    # writes VERSION, then the copies
     python3 scripts/set_version.py          # rewrites the copies from VERSION
@@ -24,6 +25,12 @@ PYPROJECTS = [
 ]
 GO_VERSION = "client/go/gradserve/version.go"
 NPM_FILES = ["client/node/package.json", "client/node/package-lock.json"]
+JAVA_FILES = ["client/java/pom.xml", "docs/clients/java.md"]
+# The <version> after the artifact's <artifactId>, a comment between them allowed.
+JAVA_VERSION = r"(<artifactId>gradserve-client</artifactId>\s*(?:<!--[^>]*-->\s*)?<version>)[^<]*"
+CRATE = "client/rust/Cargo.toml"
+# The lock files name the crate's own version too (the neuron crate's depends on it by path).
+CRATE_LOCKS = ["client/rust/Cargo.lock", "client/rust/neuron/Cargo.lock"]
 
 
 def substitute(path: Path, pattern: str, replacement: str, count: int = 0) -> None:
@@ -41,6 +48,10 @@ def set_version(version: str) -> None:
         text = path.read_text()
         pins = r'"(gradserve-(?:protos|ops-core))==[^"]*"'
         path.write_text(re.sub(pins, rf'"\1=={version}"', text))
+    substitute(ROOT / CRATE, r'^version = "[^"]*"', f'version = "{version}"', count=1)
+    for name in CRATE_LOCKS:
+        own = r'(\[\[package\]\]\nname = "gradserve"\nversion = )"[^"]*"'
+        substitute(ROOT / name, own, rf'\1"{version}"')
     substitute(ROOT / GO_VERSION, r'^const Version = "[^"]*"', f'const Version = "{version}"')
     for name in NPM_FILES:
         path = ROOT / name
@@ -49,6 +60,8 @@ def set_version(version: str) -> None:
         if "packages" in data:  # the lock file names the package's own version twice
             data["packages"][""]["version"] = version
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    for name in JAVA_FILES:
+        substitute(ROOT / name, JAVA_VERSION, rf"\g<1>{version}", count=1)
 
 
 if __name__ == "__main__":

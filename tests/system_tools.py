@@ -26,6 +26,11 @@ HINTS = {
     "node": "Node.js 20+",
     "npm": "Node.js 20+",
     "protoc": "apt-get install protobuf-compiler",
+    "mvn": "apt-get install maven",
+    "java": "apt-get install openjdk-17-jdk-headless",
+    "javac": "apt-get install openjdk-17-jdk-headless",
+    "cargo": "Rust 1.88+ (rustup.rs), with crates.io",
+    "rustfmt": "rustup component add rustfmt",
 }
 STRICT = {"value": False}  # set by conftest.py from --require-tools
 

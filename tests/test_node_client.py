@@ -101,7 +101,7 @@ def test_the_packed_package_installs_into_an_empty_folder_and_type_checks(target
 
     result = subprocess.run(
         ["node", "--input-type=module"],
-        input=readme_example("js").replace("localhost:50051", target),
+        input=docs_example("docs/clients/node.md", "js").replace("localhost:50051", target),
         cwd=app,
         capture_output=True,
         text=True,

@@ -205,7 +205,8 @@ def test_ops_check_passes_every_installed_op_and_catches_a_wrong_plugin(registry
     assert set(lines) == {*registry, "wrong_sin"}
     assert lines.pop("wrong_sin") == "FAIL"
     assert set(lines.values()) == {"ok"}
-    assert "[gradserve-wrong-plugin 0.1]" in result.stdout
+    assert "[gradserve-wrong-plugin 0.1] functions" in result.stdout  # the explicit form
+    assert result.stdout.count("[gradserve-ops-core 0.1.0] formulas") == len(registry)
     assert result.stdout.splitlines()[-1] == f"{len(registry)} of {len(registry) + 1} ops passed"
     assert "Traceback" not in result.stderr
 

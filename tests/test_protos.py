@@ -88,3 +88,21 @@ def test_the_engine_imports_no_grpc_and_no_protobuf():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == []
+
+
+def test_the_structure_digest_is_written_once_in_the_protos_package():
+    """Client and server import one digest function (gradserve.v1.structure), so the SDK's
+    routing header and the server's plan_digest cannot drift apart."""
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("client", "server"):
+        for path in (root / folder).rglob("*.py"):
+            assert "sha256" not in path.read_text(), path
+    from graphs import neuron
+
+    from gradserve.server.engine.plan_cache import structure_digest
+    from gradserve.v1.structure import structure_digest as shared
+
+    g = neuron()[0].arrays()
+    digest = structure_digest(g)
+    assert digest == shared(g.op_names, g.node_ops, g.input_counts, g.input_ids, g.labels)
+    assert len(digest) == 16 and digest != shared(g.op_names, g.node_ops, [], [], [])

@@ -110,7 +110,11 @@ def test_a_backward_that_fails_midway_changes_no_value(stub, target):
             before = [(v.data, v.grad) for v in nodes]
         finally:
             gradserve.client.use(None)
-        with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerError):
+        # A 1 MiB message limit: a reply of 70,001 nodes does not fit, so backward streams.
+        with (
+            Client(f"127.0.0.1:{port}", max_message_bytes=2**20) as client,
+            pytest.raises(ServerError, match="failed after one chunk"),
+        ):
             nodes[-1].backward(client)
         assert [(v.data, v.grad) for v in nodes] == before
         assert (c.data, c.grad) == (0.5, 8.0)

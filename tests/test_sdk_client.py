@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 
 from gradserve.client import Client, Value
-from gradserve.client.calls import STREAM_ABOVE
+from gradserve.client.calls import streams
 from gradserve.client.tape import current_tape
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -65,13 +65,19 @@ def test_stream_yields_every_node_in_chunks(client):
     assert chunks[0].grads[0] == pytest.approx(sum(1.01**k for k in range(100)), rel=1e-12)
 
 
-def test_a_large_backward_streams_and_fills_every_value(client):
+def test_a_large_backward_streams_and_fills_every_value(target):
     x = Value(1.0)
     nodes = [x]
-    for i in range(33_000):  # 66,001 nodes, more than STREAM_ABOVE: backward streams
+    for i in range(33_000):  # 66,001 nodes, more than a reply of 1 MiB holds: backward streams
         nodes.append(nodes[-1] + (i % 3))
-    assert len(nodes[-1]._tape) > STREAM_ABOVE
-    nodes[-1].backward(client)
+    assert streams(len(nodes[-1]._tape), 2**20) and not streams(len(nodes[-1]._tape), 2**26)
+    with Client(target, max_message_bytes=2**20) as client:
+        sent = []
+        client._evaluate_stream = lambda request, _send=client._evaluate_stream, **options: (
+            sent.append(request) or _send(request, **options)
+        )
+        nodes[-1].backward(client)
+        assert len(sent) == 1  # it streamed
     assert nodes[-1].data == 1.0 + sum(i % 3 for i in range(33_000))
     assert all(v.grad == 1.0 for v in nodes)
     assert nodes[20_000].data == 1.0 + sum(i % 3 for i in range(20_000))
@@ -182,3 +188,25 @@ def test_a_progress_bar_when_asked(client, capsys):
     assert "/2.00" in err and "node/s" in err  # a bar over the stream's total_nodes: x, x+x
     list(client.stream(y, wrt="all"))  # not a terminal: silent
     assert capsys.readouterr().err == ""
+
+
+def test_a_backward_of_70_000_nodes_is_one_message_named_by_its_digest_the_second_time(target):
+    """Results of up to 2**20 nodes fit one reply: a training step of that size is one
+    message, and from its second step it sends only the plan digest and leaf values."""
+    x, c = Value(1.0), Value(0.5)
+    with Client(target) as client:
+        sent = []
+        send = client._send
+        client._send = lambda request: (
+            sent.append(pb.EvaluateRequest.FromString(request)) or (send(request))
+        )
+        for step in range(2):
+            y = x
+            for _ in range(70_000):
+                y = y + c
+            assert not streams(len(y._tape), 2**26) and len(y._tape) > 65_536
+            y.backward(client)
+            assert (y.data, x.grad, c.grad) == (1.0 + 0.5 * 70_000, 1.0, 70_000.0)
+            assert len(sent) == step + 1
+        assert sent[0].graph.node_ops and not sent[0].plan_digest
+        assert sent[1].plan_digest and not sent[1].graph.node_ops

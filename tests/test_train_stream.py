@@ -1,8 +1,11 @@
 """The Train stream: many Evaluate requests over one call, each answered (or failed) alone."""
 
+import logging
 import math
 import queue
+import re
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +15,7 @@ from hardening import SlowOp, chain, wait_until
 from servers import serving
 
 from gradserve.server.service.app import running_server, start_server
+from gradserve.server.service.calls import call_log
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -154,7 +158,8 @@ def test_every_request_is_charged_to_the_budget_and_all_is_given_back(registry):
             assert "max-memory-mb" in status_of(refused).message
             stream.send(2, neuron_request())
             assert stream.answer().response.grads
-            assert budget.used == 0  # nothing held between requests
+            # Nothing is held between requests (the charge goes once the answer is sent).
+            assert wait_until(lambda: budget.used == 0, timeout=5)
             stream.close()
             assert list(stream.responses) == []
         assert wait_until(lambda: budget.used == 0 and server._state.active == 0, timeout=5)
@@ -199,3 +204,38 @@ def test_a_draining_server_ends_an_idle_stream_unavailable(registry):
     stopping.join()
     channel.close()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _train_lines(caplog, level: int) -> list[str]:
+    call_log.flush()
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == level and r.getMessage().startswith("Train ")
+    ]
+
+
+def test_a_stream_logs_one_info_line_and_its_requests_at_debug(registry, caplog):
+    with caplog.at_level(logging.DEBUG), serving(registry) as stub:
+        stream = Stream(stub)
+        for request_id in range(3):
+            stream.send(request_id, neuron_request())
+            assert stream.answer().response.grads
+        stream.send(3, neuron_request(nodes=[99]))  # no node 99: a failure, logged at INFO
+        assert status_of(stream.answer()).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        stream.close()
+        assert list(stream.responses) == []
+        assert wait_until(lambda: _train_lines(caplog, logging.INFO), timeout=5)
+    failure, summary = _train_lines(caplog, logging.INFO)
+    assert failure.startswith("Train nodes=10 status=INVALID_ARGUMENT")
+    assert summary.startswith("Train nodes=40 status=OK")  # the neuron's 10 nodes, 4 times
+    requests = _train_lines(caplog, logging.DEBUG)
+    assert len(requests) == 3 and all(r.startswith("Train nodes=10 status=OK") for r in requests)
+
+
+def test_the_docs_example_runs_and_prints_the_gradients(target, capsys):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training-stream.md").read_text()
+    (example,) = re.findall(r"\n```python\n(.*?)```", page, re.DOTALL)
+    exec(example.replace('"localhost:50051"', repr(target)), {})
+    # d(a*b)/da = b = 4, d(a*b)/db = a = 3, then the product's own seed.
+    assert capsys.readouterr().out.splitlines() == [f"{i} [4.0, 3.0, 1.0]" for i in range(3)]

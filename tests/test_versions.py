@@ -1,11 +1,13 @@
-"""One release version (the repository's VERSION file) for every distribution, the Go module
-and the npm package, as installed code reports it and as the server tells its clients."""
+"""One release version (the repository's VERSION file) for every distribution, the Go module,
+the npm package and the Java artifact, as installed code reports it and as the server tells its
+clients."""
 
 import json
 import re
 import subprocess
 import sys
 import tomllib
+import xml.etree.ElementTree as ElementTree
 from importlib.metadata import version
 from pathlib import Path
 
@@ -41,6 +43,24 @@ def test_the_go_module_and_the_npm_package_have_it():
     package = json.loads((ROOT / "client/node/package.json").read_text())
     lock = json.loads((ROOT / "client/node/package-lock.json").read_text())
     assert package["version"] == lock["version"] == lock["packages"][""]["version"] == VERSION
+
+
+def test_the_java_artifact_and_the_dependency_its_docs_name_have_it():
+    pom = ElementTree.parse(ROOT / "client/java/pom.xml").getroot()
+    namespace = "{http://maven.apache.org/POM/4.0.0}"
+    assert pom.find(f"{namespace}artifactId").text == "gradserve-client"
+    assert pom.find(f"{namespace}version").text == VERSION
+    docs = (ROOT / "docs/clients/java.md").read_text()
+    named = re.findall(r"<artifactId>gradserve-client</artifactId>\s*<version>([^<]*)<", docs)
+    assert named == [VERSION]
+
+
+def test_the_rust_crate_has_it():
+    crate = tomllib.loads((ROOT / "client/rust/Cargo.toml").read_text())["package"]
+    assert crate["version"] == VERSION
+    for lock in ("client/rust/Cargo.lock", "client/rust/neuron/Cargo.lock"):
+        packages = tomllib.loads((ROOT / lock).read_text())["package"]
+        assert [p["version"] for p in packages if p["name"] == "gradserve"] == [VERSION], lock
 
 
 def test_the_installed_code_reports_it():

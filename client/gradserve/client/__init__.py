@@ -5,6 +5,7 @@ from gradserve.client import (
     grpc_logging,  # noqa: F401
     nn,
     optim,
+    pending,  # noqa: F401 - installs how pending .data is read (remote.py)
 )
 from gradserve.client.aio import AsyncClient
 from gradserve.client.calls import Chunk, Evaluation

@@ -45,6 +45,7 @@ class AsyncClient:
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
         self._where = Where(target, credentials is not None, timeout)
         self._progress = progress
+        self._max_message_bytes = max_message_bytes
         self._plans = calls.PlanDigests()
 
     async def close(self) -> None:
@@ -63,8 +64,13 @@ class AsyncClient:
 
     async def backward(self, loss: Value, *, allow_non_finite: bool = False) -> None:
         """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on."""
-        call = calls.backward_call(loss, allow_non_finite=allow_non_finite, plans=self._plans)
-        if len(call.subgraph) <= calls.STREAM_ABOVE:
+        call = calls.backward_call(
+            loss,
+            allow_non_finite=allow_non_finite,
+            plans=self._plans,
+            max_message_bytes=self._max_message_bytes,
+        )
+        if not calls.streams(len(call.subgraph), self._max_message_bytes):
             calls.fill(call.subgraph, [await self._unary(call)])
             return
         messages = [message async for message in self._messages(call, self._progress)]

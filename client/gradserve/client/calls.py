@@ -9,13 +9,26 @@ import grpc
 import numpy as np
 
 from gradserve.client import structure, wire
+from gradserve.client.channel import MAX_MESSAGE_BYTES
 from gradserve.client.opcodes import LEAF
 from gradserve.client.subgraph import Subgraph
 from gradserve.client.tape import CONSTANT, tape_of
 from gradserve.client.value import Value
 from gradserve.v1 import gradserve_pb2 as pb
 
-STREAM_ABOVE = 65_536  # backward streams results of more nodes, so a progress bar can show
+# A backward of more nodes streams its results (EvaluateStream, with a progress bar); up to
+# it, one message, which a training loop sends by plan digest. Each node's results take at
+# most 21 bytes of the reply (an id's varint, two doubles); a client with a smaller message
+# limit streams sooner.
+STREAM_ABOVE = 1 << 20
+REPLY_BYTES_PER_NODE = 24
+
+
+def streams(nodes: int, max_message_bytes: int) -> bool:
+    """Whether a backward of ``nodes`` nodes streams its results."""
+    return nodes > min(STREAM_ABOVE, max_message_bytes // REPLY_BYTES_PER_NODE)
+
+
 _GRAPH, _PLAN_DIGEST = 1, 7  # EvaluateRequest's field numbers
 
 
@@ -121,12 +134,20 @@ def _as_list(values: Value | Sequence[Value]) -> list[Value]:
 
 
 def backward_call(
-    loss: Value, *, allow_non_finite: bool = False, plans: PlanDigests | None = None
+    loss: Value,
+    *,
+    allow_non_finite: bool = False,
+    plans: PlanDigests | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> Call:
-    """Every node the loss depends on, differentiated from the loss, all results back."""
+    """Every node the loss depends on, differentiated from the loss, all results back; when
+    streamed, in chunks that fit the client's ``max_message_bytes``."""
     if not isinstance(loss, Value):
         raise TypeError(f"backward needs a Value, got {loss!r}")
-    call = evaluate_call(loss, wrt="all", allow_non_finite=allow_non_finite, plans=plans)
+    chunk_size = min(STREAM_ABOVE, max_message_bytes // REPLY_BYTES_PER_NODE)
+    call = evaluate_call(
+        loss, wrt="all", allow_non_finite=allow_non_finite, plans=plans, chunk_size=chunk_size
+    )
     call.subgraph.tape.results = None  # an earlier backward's results are stale
     return call
 

@@ -52,6 +52,7 @@ class Client:
         self._options = {"timeout": timeout, "metadata": tuple(metadata)}
         self._where = Where(target, credentials is not None, timeout)
         self._progress = progress
+        self._max_message_bytes = max_message_bytes
         self._plans = calls.PlanDigests()
         self._train = TrainStreams(self._channel) if train_stream else None
 
@@ -75,8 +76,13 @@ class Client:
         """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on (``loss.backward``).
 
         ``allow_non_finite`` lets NaN and infinities through instead of failing the call."""
-        call = calls.backward_call(loss, allow_non_finite=allow_non_finite, plans=self._plans)
-        if len(call.subgraph) <= calls.STREAM_ABOVE:
+        call = calls.backward_call(
+            loss,
+            allow_non_finite=allow_non_finite,
+            plans=self._plans,
+            max_message_bytes=self._max_message_bytes,
+        )
+        if not calls.streams(len(call.subgraph), self._max_message_bytes):
             calls.fill(call.subgraph, [self._unary(call)])
             return
         calls.fill(call.subgraph, list(self._messages(call, self._progress)))

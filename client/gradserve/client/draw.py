@@ -8,6 +8,7 @@ failing with ``ExecutableNotFound``. The ``graphviz`` package is an optional dep
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +22,9 @@ except ImportError as error:  # the [draw] extra is not installed
 
 from gradserve.client import opcodes
 from gradserve.client.errors import GraphvizNotFound, NoServerConfigured
-from gradserve.client.value import Value
+
+if TYPE_CHECKING:  # a Value imports this module when it is drawn
+    from gradserve.client.value import Value
 
 INSTALL_HINT = (
     "rendering needs Graphviz's `dot` program on the PATH: install the graphviz system "
@@ -43,7 +46,7 @@ class Drawing(graphviz.Digraph):
 _RECORD_SPECIALS = str.maketrans({c: "\\" + c for c in "{}|<>"})
 
 
-def _record_text(value: Value | None, remembered: tuple[float, float] | None) -> str:
+def _record_text(value: "Value | None", remembered: tuple[float, float] | None) -> str:
     """The record label. An intermediate the program dropped shows the last backward's
     results; "?" means not evaluated yet."""
     label = "" if value is None else value.label.translate(_RECORD_SPECIALS)
@@ -57,7 +60,7 @@ def _record_text(value: Value | None, remembered: tuple[float, float] | None) ->
     return f"{{ {label} | data {data} | grad {grad} }}"
 
 
-def _data(value: Value) -> float | None:
+def _data(value: "Value") -> float | None:
     """``.data``, evaluated on the default server if pending; None when pending and there is
     no default server (a drawing shows "?" then)."""
     try:
@@ -66,7 +69,7 @@ def _data(value: Value) -> float | None:
         return None
 
 
-def draw_dot(root: Value, rankdir: str = "LR", format: str = "svg") -> Drawing:
+def draw_dot(root: "Value", rankdir: str = "LR", format: str = "svg") -> Drawing:
     """The graph ``root`` depends on, drawn left to right; one loop, no recursion."""
     dot = Drawing(format=format, graph_attr={"rankdir": rankdir})
     if root._tape is None:  # a lone leaf

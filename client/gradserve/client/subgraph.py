@@ -7,8 +7,9 @@ import operator
 
 import numpy as np
 
-from gradserve.client import opcodes, structure, wire
+from gradserve.client import opcodes, wire
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1.structure import structure_digest
 from gradserve.v1.wire_format import packed_varints
 
 # Field numbers of the Graph message's packed columns.
@@ -87,9 +88,7 @@ class Subgraph:
         as the server computes it, is then in ``digest``."""
         names, node_ops = opcodes.op_table(self.codes)
         labels = self.labels() if labels is None else labels
-        self.digest = structure.structure_digest(
-            names, node_ops, self.counts, self.input_ids, labels
-        )
+        self.digest = structure_digest(names, node_ops, self.counts, self.input_ids, labels)
         return (
             pb.Graph(op_names=names, labels=labels).SerializeToString()
             + wire.packed(_NODE_OPS, packed_varints(node_ops))

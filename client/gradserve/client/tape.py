@@ -76,9 +76,10 @@ class Tape:
         values = (ref() for ref in list(self.live))  # a copy: a Value may go meanwhile
         return [value for value in values if value is not None]
 
-    def inputs_of(self, node: int) -> tuple:
+    def inputs_of(self, node: int, made_for) -> tuple:
         """The Values of node ``node``'s inputs (``Value._prev``): the same objects every
-        time, made and adopted here for op nodes whose Values the program dropped."""
+        time; for op nodes whose Values the program dropped, ``made_for(tape, id)`` makes
+        one, which is adopted."""
         if self.index is None or self.index[0] != len(self.codes):
             counts = opcodes.input_counts(np.array(self.codes, dtype=np.int64))
             starts = [0, *np.cumsum(counts, dtype=np.int64).tolist()]
@@ -93,22 +94,10 @@ class Tape:
                 ref = ops.get(i)
                 value = ref() if ref is not None else None
                 if value is None:
-                    value = self._made_for(i)
+                    value = made_for(self, i)
                     ops[i] = weakref.ref(value)
             inputs.append(value)
         return tuple(inputs)
-
-    def _made_for(self, node: int):
-        """A Value for the op node ``node``, whose own the program dropped, with the
-        results remembered for it."""
-        from gradserve.client.value import Value  # value imports tape
-
-        value = Value.__new__(Value)
-        value._data, value.grad = self.result(node) or (None, 0.0)
-        value.label = ""
-        value._tape, value._id = self, node
-        self.adopt(value)
-        return value
 
     def remember(self, nodes: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
         """Keep the results of the tape ids ``nodes`` (a backward clears ``results`` first)."""

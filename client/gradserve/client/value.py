@@ -18,7 +18,8 @@ intermediates the program dropped) and its op's symbol.
 import numbers
 import weakref
 
-from gradserve.client import opcodes
+from gradserve.client import opcodes, remote
+from gradserve.client.errors import GradserveError
 from gradserve.client.tape import CONSTANT, Tape, current_tape, tape_of
 
 ADD, SUB, MUL, DIV, POW = (opcodes.code(op, 2) for op in ("add", "sub", "mul", "div", "pow"))
@@ -49,9 +50,7 @@ class Value:
         pending on its tape on the default server when there is none yet
         (``NoServerConfigured`` without a default server)."""
         if self._data is None and self._tape is not None:
-            from gradserve.client import pending  # pending -> calls -> value
-
-            pending.evaluate(self._tape)
+            remote.evaluate_pending(self._tape)  # pending.evaluate
         return self._data
 
     @data.setter
@@ -62,7 +61,7 @@ class Value:
     def _prev(self) -> tuple["Value", ...]:
         """The Values this one was computed from, in order (empty for a leaf): the objects
         the program built, or one made now (and kept while used) for a dropped one."""
-        return () if self._tape is None else self._tape.inputs_of(self._id)
+        return () if self._tape is None else self._tape.inputs_of(self._id, _made_for)
 
     @property
     def _op(self) -> str:
@@ -77,10 +76,7 @@ class Value:
     def _shown_data(self) -> str | float:
         """An op node's data for its repr: evaluated if a default server is set, else
         ``<pending>`` (with the reason when the evaluation failed)."""
-        from gradserve.client import default
-        from gradserve.client.errors import GradserveError
-
-        if default.configured() is None:
+        if remote.configured_client() is None:
             return "<pending>"
         try:
             return self.data
@@ -120,9 +116,7 @@ class Value:
         ``allow_non_finite`` lets NaN and infinities through instead of failing the call.
         """
         if client is None:
-            from gradserve.client import default
-
-            client = default.client()
+            client = remote.default_client()
         return client.backward(self, allow_non_finite=allow_non_finite)
 
     # Binary operators: a plain number on either side becomes a constant leaf.
@@ -229,6 +223,17 @@ def _checked(result, other):
     if result is NotImplemented:
         raise TypeError(f"expected a Value or a number, got {other!r}")
     return result
+
+
+def _made_for(tape: Tape, node: int) -> Value:
+    """A Value for the op node ``node`` of ``tape``, whose own the program dropped, with the
+    results remembered for it (``Tape.inputs_of``)."""
+    value = Value.__new__(Value)
+    value._data, value.grad = tape.result(node) or (None, 0.0)
+    value.label = ""
+    value._tape, value._id = tape, node
+    tape.adopt(value)
+    return value
 
 
 def _as_value(x) -> Value | None:

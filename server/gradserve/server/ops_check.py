@@ -15,11 +15,12 @@ def check_ops(
     seed: int = 0,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print a gradcheck line per op (with the distribution that supplied it); 0 if all pass."""
+    """Print a gradcheck line per op (with the distribution that supplied it and the form it
+    is written in: formulas or functions); 0 if all pass."""
     failures = 0
     for _, loaded in sorted(registry.items()):
         result = gradcheck(loaded.op, points=points, seed=seed)
         failures += not result.ok
-        print(f"{result}  [{loaded.distribution} {loaded.version}]", file=out)
+        print(f"{result}  [{loaded.distribution} {loaded.version}] {result.form}", file=out)
     print(f"{len(registry) - failures} of {len(registry)} ops passed", file=out)
     return 1 if failures else 0

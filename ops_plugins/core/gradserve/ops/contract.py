@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -11,6 +12,19 @@ Domain = Callable[..., np.ndarray]
 Scalar = Callable[..., float]
 ScalarBackward = Callable[..., Sequence[float]]
 Second = Callable[..., Sequence[np.ndarray]]
+
+
+class InlineFormulas(Protocol):
+    """What an op written as formulas (``gradserve.ops.formulas``) gives the engine's
+    compiled small-call path: float code for its value and its inputs' gradients, given
+    the code that names each input's value (``xs``), the node's gradient ``g`` and value
+    ``y``, and a ``formulas.Code`` that collects temporaries and called functions."""
+
+    def emit_forward(self, xs: Sequence[str], code) -> tuple[list[str], str]: ...
+
+    def emit_backward(
+        self, g: str, y: str, xs: Sequence[str], code
+    ) -> tuple[list[str], list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class Op:
     results through an op without ``second`` is refused, naming the op and the node;
     ``ListOps`` says which ops have it, and ``gradcheck`` compares it with central finite
     differences of ``backward``.
+
+    ``formulas`` is set by ``gradserve.ops.formulas.formula_op``, which builds every function
+    above from one set of formulas: an op of fixed arity written that way is inlined in the
+    engine's compiled small-call code rather than called.
     """
 
     name: str
@@ -79,6 +97,7 @@ class Op:
     scalar: Scalar | None = None
     scalar_backward: ScalarBackward | None = None
     second: Second | None = None
+    formulas: InlineFormulas | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():

@@ -28,6 +28,11 @@ same points (with random upstream gradients) and special values: the gradients m
 input by input to within ``SCALAR_BACKWARD_ULPS``, and points where it raises an ArithmeticError or
 ValueError pass (the engine then evaluates the call with the array functions).
 
+An op written as formulas (``gradserve.ops.formulas``) also has its formulas run directly on
+NumPy (``formulas.ARRAY``) and compared with its rendered array code, which must give the
+same bits (NaN where the other gives NaN): a function that the emitter renders wrongly shows
+here. ``form`` says which form the op is written in.
+
 An op with second derivatives (``second``) has each ``d2y/dxi dxj`` compared with central
 finite differences of its backward (with an upstream gradient of 1) along ``xj``, with the
 same step and tolerances, at the points where the backward is smooth too (its one-sided
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradserve.ops.contract import Op
+from gradserve.ops.formulas import ARRAY, Formulas
 
 STEP = 1e-6  # finite-difference step, relative to max(1, |x|)
 KINK_STEP = 1e-3  # wider step whose one-sided slopes must agree at a smooth point
@@ -77,6 +83,7 @@ class GradcheckResult:
     worst_point: tuple[float, ...] | None = None
     problem: str = ""
     second_points: int = 0
+    form: str = "functions"
 
     def __str__(self) -> str:
         status = "ok  " if self.ok else "FAIL"
@@ -287,6 +294,26 @@ def _second_mismatch(op: Op, xs: list[np.ndarray]) -> tuple[str, int]:
     return "", int(smooth.sum())
 
 
+def _formulas_mismatch(formulas: Formulas, op: Op, xs: list[np.ndarray]) -> str:
+    """Where the op's rendered array code differs from its formulas run on NumPy, as a
+    problem text ("" where they agree bit for bit)."""
+    y = _forward(op, xs)
+    g = np.linspace(-2.0, 2.0, y.size).reshape(y.shape)
+    with np.errstate(all="ignore"):
+        pairs = [
+            ("forward", [op.forward(*xs)], [formulas.value(ARRAY, *xs)]),
+            ("backward", op.backward(g, y, *xs), formulas.grads(ARRAY, g, y, *xs)),
+        ]
+        if formulas.second is not None and op.second is not None:
+            pairs.append(("second", op.second(y, *xs), formulas.second(ARRAY, y, *xs)))
+    for what, rendered, direct in pairs:
+        for got, want in zip(rendered, direct, strict=True):
+            want = np.broadcast_to(want, np.shape(got))
+            if not np.array_equal(got, want, equal_nan=True):
+                return f"the rendered {what} differs from its formulas run on NumPy"
+    return ""
+
+
 def _close(a: float, b: float, ulps: int = SCALAR_ULPS) -> bool:
     if a == b or (math.isnan(a) and math.isnan(b)):
         return True
@@ -329,6 +356,8 @@ def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
         second_problem, second_points = "", 0
         if op.second is not None:
             second_problem, second_points = _second_mismatch(op, xs)
+        formulas = op.formulas if isinstance(op.formulas, Formulas) else None
+        formulas_problem = "" if formulas is None else _formulas_mismatch(formulas, op, checked)
     except _Broken as exc:
         return GradcheckResult(op.name, False, 0, problem=str(exc))
     shares[np.isnan(shares)] = np.inf  # a NaN gradient where the numeric one is finite
@@ -338,6 +367,7 @@ def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
         f"{failed} of {found} points outside tolerance" if failed else "",
         scalar_problem,
         second_problem,
+        formulas_problem,
     ]
     return GradcheckResult(
         op.name,
@@ -348,4 +378,5 @@ def gradcheck(op: Op, *, points: int = 200, seed: int = 0) -> GradcheckResult:
         worst_point=tuple(float(x[worst]) for x in xs),
         problem="; ".join(problem for problem in problems if problem),
         second_points=second_points,
+        form="functions" if formulas is None else "formulas",
     )

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradserve.server.engine import finite, scalar_stretch
+from gradserve.server.engine import finite, op_calls, scalar_stretch
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.engine.plan import Group, Plan, Stretch, never_stop
 
@@ -49,7 +49,7 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
         if isinstance(step, Stretch):
             _forward_stretch(step, values, should_stop)
         else:
-            values[step.nodes] = _forward(step, list(values.take(step.args, axis=0)))
+            values[step.nodes] = op_calls.forward(step, list(values.take(step.args, axis=0)))
     if not allow_non_finite:
         finite.check_values(plan, values)
 
@@ -62,7 +62,7 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
             _backward_stretch(step, values, grads, should_stop)
             continue
         g, y = grads.take(step.nodes, axis=0), values.take(step.nodes, axis=0)
-        local = _backward(step, g, y, values)
+        local = op_calls.backward(step, g, y, values)
         if should_stop():  # a variadic op over a million inputs takes a while
             raise Cancelled()
         # Every input position's gradients at once, in args' order (position by position).
@@ -90,92 +90,19 @@ def _check_leaf_count(plan: Plan, given: int) -> None:
         )
 
 
-def _forward(group: Group, xs: list[np.ndarray]) -> np.ndarray:
-    op = group.op
-    try:
-        inside = None if op.domain is None else _inside(op.domain, xs)
-        outside = inside is not None and not np.all(inside)
-        if not outside:
-            y = op.forward(*xs)
-    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
-        raise
-    except Exception as exc:
-        raise OpFailure(op.name, int(group.nodes[0]), "failed in forward") from exc
-    if outside:
-        _raise_outside_domain(group, xs, inside)
-    return _checked(group, y, "forward", xs[0].shape)
-
-
-def _inside(domain: Callable, xs: list[np.ndarray]) -> np.ndarray:
-    """Where the inputs are inside the op's domain. A NaN input counts as inside: NaN
-    propagates (IEEE 754), it is not a domain error (and it is there only when the request
-    allows non-finite numbers, or as the finite check's business)."""
-    inside = domain(*xs)
-    if np.all(inside):
-        return inside
-    nan = np.isnan(xs[0])
-    for x in xs[1:]:
-        nan |= np.isnan(x)
-    return inside | nan if np.shape(inside) == nan.shape else inside
-
-
-def _raise_outside_domain(group: Group, xs: list[np.ndarray], inside: np.ndarray) -> None:
-    if np.shape(inside) != xs[0].shape:
-        raise OpFailure(group.op.name, int(group.nodes[0]), "domain returned the wrong shape")
-    member, row = np.unravel_index(np.argmin(inside), xs[0].shape)
-    args = ", ".join(repr(float(x[member, row])) for x in xs)
-    where = f" in row {row}" if xs[0].shape[1] > 1 else ""
-    raise GraphError(
-        f"op {group.op.name!r} is not defined at ({args}){where}; see its domain in ListOps",
-        node=int(group.nodes[member]),
-        field="graph.leaf_values",
-    )
-
-
-def _backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
-    try:
-        local = group.op.backward(g, y, *values.take(group.args, axis=0))
-    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
-        raise
-    except Exception as exc:
-        raise OpFailure(group.op.name, int(group.nodes[0]), "failed in backward") from exc
-    if not isinstance(local, tuple | list) or len(local) != len(group.args):
-        raise OpFailure(
-            group.op.name,
-            int(group.nodes[0]),
-            f"backward must return {len(group.args)} gradient(s), one per input",
-        )
-    return [_checked(group, d, "backward", g.shape) for d in local]
-
-
 def _forward_stretch(stretch: Stretch, values: np.ndarray, should_stop: Callable) -> None:
     """Run a chain node by node, on floats when it can; then check the op domains, part by
     part."""
     if stretch.scalars is not None and values.shape[1] == 1:
-        scalar_stretch.forward(stretch, values, should_stop, _forward_node)
+        scalar_stretch.forward(stretch, values, should_stop)
     else:
         _forward_stretch_arrays(stretch, values, should_stop)
     _check_stretch_domains(stretch, values)
 
 
-def _forward_node(stretch: Stretch, position: int, xs: list[np.ndarray]) -> np.ndarray:
-    """One node of a stretch by its op's array forward."""
-    op = stretch.ops[position]
-    single = Group(op, stretch.nodes[position : position + 1], None)
-    try:
-        y = op.forward(*xs)
-    except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
-        raise
-    except Exception as exc:
-        raise OpFailure(op.name, int(single.nodes[0]), "failed in forward") from exc
-    return _checked(single, y, "forward", xs[0].shape)
-
-
 def _forward_stretch_arrays(stretch: Stretch, values: np.ndarray, should_stop: Callable) -> None:
     rows = values.shape[1:]
-    offsets = stretch.input_offsets.tolist()
-    inputs = stretch.inputs.tolist()
-    nodes = stretch.nodes.tolist()
+    nodes, offsets, inputs = stretch.lists()
     for position, (op, node) in enumerate(zip(stretch.ops, nodes, strict=True)):
         if should_stop():  # every node: a slow plugin op may take long for each
             raise Cancelled()
@@ -194,7 +121,7 @@ def _forward_stretch_arrays(stretch: Stretch, values: np.ndarray, should_stop: C
             raise OpFailure(op.name, node, "failed in forward") from exc
         if type(y) is not np.ndarray or y.dtype != np.float64 or y.shape != rows:
             single = Group(op, stretch.nodes[position : position + 1], None)
-            y = _checked(single, y, "forward", rows)
+            y = op_calls.checked(single, y, "forward", rows)
         values[node] = y
 
 
@@ -205,7 +132,7 @@ def _check_stretch_domains(stretch: Stretch, values: np.ndarray) -> None:
         if part.op.domain is None:
             continue
         try:
-            _forward(part, [values[a] for a in part.args])  # raises GraphError when outside
+            op_calls.forward(part, [values[a] for a in part.args])  # raises GraphError when outside
         except GraphError as exc:
             position = int(positions[np.flatnonzero(part.nodes == exc.node)[0]])
             if first_outside is None or position < first_outside[0]:
@@ -234,36 +161,17 @@ def _backward_stretch(
             piece = slice(start, start + step)
             sliced = Group(part.op, part.nodes[piece], part.args[:, piece])
             y = values[sliced.nodes]
-            derivatives = _backward(sliced, np.ones_like(y), y, values)
-            edges = stretch.input_offsets[positions[piece]] + np.arange(len(sliced.args))[:, None]
-            local[edges] = np.stack(derivatives)
+            derivatives = op_calls.backward(sliced, np.ones_like(y), y, values)
+            local[stretch.edges(positions[piece], len(sliced.args))] = np.stack(derivatives)
     if should_stop():
         raise Cancelled()
     if values.shape[1] == 1:
         scalar_stretch.backward(stretch, local[:, 0], grads, should_stop)
         return
-    offsets = stretch.input_offsets.tolist()
-    nodes = stretch.nodes.tolist()
-    inputs = stretch.inputs.tolist()
+    nodes, offsets, inputs = stretch.lists()
     for position in range(len(nodes) - 1, -1, -1):
         if position % scalar_stretch.POLL_EVERY == 0 and should_stop():
             raise Cancelled()
         upstream = grads[nodes[position]]
         for edge in range(offsets[position], offsets[position + 1]):
             grads[inputs[edge]] += upstream * local[edge]
-
-
-def _checked(group: Group, result: object, phase: str, expected_shape: tuple) -> np.ndarray:
-    """The op's result as a float64 array of the group's shape, or OpFailure."""
-    if type(result) is np.ndarray and result.dtype == np.float64 and result.shape == expected_shape:
-        return result  # the usual case, decided in a third of the time of the checks below
-    node = int(group.nodes[0])
-    if not isinstance(result, np.ndarray):
-        raise OpFailure(group.op.name, node, f"{phase} returned {type(result).__name__}")
-    if result.dtype.kind not in "fiu":
-        raise OpFailure(group.op.name, node, f"{phase} returned dtype {result.dtype}")
-    if result.shape != expected_shape:
-        raise OpFailure(
-            group.op.name, node, f"{phase} returned shape {result.shape}, expected {expected_shape}"
-        )
-    return result.astype(np.float64, copy=False)

@@ -92,6 +92,33 @@ class Stretch:
     # inputs; otherwise None.
     scalars: tuple[Callable[..., float], ...] | None
 
+    # The stretch's index fields are read through these methods only, so that their layout
+    # is decoded in one place.
+
+    def lists(self) -> tuple[list[int], list[int], list[int]]:
+        """``nodes``, ``input_offsets`` and ``inputs`` as Python lists, for the loops that
+        go node by node (a list index is several times quicker than an array's)."""
+        return self.nodes.tolist(), self.input_offsets.tolist(), self.inputs.tolist()
+
+    def edges(self, positions: np.ndarray, count: int) -> np.ndarray:
+        """The entries of ``inputs`` read by the nodes at ``positions`` (which all read
+        ``count`` inputs, as a part's do): shape (count, len(positions)), laid out as a
+        Group's ``args``."""
+        return self.input_offsets[positions] + np.arange(count)[:, None]
+
+    def readers(self) -> np.ndarray:
+        """For each entry of ``inputs``, the position in ``nodes`` of the node reading it."""
+        return np.repeat(np.arange(len(self.nodes)), np.diff(self.input_offsets))
+
+    def local_pairs(self) -> tuple[list[int], list[int]]:
+        """Each node's first input and second input (-1 for a node with one) as positions
+        in the list of ``outside`` followed by ``nodes`` (see ``local_inputs``)."""
+        begins = self.input_offsets[:-1]
+        two = np.flatnonzero(np.diff(self.input_offsets) == 2)
+        second = np.full(len(begins), -1, dtype=begins.dtype)
+        second[two] = self.local_inputs[begins[two] + 1]
+        return self.local_inputs[begins].tolist(), second.tolist()
+
     def nbytes(self) -> int:
         """The memory the stretch holds: its arrays, its parts and its per-node tuples."""
         arrays = (self.nodes, self.input_offsets, self.inputs, self.outside, self.local_inputs)

@@ -12,6 +12,7 @@ from itertools import islice
 
 import numpy as np
 
+from gradserve.server.engine import op_calls
 from gradserve.server.engine.errors import Cancelled, OpFailure
 from gradserve.server.engine.plan import Stretch
 
@@ -26,17 +27,15 @@ def forward(
     stretch: Stretch,
     values: np.ndarray,
     should_stop: Callable[[], bool],
-    array_forward: Callable[[Stretch, int, list[np.ndarray]], np.ndarray],
 ) -> None:
     """Fill ``values[stretch.nodes, 0]`` with the scalar forwards (``stretch.scalars``).
 
-    ``array_forward(stretch, position, xs)`` computes one node with its op's array forward,
-    raising OpFailure if the op fails; it takes over where a scalar forward raises an
-    ArithmeticError or ValueError.
+    Where a scalar forward raises an ArithmeticError or ValueError, the node's op array
+    forward (``op_calls.forward_node``) takes over.
     """
     v = values[stretch.outside, 0].tolist()
     start = len(v)
-    first, second = _first_and_second(stretch)
+    first, second = stretch.local_pairs()
     program = zip(stretch.scalars, first, second, strict=True)
     append = v.append
     while len(v) - start < len(stretch.nodes):
@@ -48,7 +47,7 @@ def forward(
         except _NOT_IEEE:
             position = len(v) - start
             xs = [np.array([v[a]]) for a in _inputs_of(position, first, second)]
-            append(float(array_forward(stretch, position, xs)[0]))
+            append(float(op_calls.forward_node(stretch, position, xs)[0]))
         except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
             raise
         except Exception as exc:
@@ -58,15 +57,6 @@ def forward(
     if results.dtype != np.float64:
         _check_floats(stretch, v[start:])
     values[stretch.nodes, 0] = results
-
-
-def _first_and_second(stretch: Stretch) -> tuple[list[int], list[int]]:
-    """Each node's first input and second input (-1 for a node with one) in the list."""
-    begins = stretch.input_offsets[:-1]
-    two = np.flatnonzero(np.diff(stretch.input_offsets) == 2)
-    second = np.full(len(begins), -1, dtype=begins.dtype)
-    second[two] = stretch.local_inputs[begins[two] + 1]
-    return stretch.local_inputs[begins].tolist(), second.tolist()
 
 
 def _inputs_of(position: int, first: list[int], second: list[int]) -> list[int]:
@@ -97,7 +87,7 @@ def backward(
     receive is added in one vectorized step afterwards.
     """
     outside = len(stretch.outside)
-    readers = np.repeat(np.arange(len(stretch.nodes)), np.diff(stretch.input_offsets))
+    readers = stretch.readers()
     inputs = stretch.local_inputs - outside  # positions in the stretch; negative: outside
     within = inputs >= 0
     g = grads[stretch.nodes, 0].tolist()

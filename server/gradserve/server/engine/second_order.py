@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gradserve.server.engine import op_calls
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
-from gradserve.server.engine.evaluate import _backward, _checked, evaluate
+from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import Group, Plan, Stretch, never_stop
 
 
@@ -98,7 +99,7 @@ def _groups(plan: Plan):
 def _local_derivatives(group: Group, values: np.ndarray) -> list[np.ndarray]:
     """The group's local derivatives, one array per input position (shape (m, rows))."""
     y = values.take(group.nodes, axis=0)
-    return _backward(group, np.ones(y.shape), y, values)
+    return op_calls.backward(group, np.ones(y.shape), y, values)
 
 
 def _forward_tangents(plan, values, tangents, should_stop) -> list:
@@ -128,15 +129,13 @@ def _stretch_locals(stretch: Stretch, values: np.ndarray, per_part) -> np.ndarra
     stretch: shape (len(stretch.inputs), rows)."""
     local = np.empty((len(stretch.inputs), values.shape[1]))
     for part, positions in zip(stretch.parts, stretch.part_positions, strict=True):
-        edges = stretch.input_offsets[positions] + np.arange(len(part.args))[:, None]
-        local[edges] = np.stack(per_part(part, values))
+        local[stretch.edges(positions, len(part.args))] = np.stack(per_part(part, values))
     return local
 
 
 def _forward_stretch(stretch, local, tangents, should_stop) -> None:
-    offsets = stretch.input_offsets.tolist()
-    inputs = stretch.inputs.tolist()
-    for position, node in enumerate(stretch.nodes.tolist()):
+    nodes, offsets, inputs = stretch.lists()
+    for position, node in enumerate(nodes):
         if position % 1024 == 0 and should_stop():
             raise Cancelled()
         start, end = offsets[position], offsets[position + 1]
@@ -166,7 +165,7 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray, 
         )
     if not pairs:
         return None
-    pairs = iter([_checked(group, h, "second", y.shape) for h in pairs])
+    pairs = iter([op_calls.checked(group, h, "second", y.shape) for h in pairs])
     ts = list(tangents.take(group.args, axis=0))
     moved = [np.zeros(y.shape) for _ in range(k)]
     for i in range(k):
@@ -213,9 +212,7 @@ def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, st
         return moved if moved is not None else [zero] * len(part.args)
 
     moved = _stretch_locals(stretch, values, moved_of)
-    offsets = stretch.input_offsets.tolist()
-    inputs = stretch.inputs.tolist()
-    nodes = stretch.nodes.tolist()
+    nodes, offsets, inputs = stretch.lists()
     for position in range(len(nodes) - 1, -1, -1):
         if position % 1024 == 0 and stop():
             raise Cancelled()

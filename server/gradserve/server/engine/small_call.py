@@ -24,7 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
-from gradserve.ops import Op, standard
+from gradserve.ops import Op
+from gradserve.ops.formulas import Code
 from gradserve.server.engine.plan import Plan, Stretch
 
 # The wire's Selection values (gradserve.v1.Selection; tests/test_protos.py checks that they
@@ -141,41 +142,25 @@ def _fetch(inputs: list[int]):
     return itemgetter(*inputs) if len(inputs) > 1 else itemgetter(slice(inputs[0], inputs[0] + 1))
 
 
-# The standard ops written inline in compiled programs: (scalar forward, scalar backward) ->
-# (forward expression, the gradient added to each input), {g} the node's gradient and {0},
-# {1} its inputs' values: the same operations, in the same order, as the functions'.
-_INLINE = {
-    (standard.add.scalar, standard.add.scalar_backward): ("{0} + {1}", ("{g}", "{g}")),
-    (standard.sub.scalar, standard.sub.scalar_backward): ("{0} - {1}", ("{g}", "-{g}")),
-    (standard.mul.scalar, standard.mul.scalar_backward): ("{0} * {1}", ("{g} * {1}", "{g} * {0}")),
-    (standard.neg.scalar, standard.neg.scalar_backward): ("-{0}", ("-{g}",)),
-}
-
-
 def _compiled(steps: list[_Step]):
     """forward and backward as straight-line code: one line per node each way, no loop,
-    no call for the inline ops, list indices as constants."""
+    list indices as constants. An op of fixed arity written as formulas is inline (its
+    float code, rendered by ``Op.formulas``); any other op's scalar functions are called."""
     forward_lines, backward_lines = [], []
-    functions: dict[str, Callable] = {}
+    code = Code(array=False)
     for slot, op, inputs in steps:
         args = [f"v[{i}]" for i in inputs]
-        inline = _INLINE.get((op.scalar, op.scalar_backward))
-        if inline is not None and len(inline[1]) == len(inputs):
-            expression, derivatives = inline
-            forward_lines.append(f" v.append({expression.format(*args)})")
-            backward_lines.append(
-                " "
-                + "; ".join(
-                    f"g[{i}] += {d.format(*args, g=f'g[{slot}]')}"
-                    for i, d in zip(inputs, derivatives, strict=True)
-                )
-            )
+        if op.formulas is not None and op.arity is not None:
+            statements, value = op.formulas.emit_forward(args, code)
+            forward_lines.append(" " + "; ".join([*statements, f"v.append({value})"]))
+            statements, grads = op.formulas.emit_backward(f"g[{slot}]", f"v[{slot}]", args, code)
+            added = [f"g[{i}] += {d}" for i, d in zip(inputs, grads, strict=True)]
+            backward_lines.append(" " + "; ".join([*statements, *added]))
             continue
-        # Any other op calls its scalar functions, bound to names in the program's namespace;
-        # unpacking fails (a ValueError: the general path) when the backward returns the
+        # Unpacking fails (a ValueError: the general path) when the backward returns the
         # wrong number of gradients.
         f, b = f"f{id(op.scalar)}", f"b{id(op.scalar_backward)}"
-        functions[f], functions[b] = op.scalar, op.scalar_backward
+        code.namespace[f], code.namespace[b] = op.scalar, op.scalar_backward
         forward_lines.append(f" v.append({f}({', '.join(args)}))")
         local = [f"d{k}" for k in range(len(inputs))]
         backward_lines.append(
@@ -192,7 +177,7 @@ def _compiled(steps: list[_Step]):
             " return g",
         ]
     )
-    namespace = dict(functions)
+    namespace = dict(code.namespace)
     exec(compile(source, f"<program of {len(steps)} steps>", "exec"), namespace)
     return namespace["forward"], namespace["backward"]
 
@@ -201,8 +186,8 @@ def _nodes_of(plan: Plan) -> Iterator[tuple[Op, int, list[int]]]:
     """Each op node with its op and input ids, step by step."""
     for step in plan.steps:
         if isinstance(step, Stretch):
-            offsets, inputs = step.input_offsets.tolist(), step.inputs.tolist()
-            for position, (op, node) in enumerate(zip(step.ops, step.nodes.tolist(), strict=True)):
+            nodes, offsets, inputs = step.lists()
+            for position, (op, node) in enumerate(zip(step.ops, nodes, strict=True)):
                 yield op, node, inputs[offsets[position] : offsets[position + 1]]
         else:
             for node, *inputs in zip(step.nodes.tolist(), *step.args.tolist(), strict=True):

@@ -87,6 +87,8 @@ class CallScope:
     Engine and admission errors raised inside end the call with their status; a client
     that went away (cancel, deadline, connection lost) is logged as what it saw."""
 
+    log_level = logging.INFO  # of the line each call logs when it ends
+
     def __init__(self, method: str, context, state: ServerState) -> None:
         self.method = method
         self.context = context
@@ -351,15 +353,17 @@ class CallScope:
         elapsed = time.perf_counter() - self.started
         rows = self.rows or None
         self.span.finish(self.code.name, nodes=self.nodes, rows=rows)
-        call_log.add(
-            self.method,
-            self.nodes,
-            self.code.name,
-            elapsed * 1e3,
-            rows=rows,
-            peer=self.context.peer(),
-            trace_id=self.span.trace_id,
-        )
+        if call_log.wanted(self.log_level):  # the peer's address is not free to get
+            call_log.add(
+                self.method,
+                self.nodes,
+                self.code.name,
+                elapsed * 1e3,
+                rows=rows,
+                peer=self.context.peer(),
+                trace_id=self.span.trace_id,
+                level=self.log_level,
+            )
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
 

@@ -26,8 +26,8 @@ SUPPRESSED = "%d more %s calls with status=%s in the last %.1f s were not logged
 
 
 class CallLog:
-    """``add(method, nodes, status, elapsed_ms, ...)`` logs ``MESSAGE`` at INFO on ``logger``
-    from a background thread. ``flush()`` logs what is pending now; it runs at exit and
+    """``add(method, nodes, status, elapsed_ms, ...)`` logs ``MESSAGE`` (at INFO or ``level``) on
+    ``logger`` from a background thread. ``flush()`` logs what is pending now; it runs at exit and
     when a server stops. A forked child starts its own thread and leaves what it inherited
     to its parent."""
 
@@ -57,16 +57,18 @@ class CallLog:
         rows: int | None = None,
         peer: str | None = None,
         trace_id: str | None = None,
+        level: int = logging.INFO,
     ) -> None:
-        """Queue a call's line. The optional fields are not in the text line; they reach
-        the record's attributes (as ``extra`` does), for ``--log-format json``."""
-        if not self._logger.isEnabledFor(logging.INFO):
+        """Queue a call's line, at ``level``. The optional fields are not in the text line;
+        they reach the record's attributes (as ``extra`` does), for ``--log-format json``."""
+        if not self._logger.isEnabledFor(level):
             return
         if status != "OK" and self._over_rate(method, status):
             return
         if self._writer is None:
             self._start_writer()
-        self._pending.append((time.time(), method, nodes, status, elapsed_ms, rows, peer, trace_id))
+        line = (time.time(), method, nodes, status, elapsed_ms, rows, peer, trace_id, level)
+        self._pending.append(line)
         if not self._wake.is_set():
             self._wake.set()
 
@@ -100,6 +102,10 @@ class CallLog:
                     self._summarise(key, window, now)
                     del self._failures[key]
 
+    def wanted(self, level: int = logging.INFO) -> bool:
+        """Whether a call's line at ``level`` would be logged."""
+        return self._logger.isEnabledFor(level)
+
     def _start_writer(self) -> None:
         with self._starting:
             if self._writer is None:
@@ -117,7 +123,7 @@ class CallLog:
         self._summarise_old()
         with self._flushing:
             while self._pending:
-                created, method, nodes, status, elapsed_ms, rows, peer, trace_id = (
+                created, method, nodes, status, elapsed_ms, rows, peer, trace_id, level = (
                     self._pending.popleft()
                 )
                 extra = {
@@ -131,7 +137,7 @@ class CallLog:
                 }
                 record = self._logger.makeRecord(
                     self._logger.name,
-                    logging.INFO,
+                    level,
                     "",
                     0,
                     MESSAGE,

@@ -25,9 +25,9 @@ a span is active) sees the server's work inside its own trace.
 
 import os
 
-SERVICE = "gradserve.v1.GradientService"
-PLAN_CACHE = "gradserve.plan_cache"  # "hit" or "miss", on the compiling span
-NODES, ROWS, STATUS = "gradserve.nodes", "gradserve.rows", "gradserve.status"
+from gradserve.server.service.span_names import PLAN_CACHE, SERVICE
+
+__all__ = ["NO_SPAN", "PLAN_CACHE", "configure", "start_call", "use", "wanted"]
 
 _tracer = None  # an opentelemetry Tracer while tracing is on
 
@@ -98,9 +98,9 @@ def use(provider) -> None:
     if provider is None:
         _tracer = None
         return
-    from gradserve.server.service import _otel_spans  # imports OpenTelemetry
+    from gradserve.server.service import otel_spans  # imports OpenTelemetry
 
-    _tracer = _otel_spans.tracer(provider)
+    _tracer = otel_spans.tracer(provider)
 
 
 def start_call(method: str, context):
@@ -108,6 +108,6 @@ def start_call(method: str, context):
     the call's grpc ServicerContext, whose metadata may carry the parent (traceparent)."""
     if _tracer is None:
         return NO_SPAN
-    from gradserve.server.service import _otel_spans
+    from gradserve.server.service import otel_spans
 
-    return _otel_spans.CallSpan(_tracer, f"{SERVICE}/{method}", method, context)
+    return otel_spans.CallSpan(_tracer, f"{SERVICE}/{method}", method, context)

@@ -15,6 +15,8 @@ sends faster than it is served. Replies go out in the order the requests came.
 """
 
 import asyncio
+import dataclasses
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -68,7 +70,13 @@ def failed(request_id: int, result: grpc.Status) -> bytes:
 
 class MessageScope(CallScope):
     """One TrainRequest: a call whose request came in a stream message, whose reply and
-    status go out in one, and whose failure ends only itself."""
+    status go out in one, and whose failure ends only itself. Its log line is at DEBUG when
+    it succeeded (at INFO a stream logs one line when it ends, with the nodes of all its
+    requests), at INFO when it failed."""
+
+    @property
+    def log_level(self) -> int:
+        return logging.DEBUG if self.code == grpc.StatusCode.OK else logging.INFO
 
     def __init__(self, stream: CallScope, message: pb.TrainRequest) -> None:
         super().__init__("Train", stream.context, stream.state)
@@ -95,6 +103,10 @@ class MessageScope(CallScope):
     async def send(self, message: bytes) -> None:
         await self.stream.send(answered(self.id, message))
 
+    def _finish(self) -> None:
+        self.stream.nodes += self.nodes
+        super()._finish()
+
     async def __aexit__(self, kind, exc, traceback) -> bool:
         try:
             if exc is None:
@@ -118,6 +130,17 @@ class MessageScope(CallScope):
             self._finish()
 
 
+@dataclasses.dataclass
+class _Read:
+    """A request read from the stream, and what it holds of the budget until it is taken;
+    ``refused`` when even that could not be held (the request is answered with it)."""
+
+    message: pb.TrainRequest
+    size: int = 0
+    refused: Exception | None = None
+    cancelled: bool = False
+
+
 class _Inbox:
     """The stream's requests, read ahead by one, and the cancels among them."""
 
@@ -125,8 +148,7 @@ class _Inbox:
         self.stream = stream
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=1)
         self.current: MessageScope | None = None
-        self.cancelled: set[int] = set()  # ids of waiting requests the client cancelled
-        self.waiting: list[int] = []  # ids of the requests read and not yet taken
+        self.waiting: list[_Read] = []  # read and not yet taken
         self.held = 0  # bytes of those requests, charged to the stream
 
     async def read_all(self) -> None:
@@ -142,42 +164,42 @@ class _Inbox:
                 if message.cancel:
                     self._cancel(message.id)
                     continue
-                size = raw_request_bytes(len(raw))
+                read = _Read(message, raw_request_bytes(len(raw)))
                 del raw
                 try:
-                    await self.stream.admit(self.held + size)
+                    await self.stream.admit(self.held + read.size)
                 except (NeverFits, BudgetBusy) as refused:  # answered alone, not held
-                    message, size = pb.TrainRequest(id=message.id), refused
-                else:
-                    self.held += size
-                self.waiting.append(message.id)
-                await self.queue.put((message, size))
+                    read = _Read(pb.TrainRequest(id=message.id), refused=refused)
+                self.held += read.size
+                self.waiting.append(read)
+                await self.queue.put(read)
         except Exception as exc:  # handed to the stream, which ends with its status
             await self.queue.put(exc)
 
     def _cancel(self, request_id: int) -> None:
         if self.current is not None and self.current.id == request_id:
             self.current.cancel()
-        elif request_id in self.waiting:
-            self.cancelled.add(request_id)
+        for read in self.waiting:
+            if read.message.id == request_id:
+                read.cancelled = True
 
-    async def next(self) -> tuple[pb.TrainRequest, int] | None:
-        """The next request and its charged size; None once the client has half-closed.
-        While waiting, the stream is a call waiting for its request (a drain ends it)."""
+    async def next(self) -> _Read | None:
+        """The next request, no longer charged to the stream; None once the client has
+        half-closed. While waiting, the stream is a call waiting for its request (a drain
+        ends it)."""
         state = self.stream.state
         state.waiting_for_request.add(self.stream)
         try:
-            item = await self.queue.get()
+            read = await self.queue.get()
         finally:
             state.waiting_for_request.discard(self.stream)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    async def taken(self, request_id: int, size: int) -> None:
-        self.waiting.remove(request_id)
-        self.held -= size
-        await self.stream.admit(self.held)
+        if isinstance(read, Exception):
+            raise read
+        if read is not None:
+            self.waiting.remove(read)
+            self.held -= read.size
+            await self.stream.admit(self.held)
+        return read
 
 
 async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[bytes]]) -> None:
@@ -188,20 +210,14 @@ async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[byt
     inbox = _Inbox(stream)
     reader = asyncio.get_running_loop().create_task(inbox.read_all())
     try:
-        while (item := await inbox.next()) is not None:
+        while (read := await inbox.next()) is not None:
             stream.refuse_if_draining()
-            message, size = item
-            refused = size if isinstance(size, Exception) else None
-            await inbox.taken(message.id, 0 if refused else size)
-            if message.id in inbox.cancelled:
-                inbox.cancelled.discard(message.id)
-                refused = status.plain(grpc.StatusCode.CANCELLED, _CANCELLED)
-            elif refused is not None:
-                refused = stream._status_of(refused)
-            if refused is not None:
-                await stream.send(failed(message.id, refused))
-                continue
-            async with MessageScope(stream, message) as call:
+            async with MessageScope(stream, read.message) as call:
+                if read.cancelled:
+                    call.cancel()
+                    raise Cancelled()
+                if read.refused is not None:
+                    raise read.refused
                 inbox.current = call
                 await call.send(await evaluate(call))
             inbox.current = None

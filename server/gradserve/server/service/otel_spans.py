@@ -1,4 +1,5 @@
-"""The OpenTelemetry side of ``tracing``, imported only once tracing is on."""
+"""The OpenTelemetry side of ``tracing``, imported only once tracing is on (it imports
+nothing of ``tracing``: the names both use are in ``span_names``)."""
 
 from contextlib import contextmanager
 
@@ -6,7 +7,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gradserve.server.service.tracing import NODES, ROWS, SERVICE, STATUS
+from gradserve.server.service.span_names import NODES, ROWS, SERVICE, STATUS
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 

@@ -1,0 +1,200 @@
+"""Ops written once as formulas (gradserve.ops.formulas): the rendered array, float and inline
+code against the formulas run directly, the explicit five-function form beside it, and what a
+formula may not do."""
+
+import ast
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fuzz_reference import STANDARD, random_graph
+
+from gradserve.ops import Op, standard
+from gradserve.ops.formulas import ARRAY, FLOAT, Elementwise, formula_op
+from gradserve.server.engine import small_call
+from gradserve.server.engine.plan import compile_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECIAL = ROOT / "ops_plugins" / "special"
+POINTS = np.concatenate(
+    [
+        np.random.default_rng(3).uniform(-6.0, 6.0, 400),
+        [0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 30.0, -30.0, 710.5, -710.5, np.inf, -np.inf, np.nan],
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def formula_ops(request) -> dict[str, Op]:
+    """Every op of the standard ops and the special plugin, all written as formulas."""
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.syspath_prepend(str(SPECIAL))
+    import gradserve_ops_special as special
+
+    request.addfinalizer(monkeypatch.undo)
+    modules = (standard, special)
+    return {op.name: op for m in modules for op in vars(m).values() if isinstance(op, Op)}
+
+
+def columns(op: Op) -> list[np.ndarray]:
+    k = op.arity or 3
+    xs = [np.roll(POINTS, 5 * j) for j in range(k)]
+    if op.name == "pow":  # integer exponents, where a negative base has a real power
+        xs[1] = np.round(xs[1])
+    return [x.reshape(-1, 1) for x in xs]
+
+
+def bits_equal(a, b) -> bool:
+    return np.array_equal(np.asarray(a), np.broadcast_to(b, np.shape(a)), equal_nan=True)
+
+
+def test_every_standard_and_special_op_is_written_as_formulas(formula_ops):
+    assert len(formula_ops) == 22
+    assert all(op.formulas is not None for op in formula_ops.values())
+
+
+def test_the_rendered_array_code_is_the_formulas_run_on_numpy(formula_ops):
+    for name, op in formula_ops.items():
+        xs = columns(op)
+        f = op.formulas
+        with np.errstate(all="ignore"):
+            y = op.forward(*xs)
+            g = np.roll(POINTS, 11).reshape(-1, 1)
+            assert bits_equal(y, f.value(ARRAY, *xs)), name
+            for got, want in zip(op.backward(g, y, *xs), f.grads(ARRAY, g, y, *xs), strict=True):
+                assert bits_equal(got, want), name
+            for got, want in zip(op.second(y, *xs), f.second(ARRAY, y, *xs), strict=True):
+                assert bits_equal(got, want), name
+
+
+def test_the_float_code_is_the_formulas_run_on_floats(formula_ops):
+    """Where the formulas run on ``FLOAT`` raise nothing (its where computes both branches,
+    the rendered code only the one taken), they give the float code's bits."""
+    checked = 0
+    for name, op in formula_ops.items():
+        if op.scalar is None:
+            continue
+        f = op.formulas
+        for point in zip(*(x[:, 0].tolist() for x in columns(op)), strict=True):
+            try:
+                want = f.value(FLOAT, *point)
+                y = op.scalar(*point)
+                want_grads = f.grads(FLOAT, -1.5, y, *point)
+            except (ArithmeticError, ValueError):
+                continue
+            assert y == want or (math.isnan(y) and math.isnan(want)), (name, point)
+            if op.scalar_backward is not None:
+                got = op.scalar_backward(-1.5, y, *point)
+                for a, b in zip(got, want_grads, strict=True):
+                    assert a == b or (math.isnan(a) and math.isnan(b)), (name, point)
+            checked += 1
+    assert checked > 5000
+
+
+def explicit_copy(op: Op) -> Op:
+    """The op in the explicit five-function form, as a plugin written that way gives it."""
+    return Op(
+        op.name,
+        op.arity,
+        forward=op.forward,
+        backward=op.backward,
+        scalar=op.scalar,
+        scalar_backward=op.scalar_backward,
+        second=op.second,
+        domain=op.domain,
+        doc=op.doc,
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_compiled_programs_inline_formula_ops_as_they_call_explicit_ones(seed):
+    """Inline code (formula ops) and calls of the scalar functions (explicit-form ops) give
+    the same bits, in looped and compiled programs."""
+    formulas = {op.name: op for op in vars(standard).values() if isinstance(op, Op)}
+    explicit = {name: explicit_copy(op) for name, op in formulas.items()}
+    rng = random.Random(seed)
+    rg = random_graph(rng, STANDARD, rng.choice([20, 100, 600]), 1, rng.choice([0.0, 0.9]))
+    results = []
+    for ops in (formulas, explicit):
+        plan = compile_graph(rg.graph, ops)
+        for compiled in (False, True):
+            program = small_call.program_of(plan, compiled=compiled)
+            if program is None:  # a looped program is for small plans only
+                continue
+            assert program.compiled == compiled
+            v = program.forward(list(rg.rows[0]))
+            g = [0.0] * len(v)
+            g[program.slots[-1]] = 1.0
+            results.append((compiled, v, program.backward(v, g)))
+    assert len(results) in (2, 4)
+    half = len(results) // 2
+    for (c1, v1, g1), (c2, v2, g2) in zip(results[:half], results[half:], strict=True):
+        assert c1 == c2 and v1 == v2 and g1 == g2
+
+
+def test_pow_second_derivative_in_x_is_zero_where_the_first_is_constant():
+    """d2/dx2 of x^p is p (p-1) x^(p-2): 0 for p = 1 and p = 0, also at x = 0, where
+    x^(p-2) is inf and 0 * inf would be NaN (issue 26: such a mutant survived)."""
+    x = np.array([[0.0], [0.0], [0.0], [2.0], [-3.0]])
+    p = np.array([[1.0], [0.0], [2.0], [1.0], [1.0]])
+    with np.errstate(all="ignore"):
+        dxx, _, _ = standard.pow_.second(standard.pow_.forward(x, p), x, p)
+    assert dxx[:, 0].tolist() == [0.0, 0.0, 2.0, 0.0, 0.0]
+
+
+def test_a_formula_cannot_branch_on_its_inputs_with_if():
+    with pytest.raises(TypeError, match=r"m\.where"):
+        formula_op("bad", 1, value=lambda m, x: x if x > 0 else -x, grads=lambda m, g, y, x: (g,))
+
+
+def test_a_formula_calling_a_function_without_a_float_form_gets_no_float_code():
+    op = formula_op(
+        "lae", 2, value=lambda m, a, b: m.logaddexp(a, b), grads=lambda m, g, y, a, b: (g, g)
+    )
+    assert op.scalar is None and op.scalar_backward is None
+    assert op.forward(np.array([0.0]), np.array([0.0]))[0] == math.log(2.0)
+
+
+def test_an_expression_used_twice_is_computed_once_on_floats():
+    calls = []
+
+    def counted(x):
+        calls.append(x)
+        return math.exp(x)
+
+    f = Elementwise("f", np.exp, counted)
+
+    def value(m, x):
+        e = f(x)
+        return e * e + e
+
+    op = formula_op("twice", 1, value=value, grads=lambda m, g, y, x: (g,))
+    assert op.scalar(1.5) == math.exp(1.5) * math.exp(1.5) + math.exp(1.5)
+    assert calls == [1.5]
+
+
+def test_where_on_floats_computes_only_the_branch_taken():
+    op = formula_op(
+        "safe_log",
+        1,
+        value=lambda m, x: m.where(x > 0, m.log(m.where(x > 0, x, 1.0)), 0.0),
+        grads=lambda m, g, y, x: (m.where(x > 0, g / x, 0.0),),
+    )
+    assert op.scalar(-1.0) == 0.0 and op.scalar_backward(2.0, 0.0, 0.0) == (0.0,)
+    assert op.scalar(math.e) == 1.0
+
+
+def test_the_engine_imports_no_plugin():
+    """The engine sees ops through the registry and the contract package, never a plugin."""
+    for path in (ROOT / "server" / "gradserve" / "server" / "engine").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("gradserve.ops.standard", "gradserve_ops")), path
