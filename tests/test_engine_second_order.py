@@ -174,3 +174,54 @@ def test_cancelled_between_groups(ops):
 
     with pytest.raises(Cancelled):
         evaluate_with_tangents(plan, np.array([1.0, 2.0]), np.ones(2), *last(plan), should_stop)
+
+
+def test_a_gradient_tangent_that_overflows_is_refused_unless_allowed(ops):
+    """sqrt at 1e-210: its value, gradient and value tangent are finite, but the gradient's
+    tangent, -t/4 x^-1.5, overflows. The value-tangent check cannot catch it."""
+    g = GraphBuilder()
+    g.op("sqrt", g.leaf(1e-210))
+    plan = compiled(g, ops)
+    x, t = np.array([1e-210]), np.array([1.0])
+    with pytest.raises(GraphError, match="tangent of the gradient is -inf"):
+        evaluate_with_tangents(plan, x, t, *last(plan), allow_non_finite=False)
+    values, grads, vt, gt = evaluate_with_tangents(plan, x, t, *last(plan))
+    assert np.isfinite([values[1], grads[0], vt[1]]).all() and gt[0] == -math.inf
+
+
+def test_of_two_ops_without_second_derivatives_the_first_is_named(ops):
+    def lacking(name: str) -> Op:
+        return Op(name, 1, lambda x: x**3, lambda g, y, x: (3 * g * x * x,))
+
+    g = GraphBuilder()
+    first = g.op("cube", g.op("sin", g.leaf(2.0)))
+    g.op("tesseract", g.op("cube", first))
+    plan = compiled(g, {**ops, "cube": lacking("cube"), "tesseract": lacking("tesseract")})
+    with pytest.raises(GraphError, match="op 'cube' has no second derivatives") as caught:
+        evaluate_with_tangents(plan, np.array([2.0]), np.array([1.0]), *last(plan))
+    assert caught.value.node == 2
+
+
+def test_the_reverse_tangent_pass_polls_the_stop_check(ops):
+    """An op whose second derivatives record that the reverse tangent pass reached it, near
+    the graph's end (so reached first), and three wide levels before it: a stop check that
+    says stop from then on must end that pass. No other pass calls ``second``."""
+    reached = []
+
+    def second(y, x):
+        reached.append(1)
+        return (6 * x,)
+
+    cube = Op("cube", 1, lambda x: x**3, lambda g, y, x: (3 * g * x * x,), second=second)
+    g = GraphBuilder()
+    a, b = g.leaf(0.5), g.leaf(0.25)
+    for _ in range(3):  # wide levels: groups, not a chain's stretch
+        a, b = g.op("mul", a, b), g.op("add", a, b)
+    g.op("cube", g.op("add", a, b))
+    plan = compiled(g, {**ops, "cube": cube})
+    x, t = np.array([0.5, 0.25]), np.array([1.0, -1.0])
+    evaluate_with_tangents(plan, x, t, *last(plan))  # runs through without a stop
+    assert reached
+    reached.clear()
+    with pytest.raises(Cancelled):
+        evaluate_with_tangents(plan, x, t, *last(plan), should_stop=lambda: bool(reached))

@@ -122,7 +122,7 @@ def test_the_client_extras_are_only_the_optional_drawing_and_progress_bar():
 def test_a_client_environment_runs_the_readme_example_and_a_hessian(dist, target, tmp_path):
     python = environment(tmp_path / "client-env", "gradserve-client", find_links=dist)
     assert not {"gradserve-server", "graphviz", "tqdm", "pytest"} & installed(python)
-    example = readme_block("Python SDK").replace("localhost:50051", target)
+    example = readme_block("A first gradient").replace("localhost:50051", target)
     hessian = f"""
 from gradserve.client import Client, Value
 x, y = Value(0.7), Value(-1.2)

@@ -1,5 +1,5 @@
-"""The SDK's requests ride one Train stream per Client, and fail, time out and fall back as
-unary calls would."""
+"""The SDK's requests ride one Train stream per Client and graph structure, and fail, time
+out and fall back as unary calls would."""
 
 import math
 from concurrent import futures
@@ -13,16 +13,27 @@ from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
 
 
+class _CountingChannel:
+    """A channel whose Train streams, once opened, add one to ``opened``."""
+
+    def __init__(self, channel: grpc.Channel, opened: list) -> None:
+        self._channel, self._opened = channel, opened
+
+    def stream_stream(self, *args, **kwargs):
+        open_call = self._channel.stream_stream(*args, **kwargs)
+
+        def counted(*call_args, **call_kwargs):
+            self._opened.append(1)
+            return open_call(*call_args, **call_kwargs)
+
+        return counted
+
+
 def count_opens(client: Client) -> list:
-    """A list that grows by one each time the client opens its Train stream."""
-    opened = []
-    open_call = client._train._open_call
-
-    def counted(*args, **kwargs):
-        opened.append(1)
-        return open_call(*args, **kwargs)
-
-    client._train._open_call = counted
+    """A list that grows by one each time the client opens a Train stream (one per graph
+    structure it sends)."""
+    opened: list = []
+    client._train._channel = _CountingChannel(client._train._channel, opened)
     return opened
 
 
@@ -55,10 +66,14 @@ def test_a_failed_request_raises_its_error_and_the_stream_goes_on(target):
         with pytest.raises(GraphError) as caught:
             y.backward(client)
         assert caught.value.node is not None and "log" in str(caught.value)
-        z = x * x
+        z = x.log() * 1.0  # the failed structure, and more: a stream of its own
+        x.data = 2.0
+        y = x.log()  # the failed structure again, on its stream, which went on
+        y.backward(client)
+        assert (y.data, x.grad) == (math.log(2.0), 0.5)
         z.backward(client)
-        assert (z.data, x.grad) == (1.0, -2.0)
-        assert opened == [1]
+        assert x.grad == 0.5
+        assert opened == [1, 1]
 
 
 def test_a_request_past_the_client_s_timeout_raises_and_the_next_works(registry):
@@ -139,4 +154,5 @@ def test_the_bearer_token_opens_the_stream(registry):
         x = Value(3.0)
         (x * x).backward(ok)
         assert x.grad == 6.0
-        assert not ok._train.unsupported and ok._train._responses is not None
+        assert not ok._train.unsupported
+        assert [s._responses is not None for s in ok._train._streams.values()] == [True]

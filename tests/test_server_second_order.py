@@ -132,3 +132,29 @@ def test_an_op_without_second_derivatives_is_invalid_argument_naming_it(registry
                 stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), leaf_tangents=[1.0]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "node 2: op 'cube' has no second derivatives" in caught.value.details()
+
+
+def test_rows_of_tangents_are_read_row_by_row_against_the_closed_form(stub):
+    """Two rows, three leaves, tangents neither square nor symmetric: f = x*y + sin(z)*x,
+    whose gradient is (y + sin z, x, x cos z) and Hessian [[0, 1, cos z], [1, 0, 0],
+    [cos z, 0, -x sin z]]. Tangents read column-wise or transposed would not match."""
+    g = GraphBuilder()
+    x, y, z = g.leaf(0.0), g.leaf(0.0), g.leaf(0.0)
+    f = g.op("add", g.op("mul", x, y), g.op("mul", g.op("sin", z), x))
+    leaves = np.array([[0.7, -1.3, 0.4], [2.1, 0.6, -1.9]])
+    tangents = np.array([[1.0, -2.0, 0.5], [-0.25, 3.0, 1.5]])
+    request = pb.EvaluateRequest(
+        graph=with_leaf_values(g.proto(), leaves.ravel()),
+        rows=2,
+        leaf_tangents=tangents.ravel().tolist(),
+        nodes=[x, y, z, f],
+    )
+    reply = stub.Evaluate(request)
+    value_tangents = np.array(reply.value_tangents).reshape(2, 4)
+    grad_tangents = np.array(reply.grad_tangents).reshape(2, 4)
+    for row, ((a, b, c), v) in enumerate(zip(leaves, tangents, strict=True)):
+        gradient = np.array([b + math.sin(c), a, a * math.cos(c)])
+        hessian = np.array([[0, 1, math.cos(c)], [1, 0, 0], [math.cos(c), 0, -a * math.sin(c)]])
+        np.testing.assert_allclose(value_tangents[row], [*v, gradient @ v], rtol=1e-13)
+        np.testing.assert_allclose(grad_tangents[row, :3], hessian @ v, rtol=1e-13, atol=1e-15)
+        assert grad_tangents[row, 3] == 0.0  # the output's gradient is its seed: constant

@@ -3,10 +3,9 @@
 import logging
 import math
 import queue
-import re
 import threading
-from pathlib import Path
 
+import docs_pages
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -234,8 +233,7 @@ def test_a_stream_logs_one_info_line_and_its_requests_at_debug(registry, caplog)
 
 
 def test_the_docs_example_runs_and_prints_the_gradients(target, capsys):
-    page = (Path(__file__).resolve().parents[1] / "docs" / "training-stream.md").read_text()
-    (example,) = re.findall(r"\n```python\n(.*?)```", page, re.DOTALL)
+    (example,) = docs_pages.code("docs/training-stream.md", "python")
     exec(example.replace('"localhost:50051"', repr(target)), {})
     # d(a*b)/da = b = 4, d(a*b)/db = a = 3, then the product's own seed.
     assert capsys.readouterr().out.splitlines() == [f"{i} [4.0, 3.0, 1.0]" for i in range(3)]
