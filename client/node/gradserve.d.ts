@@ -6,6 +6,7 @@ export const PROTO_ROOT: string;
 export const MAX_MESSAGE_BYTES: number;
 /** gRPC's service config (JSON) every client uses: retry UNAVAILABLE with backoff. */
 export const SERVICE_CONFIG: string;
+/** Where `new Client()` connects without a target or GRADSERVE_TARGET. */
 export const DEFAULT_TARGET: string;
 /** Graphs above this many nodes come back through EvaluateStream in backward(). */
 export const STREAM_ABOVE: number;
