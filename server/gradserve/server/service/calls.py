@@ -142,9 +142,25 @@ class CallScope:
         finally:
             self.state.waiting_for_request.discard(self)
         if raw is grpc.aio.EOF:
+            if await self._refused_by_grpc():
+                raise asyncio.CancelledError()  # the client has grpc's status already
             raise GraphError("the call ended without a request message", field="request")
         self.count_in()
         return raw
+
+    async def _refused_by_grpc(self) -> bool:
+        """Whether grpc itself refused the request message (over max-message-mb), having
+        sent the client RESOURCE_EXHAUSTED: grpc.aio hands the handler the same EOF as for
+        a client that sent no message, but then refuses to start the reply (or cancels
+        the call as it tries), where a client still waiting gets its headers. A stream
+        reset before its message looks the same here (docs/running-safely.md)."""
+        try:
+            await self.context.send_initial_metadata(())
+        except (asyncio.CancelledError, grpc.aio.UsageError, grpc.aio.InternalError):
+            self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.note = "refused by grpc"
+            return True
+        return False
 
     def count_in(self) -> None:
         """Count the call against max-concurrent-calls (and the drain) from now on."""
@@ -263,7 +279,7 @@ class CallScope:
             self.code = grpc.StatusCode.UNAVAILABLE  # what the client sees on shutdown
         elif self._past_deadline():
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
-        else:
+        elif self.note != "refused by grpc":  # else the code grpc sent is set
             self.code = grpc.StatusCode.CANCELLED
 
     def _past_deadline(self) -> bool:
