@@ -18,7 +18,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -87,8 +87,7 @@ class Cost(enum.Enum):
     SLOW = "may take tens of milliseconds"
 
 
-@dataclass
-class Answer:
+class Answer(NamedTuple):
     """The selected nodes' ids, values and gradients for the one row of a call."""
 
     ids: list[int]
@@ -137,11 +136,9 @@ class Engine:
     ) -> Answer | None:
         """The call's results from the request's fields, or None: decode it into
         ``Inputs`` for ``evaluate``, which also reports whatever is wrong with it."""
-        if self.cost(plan, request) is Cost.NONE:
+        if plan.isolated or request.leaf_tangents:  # small_call declines the rest of NONE
             return None
-        results = small_call.evaluate(
-            plan, request, should_stop, lambda: self.plans.remeasure(digest, plan)
-        )
+        results = small_call.evaluate(plan, request, should_stop, self.plans, digest)
         return None if results is None else Answer(*results)
 
     def check_tangents(self, plan: Plan) -> None:

@@ -27,8 +27,15 @@ import numpy as np
 
 from gradserve.ops import Op
 from gradserve.ops.formulas import Code
-from gradserve.server.engine import requests
 from gradserve.server.engine.plan import Plan, Stretch
+from gradserve.server.engine.requests import (
+    SELECTION_ALL,
+    SELECTION_LEAVES,
+    SELECTION_NODES,
+    outputs_or_default,
+    seeds_or_default,
+    selection_of,
+)
 
 
 class _Graph(Protocol):
@@ -237,17 +244,22 @@ def _nodes_of(plan: Plan) -> Iterator[tuple[Op, int, list[int]]]:
                 yield step.op, node, inputs
 
 
+class PlanCache(Protocol):
+    def remeasure(self, digest: bytes, plan: Plan) -> None: ...
+
+
 def evaluate(
     plan: Plan,
     request: EvaluateRequestFields,
     should_stop: Callable[[], bool],
-    kept_more: Callable[[], None],
+    plans: PlanCache,
+    digest: bytes,
 ) -> tuple[list[int], list[float], list[float]] | None:
-    """The selected nodes' ids, values and gradients, or None: run the general path.
-    ``kept_more`` is called when the plan keeps a new program (its bytes grew)."""
+    """The selected nodes' ids, values and gradients, or None: run the general path. When
+    the plan keeps a new program, ``plans`` (which hold it under ``digest``) count it."""
     if plan.node_count > MAX_NODES or request.rows > 1:
         return None
-    program = _program(plan, kept_more)
+    program = plan.kept.get(COMPILED) or _program(plan, plans, digest)
     if program is None:
         return None
     try:
@@ -265,7 +277,7 @@ def quick(plan: Plan) -> bool:
     return COMPILED in plan.kept
 
 
-def _program(plan: Plan, kept_more: Callable[[], None]) -> Program | None:
+def _program(plan: Plan, plans: PlanCache, digest: bytes) -> Program | None:
     """The plan's program: looped on its first call (None when the plan is too large for
     that), compiled on its second (None when it cannot be), then that one."""
     kept = plan.kept
@@ -281,7 +293,7 @@ def _program(plan: Plan, kept_more: Callable[[], None]) -> Program | None:
         kept[name] = program
         if name == COMPILED:
             kept.pop(LOOPED, None)  # never run again
-    kept_more()
+    plans.remeasure(digest, plan)
     return program
 
 
@@ -296,8 +308,8 @@ def _evaluate(program: Program, request: EvaluateRequestFields):
     if not isfinite(sum(v)) or (program.domains and not _inside_domains(program, v)):
         return None
     g = [0.0] * len(v)
-    outputs = requests.outputs_or_default(request.outputs, len(slots))
-    seeds = requests.seeds_or_default(request.seeds, len(outputs))
+    outputs = outputs_or_default(request.outputs, len(slots))
+    seeds = seeds_or_default(request.seeds, len(outputs))
     if len(seeds) != len(outputs):
         return None
     for output, seed in zip(outputs, seeds, strict=False):
@@ -312,14 +324,14 @@ def _selected(program: Program, request: EvaluateRequestFields, v: list[float], 
     """The ids, values and gradients of the nodes whose results go back, as
     wire.selected_nodes picks them; None where that function raises."""
     nodes = request.nodes
-    selection = requests.selection_of(request.selection, nodes)
-    if selection == requests.SELECTION_LEAVES and not nodes:
+    selection = selection_of(request.selection, nodes)
+    if selection == SELECTION_LEAVES and not nodes:
         count = len(program.leaves)
         return program.leaves, v[:count], g[:count]
-    if selection == requests.SELECTION_NODES:
+    if selection == SELECTION_NODES:
         ids = list(nodes)
         slots = [program.slots[i] for i in ids]
-    elif selection == requests.SELECTION_ALL and not nodes:
+    elif selection == SELECTION_ALL and not nodes:
         ids, slots = list(range(len(program.slots))), program.slots
     else:
         return None
