@@ -8,7 +8,7 @@ import pytest
 from graphs import GraphBuilder
 from hardening import violations
 
-from gradserve.server.service import evaluation as servicer
+from gradserve.server.engine import run as engine_entry
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -50,7 +50,7 @@ def test_an_unexpected_error_is_internal_with_an_id_in_the_log(stub, monkeypatch
     def broken(*args):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(servicer, "compile_graph", broken)
+    monkeypatch.setattr(engine_entry, "compile_graph", broken)
     g = GraphBuilder()
     g.leaf(1.0, label="never compiled before")  # a new structure: no plan cache hit
     with caplog.at_level(logging.ERROR), pytest.raises(grpc.RpcError) as caught:

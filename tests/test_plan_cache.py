@@ -11,6 +11,8 @@ import shapes
 from graphs import GraphBuilder, neuron
 from servers import serving
 
+from gradserve.server.engine import run as engine_entry
+from gradserve.server.engine import small_call
 from gradserve.server.engine.errors import QUOTE_LIMIT
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import GraphArrays, compile_graph
@@ -136,7 +138,7 @@ def test_second_call_by_digest_reuses_the_plan(stub, monkeypatch):
 
     compiled = []
     monkeypatch.setattr(
-        servicer_module,
+        engine_entry,
         "compile_graph",
         lambda *a, **k: compiled.append(1) or compile_graph(*a, **k),
     )
@@ -241,6 +243,69 @@ def test_a_plans_bytes_cover_what_it_holds(ops, shape, rows):
     finally:
         tracemalloc.stop()
     assert held <= plan.nbytes() <= 3 * held
+
+
+FLOAT_PROGRAM_SHAPES = {
+    "chain of 10": lambda: shapes.deep_chain(10),
+    "chain of 100": lambda: shapes.deep_chain(100),
+    "chain of 2,000": lambda: shapes.deep_chain(2_000),
+    "mlp 4x2": lambda: shapes.mlp(4, 2),
+    "mlp 6x3": lambda: shapes.mlp(6, 3),
+    "fan-in of 100": lambda: shapes.wide_fan_in(100),
+    "fan-in of 2,000": lambda: shapes.wide_fan_in(2_000),
+}
+LOOPED_SHAPES = ("chain of 10", "chain of 100", "mlp 4x2", "fan-in of 100")  # to LOOP_NODES
+
+
+@pytest.mark.parametrize(
+    ("shape", "compiled"),
+    [(shape, True) for shape in FLOAT_PROGRAM_SHAPES] + [(s, False) for s in LOOPED_SHAPES],
+)
+def test_a_float_programs_bytes_cover_what_it_holds(ops, shape, compiled):
+    """``Program.nbytes`` (what its plan counts) against tracemalloc's count of what making
+    the program left allocated: never below, at most 3x above."""
+    plan = compile_graph(FLOAT_PROGRAM_SHAPES[shape](), ops)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        program = small_call.program_of(plan, compiled=compiled)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert program is not None and program.compiled == compiled
+    assert held <= program.nbytes() <= 3 * held
+
+
+def test_the_plan_cache_counts_the_float_programs_of_its_plans(ops):
+    """A one-row call's float programs live on its plan: the first call's looped program
+    and the second's compiled one are counted in the cache's bytes as they are made (the
+    compiled one replacing the looped one), and a cache too small for the plan with its
+    compiled program evicts it."""
+    g = chain(100)
+    request = pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_ALL)
+    digest = structure_digest(g.arrays())
+    engine = engine_entry.Engine(ops, PlanCache(max_bytes=2**30))
+    plan = engine.compile(digest, g.arrays(), lambda: False)
+    alone = plan.nbytes()
+    assert engine.plans.bytes == alone
+    sizes = []
+    for _ in range(3):
+        assert engine.answer(plan, digest, request, lambda: False) is not None
+        assert engine.plans.bytes == plan.nbytes()
+        sizes.append(plan.nbytes())
+    looped, compiled, again = sizes
+    assert list(plan.kept) == [small_call.COMPILED] and again == compiled
+    assert looped - alone == small_call.program_of(plan).nbytes()
+    assert compiled - alone == plan.kept[small_call.COMPILED].nbytes() > looped - alone
+
+    small = engine_entry.Engine(ops, PlanCache(max_bytes=(alone + compiled) // 2))
+    plan = small.compile(digest, g.arrays(), lambda: False)
+    assert small.plans.get(digest) is plan
+    small.answer(plan, digest, request, lambda: False)
+    small.answer(plan, digest, request, lambda: False)
+    assert small.plans.get(digest) is None and small.plans.bytes == 0
 
 
 def test_a_plan_keeps_only_the_quoted_part_of_a_label(ops):

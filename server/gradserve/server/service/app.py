@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.server.engine import plan_cache as plans
+from gradserve.server.engine.run import Engine
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
@@ -60,7 +61,7 @@ class RunningServer:
     _server: grpc.aio.Server
     _health: health.aio.HealthServicer
     _state: ServerState
-    isolated: IsolatedEvaluator | None = None
+    isolation: IsolatedEvaluator | None = None
 
     def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to
@@ -77,8 +78,8 @@ class RunningServer:
         self._loop.close()
         self._state.executor.shutdown(wait=False, cancel_futures=True)
         call_log.flush()
-        if self.isolated is not None:
-            self.isolated.close()
+        if self.isolation is not None:
+            self.isolation.close()
 
     async def _drain_and_stop(self, grace: float, drain_delay: float) -> None:
         state = self._state
@@ -141,7 +142,7 @@ def start_server(
             f"the plan cache ({plan_cache_bytes // 2**20} MiB) must be smaller than the "
             f"memory budget ({max_memory_bytes // 2**20} MiB)"
         )
-    isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
+    isolation = _isolation_workers(registry, isolation_workers, trusted_plugins)
     state = ServerState(
         limits=limits or Limits(),
         budget=MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes),
@@ -153,7 +154,9 @@ def start_server(
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
         watch_plan_cache(metrics, plan_cache, state.budget)
-    servicer = GradientServicer(registry, plan_cache, state, isolated, max_message_bytes)
+    ops = {name: loaded.op for name, loaded in registry.items()}
+    engine = Engine(ops, plan_cache, isolation)
+    servicer = GradientServicer(registry, engine, state, max_message_bytes)
     interceptors = [
         *([metrics.interceptor(f"/{SERVICE_NAME}/")] if metrics else []),
         *([BearerTokenInterceptor(auth_token)] if auth_token else []),
@@ -204,13 +207,13 @@ def start_server(
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         state.executor.shutdown(wait=False)
-        if isolated is not None:
-            isolated.close()
+        if isolation is not None:
+            isolation.close()
         raise
-    return RunningServer(port, loop, thread, server, health_servicer, state, isolated)
+    return RunningServer(port, loop, thread, server, health_servicer, state, isolation)
 
 
-def _isolated_evaluator(
+def _isolation_workers(
     registry: Mapping[str, LoadedOp], workers: int, trusted_plugins: Iterable[str]
 ) -> IsolatedEvaluator | None:
     trusted = TRUSTED_DISTRIBUTIONS | set(trusted_plugins)
