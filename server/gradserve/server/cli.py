@@ -41,7 +41,7 @@ from gradserve.server.service.app import (
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
-from gradserve.server.service.security import read_token, server_credentials
+from gradserve.server.service.security import read_tokens, server_credentials
 
 log = logging.getLogger("gradserve")
 
@@ -136,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         for tls_file in tls_files:
             Path(tls_file).read_bytes()  # fail now, not in every worker
-        token = read_token(args.auth_token, args.auth_token_file)
+        tokens = read_tokens(args.auth_token, args.auth_token_file)
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -147,6 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_deadline_s=args.default_deadline,
         request_timeout_s=args.request_timeout,
         calls_per_connection=args.max_calls_per_connection,
+        calls_per_token=args.max_calls_per_token,
     )
     describe = "ops: " + ", ".join(sorted(registry))
 
@@ -180,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
                     if args.tls_cert
                     else None
                 ),
-                auth_token=token,
+                auth_token=tokens,
                 enable_reflection=not args.no_reflection,
                 isolation_workers=args.isolation_workers,
                 trusted_plugins=[d.strip() for d in args.trusted_plugins.split(",") if d.strip()],
@@ -217,7 +218,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     log.info(
         "tls=%s mutual-tls=%s auth-token=%s reflection=%s",
-        *(bool(x) for x in (args.tls_cert, args.tls_client_ca, token, not args.no_reflection)),
+        *(bool(x) for x in (args.tls_cert, args.tls_client_ca, tokens, not args.no_reflection)),
     )
     if args.workers == 1:
         return serve_one(args.port, reuse_port=False, metrics_port=args.metrics_port, ready=None)
@@ -317,6 +318,13 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         help="calls in progress from one connection at once (default: 1/"
         f"{limits.CONNECTION_SHARE} of --max-concurrent-calls)",
     )
+    serve.add_argument(
+        "--max-calls-per-token",
+        type=_positive_int,
+        default=None,
+        help="calls in progress with one bearer token at once, when --auth-token-file holds "
+        f"several (default: 1/{limits.TOKEN_SHARE} of --max-concurrent-calls)",
+    )
     serve.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     serve.add_argument(
@@ -325,7 +333,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--auth-token", help="require this bearer token on every call")
     serve.add_argument(
         "--auth-token-file",
-        help="file whose first line is the token (wins over --auth-token)",
+        help="file with one token a line, one per tenant (wins over --auth-token)",
     )
     serve.add_argument(
         "--isolation-workers",

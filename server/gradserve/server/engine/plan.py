@@ -9,7 +9,7 @@ group reads another node of the same group.
 import functools
 import itertools
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -147,6 +147,11 @@ class Plan:
     leaves: np.ndarray  # the ids of the leaf nodes, increasing
     steps: tuple[Group | Stretch, ...]  # in an order where every step's inputs come earlier
     labels: tuple[str, ...]
+    ops: tuple[Op, ...]  # the ops it applies, each once
+    # What its evaluation allocates in proportion to (``memory.evaluation_bytes``): counted
+    # while compiling, with stop checks, rather than by a loop over millions of steps on the
+    # server's event loop when the call is admitted.
+    sizes: PlanSizes
     # The graph it was compiled from, kept only when the plan must be compiled again
     # elsewhere (an isolation worker, for an isolated plan).
     source: GraphArrays | None = None
@@ -157,32 +162,13 @@ class Plan:
     @functools.cached_property
     def op_names(self) -> frozenset[str]:
         """The names of the ops the plan applies."""
-        return frozenset(op.name for op in self._ops())
+        return frozenset(op.name for op in self.ops)
 
     @functools.cached_property
     def isolated(self) -> bool:
         """Whether the plan applies an op that the server runs in isolation workers
         (``Op.isolated``): then it is evaluated there, never in the server's process."""
-        return any(op.isolated for op in self._ops())
-
-    def _ops(self) -> Iterator[Op]:
-        for step in self.steps:
-            for group in step.parts if isinstance(step, Stretch) else (step,):
-                yield group.op
-
-    @functools.cached_property
-    def sizes(self) -> PlanSizes:
-        """What its evaluation allocates in proportion to (``memory.evaluation_bytes``)."""
-        edges = positions = chain_nodes = 0
-        for step in self.steps:
-            if isinstance(step, Stretch):
-                chain_nodes += len(step.nodes)
-                edges += len(step.inputs)
-                positions += sum(len(part.args) for part in step.parts)
-            else:
-                edges += step.args.size
-                positions += len(step.args)
-        return PlanSizes(self.node_count, edges, positions, chain_nodes)
+        return any(op.isolated for op in self.ops)
 
     def describe(self, node: int) -> str:
         """The node id with its label, if it has one, for messages."""
@@ -255,14 +241,32 @@ def compile_graph(
     stop.check()
     levels = levels_of(node_ops != 0, counts, offsets, input_ids, owners, stop)
     stop.check()
+    steps = _schedule(table, node_ops, counts, offsets, input_ids, levels, stop)
     return Plan(
         node_count=n,
         leaves=np.flatnonzero(node_ops == 0),
-        steps=_schedule(table, node_ops, counts, offsets, input_ids, levels, stop),
+        steps=steps,
         # A plan keeps of each label only what a message quotes: a megabyte label costs
         # the cache a few hundred bytes, not a megabyte.
         labels=tuple(map(cut, graph.labels)),
+        ops=tuple(table[1:]),  # each listed once, each used (_resolve_ops)
+        sizes=_sizes(n, steps, stop),
     )
+
+
+def _sizes(node_count: int, steps: Sequence[Group | Stretch], stop: "_Stop") -> PlanSizes:
+    edges = positions = chain_nodes = 0
+    for index, step in enumerate(steps):
+        if not index % _POLL_NODES:
+            stop.check()
+        if isinstance(step, Stretch):
+            chain_nodes += len(step.nodes)
+            edges += len(step.inputs)
+            positions += sum(len(part.args) for part in step.parts)
+        else:
+            edges += step.args.size
+            positions += len(step.args)
+    return PlanSizes(node_count, edges, positions, chain_nodes)
 
 
 def raise_if_stopped(should_stop: Callable[[], bool]) -> None:

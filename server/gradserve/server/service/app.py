@@ -9,7 +9,7 @@ UNAVAILABLE, in-flight calls given the grace to finish) and stops it.
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,7 +113,7 @@ def start_server(
     metrics: CallMetrics | None = None,
     limits: Limits | None = None,
     credentials: grpc.ServerCredentials | None = None,
-    auth_token: str | None = None,
+    auth_token: str | Sequence[str] | None = None,
     enable_reflection: bool = True,
     isolation_workers: int = 0,
     trusted_plugins: Iterable[str] = (),
@@ -125,15 +125,16 @@ def start_server(
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
     ``metrics``, when given, records every call (see ``gradserve.server.service.metrics``).
     ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
-    on every call but health checks. With ``isolation_workers``, plans using ops from
-    distributions other than gradserve-ops-core and ``trusted_plugins`` run in that many
-    replaceable worker processes (the registry must then come from the entry points, which
-    the workers load again). A connection older than ``max_connection_age`` seconds (0:
-    no limit) is asked to go away, and closed once its calls have had the default deadline
-    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). The plan
-    cache holds at most ``plan_cache_bytes`` (default: a quarter of ``max_memory_bytes``),
-    and the calls in flight the rest of ``max_memory_bytes``. docs/running-safely.md
-    explains every option.
+    (or one of several) on every call but health checks; with several, each holds at most
+    ``limits.max_calls_per_token`` of the call slots. With ``isolation_workers``, plans
+    using ops from distributions other than gradserve-ops-core and ``trusted_plugins`` run
+    in that many replaceable worker processes (the registry must then come from the entry
+    points, which the workers load again). A connection older than ``max_connection_age``
+    seconds (0: no limit) is asked to go away, and closed once its calls have had the
+    default deadline to finish: what bounds a reader that never reads (see
+    ``CallScope._abandon``). The plan cache holds at most ``plan_cache_bytes`` (default: a
+    quarter of ``max_memory_bytes``), and the calls in flight the rest of
+    ``max_memory_bytes``. docs/running-safely.md explains every option.
     """
     if plan_cache_bytes is None:
         plan_cache_bytes = max_memory_bytes // plans.BUDGET_SHARE
@@ -143,6 +144,7 @@ def start_server(
             f"memory budget ({max_memory_bytes // 2**20} MiB)"
         )
     isolation = _isolation_workers(registry, isolation_workers, trusted_plugins)
+    tokens = tuple(filter(None, [auth_token] if isinstance(auth_token, str) else auth_token or ()))
     state = ServerState(
         limits=limits or Limits(),
         budget=MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes),
@@ -150,6 +152,7 @@ def start_server(
         threads=threads,
         send_timeout_s=send_timeout,
         metrics=metrics,
+        per_token={} if len(tokens) > 1 else None,
     )
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
@@ -159,7 +162,7 @@ def start_server(
     servicer = GradientServicer(registry, engine, state, max_message_bytes)
     interceptors = [
         *([metrics.interceptor(f"/{SERVICE_NAME}/")] if metrics else []),
-        *([BearerTokenInterceptor(auth_token)] if auth_token else []),
+        *([BearerTokenInterceptor(tokens)] if tokens else []),
     ]
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -29,6 +29,7 @@ from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFi
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
+from gradserve.server.service.security import bearer
 
 log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
@@ -42,6 +43,10 @@ class TooManyCalls(Exception):
 
 class TooManyCallsOnConnection(Exception):
     """More calls in progress on one connection than max-calls-per-connection."""
+
+
+class TooManyCallsOnToken(Exception):
+    """More calls in progress with one bearer token than max-calls-per-token."""
 
 
 class RequestTimedOut(Exception):
@@ -71,6 +76,7 @@ class ServerState:
     stopped: bool = False  # the grace ran out: calls still running are being cancelled
     waiting_for_request: set = field(default_factory=set)  # of CallScope
     per_connection: dict = field(default_factory=dict)  # calls counted, by peer
+    per_token: dict | None = None  # calls counted, by bearer token, when several are accepted
     all_ended: asyncio.Event | None = None
     slots: asyncio.Semaphore | None = None
 
@@ -99,6 +105,7 @@ class CallScope:
         self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
         self.code = grpc.StatusCode.OK
         self.connection = ""  # the peer, once the call counts against the limits
+        self.token = ""  # its bearer token, when the server counts calls by token
         self.note = ""
         self._gone = False
         self._counted = False
@@ -142,20 +149,42 @@ class CallScope:
         finally:
             self.state.waiting_for_request.discard(self)
         if raw is grpc.aio.EOF:
+            if await self._refused_by_grpc():
+                raise asyncio.CancelledError()  # the client has grpc's status already
             raise GraphError("the call ended without a request message", field="request")
         self.count_in()
         return raw
 
+    async def _refused_by_grpc(self) -> bool:
+        """Whether grpc itself refused the request message (over max-message-mb), having
+        sent the client RESOURCE_EXHAUSTED: grpc.aio hands the handler the same EOF as for
+        a client that sent no message, but then refuses to start the reply (or cancels
+        the call as it tries), where a client still waiting gets its headers. A stream
+        reset before its message looks the same here (docs/running-safely.md)."""
+        try:
+            await self.context.send_initial_metadata(())
+        except (asyncio.CancelledError, grpc.aio.UsageError, grpc.aio.InternalError):
+            self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.note = "refused by grpc"
+            return True
+        return False
+
     def count_in(self) -> None:
-        """Count the call against max-concurrent-calls (and the drain) from now on."""
-        if self.state.active >= self.state.limits.max_concurrent_calls:
+        """Count the call against max-concurrent-calls, its connection's and its token's
+        shares (and the drain) from now on."""
+        state, limits = self.state, self.state.limits
+        if state.active >= limits.max_concurrent_calls:
             raise TooManyCalls()
         self.connection = self.context.peer()
-        per_connection = self.state.per_connection
-        if per_connection.get(self.connection, 0) >= self.state.limits.max_calls_per_connection:
+        if state.per_connection.get(self.connection, 0) >= limits.max_calls_per_connection:
             raise TooManyCallsOnConnection()
-        per_connection[self.connection] = per_connection.get(self.connection, 0) + 1
-        self.state.active += 1
+        if state.per_token is not None:
+            self.token = bearer(self.context.invocation_metadata())
+            if state.per_token.get(self.token, 0) >= limits.max_calls_per_token:
+                raise TooManyCallsOnToken()
+            _add(state.per_token, self.token, 1)
+        _add(state.per_connection, self.connection, 1)
+        state.active += 1
         self.state.all_ended.clear()
         self._counted = True
 
@@ -228,10 +257,9 @@ class CallScope:
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            per_connection = self.state.per_connection
-            per_connection[self.connection] -= 1
-            if not per_connection[self.connection]:
-                del per_connection[self.connection]
+            _add(self.state.per_connection, self.connection, -1)
+            if self.state.per_token is not None:
+                _add(self.state.per_token, self.token, -1)
             self.state.active -= 1
             if not self.state.active:
                 self.state.all_ended.set()
@@ -263,7 +291,7 @@ class CallScope:
             self.code = grpc.StatusCode.UNAVAILABLE  # what the client sees on shutdown
         elif self._past_deadline():
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
-        else:
+        elif self.note != "refused by grpc":  # else the code grpc sent is set
             self.code = grpc.StatusCode.CANCELLED
 
     def _past_deadline(self) -> bool:
@@ -314,6 +342,14 @@ class CallScope:
                 f"this connection already has {limit} calls in progress on this server "
                 f"process (max-calls-per-connection = {limit}); retry later, or spread the "
                 "calls over more connections",
+            )
+        elif isinstance(exc, TooManyCallsOnToken):
+            limit = self.state.limits.max_calls_per_token
+            result = status.quota_failure(
+                "max-calls-per-token",
+                f"this bearer token already has {limit} calls in progress on this server "
+                f"process (max-calls-per-token = {limit}), its share of the call slots; "
+                "retry later, once some of them have ended",
             )
         elif isinstance(exc, RequestTimedOut):
             result = status.plain(
@@ -374,6 +410,15 @@ class CallScope:
             )
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
+
+
+def _add(counts: dict, key: str, change: int) -> None:
+    """Change ``counts[key]`` by ``change``, dropping a key whose count reaches 0."""
+    count = counts.get(key, 0) + change
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
 
 
 _DRAINING = "the server is shutting down and takes no new calls; retry on another server"

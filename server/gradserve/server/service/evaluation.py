@@ -54,12 +54,15 @@ def request_bytes(request: pb.EvaluateRequest) -> int:
     return 4 * ints + 8 * doubles + text + len(request.plan_digest)
 
 
-def compile_cost(request: pb.EvaluateRequest) -> int:
-    """The memory compiling the request's graph would take (0 when it names a plan)."""
+def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
+    """The memory compiling the request's graph would take (0 when it names a plan); its
+    labels hold at most the ``raw_length`` bytes of the request message."""
     graph = request.graph
     if request.plan_digest:
         return 0
-    return memory.compile_bytes(len(graph.node_ops), len(graph.input_ids))
+    return memory.compile_bytes(
+        len(graph.node_ops), len(graph.input_ids), len(graph.labels), raw_length
+    )
 
 
 @dataclasses.dataclass

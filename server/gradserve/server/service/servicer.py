@@ -45,9 +45,10 @@ class GradientServicer:
         evaluate. A unary reply that could not be sent is refused here, before any
         evaluation."""
         raw = await call.receive()
-        raw_bytes = evaluation.raw_request_bytes(len(raw))
+        raw_length = len(raw)
+        raw_bytes = evaluation.raw_request_bytes(raw_length)
         await call.admit(raw_bytes)
-        small_request = len(raw) <= INLINE_REQUEST_BYTES
+        small_request = raw_length <= INLINE_REQUEST_BYTES
         with call.span.step("decoding"):
             request = await call.compute(_decode, raw, inline=small_request)
         del raw
@@ -57,7 +58,7 @@ class GradientServicer:
         inline = small_request and len(graph.node_ops) <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
-        await call.admit(call.request_bytes + evaluation.compile_cost(request))
+        await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
             plan, digest = await call.compute(self._evaluator.plan, request, step, inline=inline)
         call.nodes = plan.node_count
