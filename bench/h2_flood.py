@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -62,8 +63,9 @@ class PartialBody:
             ],
         )
         self.body = memoryview(struct.pack(">?I", False, declared) + bytes(to_send))
-        self.sent = 0
-        self.outcome: str | None = None
+        self.sent = 0  # bytes of the body the server's windows let through
+        self.outcome: str | None = None  # how the server ended the call, once it has
+        self.details = ""  # the grpc-message it ended it with
         self._flush()
 
     def _flush(self) -> None:
@@ -72,21 +74,28 @@ class PartialBody:
             self.sock.sendall(outgoing)
 
     def step(self) -> None:
-        """Send what the windows allow, then read what the server sent (briefly)."""
-        room = min(
-            self.conn.local_flow_control_window(self.stream),
-            self.conn.max_outbound_frame_size,
-            len(self.body) - self.sent,
-        )
-        if room > 0:
-            self.conn.send_data(self.stream, bytes(self.body[self.sent : self.sent + room]))
-            self.sent += room
-            self._flush()
+        """Read what the server sent, then send what the windows allow (or wait briefly
+        for the server when they allow nothing)."""
+        self.receive(0)
+        if self.outcome is not None:
             return
-        self.sock.settimeout(0.05)
+        room = min(self.conn.local_flow_control_window(self.stream), len(self.body) - self.sent)
+        if room <= 0:
+            self.receive(0.05)
+            return
+        frame = self.conn.max_outbound_frame_size
+        for start in range(self.sent, self.sent + room, frame):
+            end = min(start + frame, self.sent + room)
+            self.conn.send_data(self.stream, bytes(self.body[start:end]))
+        self.sent += room
+        self._flush()
+
+    def receive(self, timeout: float) -> None:
+        """Handle what the server sent, waiting up to ``timeout`` s for it."""
+        self.sock.settimeout(timeout)
         try:
             chunk = self.sock.recv(65_536)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             return
         if not chunk:
             self.outcome = "connection closed"
@@ -97,9 +106,10 @@ class PartialBody:
             if isinstance(event, h2.events.StreamReset):
                 self.outcome = f"reset {event.error_code}"
             elif isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
-                status = dict(event.headers).get(b"grpc-status")
-                if status is not None:
+                headers = dict(event.headers)
+                if (status := headers.get(b"grpc-status")) is not None:
                     self.outcome = f"grpc-status {int(status)}"
+                    self.details = unquote(headers.get(b"grpc-message", b"").decode())
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.outcome = "GOAWAY"
         self._flush()

@@ -40,7 +40,9 @@ class ArrivalGate:
         self.slots = max(1, max_bytes // message_bytes)  # one read is always allowed
         self.hold_s = hold_s
         self.taken_back = 0  # slots taken back from reads held too long, since start
-        self._holders: dict[object, tuple[float, Callable[[], None]]] = {}  # oldest first
+        # since when each read holds its slot (oldest first), and how to end its call (None
+        # once it is being taken back)
+        self._holders: dict[object, tuple[float, Callable[[Callable], None] | None]] = {}
         self._freed: asyncio.Condition | None = None  # made on the loop, at first use
 
     @property
@@ -48,35 +50,49 @@ class ArrivalGate:
         """The bytes that the reads pending now may let arrive, at most."""
         return len(self._holders) * self.message_bytes
 
-    async def read(self, receive: Callable[[], Awaitable], take_back: Callable[[], None]):
+    async def read(self, receive: Callable[[], Awaitable], take_back: Callable[[Callable], None]):
         """``await receive()`` holding a slot, waiting for one first if need be (the caller
-        bounds the whole in time). ``take_back()`` is called if the slot is taken back; it
-        must end the read's call."""
+        bounds the whole in time). If the slot is taken back, ``take_back(give_back)`` is
+        called: it must end the read's call and call ``give_back()`` once the call has
+        ended, which frees the slot."""
         key = object()
         await self._acquire(key, take_back)
         try:
             return await receive()
         finally:
-            self._release(key)
+            if self._holders.get(key, (0, take_back))[1] is not None:  # else: being taken back
+                self._release(key)
 
-    async def _acquire(self, key: object, take_back: Callable[[], None]) -> None:
+    async def _acquire(self, key: object, take_back: Callable[[Callable], None]) -> None:
         while len(self._holders) >= self.slots:
-            oldest, (since, end_call) = next(iter(self._holders.items()))
-            now = time.monotonic()
-            if now >= since + self.hold_s:
-                del self._holders[oldest]
-                self.taken_back += 1
-                end_call()
-                continue
+            if (oldest := self._oldest()) is not None and time.monotonic() >= oldest + self.hold_s:
+                self._take_back_oldest()
             if self._freed is None:
                 self._freed = asyncio.Condition()
+            # Wait for a slot given back, or for the oldest read to have held its slot too
+            # long. A call taken back gives its slot back once it has ended, so that its
+            # bytes and the next read's never add up.
+            oldest = self._oldest()
+            wait = None if oldest is None else oldest + self.hold_s - time.monotonic()
             async with self._freed:
                 try:
-                    async with asyncio.timeout(since + self.hold_s - now):
+                    async with asyncio.timeout(wait):
                         await self._freed.wait()
                 except TimeoutError:
                     pass
         self._holders[key] = (time.monotonic(), take_back)
+
+    def _oldest(self) -> float | None:
+        """Since when the oldest read not being taken back holds its slot."""
+        return min((since for since, end in self._holders.values() if end), default=None)
+
+    def _take_back_oldest(self) -> None:
+        for key, (since, end_call) in self._holders.items():
+            if end_call is not None:
+                self._holders[key] = (since, None)  # held until its call has ended
+                self.taken_back += 1
+                end_call(lambda key=key: self._release(key))
+                return
 
     def _release(self, key: object) -> None:
         if self._holders.pop(key, None) is not None and self._freed is not None:
@@ -84,4 +100,4 @@ class ArrivalGate:
 
     async def _notify(self) -> None:
         async with self._freed:
-            self._freed.notify()
+            self._freed.notify_all()

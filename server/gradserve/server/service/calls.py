@@ -106,6 +106,7 @@ class CallScope:
         self._counted = False
         self._finished = False
         self._running = None  # the executor future of the step in progress
+        self._give_back_slot: Callable[[], None] | None = None  # a read slot taken back
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
@@ -157,9 +158,10 @@ class CallScope:
             return await self.context.read()
         return await gate.read(self.context.read, self._take_back_read)
 
-    def _take_back_read(self) -> None:
-        """The read's slot was taken back (``arrival``): end the call."""
+    def _take_back_read(self, give_back: Callable[[], None]) -> None:
+        """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
         self.note = _TAKEN_BACK
+        self._give_back_slot = give_back
         self._task.cancel()
 
     def count_in(self) -> None:
@@ -272,6 +274,8 @@ class CallScope:
             return False  # unreachable: _end raises grpc's abort exception
         finally:
             self._finish()
+            if self._give_back_slot is not None:  # the call has ended: its bytes are gone
+                self._give_back_slot()
 
     def _went_away(self) -> None:
         """The client cancelled, its deadline passed, the connection was lost, the reply
