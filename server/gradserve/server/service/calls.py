@@ -26,6 +26,7 @@ from gradserve.server.engine.errors import (
 )
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
+from gradserve.server.service.arrival import ArrivalGate
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
@@ -79,6 +80,7 @@ class ServerState:
     per_token: dict | None = None  # calls counted, by bearer token, when several are accepted
     all_ended: asyncio.Event | None = None
     slots: asyncio.Semaphore | None = None
+    arrival: ArrivalGate | None = None  # None: reads are not gated
 
     def on_loop(self) -> None:
         """Make the asyncio objects, on the server's event loop."""
@@ -111,6 +113,7 @@ class CallScope:
         self._counted = False
         self._finished = False
         self._running = None  # the executor future of the step in progress
+        self._give_back_slot: Callable[[], None] | None = None  # a read slot taken back
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
@@ -143,7 +146,8 @@ class CallScope:
         self.state.waiting_for_request.add(self)
         arriving = min(self.deadline, time.monotonic() + self.state.limits.request_timeout_s)
         try:
-            raw = await asyncio.wait_for(self.context.read(), arriving - time.monotonic())
+            async with asyncio.timeout(arriving - time.monotonic()):
+                raw = await self.read()
         except TimeoutError:
             raise RequestTimedOut() from None
         finally:
@@ -168,6 +172,20 @@ class CallScope:
             self.note = "refused by grpc"
             return True
         return False
+
+    async def read(self):
+        """The next request message from the call's stream (or EOF), read holding a read
+        slot when the server gates them (``arrival``)."""
+        gate = self.state.arrival
+        if gate is None:
+            return await self.context.read()
+        return await gate.read(self.context.read, self._take_back_read)
+
+    def _take_back_read(self, give_back: Callable[[], None]) -> None:
+        """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
+        self.note = _TAKEN_BACK
+        self._give_back_slot = give_back
+        self._task.cancel()
 
     def count_in(self) -> None:
         """Count the call against max-concurrent-calls, its connection's and its token's
@@ -276,12 +294,16 @@ class CallScope:
             if isinstance(exc, asyncio.CancelledError):
                 if self.note == "draining":
                     await self._end(status.plain(grpc.StatusCode.UNAVAILABLE, _DRAINING))
+                if self.note == _TAKEN_BACK:
+                    await self._end(self._taken_back_status())
                 self._went_away()
                 return False
             await self._end(self._status_of(exc))
             return False  # unreachable: _end raises grpc's abort exception
         finally:
             self._finish()
+            if self._give_back_slot is not None:  # the call has ended: its bytes are gone
+                self._give_back_slot()
 
     def _went_away(self) -> None:
         """The client cancelled, its deadline passed, the connection was lost, the reply
@@ -372,6 +394,17 @@ class CallScope:
             result = status.internal(self.method)
         return result
 
+    def _taken_back_status(self) -> grpc.Status:
+        gate = self.state.arrival
+        return status.quota_failure(
+            "max-arriving-mb",
+            f"the request message took more than {gate.hold_s:g} s to arrive while other "
+            f"calls waited to receive theirs (max-arriving-mb = {gate.total // 2**20} lets "
+            f"{gate.slots} request(s) of up to {gate.message_bytes // 2**20} MiB arrive at "
+            "once); retry later",
+            limit=gate.total,
+        )
+
     async def _end(self, result: grpc.Status) -> None:
         self.code = result.code
         self._gone = True
@@ -421,4 +454,6 @@ def _add(counts: dict, key: str, change: int) -> None:
         del counts[key]
 
 
+
+_TAKEN_BACK = "read slot taken back"
 _DRAINING = "the server is shutting down and takes no new calls; retry on another server"

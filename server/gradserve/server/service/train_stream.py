@@ -155,10 +155,9 @@ class _Inbox:
 
     async def read_all(self) -> None:
         """Read messages until the client half-closes; an error ends the stream."""
-        context = self.stream.context
         try:
             while True:
-                raw = await context.read()
+                raw = await self.stream.read()
                 if raw is grpc.aio.EOF:
                     await self.queue.put(None)
                     return
