@@ -104,6 +104,8 @@ class CallScope:
         self._counted = False
         self._finished = False
         self._running = None  # the executor future of the step in progress
+        self._sending_since: float | None = None  # loop time the write in progress began
+        self._send_watch: asyncio.TimerHandle | None = None
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
@@ -182,7 +184,9 @@ class CallScope:
         """Write one reply message. A client that has not taken it within the send timeout
         is abandoned (see ``_abandon``); once grpc lets go of the message, the call ends
         CANCELLED instead of going on."""
-        timer = asyncio.get_running_loop().call_later(self.state.send_timeout_s, self._abandon)
+        self._sending_since = self._loop.time()
+        if self._send_watch is None:
+            self._watch_send(self._sending_since + self.state.send_timeout_s)
         try:
             await self.context.write(message)
         except Exception:
@@ -191,9 +195,26 @@ class CallScope:
             # so the call ends as CANCELLED (or DEADLINE_EXCEEDED), without a traceback.
             raise asyncio.CancelledError() from None
         finally:
-            timer.cancel()
+            self._sending_since = None
         if self.note == "send timeout":
             raise SendTimedOut()
+
+    def _watch_send(self, due: float) -> None:
+        """Look at the write in progress at ``due``: one timer a call, not one a message,
+        so that a stream's many small replies cost no timer each."""
+        self._send_watch = self._loop.call_at(due, self._check_send)
+
+    def _check_send(self) -> None:
+        """Abandon the call if its write in progress has waited the send timeout; else look
+        again when it could have (a send that starts later arms the watch anew)."""
+        self._send_watch = None
+        if self._sending_since is None:
+            return
+        due = self._sending_since + self.state.send_timeout_s
+        if self._loop.time() >= due:
+            self._abandon()
+        else:
+            self._watch_send(due)
 
     def _abandon(self) -> None:
         """The client did not read within the send timeout: stop the call's work and stop
@@ -349,6 +370,8 @@ class CallScope:
         if self._finished:
             return
         self._finished = True
+        if self._send_watch is not None:
+            self._send_watch.cancel()
         running = self._running
         if running is not None and not running.done():
             # The step goes on in its thread until its next stop check: its memory stays
