@@ -89,7 +89,11 @@ class CallScope:
 
     log_level = logging.INFO  # of the line each call logs when it ends
 
-    def __init__(self, method: str, context, state: ServerState) -> None:
+    def __init__(
+        self, method: str, context, state: ServerState, timeout: float | None = None
+    ) -> None:
+        """``timeout``: seconds the call may take besides the caller's deadline (a Train
+        message's own); without either, the server's default deadline."""
         self.method = method
         self.context = context
         self.state = state
@@ -111,6 +115,8 @@ class CallScope:
         self.charge = state.budget.charge()
         self.span = tracing.start_call(method, context)  # tracing.NO_SPAN when it is off
         remaining = context.time_remaining()
+        if timeout is not None:
+            remaining = timeout if remaining is None else min(timeout, remaining)
         self.deadline = state.limits.deadline(remaining)
 
     # -- the engine's stop check -------------------------------------------------------
@@ -152,7 +158,7 @@ class CallScope:
         """Count the call against max-concurrent-calls (and the drain) from now on."""
         if self.state.active >= self.state.limits.max_concurrent_calls:
             raise TooManyCalls()
-        self.connection = self.context.peer()
+        self.connection = self.connection or self.context.peer()
         per_connection = self.state.per_connection
         if per_connection.get(self.connection, 0) >= self.state.limits.max_calls_per_connection:
             raise TooManyCallsOnConnection()
@@ -165,11 +171,13 @@ class CallScope:
         """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
         await self.charge.resize(nbytes, self.deadline)
 
-    async def compute(self, work: Callable, *args, inline: bool = False):
-        """``work(*args, should_stop)`` on the executor, holding a compute slot; or right
-        here on the event loop when ``inline`` (small work: a thread hop costs more)."""
-        if inline:
-            return work(*args, self.should_stop)
+    def run_here(self, work: Callable, *args):
+        """``work(*args, should_stop)`` right here on the event loop: for small work, where
+        a thread hop (or even a coroutine) costs more than the work."""
+        return work(*args, self.should_stop)
+
+    async def compute(self, work: Callable, *args):
+        """``work(*args, should_stop)`` on the executor, holding a compute slot."""
         async with self.state.slots:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.

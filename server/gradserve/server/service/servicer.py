@@ -51,7 +51,10 @@ class GradientServicer:
         await call.admit(raw_bytes)
         small_request = len(raw) <= INLINE_REQUEST_BYTES
         with call.span.step("decoding"):
-            request = await call.compute(_decode, raw, inline=small_request)
+            if small_request:
+                request = call.run_here(_decode, raw)
+            else:
+                request = await call.compute(_decode, raw)
         del raw
         graph = request.graph
         call.labels = graph.labels
@@ -61,7 +64,10 @@ class GradientServicer:
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
         await call.admit(call.request_bytes + evaluation.compile_cost(request))
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
-            plan, digest = await call.compute(self._evaluator.plan, request, step, inline=inline)
+            if inline:
+                plan, digest = call.run_here(self._evaluator.plan, request, step)
+            else:
+                plan, digest = await call.compute(self._evaluator.plan, request, step)
         call.nodes = plan.node_count
         if not graph.labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
@@ -70,11 +76,11 @@ class GradientServicer:
         small = None
         # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
         if not plan.isolated and not request.leaf_tangents and (request.rows or 1) == 1:
-            quick = self._evaluator.small_is_quick(plan, digest)
             with call.span.step("evaluating"):
-                small = await call.compute(
-                    self._evaluator.small, plan, digest, request, inline=quick
-                )
+                if self._evaluator.small_is_quick(plan, digest):
+                    small = call.run_here(self._evaluator.small, plan, digest, request)
+                else:
+                    small = await call.compute(self._evaluator.small, plan, digest, request)
         if small is not None:
             return request, digest, small
         return request, digest, self._evaluator.job(request, plan, digest)

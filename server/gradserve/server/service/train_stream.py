@@ -81,16 +81,13 @@ class MessageScope(CallScope):
         return logging.DEBUG if self.code == grpc.StatusCode.OK else logging.INFO
 
     def __init__(self, stream: CallScope, inbox: "_Inbox", message: pb.TrainRequest) -> None:
-        super().__init__("Train", stream.context, stream.state)
+        timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
+        super().__init__("Train", stream.context, stream.state, timeout)  # and the stream's
         self.stream = stream
         self._inbox = inbox
+        self.connection = inbox.connection
         self.id = message.id
         self._raw = message.request.SerializeToString()
-        timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
-        left = stream.context.time_remaining()  # the stream's own deadline bounds it too
-        if left is not None:
-            timeout = left if timeout is None else min(timeout, left)
-        self.deadline = self.state.limits.deadline(timeout)
 
     def cancel(self) -> None:
         """The client cancelled this request: stop it at the engine's next stop check."""
@@ -103,10 +100,9 @@ class MessageScope(CallScope):
         raw, self._raw = self._raw, b""
         return raw
 
-    async def compute(self, work: Callable, *args, inline: bool = False):
-        if not inline:  # the loop goes on while the work runs: read cancels meanwhile
-            self._inbox.read_ahead()
-        return await super().compute(work, *args, inline=inline)
+    async def compute(self, work: Callable, *args):
+        self._inbox.read_ahead()  # the loop goes on while the work runs: read cancels meanwhile
+        return await super().compute(work, *args)
 
     async def send(self, message: bytes) -> None:
         await self.stream.send(answered(self.id, message))
@@ -168,6 +164,7 @@ class _Inbox:
         self.current: MessageScope | None = None
         self.waiting: list[_Read] = []  # read ahead and not yet taken
         self.held = 0  # bytes of those requests, charged to the stream
+        self.connection = stream.context.peer()  # each request counts against it
 
     def read_ahead(self) -> None:
         """Read from a task of its own from now on."""
