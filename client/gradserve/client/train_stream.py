@@ -7,8 +7,9 @@ own answer before the next is sent, so answers never need matching up. The Clien
 timeout bounds each request: grpc's own deadline covers a whole call, so ``Overdue`` ends a
 stream whose answer has not come in time, and the request fails with DEADLINE_EXCEEDED as a
 unary call would. A thread that finds the stream busy with another thread's request, and
-every request to a server without ``Train``, goes as a unary call instead. A failed request raises ``StreamedStatus``, which
-reads like the gRPC error of the unary call, so the SDK handles both alike.
+every request to a server without ``Train``, goes as a unary call instead. A failed request
+raises ``StreamedStatus``, which reads like the gRPC error of the unary call, so the SDK
+handles both alike.
 
 A Client keeps one stream per graph structure (``TrainStreams``), each opened with the
 headers of its first request: the caller's metadata (a bearer token is checked once, when it
