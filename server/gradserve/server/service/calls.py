@@ -34,6 +34,7 @@ log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
+_OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
 
 
 class TooManyCalls(Exception):
@@ -101,7 +102,7 @@ class CallScope:
         self.rows = 0
         self.request_bytes = 0  # the decoded request's memory, once known
         self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
-        self.code = grpc.StatusCode.OK
+        self.code = _OK
         self.connection = ""  # the peer, once the call counts against the limits
         self.note = ""
         self._gone = False

@@ -56,10 +56,10 @@ class GradientServicer:
             else:
                 request = await call.compute(_decode, raw)
         del raw
-        graph = request.graph
-        call.labels = graph.labels
-        call.nodes, call.rows = len(graph.node_ops), request.rows or 1
-        inline = small_request and len(graph.node_ops) <= INLINE_NODES
+        graph = request.graph  # each read of a protobuf field makes an object: read once
+        labels, nodes, rows = graph.labels, len(graph.node_ops), request.rows or 1
+        call.labels, call.nodes, call.rows = labels, nodes, rows
+        inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
         await call.admit(call.request_bytes + evaluation.compile_cost(request))
@@ -69,13 +69,13 @@ class GradientServicer:
             else:
                 plan, digest = await call.compute(self._evaluator.plan, request, step)
         call.nodes = plan.node_count
-        if not graph.labels:  # a plan named by its digest: the labels as the plan keeps them
+        if not labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
         if unary:
             self._evaluator.check_reply_fits(request, plan)
         small = None
         # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
-        if not plan.isolated and not request.leaf_tangents and (request.rows or 1) == 1:
+        if not plan.isolated and rows == 1 and not request.leaf_tangents:
             with call.span.step("evaluating"):
                 if self._evaluator.small_is_quick(plan, digest):
                     small = call.run_here(self._evaluator.small, plan, digest, request)

@@ -39,6 +39,7 @@ from gradserve.v1.wire_format import VARINT, delimited_header, varint
 _ID, _RESPONSE = 1, 2  # TrainResponse's field numbers
 _DETAILS_KEY = "grpc-status-details-bin"
 _CANCELLED = "the client cancelled this request"
+_OK = grpc.StatusCode.OK
 
 
 def decode(raw: bytes) -> pb.TrainRequest:
@@ -78,7 +79,7 @@ class MessageScope(CallScope):
 
     @property
     def log_level(self) -> int:
-        return logging.DEBUG if self.code == grpc.StatusCode.OK else logging.INFO
+        return logging.DEBUG if self.code is _OK else logging.INFO
 
     def __init__(self, stream: CallScope, inbox: "_Inbox", message: pb.TrainRequest) -> None:
         timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
