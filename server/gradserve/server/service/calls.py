@@ -36,6 +36,7 @@ log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
+_OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
 
 
 class TooManyCalls(Exception):
@@ -97,7 +98,11 @@ class CallScope:
 
     log_level = logging.INFO  # of the line each call logs when it ends
 
-    def __init__(self, method: str, context, state: ServerState) -> None:
+    def __init__(
+        self, method: str, context, state: ServerState, timeout: float | None = None
+    ) -> None:
+        """``timeout``: seconds the call may take besides the caller's deadline (a Train
+        message's own); without either, the server's default deadline."""
         self.method = method
         self.context = context
         self.state = state
@@ -105,7 +110,7 @@ class CallScope:
         self.rows = 0
         self.request_bytes = 0  # the decoded request's memory, once known
         self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
-        self.code = grpc.StatusCode.OK
+        self.code = _OK
         self.connection = ""  # the peer, once the call counts against the limits
         self.token = ""  # its bearer token, when the server counts calls by token
         self.note = ""
@@ -114,11 +119,15 @@ class CallScope:
         self._finished = False
         self._running = None  # the executor future of the step in progress
         self._give_back_slot: Callable[[], None] | None = None  # a read slot taken back
+        self._sending_since: float | None = None  # loop time the write in progress began
+        self._send_watch: asyncio.TimerHandle | None = None
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
         self.span = tracing.start_call(method, context)  # tracing.NO_SPAN when it is off
         remaining = context.time_remaining()
+        if timeout is not None:
+            remaining = timeout if remaining is None else min(timeout, remaining)
         self.deadline = state.limits.deadline(remaining)
 
     # -- the engine's stop check -------------------------------------------------------
@@ -193,7 +202,7 @@ class CallScope:
         state, limits = self.state, self.state.limits
         if state.active >= limits.max_concurrent_calls:
             raise TooManyCalls()
-        self.connection = self.context.peer()
+        self.connection = self.connection or self.context.peer()
         if state.per_connection.get(self.connection, 0) >= limits.max_calls_per_connection:
             raise TooManyCallsOnConnection()
         if state.per_token is not None:
@@ -210,11 +219,13 @@ class CallScope:
         """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
         await self.charge.resize(nbytes, self.deadline)
 
-    async def compute(self, work: Callable, *args, inline: bool = False):
-        """``work(*args, should_stop)`` on the executor, holding a compute slot; or right
-        here on the event loop when ``inline`` (small work: a thread hop costs more)."""
-        if inline:
-            return work(*args, self.should_stop)
+    def run_here(self, work: Callable, *args):
+        """``work(*args, should_stop)`` right here on the event loop: for small work, where
+        a thread hop (or even a coroutine) costs more than the work."""
+        return work(*args, self.should_stop)
+
+    async def compute(self, work: Callable, *args):
+        """``work(*args, should_stop)`` on the executor, holding a compute slot."""
         async with self.state.slots:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.
@@ -229,7 +240,9 @@ class CallScope:
         """Write one reply message. A client that has not taken it within the send timeout
         is abandoned (see ``_abandon``); once grpc lets go of the message, the call ends
         CANCELLED instead of going on."""
-        timer = asyncio.get_running_loop().call_later(self.state.send_timeout_s, self._abandon)
+        self._sending_since = self._loop.time()
+        if self._send_watch is None:
+            self._watch_send(self._sending_since + self.state.send_timeout_s)
         try:
             await self.context.write(message)
         except Exception:
@@ -238,9 +251,26 @@ class CallScope:
             # so the call ends as CANCELLED (or DEADLINE_EXCEEDED), without a traceback.
             raise asyncio.CancelledError() from None
         finally:
-            timer.cancel()
+            self._sending_since = None
         if self.note == "send timeout":
             raise SendTimedOut()
+
+    def _watch_send(self, due: float) -> None:
+        """Look at the write in progress at ``due``: one timer a call, not one a message,
+        so that a stream's many small replies cost no timer each."""
+        self._send_watch = self._loop.call_at(due, self._check_send)
+
+    def _check_send(self) -> None:
+        """Abandon the call if its write in progress has waited the send timeout; else look
+        again when it could have (a send that starts later arms the watch anew)."""
+        self._send_watch = None
+        if self._sending_since is None:
+            return
+        due = self._sending_since + self.state.send_timeout_s
+        if self._loop.time() >= due:
+            self._abandon()
+        else:
+            self._watch_send(due)
 
     def _abandon(self) -> None:
         """The client did not read within the send timeout: stop the call's work and stop
@@ -418,6 +448,8 @@ class CallScope:
         if self._finished:
             return
         self._finished = True
+        if self._send_watch is not None:
+            self._send_watch.cancel()
         running = self._running
         if running is not None and not running.done():
             # The step goes on in its thread until its next stop check: its memory stays
@@ -452,7 +484,6 @@ def _add(counts: dict, key: str, change: int) -> None:
         counts[key] = count
     else:
         del counts[key]
-
 
 
 _TAKEN_BACK = "read slot taken back"

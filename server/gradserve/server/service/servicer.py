@@ -50,28 +50,35 @@ class GradientServicer:
         await call.admit(raw_bytes)
         small_request = raw_length <= INLINE_REQUEST_BYTES
         with call.span.step("decoding"):
-            request = await call.compute(_decode, raw, inline=small_request)
+            if small_request:
+                request = call.run_here(_decode, raw)
+            else:
+                request = await call.compute(_decode, raw)
         del raw
-        graph = request.graph
-        call.labels = graph.labels
-        call.nodes, call.rows = len(graph.node_ops), request.rows or 1
-        inline = small_request and len(graph.node_ops) <= INLINE_NODES
+        graph = request.graph  # each read of a protobuf field makes an object: read once
+        labels, nodes, rows = graph.labels, len(graph.node_ops), request.rows or 1
+        call.labels, call.nodes, call.rows = labels, nodes, rows
+        inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
         await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
-            plan, digest = await call.compute(self._evaluator.plan, request, step, inline=inline)
+            if inline:
+                plan, digest = call.run_here(self._evaluator.plan, request, step)
+            else:
+                plan, digest = await call.compute(self._evaluator.plan, request, step)
         call.nodes = plan.node_count
-        if not graph.labels:  # a plan named by its digest: the labels as the plan keeps them
+        if not labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
         if unary:
             self._evaluator.check_reply_fits(request, plan)
         cost = self._engine.cost(plan, request)
         if cost is not Cost.NONE:
             with call.span.step("evaluating"):
-                answer = await call.compute(
-                    self._engine.answer, plan, digest, request, inline=cost is Cost.QUICK
-                )
+                if cost is Cost.QUICK:
+                    answer = call.run_here(self._engine.answer, plan, digest, request)
+                else:
+                    answer = await call.compute(self._engine.answer, plan, digest, request)
             if answer is not None:
                 return request, digest, answer
         return request, digest, self._evaluator.job(request, plan, digest)
