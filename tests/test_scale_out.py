@@ -18,11 +18,11 @@ import grpc
 import pytest
 from hardening import wait_until
 from metered import sample, scrape
-from ports import free_port
 from resilience import health_status
 from servers import Served
 
 from bench.balancer import Balancer
+from bench.ports import free_port
 from gradserve.client import Client, Value
 
 pytestmark = pytest.mark.requires_tool("haproxy")
