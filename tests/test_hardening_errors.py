@@ -71,3 +71,15 @@ def test_an_unknown_selection_with_nodes_is_invalid_argument(stub):
         stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=99, nodes=[0]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in violations(caught.value)] == ["selection"]
+
+
+def test_of_several_out_of_range_ids_the_first_is_named(stub):
+    g = GraphBuilder()
+    g.leaf(1.0)
+    request = pb.EvaluateRequest(graph=g.proto(), outputs=[0, 7, 9], seeds=[1.0, 1.0, 1.0])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = violations(caught.value)
+    assert field == "outputs[1]"
+    assert description.startswith("outputs[1] = 7 is out of range")
