@@ -9,6 +9,7 @@ from graphs import GraphBuilder
 from hardening import violations
 
 from gradserve.server.service import evaluation as servicer
+from gradserve.server.service import status
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -83,3 +84,10 @@ def test_of_several_out_of_range_ids_the_first_is_named(stub):
     [(field, description)] = violations(caught.value)
     assert field == "outputs[1]"
     assert description.startswith("outputs[1] = 7 is out of range")
+
+
+def test_a_text_is_cut_only_past_max_text_and_then_says_how_long_it_was():
+    assert status.bounded("x" * status.MAX_TEXT) == "x" * status.MAX_TEXT
+    cut = status.bounded("y" * (status.MAX_TEXT + 1))
+    assert len(cut) <= status.MAX_TEXT and cut.startswith("y" * (status.MAX_TEXT // 2))
+    assert cut.endswith(f"({status.MAX_TEXT + 1} characters in all)")
