@@ -91,3 +91,18 @@ def test_a_text_is_cut_only_past_max_text_and_then_says_how_long_it_was():
     cut = status.bounded("y" * (status.MAX_TEXT + 1))
     assert len(cut) <= status.MAX_TEXT and cut.startswith("y" * (status.MAX_TEXT // 2))
     assert cut.endswith(f"({status.MAX_TEXT + 1} characters in all)")
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_one_row_missing_a_leaf_value_names_the_leaf_without_it(stub, rows):
+    g = GraphBuilder()
+    g.op("mul", g.leaf(1.0, label="a"), g.leaf(2.0, label="b"))
+    graph = g.proto()
+    del graph.leaf_values[1:]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=graph, rows=rows))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = violations(caught.value)
+    assert field == "graph.leaf_values"
+    assert "2 leaves but leaf_values has 1" in description
+    assert "leaf 1 ('b') has no value" in description
