@@ -19,6 +19,7 @@ from gradserve.server.engine.plan import GraphArrays, compile_graph
 from gradserve.server.engine.plan_cache import (
     SMALL_GRAPH_NODES,
     PlanCache,
+    _memoized_digest,
     small_structure_digest,
     structure_digest,
 )
@@ -57,6 +58,15 @@ def test_a_small_graph_digest_is_the_same_digest_from_a_memo():
     long_labels = chain(5)
     long_labels.labels[:] = ["x" * 1000] * 5
     assert small_structure_digest(long_labels.proto()) is None  # too many bytes to keep
+
+
+def test_a_small_graph_s_second_digest_comes_from_the_memo():
+    g = chain(9)
+    g.labels[0] = "a structure only this test digests"
+    small_structure_digest(g.proto())
+    hits = _memoized_digest.cache_info().hits
+    small_structure_digest(g.proto())
+    assert _memoized_digest.cache_info().hits == hits + 1
 
 
 def test_a_warm_small_graph_is_not_converted_to_arrays(registry, monkeypatch):
@@ -129,6 +139,33 @@ def neuron_closed_form(x1, x2, w1, w2, b):
     o = math.tanh(x1 * w1 + x2 * w2 + b)
     slope = 1 - o * o
     return o, [slope * w1, slope * w2, slope * x1, slope * x2, slope]
+
+
+def test_remeasuring_a_plan_no_longer_cached_under_its_digest_changes_nothing(ops):
+    """A batch call ending after its plan was evicted and the same graph compiled again:
+    the plan it grew is not the one cached, which keeps its own size."""
+    g = GraphBuilder()
+    x = [g.leaf(1.0) for _ in range(50)]
+    g.op("sum", *x, *x)
+    old, new = compile_graph(g.arrays(), ops), compile_graph(g.arrays(), ops)
+    cache = PlanCache(max_bytes=2**30)
+    cache.put(b"sum", new)
+    evaluate(old, np.ones((3, 50)), np.array([50]), np.array([1.0]))  # old makes its scatter
+    cache.remeasure(b"sum", old)
+    assert cache.get(b"sum") is new and cache.bytes == new.nbytes() < old.nbytes()
+
+
+def test_remeasuring_a_plan_whose_size_did_not_change_leaves_the_cache_as_it_was(ops):
+    """A one-row call makes no scatter: its ``remeasure`` changes neither the bytes nor the
+    order of eviction (the plan is not moved to the most recently used end)."""
+    first, second, third = (compile_graph(chain(size).arrays(), ops) for size in (10, 11, 12))
+    cache = PlanCache(max_bytes=first.nbytes() + second.nbytes() + third.nbytes() - 1)
+    cache.put(b"first", first)
+    cache.put(b"second", second)
+    cache.remeasure(b"first", first)  # the same size: the least recently used still
+    assert cache.bytes == first.nbytes() + second.nbytes()
+    cache.put(b"third", third)  # over the bound: evicts the least recently used
+    assert cache.get(b"first") is None and cache.get(b"second") is second
 
 
 def test_second_call_by_digest_reuses_the_plan(stub, monkeypatch):

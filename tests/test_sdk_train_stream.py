@@ -10,6 +10,7 @@ import pytest
 from hardening import SlowOp
 
 from gradserve.client import Client, DeadlineExceeded, GraphError, Value
+from gradserve.client.train_stream import TrainStreams
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -203,3 +204,23 @@ def test_a_request_never_answered_on_the_stream_fails_with_the_client_s_timeout(
     finally:
         never.release.set()
         server.stop(0)
+
+
+def test_only_the_most_recently_used_structures_keep_their_stream_open(target):
+    def step(length: int) -> None:
+        y = x = Value(0.5)
+        for _ in range(length):
+            y = y.tanh()
+        y.backward(client)
+        assert x.grad != 0.0
+
+    structures = TrainStreams.MAX_OPEN + 2
+    with Client(target) as client:
+        opened = count_opens(client)
+        for length in range(1, structures + 1):
+            step(length)
+        assert len(opened) == structures
+        step(structures)  # the most recently used: still open
+        assert len(opened) == structures
+        step(1)  # the least recently used: closed when the streams past MAX_OPEN were opened
+        assert len(opened) == structures + 1
