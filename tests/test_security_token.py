@@ -34,6 +34,15 @@ def test_the_right_token_gets_through(guarded):
         assert len(list(stub.EvaluateStream(pb.EvaluateRequest(graph=neuron()[0].proto())))) == 1
 
 
+def test_the_token_is_read_from_the_authorization_key_among_others(guarded):
+    """Other metadata, before and after it in the call and in sort order, is not the token."""
+    channel, stub = _stub(guarded.port)
+    metadata = (("accept-language", "en"), ("authorization", f"Bearer {TOKEN}"), ("zz", "1"))
+    with channel:
+        request = pb.EvaluateRequest(graph=neuron()[0].proto())
+        assert len(stub.Evaluate(request, metadata=metadata).values) == 10
+
+
 @pytest.mark.parametrize("token", [None, "wrong", TOKEN + "x", TOKEN[:-1]])
 def test_a_missing_or_wrong_token_is_unauthenticated(guarded, token):
     channel, stub = _stub(guarded.port, token)

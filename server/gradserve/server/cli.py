@@ -32,12 +32,14 @@ from gradserve.server.runtime.workers import (
 )
 from gradserve.server.service import limits, metrics_multiprocess, tracing
 from gradserve.server.service.app import (
+    ARRIVING_SHARE,
     DEFAULT_MAX_CONNECTION_AGE_S,
     DEFAULT_MAX_MEMORY_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_THREADS,
     start_server,
 )
+from gradserve.server.service.arrival import READ_HOLD_S
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
@@ -132,6 +134,18 @@ def _serve(args: argparse.Namespace) -> int:
     if args.plan_cache_mb is not None and int(args.plan_cache_mb) >= args.max_memory_mb:
         log.error("cannot start: --plan-cache-mb must be less than --max-memory-mb")
         return 2
+    budget = args.max_memory_mb * 2**20
+    plan_cache = _plan_cache_bytes(args)
+    arriving = _arriving_bytes(args)
+    shares = (budget // BUDGET_SHARE if plan_cache is None else plan_cache) + (
+        budget // ARRIVING_SHARE if arriving is None else arriving
+    )
+    if shares >= budget:
+        log.error(
+            "cannot start: --plan-cache-mb and --max-arriving-mb (default: a quarter of "
+            "--max-memory-mb each) together must be less than --max-memory-mb"
+        )
+        return 2
     tls_files = [f for f in (args.tls_cert, args.tls_key, args.tls_client_ca) if f]
     try:
         for tls_file in tls_files:
@@ -173,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_connection_age=args.max_connection_age,
                 threads=args.threads,
                 plan_cache_bytes=_plan_cache_bytes(args),
+                max_arriving_bytes=_arriving_bytes(args),
                 reuse_port=reuse_port,
                 metrics=metrics,
                 limits=server_limits,
@@ -261,6 +276,11 @@ def _plan_cache_bytes(args: argparse.Namespace) -> int | None:
     return None if args.plan_cache_mb is None else int(args.plan_cache_mb) * 2**20
 
 
+def _arriving_bytes(args: argparse.Namespace) -> int | None:
+    """--max-arriving-mb in bytes (None: the default share of the memory budget)."""
+    return None if args.max_arriving_mb is None else int(args.max_arriving_mb) * 2**20
+
+
 def _ops_check(args: argparse.Namespace) -> int:
     registry = load_registry()
     if args.op is not None:
@@ -310,6 +330,15 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         type=_seconds(zero_allowed=False),
         default=limits.DEFAULT_REQUEST_TIMEOUT_S,
         help="seconds a call's request message may take to arrive, within its deadline",
+    )
+    serve.add_argument(
+        "--max-arriving-mb",
+        type=_positive_int,
+        default=None,
+        help="MiB of request messages still arriving, within --max-memory-mb: this divided "
+        "by --max-message-mb requests may arrive at once (at least one), a read held over "
+        f"{READ_HOLD_S:g} s while others wait is refused (default: 1/{ARRIVING_SHARE} of "
+        "--max-memory-mb)",
     )
     serve.add_argument(
         "--max-calls-per-connection",

@@ -10,7 +10,8 @@ import functools
 import itertools
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -131,9 +132,16 @@ class Stretch:
         )
 
 
+class Kept(Protocol):
+    """Something the engine makes for a plan after compiling it and keeps with it."""
+
+    def nbytes(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class Plan:
-    """A validated, scheduled graph; immutable, so it can be reused with new leaf values."""
+    """A validated, scheduled graph; immutable, so it can be reused with new leaf values
+    (``kept`` aside: what later calls make for it, such as a float program)."""
 
     node_count: int
     leaves: np.ndarray  # the ids of the leaf nodes, increasing
@@ -147,6 +155,9 @@ class Plan:
     # The graph it was compiled from, kept only when the plan must be compiled again
     # elsewhere (an isolation worker, for an isolated plan).
     source: GraphArrays | None = None
+    # What calls made for the plan and keep with it, by name (None: tried, nothing made),
+    # counted in ``nbytes``: the float programs of ``small_call``.
+    kept: dict[str, Kept | None] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def op_names(self) -> frozenset[str]:
@@ -166,9 +177,10 @@ class Plan:
 
     def nbytes(self) -> int:
         """The memory the plan holds (what a cache of plans must count): its arrays, its
-        steps with the scatters made so far, its labels, and its source when it keeps one.
-        Checked against tracemalloc in tests/test_plan_cache.py."""
-        held = _array_bytes(self.leaves) + _text_bytes(self.labels) + _OBJECT_BYTES
+        steps with the scatters made so far, its labels, its source when it keeps one, and
+        what calls made for it. Checked against tracemalloc in tests/test_plan_cache.py."""
+        held = _array_bytes(self.leaves) + _text_bytes(self.labels) + 2 * _OBJECT_BYTES
+        held += sum(kept.nbytes() for kept in tuple(self.kept.values()) if kept is not None)
         held += sum(step.nbytes() for step in self.steps) + _POINTER_BYTES * len(self.steps)
         if self.source is not None:
             source = self.source

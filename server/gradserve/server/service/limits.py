@@ -8,6 +8,7 @@ graph; raise --max-message-mb to send more. The size checks read only the length
 request's repeated fields, so they run before any array is allocated.
 """
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ class Limits:
     calls_per_connection: int | None = None  # None: max_concurrent_calls / CONNECTION_SHARE
     calls_per_token: int | None = None  # None: max_concurrent_calls / TOKEN_SHARE
 
-    @property
+    @functools.cached_property  # read by every call
     def max_calls_per_connection(self) -> int:
         if self.calls_per_connection is not None:
             return self.calls_per_connection
