@@ -45,11 +45,25 @@ MAX_STREAMS_PER_CONNECTION = 1024
 # that does not read what it induces (pings, resets) past 1,000 frames is disconnected. A
 # client pinging more often than every 5 minutes without calls gets a GOAWAY at the second
 # strike (grpc's defaults, stated here).
+#
+# Calls that arrive while the event loop is busy wait in grpc core's queue until the server
+# takes them; past max_pending_requests waiting, core refuses new calls at random (the
+# client sees CANCELLED), all of them past the hard limit. A stream reset while it waits
+# stays counted there until the server takes the next call or 30 s have passed, so under a
+# reset flood grpc's defaults (1,000 and 3,000) refused 3 to 13 of 200 legitimate calls in
+# 20 s (bench/soak.py --abusers). An entry left by a reset stream costs about a hundred
+# bytes: two Python threads resetting 3k streams a second each raised the server's peak by
+# 28 MiB with these limits (tests/test_resilience_fairness.py has the flood). A waiting
+# call that is not reset holds what its HTTP/2 window let in, and max-concurrent-streams
+# bounds those per connection.
+MAX_PENDING_CALLS = 100_000
 FLOOD_LIMITS = [
     ("grpc.http2.ping_on_rst_stream_percent", 10),
     ("grpc.http2.max_pending_induced_frames", 1_000),
     ("grpc.http2.max_ping_strikes", 2),
     ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", 3 * MAX_PENDING_CALLS),
 ]
 
 log = logging.getLogger(__name__)

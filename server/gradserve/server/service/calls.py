@@ -388,20 +388,19 @@ class CallScope:
                 limit=limit,
             )
         elif isinstance(exc, TooManyCallsOnConnection):
-            limit = self.state.limits.max_calls_per_connection
-            result = status.quota_failure(
+            result = _share_used_up(
                 "max-calls-per-connection",
-                f"this connection already has {limit} calls in progress on this server "
-                f"process (max-calls-per-connection = {limit}); retry later, or spread the "
-                "calls over more connections",
+                "this connection",
+                self.state.limits.max_calls_per_connection,
+                "retry later, or spread the calls over more connections",
             )
         elif isinstance(exc, TooManyCallsOnToken):
-            limit = self.state.limits.max_calls_per_token
-            result = status.quota_failure(
+            result = _share_used_up(
                 "max-calls-per-token",
-                f"this bearer token already has {limit} calls in progress on this server "
-                f"process (max-calls-per-token = {limit}), its share of the call slots; "
-                "retry later, once some of them have ended",
+                "this bearer token",
+                self.state.limits.max_calls_per_token,
+                "retry later, once some of them have ended: one token holds at most this "
+                "share of the call slots",
             )
         elif isinstance(exc, RequestTimedOut):
             result = status.plain(
@@ -475,6 +474,15 @@ class CallScope:
             )
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
+
+
+def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.Status:
+    """The status of a call refused because ``holder`` has its share of the call slots."""
+    return status.quota_failure(
+        setting,
+        f"{holder} already has {limit} calls in progress on this server process "
+        f"({setting} = {limit}); {advice}",
+    )
 
 
 def _add(counts: dict, key: str, change: int) -> None:
