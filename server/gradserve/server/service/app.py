@@ -39,9 +39,11 @@ ARRIVING_SHARE = 4  # by default request bytes still arriving may take a quarter
 # cost little, but not nothing. grpc core counts against it the streams a client has reset
 # whose calls the server has not finished yet, so this also bounds how many handler
 # coroutines a rapid-reset connection keeps queued ahead of other clients' calls: at 1,024
-# a flood of 13k resets a second took a legitimate call's p50 from 0.6 to 188 ms, at 128
-# it stays as calm (bench/rapid_reset.py). Raised to --max-calls-per-connection if larger.
-MAX_STREAMS_PER_CONNECTION = 128
+# a flood of 13k resets a second took a legitimate call's p50 from 0.6 to 188 ms; at 128
+# it was calm in three runs of four (43x in one), at 64 in all four (at most 1.6x; see
+# bench/rapid_reset.py). Raised to --max-calls-per-connection if that is larger: a grpc
+# client holds its further calls until a stream is free.
+MAX_STREAMS_PER_CONNECTION = 64
 
 # grpc core's own limits on floods of control frames. A rapid-reset client (streams opened
 # and reset at once, thousands a second) is answered with a PING for one reset in ten; one
