@@ -156,7 +156,7 @@ class CallScope:
         gate = self.state.arrival
         if gate is None:
             return await self.context.read()
-        return await gate.read(self.context.read, self._take_back_read)
+        return await gate.read(self.context.read, self._take_back_read, self.context.peer)
 
     def _take_back_read(self, give_back: Callable[[], None]) -> None:
         """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
