@@ -31,7 +31,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.servers import GRADSERVE, ServerProcess
+from bench.h2_client import request_headers
+from bench.servers import one_worker
 from bench.soak import small_graph
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
@@ -50,14 +51,7 @@ def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
 
 def header_block(port: int) -> bytes:
     """The request headers, HPACK-encoded without indexing, so one block serves every stream."""
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", METHOD),
-        (":authority", f"127.0.0.1:{port}"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
+    headers = request_headers(port, METHOD)
     return hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(*h) for h in headers])
 
 
@@ -153,8 +147,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=13_000)
     parser.add_argument("server_options", nargs="*", help="after --: gradserve serve options")
     args = parser.parse_args()
-    command = [GRADSERVE, "serve", "--port", "0", "--workers", "1", *args.server_options]
-    with ServerProcess(command) as server:
+    with one_worker(args.server_options) as server:
         channel, stub = connect(server.target)
         with channel:
             calm_outcomes, flood_outcomes = Counter(), Counter()

@@ -106,7 +106,6 @@ class CallScope:
         self._counted = False
         self._finished = False
         self._running = None  # the executor future of the step in progress
-        self._give_back_slot: Callable[[], None] | None = None  # a read slot taken back
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
@@ -161,7 +160,8 @@ class CallScope:
     def _take_back_read(self, give_back: Callable[[], None]) -> None:
         """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
         self.note = _TAKEN_BACK
-        self._give_back_slot = give_back
+        # grpc lets go of the call's bytes when the call is done, after the status is sent.
+        self.context.add_done_callback(lambda _context: give_back())
         self._task.cancel()
 
     def count_in(self) -> None:
@@ -274,8 +274,6 @@ class CallScope:
             return False  # unreachable: _end raises grpc's abort exception
         finally:
             self._finish()
-            if self._give_back_slot is not None:  # the call has ended: its bytes are gone
-                self._give_back_slot()
 
     def _went_away(self) -> None:
         """The client cancelled, its deadline passed, the connection was lost, the reply
