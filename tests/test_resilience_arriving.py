@@ -70,6 +70,8 @@ def test_partial_bodies_get_through_no_more_than_the_arriving_share(registry):
         finally:
             for body in bodies:
                 body.close()
+        # Every slot comes back once the streams are gone, those taken back included.
+        assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)
     # The streams did push: two of them a whole slot's worth at some moment.
     assert most_open > ARRIVING - 2 * 1024
     assert gate.taken_back >= 1
@@ -106,3 +108,5 @@ def test_a_connection_holding_every_slot_gives_one_back_to_another_at_once(regis
         )
         ended = [s for s in states if s.grpc_status is not None]
         assert {s.grpc_status for s in ended} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
+        hog.close()
+        assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)
