@@ -118,7 +118,6 @@ class CallScope:
         self._counted = False
         self._finished = False
         self._running = None  # the executor future of the step in progress
-        self._give_back_slot: Callable[[], None] | None = None  # a read slot taken back
         self._sending_since: float | None = None  # loop time the write in progress began
         self._send_watch: asyncio.TimerHandle | None = None
         self._task = asyncio.current_task()
@@ -188,12 +187,13 @@ class CallScope:
         gate = self.state.arrival
         if gate is None:
             return await self.context.read()
-        return await gate.read(self.context.read, self._take_back_read)
+        return await gate.read(self.context.read, self._take_back_read, self.context.peer)
 
     def _take_back_read(self, give_back: Callable[[], None]) -> None:
         """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
         self.note = _TAKEN_BACK
-        self._give_back_slot = give_back
+        # grpc lets go of the call's bytes when the call is done, after the status is sent.
+        self.context.add_done_callback(lambda _context: give_back())
         self._task.cancel()
 
     def count_in(self) -> None:
@@ -332,8 +332,6 @@ class CallScope:
             return False  # unreachable: _end raises grpc's abort exception
         finally:
             self._finish()
-            if self._give_back_slot is not None:  # the call has ended: its bytes are gone
-                self._give_back_slot()
 
     def _went_away(self) -> None:
         """The client cancelled, its deadline passed, the connection was lost, the reply
