@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-# cython: auto_pickle=False
+# cython: auto_pickle=False, c_api_binop_methods=True
 """Recording compiled: the same names and behaviour as ``recorder`` (read it first), with
 a tape's columns in C arrays and no weak reference per op-node Value.
 
@@ -18,6 +18,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy
 
@@ -31,6 +32,7 @@ from gradserve.client import opcodes
 
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
+    void PyObject_GC_UnTrack(object)
 
 COMPILED = True
 CONSTANT = -2  # the _id of a leaf Value the SDK made from a plain number
@@ -59,15 +61,22 @@ def bind(value_class, tape_class):
 
 
 cdef inline ValueCore _new_value():
-    """A Value of the bound class with every field None (its tp_new, without __init__)."""
-    return <ValueCore>(<PyTypeObject*>_value_class).tp_new(
-        _value_class, <PyObject*>_no_args, NULL
-    )
+    """A Value of the bound class with every field None (its tp_new, without __init__),
+    not tracked by the garbage collector (see ValueCore)."""
+    value = (<PyTypeObject*>_value_class).tp_new(_value_class, <PyObject*>_no_args, NULL)
+    PyObject_GC_UnTrack(value)
+    return <ValueCore>value
 
 
 @cython.no_gc_clear  # __dealloc__ reads _tape: the garbage collector must not clear it first
 cdef class ValueCore:
-    """A Value's fields and the operators that record a node."""
+    """A Value's fields and the operators that record a node.
+
+    Values are not tracked by the garbage collector: a Value refers to numbers, its label
+    and its tape, and a tape to no op-node Value, so Values form no cycle (unless a label
+    refers back to the graph, which then stays). Tracked, the collector walked every leaf
+    again and again while a model's parameters were made: 400 ns of a leaf's 500.
+    """
 
     cdef public object _data
     cdef public object grad
@@ -75,6 +84,10 @@ cdef class ValueCore:
     cdef readonly TapeCore _tape
     cdef readonly Py_ssize_t _id
     cdef object __weakref__
+    # A leaf's node on the tape that last added it (borrowed, reset when that tape goes):
+    # most lookups of a leaf's node are then a comparison (TapeCore.leaf_id).
+    cdef PyObject* _home
+    cdef Py_ssize_t _home_node
 
     def __init__(self, data, label=""):
         if type(data) is not float and not isinstance(data, numbers.Real):
@@ -84,42 +97,30 @@ cdef class ValueCore:
         self.label = label
         self._tape = None  # leaves belong to no tape
         self._id = LEAF_ID
+        PyObject_GC_UnTrack(self)
 
     def __dealloc__(self):
         cdef TapeCore tape = self._tape
         if tape is not None and tape._live[self._id] == <PyObject*>self:
             tape._live[self._id] = NULL
 
-    # Binary operators: a plain number on either side becomes a constant leaf.
-    def __add__(self, other):
-        return _binary(ADD, self, other)
+    # Binary operators: a plain number on either side becomes a constant leaf. (One C slot
+    # per operator, called with the operands in order whichever side the Value is on:
+    # c_api_binop_methods, so that Value, a Python subclass, inherits the slot itself.)
+    def __add__(a, b):
+        return _binary(ADD, a, b)
 
-    def __radd__(self, other):
-        return _binary(ADD, other, self)
+    def __sub__(a, b):
+        return _binary(SUB, a, b)
 
-    def __sub__(self, other):
-        return _binary(SUB, self, other)
+    def __mul__(a, b):
+        return _binary(MUL, a, b)
 
-    def __rsub__(self, other):
-        return _binary(SUB, other, self)
+    def __truediv__(a, b):
+        return _binary(DIV, a, b)
 
-    def __mul__(self, other):
-        return _binary(MUL, self, other)
-
-    def __rmul__(self, other):
-        return _binary(MUL, other, self)
-
-    def __truediv__(self, other):
-        return _binary(DIV, self, other)
-
-    def __rtruediv__(self, other):
-        return _binary(DIV, other, self)
-
-    def __pow__(self, other, modulo):
-        return _binary(POW, self, other)
-
-    def __rpow__(self, other, modulo):
-        return _binary(POW, other, self)
+    def __pow__(a, b, modulo):
+        return _binary(POW, a, b)
 
     def __neg__(self):
         return _unary(NEG, self)
@@ -242,9 +243,14 @@ cdef class TapeCore:
     cdef Py_ssize_t _nodes, _node_room
     cdef int64_t* _ids  # each node's inputs, node after node
     cdef Py_ssize_t _inputs, _input_room
-    # Each leaf Value -> its node id, in node order. A leaf Value does not point back, so no
-    # cycle. (A constant is a new Value each time a number is used.)
-    cdef public dict leaf_ids
+    # The leaf Values, in node order, held (a constant is a new Value each time a number is
+    # used). A leaf does not point back but by its borrowed ``_home``, so no cycle. (The
+    # garbage collector does not see these references: a cycle through a leaf's label back
+    # to the graph would be kept, not freed.)
+    cdef PyObject** _leaves
+    cdef Py_ssize_t _leaf_count, _leaf_room
+    cdef dict _leaf_ids  # leaf_ids, once asked for
+    cdef bint _leaves_moved  # whether a leaf of this tape has its home on another tape now
     cdef public bint sent  # once sent, no new graph starts on this tape (see current_tape)
     cdef object __weakref__
 
@@ -253,15 +259,24 @@ cdef class TapeCore:
         self._codes = <int32_t*>PyMem_Malloc(self._node_room * sizeof(int32_t))
         self._live = <PyObject**>PyMem_Malloc(self._node_room * sizeof(PyObject*))
         self._ids = <int64_t*>PyMem_Malloc(self._input_room * sizeof(int64_t))
-        if self._codes == NULL or self._live == NULL or self._ids == NULL:
+        self._leaf_room = 64
+        self._leaves = <PyObject**>PyMem_Malloc(self._leaf_room * sizeof(PyObject*))
+        if self._codes == NULL or self._live == NULL or self._ids == NULL or self._leaves == NULL:
             raise MemoryError()
-        self.leaf_ids = {}
 
     def __dealloc__(self):
         # Op-node Values hold their tape: none is alive now, so no pointer is left to clear.
         global _last_tape
         if _last_tape == <PyObject*>self:
             _last_tape = NULL
+        cdef Py_ssize_t i
+        cdef ValueCore leaf
+        for i in range(self._leaf_count):
+            leaf = <ValueCore>self._leaves[i]
+            if leaf._home == <PyObject*>self:
+                leaf._home = NULL
+            Py_DECREF(leaf)
+        PyMem_Free(self._leaves)
         PyMem_Free(self._codes)
         PyMem_Free(self._live)
         PyMem_Free(self._ids)
@@ -317,14 +332,48 @@ cdef class TapeCore:
         self._live[node] = <PyObject*>out
         return out
 
-    cpdef Py_ssize_t leaf_id(self, value) except -1:
+    cpdef Py_ssize_t leaf_id(self, ValueCore value) except -1:
         """The node id of a leaf Value on this tape, adding the leaf on first use."""
-        cdef PyObject* found = PyDict_GetItem(self.leaf_ids, value)
-        if found != NULL:
-            return PyLong_AsSsize_t(<object>found)
+        if value._home == <PyObject*>self:
+            return value._home_node
+        cdef PyObject* found
+        if self._leaves_moved:  # the leaf may be here, with its home on another tape now
+            found = PyDict_GetItem(self.leaf_ids, value)
+            if found != NULL:
+                return PyLong_AsSsize_t(<object>found)
         cdef Py_ssize_t node = self._append_node(LEAF)
-        self.leaf_ids[value] = node
+        self._append_leaf(value)
+        if self._leaf_ids is not None:
+            self._leaf_ids[value] = node
+        if value._home != NULL:
+            (<TapeCore>value._home)._leaves_moved = True
+        value._home = <PyObject*>self
+        value._home_node = node
         return node
+
+    cdef int _append_leaf(self, ValueCore value) except -1:
+        cdef void* grown
+        if self._leaf_count == self._leaf_room:
+            grown = PyMem_Realloc(self._leaves, self._leaf_room * 2 * sizeof(PyObject*))
+            if grown == NULL:
+                raise MemoryError()
+            self._leaves = <PyObject**>grown
+            self._leaf_room *= 2
+        Py_INCREF(value)
+        self._leaves[self._leaf_count] = <PyObject*>value
+        self._leaf_count += 1
+        return 0
+
+    @property
+    def leaf_ids(self):
+        """Each leaf Value -> its node id, in node order (made when first asked, then kept
+        up to date; do not change it)."""
+        if self._leaf_ids is None:
+            nodes = np.flatnonzero(self.codes_array() == LEAF).tolist()
+            self._leaf_ids = {
+                <object>self._leaves[i]: node for i, node in enumerate(nodes)
+            }
+        return self._leaf_ids
 
     def code(self, Py_ssize_t node):
         if not 0 <= node < self._nodes:
