@@ -35,6 +35,7 @@ sys.path.insert(0, ".")
 from bench import peers
 from bench.graphs import MlpShape
 from gradserve.client import Value, recording
+from gradserve.v1 import gradserve_pb2 as pb
 
 def columns(root):
     sub = root._tape.subgraph([root._id])

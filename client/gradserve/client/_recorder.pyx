@@ -22,6 +22,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy
 
+import atexit
 import numbers
 import threading
 import weakref
@@ -60,9 +61,20 @@ def bind(value_class, tape_class):
     _value_class, _tape_class = value_class, tape_class
 
 
+@atexit.register
+def _unbind():
+    """Let go of the classes at exit. Held here (in C, which the interpreter's shutdown does
+    not clear) they would keep the SDK's modules, and so the default client and its open
+    stream, alive until grpc's own modules are torn down."""
+    global _value_class, _tape_class
+    _value_class = _tape_class = None
+
+
 cdef inline ValueCore _new_value():
     """A Value of the bound class with every field None (its tp_new, without __init__),
     not tracked by the garbage collector (see ValueCore)."""
+    if _value_class is None:
+        raise RuntimeError("the interpreter is exiting: no new Values")
     value = (<PyTypeObject*>_value_class).tp_new(_value_class, <PyObject*>_no_args, NULL)
     PyObject_GC_UnTrack(value)
     return <ValueCore>value
@@ -458,6 +470,8 @@ cpdef TapeCore current_tape():
     ref = getattr(_local, "tape", None)
     tape = ref() if ref is not None else None
     if tape is None or tape.sent:
+        if _tape_class is None:
+            raise RuntimeError("the interpreter is exiting: no new graphs")
         tape = _tape_class()
         _local.tape = weakref.ref(tape)
     _last_tape, _last_thread = <PyObject*>tape, thread
