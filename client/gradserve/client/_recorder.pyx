@@ -247,6 +247,38 @@ def record(int32_t code, inputs):
     return tape._op_node(code)
 
 
+def set_results(list values, data, grads):
+    """Set ``.data`` and ``.grad`` of each Value of ``values`` from the same row of the
+    float64 arrays ``data`` and ``grads``."""
+    cdef const double[::1] x = np.ascontiguousarray(data, dtype=np.float64)
+    cdef const double[::1] g = np.ascontiguousarray(grads, dtype=np.float64)
+    cdef Py_ssize_t i, n = len(values)
+    if x.shape[0] != n or g.shape[0] != n:
+        raise ValueError(f"{n} Values, {x.shape[0]} data and {g.shape[0]} gradients")
+    cdef ValueCore value
+    for i in range(n):
+        value = <ValueCore>values[i]
+        value._data = x[i]
+        value.grad = g[i]
+
+
+def leaf_data(list values, Py_ssize_t count):
+    """The ``.data`` of the first ``count`` Values of ``values`` (leaves), as float64; a
+    TypeError for one that is no real number."""
+    out = np.empty(count, dtype=np.float64)
+    cdef double[::1] view = out
+    cdef Py_ssize_t i
+    for i in range(count):
+        x = (<ValueCore>values[i])._data
+        if type(x) is float:
+            view[i] = <double>x
+        elif isinstance(x, numbers.Real):
+            view[i] = float(x)
+        else:
+            raise TypeError(f"a leaf's data must be a real number, got {x!r}")
+    return out
+
+
 cdef class TapeCore:
     """A tape's columns, its leaves and its op-node Values still alive."""
 
@@ -428,6 +460,35 @@ cdef class TapeCore:
         if self._live[node] != NULL:
             return <object>self._live[node], False
         return self._value_at(node), True
+
+    def held(self, kept):
+        """The positions in ``kept`` (tape ids, ascending) of the nodes whose Values the
+        tape can reach, those Values, and how many of them are leaves: every leaf, first
+        and in node order, then the op-node Values still alive."""
+        cdef const int64_t[::1] ids = np.ascontiguousarray(kept, dtype=np.int64)
+        cdef Py_ssize_t n = ids.shape[0], j = 0, node, leaf = 0, found = 0, leaves
+        positions = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] at = positions
+        cdef list values = []
+        for node in range(self._nodes):  # the leaves, in node order
+            if j == n:
+                break
+            if self._codes[node] == LEAF:
+                if ids[j] == node:
+                    at[found] = j
+                    found += 1
+                    values.append(<object>self._leaves[leaf])
+                leaf += 1
+            if ids[j] == node:
+                j += 1
+        leaves = found
+        for j in range(n):  # then the op nodes' Values alive
+            node = ids[j]
+            if 0 <= node < self._nodes and self._live[node] != NULL:
+                at[found] = j
+                found += 1
+                values.append(<object>self._live[node])
+        return positions[:found], values, leaves
 
     def absorb(self, TapeCore other):
         """Append ``other``'s nodes after this tape's and move its Values here."""
