@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -60,8 +61,12 @@ prev = [(v._op, v._id, v.label) for v in held]
 twice = all(p is q for p, q in zip(held, f._prev, strict=True))  # the same objects again
 program = columns(f)
 live = sorted(v._id for v in f._tape.live_values())
+g = Value(1.5) * 2                  # a graph on a tape of its own...
+g._tape.sent = True                 # (as after a backward)
+h = (Value(0.5) + x).exp() * g      # ...read by a new one: the smaller tape is appended
+merged = [columns(h), g._tape is h._tape, [v._op for v in h._prev]]
 print(json.dumps({"compiled": recording.COMPILED, "mlp": mlp, "program": program,
-                  "prev": prev, "twice": twice, "live": live}))
+                  "prev": prev, "twice": twice, "live": live, "merged": merged}))
 """
 
 
@@ -127,6 +132,10 @@ def test_both_cores_record_the_same_program_and_values():
     assert compiled["twice"] is True
     assert [op for op, _, _ in compiled["prev"]] == ["+", "pow"]  # (... + x / 4) + 3 ** y
     assert len(compiled["live"]) == 5  # d, e, f, and the two inputs of f that _prev made
+    names, _, _, leaf_values = compiled["merged"][0]
+    assert compiled["merged"][1:] == [True, ["exp", "*"]]
+    assert sorted(names) == ["", "", "", "", "add", "exp", "mul", "mul"] and names[-1] == "mul"
+    assert sorted(leaf_values) == [0.5, 0.5, 1.5, 2.0]  # x, 0.5, 1.5 and the constant 2
 
 
 def test_a_leaf_read_by_two_open_tapes_keeps_its_node_on_each():
@@ -144,6 +153,30 @@ def test_a_leaf_read_by_two_open_tapes_keeps_its_node_on_each():
     assert len(last._tape) == 4 and last._tape.input_ids_array().tolist() == [0, 1, 2, 0]
     assert [v._id for v in (again._prev[1], last._prev[1])] == [-1, -1]  # w itself, a leaf
     assert again._prev[1] is w and last._prev[1] is w
+
+
+def test_each_thread_starts_its_graphs_on_a_tape_of_its_own():
+    x, y = Value(1.0), Value(2.0)
+    barrier = threading.Barrier(2)
+    found = {}
+
+    def record(name: str) -> None:
+        nodes = []
+        for _ in range(200):
+            barrier.wait()  # the two threads' ops interleave
+            nodes.append(x * y)
+        found[name] = nodes
+
+    threads = [threading.Thread(target=record, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tapes = {name: {id(v._tape) for v in nodes} for name, nodes in found.items()}
+    assert len(tapes["a"]) == len(tapes["b"]) == 1 and tapes["a"] != tapes["b"]
+    tape = found["a"][0]._tape
+    assert len(tape) == 2 + 200  # x and y once, then 200 products, none of the other thread's
+    assert tape.input_ids_array().tolist() == [0, 1] * 200
 
 
 def test_values_dropped_and_made_again_never_leave_a_stale_entry():
