@@ -131,5 +131,10 @@ def test_a_reply_too_big_for_one_message_is_refused_before_evaluation_by_its_sel
             stub.Evaluate(pb.EvaluateRequest(graph=graph, rows=rows))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "EvaluateStream" in caught.value.details()
+        # 1,000 nodes x 200 rows x 2 doubles, and an id of up to 5 bytes a node: 3.06 MiB
+        assert (
+            "the reply would take about 3.1 MiB, more than this server's max-message-mb = 1;"
+            in caught.value.details()
+        )
         chunks = list(stub.EvaluateStream(pb.EvaluateRequest(graph=graph, rows=rows)))
         assert sum(len(chunk.node_ids) for chunk in chunks) == 1000

@@ -1,12 +1,13 @@
 """The synchronous client: evaluate, stream, ops, and what a training loop relies on."""
 
+import asyncio
 import dataclasses
 import gc
 import tracemalloc
 
 import pytest
 
-from gradserve.client import Client, Value
+from gradserve.client import AsyncClient, Client, Value
 from gradserve.client.calls import evaluate_call, streams
 from gradserve.client.tape import current_tape
 from gradserve.v1 import gradserve_pb2 as pb
@@ -221,3 +222,17 @@ def test_outputs_and_wrt_that_are_not_values_are_refused_before_calling(not_a_va
     for outputs, wrt in (([y, not_a_value], [x]), ([y], [x, not_a_value])):
         with pytest.raises(TypeError, match=f"expected Values, got {not_a_value!r}"):
             evaluate_call(outputs, wrt)
+
+
+def test_the_target_may_be_named_and_every_option_must_be():
+    """``Client(target, 5.0)`` is a TypeError rather than a timeout taken by position."""
+    Client(target="127.0.0.1:1").close()
+    with pytest.raises(TypeError):
+        Client("127.0.0.1:1", 5.0)
+
+    async def the_async_client():
+        await AsyncClient(target="127.0.0.1:1").close()
+        with pytest.raises(TypeError):
+            AsyncClient("127.0.0.1:1", 5.0)
+
+    asyncio.run(the_async_client())

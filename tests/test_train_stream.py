@@ -144,6 +144,22 @@ def test_a_waiting_request_that_is_cancelled_is_skipped(registry):
         stream.close()
 
 
+def test_a_cancel_naming_no_request_on_the_stream_cancels_nothing(registry):
+    """Ids above and below the running and the waiting request's: both are answered."""
+    slow = SlowOp(seconds=0.05)
+    with serving(slow.registry(registry)) as stub:
+        stream = Stream(stub)
+        stream.send(5, pb.EvaluateRequest(graph=chain("slow", 10).proto()))
+        assert wait_until(lambda: slow.calls >= 1, timeout=10)
+        stream.send(6, neuron_request())
+        stream.send(9, cancel=True)
+        stream.send(1, cancel=True)
+        running, waiting = stream.answer(), stream.answer()
+        assert (running.id, running.status, slow.calls) == (5, b"", 10)
+        assert (waiting.id, waiting.status) == (6, b"") and waiting.response.grads
+        stream.close()
+
+
 def test_every_request_is_charged_to_the_budget_and_all_is_given_back(registry):
     with running_server(registry, max_memory_bytes=64 * 2**20) as server:
         budget = server._state.budget
