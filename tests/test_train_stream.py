@@ -190,6 +190,21 @@ def test_a_message_that_is_not_a_train_request_ends_the_stream(server):
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_a_request_that_is_not_an_evaluate_request_fails_alone(server):
+    not_a_request = bytes([1 << 3, 9, 2 << 3 | 2, 3, 0xFF, 0xFF, 0xFF])  # id 9, 3 bad bytes
+    good = pb.TrainRequest(id=10, request=neuron_request()).SerializeToString()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        train = channel.stream_stream(
+            "/gradserve.v1.GradientService/Train",
+            response_deserializer=pb.TrainResponse.FromString,
+        )
+        failed, answered = list(train(iter([not_a_request, good])))
+    assert failed.id == 9
+    assert status_of(failed).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "not a valid protobuf message" in status_of(failed).message
+    assert answered.id == 10 and answered.response.grads  # the stream went on
+
+
 def test_a_draining_server_ends_an_idle_stream_unavailable(registry):
     server = start_server(registry)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
