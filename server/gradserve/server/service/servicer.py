@@ -58,9 +58,11 @@ class GradientServicer:
         del raw
         # Each read of a repeated or message field makes an object: read each once, and a
         # request naming its plan by digest carries no structure to read (plan checks that).
-        graph, by_digest = request.graph, bool(request.plan_digest)
-        labels = () if by_digest else graph.labels
-        nodes = 0 if by_digest else len(graph.node_ops)
+        if request.plan_digest:
+            labels, nodes = (), 0
+        else:
+            graph = request.graph
+            labels, nodes = graph.labels, len(graph.node_ops)
         rows = request.rows or 1
         call.labels, call.nodes, call.rows = labels, nodes, rows
         inline = small_request and nodes <= INLINE_NODES
