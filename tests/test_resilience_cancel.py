@@ -32,7 +32,8 @@ IDLE_CPU_S = 0.5  # the most CPU time it may use in that window once the call ha
 
 @pytest.fixture(scope="module")
 def served():
-    with serve("--threads", "2") as server:
+    # Room for a 2,000,000-node chain beside the plan cache's and arriving requests' shares.
+    with serve("--threads", "2", "--max-memory-mb", "2048") as server:
         yield server
 
 
@@ -75,7 +76,10 @@ def test_a_fresh_huge_graph_past_its_deadline_stops_the_server_work(tmp_path):
         graph.input_ids.append(leaves + sums - 1 + k)  # the last sum, then each nap
     request = pb.EvaluateRequest(graph=graph, nodes=[leaves])
     calls = Naps(tmp_path)
-    with nap_server(tmp_path, "--threads", "1") as server, channel_to(server.port) as channel:
+    with (
+        nap_server(tmp_path, "--threads", "1", "--max-memory-mb", "2048") as server,
+        channel_to(server.port) as channel,
+    ):
         stub = stub_on(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.Evaluate(request, timeout=2.0)

@@ -23,7 +23,7 @@ from gradserve.client import (
 from gradserve.client.channel import target_or_default
 from gradserve.client.security import channel_credentials
 from gradserve.server.engine.plan_cache import BUDGET_SHARE
-from gradserve.server.service.app import running_server
+from gradserve.server.service.app import ARRIVING_SHARE, running_server
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.security import server_credentials
 
@@ -196,7 +196,7 @@ def test_over_the_memory_budget_is_resource_exhausted_with_estimate_and_limit(re
     error = caught.value
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     # The limit is the budget for calls: the memory budget less the plan cache's share.
-    calls_budget = budget - budget // BUDGET_SHARE
+    calls_budget = budget - budget // BUDGET_SHARE - budget // ARRIVING_SHARE
     assert (error.subject, error.limit) == ("max-memory-mb", calls_budget)
     assert error.estimate > calls_budget
     text = _one_line(error)

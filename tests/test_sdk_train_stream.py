@@ -10,6 +10,7 @@ import pytest
 from hardening import SlowOp
 
 from gradserve.client import Client, DeadlineExceeded, GraphError, Value
+from gradserve.client.train_stream import TrainStreams
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -225,3 +226,23 @@ def test_the_timeout_watch_does_not_wake_for_every_request(target):
             (x * x).backward(client)
             assert x.grad == 2.0 * step
         assert counted.waits <= 3  # once to start, then only when a due time passes
+
+
+def test_only_the_most_recently_used_structures_keep_their_stream_open(target):
+    def step(length: int) -> None:
+        y = x = Value(0.5)
+        for _ in range(length):
+            y = y.tanh()
+        y.backward(client)
+        assert x.grad != 0.0
+
+    structures = TrainStreams.MAX_OPEN + 2
+    with Client(target) as client:
+        opened = count_opens(client)
+        for length in range(1, structures + 1):
+            step(length)
+        assert len(opened) == structures
+        step(structures)  # the most recently used: still open
+        assert len(opened) == structures
+        step(1)  # the least recently used: closed when the streams past MAX_OPEN were opened
+        assert len(opened) == structures + 1

@@ -16,6 +16,7 @@ from hardening import SlowOp, chain, wait_until
 from servers import serving
 
 from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.engine.run import Engine
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.app import running_server, start_server
 from gradserve.server.service.calls import ServerState, call_log
@@ -297,7 +298,8 @@ def test_requests_answered_on_the_event_loop_are_read_without_a_reading_task(reg
         with ThreadPoolExecutor(max_workers=1) as executor:
             state = ServerState(Limits(), MemoryBudget(2**30), executor, threads=1)
             state.on_loop()
-            servicer = GradientServicer(registry, PlanCache(2**26), state, None, 2**26)
+            ops = {name: loaded.op for name, loaded in registry.items()}
+            servicer = GradientServicer(registry, Engine(ops, PlanCache(2**26)), state, 2**26)
             context = MessagesContext(requests)
             await servicer.Train(None, context)
         return context.written, len(tasks)

@@ -32,16 +32,18 @@ from gradserve.server.runtime.workers import (
 )
 from gradserve.server.service import limits, metrics_multiprocess, tracing
 from gradserve.server.service.app import (
+    ARRIVING_SHARE,
     DEFAULT_MAX_CONNECTION_AGE_S,
     DEFAULT_MAX_MEMORY_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_THREADS,
     start_server,
 )
+from gradserve.server.service.arrival import READ_HOLD_S
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
-from gradserve.server.service.security import read_token, server_credentials
+from gradserve.server.service.security import read_tokens, server_credentials
 
 log = logging.getLogger("gradserve")
 
@@ -132,11 +134,23 @@ def _serve(args: argparse.Namespace) -> int:
     if args.plan_cache_mb is not None and int(args.plan_cache_mb) >= args.max_memory_mb:
         log.error("cannot start: --plan-cache-mb must be less than --max-memory-mb")
         return 2
+    budget = args.max_memory_mb * 2**20
+    plan_cache = _plan_cache_bytes(args)
+    arriving = _arriving_bytes(args)
+    shares = (budget // BUDGET_SHARE if plan_cache is None else plan_cache) + (
+        budget // ARRIVING_SHARE if arriving is None else arriving
+    )
+    if shares >= budget:
+        log.error(
+            "cannot start: --plan-cache-mb and --max-arriving-mb (default: a quarter of "
+            "--max-memory-mb each) together must be less than --max-memory-mb"
+        )
+        return 2
     tls_files = [f for f in (args.tls_cert, args.tls_key, args.tls_client_ca) if f]
     try:
         for tls_file in tls_files:
             Path(tls_file).read_bytes()  # fail now, not in every worker
-        token = read_token(args.auth_token, args.auth_token_file)
+        tokens = read_tokens(args.auth_token, args.auth_token_file)
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -147,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_deadline_s=args.default_deadline,
         request_timeout_s=args.request_timeout,
         calls_per_connection=args.max_calls_per_connection,
+        calls_per_token=args.max_calls_per_token,
     )
     describe = "ops: " + ", ".join(sorted(registry))
 
@@ -172,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_connection_age=args.max_connection_age,
                 threads=args.threads,
                 plan_cache_bytes=_plan_cache_bytes(args),
+                max_arriving_bytes=_arriving_bytes(args),
                 reuse_port=reuse_port,
                 metrics=metrics,
                 limits=server_limits,
@@ -180,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
                     if args.tls_cert
                     else None
                 ),
-                auth_token=token,
+                auth_token=tokens,
                 enable_reflection=not args.no_reflection,
                 isolation_workers=args.isolation_workers,
                 trusted_plugins=[d.strip() for d in args.trusted_plugins.split(",") if d.strip()],
@@ -217,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     log.info(
         "tls=%s mutual-tls=%s auth-token=%s reflection=%s",
-        *(bool(x) for x in (args.tls_cert, args.tls_client_ca, token, not args.no_reflection)),
+        *(bool(x) for x in (args.tls_cert, args.tls_client_ca, tokens, not args.no_reflection)),
     )
     if args.workers == 1:
         return serve_one(args.port, reuse_port=False, metrics_port=args.metrics_port, ready=None)
@@ -258,6 +274,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _plan_cache_bytes(args: argparse.Namespace) -> int | None:
     """--plan-cache-mb in bytes (None: the default share of the memory budget)."""
     return None if args.plan_cache_mb is None else int(args.plan_cache_mb) * 2**20
+
+
+def _arriving_bytes(args: argparse.Namespace) -> int | None:
+    """--max-arriving-mb in bytes (None: the default share of the memory budget)."""
+    return None if args.max_arriving_mb is None else int(args.max_arriving_mb) * 2**20
 
 
 def _ops_check(args: argparse.Namespace) -> int:
@@ -311,11 +332,27 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         help="seconds a call's request message may take to arrive, within its deadline",
     )
     serve.add_argument(
+        "--max-arriving-mb",
+        type=_positive_int,
+        default=None,
+        help="MiB of request messages still arriving, within --max-memory-mb: this divided "
+        "by --max-message-mb requests may arrive at once (at least one), a read held over "
+        f"{READ_HOLD_S:g} s while others wait is refused (default: 1/{ARRIVING_SHARE} of "
+        "--max-memory-mb)",
+    )
+    serve.add_argument(
         "--max-calls-per-connection",
         type=_positive_int,
         default=None,
         help="calls in progress from one connection at once (default: 1/"
         f"{limits.CONNECTION_SHARE} of --max-concurrent-calls)",
+    )
+    serve.add_argument(
+        "--max-calls-per-token",
+        type=_positive_int,
+        default=None,
+        help="calls in progress with one bearer token at once, when --auth-token-file holds "
+        f"several (default: 1/{limits.TOKEN_SHARE} of --max-concurrent-calls)",
     )
     serve.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
@@ -325,7 +362,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--auth-token", help="require this bearer token on every call")
     serve.add_argument(
         "--auth-token-file",
-        help="file whose first line is the token (wins over --auth-token)",
+        help="file with one token a line, one per tenant (wins over --auth-token)",
     )
     serve.add_argument(
         "--isolation-workers",

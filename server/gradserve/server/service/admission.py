@@ -52,12 +52,20 @@ class MemoryBudget:
     """One server process's budget, shared by its calls (used on the event loop only).
 
     ``reserved`` bytes of ``total_bytes`` are kept for what outlives calls (the plan
-    cache); the calls share the rest, ``total``."""
+    cache) and ``arriving`` for request bytes still arriving (``arrival.ArrivalGate``); the
+    calls share the rest, ``total``."""
 
-    def __init__(self, total_bytes: int, wait_s: float = DEFAULT_WAIT_S, reserved: int = 0) -> None:
+    def __init__(
+        self,
+        total_bytes: int,
+        wait_s: float = DEFAULT_WAIT_S,
+        reserved: int = 0,
+        arriving: int = 0,
+    ) -> None:
         self.configured = total_bytes
         self.reserved = reserved
-        self.total = total_bytes - reserved
+        self.arriving = arriving
+        self.total = total_bytes - reserved - arriving
         self.wait_s = wait_s
         self.used = 0
         self._freed: asyncio.Condition | None = None  # made on the loop, at first use
@@ -71,7 +79,8 @@ class MemoryBudget:
     def describe(self) -> str:
         """The budget's settings, as a message names them."""
         text = f"{_mib(self.total)}: max-memory-mb = {self.configured // 2**20}"
-        return text + (f" less plan-cache-mb = {self.reserved // 2**20}" if self.reserved else "")
+        text += f" less plan-cache-mb = {self.reserved // 2**20}" if self.reserved else ""
+        return text + (f" less max-arriving-mb = {self.arriving // 2**20}" if self.arriving else "")
 
     def charge(self) -> "Charge":
         return Charge(self)

@@ -9,7 +9,7 @@ UNAVAILABLE, in-flight calls given the grace to finish) and stops it.
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.server.engine import plan_cache as plans
+from gradserve.server.engine.run import Engine
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
+from gradserve.server.service.arrival import FLOW_CONTROL_OPTIONS, ArrivalGate
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S, ServerState, call_log
 from gradserve.server.service.health_listing import ListingHealthServicer
 from gradserve.server.service.limits import Limits
@@ -33,6 +35,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MEMORY_BYTES = 1024 * 1024 * 1024
 DEFAULT_THREADS = 4
 DEFAULT_MAX_CONNECTION_AGE_S = 600.0
+ARRIVING_SHARE = 4  # by default request bytes still arriving may take a quarter of the budget
 # HTTP/2 streams one connection may have open at once: calls waiting for their request
 # cost little, but not nothing.
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -60,7 +63,7 @@ class RunningServer:
     _server: grpc.aio.Server
     _health: health.aio.HealthServicer
     _state: ServerState
-    isolated: IsolatedEvaluator | None = None
+    isolation: IsolatedEvaluator | None = None
 
     def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to
@@ -77,8 +80,8 @@ class RunningServer:
         self._loop.close()
         self._state.executor.shutdown(wait=False, cancel_futures=True)
         call_log.flush()
-        if self.isolated is not None:
-            self.isolated.close()
+        if self.isolation is not None:
+            self.isolation.close()
 
     async def _drain_and_stop(self, grace: float, drain_delay: float) -> None:
         state = self._state
@@ -109,10 +112,11 @@ def start_server(
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_S,
     reuse_port: bool = False,
     plan_cache_bytes: int | None = None,
+    max_arriving_bytes: int | None = None,
     metrics: CallMetrics | None = None,
     limits: Limits | None = None,
     credentials: grpc.ServerCredentials | None = None,
-    auth_token: str | None = None,
+    auth_token: str | Sequence[str] | None = None,
     enable_reflection: bool = True,
     isolation_workers: int = 0,
     trusted_plugins: Iterable[str] = (),
@@ -124,39 +128,53 @@ def start_server(
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
     ``metrics``, when given, records every call (see ``gradserve.server.service.metrics``).
     ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
-    on every call but health checks. With ``isolation_workers``, plans using ops from
-    distributions other than gradserve-ops-core and ``trusted_plugins`` run in that many
-    replaceable worker processes (the registry must then come from the entry points, which
-    the workers load again). A connection older than ``max_connection_age`` seconds (0:
-    no limit) is asked to go away, and closed once its calls have had the default deadline
-    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). The plan
-    cache holds at most ``plan_cache_bytes`` (default: a quarter of ``max_memory_bytes``),
-    and the calls in flight the rest of ``max_memory_bytes``. docs/running-safely.md
-    explains every option.
+    (or one of several) on every call but health checks; with several, each holds at most
+    ``limits.max_calls_per_token`` of the call slots. With ``isolation_workers``, plans
+    using ops from distributions other than gradserve-ops-core and ``trusted_plugins`` run
+    in that many replaceable worker processes (the registry must then come from the entry
+    points, which the workers load again). A connection older than ``max_connection_age``
+    seconds (0: no limit) is asked to go away, and closed once its calls have had the
+    default deadline to finish: what bounds a reader that never reads (see
+    ``CallScope._abandon``). The plan cache holds at most ``plan_cache_bytes`` (default: a
+    quarter of ``max_memory_bytes``), request messages still arriving at most
+    ``max_arriving_bytes`` (default: a quarter; see ``arrival``), and the calls in flight the
+    rest of ``max_memory_bytes``. docs/running-safely.md explains every option.
     """
     if plan_cache_bytes is None:
         plan_cache_bytes = max_memory_bytes // plans.BUDGET_SHARE
-    if not 0 <= plan_cache_bytes < max_memory_bytes:
+    if max_arriving_bytes is None:
+        max_arriving_bytes = max_memory_bytes // ARRIVING_SHARE
+    if plan_cache_bytes < 0 or max_arriving_bytes <= 0:
+        raise ValueError("the plan cache and the bytes arriving cannot be negative")
+    if plan_cache_bytes + max_arriving_bytes >= max_memory_bytes:
         raise ValueError(
-            f"the plan cache ({plan_cache_bytes // 2**20} MiB) must be smaller than the "
-            f"memory budget ({max_memory_bytes // 2**20} MiB)"
+            f"the plan cache ({plan_cache_bytes // 2**20} MiB) and the requests arriving "
+            f"({max_arriving_bytes // 2**20} MiB) must together be smaller than the memory "
+            f"budget ({max_memory_bytes // 2**20} MiB)"
         )
-    isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
+    isolation = _isolation_workers(registry, isolation_workers, trusted_plugins)
+    tokens = tuple(filter(None, [auth_token] if isinstance(auth_token, str) else auth_token or ()))
     state = ServerState(
         limits=limits or Limits(),
-        budget=MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes),
+        budget=MemoryBudget(
+            max_memory_bytes, reserved=plan_cache_bytes, arriving=max_arriving_bytes
+        ),
+        arrival=ArrivalGate(max_arriving_bytes, max_message_bytes),
         executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
         threads=threads,
         send_timeout_s=send_timeout,
         metrics=metrics,
+        per_token={} if len(tokens) > 1 else None,
     )
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
         watch_plan_cache(metrics, plan_cache, state.budget)
-    servicer = GradientServicer(registry, plan_cache, state, isolated, max_message_bytes)
+    ops = {name: loaded.op for name, loaded in registry.items()}
+    engine = Engine(ops, plan_cache, isolation)
+    servicer = GradientServicer(registry, engine, state, max_message_bytes)
     interceptors = [
         *([metrics.interceptor(f"/{SERVICE_NAME}/")] if metrics else []),
-        *([BearerTokenInterceptor(auth_token)] if auth_token else []),
+        *([BearerTokenInterceptor(tokens)] if tokens else []),
     ]
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -168,6 +186,7 @@ def start_server(
         # inflating to 63 MB stalled a worker. Replies are never compressed either.
         ("grpc.compression_enabled_algorithms_bitset", 1),  # identity only
         *FLOOD_LIMITS,
+        *FLOW_CONTROL_OPTIONS,
     ]
     if max_connection_age > 0:
         grace = state.limits.default_deadline_s
@@ -204,13 +223,13 @@ def start_server(
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         state.executor.shutdown(wait=False)
-        if isolated is not None:
-            isolated.close()
+        if isolation is not None:
+            isolation.close()
         raise
-    return RunningServer(port, loop, thread, server, health_servicer, state, isolated)
+    return RunningServer(port, loop, thread, server, health_servicer, state, isolation)
 
 
-def _isolated_evaluator(
+def _isolation_workers(
     registry: Mapping[str, LoadedOp], workers: int, trusted_plugins: Iterable[str]
 ) -> IsolatedEvaluator | None:
     trusted = TRUSTED_DISTRIBUTIONS | set(trusted_plugins)

@@ -26,9 +26,11 @@ from gradserve.server.engine.errors import (
 )
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
+from gradserve.server.service.arrival import ArrivalGate
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
+from gradserve.server.service.security import bearer
 
 log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
@@ -43,6 +45,10 @@ class TooManyCalls(Exception):
 
 class TooManyCallsOnConnection(Exception):
     """More calls in progress on one connection than max-calls-per-connection."""
+
+
+class TooManyCallsOnToken(Exception):
+    """More calls in progress with one bearer token than max-calls-per-token."""
 
 
 class RequestTimedOut(Exception):
@@ -72,8 +78,10 @@ class ServerState:
     stopped: bool = False  # the grace ran out: calls still running are being cancelled
     waiting_for_request: set = field(default_factory=set)  # of CallScope
     per_connection: dict = field(default_factory=dict)  # calls counted, by peer
+    per_token: dict | None = None  # calls counted, by bearer token, when several are accepted
     all_ended: asyncio.Event | None = None
     slots: asyncio.Semaphore | None = None
+    arrival: ArrivalGate | None = None  # None: reads are not gated
 
     def on_loop(self) -> None:
         """Make the asyncio objects, on the server's event loop."""
@@ -98,11 +106,13 @@ class CallScope:
     labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
     code = _OK
     connection = ""  # the peer, once the call counts against the limits
+    token = ""  # its bearer token, when the server counts calls by token
     note = ""
     _gone = False
     _counted = False
     _finished = False
     _running = None  # the executor future of the step in progress
+    _give_back_slot: Callable[[], None] | None = None  # a read slot taken back
     _sending_since: float | None = None  # loop time the write in progress began
     _send_watch: asyncio.TimerHandle | None = None
 
@@ -148,26 +158,63 @@ class CallScope:
         self.state.waiting_for_request.add(self)
         arriving = min(self.deadline, time.monotonic() + self.state.limits.request_timeout_s)
         try:
-            raw = await asyncio.wait_for(self.context.read(), arriving - time.monotonic())
+            async with asyncio.timeout(arriving - time.monotonic()):
+                raw = await self.read()
         except TimeoutError:
             raise RequestTimedOut() from None
         finally:
             self.state.waiting_for_request.discard(self)
         if raw is grpc.aio.EOF:
+            if await self._refused_by_grpc():
+                raise asyncio.CancelledError()  # the client has grpc's status already
             raise GraphError("the call ended without a request message", field="request")
         self.count_in()
         return raw
 
+    async def _refused_by_grpc(self) -> bool:
+        """Whether grpc itself refused the request message (over max-message-mb), having
+        sent the client RESOURCE_EXHAUSTED: grpc.aio hands the handler the same EOF as for
+        a client that sent no message, but then refuses to start the reply (or cancels
+        the call as it tries), where a client still waiting gets its headers. A stream
+        reset before its message looks the same here (docs/running-safely.md)."""
+        try:
+            await self.context.send_initial_metadata(())
+        except (asyncio.CancelledError, grpc.aio.UsageError, grpc.aio.InternalError):
+            self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.note = "refused by grpc"
+            return True
+        return False
+
+    async def read(self):
+        """The next request message from the call's stream (or EOF), read holding a read
+        slot when the server gates them (``arrival``)."""
+        gate = self.state.arrival
+        if gate is None:
+            return await self.context.read()
+        return await gate.read(self.context.read, self._take_back_read)
+
+    def _take_back_read(self, give_back: Callable[[], None]) -> None:
+        """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
+        self.note = _TAKEN_BACK
+        self._give_back_slot = give_back
+        self._task.cancel()
+
     def count_in(self) -> None:
-        """Count the call against max-concurrent-calls (and the drain) from now on."""
-        if self.state.active >= self.state.limits.max_concurrent_calls:
+        """Count the call against max-concurrent-calls, its connection's and its token's
+        shares (and the drain) from now on."""
+        state, limits = self.state, self.state.limits
+        if state.active >= limits.max_concurrent_calls:
             raise TooManyCalls()
         self.connection = self.connection or self.context.peer()
-        per_connection = self.state.per_connection
-        if per_connection.get(self.connection, 0) >= self.state.limits.max_calls_per_connection:
+        if state.per_connection.get(self.connection, 0) >= limits.max_calls_per_connection:
             raise TooManyCallsOnConnection()
-        per_connection[self.connection] = per_connection.get(self.connection, 0) + 1
-        self.state.active += 1
+        if state.per_token is not None:
+            self.token = bearer(self.context.invocation_metadata())
+            if state.per_token.get(self.token, 0) >= limits.max_calls_per_token:
+                raise TooManyCallsOnToken()
+            _add(state.per_token, self.token, 1)
+        _add(state.per_connection, self.connection, 1)
+        state.active += 1
         self.state.all_ended.clear()
         self._counted = True
 
@@ -261,10 +308,9 @@ class CallScope:
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            per_connection = self.state.per_connection
-            per_connection[self.connection] -= 1
-            if not per_connection[self.connection]:
-                del per_connection[self.connection]
+            _add(self.state.per_connection, self.connection, -1)
+            if self.state.per_token is not None:
+                _add(self.state.per_token, self.token, -1)
             self.state.active -= 1
             if not self.state.active:
                 self.state.all_ended.set()
@@ -281,12 +327,16 @@ class CallScope:
             if isinstance(exc, asyncio.CancelledError):
                 if self.note == "draining":
                     await self._end(status.plain(grpc.StatusCode.UNAVAILABLE, _DRAINING))
+                if self.note == _TAKEN_BACK:
+                    await self._end(self._taken_back_status())
                 self._went_away()
                 return False
             await self._end(self._status_of(exc))
             return False  # unreachable: _end raises grpc's abort exception
         finally:
             self._finish()
+            if self._give_back_slot is not None:  # the call has ended: its bytes are gone
+                self._give_back_slot()
 
     def _went_away(self) -> None:
         """The client cancelled, its deadline passed, the connection was lost, the reply
@@ -296,7 +346,7 @@ class CallScope:
             self.code = grpc.StatusCode.UNAVAILABLE  # what the client sees on shutdown
         elif self._past_deadline():
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
-        else:
+        elif self.note != "refused by grpc":  # else the code grpc sent is set
             self.code = grpc.StatusCode.CANCELLED
 
     def _past_deadline(self) -> bool:
@@ -348,6 +398,14 @@ class CallScope:
                 f"process (max-calls-per-connection = {limit}); retry later, or spread the "
                 "calls over more connections",
             )
+        elif isinstance(exc, TooManyCallsOnToken):
+            limit = self.state.limits.max_calls_per_token
+            result = status.quota_failure(
+                "max-calls-per-token",
+                f"this bearer token already has {limit} calls in progress on this server "
+                f"process (max-calls-per-token = {limit}), its share of the call slots; "
+                "retry later, once some of them have ended",
+            )
         elif isinstance(exc, RequestTimedOut):
             result = status.plain(
                 code.DEADLINE_EXCEEDED,
@@ -368,6 +426,17 @@ class CallScope:
         else:
             result = status.internal(self.method)
         return result
+
+    def _taken_back_status(self) -> grpc.Status:
+        gate = self.state.arrival
+        return status.quota_failure(
+            "max-arriving-mb",
+            f"the request message took more than {gate.hold_s:g} s to arrive while other "
+            f"calls waited to receive theirs (max-arriving-mb = {gate.total // 2**20} lets "
+            f"{gate.slots} request(s) of up to {gate.message_bytes // 2**20} MiB arrive at "
+            "once); retry later",
+            limit=gate.total,
+        )
 
     async def _end(self, result: grpc.Status) -> None:
         self.code = result.code
@@ -411,4 +480,14 @@ class CallScope:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
 
 
+def _add(counts: dict, key: str, change: int) -> None:
+    """Change ``counts[key]`` by ``change``, dropping a key whose count reaches 0."""
+    count = counts.get(key, 0) + change
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
+
+
+_TAKEN_BACK = "read slot taken back"
 _DRAINING = "the server is shutting down and takes no new calls; retry on another server"

@@ -203,7 +203,7 @@ class _Inbox:
         """The next request and its length on the wire, after any cancels (applied on the
         way); None once the client has half-closed."""
         while True:
-            raw = await self.stream.context.read()
+            raw = await self.stream.read()
             if raw is grpc.aio.EOF:
                 return None
             message = decode(raw)
