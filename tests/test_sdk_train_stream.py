@@ -208,6 +208,28 @@ def test_a_request_never_answered_on_the_stream_fails_with_the_client_s_timeout(
         server.stop(0)
 
 
+class CountedWaits(threading.Condition):
+    """A condition that counts how often a thread waited on it (each wait is a wake-up)."""
+
+    waits = 0
+
+    def wait(self, timeout=None):
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_the_timeout_watch_does_not_wake_for_every_request(target):
+    with Client(target, timeout=600) as client:
+        watch = client._train._overdue
+        watch._changed = counted = CountedWaits()
+        x = Value(2.0)
+        for step in range(50):
+            x.data = float(step)
+            (x * x).backward(client)
+            assert x.grad == 2.0 * step
+        assert counted.waits <= 3  # once to start, then only when a due time passes
+
+
 def test_only_the_most_recently_used_structures_keep_their_stream_open(target):
     def step(length: int) -> None:
         y = x = Value(0.5)

@@ -98,6 +98,23 @@ class CallScope:
 
     log_level = logging.INFO  # of the line each call logs when it ends
 
+    # What a call starts with, as class attributes: a Train stream makes a scope per
+    # message, and each attribute an instance need not set is a store saved.
+    nodes = 0
+    rows = 0
+    request_bytes = 0  # the decoded request's memory, once known
+    labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
+    code = _OK
+    connection = ""  # the peer, once the call counts against the limits
+    token = ""  # its bearer token, when the server counts calls by token
+    note = ""
+    _gone = False
+    _counted = False
+    _finished = False
+    _running = None  # the executor future of the step in progress
+    _sending_since: float | None = None  # loop time the write in progress began
+    _send_watch: asyncio.TimerHandle | None = None
+
     def __init__(
         self, method: str, context, state: ServerState, timeout: float | None = None
     ) -> None:
@@ -106,20 +123,6 @@ class CallScope:
         self.method = method
         self.context = context
         self.state = state
-        self.nodes = 0
-        self.rows = 0
-        self.request_bytes = 0  # the decoded request's memory, once known
-        self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
-        self.code = _OK
-        self.connection = ""  # the peer, once the call counts against the limits
-        self.token = ""  # its bearer token, when the server counts calls by token
-        self.note = ""
-        self._gone = False
-        self._counted = False
-        self._finished = False
-        self._running = None  # the executor future of the step in progress
-        self._sending_since: float | None = None  # loop time the write in progress began
-        self._send_watch: asyncio.TimerHandle | None = None
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
