@@ -109,10 +109,13 @@ NOTES = [
     "W1 peak memory: VmHWM minus VmRSS before the first call, of a fresh `--workers 1` server "
     "that served only W1's calls.",
     "W3: gradserve and the echo are called alternately, call by call, so that both see the "
-    "same load from other processes. The target compares like with like: the neuron as a "
-    "TrainRequest on one open Train stream (what the SDK sends) against an echo of 200 bytes "
-    "on one open stream to a grpc.aio server, each message sent once the previous answer "
-    "came; the unary rows compare an Evaluate call with an echo call.",
+    "same load from other processes. Every echo has the shape of what it is compared with: "
+    "a request of the same length answered with as many bytes as gradserve's answer. The "
+    "target: the neuron as a TrainRequest on one open Train stream as the SDK sends it in a "
+    "training loop (the plan digest and the leaf values) against such an echo on one open "
+    "stream to a grpc.aio server, each message sent once the previous answer came; a row "
+    "gives the same with the whole graph in every message. The unary rows compare an "
+    "Evaluate call with an echo call.",
     "W4: the separate requests each carry the whole graph and one row, as a client without "
     "batching would send them, one after the other on one channel. The bare gRPC row is the "
     "echo server taking a request and sending a reply of the batch's sizes: no server "

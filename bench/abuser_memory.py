@@ -27,29 +27,15 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import re
-import subprocess
 import urllib.request
 
 from bench.abusers import Abusers
-from bench.soak import GRADSERVE, rss_mib, small_graph
+from bench.servers import gradserve_alone
+from bench.soak import small_graph
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
 GAUGES = ("gradserve_memory_budget_used_bytes", "gradserve_plan_cache_bytes")
-
-
-def start_server(metrics_port: int) -> tuple[subprocess.Popen, int]:
-    """`gradserve serve --workers 1` with its defaults and metrics on ``metrics_port``."""
-    process = subprocess.Popen(
-        [GRADSERVE, "serve", "--port", "0", "--workers", "1", "--metrics-port", str(metrics_port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in process.stderr:
-        if match := re.search(r"serving on [\d.]+:(\d+)", line):
-            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-            return process, int(match.group(1))
-    raise SystemExit("the server did not start")
 
 
 def gauges(metrics_port: int) -> str:
@@ -76,10 +62,11 @@ def legitimate(port: int, stop: threading.Event, outcomes: Counter) -> None:
 
 
 def measure(kind: str, seconds: float, settle: float, metrics_port: int) -> str:
-    process, port = start_server(metrics_port)
+    server = gradserve_alone("--metrics-port", str(metrics_port))
+    port = server.port
     try:
         time.sleep(1)
-        idle = rss_mib(process.pid)
+        idle = server.memory_mib()
         abusers = Abusers(port)
         abusers.threads = [t for t in abusers.threads if t.name == kind]
         stop, outcomes = threading.Event(), Counter()
@@ -90,15 +77,14 @@ def measure(kind: str, seconds: float, settle: float, metrics_port: int) -> str:
         stop.set()
         client.join()
         time.sleep(settle)
-        peak, left = rss_mib(process.pid, "VmHWM"), rss_mib(process.pid)
+        peak, left = server.memory_mib("VmHWM"), server.memory_mib()
         return (
             f"{kind.strip('_'):18s} RSS idle {idle:5.0f}, peak {peak:5.0f}, after {left:5.0f} "
             f"MiB; {gauges(metrics_port)}; legitimate {dict(outcomes)}; "
             f"abuser {dict(abusers.outcomes)}"
         )
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.stop()
 
 
 def main() -> int:

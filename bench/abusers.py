@@ -128,37 +128,40 @@ class Abusers:
         )
         self._keep_open("never-read", NEVER_READ_STREAMS, lambda: stream(request, timeout=300))
 
-    def _stalled(self) -> None:
-        request = repeated_nodes(3_875, rows=1_000).SerializeToString()  # a 62 MB reply
+    def _keep_h2_calls(self, kind: str, count: int, start) -> None:
+        """Keep ``count`` raw HTTP/2 calls open, each a client and its stream from
+        ``start()``, handling what arrives (never opening a window it keeps at 0) and
+        replacing the calls that the server ends."""
         clients: list[tuple[H2GrpcClient, int]] = []
         try:
             while not self.stop.is_set():
-                while len(clients) < STALLED_READERS and not self.stop.is_set():
+                while len(clients) < count and not self.stop.is_set():
                     try:
-                        client = H2GrpcClient(self.port, window=0)
-                        clients.append((client, client.start_call(SERVICE + "Evaluate", request)))
-                    except OSError as error:
-                        self._count("stalled-h2", type(error).__name__)
+                        clients.append(start())
+                    except (OSError, TimeoutError, h2.exceptions.H2Error) as error:
+                        # the server may end a stream while its body is still being sent
+                        self._count(kind, type(error).__name__)
                         self.stop.wait(POLL_S)
                 for client, stream_id in list(clients):
                     state = client.streams[stream_id]
-                    # Handle what arrived (never opening the window), waiting 10 ms at most.
                     client.pump(lambda s=state: s.finished, time.monotonic() + 0.01)
                     if state.finished or client.terminated is not None:
-                        outcome = (
-                            "RST_STREAM"
-                            if state.reset_code is not None
-                            else f"grpc-status {state.grpc_status}"
-                            if state.finished
-                            else "connection closed"
-                        )
-                        self._count("stalled-h2", outcome)
+                        self._count(kind, _how_it_ended(state))
                         client.close()
                         clients.remove((client, stream_id))
                 self.stop.wait(POLL_S)
         finally:
             for client, _ in clients:
                 client.close()
+
+    def _stalled(self) -> None:
+        request = repeated_nodes(3_875, rows=1_000).SerializeToString()  # a 62 MB reply
+
+        def start() -> tuple[H2GrpcClient, int]:
+            client = H2GrpcClient(self.port, window=0)
+            return client, client.start_call(SERVICE + "Evaluate", request)
+
+        self._keep_h2_calls("stalled-h2", STALLED_READERS, start)
 
     def _oversized(self) -> None:
         stub = self.channel.unary_unary(
@@ -201,31 +204,12 @@ class Abusers:
     def _partial_bodies(self) -> None:
         """Streams that declare 60 MB and send 59 MB of it, replaced once the server ends
         them (its request timeout)."""
-        clients: list[tuple[H2GrpcClient, int]] = []
-        try:
-            while not self.stop.is_set():
-                while len(clients) < PARTIAL_BODIES and not self.stop.is_set():
-                    try:
-                        client = H2GrpcClient(self.port)
-                        stream = client.start_partial_call(
-                            SERVICE + "Evaluate", 60 * 2**20, 59 * 2**20
-                        )
-                        clients.append((client, stream))
-                    except (OSError, TimeoutError, h2.exceptions.H2Error) as error:
-                        # the server may end the stream while the body is still being sent
-                        self._count("partial-body", type(error).__name__)
-                        self.stop.wait(POLL_S)
-                for client, stream_id in list(clients):
-                    state = client.streams[stream_id]
-                    client.pump(lambda s=state: s.finished, time.monotonic() + 0.01)
-                    if state.finished or client.terminated is not None:
-                        self._count("partial-body", f"grpc-status {state.grpc_status}")
-                        client.close()
-                        clients.remove((client, stream_id))
-                self.stop.wait(POLL_S)
-        finally:
-            for client, _ in clients:
-                client.close()
+
+        def start() -> tuple[H2GrpcClient, int]:
+            client = H2GrpcClient(self.port)
+            return client, client.start_partial_call(SERVICE + "Evaluate", 60 * 2**20, 59 * 2**20)
+
+        self._keep_h2_calls("partial-body", PARTIAL_BODIES, start)
 
     def _gzip_bombs(self) -> None:
         bomb = pb.EvaluateRequest(graph=pb.Graph(node_ops=[0], input_counts=[0]))
@@ -311,3 +295,10 @@ class Abusers:
         for thread in self.threads:
             thread.join(timeout=70)
         self.channel.close()
+
+
+def _how_it_ended(state) -> str:
+    """How the server ended a raw HTTP/2 call: a reset, a gRPC status, or the connection."""
+    if state.reset_code is not None:
+        return "RST_STREAM"
+    return f"grpc-status {state.grpc_status}" if state.finished else "connection closed"

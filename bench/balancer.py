@@ -7,7 +7,6 @@ servers, as Docker Compose and Kubernetes do with their own. Used by the scale-o
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -16,14 +15,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.ports import free_port
+
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy" / "haproxy.cfg"
 START_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def backend_config(targets: list[str]) -> str:

@@ -1,13 +1,15 @@
 """A bare gRPC server for the baselines: `python -m bench.echo`.
 
 It has no protobuf messages, so a round trip costs only gRPC itself. ``Echo`` returns the
-request's bytes as they came (W3's latency baseline). With ``--aio`` it is a ``grpc.aio``
-server whose Echo is shaped as gradserve's methods are (request-streaming on the server
-side, one ``read`` and one ``write``): the floor under gradserve's own serving layer; its
-Stream echoes every message of one long-lived bidirectional stream, as Train serves them.
-``Sized`` returns as many zero bytes as the request's first 8 bytes say, little-endian: W4
-uses it for what moving a batch's request and response costs, with no evaluation. It
-allows messages as large as gradserve's and logs ``serving on HOST:PORT`` like gradserve.
+request's bytes as they came. ``Sized`` returns as many zero bytes as the request's first 8
+bytes say, little-endian (``sized_request``): W3 uses it for a call of the neuron's shape
+(its request's length in, its reply's length out), W4 for what moving a batch's request and
+response costs, with no evaluation. With ``--aio`` it is a ``grpc.aio`` server whose Echo
+and Sized are shaped as gradserve's methods are (request-streaming on the server side, one
+``read`` and one ``write``): the floor under gradserve's own serving layer; its Stream
+answers every message of one long-lived bidirectional stream as Sized does, as Train
+serves them. It allows messages as large as gradserve's and logs ``serving on HOST:PORT``
+like gradserve.
 """
 
 import asyncio
@@ -39,11 +41,15 @@ async def _echo_stream(_requests, context) -> None:
     await context.write(await context.read())
 
 
-async def _echo_each(_requests, context) -> None:
-    """Every message back as it came, until the client half-closes: the floor under a
-    message on gradserve's Train stream."""
+async def _sized_stream(_requests, context) -> None:
+    await context.write(_sized(await context.read(), context))
+
+
+async def _sized_each(_requests, context) -> None:
+    """Every message answered as Sized answers it, until the client half-closes: the floor
+    under a message on gradserve's Train stream."""
     while (message := await context.read()) is not grpc.aio.EOF:
-        await context.write(message)
+        await context.write(_sized(message, context))
 
 
 def _serve_aio() -> None:
@@ -51,7 +57,8 @@ def _serve_aio() -> None:
         server = grpc.aio.server(options=channel_options(MAX_MESSAGE_BYTES))
         handlers = {
             "Echo": grpc.stream_stream_rpc_method_handler(_echo_stream),
-            "Stream": grpc.stream_stream_rpc_method_handler(_echo_each),
+            "Sized": grpc.stream_stream_rpc_method_handler(_sized_stream),
+            "Stream": grpc.stream_stream_rpc_method_handler(_sized_each),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         port = server.add_insecure_port("127.0.0.1:0")

@@ -4,6 +4,7 @@ Like tests/servers.py's Served, but without pytest: a server that does not come 
 RuntimeError with its log.
 """
 
+import math
 import re
 import subprocess
 import sys
@@ -54,6 +55,12 @@ class ServerProcess:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1))
 
+    def memory_mib(self, field: str = "VmRSS") -> float:
+        """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB; NaN once it exited."""
+        if self.process.poll() is not None:
+            return math.nan
+        return self.memory_kib(field) / 1024
+
     def __enter__(self):
         return self
 
@@ -89,6 +96,12 @@ def gradserve(workers: int) -> ServerProcess:
             raise RuntimeError(f"not all {workers} workers started; the log:\n{server.log}")
         time.sleep(0.01)
     return server
+
+
+def gradserve_alone(*flags: str) -> ServerProcess:
+    """`gradserve serve --workers 1 FLAGS` on a free port: one server process, so that its
+    resident memory is the server's (the soak and bench/abuser_memory.py read it)."""
+    return ServerProcess([GRADSERVE, "serve", "--port", "0", "--workers", "1", *flags])
 
 
 def echo(aio: bool = False) -> ServerProcess:

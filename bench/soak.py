@@ -25,8 +25,6 @@ import math
 import os
 import platform
 import random
-import re
-import subprocess
 import sys
 import threading
 import time
@@ -40,10 +38,10 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.abusers import Abusers
+from bench.servers import ServerProcess, gradserve_alone
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
-GRADSERVE = str(Path(sys.executable).parent / "gradserve")
 BUDGET_MIB = 1024  # the server's default --max-memory-mb
 
 
@@ -74,46 +72,25 @@ def invalid_graph(rng: np.random.Generator) -> pb.Graph:
     return graph
 
 
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
-
-
 class MemoryCap:
-    """Kills the process once its resident memory passes ``cap_mib``."""
+    """Kills the server once its resident memory passes ``cap_mib``."""
 
-    def __init__(self, process: subprocess.Popen, cap_mib: float) -> None:
-        self.process, self.cap_mib = process, cap_mib
+    def __init__(self, server: ServerProcess, cap_mib: float) -> None:
+        self.server, self.cap_mib = server, cap_mib
         self.killed_at_mib: float | None = None
         self.stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
-        while not self.stop.wait(0.02) and self.process.poll() is None:
+        while not self.stop.wait(0.02) and self.server.process.poll() is None:
             try:
-                rss = rss_mib(self.process.pid)
+                rss = self.server.memory_mib()
             except (OSError, AttributeError):
                 return
             if rss > self.cap_mib:
                 self.killed_at_mib = rss
-                self.process.kill()
+                self.server.process.kill()
                 return
-
-
-def start_server() -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen(
-        # One server process, so that its resident memory is the server's.
-        [GRADSERVE, "serve", "--port", "0", "--workers", "1"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in process.stderr:
-        if match := re.search(r"serving on [\d.]+:(\d+)", line):
-            # Keep reading the per-call log lines so that the pipe never fills up.
-            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-            return process, int(match.group(1))
-    raise SystemExit("the server did not start")
 
 
 EXPECTED = {
@@ -177,10 +154,11 @@ class Phase:
 
     def __init__(self, args: argparse.Namespace, abusive: bool) -> None:
         self.abusive = abusive
-        process, port = start_server()
-        self.idle = rss_mib(process.pid)
-        cap = MemoryCap(process, args.memory_cap_mb)
-        channel, stub = connect(f"127.0.0.1:{port}")
+        server = gradserve_alone()
+        port = server.port
+        self.idle = server.memory_mib()
+        cap = MemoryCap(server, args.memory_cap_mb)
+        channel, stub = connect(server.target)
         self.soak = Soak(stub, args.large_leaves)
         abusers = Abusers(port) if abusive else None
         try:
@@ -194,19 +172,17 @@ class Phase:
             for thread in clients:
                 thread.start()
             time.sleep(args.warmup)
-            self.after_warmup = rss_mib(process.pid) if process.poll() is None else math.nan
+            self.after_warmup = server.memory_mib()
             for thread in clients:
                 thread.join()
-            alive = process.poll() is None
-            self.at_end = rss_mib(process.pid) if alive else math.nan
-            self.peak = rss_mib(process.pid, "VmHWM") if alive else math.nan
+            self.at_end = server.memory_mib()
+            self.peak = server.memory_mib("VmHWM")
         finally:
             if abusers:
                 abusers.__exit__(None, None, None)
             cap.stop.set()
             channel.close()
-            process.terminate()
-            process.wait(timeout=60)
+            server.stop()
         self.killed_at_mib = cap.killed_at_mib
         self.outcomes = dict(abusers.outcomes) if abusers else {}
         latencies = [t for kind in EXPECTED for t in self.soak.latencies[kind]]

@@ -21,11 +21,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import graphs, servers
+from bench.echo import PATH as ECHO_PATH
 from bench.measure import percentile_ms
-from bench.workloads import ECHO_PATH, ECHO_PAYLOAD, _interleaved_latencies, _leaves_request
+from bench.workloads import _interleaved_latencies, _leaves_request
 from gradserve.client import connect
 
 CALLS = 2_000
+ECHO_PAYLOAD = bytes(200)
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):

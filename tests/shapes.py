@@ -56,10 +56,11 @@ def mlp(width: int, layers: int) -> GraphArrays:
     return _arrays(["sum", "mul", "tanh"], node_ops, counts, ids)
 
 
-def labelled(nodes: int, label_length: int) -> GraphArrays:
-    """A chain of ``nodes`` nodes, each with a distinct label of ``label_length`` characters."""
+def labelled(nodes: int, label_length: int, fill: str = "x") -> GraphArrays:
+    """A chain of ``nodes`` nodes, each with a distinct label of ``label_length`` characters
+    (its number, then ``fill``)."""
     graph = deep_chain(nodes - 1)
-    labels = [f"{i:08d}".ljust(label_length, "x") for i in range(nodes)]
+    labels = [f"{i:08d}".ljust(label_length, fill) for i in range(nodes)]
     return GraphArrays(graph.op_names, graph.node_ops, graph.input_counts, graph.input_ids, labels)
 
 

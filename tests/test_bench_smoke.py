@@ -183,3 +183,31 @@ def test_the_harness_rewrites_only_its_own_section(tmp_path):
     text = path.read_text()
     assert "soak figures" in text and "second run" in text and "first run" not in text
     assert text.count("<!-- bench:start -->") == 1
+
+
+def test_the_ab_table_takes_each_figures_median_over_the_rounds():
+    """bench.ab: each side's figures by workload and measurement, the in-run ratio of W3's
+    rows as a figure of its own, and medians over rounds (not means: one loaded round
+    must not move them)."""
+    from bench.ab import table
+
+    def report(p50: float, echo_ratio: float, batch: str) -> str:
+        return (
+            "## Results\n\n"
+            "| Workload | Measurement | gradserve | Compared with | Target | Result |\n"
+            "|---|---|---|---|---|---|\n"
+            f"| W3 neuron (10 nodes) | p50 | {p50} ms | echo p50 0.3 ms: {echo_ratio}x | | |\n"
+            f"| W4 batch | warm | {batch} | | | |\n"
+            "\n## Agreement\n\n| W3 neuron (10 nodes) | gradserve vs micrograd | 2e-09 | yes |\n"
+        )
+
+    reports = {
+        "before": [report(0.4, 1.3, "1.0 s"), report(0.5, 1.4, "1,000 s"), report(9.0, 1.5, "2 s")],
+        "after": [report(0.6, 1.2, "1.5 s"), report(0.3, 1.2, "1.5 s"), report(0.45, 9.0, "3 s")],
+    }
+    rows = table(reports).splitlines()[2:]
+    assert rows == [
+        "| W3 neuron (10 nodes) | p50 | 0.5 ms | 0.45 ms | 0.90 | 3 + 3 |",
+        "| W3 neuron (10 nodes) | p50, over its in-run peer | 1.4 x | 1.2 x | 0.86 | 3 + 3 |",
+        "| W4 batch | warm | 2 s | 1.5 s | 0.75 | 3 + 3 |",
+    ]

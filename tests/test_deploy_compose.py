@@ -18,8 +18,8 @@ import pytest
 import yaml
 from dockerfile import ROOT, runtime_command, runtime_env
 from metered import sample, scrape
-from ports import free_port
 
+from bench.ports import free_port
 from gradserve.server.cli import build_parser
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"

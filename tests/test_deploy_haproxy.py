@@ -58,7 +58,9 @@ def test_the_check_passes_serving_only():
     not_serving = encoded(health_pb2.HealthCheckResponse.NOT_SERVING)
     waits_for = re.compile(one_line("tcp-check expect rbinary").split(None, 1)[1])
     assert waits_for.fullmatch(serving) and waits_for.fullmatch(not_serving)
-    assert one_line("tcp-check expect binary").split(None, 1)[1] == serving
+    # The second expect decides on the bytes the first waited for (min-recv 0): a NOT_SERVING
+    # answer fails the check at once, not when the server closes the connection.
+    assert one_line("tcp-check expect min-recv").split() == ["min-recv", "0", "binary", serving]
 
 
 def test_calls_are_hashed_on_the_structure_header_consistently():

@@ -214,7 +214,7 @@ def isolating_stub(tmp_path_factory):
                 running_server(registry, isolation_workers=1) as server,
                 grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
             ):
-                assert server.isolated is not None
+                assert server.isolation is not None
                 yield pb_grpc.GradientServiceStub(channel)
         finally:
             discovered_entry_points.cache_clear()

@@ -8,7 +8,8 @@ import pytest
 from graphs import GraphBuilder
 from hardening import violations
 
-from gradserve.server.service import evaluation as servicer
+from gradserve.server.engine import run as engine_entry
+from gradserve.server.service import status
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -50,7 +51,7 @@ def test_an_unexpected_error_is_internal_with_an_id_in_the_log(stub, monkeypatch
     def broken(*args):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(servicer, "compile_graph", broken)
+    monkeypatch.setattr(engine_entry, "compile_graph", broken)
     g = GraphBuilder()
     g.leaf(1.0, label="never compiled before")  # a new structure: no plan cache hit
     with caplog.at_level(logging.ERROR), pytest.raises(grpc.RpcError) as caught:
@@ -71,3 +72,37 @@ def test_an_unknown_selection_with_nodes_is_invalid_argument(stub):
         stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=99, nodes=[0]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in violations(caught.value)] == ["selection"]
+
+
+def test_of_several_out_of_range_ids_the_first_is_named(stub):
+    g = GraphBuilder()
+    g.leaf(1.0)
+    request = pb.EvaluateRequest(graph=g.proto(), outputs=[0, 7, 9], seeds=[1.0, 1.0, 1.0])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = violations(caught.value)
+    assert field == "outputs[1]"
+    assert description.startswith("outputs[1] = 7 is out of range")
+
+
+def test_a_text_is_cut_only_past_max_text_and_then_says_how_long_it_was():
+    assert status.bounded("x" * status.MAX_TEXT) == "x" * status.MAX_TEXT
+    cut = status.bounded("y" * (status.MAX_TEXT + 1))
+    assert len(cut) <= status.MAX_TEXT and cut.startswith("y" * (status.MAX_TEXT // 2))
+    assert cut.endswith(f"({status.MAX_TEXT + 1} characters in all)")
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_one_row_missing_a_leaf_value_names_the_leaf_without_it(stub, rows):
+    g = GraphBuilder()
+    g.op("mul", g.leaf(1.0, label="a"), g.leaf(2.0, label="b"))
+    graph = g.proto()
+    del graph.leaf_values[1:]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(pb.EvaluateRequest(graph=graph, rows=rows))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = violations(caught.value)
+    assert field == "graph.leaf_values"
+    assert "2 leaves but leaf_values has 1" in description
+    assert "leaf 1 ('b') has no value" in description

@@ -75,3 +75,60 @@ def test_no_imports_go_in_a_circle_in_the_server_ops_and_protos():
                 seen.add(name)
                 stack.extend(graph.get(name, ()))
     assert cyclic == []
+
+
+SERVICE = ROOT / "server" / "gradserve" / "server" / "service"
+# What the gRPC edge may take from the engine (DESIGN.md 6a: the service names no engine
+# path): its one entry and what that entry speaks in, the plan cache (which knows nothing of
+# paths), errors, request defaults and memory estimates. None: any name of the module.
+ENGINE_NAMES_FOR_THE_SERVICE = {
+    "gradserve.server.engine.run": {"Engine", "Inputs", "Answer", "Cost"},
+    "gradserve.server.engine.plan": {"GraphArrays", "Plan", "raise_if_stopped"},
+    "gradserve.server.engine.plan_cache": None,
+    "gradserve.server.engine.errors": None,
+    "gradserve.server.engine.requests": None,
+    "gradserve.server.engine.memory": None,
+}
+# A plan's attributes that decide or carry an evaluation path.
+PATH_ATTRIBUTES = {"isolated", "source", "steps", "kept", "scalars"}
+
+
+def engine_paths_named(path: Path, known: dict[str, Path]) -> list[str]:
+    """The engine names ``path`` imports beyond those above, and the path-choosing plan
+    attributes it reads."""
+    named = []
+    for module, name in imports_of(path, known):
+        if module.startswith("gradserve.server.engine"):
+            allowed = ENGINE_NAMES_FOR_THE_SERVICE.get(module, set())
+            if allowed is not None and name not in allowed:
+                named.append(f"{path.name} imports {module} {name}".strip())
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in PATH_ATTRIBUTES:
+            named.append(f"{path.name}:{node.lineno} reads .{node.attr}")
+    return named
+
+
+def test_the_service_names_no_engine_path():
+    """The service imports from the engine only the names above, never a path's module
+    (floats, compiled programs, chains, second order, the choice of isolation), and reads
+    no plan attribute that chooses a path: which path runs is the engine's decision."""
+    known = modules()
+    named = [
+        found for path in sorted(SERVICE.glob("*.py")) for found in engine_paths_named(path, known)
+    ]
+    assert named == []
+
+
+def test_the_path_check_finds_a_service_that_picks_a_path(tmp_path):
+    planted = tmp_path / "picker.py"
+    planted.write_text(
+        "from gradserve.server.engine import memory, small_call\n"
+        "from gradserve.server.engine.run import Engine, run\n"
+        "def pick(plan):\n"
+        "    return plan.isolated\n"
+    )
+    assert engine_paths_named(planted, modules()) == [
+        "picker.py imports gradserve.server.engine.small_call",
+        "picker.py imports gradserve.server.engine.run run",
+        "picker.py:4 reads .isolated",
+    ]

@@ -16,6 +16,7 @@ import math
 import os
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -95,11 +96,24 @@ def readme_sdk_example() -> str:
     return next(block.code for block in found if block.language == "python")
 
 
+def platform_tag() -> str:
+    """This interpreter's wheel tag (the client's wheel holds a compiled module)."""
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    return f"{python}-{python}-{sysconfig.get_platform().replace('-', '_').replace('.', '_')}"
+
+
 def test_one_command_builds_a_wheel_and_an_sdist_of_each_with_index_metadata(dist):
     names = sorted(p.name for p in dist.iterdir() if p.suffix in (".whl", ".gz"))
     expected = [f"{d}-{VERSION}{suffix}" for d in DISTRIBUTIONS for suffix in (".tar.gz",)]
-    expected += [f"{d}-{VERSION}-py3-none-any.whl" for d in DISTRIBUTIONS]
+    expected += [
+        f"{d}-{VERSION}-{platform_tag() if d == 'gradserve_client' else 'py3-none-any'}.whl"
+        for d in DISTRIBUTIONS
+    ]
     assert names == sorted(expected)
+    [client] = dist.glob("gradserve_client-*.whl")
+    with zipfile.ZipFile(client) as archive:
+        compiled = [n for n in archive.namelist() if n.startswith("gradserve/client/_recorder")]
+    assert len(compiled) == 1 and compiled[0].endswith(".so"), compiled  # the compiled core
     for wheel in dist.glob("*.whl"):
         with zipfile.ZipFile(wheel) as archive:
             [metadata] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
@@ -130,7 +144,8 @@ f = x * x * y + (x * y).apply("sin")
 with Client({target!r}) as client:
     print(*client.hessian(f, [x, y]).ravel())
 import gradserve.client
-print(gradserve.client.__version__)
+from gradserve.client import recording
+print(gradserve.client.__version__, recording.COMPILED)
 try:
     from gradserve.client import draw_dot
 except ImportError as error:
@@ -148,7 +163,7 @@ except ImportError as error:
     expected = [2 * y - y * y * s, 2 * x + c - x * y * s, 2 * x + c - x * y * s, -x * x * s]
     got = [xx, xy, yx, yy]
     assert all(math.isclose(g, h, rel_tol=1e-9) for g, h in zip(got, expected, strict=True)), got
-    assert lines[2] == VERSION
+    assert lines[2] == f"{VERSION} True"  # the wheel's compiled recording core is used
     assert lines[3] == "drawing needs the graphviz package: pip install 'gradserve-client[draw]'"
     print(f"client environment: {size_mib(tmp_path / 'client-env'):.0f} MiB")
 

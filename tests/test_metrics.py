@@ -9,9 +9,9 @@ import grpc
 import pytest
 from graphs import GraphBuilder, neuron
 from metered import metered_server, sample, scrape
-from ports import free_port
 from servers import GRADSERVE, Served, health
 
+from bench.ports import free_port
 from gradserve.server.cli import build_parser
 from gradserve.server.service.metrics import CallMetrics
 from gradserve.v1 import gradserve_pb2 as pb

@@ -11,10 +11,10 @@ import pytest
 from graphs import neuron
 from hardening import wait_until
 from metered import sample, scrape
-from ports import free_port
 from servers import GRADSERVE, Served, health
 from test_cli import worker_pids
 
+from bench.ports import free_port
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 

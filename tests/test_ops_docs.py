@@ -37,25 +37,37 @@ def test_the_special_plugins_list_is_what_its_ops_say(special):  # noqa: F811
     assert listed_ops("docs/plugins.md") == {op.name: (op.arity, op.doc) for op in ops}
 
 
-def code_block(language: str) -> str:
-    blocks = docs_pages.code("docs/plugins.md", language)
-    assert len(blocks) == 1
-    return blocks[0]
+def example_module(block: int, module: str) -> dict:
+    """The names that the page's ``block``-th Python block defines, run as the module it
+    names."""
+    source = docs_pages.code("docs/plugins.md", "python")[block]
+    assert source.startswith(f"# {module}.py\n")
+    assert len(source.splitlines()) <= 25
+    namespace: dict = {}
+    exec(compile(source, f"{module}.py", "exec"), namespace)
+    return namespace
 
 
 def test_the_example_plugin_is_complete_and_right():
-    project = tomllib.loads(code_block("toml"))
+    """The page teaches the formula form first: its op passes gradcheck, gives log2 and
+    its derivatives' closed forms (the second derived from the formulas), on arrays and on
+    floats; the explicit form that follows gives the same op."""
+    assert len(docs_pages.code("docs/plugins.md", "toml")) == 1
+    project = tomllib.loads(docs_pages.code("docs/plugins.md", "toml")[0])
     ((name, target),) = project["project"]["entry-points"]["gradserve.ops"].items()
     module, attribute = target.split(":")
-    source = code_block("python")
-    assert source.startswith(f"# {module}.py\n")
-    namespace: dict = {}
-    exec(compile(source, f"{module}.py", "exec"), namespace)
-    op = namespace[attribute]
-    assert isinstance(op, Op) and op.name == name
-    assert gradcheck(op).ok
-    x = np.array([8.0, 0.5])
-    assert op.forward(x) == pytest.approx([3.0, -1.0])
-    assert op.backward(np.ones(2), op.forward(x), x)[0] == pytest.approx(1 / (x * np.log(2)))
-    assert not op.domain(np.array([0.0, -1.0])).any()
-    assert len(source.splitlines()) <= 25
+    blocks = docs_pages.code("docs/plugins.md", "python")
+    assert len(blocks) == 2 and "formula_op(" in blocks[0] and "Op(" in blocks[1]
+    formula, explicit = (example_module(block, module)[attribute] for block in (0, 1))
+    x = np.array([8.0, 0.5, 3.0])
+    for op in (formula, explicit):
+        assert isinstance(op, Op) and op.name == name
+        assert gradcheck(op).ok
+        assert op.forward(x) == pytest.approx([3.0, -1.0, np.log2(3.0)], rel=1e-15)
+        slope = 1 / (x * np.log(2))
+        assert op.backward(np.ones(3), op.forward(x), x)[0] == pytest.approx(slope, rel=1e-15)
+        assert op.second(op.forward(x), x)[0] == pytest.approx(-slope / x, rel=1e-14)
+        assert op.scalar(8.0) == pytest.approx(3.0, rel=1e-15)
+        assert op.scalar_backward(1.0, 3.0, 8.0)[0] == pytest.approx(1 / (8 * np.log(2)))
+        assert not op.domain(np.array([0.0, -1.0])).any() and op.domain(x).all()
+    assert formula.formulas is not None and explicit.formulas is None

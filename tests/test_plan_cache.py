@@ -11,12 +11,15 @@ import shapes
 from graphs import GraphBuilder, neuron
 from servers import serving
 
+from gradserve.server.engine import run as engine_entry
+from gradserve.server.engine import small_call
 from gradserve.server.engine.errors import QUOTE_LIMIT
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import GraphArrays, compile_graph
 from gradserve.server.engine.plan_cache import (
     SMALL_GRAPH_NODES,
     PlanCache,
+    _memoized_digest,
     small_structure_digest,
     structure_digest,
 )
@@ -55,6 +58,15 @@ def test_a_small_graph_digest_is_the_same_digest_from_a_memo():
     long_labels = chain(5)
     long_labels.labels[:] = ["x" * 1000] * 5
     assert small_structure_digest(long_labels.proto()) is None  # too many bytes to keep
+
+
+def test_a_small_graph_s_second_digest_comes_from_the_memo():
+    g = chain(9)
+    g.labels[0] = "a structure only this test digests"
+    small_structure_digest(g.proto())
+    hits = _memoized_digest.cache_info().hits
+    small_structure_digest(g.proto())
+    assert _memoized_digest.cache_info().hits == hits + 1
 
 
 def test_a_warm_small_graph_is_not_converted_to_arrays(registry, monkeypatch):
@@ -129,6 +141,33 @@ def neuron_closed_form(x1, x2, w1, w2, b):
     return o, [slope * w1, slope * w2, slope * x1, slope * x2, slope]
 
 
+def test_remeasuring_a_plan_no_longer_cached_under_its_digest_changes_nothing(ops):
+    """A batch call ending after its plan was evicted and the same graph compiled again:
+    the plan it grew is not the one cached, which keeps its own size."""
+    g = GraphBuilder()
+    x = [g.leaf(1.0) for _ in range(50)]
+    g.op("sum", *x, *x)
+    old, new = compile_graph(g.arrays(), ops), compile_graph(g.arrays(), ops)
+    cache = PlanCache(max_bytes=2**30)
+    cache.put(b"sum", new)
+    evaluate(old, np.ones((3, 50)), np.array([50]), np.array([1.0]))  # old makes its scatter
+    cache.remeasure(b"sum", old)
+    assert cache.get(b"sum") is new and cache.bytes == new.nbytes() < old.nbytes()
+
+
+def test_remeasuring_a_plan_whose_size_did_not_change_leaves_the_cache_as_it_was(ops):
+    """A one-row call makes no scatter: its ``remeasure`` changes neither the bytes nor the
+    order of eviction (the plan is not moved to the most recently used end)."""
+    first, second, third = (compile_graph(chain(size).arrays(), ops) for size in (10, 11, 12))
+    cache = PlanCache(max_bytes=first.nbytes() + second.nbytes() + third.nbytes() - 1)
+    cache.put(b"first", first)
+    cache.put(b"second", second)
+    cache.remeasure(b"first", first)  # the same size: the least recently used still
+    assert cache.bytes == first.nbytes() + second.nbytes()
+    cache.put(b"third", third)  # over the bound: evicts the least recently used
+    assert cache.get(b"first") is None and cache.get(b"second") is second
+
+
 def test_second_call_by_digest_reuses_the_plan(stub, monkeypatch):
     g, _ = neuron()
     first = stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_LEAVES))
@@ -136,7 +175,7 @@ def test_second_call_by_digest_reuses_the_plan(stub, monkeypatch):
 
     compiled = []
     monkeypatch.setattr(
-        servicer_module,
+        engine_entry,
         "compile_graph",
         lambda *a, **k: compiled.append(1) or compile_graph(*a, **k),
     )
@@ -241,6 +280,69 @@ def test_a_plans_bytes_cover_what_it_holds(ops, shape, rows):
     finally:
         tracemalloc.stop()
     assert held <= plan.nbytes() <= 3 * held
+
+
+FLOAT_PROGRAM_SHAPES = {
+    "chain of 10": lambda: shapes.deep_chain(10),
+    "chain of 100": lambda: shapes.deep_chain(100),
+    "chain of 2,000": lambda: shapes.deep_chain(2_000),
+    "mlp 4x2": lambda: shapes.mlp(4, 2),
+    "mlp 6x3": lambda: shapes.mlp(6, 3),
+    "fan-in of 100": lambda: shapes.wide_fan_in(100),
+    "fan-in of 2,000": lambda: shapes.wide_fan_in(2_000),
+}
+LOOPED_SHAPES = ("chain of 10", "chain of 100", "mlp 4x2", "fan-in of 100")  # to LOOP_NODES
+
+
+@pytest.mark.parametrize(
+    ("shape", "compiled"),
+    [(shape, True) for shape in FLOAT_PROGRAM_SHAPES] + [(s, False) for s in LOOPED_SHAPES],
+)
+def test_a_float_programs_bytes_cover_what_it_holds(ops, shape, compiled):
+    """``Program.nbytes`` (what its plan counts) against tracemalloc's count of what making
+    the program left allocated: never below, at most 3x above."""
+    plan = compile_graph(FLOAT_PROGRAM_SHAPES[shape](), ops)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        program = small_call.program_of(plan, compiled=compiled)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert program is not None and program.compiled == compiled
+    assert held <= program.nbytes() <= 3 * held
+
+
+def test_the_plan_cache_counts_the_float_programs_of_its_plans(ops):
+    """A one-row call's float programs live on its plan: the first call's looped program
+    and the second's compiled one are counted in the cache's bytes as they are made (the
+    compiled one replacing the looped one), and a cache too small for the plan with its
+    compiled program evicts it."""
+    g = chain(100)
+    request = pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_ALL)
+    digest = structure_digest(g.arrays())
+    engine = engine_entry.Engine(ops, PlanCache(max_bytes=2**30))
+    plan = engine.compile(digest, g.arrays(), lambda: False)
+    alone = plan.nbytes()
+    assert engine.plans.bytes == alone
+    sizes = []
+    for _ in range(3):
+        assert engine.answer(plan, digest, request, lambda: False) is not None
+        assert engine.plans.bytes == plan.nbytes()
+        sizes.append(plan.nbytes())
+    looped, compiled, again = sizes
+    assert list(plan.kept) == [small_call.COMPILED] and again == compiled
+    assert looped - alone == small_call.program_of(plan).nbytes()
+    assert compiled - alone == plan.kept[small_call.COMPILED].nbytes() > looped - alone
+
+    small = engine_entry.Engine(ops, PlanCache(max_bytes=(alone + compiled) // 2))
+    plan = small.compile(digest, g.arrays(), lambda: False)
+    assert small.plans.get(digest) is plan
+    small.answer(plan, digest, request, lambda: False)
+    small.answer(plan, digest, request, lambda: False)
+    assert small.plans.get(digest) is None and small.plans.bytes == 0
 
 
 def test_a_plan_keeps_only_the_quoted_part_of_a_label(ops):

@@ -66,28 +66,23 @@ def test_each_more_row_adds_at_most_the_per_row_estimate(ops):
                 assert grown - memory.evaluation_bytes(sizes, rows, tangents) <= per_row
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        "wide fan-in",
-        "deep chain",
-        "mlp",
-        pytest.param(
-            "labelled",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="compiling a labelled graph peaks above compile_bytes, which counts "
-                "no label: reported to the integrator (issue 26's mutation run)",
-            ),
-        ),
-    ],
-)
+COMPILED = {
+    **shapes.SHAPES,
+    "short labels": lambda: shapes.labelled(5_000, 64),
+    "labels of 4-byte characters": lambda: shapes.labelled(5_000, 200, "\N{GRINNING FACE}"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(COMPILED))
 def test_the_compile_estimate_is_never_below_compiling_s_peak_nor_10x_above(ops, shape):
     """Per node and input alike for every shape, so loose on some: 1.2x the peak of a long
-    chain, 8x a wide fan-in's."""
-    graph = shapes.SHAPES[shape]()
+    chain, 8x a wide fan-in's. Labels are bounded by their bytes in UTF-8, as the
+    request's length bounds them on the server."""
+    graph = COMPILED[shape]()
     peak = _peak(lambda: compile_graph(graph, ops))
-    estimate = memory.compile_bytes(len(graph.node_ops), len(graph.input_ids))
+    label_bytes = sum(len(label.encode()) for label in graph.labels)
+    nodes, inputs = len(graph.node_ops), len(graph.input_ids)
+    estimate = memory.compile_bytes(nodes, inputs, len(graph.labels), label_bytes)
     assert peak <= estimate <= 10 * peak, f"peak {peak:,}, estimate {estimate:,}"
 
 

@@ -1,5 +1,5 @@
 """Issue 19's findings against an in-process server: what outlives a call is bounded in
-bytes, one connection cannot take every call slot, a request must arrive in time, gzip
+bytes, one connection or one token cannot take every call slot, a request must arrive in time, gzip
 bombs are refused before they are inflated, and a stream's chunks are bounded in number."""
 
 import logging
@@ -70,6 +70,67 @@ def test_one_connection_holds_at_most_its_share_of_the_call_slots(registry):
         finally:
             slow.release.set()
         assert all(len(call.result(timeout=30).node_ids) == 2 for call in napping)
+
+
+def test_one_token_holds_at_most_its_share_of_the_call_slots(registry):
+    """One tenant with many connections cannot take every slot: with two tokens and
+    --max-concurrent-calls 8, a token holds 4 calls, over any number of connections; its
+    fifth is refused RESOURCE_EXHAUSTED naming max-calls-per-token, while the other
+    token's call is still served. Once a call of the first token ends, it is served
+    again."""
+    slow = SlowOp(seconds=30)
+    limits = Limits(max_concurrent_calls=8)
+    assert (limits.max_calls_per_token, limits.max_calls_per_connection) == (4, 2)
+    greedy, other = (("authorization", "Bearer tenant-a"),), (("authorization", "Bearer tenant-b"),)
+    slow_request = pb.EvaluateRequest(graph=chain("slow", 1).proto())
+    quick_request = pb.EvaluateRequest(graph=chain("neg", 1).proto())
+    with running_server(
+        slow.registry(registry), limits=limits, auth_token=["tenant-a", "tenant-b"]
+    ) as server:
+        channels = [channel_to(server.port, own_connection=i) for i in range(4)]
+        try:
+            napping = [
+                stub_on(channels[i // 2]).Evaluate.future(slow_request, timeout=60, metadata=greedy)
+                for i in range(4)
+            ]
+            assert wait_until(lambda: slow.calls == 4, timeout=10)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub_on(channels[2]).Evaluate(quick_request, timeout=30, metadata=greedy)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max-calls-per-token = 4" in caught.value.details()
+            assert "retry later" in caught.value.details()
+            served = stub_on(channels[3]).Evaluate(quick_request, timeout=30, metadata=other)
+            assert list(served.values) == [0.5, -0.5]
+            slow.release.set()
+            assert all(len(call.result(timeout=30).node_ids) == 2 for call in napping)
+            again = stub_on(channels[2]).Evaluate(quick_request, timeout=30, metadata=greedy)
+            assert list(again.values) == [0.5, -0.5]
+        finally:
+            slow.release.set()
+            for channel in channels:
+                channel.close()
+
+
+def test_with_one_token_every_caller_shares_it_and_no_token_share_applies(registry):
+    """With a single token there are no tenants to be fair between: its calls may take
+    every slot that the connection shares allow."""
+    slow = SlowOp(seconds=30)
+    limits = Limits(max_concurrent_calls=4, calls_per_connection=4)
+    token = (("authorization", "Bearer only"),)
+    slow_request = pb.EvaluateRequest(graph=chain("slow", 1).proto())
+    with (
+        running_server(slow.registry(registry), limits=limits, auth_token="only") as server,
+        channel_to(server.port) as channel,
+    ):
+        calls = [
+            stub_on(channel).Evaluate.future(slow_request, timeout=60, metadata=token)
+            for _ in range(4)
+        ]
+        try:
+            assert wait_until(lambda: slow.calls == 4, timeout=10)
+        finally:
+            slow.release.set()
+        assert all(len(call.result(timeout=30).node_ids) == 2 for call in calls)
 
 
 def test_a_request_that_does_not_arrive_in_time_ends_deadline_exceeded(registry):

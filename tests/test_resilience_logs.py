@@ -1,17 +1,22 @@
 """Truthful, bounded logs (issue 19, findings 6 and 7): a flood of failing calls (rapid
 reset opens and resets thousands of streams a second) is logged at a bounded rate, with a
-line that counts the rest; successful calls are never held back."""
+line that counts the rest; successful calls are never held back; a call's line says the
+status its client got."""
 
 import logging
 
+import grpc
+import pytest
+from graphs import GraphBuilder
 from hardening import wait_until
-from resilience import channel_to, repeated_nodes, stub_on
+from resilience import EVALUATE, channel_to, repeated_nodes, stub_on
 from test_logs import _logger
 
 from gradserve.server.service import logs
 from gradserve.server.service.app import running_server
 from gradserve.server.service.calls import call_log
 from gradserve.server.service.logs import CallLog
+from gradserve.v1 import gradserve_pb2 as pb
 
 
 def test_a_flood_of_one_failure_is_logged_at_a_bounded_rate_and_counted(monkeypatch):
@@ -57,12 +62,44 @@ def test_a_client_gone_mid_reply_is_logged_cancelled_without_a_traceback(registr
             next(stream)
             stream.cancel()
         assert wait_until(lambda: len(_lines(caplog, "EvaluateStream")) == 5, timeout=30)
-    assert {line.split("status=")[1].split()[0] for line in _lines(caplog, "EvaluateStream")} == {
-        "CANCELLED"
-    }
+    assert {_status(line) for line in _lines(caplog, "EvaluateStream")} == {"CANCELLED"}
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def _lines(caplog, method: str) -> list[str]:
     call_log.flush()
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith(method + " ")]
+
+
+def test_a_request_grpc_refuses_is_logged_with_the_status_the_client_got(registry, caplog):
+    """Finding 6: a request over max-message-mb is refused by grpc itself, which sends the
+    client RESOURCE_EXHAUSTED and hands the handler no message: the call's line says
+    RESOURCE_EXHAUSTED too, with no traceback; a call that truly sends no message is still
+    INVALID_ARGUMENT for both."""
+    graph = GraphBuilder()
+    for _ in range(2_000):
+        graph.leaf(1.0)
+    big = pb.EvaluateRequest(graph=graph.proto())
+    with (
+        caplog.at_level(logging.INFO),
+        running_server(registry, max_message_bytes=1024) as server,
+        channel_to(server.port) as channel,
+    ):
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub_on(channel).Evaluate(big, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "larger than max" in caught.value.details()
+        assert wait_until(lambda: len(_lines(caplog, "Evaluate")) == 3, timeout=30)
+        assert {_status(line) for line in _lines(caplog, "Evaluate")} == {"RESOURCE_EXHAUSTED"}
+        empty = channel.stream_stream(EVALUATE)(iter(()), timeout=30)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(empty)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert wait_until(lambda: len(_lines(caplog, "Evaluate")) == 4, timeout=30)
+        assert _status(_lines(caplog, "Evaluate")[-1]) == "INVALID_ARGUMENT"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def _status(line: str) -> str:
+    return line.split("status=")[1].split()[0]

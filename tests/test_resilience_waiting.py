@@ -13,7 +13,6 @@ import grpc
 import pytest
 from hardening import wait_until
 from metered import sample, scrape
-from ports import free_port
 from resilience import (
     AUTHORISED,
     EVALUATE,
@@ -36,6 +35,7 @@ from resilience import (
 )
 
 from bench.h2_client import H2GrpcClient
+from bench.ports import free_port
 from gradserve.v1 import gradserve_pb2 as pb
 
 HALF_OPEN_CALLS = 80  # more than --threads, and than the old --max-concurrent-calls (64)

@@ -18,11 +18,11 @@ import grpc
 import pytest
 from hardening import wait_until
 from metered import sample, scrape
-from ports import free_port
 from resilience import health_status
 from servers import Served
 
 from bench.balancer import Balancer
+from bench.ports import free_port
 from gradserve.client import Client, Value
 
 pytestmark = pytest.mark.requires_tool("haproxy")
@@ -170,6 +170,11 @@ def test_a_draining_server_is_taken_out_and_fails_no_call(cluster):
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
         assert wait_until(lambda: health_status(channel) == "NOT_SERVING", 10)
     cluster.balancer.wait_until(lambda states: states.get(name) == "DOWN")
+    # The balancer took it out on reading NOT_SERVING, while it still takes new calls: the
+    # drain delay has not run out (a check that waited for more bytes after NOT_SERVING
+    # ended only when the server stopped, and calls routed meanwhile were cut off).
+    with Client(f"127.0.0.1:{served.port}", timeout=30) as direct:
+        Model(2).step(direct)
     answered = cluster.balancer.responses()[name]
     loop.run_for(20)
     loop.stop()

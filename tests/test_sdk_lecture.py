@@ -234,14 +234,14 @@ def test_a_lost_plan_is_sent_again_whole(no_default, registry):
         x = Value(2.0)
         (x * x).backward(client)
         ((x * x).relu() * 0 + x * x).backward(client)
-        for fingerprint in list(client._plans._digests):  # as if the server evicted them
-            client._plans._digests[fingerprint] = b"\x01" * 16
+        for fingerprint in list(client._steps.plans._digests):  # as if the server evicted them
+            client._steps.plans._digests[fingerprint] = b"\x01" * 16
         x.data = 3.0
         y = x * x
         y.backward(client)
         assert (y.data, x.grad) == (9.0, 6.0)
         # The lost plan's digest is replaced; the other structure's is kept until it is used.
-        assert list(client._plans._digests.values()).count(b"\x01" * 16) == 1
+        assert list(client._steps.plans._digests.values()).count(b"\x01" * 16) == 1
 
 
 def test_allow_non_finite_on_backward_evaluate_and_stream(target):

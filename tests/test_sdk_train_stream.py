@@ -2,6 +2,7 @@
 out and fall back as unary calls would."""
 
 import math
+import threading
 from concurrent import futures
 
 import grpc
@@ -9,6 +10,7 @@ import pytest
 from hardening import SlowOp
 
 from gradserve.client import Client, DeadlineExceeded, GraphError, Value
+from gradserve.client.train_stream import TrainStreams
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -156,3 +158,69 @@ def test_the_bearer_token_opens_the_stream(registry):
         assert x.grad == 6.0
         assert not ok._train.unsupported
         assert [s._responses is not None for s in ok._train._streams.values()] == [True]
+
+
+class Unanswering:
+    """A server whose Train takes every message and answers none; ``received`` counts them
+    and ``release`` ends its calls."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.release = threading.Event()
+
+    def Train(self, requests, context):
+        for _ in requests:
+            self.received += 1
+            if self.release.wait(60):
+                return
+        yield from ()
+
+
+def test_a_request_never_answered_on_the_stream_fails_with_the_client_s_timeout():
+    never = Unanswering()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handlers = {"Train": grpc.stream_stream_rpc_method_handler(never.Train)}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("gradserve.v1.GradientService", handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=0.2) as client:
+            opened = count_opens(client)
+            x = Value(3.0)
+            for attempt in (1, 2):
+                with futures.ThreadPoolExecutor(max_workers=1) as step:
+                    # the same structure each time, so its stream; a client that waited
+                    # for ever would fail here, at the generous guard, instead of hanging
+                    done = step.submit((x * x).backward, client)
+                    with pytest.raises(DeadlineExceeded) as caught:
+                        done.result(timeout=60)
+                assert "timeout of 0.2 s" in str(caught.value)
+                assert caught.value.timeout == 0.2
+                assert never.received == attempt  # it was sent on the stream, and not again
+                assert opened == [1] * attempt  # the overdue stream was ended; a new one
+            assert x.grad == 0.0  # nothing was filled
+    finally:
+        never.release.set()
+        server.stop(0)
+
+
+def test_only_the_most_recently_used_structures_keep_their_stream_open(target):
+    def step(length: int) -> None:
+        y = x = Value(0.5)
+        for _ in range(length):
+            y = y.tanh()
+        y.backward(client)
+        assert x.grad != 0.0
+
+    structures = TrainStreams.MAX_OPEN + 2
+    with Client(target) as client:
+        opened = count_opens(client)
+        for length in range(1, structures + 1):
+            step(length)
+        assert len(opened) == structures
+        step(structures)  # the most recently used: still open
+        assert len(opened) == structures
+        step(1)  # the least recently used: closed when the streams past MAX_OPEN were opened
+        assert len(opened) == structures + 1

@@ -7,7 +7,9 @@ difference of it gives the oracle for gradients (error O(h^4), about 1e-13 here)
 
 import math
 import weakref
+from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from gradserve.client import Client, Value
@@ -193,3 +195,12 @@ def test_operators_reject_what_is_not_a_number():
         x.apply("add", None)
     with pytest.raises(TypeError):
         Value("1")
+
+
+@pytest.mark.parametrize("number", [np.float64(0.5), Fraction(1, 2), True], ids=repr)
+def test_any_real_number_becomes_a_constant(client, number):
+    """Not only float and int: NumPy's floats, fractions and bools are numbers.Real too."""
+    x = Value(3.0)
+    y = x * number
+    y.backward(client)
+    assert y.data == 3.0 * float(number) and x.grad == float(number)

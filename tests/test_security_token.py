@@ -34,6 +34,15 @@ def test_the_right_token_gets_through(guarded):
         assert len(list(stub.EvaluateStream(pb.EvaluateRequest(graph=neuron()[0].proto())))) == 1
 
 
+def test_the_token_is_read_from_the_authorization_key_among_others(guarded):
+    """Other metadata, before and after it in the call and in sort order, is not the token."""
+    channel, stub = _stub(guarded.port)
+    metadata = (("accept-language", "en"), ("authorization", f"Bearer {TOKEN}"), ("zz", "1"))
+    with channel:
+        request = pb.EvaluateRequest(graph=neuron()[0].proto())
+        assert len(stub.Evaluate(request, metadata=metadata).values) == 10
+
+
 @pytest.mark.parametrize("token", [None, "wrong", TOKEN + "x", TOKEN[:-1]])
 def test_a_missing_or_wrong_token_is_unauthenticated(guarded, token):
     channel, stub = _stub(guarded.port, token)
@@ -81,12 +90,16 @@ def test_the_token_is_compared_in_constant_time(guarded, monkeypatch):
     assert compared == [(b"Bearer guess", f"Bearer {TOKEN}".encode())]
 
 
-def test_the_token_file_wins_and_an_empty_one_is_refused(tmp_path):
+def test_the_token_file_wins_holds_a_token_a_line_and_an_empty_one_is_refused(tmp_path):
     path = tmp_path / "token"
     path.write_text("from-file\n")
-    assert security.read_token("inline", str(path)) == "from-file"
+    assert security.read_tokens("inline", str(path)) == ("from-file",)
+    assert security.read_tokens("inline", None) == ("inline",)
+    assert security.read_tokens(None, None) == ()
+    path.write_text("tenant-a\n\n  tenant-b  \n")
+    assert security.read_tokens(None, str(path)) == ("tenant-a", "tenant-b")
     path.write_text("\n")
     with pytest.raises(ValueError, match="empty"):
-        security.read_token(None, str(path))
+        security.read_tokens(None, str(path))
     args = build_parser().parse_args(["serve", "--auth-token-file", str(path), "--no-reflection"])
     assert args.auth_token_file == str(path) and args.no_reflection

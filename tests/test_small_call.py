@@ -12,9 +12,9 @@ from grpc_status import rpc_status
 from servers import serving
 
 from gradserve.ops import Op
+from gradserve.server.engine import run as engine_entry
 from gradserve.server.engine import small_call
 from gradserve.server.registry import LoadedOp
-from gradserve.server.service import evaluation as servicer
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -22,13 +22,13 @@ from gradserve.v1 import gradserve_pb2 as pb
 def general_path_calls(monkeypatch):
     """How many calls reached the general path (the engine's run)."""
     calls = []
-    general = servicer.run
+    general = engine_entry.run
 
     def counted(*args, **kwargs):
         calls.append(1)
         return general(*args, **kwargs)
 
-    monkeypatch.setattr(servicer, "run", counted)
+    monkeypatch.setattr(engine_entry, "run", counted)
     return calls
 
 
@@ -178,7 +178,7 @@ def general_only(monkeypatch):
 
     def run(call):
         with monkeypatch.context() as patched:
-            patched.setattr(small_call.SmallCalls, "evaluate", lambda *args: None)
+            patched.setattr(small_call, "evaluate", lambda *args: None)
             return call()
 
     return run
@@ -305,6 +305,14 @@ def custom_registry(registry):
             scalar_backward=lambda g, y, x: (g * math.cos(x), 0.0),  # one too many
         ),
     }
+    ops["sum_listing"] = Op(  # variadic, and its scalar backward gives one too many
+        "sum_listing",
+        None,
+        lambda *xs: sum(xs),
+        lambda g, y, *xs: tuple(g for _ in xs),
+        scalar=lambda *xs: math.fsum(xs),
+        scalar_backward=lambda g, y, *xs: (g,) * (len(xs) + 1),
+    )
     ops["inverse_of_positive"] = Op(
         "inverse_of_positive",
         1,
@@ -315,6 +323,23 @@ def custom_registry(registry):
         scalar_backward=lambda g, y, x: (-g / (x * x),),
     )
     return {**registry, **{name: loaded(op) for name, op in ops.items()}}
+
+
+@pytest.mark.parametrize("inputs", [3, small_call.UNPACKED + 4])
+def test_too_many_gradients_from_a_variadic_scalar_backward(
+    custom_registry, general_path_calls, inputs
+):
+    """Looped or compiled, with the gradients unpacked or indexed, a scalar backward that
+    gives one gradient too many sends the call to the arrays (d(sum)/dx = 1 each)."""
+    g = GraphBuilder()
+    xs = [g.leaf(0.25 * k) for k in range(inputs)]
+    g.op("tanh", g.op("sum_listing", *xs))
+    expected = 1 - math.tanh(math.fsum(0.25 * k for k in range(inputs))) ** 2
+    with serving(custom_registry) as custom:
+        for call in (1, 2, 3):  # looped, compiling, compiled
+            reply = custom.Evaluate(request(g, selection=pb.SELECTION_LEAVES))
+            assert general_path_calls == [1] * call
+            assert list(reply.grads) == pytest.approx([expected] * inputs, rel=1e-13)
 
 
 def test_a_domain_the_scalar_functions_do_not_enforce(custom_registry, general_only):

@@ -5,7 +5,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import grpc
 import numpy as np
 
-from gradserve.client import calls, ops, second_order
+from gradserve.client import calls, second_order
+from gradserve.client.call_steps import CallSteps, Evaluate, ListOps, Progress, Streamed, run
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
     MAX_MESSAGE_BYTES,
@@ -13,8 +14,8 @@ from gradserve.client.channel import (
     serialized_calls,
     target_or_default,
 )
-from gradserve.client.errors import Where, translated
-from gradserve.client.progress import progress_bar
+from gradserve.client.errors import translated
+from gradserve.client.ops import OpInfo
 from gradserve.client.tracing import trace_metadata
 from gradserve.client.train_stream import TrainStreams
 from gradserve.client.value import Value
@@ -49,11 +50,8 @@ class Client:
             target, max_message_bytes=max_message_bytes, credentials=credentials
         )
         self._evaluate, self._evaluate_stream = serialized_calls(self._channel)
-        self._options = {"timeout": timeout, "metadata": tuple(metadata)}
-        self._where = Where(target, credentials is not None, timeout)
-        self._progress = progress
-        self._max_message_bytes = max_message_bytes
-        self._plans = calls.PlanDigests()
+        secure = credentials is not None
+        self._steps = CallSteps(target, timeout, secure, metadata, max_message_bytes, progress)
         self._train = TrainStreams(self._channel) if train_stream else None
 
     def close(self) -> None:
@@ -67,25 +65,15 @@ class Client:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def ops(self) -> list[ops.OpInfo]:
+    def ops(self) -> list[OpInfo]:
         """The server's ops, sorted by name, each with its arity, doc and distribution."""
-        with translated(where=self._where):
-            return ops.from_reply(self._stub.ListOps(pb.ListOpsRequest(), **self._options))
+        return run(self._steps.ops(), self._take)
 
     def backward(self, loss: Value, *, allow_non_finite: bool = False) -> None:
         """Fill ``.data`` and ``.grad`` of every Value ``loss`` depends on (``loss.backward``).
 
         ``allow_non_finite`` lets NaN and infinities through instead of failing the call."""
-        call = calls.backward_call(
-            loss,
-            allow_non_finite=allow_non_finite,
-            plans=self._plans,
-            max_message_bytes=self._max_message_bytes,
-        )
-        if not calls.streams(len(call.subgraph), self._max_message_bytes):
-            calls.fill(call.subgraph, [self._unary(call)])
-            return
-        calls.fill(call.subgraph, list(self._messages(call, self._progress)))
+        run(self._steps.backward(loss, allow_non_finite), self._take)
 
     def evaluate(
         self,
@@ -102,38 +90,8 @@ class Client:
         then evaluated at all B rows in one call (the other leaves keep their ``.data``), and
         the results gain a leading axis of length B. ``allow_non_finite`` lets NaN and
         infinities through instead of failing the call."""
-        call = calls.evaluate_call(
-            outputs,
-            wrt,
-            seeds,
-            with_outputs=True,
-            batch=batch,
-            allow_non_finite=allow_non_finite,
-            plans=self._plans,
-        )
-        return calls.evaluation(call, self._unary(call))
-
-    def _unary(self, call: calls.Call) -> pb.EvaluateResponse:
-        """Evaluate's reply; with the whole graph again if the server lost the plan named."""
-        with translated(call.subgraph, self._where):
-            try:
-                response = self._send(call.request)
-            except grpc.RpcError as error:
-                if not self._plans.forget(call, error):
-                    raise
-                response = self._send(call.full_request())
-        self._plans.learn(call, response)
-        return response
-
-    def _send(self, request: bytes) -> pb.EvaluateResponse:
-        """Evaluate's reply: a message on the Train stream when it is free, else a call
-        (also inside a traced span: a call carries its own trace context, see ``tracing``)."""
-        if self._train is not None and not trace_metadata():
-            timeout, metadata = self._options["timeout"], self._options["metadata"]
-            response = self._train.evaluate(request, timeout, metadata)
-            if response is not None:
-                return response
-        return self._evaluate(request, **self._options)
+        steps = self._steps.evaluate(outputs, wrt, seeds, batch, allow_non_finite)
+        return run(steps, self._take)
 
     def stream(
         self,
@@ -147,11 +105,8 @@ class Client:
     ) -> Iterator[Chunk]:
         """Like ``evaluate``, but yields the results of ``wrt`` (default: the leaves; "all"
         for every node) chunk by chunk as they arrive, with a progress bar on a terminal."""
-        call = calls.evaluate_call(
-            outputs, wrt, seeds, chunk_size=chunk_size, allow_non_finite=allow_non_finite
-        )
-        show = self._progress if progress is None else progress
-        for message in self._messages(call, show):
+        call = self._steps.stream_call(outputs, wrt, seeds, chunk_size, allow_non_finite)
+        for message in self._messages(call, self._steps.shown(progress)):
             yield calls.chunk(call, message)
 
     # Second order (second_order.py). wrt: leaf Values; their current .data is the point.
@@ -159,37 +114,50 @@ class Client:
         """The directional derivative of ``output`` along ``tangent`` (one number per Value
         of ``wrt``): a Jacobian-vector product."""
         made = second_order.jvp(output, wrt, tangent, allow_non_finite)
-        return self._second_order(*made, timeout)
+        return run(self._steps.second_order(made, timeout), self._take)
 
     def hvp(self, output, wrt, vector, *, allow_non_finite=False, timeout=None) -> np.ndarray:
         """H @ vector, shape (len(wrt),), H the Hessian of ``output`` with respect to
         ``wrt`` (other leaves held constant)."""
         made = second_order.hvp(output, wrt, vector, allow_non_finite)
-        return self._second_order(*made, timeout)
+        return run(self._steps.second_order(made, timeout), self._take)
 
     def hessian(self, output, wrt, *, allow_non_finite=False, timeout=None) -> np.ndarray:
         """The Hessian of ``output`` with respect to ``wrt``, shape (n, n), in one call."""
-        return self._second_order(*second_order.hessian(output, wrt, allow_non_finite), timeout)
+        made = second_order.hessian(output, wrt, allow_non_finite)
+        return run(self._steps.second_order(made, timeout), self._take)
 
-    def _second_order(self, call: calls.Call, read, timeout: float | None):
-        where = second_order.where(self._where, timeout)
-        with translated(call.subgraph, where):
-            response = self._evaluate(call.request, **second_order.options(self._options, timeout))
-        return read(response)
+    def _take(self, step):
+        """One step of a call (``call_steps``) sent, its reply."""
+        if isinstance(step, Evaluate):
+            if step.train_stream:
+                return self._send(step.request)
+            return self._evaluate(step.request, **step.options)
+        if isinstance(step, ListOps):
+            return self._stub.ListOps(pb.ListOpsRequest(), **step.options)
+        assert isinstance(step, Streamed)
+        return list(self._messages(step.call, step.progress))
+
+    def _send(self, request: bytes) -> pb.EvaluateResponse:
+        """Evaluate's reply: a message on the Train stream when it is free, else a call
+        (also inside a traced span: a call carries its own trace context, see ``tracing``)."""
+        options = self._steps.options
+        if self._train is not None and not trace_metadata():
+            response = self._train.evaluate(request, options["timeout"], options["metadata"])
+            if response is not None:
+                return response
+        return self._evaluate(request, **options)
 
     def _messages(self, call: calls.Call, progress: bool | None) -> Iterator[pb.GradientChunk]:
         """EvaluateStream's chunks, counted on a progress bar; cancelled if abandoned."""
-        with translated(call.subgraph, self._where):
-            responses = self._evaluate_stream(call.whole_graph(), **self._options)
-        bar = None
+        where = self._steps.where
+        with translated(call.subgraph, where):
+            responses = self._evaluate_stream(call.whole_graph(), **self._steps.options)
+        counted = Progress(progress)
         try:
-            with translated(call.subgraph, self._where):
+            with translated(call.subgraph, where):
                 for message in responses:
-                    if bar is None:
-                        bar = progress_bar(message.total_nodes, progress)
-                    bar.update(len(message.node_ids))
-                    yield message
+                    yield counted.count(message)
         finally:
             responses.cancel()
-            if bar is not None:
-                bar.close()
+            counted.close()

@@ -30,6 +30,16 @@ def code(name: str, count: int) -> int:
     return found
 
 
+# The standard ops' codes, which the operators record (numbered in this order in every
+# process, first of all).
+ADD, SUB, MUL, DIV, POW = (code(op, 2) for op in ("add", "sub", "mul", "div", "pow"))
+NEG, TANH, RELU, EXP, LOG, SIGMOID = (
+    code(op, 1) for op in ("neg", "tanh", "relu", "exp", "log", "sigmoid")
+)
+SQRT, ABS, SIN, COS = (code(op, 1) for op in ("sqrt", "abs", "sin", "cos"))
+MAX, MIN = (code(op, 2) for op in ("max", "min"))
+
+
 def name(code: int) -> str:
     return _names[code]
 

@@ -3,10 +3,13 @@
 A training loop's step is one small request; as a unary call it pays for a new call each
 time, as a message on an open bidirectional stream about half of that (see the proto's
 ``Train``). The stream opens at the first request and stays open; a request waits for its
-own answer before the next is sent, so answers never need matching up. A thread that finds
-the stream busy with another thread's request, and every request to a server without
-``Train``, goes as a unary call instead. A failed request raises ``StreamedStatus``, which
-reads like the gRPC error of the unary call, so the SDK handles both alike.
+own answer before the next is sent, so answers never need matching up. The Client's
+timeout bounds each request: grpc's own deadline covers a whole call, so ``Overdue`` ends a
+stream whose answer has not come in time, and the request fails with DEADLINE_EXCEEDED as a
+unary call would. A thread that finds the stream busy with another thread's request, and
+every request to a server without ``Train``, goes as a unary call instead. A failed request
+raises ``StreamedStatus``, which reads like the gRPC error of the unary call, so the SDK
+handles both alike.
 
 A Client keeps one stream per graph structure (``TrainStreams``), each opened with the
 headers of its first request: the caller's metadata (a bearer token is checked once, when it
@@ -17,8 +20,10 @@ context.
 """
 
 import itertools
+import math
 import queue
 import threading
+import time
 from collections import OrderedDict
 
 import grpc
@@ -64,13 +69,73 @@ def request_message(request_id: int, request: bytes, timeout: float | None) -> b
     return message
 
 
+def _overdue(timeout: float) -> StreamedStatus:
+    return StreamedStatus(
+        status_pb2.Status(
+            code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+            message=f"no answer on the Train stream within the timeout of {timeout:g} s",
+        )
+    )
+
+
+class Overdue:
+    """Ends the streams whose answer is overdue, from one thread per Client.
+
+    The thread sleeps until the earliest request in progress is due. A request that is
+    answered leaves its time behind, so a training loop's requests, each due later than
+    the last, wake the thread about once per timeout rather than once per request."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._due: dict[TrainStream, float] = {}
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, stream: "TrainStream", timeout: float) -> None:
+        """End ``stream`` (``TrainStream.expire``) if ``done`` is not called within
+        ``timeout`` seconds."""
+        due = time.monotonic() + timeout
+        with self._changed:
+            self._due[stream] = due
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="gradserve-train-timeouts", daemon=True
+                )
+                self._thread.start()
+            elif due < self._wake_at:
+                self._changed.notify()
+
+    def done(self, stream: "TrainStream") -> None:
+        with self._changed:
+            self._due.pop(stream, None)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+
+    def _run(self) -> None:
+        with self._changed:
+            while not self._closed:
+                now = time.monotonic()
+                for stream, due in list(self._due.items()):
+                    if due <= now:
+                        del self._due[stream]
+                        stream.expire()
+                self._wake_at = min(self._due.values(), default=math.inf)
+                self._changed.wait(None if self._wake_at == math.inf else self._wake_at - now)
+
+
 class TrainStream:
     """One Client's stream; ``evaluate`` sends a request on it when it can."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, overdue: Overdue) -> None:
         self._open_call = with_headers(
             channel.stream_stream(METHOD, response_deserializer=pb.TrainResponse.FromString)
         )
+        self._overdue = overdue
+        self._expired = False  # set by the Overdue thread: the answer did not come in time
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._requests: queue.SimpleQueue | None = None
@@ -108,12 +173,22 @@ class TrainStream:
             headers = (*metadata, *structure.metadata(request))  # the first request's
             self._responses = self._open_call(iter(self._requests.get, None), metadata=headers)
         request_id = next(self._ids)
+        self._expired = False
+        if timeout is not None:
+            self._overdue.watch(self, timeout)
         self._requests.put(request_message(request_id, request, timeout))
         try:
             reply = next(self._responses)
         except BaseException:  # the stream failed, ended or was interrupted: start anew
             self.close()
+            if self._expired:
+                raise _overdue(timeout) from None
             raise
+        finally:
+            if timeout is not None:
+                self._overdue.done(self)
+        if self._expired:  # answered as it was being ended: the stream cannot go on
+            self.close()
         if reply.id != request_id:
             self.close()
             raise StreamedStatus(
@@ -125,6 +200,13 @@ class TrainStream:
         if reply.status:
             raise StreamedStatus(status_pb2.Status.FromString(reply.status))
         return reply.response
+
+    def expire(self) -> None:
+        """The answer is overdue: end the stream, which fails the request waiting on it."""
+        self._expired = True
+        responses = self._responses
+        if responses is not None:
+            responses.cancel()
 
     def idle(self) -> bool:
         """No request is on the stream now."""
@@ -149,6 +231,7 @@ class TrainStreams:
         self._channel = channel
         self._lock = threading.Lock()
         self._streams: OrderedDict[tuple, TrainStream] = OrderedDict()
+        self._overdue = Overdue()
         self.unsupported = False
 
     def evaluate(
@@ -158,7 +241,7 @@ class TrainStreams:
             return None
         key = structure.metadata(request)
         with self._lock:
-            stream = self._streams.pop(key, None) or TrainStream(self._channel)
+            stream = self._streams.pop(key, None) or TrainStream(self._channel, self._overdue)
             self._streams[key] = stream
             self._close_idle_beyond(self.MAX_OPEN)
         try:
@@ -177,3 +260,4 @@ class TrainStreams:
             streams, self._streams = list(self._streams.values()), OrderedDict()
         for stream in streams:
             stream.close()
+        self._overdue.close()

@@ -1,8 +1,6 @@
 //! The one place a connection is made: target, TLS, mutual TLS, bearer token and message
-//! limits become a tonic channel and the generated stub on it.
-//!
-//! tonic has no gRPC service config, so a retry policy (for UNAVAILABLE, say) would be a
-//! tower layer added here, for every call at once.
+//! limits become a tonic channel and the generated stub on it. (The calls' retries are in
+//! `retry.rs`.)
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The calls: ListOps, Evaluate, EvaluateStream and Backward, each bounded by its deadline
-//! and cancellation, each sending a graph's structure once (its plan digest after that).
+//! and cancellation, each retried on UNAVAILABLE (`retry.rs`), each sending a graph's
+//! structure once (its plan digest after that).
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::graph::{Graph, Node};
 use crate::messages::Context;
 use crate::pb;
 use crate::request::{Chunk, Evaluation, Request};
+use crate::retry::with_retries;
 
 /// Above this many nodes, [`Client::backward`] receives the results through EvaluateStream,
 /// whose chunks never approach a message limit.
@@ -52,7 +54,8 @@ impl Client {
         &self.context.target
     }
 
-    /// The generated stub on this connection, for calls this crate does not wrap.
+    /// The generated stub on this connection, for calls this crate does not wrap (its calls
+    /// are not retried).
     pub fn stub(&self) -> Stub {
         self.stub.clone()
     }
@@ -65,8 +68,11 @@ impl Client {
     /// The server's ops, sorted by name.
     pub async fn list_ops(&self) -> Result<Vec<pb::OpInfo>, Error> {
         let bounds = self.bounds(None, None);
-        let mut stub = self.stub();
-        let reply = bounds.guard(stub.list_ops(bounds.request(pb::ListOpsRequest {}))).await;
+        let call = |message| {
+            let (mut stub, request) = (self.stub(), bounds.request(message));
+            async move { stub.list_ops(request).await }
+        };
+        let reply = bounds.guard(with_retries(pb::ListOpsRequest {}, call)).await;
         Ok(reply.map_err(|status| bounds.error(status, &self.context))?.into_inner().ops)
     }
 
@@ -75,8 +81,12 @@ impl Client {
     /// values, and the whole graph again only if the server answers NOT_FOUND.
     pub async fn evaluate(&self, graph: &Graph, request: &Request) -> Result<Evaluation, Error> {
         let bounds = self.bounds(request.timeout, request.cancel.clone());
+        let attempt = |wire| {
+            let (mut stub, request) = (self.stub(), bounds.request(wire));
+            async move { stub.evaluate(request).await }
+        };
         let call = async |wire| {
-            let reply = bounds.guard(self.stub().evaluate(bounds.request(wire))).await?;
+            let reply = bounds.guard(with_retries(wire, attempt)).await?;
             Ok(Evaluation::from(reply.into_inner()))
         };
         let results = self.with_plan(graph, request, &bounds, call).await?;
@@ -88,9 +98,14 @@ impl Client {
     /// chunks: read them with [`Chunks::next`]. Dropping the `Chunks` cancels the call.
     pub async fn stream(&self, graph: &Graph, request: &Request) -> Result<Chunks, Error> {
         let bounds = self.bounds(request.timeout, request.cancel.clone());
+        let attempt = |wire| {
+            let (mut stub, request) = (self.stub(), bounds.request(wire));
+            async move { stub.evaluate_stream(request).await }
+        };
         let call = async |wire| {
-            let mut messages =
-                bounds.guard(self.stub().evaluate_stream(bounds.request(wire))).await?.into_inner();
+            // Retried until the server answers with headers, as gRPC does: then the call is
+            // committed.
+            let mut messages = bounds.guard(with_retries(wire, attempt)).await?.into_inner();
             // NOT_FOUND comes before the first chunk: read it here, where the graph can be
             // sent again.
             let first = bounds.guard(messages.message()).await?;

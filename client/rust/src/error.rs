@@ -40,7 +40,8 @@ pub enum Error {
     #[error("{}", .0.summary)]
     Cancelled(Box<Status>),
     /// UNAVAILABLE: no answer from the target (no server, TLS on one side only, a server
-    /// certificate the client does not trust) or the server is draining for shutdown.
+    /// certificate the client does not trust) or the server is draining for shutdown; the
+    /// last of the retry policy's attempts (see docs/clients/rust.md).
     #[error("{}", .0.summary)]
     Unavailable(Box<Status>),
     /// INTERNAL (an op plugin failed; the message names the op, the node and an error id

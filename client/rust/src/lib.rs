@@ -22,6 +22,7 @@ mod error;
 mod graph;
 mod messages;
 mod request;
+mod retry;
 
 pub use channel::{Bearer, ClientBuilder, Stub, DEFAULT_TARGET, MAX_MESSAGE_BYTES};
 pub use client::{Chunks, Client, STREAM_ABOVE};

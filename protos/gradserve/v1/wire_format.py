@@ -13,8 +13,13 @@ VARINT, LENGTH_DELIMITED = 0, 2  # wire types
 _FEW = 64  # below this many values, Python beats a dozen NumPy calls
 
 
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]  # the varints a message mostly holds
+
+
 def varint(value: int) -> bytes:
     """One base-128 varint: low 7 bits first, the high bit set on all but the last byte."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]  # tags, short lengths and small ids: no bytearray to build
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)

@@ -43,7 +43,7 @@ from gradserve.server.service.arrival import READ_HOLD_S
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
-from gradserve.server.service.security import read_token, server_credentials
+from gradserve.server.service.security import read_tokens, server_credentials
 
 log = logging.getLogger("gradserve")
 
@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         for tls_file in tls_files:
             Path(tls_file).read_bytes()  # fail now, not in every worker
-        token = read_token(args.auth_token, args.auth_token_file)
+        tokens = read_tokens(args.auth_token, args.auth_token_file)
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -161,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_deadline_s=args.default_deadline,
         request_timeout_s=args.request_timeout,
         calls_per_connection=args.max_calls_per_connection,
+        calls_per_token=args.max_calls_per_token,
     )
     describe = "ops: " + ", ".join(sorted(registry))
 
@@ -195,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
                     if args.tls_cert
                     else None
                 ),
-                auth_token=token,
+                auth_token=tokens,
                 enable_reflection=not args.no_reflection,
                 isolation_workers=args.isolation_workers,
                 trusted_plugins=[d.strip() for d in args.trusted_plugins.split(",") if d.strip()],
@@ -232,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     log.info(
         "tls=%s mutual-tls=%s auth-token=%s reflection=%s",
-        *(bool(x) for x in (args.tls_cert, args.tls_client_ca, token, not args.no_reflection)),
+        *(bool(x) for x in (args.tls_cert, args.tls_client_ca, tokens, not args.no_reflection)),
     )
     if args.workers == 1:
         return serve_one(args.port, reuse_port=False, metrics_port=args.metrics_port, ready=None)
@@ -346,6 +347,13 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         help="calls in progress from one connection at once (default: 1/"
         f"{limits.CONNECTION_SHARE} of --max-concurrent-calls)",
     )
+    serve.add_argument(
+        "--max-calls-per-token",
+        type=_positive_int,
+        default=None,
+        help="calls in progress with one bearer token at once, when --auth-token-file holds "
+        f"several (default: 1/{limits.TOKEN_SHARE} of --max-concurrent-calls)",
+    )
     serve.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     serve.add_argument(
@@ -354,7 +362,7 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--auth-token", help="require this bearer token on every call")
     serve.add_argument(
         "--auth-token-file",
-        help="file whose first line is the token (wins over --auth-token)",
+        help="file with one token a line, one per tenant (wins over --auth-token)",
     )
     serve.add_argument(
         "--isolation-workers",

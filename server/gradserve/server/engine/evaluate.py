@@ -62,7 +62,7 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
             _backward_stretch(step, values, grads, should_stop)
             continue
         g, y = grads.take(step.nodes, axis=0), values.take(step.nodes, axis=0)
-        local = op_calls.backward(step, g, y, values)
+        local = op_calls.backward(step, g, y, values, should_stop)
         if should_stop():  # a variadic op over a million inputs takes a while
             raise Cancelled()
         # Every input position's gradients at once, in args' order (position by position).

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gradserve.server.engine.errors import GraphError, OpFailure
-from gradserve.server.engine.plan import Group, Stretch
+from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
+from gradserve.server.engine.plan import Group, Stretch, never_stop
+
+POLL_POSITIONS = 65_536  # an op's results checked between two stop checks
 
 
 def forward(group: Group, xs: list[np.ndarray]) -> np.ndarray:
@@ -54,8 +56,15 @@ def _raise_outside_domain(group: Group, xs: list[np.ndarray], inside: np.ndarray
     )
 
 
-def backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
-    """The group's op backward: one gradient array per input position."""
+def backward(
+    group: Group,
+    g: np.ndarray,
+    y: np.ndarray,
+    values: np.ndarray,
+    should_stop: Callable[[], bool] = never_stop,
+) -> list[np.ndarray]:
+    """The group's op backward: one gradient array per input position, checked one by one
+    (a ``sum`` of a million inputs returns a million) with a stop check as they go."""
     try:
         local = group.op.backward(g, y, *values.take(group.args, axis=0))
     except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
@@ -68,7 +77,12 @@ def backward(group: Group, g: np.ndarray, y: np.ndarray, values: np.ndarray) -> 
             int(group.nodes[0]),
             f"backward must return {len(group.args)} gradient(s), one per input",
         )
-    return [checked(group, d, "backward", g.shape) for d in local]
+    result = []
+    for position, d in enumerate(local):
+        if position % POLL_POSITIONS == POLL_POSITIONS - 1 and should_stop():
+            raise Cancelled()
+        result.append(checked(group, d, "backward", g.shape))
+    return result
 
 
 def forward_node(stretch: Stretch, position: int, xs: list[np.ndarray]) -> np.ndarray:

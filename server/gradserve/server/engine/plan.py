@@ -9,8 +9,9 @@ group reads another node of the same group.
 import functools
 import itertools
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -131,47 +132,43 @@ class Stretch:
         )
 
 
+class Kept(Protocol):
+    """Something the engine makes for a plan after compiling it and keeps with it."""
+
+    def nbytes(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class Plan:
-    """A validated, scheduled graph; immutable, so it can be reused with new leaf values."""
+    """A validated, scheduled graph; immutable, so it can be reused with new leaf values
+    (``kept`` aside: what later calls make for it, such as a float program)."""
 
     node_count: int
     leaves: np.ndarray  # the ids of the leaf nodes, increasing
     steps: tuple[Group | Stretch, ...]  # in an order where every step's inputs come earlier
     labels: tuple[str, ...]
+    ops: tuple[Op, ...]  # the ops it applies, each once
+    # What its evaluation allocates in proportion to (``memory.evaluation_bytes``): counted
+    # while compiling, with stop checks, rather than by a loop over millions of steps on the
+    # server's event loop when the call is admitted.
+    sizes: PlanSizes
     # The graph it was compiled from, kept only when the plan must be compiled again
     # elsewhere (an isolation worker, for an isolated plan).
     source: GraphArrays | None = None
+    # What calls made for the plan and keep with it, by name (None: tried, nothing made),
+    # counted in ``nbytes``: the float programs of ``small_call``.
+    kept: dict[str, Kept | None] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def op_names(self) -> frozenset[str]:
         """The names of the ops the plan applies."""
-        return frozenset(op.name for op in self._ops())
+        return frozenset(op.name for op in self.ops)
 
     @functools.cached_property
     def isolated(self) -> bool:
         """Whether the plan applies an op that the server runs in isolation workers
         (``Op.isolated``): then it is evaluated there, never in the server's process."""
-        return any(op.isolated for op in self._ops())
-
-    def _ops(self) -> Iterator[Op]:
-        for step in self.steps:
-            for group in step.parts if isinstance(step, Stretch) else (step,):
-                yield group.op
-
-    @functools.cached_property
-    def sizes(self) -> PlanSizes:
-        """What its evaluation allocates in proportion to (``memory.evaluation_bytes``)."""
-        edges = positions = chain_nodes = 0
-        for step in self.steps:
-            if isinstance(step, Stretch):
-                chain_nodes += len(step.nodes)
-                edges += len(step.inputs)
-                positions += sum(len(part.args) for part in step.parts)
-            else:
-                edges += step.args.size
-                positions += len(step.args)
-        return PlanSizes(self.node_count, edges, positions, chain_nodes)
+        return any(op.isolated for op in self.ops)
 
     def describe(self, node: int) -> str:
         """The node id with its label, if it has one, for messages."""
@@ -180,9 +177,10 @@ class Plan:
 
     def nbytes(self) -> int:
         """The memory the plan holds (what a cache of plans must count): its arrays, its
-        steps with the scatters made so far, its labels, and its source when it keeps one.
-        Checked against tracemalloc in tests/test_plan_cache.py."""
-        held = _array_bytes(self.leaves) + _text_bytes(self.labels) + _OBJECT_BYTES
+        steps with the scatters made so far, its labels, its source when it keeps one, and
+        what calls made for it. Checked against tracemalloc in tests/test_plan_cache.py."""
+        held = _array_bytes(self.leaves) + _text_bytes(self.labels) + 2 * _OBJECT_BYTES
+        held += sum(kept.nbytes() for kept in tuple(self.kept.values()) if kept is not None)
         held += sum(step.nbytes() for step in self.steps) + _POINTER_BYTES * len(self.steps)
         if self.source is not None:
             source = self.source
@@ -243,14 +241,32 @@ def compile_graph(
     stop.check()
     levels = levels_of(node_ops != 0, counts, offsets, input_ids, owners, stop)
     stop.check()
+    steps = _schedule(table, node_ops, counts, offsets, input_ids, levels, stop)
     return Plan(
         node_count=n,
         leaves=np.flatnonzero(node_ops == 0),
-        steps=_schedule(table, node_ops, counts, offsets, input_ids, levels, stop),
+        steps=steps,
         # A plan keeps of each label only what a message quotes: a megabyte label costs
         # the cache a few hundred bytes, not a megabyte.
         labels=tuple(map(cut, graph.labels)),
+        ops=tuple(table[1:]),  # each listed once, each used (_resolve_ops)
+        sizes=_sizes(n, steps, stop),
     )
+
+
+def _sizes(node_count: int, steps: Sequence[Group | Stretch], stop: "_Stop") -> PlanSizes:
+    edges = positions = chain_nodes = 0
+    for index, step in enumerate(steps):
+        if not index % _POLL_NODES:
+            stop.check()
+        if isinstance(step, Stretch):
+            chain_nodes += len(step.nodes)
+            edges += len(step.inputs)
+            positions += sum(len(part.args) for part in step.parts)
+        else:
+            edges += step.args.size
+            positions += len(step.args)
+    return PlanSizes(node_count, edges, positions, chain_nodes)
 
 
 def raise_if_stopped(should_stop: Callable[[], bool]) -> None:

@@ -1,5 +1,6 @@
 """Compiled plans kept by the digest of their graph's structure, least recently used first
-out, bounded by the bytes they hold (``Plan.nbytes``: arrays, scatter indexes, labels).
+out, bounded by the bytes they hold (``Plan.nbytes``: arrays, scatter indexes, labels,
+float programs).
 
 The bound sits inside the server's memory budget: the service gives the calls in flight
 the budget less this cache's share (``service/app.py``), so what outlives a call and what
@@ -70,8 +71,8 @@ def _memoized_digest(structure: tuple) -> bytes:
 
 class PlanCache:
     """Thread-safe LRU of plans, bounded by ``max_bytes``. A plan larger than that is not
-    kept. A plan's scatters are made on its first batch call, after it was cached:
-    ``remeasure`` counts them then."""
+    kept. A plan's scatters are made on its first batch call, and its float programs on its
+    first one-row calls, after it was cached: ``settle`` and ``remeasure`` count them then."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -104,19 +105,23 @@ class PlanCache:
             self.bytes += size
             self._evict()
 
-    def remeasure(self, digest: bytes, plan: Plan) -> None:
+    def settle(self, digest: bytes, plan: Plan) -> None:
         """Count what ``plan`` (cached under ``digest``) holds after its first batch or
-        tangent call, which makes every scatter it will ever have; evict if it no longer
-        fits. Later calls cost nothing."""
-        if digest in self._settled:
-            return
+        tangent call, which makes every scatter it will ever have. Later calls cost
+        nothing."""
+        if digest not in self._settled:
+            self.remeasure(digest, plan)
+            with self._lock:
+                if digest in self._plans:
+                    self._settled.add(digest)
+
+    def remeasure(self, digest: bytes, plan: Plan) -> None:
+        """Count what ``plan`` (cached under ``digest``) holds now that a call made more
+        for it (scatters, a float program); evict if it no longer fits."""
         size = plan.nbytes()
         with self._lock:
             entry = self._plans.get(digest)
-            if entry is None or entry[0] is not plan:
-                return
-            self._settled.add(digest)
-            if entry[1] == size:
+            if entry is None or entry[0] is not plan or entry[1] == size:
                 return
             self._plans[digest] = (plan, size)
             self._plans.move_to_end(digest)  # just used

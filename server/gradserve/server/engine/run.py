@@ -1,20 +1,35 @@
-"""The engine's one entry for evaluating a plan: ``run(plan, inputs, should_stop)``.
+"""The engine's one entry: ``Engine``, which holds a server's ops, plan cache and isolation
+workers and decides, here alone, which path evaluates a call, and ``run(plan, inputs,
+should_stop)``, the array evaluation that the isolation workers (``runtime/isolation.py``)
+call on their side of the pipe.
 
-The service decodes a request into ``Inputs`` once and calls ``run``; the isolation workers
-(``runtime/isolation.py``) call the same function on their side of the pipe. Which
-evaluation runs is decided here: forward and reverse mode (``evaluate``), or with leaf
-tangents forward-over-reverse as well (``second_order``); inside them, groups, chains on
-floats or arrays, and batch rows are the engine's own business.
+A call reaches the engine in two steps. ``Engine.answer`` gets the results of a call
+straight from the request's fields when that is cheap (one row of a small plan of trusted
+ops, on Python floats: ``small_call``), and otherwise declines; ``Engine.cost`` says
+beforehand whether that step is quick enough for the caller's event loop. A declined call
+is decoded into ``Inputs``, charged to the memory budget by the service, and given to
+``Engine.evaluate``: in process (forward and reverse mode, ``evaluate``, or with leaf
+tangents forward-over-reverse as well, ``second_order``; groups, chains on floats or
+arrays and batch rows are those modules' business) or, for a plan with an isolated op, in
+an isolation worker. The service names none of these paths.
 """
 
-from collections.abc import Callable
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from gradserve.ops import Op
+from gradserve.server.engine import small_call
 from gradserve.server.engine.evaluate import evaluate
-from gradserve.server.engine.plan import Plan, never_stop
-from gradserve.server.engine.second_order import evaluate_with_tangents
+from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph, never_stop
+from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.engine.second_order import evaluate_with_tangents, require_second_order
+
+StopCheck = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -35,9 +50,7 @@ class Inputs:
         return Inputs(self.leaves[block], self.outputs, self.seeds, tangents, self.allow_non_finite)
 
 
-def run(
-    plan: Plan, inputs: Inputs, should_stop: Callable[[], bool] = never_stop
-) -> tuple[np.ndarray, ...]:
+def run(plan: Plan, inputs: Inputs, should_stop: StopCheck = never_stop) -> tuple[np.ndarray, ...]:
     """Every node's values and gradients, and with leaf tangents their value and gradient
     tangents after them, shaped as the leaves' rows (``(n,)`` or ``(n, B)``)."""
     if inputs.tangents is not None:
@@ -53,3 +66,93 @@ def run(
     return evaluate(
         plan, inputs.leaves, inputs.outputs, inputs.seeds, should_stop, inputs.allow_non_finite
     )
+
+
+class Isolation(Protocol):
+    """Worker processes that evaluate plans of untrusted ops (``runtime/isolation.py``)."""
+
+    @property
+    def untrusted(self) -> frozenset[str]: ...
+
+    def run(
+        self, graph: GraphArrays, inputs: Inputs, should_stop: StopCheck
+    ) -> tuple[np.ndarray, ...]: ...
+
+
+class Cost(enum.Enum):
+    """How long ``Engine.answer`` may take for a call, for where the caller runs it."""
+
+    NONE = "declines at once"  # nothing to run: decode the request into Inputs
+    QUICK = "at most about a millisecond"  # worth no hop to a thread
+    SLOW = "may take tens of milliseconds"
+
+
+class Answer(NamedTuple):
+    """The selected nodes' ids, values and gradients for the one row of a call."""
+
+    ids: list[int]
+    values: list[float]
+    grads: list[float]
+
+
+class RequestFields(small_call.EvaluateRequestFields, Protocol):
+    """The fields of an EvaluateRequest that the engine reads (it imports no protobuf)."""
+
+    leaf_tangents: object
+
+
+class Engine:
+    """One server's ops, plan cache and isolation workers, and the one way into its
+    evaluation paths. An op that the workers run is marked ``Op.isolated`` here, and so is
+    every plan that applies it."""
+
+    def __init__(
+        self, ops: Mapping[str, Op], plans: PlanCache, isolation: Isolation | None = None
+    ) -> None:
+        untrusted = frozenset() if isolation is None else isolation.untrusted
+        self.ops = {
+            name: dataclasses.replace(op, isolated=True) if name in untrusted else op
+            for name, op in ops.items()
+        }
+        self.plans = plans
+        self._isolation = isolation
+
+    def compile(self, digest: bytes, graph: GraphArrays, should_stop: StopCheck) -> Plan:
+        """The graph's plan, compiled now and kept in the plan cache under ``digest``."""
+        plan = compile_graph(graph, self.ops, should_stop)
+        if plan.isolated:
+            plan = dataclasses.replace(plan, source=graph)  # the workers compile it again
+        self.plans.put(digest, plan)
+        return plan
+
+    def cost(self, plan: Plan, request: RequestFields) -> Cost:
+        """How long ``answer`` may take for this call."""
+        if plan.isolated or request.leaf_tangents or (request.rows or 1) != 1:
+            return Cost.NONE
+        return Cost.QUICK if small_call.quick(plan) else Cost.SLOW
+
+    def answer(
+        self, plan: Plan, digest: bytes, request: RequestFields, should_stop: StopCheck
+    ) -> Answer | None:
+        """The call's results from the request's fields, or None: decode it into
+        ``Inputs`` for ``evaluate``, which also reports whatever is wrong with it."""
+        if plan.isolated or request.leaf_tangents:  # small_call declines the rest of NONE
+            return None
+        results = small_call.evaluate(plan, request, should_stop, self.plans, digest)
+        return None if results is None else Answer(*results)
+
+    def check_tangents(self, plan: Plan) -> None:
+        """Refuse leaf tangents for a plan with an op that has no second derivatives."""
+        require_second_order(plan)
+
+    def evaluate(
+        self, plan: Plan, digest: bytes, inputs: Inputs, should_stop: StopCheck
+    ) -> tuple[np.ndarray, ...]:
+        """``run`` in this process or, for an isolated plan, in an isolation worker."""
+        if plan.isolated:
+            return self._isolation.run(plan.source, inputs, should_stop)
+        results = run(plan, inputs, should_stop)
+        rows = inputs.leaves.shape[0] if inputs.leaves.ndim > 1 else 1
+        if rows > 1 or inputs.tangents is not None:
+            self.plans.settle(digest, plan)  # the plan has made its scatters now
+        return results

@@ -96,10 +96,10 @@ def _groups(plan: Plan):
         yield from step.parts if isinstance(step, Stretch) else (step,)
 
 
-def _local_derivatives(group: Group, values: np.ndarray) -> list[np.ndarray]:
+def _local_derivatives(group: Group, values: np.ndarray, should_stop=never_stop) -> list:
     """The group's local derivatives, one array per input position (shape (m, rows))."""
     y = values.take(group.nodes, axis=0)
-    return op_calls.backward(group, np.ones(y.shape), y, values)
+    return op_calls.backward(group, np.ones(y.shape), y, values, should_stop)
 
 
 def _forward_tangents(plan, values, tangents, should_stop) -> list:
@@ -114,7 +114,7 @@ def _forward_tangents(plan, values, tangents, should_stop) -> list:
             _forward_stretch(step, local, tangents, should_stop)
             locals_.append(local)
             continue
-        derivatives = _local_derivatives(step, values)
+        derivatives = _local_derivatives(step, values, should_stop)
         total = derivatives[0] * tangents.take(step.args[0], axis=0)
         for position, (d, arg) in enumerate(zip(derivatives[1:], step.args[1:], strict=True)):
             _poll(position, should_stop)
@@ -165,12 +165,14 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray, 
         )
     if not pairs:
         return None
-    pairs = iter([op_calls.checked(group, h, "second", y.shape) for h in pairs])
+    pairs = (op_calls.checked(group, h, "second", y.shape) for h in pairs)
     ts = list(tangents.take(group.args, axis=0))
     moved = [np.zeros(y.shape) for _ in range(k)]
+    done = 0  # pairs: k inputs have k (k + 1) / 2 of them, polled as they go
     for i in range(k):
-        _poll(i, should_stop)
         for j in range(i, k):
+            _poll(done, should_stop)
+            done += 1
             h = next(pairs)
             moved[i] += h * ts[j]
             if j != i:
@@ -222,11 +224,12 @@ def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, st
             grad_tangents[inputs[edge]] += local[edge] * upstream + g * moved[edge]
 
 
-_POLL_INPUTS = 4096  # input positions of a group between two stop checks
+_POLL_INPUTS = 4096  # input positions (or pairs) of a group between two stop checks
 
 
 def _poll(position: int, should_stop) -> None:
-    """Every _POLL_INPUTS input positions, raise Cancelled when the caller has gone."""
+    """Every _POLL_INPUTS input positions (or pairs of them), raise Cancelled when the
+    caller has gone."""
     if position % _POLL_INPUTS == _POLL_INPUTS - 1 and should_stop():
         raise Cancelled()
 

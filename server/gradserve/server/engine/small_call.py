@@ -6,7 +6,7 @@ echo). When every op of a small plan has a scalar forward and a scalar backward,
 here instead: values and gradients are Python floats in lists, and the reply is packed from
 the lists.
 
-This path is optimistic. Anything unusual makes ``SmallCalls.evaluate`` return None, and the
+This path is optimistic. Anything unusual makes ``evaluate`` return None, and the
 caller runs the general path, which reports the problem with its usual status and details,
 or computes what this path does not (NaN and Inf passed through): an id out of range or a
 field of the wrong length (the IndexError or ValueError of a list look-up or a strict zip),
@@ -15,6 +15,7 @@ or returning something unusable, the caller gone or its deadline passed. So no v
 repeated here.
 """
 
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,15 @@ import numpy as np
 
 from gradserve.ops import Op
 from gradserve.ops.formulas import Code
-from gradserve.server.engine import requests
 from gradserve.server.engine.plan import Plan, Stretch
+from gradserve.server.engine.requests import (
+    SELECTION_ALL,
+    SELECTION_LEAVES,
+    SELECTION_NODES,
+    outputs_or_default,
+    seeds_or_default,
+    selection_of,
+)
 
 
 class _Graph(Protocol):
@@ -52,10 +60,14 @@ class EvaluateRequestFields(Protocol):
 # compiled program takes 0.16-0.26 us a node, the engine 0.7 us at 200 nodes, 0.6 at 400,
 # 0.35 at 1,000 and 0.16 at 3,000 on an MLP (it evaluates a layer per call), 0.2 on a
 # 3,000-node chain; compiling costs 13-35 us a node, once, on the structure's second call.
+# Programs are kept with their plan (``Plan.kept``), so the plan cache counts and evicts
+# them with it.
 LOOP_NODES = 128
 MAX_NODES = 2048
-MAX_PROGRAMS = 256  # programs kept per server
-MAX_PROGRAM_NODES = 1 << 18  # and at most this many nodes in them (a few kB per 100 nodes)
+UNPACKED = 8  # gradients unpacked into locals of their own; more are indexed
+LOOPED, COMPILED = "looped float program", "compiled float program"  # keys in Plan.kept
+
+_lock = threading.Lock()  # for a plan's kept programs, which concurrent calls may make
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,14 @@ class Program:
     backward: Callable[[list[float], list[float]], list[float]]
     domains: list[tuple[Callable[..., np.ndarray], tuple[list[int], ...]]]
     compiled: bool
+    code_bytes: int  # what its two functions hold beyond the lists above
+
+    def nbytes(self) -> int:
+        """The memory the program holds: its lists (the slots above 256 are int objects of
+        their own) and functions. Checked against tracemalloc in tests/test_plan_cache.py."""
+        lists = sys.getsizeof(self.leaves) + sys.getsizeof(self.slots)
+        ints = _INT_BYTES * max(0, len(self.slots) - 257)
+        return lists + ints + self.code_bytes + _PROGRAM_BYTES
 
 
 _Step = tuple[int, Op, list[int]]  # an op node's slot, its op and its inputs' slots
@@ -106,8 +126,9 @@ def program_of(plan: Plan, compiled: bool = False) -> Program | None:
             )
             for position, slot in zip(positions, inputs, strict=True):
                 position.append(slot)
-    forward, backward = (_compiled if compiled else _looped)(steps)
-    return Program(leaves, slots, forward, backward, list(domains.values()), compiled)
+    forward, backward, code_bytes = (_compiled if compiled else _looped)(steps)
+    code_bytes += sum(_DOMAIN_BYTES + 8 * len(steps) for _, steps in domains.values())
+    return Program(leaves, slots, forward, backward, list(domains.values()), compiled, code_bytes)
 
 
 def _looped(steps: list[_Step]):
@@ -130,7 +151,9 @@ def _looped(steps: list[_Step]):
                 g[i] += d
         return g
 
-    return forward, backward
+    # Per step: its tuple, its inputs' list, their itemgetter and the tuple that holds them.
+    held = sum(_STEP_BYTES + 24 * len(inputs) for _, _, inputs in steps)
+    return forward, backward, held + sys.getsizeof(table)
 
 
 def _fetch(inputs: list[int]):
@@ -155,15 +178,21 @@ def _compiled(steps: list[_Step]):
             backward_lines.append(" " + "; ".join([*statements, *added]))
             continue
         # Unpacking fails (a ValueError: the general path) when the backward returns the
-        # wrong number of gradients.
+        # wrong number of gradients; a variadic op's many gradients are indexed instead,
+        # after the same check, so that a program names at most UNPACKED locals.
         f, b = f"f{id(op.scalar)}", f"b{id(op.scalar_backward)}"
         code.namespace[f], code.namespace[b] = op.scalar, op.scalar_backward
         forward_lines.append(f" v.append({f}({', '.join(args)}))")
-        local = [f"d{k}" for k in range(len(inputs))]
-        backward_lines.append(
-            f" [{', '.join(local)}] = {b}(g[{slot}], v[{slot}], {', '.join(args)}); "
-            + "; ".join(f"g[{i}] += {d}" for i, d in zip(inputs, local, strict=True))
-        )
+        call = f"{b}(g[{slot}], v[{slot}], {', '.join(args)})"
+        if len(inputs) <= UNPACKED:
+            local = [f"d{k}" for k in range(len(inputs))]
+            first = f" [{', '.join(local)}] = {call}"
+        else:
+            local = [f"d[{k}]" for k in range(len(inputs))]
+            first = f" d = {call}; _check_count(d, {len(inputs)})"
+            code.namespace["_check_count"] = _check_count
+        added = [f"g[{i}] += {d}" for i, d in zip(inputs, local, strict=True)]
+        backward_lines.append("; ".join([first, *added]))
     source = "\n".join(
         [
             "def forward(v):",
@@ -176,7 +205,31 @@ def _compiled(steps: list[_Step]):
     )
     namespace = dict(code.namespace)
     exec(compile(source, f"<program of {len(steps)} steps>", "exec"), namespace)
-    return namespace["forward"], namespace["backward"]
+    forward, backward = namespace["forward"], namespace["backward"]
+    held = sys.getsizeof(namespace) + _code_bytes(forward.__code__) + _code_bytes(backward.__code__)
+    return forward, backward, held
+
+
+def _check_count(gradients, inputs: int) -> None:
+    if len(gradients) != inputs:
+        raise ValueError("a scalar backward gave the wrong number of gradients")
+
+
+def _code_bytes(code) -> int:
+    """What a code object holds: its bytecode, constants, names (with their strings) and
+    line tables, and a quarter more for what the interpreter keeps beside them."""
+    parts = (code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_linetable)
+    names = sum(map(sys.getsizeof, code.co_names + code.co_varnames))
+    return (sys.getsizeof(code) + sum(map(sys.getsizeof, parts)) + names) * 5 // 4 + _FUNCTION_BYTES
+
+
+# Measured with tracemalloc on CPython 3.11: an int object above 256 takes 32 bytes, a
+# looped program's step about 300 plus 16 to 24 per input, a function object about 150.
+_INT_BYTES = 32
+_STEP_BYTES = 360
+_FUNCTION_BYTES = 256
+_DOMAIN_BYTES = 256
+_PROGRAM_BYTES = 1024
 
 
 def _nodes_of(plan: Plan) -> Iterator[tuple[Op, int, list[int]]]:
@@ -191,71 +244,57 @@ def _nodes_of(plan: Plan) -> Iterator[tuple[Op, int, list[int]]]:
                 yield step.op, node, inputs
 
 
-class SmallCalls:
-    """The programs of one server's small plans, by plan digest, and the path that runs them.
+class PlanCache(Protocol):
+    def remeasure(self, digest: bytes, plan: Plan) -> None: ...
 
-    A structure's first call gets a looped program (None above LOOP_NODES: the engine runs
-    it); a structure that comes again gets a compiled program. Programs are kept per server,
-    not per process: servers in one process (as in the tests) may load different ops under
-    the same name."""
 
-    def __init__(self) -> None:
-        self._programs: dict[bytes, Program | bool | None] = {}
-        self._nodes = 0  # in the compiled programs kept
-        self._lock = threading.Lock()
+def evaluate(
+    plan: Plan,
+    request: EvaluateRequestFields,
+    should_stop: Callable[[], bool],
+    plans: PlanCache,
+    digest: bytes,
+) -> tuple[list[int], list[float], list[float]] | None:
+    """The selected nodes' ids, values and gradients, or None: run the general path. When
+    the plan keeps a new program, ``plans`` (which hold it under ``digest``) count it."""
+    if plan.node_count > MAX_NODES or request.rows > 1:
+        return None
+    program = plan.kept.get(COMPILED) or _program(plan, plans, digest)
+    if program is None:
+        return None
+    try:
+        return None if should_stop() else _evaluate(program, request)
+    except Exception:  # see the module's docstring: the general path raises the error
+        return None
 
-    def evaluate(
-        self,
-        plan: Plan,
-        digest: bytes,
-        request: EvaluateRequestFields,
-        should_stop: Callable[[], bool],
-    ) -> tuple[list[int], list[float], list[float]] | None:
-        """The selected nodes' ids, values and gradients, or None: run the general path."""
-        if plan.node_count > MAX_NODES or request.rows > 1:
-            return None
-        program = self._program(plan, digest)
-        if program is None:
-            return None
-        try:
-            return None if should_stop() else _evaluate(program, request)
-        except Exception:  # see the module's docstring: the general path raises the error
-            return None
 
-    def quick(self, plan: Plan, digest: bytes) -> bool:
-        """Whether ``evaluate`` takes at most about a millisecond here: a small plan, or one
-        whose program is compiled already (compiling one takes up to tens of milliseconds),
-        or one too large for this path, which it declines at once."""
-        if plan.node_count <= LOOP_NODES or plan.node_count > MAX_NODES:
-            return True
-        program = self._programs.get(digest)
-        return program is False or bool(program and program.compiled)
+def quick(plan: Plan) -> bool:
+    """Whether ``evaluate`` takes at most about a millisecond here: a small plan, or one
+    whose program is compiled already (compiling one takes up to tens of milliseconds),
+    or one too large for this path, which it declines at once."""
+    if plan.node_count <= LOOP_NODES or plan.node_count > MAX_NODES:
+        return True
+    return COMPILED in plan.kept
 
-    def _program(self, plan: Plan, digest: bytes) -> Program | None:
-        """The digest's program: looped on a structure's first call (None when the plan is
-        too large for that), compiled on its second (False in the cache when it cannot be)."""
-        with self._lock:
-            seen = digest in self._programs
-            program = self._programs.get(digest)
-        if program is False or (program is not None and program.compiled):
-            return program or None
-        if seen:  # the second call: compile, outside the lock
-            compiled = program_of(plan, compiled=True)
-            program = compiled if compiled is not None else False
-        else:
-            program = program_of(plan)
-        with self._lock:
-            self._forget(self._programs.pop(digest, None))
-            self._programs[digest] = program
-            if program and program.compiled:
-                self._nodes += len(program.slots)
-            while len(self._programs) > MAX_PROGRAMS or self._nodes > MAX_PROGRAM_NODES:
-                self._forget(self._programs.pop(next(iter(self._programs))))
-        return program or None
 
-    def _forget(self, program: Program | bool | None) -> None:
-        if program and program.compiled:
-            self._nodes -= len(program.slots)
+def _program(plan: Plan, plans: PlanCache, digest: bytes) -> Program | None:
+    """The plan's program: looped on its first call (None when the plan is too large for
+    that), compiled on its second (None when it cannot be), then that one."""
+    kept = plan.kept
+    if COMPILED in kept:
+        return kept[COMPILED]
+    if LOOPED in kept:  # the second call: compile, outside the lock
+        name, program = COMPILED, program_of(plan, compiled=True)
+    else:
+        name, program = LOOPED, program_of(plan)
+    with _lock:
+        if name in kept:  # another call made it meanwhile
+            return kept[name]
+        kept[name] = program
+        if name == COMPILED:
+            kept.pop(LOOPED, None)  # never run again
+    plans.remeasure(digest, plan)
+    return program
 
 
 def _evaluate(program: Program, request: EvaluateRequestFields):
@@ -269,8 +308,8 @@ def _evaluate(program: Program, request: EvaluateRequestFields):
     if not isfinite(sum(v)) or (program.domains and not _inside_domains(program, v)):
         return None
     g = [0.0] * len(v)
-    outputs = requests.outputs_or_default(request.outputs, len(slots))
-    seeds = requests.seeds_or_default(request.seeds, len(outputs))
+    outputs = outputs_or_default(request.outputs, len(slots))
+    seeds = seeds_or_default(request.seeds, len(outputs))
     if len(seeds) != len(outputs):
         return None
     for output, seed in zip(outputs, seeds, strict=False):
@@ -285,14 +324,14 @@ def _selected(program: Program, request: EvaluateRequestFields, v: list[float], 
     """The ids, values and gradients of the nodes whose results go back, as
     wire.selected_nodes picks them; None where that function raises."""
     nodes = request.nodes
-    selection = requests.selection_of(request.selection, nodes)
-    if selection == requests.SELECTION_LEAVES and not nodes:
+    selection = selection_of(request.selection, nodes)
+    if selection == SELECTION_LEAVES and not nodes:
         count = len(program.leaves)
         return program.leaves, v[:count], g[:count]
-    if selection == requests.SELECTION_NODES:
+    if selection == SELECTION_NODES:
         ids = list(nodes)
         slots = [program.slots[i] for i in ids]
-    elif selection == requests.SELECTION_ALL and not nodes:
+    elif selection == SELECTION_ALL and not nodes:
         ids, slots = list(range(len(program.slots))), program.slots
     else:
         return None

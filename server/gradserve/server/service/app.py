@@ -9,7 +9,7 @@ UNAVAILABLE, in-flight calls given the grace to finish) and stops it.
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.server.engine import plan_cache as plans
+from gradserve.server.engine.run import Engine
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
@@ -68,7 +69,7 @@ class RunningServer:
     _server: grpc.aio.Server
     _health: health.aio.HealthServicer
     _state: ServerState
-    isolated: IsolatedEvaluator | None = None
+    isolation: IsolatedEvaluator | None = None
 
     def stop(self, grace: float, *, drain_delay: float = 0.0) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to
@@ -85,8 +86,8 @@ class RunningServer:
         self._loop.close()
         self._state.executor.shutdown(wait=False, cancel_futures=True)
         call_log.flush()
-        if self.isolated is not None:
-            self.isolated.close()
+        if self.isolation is not None:
+            self.isolation.close()
 
     async def _drain_and_stop(self, grace: float, drain_delay: float) -> None:
         state = self._state
@@ -121,7 +122,7 @@ def start_server(
     metrics: CallMetrics | None = None,
     limits: Limits | None = None,
     credentials: grpc.ServerCredentials | None = None,
-    auth_token: str | None = None,
+    auth_token: str | Sequence[str] | None = None,
     enable_reflection: bool = True,
     isolation_workers: int = 0,
     trusted_plugins: Iterable[str] = (),
@@ -133,16 +134,17 @@ def start_server(
     port already in use and silently share it; it is off unless ``reuse_port`` is asked for.
     ``metrics``, when given, records every call (see ``gradserve.server.service.metrics``).
     ``credentials`` serve TLS instead of plaintext; ``auth_token`` requires a bearer token
-    on every call but health checks. With ``isolation_workers``, plans using ops from
-    distributions other than gradserve-ops-core and ``trusted_plugins`` run in that many
-    replaceable worker processes (the registry must then come from the entry points, which
-    the workers load again). A connection older than ``max_connection_age`` seconds (0:
-    no limit) is asked to go away, and closed once its calls have had the default deadline
-    to finish: what bounds a reader that never reads (see ``CallScope._abandon``). The plan
-    cache holds at most ``plan_cache_bytes`` (default: a quarter of ``max_memory_bytes``),
-    request messages still arriving at most ``max_arriving_bytes`` (default: a quarter;
-    see ``arrival``), and the calls in flight the rest of
-    ``max_memory_bytes``. docs/running-safely.md explains every option.
+    (or one of several) on every call but health checks; with several, each holds at most
+    ``limits.max_calls_per_token`` of the call slots. With ``isolation_workers``, plans
+    using ops from distributions other than gradserve-ops-core and ``trusted_plugins`` run
+    in that many replaceable worker processes (the registry must then come from the entry
+    points, which the workers load again). A connection older than ``max_connection_age``
+    seconds (0: no limit) is asked to go away, and closed once its calls have had the
+    default deadline to finish: what bounds a reader that never reads (see
+    ``CallScope._abandon``). The plan cache holds at most ``plan_cache_bytes`` (default: a
+    quarter of ``max_memory_bytes``), request messages still arriving at most
+    ``max_arriving_bytes`` (default: a quarter; see ``arrival``), and the calls in flight the
+    rest of ``max_memory_bytes``. docs/running-safely.md explains every option.
     """
     if plan_cache_bytes is None:
         plan_cache_bytes = max_memory_bytes // plans.BUDGET_SHARE
@@ -156,7 +158,8 @@ def start_server(
             f"({max_arriving_bytes // 2**20} MiB) must together be smaller than the memory "
             f"budget ({max_memory_bytes // 2**20} MiB)"
         )
-    isolated = _isolated_evaluator(registry, isolation_workers, trusted_plugins)
+    isolation = _isolation_workers(registry, isolation_workers, trusted_plugins)
+    tokens = tuple(filter(None, [auth_token] if isinstance(auth_token, str) else auth_token or ()))
     state = ServerState(
         limits=limits or Limits(),
         budget=MemoryBudget(
@@ -167,14 +170,17 @@ def start_server(
         threads=threads,
         send_timeout_s=send_timeout,
         metrics=metrics,
+        per_token={} if len(tokens) > 1 else None,
     )
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
         watch_plan_cache(metrics, plan_cache, state.budget)
-    servicer = GradientServicer(registry, plan_cache, state, isolated, max_message_bytes)
+    ops = {name: loaded.op for name, loaded in registry.items()}
+    engine = Engine(ops, plan_cache, isolation)
+    servicer = GradientServicer(registry, engine, state, max_message_bytes)
     interceptors = [
         *([metrics.interceptor(f"/{SERVICE_NAME}/")] if metrics else []),
-        *([BearerTokenInterceptor(auth_token)] if auth_token else []),
+        *([BearerTokenInterceptor(tokens)] if tokens else []),
     ]
     calls_per_connection = state.limits.max_calls_per_connection
     options = [
@@ -224,13 +230,13 @@ def start_server(
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         state.executor.shutdown(wait=False)
-        if isolated is not None:
-            isolated.close()
+        if isolation is not None:
+            isolation.close()
         raise
-    return RunningServer(port, loop, thread, server, health_servicer, state, isolated)
+    return RunningServer(port, loop, thread, server, health_servicer, state, isolation)
 
 
-def _isolated_evaluator(
+def _isolation_workers(
     registry: Mapping[str, LoadedOp], workers: int, trusted_plugins: Iterable[str]
 ) -> IsolatedEvaluator | None:
     trusted = TRUSTED_DISTRIBUTIONS | set(trusted_plugins)

@@ -30,11 +30,13 @@ from gradserve.server.service.arrival import ArrivalGate
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
+from gradserve.server.service.security import bearer
 
 log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
+_OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
 
 
 class TooManyCalls(Exception):
@@ -43,6 +45,10 @@ class TooManyCalls(Exception):
 
 class TooManyCallsOnConnection(Exception):
     """More calls in progress on one connection than max-calls-per-connection."""
+
+
+class TooManyCallsOnToken(Exception):
+    """More calls in progress with one bearer token than max-calls-per-token."""
 
 
 class RequestTimedOut(Exception):
@@ -72,6 +78,7 @@ class ServerState:
     stopped: bool = False  # the grace ran out: calls still running are being cancelled
     waiting_for_request: set = field(default_factory=set)  # of CallScope
     per_connection: dict = field(default_factory=dict)  # calls counted, by peer
+    per_token: dict | None = None  # calls counted, by bearer token, when several are accepted
     all_ended: asyncio.Event | None = None
     slots: asyncio.Semaphore | None = None
     arrival: ArrivalGate | None = None  # None: reads are not gated
@@ -91,7 +98,11 @@ class CallScope:
 
     log_level = logging.INFO  # of the line each call logs when it ends
 
-    def __init__(self, method: str, context, state: ServerState) -> None:
+    def __init__(
+        self, method: str, context, state: ServerState, timeout: float | None = None
+    ) -> None:
+        """``timeout``: seconds the call may take besides the caller's deadline (a Train
+        message's own); without either, the server's default deadline."""
         self.method = method
         self.context = context
         self.state = state
@@ -99,18 +110,23 @@ class CallScope:
         self.rows = 0
         self.request_bytes = 0  # the decoded request's memory, once known
         self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
-        self.code = grpc.StatusCode.OK
+        self.code = _OK
         self.connection = ""  # the peer, once the call counts against the limits
+        self.token = ""  # its bearer token, when the server counts calls by token
         self.note = ""
         self._gone = False
         self._counted = False
         self._finished = False
         self._running = None  # the executor future of the step in progress
+        self._sending_since: float | None = None  # loop time the write in progress began
+        self._send_watch: asyncio.TimerHandle | None = None
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
         self.span = tracing.start_call(method, context)  # tracing.NO_SPAN when it is off
         remaining = context.time_remaining()
+        if timeout is not None:
+            remaining = timeout if remaining is None else min(timeout, remaining)
         self.deadline = state.limits.deadline(remaining)
 
     # -- the engine's stop check -------------------------------------------------------
@@ -145,9 +161,25 @@ class CallScope:
         finally:
             self.state.waiting_for_request.discard(self)
         if raw is grpc.aio.EOF:
+            if await self._refused_by_grpc():
+                raise asyncio.CancelledError()  # the client has grpc's status already
             raise GraphError("the call ended without a request message", field="request")
         self.count_in()
         return raw
+
+    async def _refused_by_grpc(self) -> bool:
+        """Whether grpc itself refused the request message (over max-message-mb), having
+        sent the client RESOURCE_EXHAUSTED: grpc.aio hands the handler the same EOF as for
+        a client that sent no message, but then refuses to start the reply (or cancels
+        the call as it tries), where a client still waiting gets its headers. A stream
+        reset before its message looks the same here (docs/running-safely.md)."""
+        try:
+            await self.context.send_initial_metadata(())
+        except (asyncio.CancelledError, grpc.aio.UsageError, grpc.aio.InternalError):
+            self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.note = "refused by grpc"
+            return True
+        return False
 
     async def read(self):
         """The next request message from the call's stream (or EOF), read holding a read
@@ -165,15 +197,21 @@ class CallScope:
         self._task.cancel()
 
     def count_in(self) -> None:
-        """Count the call against max-concurrent-calls (and the drain) from now on."""
-        if self.state.active >= self.state.limits.max_concurrent_calls:
+        """Count the call against max-concurrent-calls, its connection's and its token's
+        shares (and the drain) from now on."""
+        state, limits = self.state, self.state.limits
+        if state.active >= limits.max_concurrent_calls:
             raise TooManyCalls()
-        self.connection = self.context.peer()
-        per_connection = self.state.per_connection
-        if per_connection.get(self.connection, 0) >= self.state.limits.max_calls_per_connection:
+        self.connection = self.connection or self.context.peer()
+        if state.per_connection.get(self.connection, 0) >= limits.max_calls_per_connection:
             raise TooManyCallsOnConnection()
-        per_connection[self.connection] = per_connection.get(self.connection, 0) + 1
-        self.state.active += 1
+        if state.per_token is not None:
+            self.token = bearer(self.context.invocation_metadata())
+            if state.per_token.get(self.token, 0) >= limits.max_calls_per_token:
+                raise TooManyCallsOnToken()
+            _add(state.per_token, self.token, 1)
+        _add(state.per_connection, self.connection, 1)
+        state.active += 1
         self.state.all_ended.clear()
         self._counted = True
 
@@ -181,11 +219,13 @@ class CallScope:
         """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
         await self.charge.resize(nbytes, self.deadline)
 
-    async def compute(self, work: Callable, *args, inline: bool = False):
-        """``work(*args, should_stop)`` on the executor, holding a compute slot; or right
-        here on the event loop when ``inline`` (small work: a thread hop costs more)."""
-        if inline:
-            return work(*args, self.should_stop)
+    def run_here(self, work: Callable, *args):
+        """``work(*args, should_stop)`` right here on the event loop: for small work, where
+        a thread hop (or even a coroutine) costs more than the work."""
+        return work(*args, self.should_stop)
+
+    async def compute(self, work: Callable, *args):
+        """``work(*args, should_stop)`` on the executor, holding a compute slot."""
         async with self.state.slots:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.
@@ -200,7 +240,9 @@ class CallScope:
         """Write one reply message. A client that has not taken it within the send timeout
         is abandoned (see ``_abandon``); once grpc lets go of the message, the call ends
         CANCELLED instead of going on."""
-        timer = asyncio.get_running_loop().call_later(self.state.send_timeout_s, self._abandon)
+        self._sending_since = self._loop.time()
+        if self._send_watch is None:
+            self._watch_send(self._sending_since + self.state.send_timeout_s)
         try:
             await self.context.write(message)
         except Exception:
@@ -209,9 +251,26 @@ class CallScope:
             # so the call ends as CANCELLED (or DEADLINE_EXCEEDED), without a traceback.
             raise asyncio.CancelledError() from None
         finally:
-            timer.cancel()
+            self._sending_since = None
         if self.note == "send timeout":
             raise SendTimedOut()
+
+    def _watch_send(self, due: float) -> None:
+        """Look at the write in progress at ``due``: one timer a call, not one a message,
+        so that a stream's many small replies cost no timer each."""
+        self._send_watch = self._loop.call_at(due, self._check_send)
+
+    def _check_send(self) -> None:
+        """Abandon the call if its write in progress has waited the send timeout; else look
+        again when it could have (a send that starts later arms the watch anew)."""
+        self._send_watch = None
+        if self._sending_since is None:
+            return
+        due = self._sending_since + self.state.send_timeout_s
+        if self._loop.time() >= due:
+            self._abandon()
+        else:
+            self._watch_send(due)
 
     def _abandon(self) -> None:
         """The client did not read within the send timeout: stop the call's work and stop
@@ -246,10 +305,9 @@ class CallScope:
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            per_connection = self.state.per_connection
-            per_connection[self.connection] -= 1
-            if not per_connection[self.connection]:
-                del per_connection[self.connection]
+            _add(self.state.per_connection, self.connection, -1)
+            if self.state.per_token is not None:
+                _add(self.state.per_token, self.token, -1)
             self.state.active -= 1
             if not self.state.active:
                 self.state.all_ended.set()
@@ -283,7 +341,7 @@ class CallScope:
             self.code = grpc.StatusCode.UNAVAILABLE  # what the client sees on shutdown
         elif self._past_deadline():
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
-        else:
+        elif self.note != "refused by grpc":  # else the code grpc sent is set
             self.code = grpc.StatusCode.CANCELLED
 
     def _past_deadline(self) -> bool:
@@ -335,6 +393,14 @@ class CallScope:
                 f"process (max-calls-per-connection = {limit}); retry later, or spread the "
                 "calls over more connections",
             )
+        elif isinstance(exc, TooManyCallsOnToken):
+            limit = self.state.limits.max_calls_per_token
+            result = status.quota_failure(
+                "max-calls-per-token",
+                f"this bearer token already has {limit} calls in progress on this server "
+                f"process (max-calls-per-token = {limit}), its share of the call slots; "
+                "retry later, once some of them have ended",
+            )
         elif isinstance(exc, RequestTimedOut):
             result = status.plain(
                 code.DEADLINE_EXCEEDED,
@@ -380,6 +446,8 @@ class CallScope:
         if self._finished:
             return
         self._finished = True
+        if self._send_watch is not None:
+            self._send_watch.cancel()
         running = self._running
         if running is not None and not running.done():
             # The step goes on in its thread until its next stop check: its memory stays
@@ -405,6 +473,15 @@ class CallScope:
             )
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
+
+
+def _add(counts: dict, key: str, change: int) -> None:
+    """Change ``counts[key]`` by ``change``, dropping a key whose count reaches 0."""
+    count = counts.get(key, 0) + change
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
 
 
 _TAKEN_BACK = "read slot taken back"

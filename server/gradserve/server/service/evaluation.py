@@ -1,28 +1,21 @@
 """The synchronous work of an Evaluate or EvaluateStream call, as steps the servicer runs
 on its executor (or, when small, on the event loop): decode the request, find or compile
-its plan, then evaluate it, in row blocks when the whole batch would not fit the memory
-budget, and encode the reply. Every step polls ``should_stop``.
+its plan, then evaluate it through the engine's one entry (``engine.run.Engine``), in row
+blocks when the whole batch would not fit the memory budget, and encode the reply. Every
+step polls ``should_stop``.
 """
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from gradserve.server.engine import memory, requests
 from gradserve.server.engine.errors import GraphError, PlanNotFound
-from gradserve.server.engine.plan import GraphArrays, Plan, compile_graph, raise_if_stopped
-from gradserve.server.engine.plan_cache import (
-    PlanCache,
-    small_structure_digest,
-    structure_digest,
-)
-from gradserve.server.engine.run import Inputs, run
-from gradserve.server.engine.second_order import require_second_order
-from gradserve.server.engine.small_call import SmallCalls
-from gradserve.server.registry import LoadedOp
-from gradserve.server.runtime.isolation import IsolatedEvaluator
+from gradserve.server.engine.plan import GraphArrays, Plan, raise_if_stopped
+from gradserve.server.engine.plan_cache import small_structure_digest, structure_digest
+from gradserve.server.engine.run import Answer, Engine, Inputs
 from gradserve.server.service import packed, tracing, wire
 from gradserve.server.service.limits import LimitExceeded, Limits
 from gradserve.v1 import gradserve_pb2 as pb
@@ -61,23 +54,15 @@ def request_bytes(request: pb.EvaluateRequest) -> int:
     return 4 * ints + 8 * doubles + text + len(request.plan_digest)
 
 
-def compile_cost(request: pb.EvaluateRequest) -> int:
-    """The memory compiling the request's graph would take (0 when it names a plan)."""
+def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
+    """The memory compiling the request's graph would take (0 when it names a plan); its
+    labels hold at most the ``raw_length`` bytes of the request message."""
     graph = request.graph
     if request.plan_digest:
         return 0
-    return memory.compile_bytes(len(graph.node_ops), len(graph.input_ids))
-
-
-@dataclasses.dataclass
-class Results:
-    """The selected nodes' results for rows [first_row, first_row + rows): values and
-    gradients shaped (len(ids), rows), or lists for one row from the small-call path."""
-
-    ids: np.ndarray | list[int]
-    values: np.ndarray | list[float]
-    grads: np.ndarray | list[float]
-    first_row: int = 0
+    return memory.compile_bytes(
+        len(graph.node_ops), len(graph.input_ids), len(graph.labels), raw_length
+    )
 
 
 @dataclasses.dataclass
@@ -126,26 +111,12 @@ class Job:
 
 
 class Evaluator:
-    """The steps, with what they share: the ops, the plan cache, the limits, the isolated
-    workers and the small-call programs of one server."""
+    """The steps, with what they share: the engine (ops, plan cache, isolation workers)
+    and the limits of one server."""
 
-    def __init__(
-        self,
-        registry: Mapping[str, LoadedOp],
-        plan_cache: PlanCache,
-        limits: Limits,
-        isolated: IsolatedEvaluator | None,
-        max_message_bytes: int,
-    ) -> None:
-        untrusted = frozenset() if isolated is None else isolated.untrusted
-        self._ops = {  # an op that the workers run is isolated, and so is every plan using it
-            name: dataclasses.replace(loaded.op, isolated=True) if name in untrusted else loaded.op
-            for name, loaded in registry.items()
-        }
-        self._plans = plan_cache
+    def __init__(self, engine: Engine, limits: Limits, max_message_bytes: int) -> None:
+        self._engine = engine
         self._limits = limits
-        self._isolated = isolated
-        self._small_calls = SmallCalls()
         self.max_message_bytes = max_message_bytes
 
     def plan(self, request: pb.EvaluateRequest, step, should_stop: StopCheck) -> tuple[Plan, bytes]:
@@ -163,7 +134,7 @@ class Evaluator:
                     f"got {len(request.plan_digest)}",
                     field="plan_digest",
                 )
-            plan = self._plans.get(request.plan_digest)
+            plan = self._engine.plans.get(request.plan_digest)
             step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
             if plan is None:
                 raise PlanNotFound(request.plan_digest)
@@ -176,15 +147,12 @@ class Evaluator:
             raise_if_stopped(should_stop)  # each step here takes up to a second on a huge graph
             digest = structure_digest(graph)
             raise_if_stopped(should_stop)
-        plan = self._plans.get(digest)
+        plan = self._engine.plans.get(digest)
         step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
         if plan is None:
             if graph is None:
                 graph = self._graph_arrays(request.graph)
-            plan = compile_graph(graph, self._ops, should_stop)
-            if plan.isolated:
-                plan = dataclasses.replace(plan, source=graph)  # workers compile it again
-            self._plans.put(digest, plan)
+            plan = self._engine.compile(digest, graph, should_stop)
         return plan, digest
 
     def _graph_arrays(self, graph: pb.Graph) -> GraphArrays:
@@ -195,20 +163,10 @@ class Evaluator:
         self._limits.check_fan_in(arrays.input_counts)
         return arrays
 
-    def small(
-        self, plan: Plan, digest: bytes, request: pb.EvaluateRequest, should_stop: StopCheck
-    ) -> Results | None:
-        """The results on Python floats, for a small graph with one row; None otherwise."""
-        small = self._small_calls.evaluate(plan, digest, request, should_stop)
-        return None if small is None else Results(*small)
-
-    def small_is_quick(self, plan: Plan, digest: bytes) -> bool:
-        return self._small_calls.quick(plan, digest)
-
     def job(self, request: pb.EvaluateRequest, plan: Plan, digest: bytes) -> Job:
         tangents = None
         if request.leaf_tangents:  # JVPs and HVPs: every op needs second derivatives
-            require_second_order(plan)
+            self._engine.check_tangents(plan)
             tangents = wire.leaf_tangent_rows(request, plan)
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
@@ -243,12 +201,7 @@ class Evaluator:
         inputs = Inputs(
             job.leaves, job.outputs, job.seeds, job.tangents, job.request.allow_non_finite
         ).rows(slice(first, first + rows))
-        if job.plan.isolated:
-            return self._isolated.run(job.plan.source, inputs, should_stop)
-        results = run(job.plan, inputs, should_stop)
-        if rows > 1 or job.tangents is not None:  # the plan has made its scatters now
-            self._plans.remeasure(job.digest, job.plan)
-        return results
+        return self._engine.evaluate(job.plan, job.digest, inputs, should_stop)
 
     def unary_reply(self, job: Job, block_rows: int, should_stop: StopCheck) -> bytes:
         """The EvaluateResponse, evaluated ``block_rows`` rows at a time."""
@@ -285,25 +238,25 @@ def nodes_per_chunk(rows: int, chunk_size: int, selected: int) -> int:
     return per_chunk
 
 
-def unary_small_reply(results: Results, digest: bytes) -> bytes:
-    return packed.evaluate_response(results.ids, results.values, results.grads, digest)
+def answer_reply(answer: Answer, digest: bytes) -> bytes:
+    """The EvaluateResponse of an engine's answer (one row)."""
+    return packed.evaluate_response(answer.ids, answer.values, answer.grads, digest)
 
 
-def chunks(
-    results: Results, digest: bytes, total_nodes: int, rows: int, chunk_size: int
-) -> Iterator[bytes]:
-    """The GradientChunks of ``results`` (``rows`` rows), at most CHUNK_NODE_ROWS node
+def answer_chunks(answer: Answer, digest: bytes, chunk_size: int) -> Iterator[bytes]:
+    """The GradientChunks of an engine's answer (one row), at most CHUNK_NODE_ROWS node
     results each, or ``chunk_size`` nodes when the client asks for fewer."""
-    per_chunk = nodes_per_chunk(rows, chunk_size, len(results.ids))
-    for start in range(0, len(results.ids), per_chunk):
+    total = len(answer.ids)
+    per_chunk = nodes_per_chunk(1, chunk_size, total)
+    for start in range(0, total, per_chunk):
         part = slice(start, start + per_chunk)
         yield packed.gradient_chunk(
-            results.ids[part],
-            results.values[part],
-            results.grads[part],
+            answer.ids[part],
+            answer.values[part],
+            answer.grads[part],
             digest,
-            total_nodes=total_nodes,
-            first_row=results.first_row,
+            total_nodes=total,
+            first_row=0,
         )
 
 

@@ -8,6 +8,7 @@ graph; raise --max-message-mb to send more. The size checks read only the length
 request's repeated fields, so they run before any array is allocated.
 """
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ DEFAULT_MAX_CONCURRENT_CALLS = 256
 DEFAULT_DEADLINE_S = 300.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 CONNECTION_SHARE = 4  # by default one connection may hold a quarter of max-concurrent-calls
+TOKEN_SHARE = 2  # and one token, of several accepted, half of them
 _NO_DEADLINE_S = 1e9  # gRPC reports an "infinite" deadline as a remainder of centuries
 
 
@@ -45,12 +47,20 @@ class Limits:
     default_deadline_s: float = DEFAULT_DEADLINE_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S  # for the request to arrive
     calls_per_connection: int | None = None  # None: max_concurrent_calls / CONNECTION_SHARE
+    calls_per_token: int | None = None  # None: max_concurrent_calls / TOKEN_SHARE
 
-    @property
+    @functools.cached_property  # read by every call
     def max_calls_per_connection(self) -> int:
         if self.calls_per_connection is not None:
             return self.calls_per_connection
         return max(1, self.max_concurrent_calls // CONNECTION_SHARE)
+
+    @property
+    def max_calls_per_token(self) -> int:
+        """Calls one bearer token may have in progress, when the server accepts several."""
+        if self.calls_per_token is not None:
+            return self.calls_per_token
+        return max(1, self.max_concurrent_calls // TOKEN_SHARE)
 
     def check_sizes(self, request: pb.EvaluateRequest) -> None:
         """Reject a graph with too many nodes, or more inputs than its nodes may read, in

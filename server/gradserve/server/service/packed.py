@@ -16,7 +16,13 @@ import struct
 
 import numpy as np
 
-from gradserve.v1.wire_format import VARINT, delimited_header, packed_varints, varint
+from gradserve.v1.wire_format import (
+    LENGTH_DELIMITED,
+    VARINT,
+    delimited_header,
+    packed_varints,
+    varint,
+)
 
 _TRANSPOSE_BLOCK = 256  # nodes: 256 x rows doubles, 2 MiB for 1,000 rows
 
@@ -82,11 +88,17 @@ def _tangents(number: int, value_tangents, grad_tangents) -> list[bytes | memory
     ]
 
 
+_IDS, _VALUES, _GRADS = (bytes([number << 3 | LENGTH_DELIMITED]) for number in (1, 2, 3))
+_ONE_ROW = varint(5 << 3 | VARINT) + varint(1)  # EvaluateResponse.rows = 1
+
+
 def evaluate_response(
     ids, values, grads, digest: bytes, value_tangents=None, grad_tangents=None
 ) -> bytes:
     """An EvaluateResponse: node_ids 1, values 2, grads 3, plan_digest 4, rows 5, and with
     tangents value_tangents 6, grad_tangents 7 (shaped as values)."""
+    if isinstance(values, list) and ids and value_tangents is None:
+        return _one_row_response(ids, values, grads, digest)
     return b"".join(
         [
             *_results(ids, values, grads),
@@ -94,6 +106,30 @@ def evaluate_response(
             *_scalar(5, rows_of(values)),
             *_tangents(6, value_tangents, grad_tangents),
         ]
+    )
+
+
+def _one_row_response(ids: list[int], values: list[float], grads: list[float], digest: bytes):
+    """``evaluate_response`` of the small-call path's one row of results (lists, at least
+    one node), in one join: on a 10-node call the general writer's dozen small steps took
+    longer than the evaluation."""
+    node_ids = packed_varints(ids)
+    doubles = _doubles(len(ids))
+    length = varint(doubles.size)
+    return b"".join(
+        (
+            _IDS,
+            varint(len(node_ids)),
+            node_ids,
+            _VALUES,
+            length,
+            doubles.pack(*values),
+            _GRADS,
+            length,
+            doubles.pack(*grads),
+            *_delimited(4, digest),
+            _ONE_ROW,
+        )
     )
 
 

@@ -1,6 +1,10 @@
-"""Who may call: TLS (optionally mutual) credentials and a bearer-token interceptor."""
+"""Who may call: TLS (optionally mutual) credentials and a bearer-token interceptor.
+
+The caller's token is also whom ``calls.CallScope`` counts a call against when several
+tokens are accepted: ``bearer`` reads it from the call's metadata."""
 
 import hmac
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -22,14 +26,17 @@ def server_credentials(
     )
 
 
-def read_token(token: str | None, token_file: str | None) -> str | None:
-    """The token given inline or as the first line of a file (the safer way: it stays out
-    of the process list)."""
+def read_tokens(token: str | None, token_file: str | None) -> tuple[str, ...]:
+    """The tokens the server accepts: the one given inline, or each non-empty line of a
+    file (the safer way: they stay out of the process list). Each token is a tenant, who
+    holds at most max-calls-per-token of the call slots when there are several."""
     if token_file:
-        token = Path(token_file).read_text().strip()
-        if not token:
+        lines = Path(token_file).read_text().splitlines()
+        tokens = tuple(line.strip() for line in lines if line.strip())
+        if not tokens:
             raise ValueError(f"the auth token file {token_file} is empty")
-    return token or None
+        return tokens
+    return (token,) if token else ()
 
 
 async def _deny(_requests, context: grpc.aio.ServicerContext) -> None:
@@ -37,27 +44,36 @@ async def _deny(_requests, context: grpc.aio.ServicerContext) -> None:
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Let a call through only with ``authorization: Bearer <token>`` metadata.
+    """Let a call through only with ``authorization: Bearer <token>`` metadata, for any of
+    the tokens.
 
     The decision is made from the call's metadata alone, before its request is read: the
     refusal handler is request-streaming, so it runs at once and ends the call
     UNAUTHENTICATED without waiting for (or decoding) a message. The comparison is
-    constant-time (``hmac.compare_digest``), so response timing does not reveal how much of
-    a guess was right. The health service stays open for probes.
+    constant-time (``hmac.compare_digest``) against every token, so response timing does
+    not reveal how much of a guess was right, nor which token it came near. The health
+    service stays open for probes.
     """
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self._expected = [f"Bearer {token}".encode() for token in tokens]
         self._denied = grpc.stream_stream_rpc_method_handler(_deny)
 
     async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(OPEN_METHOD_PREFIX):
             return await continuation(handler_call_details)
-        offered = b""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
-                offered = value.encode() if isinstance(value, str) else value
-                break
-        if hmac.compare_digest(offered, self._expected):
+        offered = bearer(handler_call_details.invocation_metadata).encode()
+        matched = False
+        for expected in self._expected:
+            matched |= hmac.compare_digest(offered, expected)
+        if matched:
             return await continuation(handler_call_details)
         return self._denied
+
+
+def bearer(metadata) -> str:
+    """The ``authorization`` value of a call's metadata ("" without one)."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            return value  # a text header: grpc hands it over as str
+    return ""

@@ -11,19 +11,18 @@ import grpc
 
 from gradserve.server import __version__
 from gradserve.server.engine.errors import Cancelled
-from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.engine.run import Answer, Cost, Engine
 from gradserve.server.registry import LoadedOp
-from gradserve.server.runtime.isolation import IsolatedEvaluator
 from gradserve.server.service import evaluation, train_stream
 from gradserve.server.service.calls import CallScope, ServerState
 from gradserve.v1 import gradserve_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
 
-# Work this small runs on the event loop: a hop to a thread and back costs more. The
-# array path always runs on the executor (a plugin op may be slow, and only there can a
-# call be abandoned while the loop goes on serving); the small-call path, a few hundred
-# float operations of trusted ops, runs on the loop.
+# Work this small runs on the event loop: a hop to a thread and back costs more. An
+# evaluation of arrays always runs on the executor (a plugin op may be slow, and only there
+# can a call be abandoned while the loop goes on serving); an engine's answer that it says
+# is quick (``Cost.QUICK``: a few hundred float operations of trusted ops) runs on the loop.
 INLINE_REQUEST_BYTES = 64 * 1024
 INLINE_NODES = 2_048
 
@@ -32,51 +31,56 @@ class GradientServicer:
     def __init__(
         self,
         registry: dict[str, LoadedOp],
-        plan_cache: PlanCache,
+        engine: Engine,
         state: ServerState,
-        isolated: IsolatedEvaluator | None,
         max_message_bytes: int,
     ) -> None:
         self._state = state
-        self._evaluator = evaluation.Evaluator(
-            registry, plan_cache, state.limits, isolated, max_message_bytes
-        )
+        self._engine = engine
+        self._evaluator = evaluation.Evaluator(engine, state.limits, max_message_bytes)
         self._ops_reply = _list_ops_reply(registry)
 
     async def _prepare(self, call: CallScope, unary: bool = False):
-        """Receive, decode and plan the request; the Job, or small-call Results. A unary
-        reply that could not be sent is refused here, before any evaluation."""
+        """Receive, decode and plan the request; the engine's Answer, or the Job to
+        evaluate. A unary reply that could not be sent is refused here, before any
+        evaluation."""
         raw = await call.receive()
-        raw_bytes = evaluation.raw_request_bytes(len(raw))
+        raw_length = len(raw)
+        raw_bytes = evaluation.raw_request_bytes(raw_length)
         await call.admit(raw_bytes)
-        small_request = len(raw) <= INLINE_REQUEST_BYTES
+        small_request = raw_length <= INLINE_REQUEST_BYTES
         with call.span.step("decoding"):
-            request = await call.compute(_decode, raw, inline=small_request)
+            if small_request:
+                request = call.run_here(_decode, raw)
+            else:
+                request = await call.compute(_decode, raw)
         del raw
-        graph = request.graph
-        call.labels = graph.labels
-        call.nodes, call.rows = len(graph.node_ops), request.rows or 1
-        inline = small_request and len(graph.node_ops) <= INLINE_NODES
+        graph = request.graph  # each read of a protobuf field makes an object: read once
+        labels, nodes, rows = graph.labels, len(graph.node_ops), request.rows or 1
+        call.labels, call.nodes, call.rows = labels, nodes, rows
+        inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
-        await call.admit(call.request_bytes + evaluation.compile_cost(request))
+        await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
-            plan, digest = await call.compute(self._evaluator.plan, request, step, inline=inline)
+            if inline:
+                plan, digest = call.run_here(self._evaluator.plan, request, step)
+            else:
+                plan, digest = await call.compute(self._evaluator.plan, request, step)
         call.nodes = plan.node_count
-        if not graph.labels:  # a plan named by its digest: the labels as the plan keeps them
+        if not labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
         if unary:
             self._evaluator.check_reply_fits(request, plan)
-        small = None
-        # Never a plan of isolated (untrusted) ops, nor a call with tangents (first order).
-        if not plan.isolated and not request.leaf_tangents and (request.rows or 1) == 1:
-            quick = self._evaluator.small_is_quick(plan, digest)
+        cost = self._engine.cost(plan, request)
+        if cost is not Cost.NONE:
             with call.span.step("evaluating"):
-                small = await call.compute(
-                    self._evaluator.small, plan, digest, request, inline=quick
-                )
-        if small is not None:
-            return request, digest, small
+                if cost is Cost.QUICK:
+                    answer = call.run_here(self._engine.answer, plan, digest, request)
+                else:
+                    answer = await call.compute(self._engine.answer, plan, digest, request)
+            if answer is not None:
+                return request, digest, answer
         return request, digest, self._evaluator.job(request, plan, digest)
 
     async def _admit_job(self, call: CallScope, job: evaluation.Job, streaming: bool) -> int:
@@ -91,9 +95,9 @@ class GradientServicer:
     async def _unary_reply(self, call: CallScope) -> bytes:
         """Receive, evaluate and encode one Evaluate request: the reply message's bytes."""
         _, digest, prepared = await self._prepare(call, unary=True)
-        if isinstance(prepared, evaluation.Results):
+        if isinstance(prepared, Answer):
             with call.span.step("encoding"):
-                return evaluation.unary_small_reply(prepared, digest)
+                return evaluation.answer_reply(prepared, digest)
         block = await self._admit_job(call, prepared, streaming=False)
         with call.span.step("evaluating"):  # and encoding: one step on the executor
             reply = await call.compute(self._evaluator.unary_reply, prepared, block)
@@ -112,9 +116,8 @@ class GradientServicer:
     async def EvaluateStream(self, _requests, context):
         async with CallScope("EvaluateStream", context, self._state) as call:
             request, digest, prepared = await self._prepare(call)
-            if isinstance(prepared, evaluation.Results):
-                total = len(prepared.ids)
-                for chunk in evaluation.chunks(prepared, digest, total, 1, request.chunk_size):
+            if isinstance(prepared, Answer):
+                for chunk in evaluation.answer_chunks(prepared, digest, request.chunk_size):
                     await call.send(chunk)
                 return
             job = prepared

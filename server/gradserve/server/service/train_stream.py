@@ -8,10 +8,12 @@ to the memory budget, counts against max-concurrent-calls while it runs, has its
 deadline, and fails alone, answered with a ``google.rpc.Status``. Authentication ran once,
 when the stream opened (the interceptor sees only calls).
 
-The stream holds at most two requests that are not being evaluated (one waiting for the
-evaluation in progress, one read after it), each charged to the budget by its length while
-held; reading stops until one is taken, so HTTP/2 flow control holds back a client that
-sends faster than it is served. Replies go out in the order the requests came.
+Requests answered on the event loop are read one at a time, each after the previous answer
+was sent. Once a request's work leaves the loop, the stream reads ahead, holding at most
+two requests that are not being evaluated (one waiting for the evaluation in progress, one
+read after it), each charged to the budget by its length while held; reading stops until
+one is taken, so HTTP/2 flow control holds back a client that sends faster than it is
+served. Replies go out in the order the requests came.
 """
 
 import asyncio
@@ -37,6 +39,7 @@ from gradserve.v1.wire_format import VARINT, delimited_header, varint
 _ID, _RESPONSE = 1, 2  # TrainResponse's field numbers
 _DETAILS_KEY = "grpc-status-details-bin"
 _CANCELLED = "the client cancelled this request"
+_OK = grpc.StatusCode.OK
 
 
 def decode(raw: bytes) -> pb.TrainRequest:
@@ -76,18 +79,16 @@ class MessageScope(CallScope):
 
     @property
     def log_level(self) -> int:
-        return logging.DEBUG if self.code == grpc.StatusCode.OK else logging.INFO
+        return logging.DEBUG if self.code is _OK else logging.INFO
 
-    def __init__(self, stream: CallScope, message: pb.TrainRequest) -> None:
-        super().__init__("Train", stream.context, stream.state)
+    def __init__(self, stream: CallScope, inbox: "_Inbox", message: pb.TrainRequest) -> None:
+        timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
+        super().__init__("Train", stream.context, stream.state, timeout)  # and the stream's
         self.stream = stream
+        self._inbox = inbox
+        self.connection = inbox.connection
         self.id = message.id
         self._raw = message.request.SerializeToString()
-        timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
-        left = stream.context.time_remaining()  # the stream's own deadline bounds it too
-        if left is not None:
-            timeout = left if timeout is None else min(timeout, left)
-        self.deadline = self.state.limits.deadline(timeout)
 
     def cancel(self) -> None:
         """The client cancelled this request: stop it at the engine's next stop check."""
@@ -99,6 +100,10 @@ class MessageScope(CallScope):
         self.count_in()
         raw, self._raw = self._raw, b""
         return raw
+
+    async def compute(self, work: Callable, *args):
+        self._inbox.read_ahead()  # the loop goes on while the work runs: read cancels meanwhile
+        return await super().compute(work, *args)
 
     async def send(self, message: bytes) -> None:
         await self.stream.send(answered(self.id, message))
@@ -144,29 +149,48 @@ class _Read:
 
 
 class _Inbox:
-    """The stream's requests, read ahead by one, and the cancels among them."""
+    """The stream's requests, and the cancels among them.
+
+    While every request is answered on the event loop (the small-call path), ``next`` reads
+    the next one itself: a hand-over from a reading task costs each message a turn of the
+    loop, and nothing could be read during such an answer anyway. Once a request's work
+    leaves the loop (``read_ahead``), a task of its own reads ahead by one for the rest of
+    the stream, so that a cancel for that request, or for one sent after it, is seen while
+    it runs."""
 
     def __init__(self, stream: CallScope) -> None:
         self.stream = stream
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self.queue: asyncio.Queue | None = None
+        self.reader: asyncio.Task | None = None
         self.current: MessageScope | None = None
-        self.waiting: list[_Read] = []  # read and not yet taken
+        self.waiting: list[_Read] = []  # read ahead and not yet taken
         self.held = 0  # bytes of those requests, charged to the stream
+        self.connection = stream.context.peer()  # each request counts against it
 
-    async def read_all(self) -> None:
-        """Read messages until the client half-closes; an error ends the stream."""
+    def read_ahead(self) -> None:
+        """Read from a task of its own from now on."""
+        if self.reader is None:
+            self.queue = asyncio.Queue(maxsize=1)
+            self.reader = asyncio.get_running_loop().create_task(self._read_all())
+
+    async def _read_one(self) -> tuple[pb.TrainRequest, int] | None:
+        """The next request and its length on the wire, after any cancels (applied on the
+        way); None once the client has half-closed."""
+        while True:
+            raw = await self.stream.read()
+            if raw is grpc.aio.EOF:
+                return None
+            message = decode(raw)
+            if not message.cancel:
+                return message, len(raw)
+            self._cancel(message.id)
+
+    async def _read_all(self) -> None:
+        """Read ahead until the client half-closes; an error ends the stream."""
         try:
-            while True:
-                raw = await self.stream.read()
-                if raw is grpc.aio.EOF:
-                    await self.queue.put(None)
-                    return
-                message = decode(raw)
-                if message.cancel:
-                    self._cancel(message.id)
-                    continue
-                read = _Read(message, raw_request_bytes(len(raw)))
-                del raw
+            while (read_one := await self._read_one()) is not None:
+                message, length = read_one
+                read = _Read(message, raw_request_bytes(length))
                 try:
                     await self.stream.admit(self.held + read.size)
                 except (NeverFits, BudgetBusy) as refused:  # answered alone, not held
@@ -174,6 +198,7 @@ class _Inbox:
                 self.held += read.size
                 self.waiting.append(read)
                 await self.queue.put(read)
+            await self.queue.put(None)
         except Exception as exc:  # handed to the stream, which ends with its status
             await self.queue.put(exc)
 
@@ -191,6 +216,9 @@ class _Inbox:
         state = self.stream.state
         state.waiting_for_request.add(self.stream)
         try:
+            if self.reader is None:
+                read_one = await self._read_one()
+                return None if read_one is None else _Read(read_one[0])
             read = await self.queue.get()
         finally:
             state.waiting_for_request.discard(self.stream)
@@ -202,6 +230,10 @@ class _Inbox:
             await self.stream.admit(self.held)
         return read
 
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+
 
 async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[bytes]]) -> None:
     """Answer the stream's requests in order with ``evaluate`` (one Evaluate's work: a
@@ -209,11 +241,10 @@ async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[byt
     left = stream.context.time_remaining()
     stream.deadline = math.inf if left is None else time.monotonic() + left
     inbox = _Inbox(stream)
-    reader = asyncio.get_running_loop().create_task(inbox.read_all())
     try:
         while (read := await inbox.next()) is not None:
             stream.refuse_if_draining()
-            async with MessageScope(stream, read.message) as call:
+            async with MessageScope(stream, inbox, read.message) as call:
                 if read.cancelled:
                     call.cancel()
                     raise Cancelled()
@@ -223,4 +254,4 @@ async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[byt
                 await call.send(await evaluate(call))
             inbox.current = None
     finally:
-        reader.cancel()
+        inbox.close()

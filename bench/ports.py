@@ -1,4 +1,5 @@
-"""Free loopback ports for servers whose port must be known before they start."""
+"""Free loopback ports for servers whose port must be known before they start (the
+balancer's, and the tests' metrics ports)."""
 
 import socket
 

@@ -1,0 +1,432 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: auto_pickle=False
+"""Recording compiled: the same names and behaviour as ``recorder`` (read it first), with
+a tape's columns in C arrays and no weak reference per op-node Value.
+
+A tape keeps, per node, a borrowed pointer to its op-node Value while that Value lives (NULL
+once it is gone): a Value clears its slot when it is freed, so the tape finds its live Values
+without holding them, as ``recorder``'s weak references do, for 8 bytes a node and no object
+per node. Recording a node is then appending an op code and input ids to C arrays and
+allocating the Value, with no Python-level call in between.
+
+``current_tape`` remembers the last thread's tape by pointer (the tape forgets itself when
+freed), so that an op on two leaves finds its tape without the thread-local lookup.
+"""
+
+cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_AsSsize_t
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject, PyTypeObject
+from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy
+
+import numbers
+import threading
+import weakref
+
+import numpy as np
+
+from gradserve.client import opcodes
+
+cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident()
+
+COMPILED = True
+CONSTANT = -2  # the _id of a leaf Value the SDK made from a plain number
+LEAF_ID = -1  # the _id of any other leaf Value
+
+cdef int32_t LEAF = opcodes.LEAF
+cdef int32_t ADD = opcodes.ADD, SUB = opcodes.SUB, MUL = opcodes.MUL, DIV = opcodes.DIV
+cdef int32_t POW = opcodes.POW, NEG = opcodes.NEG, TANH = opcodes.TANH, RELU = opcodes.RELU
+cdef int32_t EXP = opcodes.EXP, LOG = opcodes.LOG, SIGMOID = opcodes.SIGMOID
+cdef int32_t SQRT = opcodes.SQRT, ABS = opcodes.ABS, SIN = opcodes.SIN, COS = opcodes.COS
+
+# The SDK's subclasses (bind): their instances are what recording makes.
+cdef object _value_class = None
+cdef object _tape_class = None
+cdef tuple _no_args = ()
+cdef PyObject* _last_tape = NULL  # the tape current_tape gave last (borrowed; see the top)
+cdef unsigned long _last_thread = 0  # the thread it gave it to
+
+
+def bind(value_class, tape_class):
+    """The classes whose instances recording makes: ``Value`` and ``Tape``."""
+    global _value_class, _tape_class
+    if not issubclass(value_class, ValueCore) or not issubclass(tape_class, TapeCore):
+        raise TypeError("bind needs subclasses of ValueCore and TapeCore")
+    _value_class, _tape_class = value_class, tape_class
+
+
+cdef inline ValueCore _new_value():
+    """A Value of the bound class with every field None (its tp_new, without __init__)."""
+    return <ValueCore>(<PyTypeObject*>_value_class).tp_new(
+        _value_class, <PyObject*>_no_args, NULL
+    )
+
+
+@cython.no_gc_clear  # __dealloc__ reads _tape: the garbage collector must not clear it first
+cdef class ValueCore:
+    """A Value's fields and the operators that record a node."""
+
+    cdef public object _data
+    cdef public object grad
+    cdef public object label
+    cdef readonly TapeCore _tape
+    cdef readonly Py_ssize_t _id
+    cdef object __weakref__
+
+    def __init__(self, data, label=""):
+        if type(data) is not float and not isinstance(data, numbers.Real):
+            raise TypeError(f"Value data must be a real number, got {type(data).__name__}")
+        self._data = float(data)
+        self.grad = 0.0
+        self.label = label
+        self._tape = None  # leaves belong to no tape
+        self._id = LEAF_ID
+
+    def __dealloc__(self):
+        cdef TapeCore tape = self._tape
+        if tape is not None and tape._live[self._id] == <PyObject*>self:
+            tape._live[self._id] = NULL
+
+    # Binary operators: a plain number on either side becomes a constant leaf.
+    def __add__(self, other):
+        return _binary(ADD, self, other)
+
+    def __radd__(self, other):
+        return _binary(ADD, other, self)
+
+    def __sub__(self, other):
+        return _binary(SUB, self, other)
+
+    def __rsub__(self, other):
+        return _binary(SUB, other, self)
+
+    def __mul__(self, other):
+        return _binary(MUL, self, other)
+
+    def __rmul__(self, other):
+        return _binary(MUL, other, self)
+
+    def __truediv__(self, other):
+        return _binary(DIV, self, other)
+
+    def __rtruediv__(self, other):
+        return _binary(DIV, other, self)
+
+    def __pow__(self, other, modulo):
+        return _binary(POW, self, other)
+
+    def __rpow__(self, other, modulo):
+        return _binary(POW, other, self)
+
+    def __neg__(self):
+        return _unary(NEG, self)
+
+    def __abs__(self):
+        return _unary(ABS, self)
+
+    def tanh(self):
+        return _unary(TANH, self)
+
+    def relu(self):
+        return _unary(RELU, self)
+
+    def exp(self):
+        return _unary(EXP, self)
+
+    def log(self):
+        return _unary(LOG, self)
+
+    def sigmoid(self):
+        return _unary(SIGMOID, self)
+
+    def sqrt(self):
+        return _unary(SQRT, self)
+
+    def abs(self):
+        return _unary(ABS, self)
+
+    def sin(self):
+        return _unary(SIN, self)
+
+    def cos(self):
+        return _unary(COS, self)
+
+    def neg(self):
+        return _unary(NEG, self)
+
+
+def as_value(x):
+    """``x`` if it is a Value, a constant leaf if it is a plain number, else None."""
+    if isinstance(x, ValueCore):
+        return x
+    return _constant(x)
+
+
+cdef object _constant(object x):
+    """A leaf Value for the plain number ``x`` (None for anything else)."""
+    if type(x) is not float and type(x) is not int and not isinstance(x, numbers.Real):
+        return None
+    cdef ValueCore constant = _new_value()
+    constant._data = float(x)
+    constant.grad = 0.0
+    constant.label = ""
+    constant._id = CONSTANT
+    return constant
+
+
+def binary(int32_t code, a, b):
+    """A node of the two-input op ``code`` (NotImplemented unless both are Values or
+    numbers)."""
+    return _binary(code, a, b)
+
+
+cdef object _binary(int32_t code, object a, object b):
+    cdef ValueCore x, y
+    cdef TapeCore tape
+    cdef int64_t first, second
+    if isinstance(a, ValueCore):
+        x = <ValueCore>a
+    else:
+        a = _constant(a)
+        if a is None:
+            return NotImplemented
+        x = <ValueCore>a
+    if isinstance(b, ValueCore):
+        y = <ValueCore>b
+    else:
+        b = _constant(b)
+        if b is None:
+            return NotImplemented
+        y = <ValueCore>b
+    tape = x._tape
+    if tape is None:
+        tape = y._tape if y._tape is not None else current_tape()
+    elif y._tape is not tape and y._tape is not None:
+        tape = tape_of((x, y))  # Values from two tapes
+    first = x._id if x._tape is not None else tape.leaf_id(x)
+    second = y._id if y._tape is not None else tape.leaf_id(y)
+    tape._append_input(first)
+    tape._append_input(second)
+    return tape._op_node(code)
+
+
+cdef object _unary(int32_t code, ValueCore a):
+    cdef TapeCore tape = a._tape
+    cdef int64_t first
+    if tape is None:
+        tape = current_tape()
+        first = tape.leaf_id(a)
+    else:
+        first = a._id
+    tape._append_input(first)
+    return tape._op_node(code)
+
+
+def record(int32_t code, inputs):
+    """A node of op ``code`` reading the Values ``inputs`` (any number of them)."""
+    cdef TapeCore tape = tape_of(inputs)
+    ids = [v._id if v._tape is not None else tape.leaf_id(v) for v in inputs]
+    for i in ids:
+        tape._append_input(i)
+    return tape._op_node(code)
+
+
+cdef class TapeCore:
+    """A tape's columns, its leaves and its op-node Values still alive."""
+
+    cdef int32_t* _codes  # per node: its op code, LEAF for a leaf
+    cdef PyObject** _live  # per node: its op-node Value while it lives (borrowed), or NULL
+    cdef Py_ssize_t _nodes, _node_room
+    cdef int64_t* _ids  # each node's inputs, node after node
+    cdef Py_ssize_t _inputs, _input_room
+    # Each leaf Value -> its node id, in node order. A leaf Value does not point back, so no
+    # cycle. (A constant is a new Value each time a number is used.)
+    cdef public dict leaf_ids
+    cdef public bint sent  # once sent, no new graph starts on this tape (see current_tape)
+    cdef object __weakref__
+
+    def __cinit__(self):
+        self._node_room = self._input_room = 256
+        self._codes = <int32_t*>PyMem_Malloc(self._node_room * sizeof(int32_t))
+        self._live = <PyObject**>PyMem_Malloc(self._node_room * sizeof(PyObject*))
+        self._ids = <int64_t*>PyMem_Malloc(self._input_room * sizeof(int64_t))
+        if self._codes == NULL or self._live == NULL or self._ids == NULL:
+            raise MemoryError()
+        self.leaf_ids = {}
+
+    def __dealloc__(self):
+        # Op-node Values hold their tape: none is alive now, so no pointer is left to clear.
+        global _last_tape
+        if _last_tape == <PyObject*>self:
+            _last_tape = NULL
+        PyMem_Free(self._codes)
+        PyMem_Free(self._live)
+        PyMem_Free(self._ids)
+
+    def __len__(self):
+        return self._nodes
+
+    cdef int _grow_nodes(self) except -1:
+        cdef Py_ssize_t room = self._node_room * 2
+        cdef void* codes = PyMem_Realloc(self._codes, room * sizeof(int32_t))
+        if codes == NULL:
+            raise MemoryError()
+        self._codes = <int32_t*>codes
+        cdef void* live = PyMem_Realloc(self._live, room * sizeof(PyObject*))
+        if live == NULL:
+            raise MemoryError()
+        self._live = <PyObject**>live
+        self._node_room = room
+        return 0
+
+    cdef inline Py_ssize_t _append_node(self, int32_t code) except -1:
+        if self._nodes == self._node_room:
+            self._grow_nodes()
+        self._codes[self._nodes] = code
+        self._live[self._nodes] = NULL
+        self._nodes += 1
+        return self._nodes - 1
+
+    cdef inline int _append_input(self, int64_t node) except -1:
+        cdef void* ids
+        if self._inputs == self._input_room:
+            ids = PyMem_Realloc(self._ids, self._input_room * 2 * sizeof(int64_t))
+            if ids == NULL:
+                raise MemoryError()
+            self._ids = <int64_t*>ids
+            self._input_room *= 2
+        self._ids[self._inputs] = node
+        self._inputs += 1
+        return 0
+
+    cdef inline ValueCore _op_node(self, int32_t code):
+        """A node of op ``code`` whose inputs were just appended, and its Value."""
+        cdef Py_ssize_t node = self._append_node(code)
+        return self._value_at(node)
+
+    cdef ValueCore _value_at(self, Py_ssize_t node):
+        """A new Value for op node ``node``, pending, which the tape now finds."""
+        cdef ValueCore out = _new_value()
+        out.grad = 0.0
+        out.label = ""
+        out._tape = self
+        out._id = node
+        self._live[node] = <PyObject*>out
+        return out
+
+    cpdef Py_ssize_t leaf_id(self, value) except -1:
+        """The node id of a leaf Value on this tape, adding the leaf on first use."""
+        cdef PyObject* found = PyDict_GetItem(self.leaf_ids, value)
+        if found != NULL:
+            return PyLong_AsSsize_t(<object>found)
+        cdef Py_ssize_t node = self._append_node(LEAF)
+        self.leaf_ids[value] = node
+        return node
+
+    def code(self, Py_ssize_t node):
+        if not 0 <= node < self._nodes:
+            raise IndexError(node)
+        return self._codes[node]
+
+    def codes_array(self, count=None):
+        """The op codes of the first ``count`` nodes (all by default), as int64."""
+        cdef Py_ssize_t n = self._nodes if count is None else min(<Py_ssize_t>count, self._nodes)
+        out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] view = out
+        cdef Py_ssize_t i
+        for i in range(n):
+            view[i] = self._codes[i]
+        return out
+
+    def input_ids_array(self, count=None):
+        """The first ``count`` entries of the input ids (all by default), as int64."""
+        cdef Py_ssize_t n = self._inputs if count is None else min(<Py_ssize_t>count, self._inputs)
+        out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] view = out
+        if n:
+            memcpy(&view[0], self._ids, n * sizeof(int64_t))
+        return out
+
+    def live_values(self):
+        """The op-node Values still alive."""
+        cdef list values = []
+        cdef Py_ssize_t node
+        for node in range(self._nodes):
+            if self._live[node] != NULL:
+                values.append(<object>self._live[node])
+        return values
+
+    def node_value(self, Py_ssize_t node):
+        """The Value of op node ``node``: the one alive, else one made now (with no data
+        yet; the tape refers to it as to any other); and whether it was made now."""
+        if not 0 <= node < self._nodes or self._codes[node] == LEAF:
+            raise IndexError(f"{node} is no op node of this tape")
+        if self._live[node] != NULL:
+            return <object>self._live[node], False
+        return self._value_at(node), True
+
+    def absorb(self, TapeCore other):
+        """Append ``other``'s nodes after this tape's and move its Values here."""
+        cdef int64_t[::1] counts = opcodes.input_counts(other.codes_array()).astype(np.int64)
+        cdef int64_t[::1] new_ids = np.empty(other._nodes, dtype=np.int64)
+        cdef Py_ssize_t node, k, start = 0
+        cdef ValueCore value
+        leaves = {node: value for value, node in other.leaf_ids.items()}
+        for node in range(other._nodes):
+            if other._codes[node] == LEAF:
+                new_ids[node] = self.leaf_id(leaves[node])
+            else:
+                for k in range(start, start + counts[node]):
+                    self._append_input(new_ids[other._ids[k]])
+                new_ids[node] = self._append_node(other._codes[node])
+            start += counts[node]
+        for node in range(other._nodes):
+            if other._live[node] != NULL:
+                value = <ValueCore>other._live[node]
+                other._live[node] = NULL
+                value._tape = self
+                value._id = new_ids[node]
+                self._live[value._id] = <PyObject*>value
+        other.sent = True  # no Value refers to it now; it is freed
+
+
+_local = threading.local()
+
+
+cpdef TapeCore current_tape():
+    """The tape a new graph (an op on leaves only) starts on, per thread.
+
+    A graph that was sent is finished: the next op on leaves only starts a new tape, so a
+    training loop records each step on a tape of its own and memory does not grow.
+    """
+    global _last_tape, _last_thread
+    cdef unsigned long thread = PyThread_get_thread_ident()
+    if _last_tape != NULL and _last_thread == thread and not (<TapeCore>_last_tape).sent:
+        return <TapeCore>_last_tape
+    ref = getattr(_local, "tape", None)
+    tape = ref() if ref is not None else None
+    if tape is None or tape.sent:
+        tape = _tape_class()
+        _local.tape = weakref.ref(tape)
+    _last_tape, _last_thread = <PyObject*>tape, thread
+    return tape
+
+
+def tape_of(values):
+    """One tape holding every Value in ``values``, merging tapes when they differ."""
+    tape = None
+    for value in values:
+        other = value._tape
+        if other is None or other is tape:
+            continue
+        if tape is None:
+            tape = other
+        elif len(other) > len(tape):
+            other.absorb(tape)
+            tape = other
+        else:
+            tape.absorb(other)
+    return tape if tape is not None else current_tape()
