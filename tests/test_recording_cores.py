@@ -1,4 +1,4 @@
-"""The SDK's two recording cores: the compiled one (``_recorder.pyx``, built by Cython when
+"""The SDK's two recording cores: the compiled one (``compiled_recorder.pyx``, built by Cython when
 the client installs) and the Python fallback (``recorder.py``: no C compiler, or
 ``GRADSERVE_PURE_PYTHON=1``).
 

@@ -1,4 +1,5 @@
-"""Recording in Python: the fallback where the compiled core (``_recorder.pyx``) is not built.
+"""Recording in Python: the fallback where the compiled core (``compiled_recorder.pyx``) is
+not built.
 
 ``recording`` picks one of the two cores; both have the same names and behaviour, and the
 SDK's tests run against each. A core has the hot part of a Value (its fields and the
