@@ -7,8 +7,8 @@ own answer before the next is sent, so answers never need matching up. The Clien
 timeout bounds each request: the server answers DEADLINE_EXCEEDED for a request past it, as
 for a unary call; grpc's own deadline covers a whole call, so ``Overdue`` ends a stream whose
 answer has not come even a grace after the timeout (a hung server), and the request fails with
-DEADLINE_EXCEEDED all the same. A thread that finds the stream busy with another thread's request, and
-every request to a server without ``Train``, goes as a unary call instead. A failed request
+DEADLINE_EXCEEDED all the same. A thread that finds the stream busy with another thread's
+request, and every request to a server without ``Train``, goes as a unary call instead. A failed request
 raises ``StreamedStatus``, which reads like the gRPC error of the unary call, so the SDK
 handles both alike.
 
