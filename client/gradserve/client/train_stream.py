@@ -8,9 +8,9 @@ timeout bounds each request: the server answers DEADLINE_EXCEEDED for a request 
 for a unary call; grpc's own deadline covers a whole call, so ``Overdue`` ends a stream whose
 answer has not come even a grace after the timeout (a hung server), and the request fails with
 DEADLINE_EXCEEDED all the same. A thread that finds the stream busy with another thread's
-request, and every request to a server without ``Train``, goes as a unary call instead. A failed request
-raises ``StreamedStatus``, which reads like the gRPC error of the unary call, so the SDK
-handles both alike.
+request, and every request to a server without ``Train``, goes as a unary call instead. A
+failed request raises ``StreamedStatus``, which reads like the gRPC error of the unary call,
+so the SDK handles both alike.
 
 A Client keeps one stream per graph structure (``TrainStreams``), each opened with the
 headers of its first request: the caller's metadata (a bearer token is checked once, when it
