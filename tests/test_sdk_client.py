@@ -160,6 +160,22 @@ def test_graphs_built_apart_can_be_combined(client):
     assert (total.data, a.grad, b.grad, big.grad) == (9.0 + 22.0, 11.0, 6.0, 1.0)
 
 
+def test_an_intermediate_of_a_graph_taken_in_by_another_gets_its_results(client):
+    """A step's graph, sent, then a new one; combining them moves the smaller tape's Values
+    to the larger: the intermediates of both get their data and gradients."""
+    a = Value(2.0)
+    old = a * 3.0 + 1.0
+    old.backward(client)  # its tape is sent; the next Values go on a new one
+    b = Value(5.0)
+    new = b * b
+    assert new._tape is not old._tape
+    total = old * new
+    total.backward(client)
+    assert new._tape is old._tape is total._tape
+    assert (total.data, old.data, new.data) == (7.0 * 25.0, 7.0, 25.0)
+    assert (old.grad, new.grad, a.grad, b.grad) == (25.0, 7.0, 75.0, 70.0)
+
+
 def test_a_new_graph_of_leaves_only_shares_the_open_tape():
     a = Value(1.0)
     first, second = a * 2, a * 3
