@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import gc
+import math
 import tracemalloc
 
 import pytest
@@ -145,6 +146,19 @@ def test_backward_sends_only_what_the_loss_depends_on(client):
     loss.backward(client)
     assert x.grad == 4.0
     assert side._data is None  # not evaluated
+
+
+def test_a_node_on_a_tape_s_first_two_nodes_is_sent_with_its_leaf(client):
+    """The sweep that marks what a loss reads goes down to node 0."""
+    (Value(1.0) * 1.0).backward(client)  # that tape is sent: the next Values start a new one
+    x = Value(0.5)
+    t = x.tanh()  # nodes 0 and 1 of the new tape
+    side = x.apply("no_such_op")  # node 2, which the loss does not read
+    loss = t * 2.0
+    loss.backward(client)
+    assert t._id == 1 and side._data is None
+    assert loss.data == 2.0 * math.tanh(0.5)
+    assert x.grad == pytest.approx(2.0 * (1.0 - math.tanh(0.5) ** 2), rel=1e-15)
 
 
 def test_graphs_built_apart_can_be_combined(client):
