@@ -15,7 +15,7 @@ from servers import serving
 
 from gradserve.ops import Op
 from gradserve.server.registry import LoadedOp
-from gradserve.server.service.app import SERVICE_NAME, running_server
+from gradserve.server.service.app import SERVICE_NAME, running_server, start_server
 from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -224,3 +224,9 @@ def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, monke
     assert aged["grpc.max_connection_age_ms"] == 2_500
     assert aged["grpc.max_connection_age_grace_ms"] == 7_000
     assert "grpc.max_connection_age_ms" not in ageless
+
+
+@pytest.mark.parametrize("cache_mib", [100, 101, -1])
+def test_a_plan_cache_not_smaller_than_the_memory_budget_is_refused(registry, cache_mib):
+    with pytest.raises(ValueError, match=r"plan cache \(-?\d+ MiB\) must be smaller than"):
+        start_server(registry, max_memory_bytes=100 * 2**20, plan_cache_bytes=cache_mib * 2**20)
