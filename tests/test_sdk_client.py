@@ -8,6 +8,7 @@ import tracemalloc
 
 import pytest
 
+import gradserve.client
 from gradserve.client import AsyncClient, Client, Value
 from gradserve.client.calls import evaluate_call, streams
 from gradserve.client.tape import current_tape
@@ -159,6 +160,19 @@ def test_a_node_on_a_tape_s_first_two_nodes_is_sent_with_its_leaf(client):
     assert t._id == 1 and side._data is None
     assert loss.data == 2.0 * math.tanh(0.5)
     assert x.grad == pytest.approx(2.0 * (1.0 - math.tanh(0.5) ** 2), rel=1e-15)
+
+
+def test_reading_data_of_a_node_added_after_a_backward_evaluates_it(client, target):
+    """The tape's remembered results grow with it (``.data`` on the default server)."""
+    x = Value(2.0)
+    y = x * 3.0
+    y.backward(client)
+    z = y * y  # on y's tape, which grows past the results its backward remembered
+    gradserve.client.use(target)
+    try:
+        assert (z.data, y.grad) == (36.0, 1.0)
+    finally:
+        gradserve.client.use(None)
 
 
 def test_graphs_built_apart_can_be_combined(client):
