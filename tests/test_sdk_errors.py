@@ -158,3 +158,22 @@ def test_a_bad_request_without_violations_is_read_from_the_message():
     error = translate(StreamedStatus(status))
     assert isinstance(error, GraphError)
     assert (error.node, error.reason) == (1, "it broke")
+
+
+def test_only_the_memory_budget_s_refusal_suggests_a_larger_budget():
+    """A QuotaFailure of another limit, even with an estimate over it, gets no such hint."""
+
+    def refusal(subject: str) -> str:
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=subject, description="refused", quota_value=4
+        )
+        violation.quota_dimensions["estimate_bytes"] = "9"
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.QuotaFailure(violations=[violation]))
+        status = status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED, message="refused", details=[detail]
+        )
+        return str(translate(StreamedStatus(status)))
+
+    assert refusal("max-memory-mb").endswith("a larger --max-memory-mb")
+    assert "max-memory-mb" not in refusal("max-calls-per-connection")
