@@ -110,21 +110,27 @@ class EvaluateOnly:
         return self.stub.Evaluate(request)
 
 
+def serve_only(method: str, handler) -> tuple[grpc.Server, int]:
+    """A server of one of the protocol's methods, started on a free port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("gradserve.v1.GradientService", {method: handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
 def test_a_server_without_train_is_called_unary(stub):
     forwarding = EvaluateOnly(stub)
-    old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handlers = {
-        "Evaluate": grpc.unary_unary_rpc_method_handler(
+    old, port = serve_only(
+        "Evaluate",
+        grpc.unary_unary_rpc_method_handler(
             forwarding.Evaluate,
             request_deserializer=pb.EvaluateRequest.FromString,
             response_serializer=pb.EvaluateResponse.SerializeToString,
-        )
-    }
-    old.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("gradserve.v1.GradientService", handlers),)
+        ),
     )
-    port = old.add_insecure_port("127.0.0.1:0")
-    old.start()
     try:
         with Client(f"127.0.0.1:{port}") as client:
             for step in range(3):
@@ -253,27 +259,17 @@ def test_only_the_most_recently_used_structures_keep_their_stream_open(target):
         assert len(opened) == structures + 1
 
 
-def _serve_train(train) -> tuple[grpc.Server, int]:
-    """A server of the protocol's Train only, answering each message with ``train``."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handlers = {
-        "Train": grpc.stream_stream_rpc_method_handler(
-            lambda requests, context: (train(request) for request in requests),
-            request_deserializer=pb.TrainRequest.FromString,
-            response_serializer=pb.TrainResponse.SerializeToString,
-        )
-    }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("gradserve.v1.GradientService", handlers),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
-
-
 @pytest.mark.parametrize("shift", [-1, 1])
 def test_an_answer_to_another_request_is_an_internal_error(shift):
-    server, port = _serve_train(lambda request: pb.TrainResponse(id=request.id + shift))
+    """A Train that answers each message with another request's id."""
+    server, port = serve_only(
+        "Train",
+        grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: (pb.TrainResponse(id=r.id + shift) for r in requests),
+            request_deserializer=pb.TrainRequest.FromString,
+            response_serializer=pb.TrainResponse.SerializeToString,
+        ),
+    )
     try:
         with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerError) as caught:
             (Value(2.0) * 3.0).backward(client)
