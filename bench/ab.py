@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.workloads import WORKLOADS
 
 SIDES = ("before", "after")
-_NUMBER = re.compile(r"([\d.,]+)\s*(\S*)")
+_NUMBER = re.compile(r"([\d.,]+(?:e[-+]?\d+)?)\s*(\S*)")
 _PEER_RATIO = re.compile(r":\s*([\d.]+)x")
 
 
@@ -63,10 +63,10 @@ def table(reports: dict[str, list[str]]) -> str:
         if not before or not after:
             continue
         low, high = statistics.median(before), statistics.median(after)
-        unit = units[workload, measurement]
+        unit = f" {units[workload, measurement]}".rstrip()
         ratio = f"{high / low:.2f}" if low else "-"
         lines.append(
-            f"| {workload} | {measurement} | {low:g} {unit} | {high:g} {unit} | {ratio} "
+            f"| {workload} | {measurement} | {low:.4g}{unit} | {high:.4g}{unit} | {ratio} "
             f"| {len(before)} + {len(after)} |"
         )
     return "\n".join(lines)

@@ -26,6 +26,21 @@ import h2.exceptions
 import h2.settings
 
 
+def request_headers(
+    port: int, method: str, metadata: Sequence[tuple[str, str]] = ()
+) -> list[tuple[str, str]]:
+    """The HEADERS of a gRPC call to ``method`` on loopback ``port``."""
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", method),
+        (":authority", f"127.0.0.1:{port}"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *metadata,
+    ]
+
+
 def grpc_message(payload: bytes) -> bytes:
     """A gRPC length-prefixed message: uncompressed flag, 4-byte big-endian length, payload."""
     return struct.pack(">?I", False, len(payload)) + payload
@@ -106,16 +121,7 @@ class H2GrpcClient:
     def open_stream(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> int:
         """Send the HEADERS of a new call to ``method``; the stream id."""
         stream_id = self.conn.get_next_available_stream_id()
-        headers = [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", method),
-            (":authority", f"127.0.0.1:{self.port}"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            *metadata,
-        ]
-        self.conn.send_headers(stream_id, headers)
+        self.conn.send_headers(stream_id, request_headers(self.port, method, metadata))
         self.streams[stream_id] = StreamState()
         self._flush()
         return stream_id

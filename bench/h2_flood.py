@@ -35,7 +35,8 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.abuser_memory import legitimate
-from bench.servers import GRADSERVE, ServerProcess
+from bench.h2_client import request_headers
+from bench.servers import one_worker
 
 METHOD = "/gradserve.v1.GradientService/Evaluate"
 MIB = 2**20
@@ -51,17 +52,7 @@ class PartialBody:
         )
         self.conn.initiate_connection()
         self.stream = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(
-            self.stream,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", METHOD),
-                (":authority", f"127.0.0.1:{port}"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ],
-        )
+        self.conn.send_headers(self.stream, request_headers(port, METHOD))
         self.body = memoryview(struct.pack(">?I", False, declared) + bytes(to_send))
         self.sent = 0  # bytes of the body the server's windows let through
         self.outcome: str | None = None  # how the server ended the call, once it has
@@ -146,8 +137,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("server_options", nargs="*", help="after --: gradserve serve options")
     args = parser.parse_args()
-    command = [GRADSERVE, "serve", "--port", "0", "--workers", "1", *args.server_options]
-    with ServerProcess(command) as server:
+    with one_worker(args.server_options) as server:
         time.sleep(1)
         idle = server.memory_kib("VmRSS") / 1024
         stop, totals = threading.Event(), Counter()

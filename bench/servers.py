@@ -77,6 +77,11 @@ class ServerProcess:
             self.process.wait()
 
 
+def one_worker(options: list[str]) -> ServerProcess:
+    """`gradserve serve --workers 1` on a free port, with its defaults but ``options``."""
+    return ServerProcess([GRADSERVE, "serve", "--port", "0", "--workers", "1", *options])
+
+
 def gradserve(workers: int) -> ServerProcess:
     """`gradserve serve --workers N` on a free port, once every worker is serving.
 

@@ -1,5 +1,7 @@
 """The workloads W1-W7: each measures gradserve and its peers and adds rows to a Report."""
 
+import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,12 +98,15 @@ def w1_sdk(
         )
         return
     from gradserve.client import Client, Value
+    from gradserve.client import recording as recording_core
 
-    recording: list[tuple[float, int]] = []  # per run: seconds building the loss, its nodes
+    # Per run: seconds building the loss (wall, and this thread's CPU), its nodes.
+    recording: list[tuple[float, float, int]] = []
 
     def build(leaves):
+        cpu = time.thread_time()
         seconds, loss = timed(lambda: peers.mlp_loss(leaves, shape))
-        recording.append((seconds, len(loss._tape)))
+        recording.append((seconds, time.thread_time() - cpu, len(loss._tape)))
         return loss
 
     with Client(target) as client:
@@ -117,15 +122,50 @@ def w1_sdk(
         ">= 20x micrograd",
         peer_results["micrograd"][0] / seconds >= 20,
     )
-    per_node_ns = _median([s / nodes for s, nodes in recording]) * 1e9
+    per_node_ns = _median([s / nodes for s, _, nodes in recording]) * 1e9
+    cpu_ns = _median([cpu / nodes for _, cpu, nodes in recording]) * 1e9
+    core = "compiled" if recording_core.COMPILED else "Python"
+    report.row(
+        workload,
+        f"SDK recording ({core} core): the ops building the loss, per node, wall",
+        f"{per_node_ns:.0f} ns",
+        f"of the end-to-end time above: {_median([s for s, _, _ in recording]):.3f} s",
+    )
+    # Recording is one thread's CPU work: its CPU time is what it costs, where the wall
+    # time on a shared machine also counts the other processes' turns.
     report.target(
         workload,
-        "SDK recording: the ops building the loss, per node",
-        f"{per_node_ns:.0f} ns",
-        f"of the end-to-end time above: {_median([s for s, _ in recording]):.3f} s",
+        f"SDK recording ({core} core): the ops building the loss, per node, CPU",
+        f"{cpu_ns:.0f} ns",
+        "this thread's CPU time (time.thread_time)",
         "<= 150 ns/node",
-        per_node_ns <= 150,
+        cpu_ns <= 150,
     )
+    held = _recording_bytes(
+        lambda: [Value(v) for v in values.tolist()], lambda leaves: peers.mlp_loss(leaves, shape)
+    )
+    report.target(
+        workload,
+        f"SDK recording ({core} core): memory the recorded loss holds, per node",
+        f"{held:.0f} bytes/node",
+        "tracemalloc, leaves made beforehand not counted; a build apart, not timed",
+        "<= 128 bytes/node",
+        held <= 128,
+    )
+
+
+def _recording_bytes(make_leaves: Callable, record: Callable) -> float:
+    """Bytes a recorded graph holds per node: what tracemalloc counts as still allocated
+    once ``record(leaves)`` built it (tape columns, leaf bookkeeping, the Values alive), the
+    leaves made before it not counted."""
+    leaves = make_leaves()
+    tracemalloc.start()
+    try:
+        loss = record(leaves)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return held / len(loss._tape)
 
 
 def w1_mlp(report: Report, sizes: Sizes, repeats: int, peer_list) -> None:

@@ -40,7 +40,8 @@ class Served:
             env=env,
         )
         self.lines: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
         match = self.wait_for(r"serving on [\d.]+:(\d+)")
         self.port = int(match.group(1))
 
@@ -57,7 +58,12 @@ class Served:
                 break
             time.sleep(0.05)
         self.process.kill()
-        pytest.fail(f"no log line matched {pattern!r}:\n{''.join(self.lines)}")
+        code = self.process.wait()
+        self._collector.join(timeout=5)  # the lines it had not read yet say why
+        pytest.fail(
+            f"no log line matched {pattern!r} within {timeout:g} s (exit code {code}; a "
+            f"negative one is the kill that ended the wait):\n{self.log}"
+        )
 
     @property
     def log(self) -> str:

@@ -30,6 +30,7 @@ HINTS = {
     "java": "apt-get install openjdk-17-jdk-headless",
     "javac": "apt-get install openjdk-17-jdk-headless",
     "cargo": "Rust 1.88+ (rustup.rs), with crates.io",
+    "cc": "apt-get install gcc (the SDK's compiled recording core)",
     "rustfmt": "rustup component add rustfmt",
 }
 STRICT = {"value": False}  # set by conftest.py from --require-tools

@@ -198,6 +198,7 @@ def test_the_ab_table_takes_each_figures_median_over_the_rounds():
             "|---|---|---|---|---|---|\n"
             f"| W3 neuron (10 nodes) | p50 | {p50} ms | echo p50 0.3 ms: {echo_ratio}x | | |\n"
             f"| W4 batch | warm | {batch} | | | |\n"
+            "| W7 hvp | HVP vs finite differences | 5.3e-08 | | | |\n"
             "\n## Agreement\n\n| W3 neuron (10 nodes) | gradserve vs micrograd | 2e-09 | yes |\n"
         )
 
@@ -210,4 +211,5 @@ def test_the_ab_table_takes_each_figures_median_over_the_rounds():
         "| W3 neuron (10 nodes) | p50 | 0.5 ms | 0.45 ms | 0.90 | 3 + 3 |",
         "| W3 neuron (10 nodes) | p50, over its in-run peer | 1.4 x | 1.2 x | 0.86 | 3 + 3 |",
         "| W4 batch | warm | 2 s | 1.5 s | 0.75 | 3 + 3 |",
+        "| W7 hvp | HVP vs finite differences | 5.3e-08 | 5.3e-08 | 1.00 | 3 + 3 |",
     ]

@@ -1,5 +1,6 @@
 """Forward values and gradients, checked against closed forms and finite differences."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from graphs import GraphBuilder, neuron, notebook_first_example
 
 from gradserve.ops import Op
+from gradserve.server.engine import run as engine_run
 from gradserve.server.engine.errors import Cancelled, GraphError, OpFailure
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import Stretch, compile_graph
@@ -315,3 +317,14 @@ def test_rows_sum_a_shared_input_read_by_a_whole_layer(ops):
     _, grads = evaluate(plan, rows, np.array([plan.node_count - 1]), np.ones(1))
     np.testing.assert_allclose(grads[x], rows[:, 1:].sum(axis=1), rtol=1e-13)
     np.testing.assert_array_equal(grads[weights].T, np.repeat(rows[:, :1], 50, axis=1))
+
+
+def test_the_engine_entry_refuses_non_finite_results_unless_asked(ops):
+    g = GraphBuilder()
+    g.op("exp", g.leaf(1000.0))  # e^1000 overflows
+    plan = compile_graph(g.arrays(), ops)
+    inputs = engine_run.Inputs(np.array([1000.0]), np.array([1]), np.array([1.0]))
+    with pytest.raises(GraphError, match="node 1: the op produced inf from finite inputs"):
+        engine_run.run(plan, inputs)
+    values, _ = engine_run.run(plan, dataclasses.replace(inputs, allow_non_finite=True))
+    assert values.tolist() == [1000.0, math.inf]

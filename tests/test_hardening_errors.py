@@ -106,3 +106,17 @@ def test_one_row_missing_a_leaf_value_names_the_leaf_without_it(stub, rows):
     assert field == "graph.leaf_values"
     assert "2 leaves but leaf_values has 1" in description
     assert "leaf 1 ('b') has no value" in description
+
+
+@pytest.mark.parametrize("method", ["Evaluate", "EvaluateStream"])
+def test_bytes_that_are_no_request_are_an_invalid_argument_naming_the_request(server, method):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        path = f"/gradserve.v1.GradientService/{method}"
+        with pytest.raises(grpc.RpcError) as caught:
+            if method == "Evaluate":
+                channel.unary_unary(path)(b"\xff\xff\xff")
+            else:
+                list(channel.unary_stream(path)(b"\xff\xff\xff"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = violations(caught.value)
+    assert field == "request" and "not a valid protobuf message" in description

@@ -131,5 +131,18 @@ def test_a_reply_too_big_for_one_message_is_refused_before_evaluation_by_its_sel
             stub.Evaluate(pb.EvaluateRequest(graph=graph, rows=rows))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "EvaluateStream" in caught.value.details()
+        # 1,000 nodes x 200 rows x 2 doubles, and an id of up to 5 bytes a node: 3.06 MiB
+        assert (
+            "the reply would take about 3.1 MiB, more than this server's max-message-mb = 1;"
+            in caught.value.details()
+        )
         chunks = list(stub.EvaluateStream(pb.EvaluateRequest(graph=graph, rows=rows)))
         assert sum(len(chunk.node_ids) for chunk in chunks) == 1000
+
+
+def test_a_connection_may_hold_a_quarter_of_the_call_slots_and_at_least_one():
+    """docs/running-safely.md: "a quarter of --max-concurrent-calls"; a server of fewer than
+    four slots still lets each connection make a call."""
+    quarters = [Limits(max_concurrent_calls=c).max_calls_per_connection for c in (1, 7, 8, 256)]
+    assert quarters == [1, 1, 2, 64]
+    assert Limits(max_concurrent_calls=8, calls_per_connection=5).max_calls_per_connection == 5

@@ -112,7 +112,8 @@ def test_one_command_builds_a_wheel_and_an_sdist_of_each_with_index_metadata(dis
     assert names == sorted(expected)
     [client] = dist.glob("gradserve_client-*.whl")
     with zipfile.ZipFile(client) as archive:
-        compiled = [n for n in archive.namelist() if n.startswith("gradserve/client/_recorder")]
+        members = archive.namelist()
+    compiled = [n for n in members if n.startswith("gradserve/client/compiled_recorder")]
     assert len(compiled) == 1 and compiled[0].endswith(".so"), compiled  # the compiled core
     for wheel in dist.glob("*.whl"):
         with zipfile.ZipFile(wheel) as archive:

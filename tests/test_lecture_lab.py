@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -82,6 +83,20 @@ class Lab:
             time.sleep(0.1)
         pytest.fail(f"JupyterLab never logged {pattern!r}:\n{''.join(self.lines)}")
 
+    def wait_until_listening(self, base: str, timeout: float = 120) -> None:
+        """Jupyter Server logs its URL before its event loop binds the port: a call made
+        at once can be refused. Its status API answering is the condition."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                self.call("GET", f"{base}api/status")
+                return
+            except urllib.error.URLError as error:
+                if not isinstance(error.reason, ConnectionRefusedError):
+                    raise
+            time.sleep(0.1)
+        pytest.fail(f"JupyterLab never listened at {base}:\n{''.join(self.lines)}")
+
     def call(self, method: str, url: str, body: dict | None = None) -> dict | str:
         request = urllib.request.Request(
             url,
@@ -109,6 +124,7 @@ def test_jupyterlab_opens_the_lecture_with_a_kernel_that_imports_the_sdk(tmp_pat
     lab = Lab(command, tmp_path)
     try:
         base = lab.wait_for(r"(http://127\.0\.0\.1:\d+/)lab")[1]
+        lab.wait_until_listening(base)
         assert "JupyterLab" in lab.call("GET", f"{base}lab/tree/{NOTEBOOK}")
         session = lab.call(
             "POST",
@@ -122,7 +138,10 @@ def test_jupyterlab_opens_the_lecture_with_a_kernel_that_imports_the_sdk(tmp_pat
         while not connection.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         client.load_connection_file()
-        client.start_channels()
+        # No heartbeat channel: a client that did not start the kernel judges it by its
+        # heartbeat, which counts it dead after 1 s without a beat, as under load; the
+        # kernel_info reply (wait_for_ready) is the condition that it is up.
+        client.start_channels(hb=False)
         try:
             client.wait_for_ready(timeout=60)
             printed: list[str] = []

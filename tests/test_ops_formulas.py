@@ -246,3 +246,58 @@ def test_formulas_calling_an_elementwise_function_get_no_derived_second():
     f = Elementwise("f", np.exp, math.exp)
     op = formula_op("e", 1, value=lambda m, x: f(x), grads=lambda m, g, y, x: (g * f(x),))
     assert op.second is None and op.scalar is not None
+
+
+# One grads formula a rule of ``gradserve.ops.derivatives``, of two inputs x and w in
+# [0.5, 2] (inside every function's domain, off every kink: x * x != w there, x != w).
+DERIVATION_CASES = {
+    "exp": lambda m, x, w: m.exp(x * w),
+    "log": lambda m, x, w: m.log(x * w),
+    "log1p": lambda m, x, w: m.log1p(x * w),
+    "sqrt": lambda m, x, w: m.sqrt(x * w),
+    "tanh": lambda m, x, w: m.tanh(x * w),
+    "cosh": lambda m, x, w: m.cosh(x - w),
+    "sinh": lambda m, x, w: m.sinh(x - w),
+    "sin": lambda m, x, w: m.sin(x * w),
+    "cos": lambda m, x, w: m.cos(x * w),
+    "abs": lambda m, x, w: m.abs(x - w) * x,
+    "square": lambda m, x, w: m.square(x + w),
+    "power": lambda m, x, w: m.power(x, w),
+    "maximum": lambda m, x, w: m.maximum(x * x, w) * w,
+    "minimum": lambda m, x, w: m.minimum(x * x, w) * w,
+    "logaddexp": lambda m, x, w: m.logaddexp(x, x * w),
+    "where": lambda m, x, w: m.where(x > w, x * w, x / w),
+    "neg and -": lambda m, x, w: -(x - w * w),
+    "* and +": lambda m, x, w: x * -1.0 + x * w,  # a constant -1 derivative in a sum
+}
+
+
+@pytest.mark.parametrize("case", sorted(DERIVATION_CASES))
+def test_each_derivation_rule_agrees_with_central_differences(case):
+    """A plugin op whose grads formula is one rule's function F of (x, w): the derived
+    ``d F / dx``, ``d F / dw`` and ``d (x F) / dw`` against central differences of the op's
+    own first derivatives (error O(h^2), about 1e-9 here)."""
+    f = DERIVATION_CASES[case]
+    op = formula_op(
+        "probe",
+        2,
+        value=lambda m, x, w: x * w,
+        grads=lambda m, g, y, x, w: (g * f(m, x, w), g * x * f(m, x, w)),
+    )
+    assert op.second is not None
+    rng = np.random.default_rng(sorted(DERIVATION_CASES).index(case))
+    x, w = (rng.uniform(0.5, 2.0, (200, 1)) for _ in range(2))
+    far = np.abs(x * x - w) > 0.01
+    far &= np.abs(x - w) > 0.01
+    x, w = x[far][:, None], w[far][:, None]
+    h = 1e-5
+
+    def first(x, w):
+        return op.backward(np.ones_like(x), op.forward(x, w), x, w)
+
+    dx = [(p - m) / (2 * h) for p, m in zip(first(x + h, w), first(x - h, w), strict=True)]
+    dw = [(p - m) / (2 * h) for p, m in zip(first(x, w + h), first(x, w - h), strict=True)]
+    got = op.second(op.forward(x, w), x, w)
+    # (i, j) pairs in row-major order with i <= j: d2/dx2, d2/dx dw, d2/dw2
+    for derived, finite in zip(got, (dx[0], dw[0], dw[1]), strict=True):
+        np.testing.assert_allclose(derived, finite, rtol=1e-6, atol=1e-6, err_msg=case)

@@ -6,8 +6,10 @@ others wait is taken back, and honest calls are served meanwhile."""
 import time
 
 import grpc
-from resilience import HANG_S, channel_to, stub_on, two_nodes
+from hardening import wait_until
+from resilience import EVALUATE, HANG_S, channel_to, stub_on, two_nodes
 
+from bench.h2_client import H2GrpcClient
 from bench.h2_flood import PartialBody
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
@@ -68,6 +70,8 @@ def test_partial_bodies_get_through_no_more_than_the_arriving_share(registry):
         finally:
             for body in bodies:
                 body.close()
+        # Every slot comes back once the streams are gone, those taken back included.
+        assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)
     # The streams did push: two of them a whole slot's worth at some moment.
     assert most_open > ARRIVING - 2 * 1024
     assert gate.taken_back >= 1
@@ -79,3 +83,30 @@ def test_partial_bodies_get_through_no_more_than_the_arriving_share(registry):
     assert refused and all("max-arriving-mb = 2" in b.details for b in refused), [
         (b.outcome, b.details) for b in ended
     ]
+
+
+def test_a_connection_holding_every_slot_gives_one_back_to_another_at_once(registry):
+    """Forty calls on one connection send their headers and never their message: they hold
+    both read slots. With the hold made an hour long, only the connection share can serve
+    an honest call on another connection: one of the forty gives its slot back at once
+    (RESOURCE_EXHAUSTED naming max-arriving-mb), and the honest call is answered."""
+    options = {"max_message_bytes": MESSAGE, "max_arriving_bytes": ARRIVING}
+    with (
+        running_server(registry, max_memory_bytes=64 * MIB, **options) as server,
+        H2GrpcClient(server.port) as hog,
+    ):
+        gate = server._state.arrival
+        gate.hold_s = 3600.0
+        states = [hog.streams[hog.open_stream(EVALUATE)] for _ in range(40)]
+        assert wait_until(lambda: gate.used == ARRIVING, timeout=HANG_S)
+        with channel_to(server.port) as channel:
+            reply = stub_on(channel).Evaluate(pb.EvaluateRequest(graph=two_nodes()), timeout=HANG_S)
+        assert list(reply.values) == [0.5, -0.5]
+        assert gate.taken_back >= 1
+        assert hog.pump(
+            lambda: any(s.grpc_status is not None for s in states), time.monotonic() + 5
+        )
+        ended = [s for s in states if s.grpc_status is not None]
+        assert {s.grpc_status for s in ended} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
+        hog.close()
+        assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)

@@ -14,7 +14,8 @@ from gradserve.server.engine import memory
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import compile_graph
 from gradserve.server.engine.second_order import evaluate_with_tangents
-from gradserve.server.service import packed
+from gradserve.server.service import evaluation, packed
+from gradserve.v1 import gradserve_pb2 as pb
 
 CASES = [
     (shape, rows, tangents)
@@ -107,3 +108,46 @@ def test_the_results_estimate_is_never_below_packing_s_peak_nor_far_above(nodes,
     assert peak <= estimate + OBJECTS and estimate <= 1.5 * peak + OBJECTS, (
         f"peak {peak:,}, estimate {estimate:,}"
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "entry_bytes"),
+    [
+        ("graph.node_ops", 4),
+        ("graph.input_counts", 4),
+        ("graph.input_ids", 4),
+        ("nodes", 4),
+        ("outputs", 4),
+        ("graph.leaf_values", 8),
+        ("leaf_tangents", 8),
+        ("seeds", 8),
+    ],
+)
+def test_a_decoded_request_is_charged_at_least_its_repeated_fields_as_arrays(field, entry_bytes):
+    """The decoded message holds each packed field as a C array: 4 bytes an int entry
+    (uint32), 8 a double."""
+    request = pb.EvaluateRequest()
+    empty = evaluation.request_bytes(request)
+    holder = request.graph if field.startswith("graph.") else request
+    getattr(holder, field.removeprefix("graph.")).extend([1] * 10_000)
+    assert evaluation.request_bytes(request) - empty >= entry_bytes * 10_000
+
+
+@pytest.mark.parametrize("tangents", [False, True])
+def test_a_unary_job_is_charged_the_results_its_reply_keeps(ops, tangents):
+    """Every selected node's value and gradient (and their tangents) for every row, 8 bytes
+    each, kept until the reply is sent, on top of evaluating."""
+    plan = compile_graph(shapes.SHAPES["mlp"](), ops)
+    rows, leaves = 5, len(plan.leaves)
+    job = evaluation.Job(
+        request=pb.EvaluateRequest(),
+        plan=plan,
+        digest=bytes(16),
+        leaves=np.zeros((rows, leaves)),
+        outputs=np.array([plan.node_count - 1]),
+        seeds=np.array([1.0]),
+        selected=np.arange(plan.node_count),
+        tangents=np.zeros((rows, leaves)) if tangents else None,
+    )
+    kept = job.memory(0, streaming=False) - memory.evaluation_bytes(plan.sizes, 0, tangents)
+    assert kept >= 8 * (4 if tangents else 2) * plan.node_count * rows

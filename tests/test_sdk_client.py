@@ -1,12 +1,15 @@
 """The synchronous client: evaluate, stream, ops, and what a training loop relies on."""
 
+import asyncio
 import dataclasses
 import gc
+import math
 import tracemalloc
 
 import pytest
 
-from gradserve.client import Client, Value
+import gradserve.client
+from gradserve.client import AsyncClient, Client, Value
 from gradserve.client.calls import evaluate_call, streams
 from gradserve.client.tape import current_tape
 from gradserve.v1 import gradserve_pb2 as pb
@@ -146,6 +149,32 @@ def test_backward_sends_only_what_the_loss_depends_on(client):
     assert side._data is None  # not evaluated
 
 
+def test_a_node_on_a_tape_s_first_two_nodes_is_sent_with_its_leaf(client):
+    """The sweep that marks what a loss reads goes down to node 0."""
+    (Value(1.0) * 1.0).backward(client)  # that tape is sent: the next Values start a new one
+    x = Value(0.5)
+    t = x.tanh()  # nodes 0 and 1 of the new tape
+    side = x.apply("no_such_op")  # node 2, which the loss does not read
+    loss = t * 2.0
+    loss.backward(client)
+    assert t._id == 1 and side._data is None
+    assert loss.data == 2.0 * math.tanh(0.5)
+    assert x.grad == pytest.approx(2.0 * (1.0 - math.tanh(0.5) ** 2), rel=1e-15)
+
+
+def test_reading_data_of_a_node_added_after_a_backward_evaluates_it(client, target):
+    """The tape's remembered results grow with it (``.data`` on the default server)."""
+    x = Value(2.0)
+    y = x * 3.0
+    y.backward(client)
+    z = y * y  # on y's tape, which grows past the results its backward remembered
+    gradserve.client.use(target)
+    try:
+        assert (z.data, y.grad) == (36.0, 1.0)
+    finally:
+        gradserve.client.use(None)
+
+
 def test_graphs_built_apart_can_be_combined(client):
     a, b = Value(2.0), Value(3.0)
     big = a
@@ -157,6 +186,22 @@ def test_graphs_built_apart_can_be_combined(client):
     total.backward(client)
     assert big._tape is small._tape is total._tape
     assert (total.data, a.grad, b.grad, big.grad) == (9.0 + 22.0, 11.0, 6.0, 1.0)
+
+
+def test_an_intermediate_of_a_graph_taken_in_by_another_gets_its_results(client):
+    """A step's graph, sent, then a new one; combining them moves the smaller tape's Values
+    to the larger: the intermediates of both get their data and gradients."""
+    a = Value(2.0)
+    old = a * 3.0 + 1.0
+    old.backward(client)  # its tape is sent; the next Values go on a new one
+    b = Value(5.0)
+    new = b * b
+    assert new._tape is not old._tape
+    total = old * new
+    total.backward(client)
+    assert new._tape is old._tape is total._tape
+    assert (total.data, old.data, new.data) == (7.0 * 25.0, 7.0, 25.0)
+    assert (old.grad, new.grad, a.grad, b.grad) == (25.0, 7.0, 75.0, 70.0)
 
 
 def test_a_new_graph_of_leaves_only_shares_the_open_tape():
@@ -221,3 +266,17 @@ def test_outputs_and_wrt_that_are_not_values_are_refused_before_calling(not_a_va
     for outputs, wrt in (([y, not_a_value], [x]), ([y], [x, not_a_value])):
         with pytest.raises(TypeError, match=f"expected Values, got {not_a_value!r}"):
             evaluate_call(outputs, wrt)
+
+
+def test_the_target_may_be_named_and_every_option_must_be():
+    """``Client(target, 5.0)`` is a TypeError rather than a timeout taken by position."""
+    Client(target="127.0.0.1:1").close()
+    with pytest.raises(TypeError):
+        Client("127.0.0.1:1", 5.0)
+
+    async def the_async_client():
+        await AsyncClient(target="127.0.0.1:1").close()
+        with pytest.raises(TypeError):
+            AsyncClient("127.0.0.1:1", 5.0)
+
+    asyncio.run(the_async_client())

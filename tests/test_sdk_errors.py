@@ -4,6 +4,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -16,6 +17,8 @@ from gradserve.client import (
     ServerUnavailable,
     Value,
 )
+from gradserve.client.errors import translate
+from gradserve.client.train_stream import StreamedStatus
 from gradserve.ops import Op
 from gradserve.server.registry import LoadedOp
 from gradserve.server.service.app import running_server
@@ -142,3 +145,35 @@ def test_rich_bad_request_details_are_parsed():
 def test_every_error_is_a_gradserve_error():
     for error_type in (GraphError, ServerError, ServerUnavailable, DeadlineExceeded):
         assert issubclass(error_type, GradserveError)
+
+
+def test_a_bad_request_without_violations_is_read_from_the_message():
+    """Another server's INVALID_ARGUMENT may carry a BadRequest with no field violation: the
+    node and the reason come from the status message then."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest())
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message="node 1 ('y'): it broke", details=[detail]
+    )
+    error = translate(StreamedStatus(status))
+    assert isinstance(error, GraphError)
+    assert (error.node, error.reason) == (1, "it broke")
+
+
+def test_only_the_memory_budget_s_refusal_suggests_a_larger_budget():
+    """A QuotaFailure of another limit, even with an estimate over it, gets no such hint."""
+
+    def refusal(subject: str) -> str:
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=subject, description="refused", quota_value=4
+        )
+        violation.quota_dimensions["estimate_bytes"] = "9"
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.QuotaFailure(violations=[violation]))
+        status = status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED, message="refused", details=[detail]
+        )
+        return str(translate(StreamedStatus(status)))
+
+    assert refusal("max-memory-mb").endswith("a larger --max-memory-mb")
+    assert "max-memory-mb" not in refusal("max-calls-per-connection")

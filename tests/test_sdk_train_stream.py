@@ -9,8 +9,10 @@ import grpc
 import pytest
 from hardening import SlowOp
 
-from gradserve.client import Client, DeadlineExceeded, GraphError, Value
+from gradserve.client import Client, DeadlineExceeded, GraphError, ServerError, Value
 from gradserve.client.train_stream import TrainStreams
+from gradserve.ops import Op
+from gradserve.server.registry import LoadedOp
 from gradserve.server.service.app import running_server
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -108,21 +110,27 @@ class EvaluateOnly:
         return self.stub.Evaluate(request)
 
 
+def serve_only(method: str, handler) -> tuple[grpc.Server, int]:
+    """A server of one of the protocol's methods, started on a free port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("gradserve.v1.GradientService", {method: handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
 def test_a_server_without_train_is_called_unary(stub):
     forwarding = EvaluateOnly(stub)
-    old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handlers = {
-        "Evaluate": grpc.unary_unary_rpc_method_handler(
+    old, port = serve_only(
+        "Evaluate",
+        grpc.unary_unary_rpc_method_handler(
             forwarding.Evaluate,
             request_deserializer=pb.EvaluateRequest.FromString,
             response_serializer=pb.EvaluateResponse.SerializeToString,
-        )
-    }
-    old.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("gradserve.v1.GradientService", handlers),)
+        ),
     )
-    port = old.add_insecure_port("127.0.0.1:0")
-    old.start()
     try:
         with Client(f"127.0.0.1:{port}") as client:
             for step in range(3):
@@ -206,6 +214,28 @@ def test_a_request_never_answered_on_the_stream_fails_with_the_client_s_timeout(
         server.stop(0)
 
 
+class CountedWaits(threading.Condition):
+    """A condition that counts how often a thread waited on it (each wait is a wake-up)."""
+
+    waits = 0
+
+    def wait(self, timeout=None):
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_the_timeout_watch_does_not_wake_for_every_request(target):
+    with Client(target, timeout=600) as client:
+        watch = client._train._overdue
+        watch._changed = counted = CountedWaits()
+        x = Value(2.0)
+        for step in range(50):
+            x.data = float(step)
+            (x * x).backward(client)
+            assert x.grad == 2.0 * step
+        assert counted.waits <= 3  # once to start, then only when a due time passes
+
+
 def test_only_the_most_recently_used_structures_keep_their_stream_open(target):
     def step(length: int) -> None:
         y = x = Value(0.5)
@@ -217,10 +247,63 @@ def test_only_the_most_recently_used_structures_keep_their_stream_open(target):
     structures = TrainStreams.MAX_OPEN + 2
     with Client(target) as client:
         opened = count_opens(client)
-        for length in range(1, structures + 1):
+        for length in (1, 2, 1, 2):  # fewer than MAX_OPEN: both stay open
+            step(length)
+        assert len(opened) == 2
+        for length in range(3, structures + 1):
             step(length)
         assert len(opened) == structures
         step(structures)  # the most recently used: still open
         assert len(opened) == structures
         step(1)  # the least recently used: closed when the streams past MAX_OPEN were opened
         assert len(opened) == structures + 1
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_an_answer_to_another_request_is_an_internal_error(shift):
+    """A Train that answers each message with another request's id."""
+    server, port = serve_only(
+        "Train",
+        grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: (pb.TrainResponse(id=r.id + shift) for r in requests),
+            request_deserializer=pb.TrainRequest.FromString,
+            response_serializer=pb.TrainResponse.SerializeToString,
+        ),
+    )
+    try:
+        with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerError) as caught:
+            (Value(2.0) * 3.0).backward(client)
+    finally:
+        server.stop(0)
+    assert caught.value.code == grpc.StatusCode.INTERNAL
+    assert f"the Train stream answered request {1 + shift}, not 1" in str(caught.value)
+
+
+def test_a_request_finding_its_stream_busy_goes_unary_without_waiting(registry):
+    """One thread's request holds the stream (its op waits on a gate); another thread's
+    request of the same structure is answered by a unary call while the gate is shut."""
+    entered, gate, calls = threading.Event(), threading.Event(), []
+
+    def forward(x):
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            gate.wait(20)
+        return x.copy()
+
+    op = Op("gated", 1, forward=forward, backward=lambda g, y, x: (g.copy(),))
+    gated = {**registry, "gated": LoadedOp(op, "gated", "tests", "0")}
+    with (
+        running_server(gated) as server,
+        Client(f"127.0.0.1:{server.port}") as client,
+        futures.ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        first = Value(1.0)
+        held = pool.submit((first.apply("gated") * 2.0).backward, client)
+        assert entered.wait(20)
+        second = Value(5.0)
+        (second.apply("gated") * 2.0).backward(client)
+        assert second.grad == 2.0 and not held.done()
+        gate.set()
+        held.result(timeout=20)
+        assert first.grad == 2.0

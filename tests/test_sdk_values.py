@@ -204,3 +204,23 @@ def test_any_real_number_becomes_a_constant(client, number):
     y = x * number
     y.backward(client)
     assert y.data == 3.0 * float(number) and x.grad == float(number)
+
+
+def test_prev_gives_the_program_s_own_values_and_one_object_for_a_dropped_one():
+    x = Value(1.0)
+    y = x * 2.0
+    z = y + x
+    assert z._prev[0] is y and z._prev[1] is x
+    w = (x * 3.0).tanh()  # the product's Value is dropped at once
+    made = w._prev[0]
+    assert made is w._prev[0] and made._op == "*" and made._prev[0] is x
+
+
+def test_the_labels_sent_are_the_values_labels_in_node_order():
+    x = Value(2.0, "x")
+    y = x * 3.0
+    y.label = "y"
+    z = y + 1.0  # nodes: x, the constant 3, y, the constant 1, z
+    assert z._tape.subgraph([z._id]).labels() == ["x", "", "y", "", ""]
+    w = Value(1.0) * 2.0
+    assert w._tape.subgraph([w._id]).labels() == []  # none labelled: none sent

@@ -15,7 +15,8 @@ from servers import serving
 
 from gradserve.ops import Op
 from gradserve.server.registry import LoadedOp
-from gradserve.server.service.app import SERVICE_NAME
+from gradserve.server.service.app import SERVICE_NAME, running_server, start_server
+from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -202,3 +203,30 @@ def test_reflection_lists_the_services(channel):
     reply = next(stub.ServerReflectionInfo(iter([request])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"gradserve.v1.GradientService", "grpc.health.v1.Health"} <= names
+
+
+def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, monkeypatch):
+    """With the default deadline as its grace, so that a call on an old connection can end;
+    0 sets no age at all."""
+    given = []
+    real = grpc.aio.server
+
+    def recording(*args, **kwargs):
+        given.append(dict(kwargs.get("options", ())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", recording)
+    with running_server(registry, max_connection_age=2.5, limits=Limits(default_deadline_s=7.0)):
+        pass
+    with running_server(registry, max_connection_age=0):
+        pass
+    aged, ageless = given
+    assert aged["grpc.max_connection_age_ms"] == 2_500
+    assert aged["grpc.max_connection_age_grace_ms"] == 7_000
+    assert "grpc.max_connection_age_ms" not in ageless
+
+
+@pytest.mark.parametrize("cache_mib", [100, 101, -1])
+def test_a_plan_cache_not_smaller_than_the_memory_budget_is_refused(registry, cache_mib):
+    with pytest.raises(ValueError, match=r"plan cache \(-?\d+ MiB\) must be smaller than"):
+        start_server(registry, max_memory_bytes=100 * 2**20, plan_cache_bytes=cache_mib * 2**20)

@@ -1,9 +1,11 @@
 """The Train stream: many Evaluate requests over one call, each answered (or failed) alone."""
 
+import asyncio
 import logging
 import math
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import docs_pages
 import grpc
@@ -13,8 +15,13 @@ from graphs import neuron
 from hardening import SlowOp, chain, wait_until
 from servers import serving
 
+from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.engine.run import Engine
+from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.app import running_server, start_server
-from gradserve.server.service.calls import call_log
+from gradserve.server.service.calls import ServerState, call_log
+from gradserve.server.service.limits import Limits
+from gradserve.server.service.servicer import GradientServicer
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -144,6 +151,22 @@ def test_a_waiting_request_that_is_cancelled_is_skipped(registry):
         stream.close()
 
 
+def test_a_cancel_naming_no_request_on_the_stream_cancels_nothing(registry):
+    """Ids above and below the running and the waiting request's: both are answered."""
+    slow = SlowOp(seconds=0.05)
+    with serving(slow.registry(registry)) as stub:
+        stream = Stream(stub)
+        stream.send(5, pb.EvaluateRequest(graph=chain("slow", 10).proto()))
+        assert wait_until(lambda: slow.calls >= 1, timeout=10)
+        stream.send(6, neuron_request())
+        stream.send(9, cancel=True)
+        stream.send(1, cancel=True)
+        running, waiting = stream.answer(), stream.answer()
+        assert (running.id, running.status, slow.calls) == (5, b"", 10)
+        assert (waiting.id, waiting.status) == (6, b"") and waiting.response.grads
+        stream.close()
+
+
 def test_every_request_is_charged_to_the_budget_and_all_is_given_back(registry):
     with running_server(registry, max_memory_bytes=64 * 2**20) as server:
         budget = server._state.budget
@@ -188,6 +211,21 @@ def test_a_message_that_is_not_a_train_request_ends_the_stream(server):
         with pytest.raises(grpc.RpcError) as caught:
             list(train(iter([b"\xff\xff\xff"])))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_request_that_is_not_an_evaluate_request_fails_alone(server):
+    not_a_request = bytes([1 << 3, 9, 2 << 3 | 2, 3, 0xFF, 0xFF, 0xFF])  # id 9, 3 bad bytes
+    good = pb.TrainRequest(id=10, request=neuron_request()).SerializeToString()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        train = channel.stream_stream(
+            "/gradserve.v1.GradientService/Train",
+            response_deserializer=pb.TrainResponse.FromString,
+        )
+        failed, answered = list(train(iter([not_a_request, good])))
+    assert failed.id == 9
+    assert status_of(failed).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "not a valid protobuf message" in status_of(failed).message
+    assert answered.id == 10 and answered.response.grads  # the stream went on
 
 
 def test_a_draining_server_ends_an_idle_stream_unavailable(registry):
@@ -237,3 +275,53 @@ def test_the_docs_example_runs_and_prints_the_gradients(target, capsys):
     exec(example.replace('"localhost:50051"', repr(target)), {})
     # d(a*b)/da = b = 4, d(a*b)/db = a = 3, then the product's own seed.
     assert capsys.readouterr().out.splitlines() == [f"{i} [4.0, 3.0, 1.0]" for i in range(3)]
+
+
+class MessagesContext:
+    """A Train call's grpc context that reads the given messages, then the half-close,
+    each at once, and keeps what is written."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = list(messages)
+        self.written: list[bytes] = []
+
+    async def read(self):
+        return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
+    async def write(self, message: bytes) -> None:
+        self.written.append(message)
+
+    def time_remaining(self):
+        return None
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+def test_requests_answered_on_the_event_loop_are_read_without_a_reading_task(registry):
+    """A reading task handing each request over would cost every message a turn of the
+    loop; it starts only once a request's work leaves the loop (test_a_cancel_message_...
+    shows that it then reads cancels)."""
+    requests = [
+        pb.TrainRequest(id=i, request=neuron_request()).SerializeToString() for i in range(20)
+    ]
+
+    async def serve() -> tuple[list[bytes], int]:
+        loop = asyncio.get_running_loop()
+        tasks = []
+        create_task = loop.create_task
+        loop.create_task = lambda coro, **kwargs: tasks.append(coro) or create_task(coro, **kwargs)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            state = ServerState(Limits(), MemoryBudget(2**30), executor, threads=1)
+            state.on_loop()
+            ops = {name: loaded.op for name, loaded in registry.items()}
+            servicer = GradientServicer(registry, Engine(ops, PlanCache(2**26)), state, 2**26)
+            context = MessagesContext(requests)
+            await servicer.Train(None, context)
+        return context.written, len(tasks)
+
+    written, tasks = asyncio.run(serve())
+    answers = [pb.TrainResponse.FromString(w) for w in written]
+    assert [a.id for a in answers] == list(range(20))
+    assert all(a.response.grads and not a.status for a in answers)
+    assert tasks == 0

@@ -1,4 +1,5 @@
-"""Recording in Python: the fallback where the compiled core (``_recorder.pyx``) is not built.
+"""Recording in Python: the fallback where the compiled core (``compiled_recorder.pyx``) is
+not built.
 
 ``recording`` picks one of the two cores; both have the same names and behaviour, and the
 SDK's tests run against each. A core has the hot part of a Value (its fields and the
@@ -16,7 +17,9 @@ When an op reads Values of two tapes, the smaller tape is appended to the larger
 stays topological), so recording never copies a node more than O(log n) times.
 """
 
+import itertools
 import numbers
+import operator
 import threading
 import weakref
 
@@ -217,6 +220,28 @@ def _op_node(tape: "TapeCore") -> ValueCore:
     return out
 
 
+def set_results(values: list, data: np.ndarray, grads: np.ndarray) -> None:
+    """Set ``.data`` and ``.grad`` of each Value of ``values`` from the same row of the
+    float64 arrays ``data`` and ``grads``."""
+    for value, x, g in zip(values, data.tolist(), grads.tolist(), strict=True):
+        value._data, value.grad = x, g
+
+
+def leaf_data(values: list, count: int) -> np.ndarray:
+    """The ``.data`` of the first ``count`` Values of ``values`` (leaves), as float64; a
+    TypeError for one that is no real number."""
+    data = list(map(_data, values[:count]))
+    # The exact-type test first, in bulk: an ABC isinstance check costs 2 us a leaf.
+    if set(map(type, data)) - {float}:
+        for x in data:
+            if type(x) is not float and not isinstance(x, numbers.Real):
+                raise TypeError(f"a leaf's data must be a real number, got {x!r}")
+    return np.array(data, dtype=np.float64)
+
+
+_data = operator.attrgetter("_data")
+
+
 class TapeCore:
     """A tape's columns, its leaves and its op-node Values still alive."""
 
@@ -293,6 +318,25 @@ class TapeCore:
         self._adopt(value)
         self._by_node[1][node] = weakref.ref(value)
         return value, True
+
+    def held(self, kept: np.ndarray) -> tuple[np.ndarray, list, int]:
+        """The positions in ``kept`` (tape ids, ascending) of the nodes whose Values the
+        tape can reach, those Values, and how many of them are leaves: every leaf, first
+        and in node order, then the op-node Values still alive."""
+        ops = self.live_values()
+        tape_ids = np.concatenate(
+            [
+                np.fromiter(self.leaf_ids.values(), dtype=np.int64, count=len(self.leaf_ids)),
+                np.array([value._id for value in ops], dtype=np.int64),
+            ]
+        )
+        values = [*self.leaf_ids, *ops]
+        positions = np.searchsorted(kept, tape_ids)
+        inside = positions < len(kept)
+        inside[inside] = kept[positions[inside]] == tape_ids[inside]
+        if not inside.all():
+            values = list(itertools.compress(values, inside.tolist()))
+        return positions[inside], values, int(inside[: len(self.leaf_ids)].sum())
 
     def _adopt(self, value) -> None:
         """Refer weakly to the op-node Value ``value``, until it goes."""

@@ -4,12 +4,13 @@ A training loop's step is one small request; as a unary call it pays for a new c
 time, as a message on an open bidirectional stream about half of that (see the proto's
 ``Train``). The stream opens at the first request and stays open; a request waits for its
 own answer before the next is sent, so answers never need matching up. The Client's
-timeout bounds each request: grpc's own deadline covers a whole call, so ``Overdue`` ends a
-stream whose answer has not come in time, and the request fails with DEADLINE_EXCEEDED as a
-unary call would. A thread that finds the stream busy with another thread's request, and
-every request to a server without ``Train``, goes as a unary call instead. A failed request
-raises ``StreamedStatus``, which reads like the gRPC error of the unary call, so the SDK
-handles both alike.
+timeout bounds each request: the server answers DEADLINE_EXCEEDED for a request past it, as
+for a unary call; grpc's own deadline covers a whole call, so ``Overdue`` ends a stream whose
+answer has not come even a grace after the timeout (a hung server), and the request fails with
+DEADLINE_EXCEEDED all the same. A thread that finds the stream busy with another thread's
+request, and every request to a server without ``Train``, goes as a unary call instead. A
+failed request raises ``StreamedStatus``, which reads like the gRPC error of the unary call,
+so the SDK handles both alike.
 
 A Client keeps one stream per graph structure (``TrainStreams``), each opened with the
 headers of its first request: the caller's metadata (a bearer token is checked once, when it
@@ -92,10 +93,16 @@ class Overdue:
         self._thread: threading.Thread | None = None
         self._closed = False
 
+    # The request carries its timeout, and a server that is alive answers DEADLINE_EXCEEDED
+    # itself once it has passed (and stops the work, logging why). The stream is ended only
+    # if not even that answer comes within this much longer: ending it at the timeout would
+    # race that answer, and the server would see a cancel instead.
+    GRACE_S = 1.0
+
     def watch(self, stream: "TrainStream", timeout: float) -> None:
         """End ``stream`` (``TrainStream.expire``) if ``done`` is not called within
-        ``timeout`` seconds."""
-        due = time.monotonic() + timeout
+        ``timeout`` seconds and the grace."""
+        due = time.monotonic() + timeout + self.GRACE_S
         with self._changed:
             self._due[stream] = due
             if self._thread is None:

@@ -37,8 +37,14 @@ DEFAULT_THREADS = 4
 DEFAULT_MAX_CONNECTION_AGE_S = 600.0
 ARRIVING_SHARE = 4  # by default request bytes still arriving may take a quarter of the budget
 # HTTP/2 streams one connection may have open at once: calls waiting for their request
-# cost little, but not nothing.
-MAX_STREAMS_PER_CONNECTION = 1024
+# cost little, but not nothing. grpc core counts against it the streams a client has reset
+# whose calls the server has not finished yet, so this also bounds how many handler
+# coroutines a rapid-reset connection keeps queued ahead of other clients' calls: at 1,024
+# a flood of 13k resets a second took a legitimate call's p50 from 0.6 to 188 ms; at 128
+# it was calm in three runs of four (43x in one), at 64 in all four (at most 1.6x; see
+# bench/rapid_reset.py). Raised to --max-calls-per-connection if that is larger: a grpc
+# client holds its further calls until a stream is free.
+MAX_STREAMS_PER_CONNECTION = 64
 
 # grpc core's own limits on floods of control frames. A rapid-reset client (streams opened
 # and reset at once, thousands a second) is answered with a PING for one reset in ten; one
@@ -191,11 +197,12 @@ def start_server(
         *([metrics.interceptor(f"/{SERVICE_NAME}/")] if metrics else []),
         *([BearerTokenInterceptor(tokens)] if tokens else []),
     ]
+    calls_per_connection = state.limits.max_calls_per_connection
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", int(reuse_port)),
-        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ("grpc.max_concurrent_streams", max(MAX_STREAMS_PER_CONNECTION, calls_per_connection)),
         # Compressed requests are refused by grpc itself, before anything is inflated
         # (UNIMPLEMENTED, "Compression algorithm ... is disabled"): a 64 KB gzip request
         # inflating to 63 MB stalled a worker. Replies are never compressed either.

@@ -13,14 +13,21 @@ each read holds a slot of the ``ArrivalGate`` while pending: ``max-arriving-mb``
 that limit is the number of reads pending at once (at least one), so the bytes still
 arriving stay within ``max-arriving-mb``, a share of the memory budget (or within one
 message, when the message-size limit is the larger). A read that finds every slot taken
-waits; a slot held for longer than ``hold_s`` while another read waits is taken back: its
-call ends with RESOURCE_EXHAUSTED (retryable) naming the setting. A slow sender is also
-ended by the request timeout or its deadline (``CallScope.receive``).
+waits, and a slot is taken back for it: at once from a connection holding more than its
+share of the slots (the slots divided among the connections holding or waiting, at least
+one), else once the oldest read has held its slot for ``hold_s``. A call whose slot is taken
+back ends with RESOURCE_EXHAUSTED (retryable) naming the setting, and its slot goes, once
+the call has ended, to the waiting read whose connection holds the fewest slots (the
+earliest among equals). A read waiting for its first byte (a half-open call, an idle Train
+stream) looks the same as one whose message is on its way, so both hold a slot. A slow
+sender is also ended by the request timeout or its deadline (``CallScope.receive``).
 """
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 STREAM_WINDOW_BYTES = 16 * 1024  # what a stream may send before the handler reads
 READ_HOLD_S = 0.5  # a read slot held this long is taken back when another read waits
@@ -31,6 +38,24 @@ FLOW_CONTROL_OPTIONS = [
 ]
 
 
+@dataclass(eq=False)
+class _Read:
+    """One read holding or waiting for a slot."""
+
+    connection: Callable[[], str]  # its connection (the peer), asked only under contention
+    take_back: Callable[[Callable[[], None]], None]
+    since: float = 0.0  # when it got its slot
+    taken_back: bool = False
+    granted: asyncio.Future | None = None  # set when a waiting read gets its slot
+    _peer: str | None = field(default=None, repr=False)
+
+    @property
+    def peer(self) -> str:
+        if self._peer is None:
+            self._peer = self.connection()
+        return self._peer
+
+
 class ArrivalGate:
     """The read slots of one server process (used on its event loop only)."""
 
@@ -39,65 +64,86 @@ class ArrivalGate:
         self.message_bytes = message_bytes
         self.slots = max(1, max_bytes // message_bytes)  # one read is always allowed
         self.hold_s = hold_s
-        self.taken_back = 0  # slots taken back from reads held too long, since start
-        # since when each read holds its slot (oldest first), and how to end its call (None
-        # once it is being taken back)
-        self._holders: dict[object, tuple[float, Callable[[Callable], None] | None]] = {}
-        self._freed: asyncio.Condition | None = None  # made on the loop, at first use
+        self.taken_back = 0  # slots taken back from reads, since start
+        self._holding: list[_Read] = []  # oldest first
+        self._waiting: list[_Read] = []  # earliest first
 
     @property
     def used(self) -> int:
         """The bytes that the reads pending now may let arrive, at most."""
-        return len(self._holders) * self.message_bytes
+        return len(self._holding) * self.message_bytes
 
-    async def read(self, receive: Callable[[], Awaitable], take_back: Callable[[Callable], None]):
+    async def read(
+        self,
+        receive: Callable[[], Awaitable],
+        take_back: Callable[[Callable[[], None]], None],
+        connection: Callable[[], str],
+    ):
         """``await receive()`` holding a slot, waiting for one first if need be (the caller
-        bounds the whole in time). If the slot is taken back, ``take_back(give_back)`` is
-        called: it must end the read's call and call ``give_back()`` once the call has
-        ended, which frees the slot."""
-        key = object()
-        await self._acquire(key, take_back)
+        bounds the whole in time). ``connection()`` names the read's connection. If the
+        slot is taken back, ``take_back(give_back)`` is called: it must end the read's call
+        and call ``give_back()`` once the call has ended, which frees the slot."""
+        read = _Read(connection, take_back)
+        if len(self._holding) < self.slots and not self._waiting:
+            self._hold(read)
+        else:
+            await self._wait(read)
         try:
             return await receive()
         finally:
-            if self._holders.get(key, (0, take_back))[1] is not None:  # else: being taken back
-                self._release(key)
+            if not read.taken_back:
+                self._give_back(read)
 
-    async def _acquire(self, key: object, take_back: Callable[[Callable], None]) -> None:
-        while len(self._holders) >= self.slots:
-            if (oldest := self._oldest()) is not None and time.monotonic() >= oldest + self.hold_s:
-                self._take_back_oldest()
-            if self._freed is None:
-                self._freed = asyncio.Condition()
-            # Wait for a slot given back, or for the oldest read to have held its slot too
-            # long. A call taken back gives its slot back once it has ended, so that its
-            # bytes and the next read's never add up.
-            oldest = self._oldest()
-            wait = None if oldest is None else oldest + self.hold_s - time.monotonic()
-            async with self._freed:
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._freed.wait()
-                except TimeoutError:
-                    pass
-        self._holders[key] = (time.monotonic(), take_back)
+    def _hold(self, read: _Read) -> None:
+        read.since = time.monotonic()
+        self._holding.append(read)
 
-    def _oldest(self) -> float | None:
-        """Since when the oldest read not being taken back holds its slot."""
-        return min((since for since, end in self._holders.values() if end), default=None)
+    async def _wait(self, read: _Read) -> None:
+        read.granted = asyncio.get_running_loop().create_future()
+        self._waiting.append(read)
+        self._grant()
+        try:
+            while not read.granted.done():
+                await asyncio.wait({read.granted}, timeout=self._take_back_for(read))
+        except BaseException:
+            if read in self._waiting:
+                self._waiting.remove(read)
+            elif not read.taken_back:  # granted, but the call ended before reading
+                self._give_back(read)
+            raise
 
-    def _take_back_oldest(self) -> None:
-        for key, (since, end_call) in self._holders.items():
-            if end_call is not None:
-                self._holders[key] = (since, None)  # held until its call has ended
-                self.taken_back += 1
-                end_call(lambda key=key: self._release(key))
-                return
+    def _give_back(self, read: _Read) -> None:
+        if read in self._holding:
+            self._holding.remove(read)
+            self._grant()
 
-    def _release(self, key: object) -> None:
-        if self._holders.pop(key, None) is not None and self._freed is not None:
-            asyncio.get_running_loop().create_task(self._notify())
+    def _grant(self) -> None:
+        """Free slots to the waiting reads whose connections hold the fewest."""
+        while self._waiting and len(self._holding) < self.slots:
+            held = Counter(r.peer for r in self._holding)
+            fairest = min(self._waiting, key=lambda waiting: held[waiting.peer])
+            self._waiting.remove(fairest)
+            self._hold(fairest)
+            fairest.granted.set_result(None)
 
-    async def _notify(self) -> None:
-        async with self._freed:
-            self._freed.notify_all()
+    def _take_back_for(self, waiting: _Read) -> float:
+        """Take a slot back for the ``waiting`` read, unless enough are on their way back;
+        the seconds after which to look again (a slot given back wakes it sooner)."""
+        returning = sum(r.taken_back for r in self._holding)
+        kept = [r for r in self._holding if not r.taken_back]
+        if len(self._holding) < self.slots or returning >= len(self._waiting) or not kept:
+            return self.hold_s
+        held = Counter(r.peer for r in kept)
+        peers = len(held.keys() | {r.peer for r in self._waiting})
+        hog, most = held.most_common(1)[0]
+        due = kept[0].since + self.hold_s - time.monotonic()
+        if most > max(1, self.slots // peers) and most > held[waiting.peer] + 1:
+            victim = next(r for r in kept if r.peer == hog)
+        elif due <= 0:
+            victim = kept[0]
+        else:
+            return due
+        victim.taken_back = True
+        self.taken_back += 1
+        victim.take_back(lambda: self._give_back(victim))
+        return 0.0  # look again: another read may wait, and another slot be due

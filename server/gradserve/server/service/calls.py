@@ -98,6 +98,23 @@ class CallScope:
 
     log_level = logging.INFO  # of the line each call logs when it ends
 
+    # What a call starts with, as class attributes: a Train stream makes a scope per
+    # message, and each attribute an instance need not set is a store saved.
+    nodes = 0
+    rows = 0
+    request_bytes = 0  # the decoded request's memory, once known
+    labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
+    code = _OK
+    connection = ""  # the peer, once the call counts against the limits
+    token = ""  # its bearer token, when the server counts calls by token
+    note = ""
+    _gone = False
+    _counted = False
+    _finished = False
+    _running = None  # the executor future of the step in progress
+    _sending_since: float | None = None  # loop time the write in progress began
+    _send_watch: asyncio.TimerHandle | None = None
+
     def __init__(
         self, method: str, context, state: ServerState, timeout: float | None = None
     ) -> None:
@@ -106,21 +123,6 @@ class CallScope:
         self.method = method
         self.context = context
         self.state = state
-        self.nodes = 0
-        self.rows = 0
-        self.request_bytes = 0  # the decoded request's memory, once known
-        self.labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
-        self.code = _OK
-        self.connection = ""  # the peer, once the call counts against the limits
-        self.token = ""  # its bearer token, when the server counts calls by token
-        self.note = ""
-        self._gone = False
-        self._counted = False
-        self._finished = False
-        self._running = None  # the executor future of the step in progress
-        self._give_back_slot: Callable[[], None] | None = None  # a read slot taken back
-        self._sending_since: float | None = None  # loop time the write in progress began
-        self._send_watch: asyncio.TimerHandle | None = None
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
@@ -188,12 +190,13 @@ class CallScope:
         gate = self.state.arrival
         if gate is None:
             return await self.context.read()
-        return await gate.read(self.context.read, self._take_back_read)
+        return await gate.read(self.context.read, self._take_back_read, self.context.peer)
 
     def _take_back_read(self, give_back: Callable[[], None]) -> None:
         """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
         self.note = _TAKEN_BACK
-        self._give_back_slot = give_back
+        # grpc lets go of the call's bytes when the call is done, after the status is sent.
+        self.context.add_done_callback(lambda _context: give_back())
         self._task.cancel()
 
     def count_in(self) -> None:
@@ -332,8 +335,6 @@ class CallScope:
             return False  # unreachable: _end raises grpc's abort exception
         finally:
             self._finish()
-            if self._give_back_slot is not None:  # the call has ended: its bytes are gone
-                self._give_back_slot()
 
     def _went_away(self) -> None:
         """The client cancelled, its deadline passed, the connection was lost, the reply

@@ -57,9 +57,9 @@ def request_bytes(request: pb.EvaluateRequest) -> int:
 def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
     """The memory compiling the request's graph would take (0 when it names a plan); its
     labels hold at most the ``raw_length`` bytes of the request message."""
-    graph = request.graph
     if request.plan_digest:
         return 0
+    graph = request.graph
     return memory.compile_bytes(
         len(graph.node_ops), len(graph.input_ids), len(graph.labels), raw_length
     )
@@ -176,9 +176,10 @@ class Evaluator:
     def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> None:
         """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
         selection's size from the request's fields)."""
-        selection = requests.selection_of(request.selection, request.nodes)
-        if request.nodes:
-            selected = len(request.nodes)
+        nodes = request.nodes
+        selection = requests.selection_of(request.selection, nodes)
+        if nodes:
+            selected = len(nodes)
         elif selection == requests.SELECTION_LEAVES:
             selected = len(plan.leaves)
         else:

@@ -55,8 +55,14 @@ class GradientServicer:
             else:
                 request = await call.compute(_decode, raw)
         del raw
-        graph = request.graph  # each read of a protobuf field makes an object: read once
-        labels, nodes, rows = graph.labels, len(graph.node_ops), request.rows or 1
+        # Each read of a repeated or message field makes an object: read each once, and a
+        # request naming its plan by digest carries no structure to read (plan checks that).
+        if request.plan_digest:
+            labels, nodes = (), 0
+        else:
+            graph = request.graph
+            labels, nodes = graph.labels, len(graph.node_ops)
+        rows = request.rows or 1
         call.labels, call.nodes, call.rows = labels, nodes, rows
         inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
@@ -42,9 +43,34 @@ _CANCELLED = "the client cancelled this request"
 _OK = grpc.StatusCode.OK
 
 
-def decode(raw: bytes) -> pb.TrainRequest:
+def _envelope_type() -> type:
+    """TrainRequest with its ``request`` field read as bytes: the same wire format (a
+    message field is length-delimited bytes), so a message is parsed without parsing the
+    EvaluateRequest inside, which its call then decodes from those bytes as a unary call
+    decodes its request (parsed inside, it had to be serialized again for that)."""
+    message = descriptor_pb2.DescriptorProto()
+    pb.TrainRequest.DESCRIPTOR.CopyToProto(message)
+    message.name = "TrainEnvelope"
+    (request,) = (field for field in message.field if field.name == "request")
+    request.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+    request.ClearField("type_name")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="gradserve/server/train_envelope.proto", package="gradserve.server", syntax="proto3"
+    )
+    file.message_type.append(message)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    envelope = pool.FindMessageTypeByName(f"{file.package}.{message.name}")
+    return message_factory.GetMessageClass(envelope)
+
+
+_Envelope = _envelope_type()
+
+
+def decode(raw: bytes):
+    """A TrainRequest's fields, its ``request`` as the EvaluateRequest's bytes."""
     try:
-        return pb.TrainRequest.FromString(raw)
+        return _Envelope.FromString(raw)
     except DecodeError:
         reason = "a Train stream message is not a valid TrainRequest"
         raise GraphError(reason, field="request") from None
@@ -81,14 +107,14 @@ class MessageScope(CallScope):
     def log_level(self) -> int:
         return logging.DEBUG if self.code is _OK else logging.INFO
 
-    def __init__(self, stream: CallScope, inbox: "_Inbox", message: pb.TrainRequest) -> None:
+    def __init__(self, stream: CallScope, inbox: "_Inbox", message) -> None:
         timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
         super().__init__("Train", stream.context, stream.state, timeout)  # and the stream's
         self.stream = stream
         self._inbox = inbox
         self.connection = inbox.connection
         self.id = message.id
-        self._raw = message.request.SerializeToString()
+        self._raw = message.request
 
     def cancel(self) -> None:
         """The client cancelled this request: stop it at the engine's next stop check."""
@@ -142,7 +168,7 @@ class _Read:
     """A request read from the stream, and what it holds of the budget until it is taken;
     ``refused`` when even that could not be held (the request is answered with it)."""
 
-    message: pb.TrainRequest
+    message: object  # decode's
     size: int = 0
     refused: Exception | None = None
     cancelled: bool = False
@@ -173,7 +199,7 @@ class _Inbox:
             self.queue = asyncio.Queue(maxsize=1)
             self.reader = asyncio.get_running_loop().create_task(self._read_all())
 
-    async def _read_one(self) -> tuple[pb.TrainRequest, int] | None:
+    async def _read_one(self) -> tuple[object, int] | None:
         """The next request and its length on the wire, after any cancels (applied on the
         way); None once the client has half-closed."""
         while True:
@@ -194,7 +220,7 @@ class _Inbox:
                 try:
                     await self.stream.admit(self.held + read.size)
                 except (NeverFits, BudgetBusy) as refused:  # answered alone, not held
-                    read = _Read(pb.TrainRequest(id=message.id), refused=refused)
+                    read = _Read(_Envelope(id=message.id), refused=refused)
                 self.held += read.size
                 self.waiting.append(read)
                 await self.queue.put(read)

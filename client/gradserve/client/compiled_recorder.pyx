@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-# cython: auto_pickle=False
+# cython: auto_pickle=False, c_api_binop_methods=True
 """Recording compiled: the same names and behaviour as ``recorder`` (read it first), with
 a tape's columns in C arrays and no weak reference per op-node Value.
 
@@ -18,9 +18,11 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy
 
+import atexit
 import numbers
 import threading
 import weakref
@@ -31,6 +33,7 @@ from gradserve.client import opcodes
 
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
+    void PyObject_GC_UnTrack(object)
 
 COMPILED = True
 CONSTANT = -2  # the _id of a leaf Value the SDK made from a plain number
@@ -58,16 +61,34 @@ def bind(value_class, tape_class):
     _value_class, _tape_class = value_class, tape_class
 
 
+@atexit.register
+def _unbind():
+    """Let go of the classes at exit. Held here (in C, which the interpreter's shutdown does
+    not clear) they would keep the SDK's modules, and so the default client and its open
+    stream, alive until grpc's own modules are torn down."""
+    global _value_class, _tape_class
+    _value_class = _tape_class = None
+
+
 cdef inline ValueCore _new_value():
-    """A Value of the bound class with every field None (its tp_new, without __init__)."""
-    return <ValueCore>(<PyTypeObject*>_value_class).tp_new(
-        _value_class, <PyObject*>_no_args, NULL
-    )
+    """A Value of the bound class with every field None (its tp_new, without __init__),
+    not tracked by the garbage collector (see ValueCore)."""
+    if _value_class is None:
+        raise RuntimeError("the interpreter is exiting: no new Values")
+    value = (<PyTypeObject*>_value_class).tp_new(_value_class, <PyObject*>_no_args, NULL)
+    PyObject_GC_UnTrack(value)
+    return <ValueCore>value
 
 
 @cython.no_gc_clear  # __dealloc__ reads _tape: the garbage collector must not clear it first
 cdef class ValueCore:
-    """A Value's fields and the operators that record a node."""
+    """A Value's fields and the operators that record a node.
+
+    Values are not tracked by the garbage collector: a Value refers to numbers, its label
+    and its tape, and a tape to no op-node Value, so Values form no cycle (unless a label
+    refers back to the graph, which then stays). Tracked, the collector walked every leaf
+    again and again while a model's parameters were made: 400 ns of a leaf's 500.
+    """
 
     cdef public object _data
     cdef public object grad
@@ -75,6 +96,10 @@ cdef class ValueCore:
     cdef readonly TapeCore _tape
     cdef readonly Py_ssize_t _id
     cdef object __weakref__
+    # A leaf's node on the tape that last added it (borrowed, reset when that tape goes):
+    # most lookups of a leaf's node are then a comparison (TapeCore.leaf_id).
+    cdef PyObject* _home
+    cdef Py_ssize_t _home_node
 
     def __init__(self, data, label=""):
         if type(data) is not float and not isinstance(data, numbers.Real):
@@ -84,42 +109,30 @@ cdef class ValueCore:
         self.label = label
         self._tape = None  # leaves belong to no tape
         self._id = LEAF_ID
+        PyObject_GC_UnTrack(self)
 
     def __dealloc__(self):
         cdef TapeCore tape = self._tape
         if tape is not None and tape._live[self._id] == <PyObject*>self:
             tape._live[self._id] = NULL
 
-    # Binary operators: a plain number on either side becomes a constant leaf.
-    def __add__(self, other):
-        return _binary(ADD, self, other)
+    # Binary operators: a plain number on either side becomes a constant leaf. (One C slot
+    # per operator, called with the operands in order whichever side the Value is on:
+    # c_api_binop_methods, so that Value, a Python subclass, inherits the slot itself.)
+    def __add__(a, b):
+        return _binary(ADD, a, b)
 
-    def __radd__(self, other):
-        return _binary(ADD, other, self)
+    def __sub__(a, b):
+        return _binary(SUB, a, b)
 
-    def __sub__(self, other):
-        return _binary(SUB, self, other)
+    def __mul__(a, b):
+        return _binary(MUL, a, b)
 
-    def __rsub__(self, other):
-        return _binary(SUB, other, self)
+    def __truediv__(a, b):
+        return _binary(DIV, a, b)
 
-    def __mul__(self, other):
-        return _binary(MUL, self, other)
-
-    def __rmul__(self, other):
-        return _binary(MUL, other, self)
-
-    def __truediv__(self, other):
-        return _binary(DIV, self, other)
-
-    def __rtruediv__(self, other):
-        return _binary(DIV, other, self)
-
-    def __pow__(self, other, modulo):
-        return _binary(POW, self, other)
-
-    def __rpow__(self, other, modulo):
-        return _binary(POW, other, self)
+    def __pow__(a, b, modulo):
+        return _binary(POW, a, b)
 
     def __neg__(self):
         return _unary(NEG, self)
@@ -234,6 +247,38 @@ def record(int32_t code, inputs):
     return tape._op_node(code)
 
 
+def set_results(list values, data, grads):
+    """Set ``.data`` and ``.grad`` of each Value of ``values`` from the same row of the
+    float64 arrays ``data`` and ``grads``."""
+    cdef const double[::1] x = np.ascontiguousarray(data, dtype=np.float64)
+    cdef const double[::1] g = np.ascontiguousarray(grads, dtype=np.float64)
+    cdef Py_ssize_t i, n = len(values)
+    if x.shape[0] != n or g.shape[0] != n:
+        raise ValueError(f"{n} Values, {x.shape[0]} data and {g.shape[0]} gradients")
+    cdef ValueCore value
+    for i in range(n):
+        value = <ValueCore>values[i]
+        value._data = x[i]
+        value.grad = g[i]
+
+
+def leaf_data(list values, Py_ssize_t count):
+    """The ``.data`` of the first ``count`` Values of ``values`` (leaves), as float64; a
+    TypeError for one that is no real number."""
+    out = np.empty(count, dtype=np.float64)
+    cdef double[::1] view = out
+    cdef Py_ssize_t i
+    for i in range(count):
+        x = (<ValueCore>values[i])._data
+        if type(x) is float:
+            view[i] = <double>x
+        elif isinstance(x, numbers.Real):
+            view[i] = float(x)
+        else:
+            raise TypeError(f"a leaf's data must be a real number, got {x!r}")
+    return out
+
+
 cdef class TapeCore:
     """A tape's columns, its leaves and its op-node Values still alive."""
 
@@ -242,9 +287,14 @@ cdef class TapeCore:
     cdef Py_ssize_t _nodes, _node_room
     cdef int64_t* _ids  # each node's inputs, node after node
     cdef Py_ssize_t _inputs, _input_room
-    # Each leaf Value -> its node id, in node order. A leaf Value does not point back, so no
-    # cycle. (A constant is a new Value each time a number is used.)
-    cdef public dict leaf_ids
+    # The leaf Values, in node order, held (a constant is a new Value each time a number is
+    # used). A leaf does not point back but by its borrowed ``_home``, so no cycle. (The
+    # garbage collector does not see these references: a cycle through a leaf's label back
+    # to the graph would be kept, not freed.)
+    cdef PyObject** _leaves
+    cdef Py_ssize_t _leaf_count, _leaf_room
+    cdef dict _leaf_ids  # leaf_ids, once asked for
+    cdef bint _leaves_moved  # whether a leaf of this tape has its home on another tape now
     cdef public bint sent  # once sent, no new graph starts on this tape (see current_tape)
     cdef object __weakref__
 
@@ -253,15 +303,24 @@ cdef class TapeCore:
         self._codes = <int32_t*>PyMem_Malloc(self._node_room * sizeof(int32_t))
         self._live = <PyObject**>PyMem_Malloc(self._node_room * sizeof(PyObject*))
         self._ids = <int64_t*>PyMem_Malloc(self._input_room * sizeof(int64_t))
-        if self._codes == NULL or self._live == NULL or self._ids == NULL:
+        self._leaf_room = 64
+        self._leaves = <PyObject**>PyMem_Malloc(self._leaf_room * sizeof(PyObject*))
+        if self._codes == NULL or self._live == NULL or self._ids == NULL or self._leaves == NULL:
             raise MemoryError()
-        self.leaf_ids = {}
 
     def __dealloc__(self):
         # Op-node Values hold their tape: none is alive now, so no pointer is left to clear.
         global _last_tape
         if _last_tape == <PyObject*>self:
             _last_tape = NULL
+        cdef Py_ssize_t i
+        cdef ValueCore leaf
+        for i in range(self._leaf_count):
+            leaf = <ValueCore>self._leaves[i]
+            if leaf._home == <PyObject*>self:
+                leaf._home = NULL
+            Py_DECREF(leaf)
+        PyMem_Free(self._leaves)
         PyMem_Free(self._codes)
         PyMem_Free(self._live)
         PyMem_Free(self._ids)
@@ -317,14 +376,48 @@ cdef class TapeCore:
         self._live[node] = <PyObject*>out
         return out
 
-    cpdef Py_ssize_t leaf_id(self, value) except -1:
+    cpdef Py_ssize_t leaf_id(self, ValueCore value) except -1:
         """The node id of a leaf Value on this tape, adding the leaf on first use."""
-        cdef PyObject* found = PyDict_GetItem(self.leaf_ids, value)
-        if found != NULL:
-            return PyLong_AsSsize_t(<object>found)
+        if value._home == <PyObject*>self:
+            return value._home_node
+        cdef PyObject* found
+        if self._leaves_moved:  # the leaf may be here, with its home on another tape now
+            found = PyDict_GetItem(self.leaf_ids, value)
+            if found != NULL:
+                return PyLong_AsSsize_t(<object>found)
         cdef Py_ssize_t node = self._append_node(LEAF)
-        self.leaf_ids[value] = node
+        self._append_leaf(value)
+        if self._leaf_ids is not None:
+            self._leaf_ids[value] = node
+        if value._home != NULL:
+            (<TapeCore>value._home)._leaves_moved = True
+        value._home = <PyObject*>self
+        value._home_node = node
         return node
+
+    cdef int _append_leaf(self, ValueCore value) except -1:
+        cdef void* grown
+        if self._leaf_count == self._leaf_room:
+            grown = PyMem_Realloc(self._leaves, self._leaf_room * 2 * sizeof(PyObject*))
+            if grown == NULL:
+                raise MemoryError()
+            self._leaves = <PyObject**>grown
+            self._leaf_room *= 2
+        Py_INCREF(value)
+        self._leaves[self._leaf_count] = <PyObject*>value
+        self._leaf_count += 1
+        return 0
+
+    @property
+    def leaf_ids(self):
+        """Each leaf Value -> its node id, in node order (made when first asked, then kept
+        up to date; do not change it)."""
+        if self._leaf_ids is None:
+            nodes = np.flatnonzero(self.codes_array() == LEAF).tolist()
+            self._leaf_ids = {
+                <object>self._leaves[i]: node for i, node in enumerate(nodes)
+            }
+        return self._leaf_ids
 
     def code(self, Py_ssize_t node):
         if not 0 <= node < self._nodes:
@@ -368,6 +461,35 @@ cdef class TapeCore:
             return <object>self._live[node], False
         return self._value_at(node), True
 
+    def held(self, kept):
+        """The positions in ``kept`` (tape ids, ascending) of the nodes whose Values the
+        tape can reach, those Values, and how many of them are leaves: every leaf, first
+        and in node order, then the op-node Values still alive."""
+        cdef const int64_t[::1] ids = np.ascontiguousarray(kept, dtype=np.int64)
+        cdef Py_ssize_t n = ids.shape[0], j = 0, node, leaf = 0, found = 0, leaves
+        positions = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] at = positions
+        cdef list values = []
+        for node in range(self._nodes):  # the leaves, in node order
+            if j == n:
+                break
+            if self._codes[node] == LEAF:
+                if ids[j] == node:
+                    at[found] = j
+                    found += 1
+                    values.append(<object>self._leaves[leaf])
+                leaf += 1
+            if ids[j] == node:
+                j += 1
+        leaves = found
+        for j in range(n):  # then the op nodes' Values alive
+            node = ids[j]
+            if 0 <= node < self._nodes and self._live[node] != NULL:
+                at[found] = j
+                found += 1
+                values.append(<object>self._live[node])
+        return positions[:found], values, leaves
+
     def absorb(self, TapeCore other):
         """Append ``other``'s nodes after this tape's and move its Values here."""
         cdef int64_t[::1] counts = opcodes.input_counts(other.codes_array()).astype(np.int64)
@@ -409,6 +531,8 @@ cpdef TapeCore current_tape():
     ref = getattr(_local, "tape", None)
     tape = ref() if ref is not None else None
     if tape is None or tape.sent:
+        if _tape_class is None:
+            raise RuntimeError("the interpreter is exiting: no new graphs")
         tape = _tape_class()
         _local.tape = weakref.ref(tape)
     _last_tape, _last_thread = <PyObject*>tape, thread
