@@ -52,16 +52,17 @@ MAX_STREAMS_PER_CONNECTION = 64
 # client pinging more often than every 5 minutes without calls gets a GOAWAY at the second
 # strike (grpc's defaults, stated here).
 #
-# Calls that arrive while the event loop is busy wait in grpc core's queue until the server
-# takes them; past max_pending_requests waiting, core refuses new calls at random (the
-# client sees CANCELLED), all of them past the hard limit. A stream reset while it waits
-# stays counted there until the server takes the next call or 30 s have passed, so under a
-# reset flood grpc's defaults (1,000 and 3,000) refused 3 to 13 of 200 legitimate calls in
-# 20 s (bench/soak.py --abusers). An entry left by a reset stream costs about a hundred
-# bytes: two Python threads resetting 3k streams a second each raised the server's peak by
-# 28 MiB with these limits (tests/test_resilience_fairness.py has the flood). A waiting
-# call that is not reset holds what its HTTP/2 window let in, and max-concurrent-streams
-# bounds those per connection.
+# Calls that arrive while the event loop is busy wait in grpc core's queue until the
+# server takes them; past max_pending_requests waiting, core refuses new calls at random
+# (the client sees CANCELLED), all of them past the hard limit. A stream reset while it
+# waits stays counted there until the server takes the next call or 30 s have passed, so
+# under a reset flood grpc's defaults (1,000 and 3,000) refused 3 to 13 of 155-191 calls
+# of 16 bench/soak.py clients in 20 s beside its rapid-reset abuser. An entry left by a
+# reset stream costs about a hundred bytes: two Python threads resetting 3k streams a
+# second each raised the server's peak by 28 MiB with these limits
+# (tests/test_resilience_fairness.py has the flood). A waiting call that is not reset
+# holds what its HTTP/2 window let in, and max-concurrent-streams bounds those per
+# connection.
 MAX_PENDING_CALLS = 100_000
 FLOOD_LIMITS = [
     ("grpc.http2.ping_on_rst_stream_percent", 10),
