@@ -226,7 +226,18 @@ def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, monke
     assert "grpc.max_connection_age_ms" not in ageless
 
 
-@pytest.mark.parametrize("cache_mib", [100, 101, -1])
-def test_a_plan_cache_not_smaller_than_the_memory_budget_is_refused(registry, cache_mib):
-    with pytest.raises(ValueError, match=r"plan cache \(-?\d+ MiB\) must be smaller than"):
+@pytest.mark.parametrize("cache_mib", [75, 100, 101])
+def test_a_plan_cache_that_with_the_arriving_share_fills_the_budget_is_refused(registry, cache_mib):
+    """75 MiB is the edge: with the default arriving share (a quarter, 25 MiB) it is the
+    whole 100 MiB budget, leaving the calls nothing."""
+    refusal = (
+        rf"the plan cache \({cache_mib} MiB\) and the requests arriving \(25 MiB\) must "
+        r"together be smaller than the memory budget \(100 MiB\)"
+    )
+    with pytest.raises(ValueError, match=refusal):
         start_server(registry, max_memory_bytes=100 * 2**20, plan_cache_bytes=cache_mib * 2**20)
+
+
+def test_a_negative_plan_cache_is_refused(registry):
+    with pytest.raises(ValueError, match="cannot be negative"):
+        start_server(registry, max_memory_bytes=100 * 2**20, plan_cache_bytes=-(2**20))

@@ -3,8 +3,6 @@ closed forms and finite differences, the general path's errors for anything unus
 path really taken."""
 
 import math
-import re
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -437,18 +435,3 @@ def test_a_stream_of_small_chunks(stub, general_path_calls):
     assert [len(c.node_ids) for c in chunks] == [4, 4, 2]
     assert all(c.total_nodes == 10 and c.rows == 1 for c in chunks)
     assert [v for c in chunks for v in c.grads][:5] == pytest.approx([-1.5, 0.5, 1.0, 0.0, 0.5])
-
-
-def test_the_bounds_on_kept_programs_are_the_ones_the_docs_state():
-    """docs/running-safely.md: compiled programs "of at most N nodes" are "bounded by count
-    (N programs, N nodes)"."""
-    page = (Path(__file__).parents[1] / "docs" / "running-safely.md").read_text()
-    page = " ".join(page.split())
-    documented = re.search(
-        r"graphs of at most ([\d,]+) nodes.*?"
-        r"bounded by count \(([\d,]+) programs, ([\d,]+) nodes\)",
-        page,
-    )
-    assert documented, "running-safely.md no longer states the bounds"
-    stated = [int(group.replace(",", "")) for group in documented.groups()]
-    assert stated == [small_call.MAX_NODES, small_call.MAX_PROGRAMS, small_call.MAX_PROGRAM_NODES]
