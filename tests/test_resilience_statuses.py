@@ -140,16 +140,18 @@ def napping(tmp_path_factory):
 
 
 def test_calls_beyond_max_concurrent_calls_are_refused_at_once_with_details(napping):
-    """70 napping calls against --max-concurrent-calls 4: 66 are refused RESOURCE_EXHAUSTED
-    with details while the 4 admitted still nap (not queued behind them); then the 4 end OK."""
+    """60 napping calls against --max-concurrent-calls 4: 56 are refused RESOURCE_EXHAUSTED
+    with details while the 4 admitted still nap (not queued behind them); then the 4 end OK.
+    (Fewer than the 64 HTTP/2 streams a connection may open: past them grpc core itself
+    refuses a stream the client sent before it had the server's settings.)"""
     _, stub, naps = napping
     naps.reset()
-    calls = [stub.Evaluate.future(nap_request(), timeout=6 * HANG_S) for _ in range(70)]
+    calls = [stub.Evaluate.future(nap_request(), timeout=6 * HANG_S) for _ in range(60)]
     try:
-        assert wait_until(lambda: sum(c.done() for c in calls) >= 66 and naps.count() == 4, HANG_S)
+        assert wait_until(lambda: sum(c.done() for c in calls) >= 56 and naps.count() == 4, HANG_S)
         assert not naps.release.exists()
         refused = [call for call in calls if call.done()]
-        assert len(refused) == 66 and naps.count() == 4
+        assert len(refused) == 56 and naps.count() == 4
         for call in refused:
             assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, call.code()
             assert "max-concurrent-calls" in call.details(), call.details()
