@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
 from graphs import neuron
 from hardening import wait_until
@@ -14,6 +15,7 @@ from servers import GRADSERVE, Served, health
 
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -80,8 +82,10 @@ def test_workers_share_the_port_and_a_dead_worker_is_replaced():
         assert len(first) == 2 and os.getpid() not in first
         g, ids = neuron()
         for _ in range(16):  # new connections: the kernel spreads them over the workers
-            channel, stub = connect(f"127.0.0.1:{served.port}")
-            with channel:
+            # a pool of its own, or grpc may reuse the last channel's connection (and worker)
+            local = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(f"127.0.0.1:{served.port}", options=local) as channel:
+                stub = pb_grpc.GradientServiceStub(channel)
                 reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
             assert reply.grads[ids["x1"]] == pytest.approx(-1.5, rel=1e-12)
 
