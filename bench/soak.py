@@ -18,6 +18,14 @@ The goal (issues 11 and 19): 100% success, a p99 at most twice the undisturbed o
 peak memory within the server's idle size plus its budget; it exits 1 otherwise. A server
 whose memory passes ``--memory-cap-mb`` is killed, to protect the machine, and the run
 counts as failed.
+
+The abusers run in a process of their own (``AbusersProcess``), at ``--abuser-nice``
+(default 0, the bench's own priority): an attacker's clients run on the attacker's
+machines. Run in the bench's process, as before 2026-12-07 16:10 UTC, their Python threads
+shared one GIL with the 32 legitimate clients, whose latency then measured the abusers'
+Python as much as the server; a higher niceness further models that the attacker's CPU is
+not the server's (on this 2-core machine every process shares the same two cores). The
+abusers' outcome counts are printed, to show how much abuse each run carried.
 """
 
 import argparse
@@ -37,7 +45,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.abusers import Abusers
+from bench.abusers import AbusersProcess
 from bench.servers import ServerProcess, gradserve_alone
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
@@ -154,13 +162,14 @@ class Phase:
 
     def __init__(self, args: argparse.Namespace, abusive: bool) -> None:
         self.abusive = abusive
+        self.load = [os.getloadavg()[0]]  # the 1-minute load average at the start and the end
         server = gradserve_alone()
         port = server.port
         self.idle = server.memory_mib()
         cap = MemoryCap(server, args.memory_cap_mb)
         channel, stub = connect(server.target)
         self.soak = Soak(stub, args.large_leaves)
-        abusers = Abusers(port) if abusive else None
+        abusers = AbusersProcess(port, args.abuser_nice) if abusive else None
         try:
             if abusers:
                 abusers.__enter__()
@@ -177,6 +186,7 @@ class Phase:
                 thread.join()
             self.at_end = server.memory_mib()
             self.peak = server.memory_mib("VmHWM")
+            self.load.append(os.getloadavg()[0])
         finally:
             if abusers:
                 abusers.__exit__(None, None, None)
@@ -191,7 +201,8 @@ class Phase:
         self.success = (total - sum(self.soak.unexpected.values())) / total if total else 0.0
 
     def report(self, args: argparse.Namespace) -> None:
-        print(("with" if self.abusive else "without") + " abusers:")
+        load = f"load average {self.load[0]:.1f} at the start, {self.load[-1]:.1f} at the end"
+        print(("with" if self.abusive else "without") + f" abusers ({load}):")
         all_latencies = []
         for kind in EXPECTED:
             times = np.array(self.soak.latencies[kind]) * 1e3
@@ -232,6 +243,12 @@ def main() -> int:
         "--abusers", action="store_true", help="compare runs without and with abusive clients"
     )
     parser.add_argument(
+        "--abuser-nice",
+        type=int,
+        default=0,
+        help="niceness added to the abusers' process (default 0: the bench's own priority)",
+    )
+    parser.add_argument(
         "--memory-cap-mb",
         type=float,
         default=6144,
@@ -246,7 +263,10 @@ def main() -> int:
         f"machine: {platform.node()} {platform.machine()}, {platform.python_version()}, "
         f"{len(os.sched_getaffinity(0))} cores; date {time.strftime('%F %T %Z')}"
     )
-    print(f"{args.clients} clients, {args.seconds:g} s, large graph {args.large_leaves} leaves")
+    print(
+        f"{args.clients} clients, {args.seconds:g} s, large graph {args.large_leaves} leaves, "
+        f"abusers' process at nice +{args.abuser_nice}"
+    )
     for phase in phases:
         phase.report(args)
     calm = phases[0]
