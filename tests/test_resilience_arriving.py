@@ -7,7 +7,8 @@ import time
 
 import grpc
 from hardening import wait_until
-from resilience import EVALUATE, HANG_S, channel_to, stub_on, two_nodes
+from metered import metered_server, sample, scrape
+from resilience import EVALUATE, HANG_S, MESSAGE_LIMIT, channel_to, stub_on, two_nodes
 
 from bench.h2_client import H2GrpcClient
 from bench.h2_flood import PartialBody
@@ -110,3 +111,26 @@ def test_a_connection_holding_every_slot_gives_one_back_to_another_at_once(regis
         assert {s.grpc_status for s in ended} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
         hog.close()
         assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)
+
+
+def test_the_arriving_share_in_use_is_a_gauge_that_rises_while_a_request_arrives(registry):
+    """gradserve_arriving_used_bytes: 0 when idle; a whole message's slot (the default
+    --max-message-mb) while a request declared at 1 MiB is still arriving; 0 again once its
+    connection is gone. An honest call, whose request arrives at once, leaves it at 0."""
+    with metered_server(registry) as (server, metrics_port):
+
+        def used() -> float:
+            return sample(scrape(metrics_port), "gradserve_arriving_used_bytes")
+
+        assert used() == 0
+        with channel_to(server.port) as channel:
+            reply = stub_on(channel).Evaluate(pb.EvaluateRequest(graph=two_nodes()), timeout=HANG_S)
+        assert list(reply.values) == [0.5, -0.5]
+        assert used() == 0
+        body = PartialBody(server.port, MIB, MIB - 1024)
+        try:
+            assert wait_until(lambda: (body.step(), used())[1] == MESSAGE_LIMIT, timeout=HANG_S)
+            assert sample(scrape(metrics_port), "gradserve_arriving_reads_waiting") == 0
+        finally:
+            body.close()
+        assert wait_until(lambda: used() == 0, timeout=HANG_S)

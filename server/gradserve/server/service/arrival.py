@@ -73,6 +73,11 @@ class ArrivalGate:
         """The bytes that the reads pending now may let arrive, at most."""
         return len(self._holding) * self.message_bytes
 
+    @property
+    def waiting(self) -> int:
+        """The reads waiting for a slot now."""
+        return len(self._waiting)
+
     async def read(
         self,
         receive: Callable[[], Awaitable],
