@@ -428,8 +428,10 @@ class CallScope:
         gate = self.state.arrival
         return status.quota_failure(
             "max-arriving-mb",
-            f"the request message took more than {gate.hold_s:g} s to arrive while other "
-            f"calls waited to receive theirs (max-arriving-mb = {gate.total // 2**20} lets "
+            f"the request message took more than {gate.hold_s:g} s to arrive (or "
+            f"{gate.hold_s * gate.patience:g} s, on a connection whose earlier requests "
+            "arrived) while other calls waited to receive theirs (max-arriving-mb = "
+            f"{gate.total // 2**20} lets "
             f"{gate.slots} request(s) of up to {gate.message_bytes // 2**20} MiB arrive at "
             "once); retry later",
             limit=gate.total,
