@@ -29,13 +29,16 @@ abusers' outcome counts are printed, to show how much abuse each run carried.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import platform
 import random
+import re
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -46,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.abusers import AbusersProcess
+from bench.ports import free_port
 from bench.servers import ServerProcess, gradserve_alone
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
@@ -80,16 +84,39 @@ def invalid_graph(rng: np.random.Generator) -> pb.Graph:
     return graph
 
 
-class MemoryCap:
-    """Kills the server once its resident memory passes ``cap_mib``."""
+LEDGER = {  # the server's own account of what it holds, from its metrics (MiB)
+    "budget": "gradserve_memory_budget_used_bytes",
+    "arriving": "gradserve_arriving_used_bytes",
+    "plans": "gradserve_plan_cache_bytes",
+}
 
-    def __init__(self, server: ServerProcess, cap_mib: float) -> None:
-        self.server, self.cap_mib = server, cap_mib
+
+def ledger(metrics_port: int) -> dict[str, float]:
+    """What the server's ledger holds now, in MiB, read from its metrics endpoint."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    held = {}
+    for name, metric in LEDGER.items():
+        found = re.search(rf"^{metric} (\S+)$", text, re.MULTILINE)
+        held[name] = float(found[1]) / 2**20 if found else math.nan
+    return held
+
+
+class MemoryCap:
+    """Kills the server once its resident memory passes ``cap_mib``; meanwhile notes the
+    server's ledger (``ledger``) at the highest resident memory seen."""
+
+    def __init__(self, server: ServerProcess, cap_mib: float, metrics_port: int) -> None:
+        self.server, self.cap_mib, self.metrics_port = server, cap_mib, metrics_port
         self.killed_at_mib: float | None = None
+        self.highest = (0.0, {})  # (resident MiB, the ledger then)
+        self.most_held: Counter = Counter()  # the most each part of the ledger held
         self.stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
+        read_ledger_at = 0.0
         while not self.stop.wait(0.02) and self.server.process.poll() is None:
             try:
                 rss = self.server.memory_mib()
@@ -99,6 +126,14 @@ class MemoryCap:
                 self.killed_at_mib = rss
                 self.server.process.kill()
                 return
+            if rss > self.highest[0] or time.monotonic() > read_ledger_at:
+                read_ledger_at = time.monotonic() + 0.5
+                with contextlib.suppress(OSError):
+                    held = ledger(self.metrics_port)
+                    if rss > self.highest[0]:
+                        self.highest = (rss, held)
+                    for name, mib in held.items():
+                        self.most_held[name] = max(self.most_held[name], mib)
 
 
 EXPECTED = {
@@ -163,10 +198,11 @@ class Phase:
     def __init__(self, args: argparse.Namespace, abusive: bool) -> None:
         self.abusive = abusive
         self.load = [os.getloadavg()[0]]  # the 1-minute load average at the start and the end
-        server = gradserve_alone()
+        metrics_port = free_port()
+        server = gradserve_alone("--metrics-port", str(metrics_port))
         port = server.port
         self.idle = server.memory_mib()
-        cap = MemoryCap(server, args.memory_cap_mb)
+        cap = self.cap = MemoryCap(server, args.memory_cap_mb, metrics_port)
         channel, stub = connect(server.target)
         self.soak = Soak(stub, args.large_leaves)
         abusers = AbusersProcess(port, args.abuser_nice) if abusive else None
@@ -222,6 +258,14 @@ class Phase:
         print(
             f"  server RSS: {self.after_warmup:.0f} MiB after warm-up, {self.at_end:.0f} MiB at "
             f"the end ({self.growth:+.1%}), peak {self.peak:.0f} MiB"
+        )
+        rss, held = self.cap.highest
+        print(
+            f"  the server's ledger at the highest resident memory sampled ({rss:.0f} MiB): "
+            + ", ".join(f"{name} {mib:.0f}" for name, mib in held.items())
+            + " MiB; the most each held: "
+            + ", ".join(f"{name} {mib:.0f}" for name, mib in self.cap.most_held.items())
+            + " MiB"
         )
         if self.killed_at_mib is not None:
             print(f"  KILLED: server memory passed {args.memory_cap_mb:g} MiB")
