@@ -352,7 +352,8 @@ def _abuse_until_stopped(port: int, nice: int, stop, results) -> None:
 
 
 def _how_it_ended(state) -> str:
-    """How the server ended a raw HTTP/2 call: a reset, a gRPC status, or the connection."""
-    if state.reset_code is not None:
-        return "RST_STREAM"
-    return f"grpc-status {state.grpc_status}" if state.finished else "connection closed"
+    """How the server ended a raw HTTP/2 call: a gRPC status (grpc may reset the stream after
+    it, which the status says more about), a reset alone, or the connection."""
+    if state.grpc_status is not None:
+        return f"grpc-status {state.grpc_status}"
+    return "RST_STREAM" if state.reset_code is not None else "connection closed"
