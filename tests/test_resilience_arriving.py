@@ -4,6 +4,7 @@ of --max-arriving-mb allow, plus a small window per stream; a slot held too long
 others wait is taken back, and honest calls are served meanwhile."""
 
 import time
+from urllib.parse import unquote
 
 import grpc
 import pytest
@@ -110,6 +111,8 @@ def test_a_connection_holding_every_slot_gives_one_back_to_another_at_once(regis
         )
         ended = [s for s in states if s.grpc_status is not None]
         assert {s.grpc_status for s in ended} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
+        message = dict(ended[0].headers or ())[b"grpc-message"].decode()
+        assert "more than its share of the read slots" in unquote(message), message
         hog.close()
         assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)
 

@@ -61,7 +61,7 @@ class _Read:
     """One read holding or waiting for a slot."""
 
     connection: Callable[[], str]  # its connection (the peer), asked only under contention
-    take_back: Callable[[Callable[[], None]], None]
+    take_back: Callable[[Callable[[], None], bool], None]
     since: float = 0.0  # when it got its slot
     taken_back: bool = False
     granted: asyncio.Future | None = None  # set when a waiting read gets its slot
@@ -108,12 +108,13 @@ class ArrivalGate:
     async def read(
         self,
         receive: Callable[[], Awaitable],
-        take_back: Callable[[Callable[[], None]], None],
+        take_back: Callable[[Callable[[], None], bool], None],
         connection: Callable[[], str],
     ):
         """``await receive()`` holding a slot, waiting for one first if need be (the caller
         bounds the whole in time). ``connection()`` names the read's connection. If the
-        slot is taken back, ``take_back(give_back)`` is called: it must end the read's call
+        slot is taken back, ``take_back(give_back, over_share)`` is called (``over_share``: at
+        once, for its connection's share, rather than overdue): it must end the read's call
         and call ``give_back()`` once the call has ended, which frees the slot."""
         read = _Read(connection, take_back)
         if len(self._holding) < self.slots and not self._waiting:
@@ -197,7 +198,8 @@ class ArrivalGate:
         hog, most = (suspects.most_common(1) or [("", 0)])[0]
         overdue = min(kept, key=self._due)
         due = self._due(overdue) - time.monotonic()
-        if most > max(1, self.slots // peers) and most > held[waiting.peer] + 1:
+        over_share = most > max(1, self.slots // peers) and most > held[waiting.peer] + 1
+        if over_share:
             victim = next(r for r in kept if r.peer == hog)
         elif due <= 0:
             victim = overdue
@@ -206,5 +208,5 @@ class ArrivalGate:
         victim.taken_back = True
         self.taken_back += 1
         self._record(victim.peer)[1] += 1
-        victim.take_back(lambda: self._give_back(victim))
+        victim.take_back(lambda: self._give_back(victim), over_share)
         return 0.0  # look again: another read may wait, and another slot be due
