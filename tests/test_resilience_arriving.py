@@ -15,6 +15,7 @@ from resilience import EVALUATE, HANG_S, MESSAGE_LIMIT, channel_to, stub_on, two
 from bench.h2_client import H2GrpcClient
 from bench.h2_flood import PartialBody
 from gradserve.server.service.app import running_server
+from gradserve.server.service.arrival import STANDING_WINDOW, ArrivalGate
 from gradserve.v1 import gradserve_pb2 as pb
 
 MIB = 2**20
@@ -193,3 +194,24 @@ def test_a_connection_whose_reads_complete_keeps_its_slots_over_stalled_reads(
         stalled.close()
         honest.close()
         assert wait_until(lambda: gate.used == 0 and not gate.waiting, timeout=HANG_S)
+
+
+def test_good_standing_is_not_banked():
+    """A connection whose reads completed for a long time, then stall, loses its good
+    standing after some dozens of reads taken back (the record tells of recent reads), and
+    regains it as its reads complete again; an unknown connection is not in good standing."""
+    gate = ArrivalGate(2 * MESSAGE, MESSAGE)
+    assert not gate._in_good_standing("unknown")
+    for _ in range(10_000):
+        gate._note("veteran", completed=True)
+    assert gate._in_good_standing("veteran")
+    taken_back = 0
+    while gate._in_good_standing("veteran"):
+        gate._note("veteran", completed=False)
+        taken_back += 1
+    assert taken_back <= STANDING_WINDOW
+    completed = 0
+    while not gate._in_good_standing("veteran"):
+        gate._note("veteran", completed=True)
+        completed += 1
+    assert completed <= STANDING_WINDOW

@@ -34,7 +34,9 @@ bench/soak.py), while a connection whose reads are mostly taken back (half-open 
 partial bodies, a new connection) gets ``hold_s``; so do the reads of one client's many
 concurrent calls on one connection beyond its share, as each comes due, rather than at
 once. A connection that completes small calls to keep its standing holds stalled reads
-``patience`` times longer, no more: the slot most overdue is still taken back. Records are
+``patience`` times longer, no more: the slot most overdue is still taken back; and the
+record is halved every ``STANDING_WINDOW`` reads, so that standing earned long ago is
+lost after some dozens of reads taken back. Records are
 kept under contention only (naming a read's connection costs a call into grpc), for the
 ``STANDING_PEERS`` connections seen last.
 """
@@ -49,6 +51,7 @@ STREAM_WINDOW_BYTES = 16 * 1024  # what a stream may send before the handler rea
 READ_HOLD_S = 0.5  # a read slot held this long is taken back when another read waits
 PATIENCE = 4  # how many times longer a connection in good standing keeps a read slot
 STANDING_PEERS = 4096  # connections whose record is kept (about 0.5 MiB at most)
+STANDING_WINDOW = 64  # reads a record tells of, about: halved past this
 # grpc core's options for the above: a fixed initial window per stream.
 FLOW_CONTROL_OPTIONS = [
     ("grpc.http2.bdp_probe", 0),
@@ -127,7 +130,7 @@ class ArrivalGate:
             if not read.taken_back:
                 self._give_back(read)
         if self._waiting or read._peer is not None:  # under contention: keep its record
-            self._record(read.peer)[0] += 1
+            self._note(read.peer, completed=True)
         return message
 
     def _hold(self, read: _Read) -> None:
@@ -153,8 +156,10 @@ class ArrivalGate:
             self._holding.remove(read)
             self._grant()
 
-    def _record(self, peer: str) -> list[int]:
-        """The connection's [reads completed, reads taken back], now the last seen."""
+    def _note(self, peer: str, completed: bool) -> None:
+        """Add a read completed (or taken back) to the connection's record, now the last
+        seen; past ``STANDING_WINDOW`` reads the record is halved, so that it tells of the
+        connection's recent reads and no standing is banked for long."""
         record = self._records.get(peer)
         if record is None:
             record = self._records[peer] = [0, 0]
@@ -162,7 +167,10 @@ class ArrivalGate:
                 self._records.popitem(last=False)
         else:
             self._records.move_to_end(peer)
-        return record
+        record[0 if completed else 1] += 1
+        if record[0] + record[1] > STANDING_WINDOW:
+            record[0] //= 2
+            record[1] //= 2
 
     def _in_good_standing(self, peer: str) -> bool:
         completed, taken_back = self._records.get(peer, (0, 0))
@@ -207,6 +215,6 @@ class ArrivalGate:
             return due
         victim.taken_back = True
         self.taken_back += 1
-        self._record(victim.peer)[1] += 1
+        self._note(victim.peer, completed=False)
         victim.take_back(lambda: self._give_back(victim), over_share)
         return 0.0  # look again: another read may wait, and another slot be due
