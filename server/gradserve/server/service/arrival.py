@@ -17,10 +17,10 @@ waits, and a slot is taken back for it: at once from a connection not in good st
 holding more than its share of the slots (the slots divided among the connections holding
 or waiting, at least one), else from the read most overdue, once one is: a read is due
 ``hold_s`` after it got its slot, or ``patience`` times that on a connection in good
-standing. A call whose slot is
-taken back ends with RESOURCE_EXHAUSTED (retryable) naming the setting, and its slot goes,
-once the call has ended, to the waiting read whose connection holds the fewest slots (in
-good standing first among equals, then the earliest). A read waiting for its first byte (a
+standing. A call whose slot is taken back ends with RESOURCE_EXHAUSTED (retryable) naming
+the setting, and its slot goes, once the call has ended, to the waiting read whose
+connection holds the fewest slots (in good standing first among equals, then the
+earliest). A read waiting for its first byte (a
 half-open call, an idle Train stream) looks the same as one whose message is on its way,
 so both hold a slot. A slow sender is also ended by the request timeout or its deadline
 (``CallScope.receive``).
@@ -36,9 +36,9 @@ concurrent calls on one connection beyond its share, as each comes due, rather t
 once. A connection that completes small calls to keep its standing holds stalled reads
 ``patience`` times longer, no more: the slot most overdue is still taken back; and the
 record is halved every ``STANDING_WINDOW`` reads, so that standing earned long ago is
-lost after some dozens of reads taken back. Records are
-kept under contention only (naming a read's connection costs a call into grpc), for the
-``STANDING_PEERS`` connections seen last.
+lost after some dozens of reads taken back. Records are kept under contention only (naming
+a read's connection costs a call into grpc), for the ``STANDING_PEERS`` connections seen
+last.
 """
 
 import asyncio
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 STREAM_WINDOW_BYTES = 16 * 1024  # what a stream may send before the handler reads
 READ_HOLD_S = 0.5  # a read slot held this long is taken back when another read waits
 PATIENCE = 4  # how many times longer a connection in good standing keeps a read slot
-STANDING_PEERS = 4096  # connections whose record is kept (about 0.5 MiB at most)
+STANDING_PEERS = 4096  # connections whose record is kept (about 250 bytes each, 1 MiB)
 STANDING_WINDOW = 64  # reads a record tells of, about: halved past this
 # grpc core's options for the above: a fixed initial window per stream.
 FLOW_CONTROL_OPTIONS = [
