@@ -21,7 +21,7 @@ counts as failed.
 
 The abusers run in a process of their own (``AbusersProcess``), at ``--abuser-nice``
 (default 0, the bench's own priority): an attacker's clients run on the attacker's
-machines. Run in the bench's process, as before 2026-12-07 16:10 UTC, their Python threads
+machines. Run in the bench's process, as before 2026-12-07 16:00 UTC, their Python threads
 shared one GIL with the 32 legitimate clients, whose latency then measured the abusers'
 Python as much as the server; a higher niceness further models that the attacker's CPU is
 not the server's (on this 2-core machine every process shares the same two cores). The
