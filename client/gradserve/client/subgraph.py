@@ -56,9 +56,19 @@ class Subgraph:
         return dict(zip(positions.tolist(), values, strict=True))
 
     def fill(self, nodes: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
-        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` still alive."""
-        self.tape.remember(self.kept[nodes], data, grads)
+        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` still alive
+        (``data`` and ``grads`` are then the tape's to keep)."""
         positions, values, _ = self.held
+        if len(nodes) == len(self.kept) and np.array_equal(nodes, np.arange(len(nodes))):
+            # Every sent node in order (a backward's reply): a result's row is its position.
+            # On a million-node backward the general mapping below took 10 ms.
+            if len(self.kept) == len(self.tape):
+                self.tape.keep_results(data, grads)
+            else:
+                self.tape.remember(self.kept, data, grads)
+            core.set_results(values, data[positions], grads[positions])
+            return
+        self.tape.remember(self.kept[nodes], data, grads)
         row = np.full(len(self.kept), -1, dtype=np.int64)
         row[nodes] = np.arange(len(nodes))
         rows = row[positions]
