@@ -252,7 +252,9 @@ def nodes_per_chunk(rows: int, chunk_size: int, selected: int) -> int:
 
 def answer_reply(answer: Answer, digest: bytes) -> bytes:
     """The EvaluateResponse of an engine's answer (one row)."""
-    return packed.evaluate_response(answer.ids, answer.values, answer.grads, digest)
+    return packed.evaluate_response(
+        answer.ids, answer.values, answer.grads, digest, wire_ids=answer.wire_ids
+    )
 
 
 def answer_chunks(answer: Answer, digest: bytes, chunk_size: int) -> Iterator[bytes]:
