@@ -2,7 +2,6 @@
 
 import functools
 import itertools
-import operator
 
 import numpy as np
 
@@ -100,7 +99,7 @@ class Subgraph:
     def labels(self) -> list[str]:
         """Every node's label, or none when no Value has one."""
         positions, values, _ = self.held
-        if not any(map(_label, values)):
+        if not core.any_label(values):
             return []
         labels = [""] * len(self.kept)
         for position, value in zip(positions.tolist(), values, strict=True):
@@ -111,9 +110,6 @@ class Subgraph:
         """The sent leaves' ``.data``, read now, so that updates since recording count."""
         _, values, leaves = self.held
         return core.leaf_data(values, leaves)
-
-
-_label = operator.attrgetter("label")
 
 
 def reachable(roots: list[int], counts: list[int], ids: list[int], n: int) -> np.ndarray:
