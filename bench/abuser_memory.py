@@ -26,27 +26,17 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import re
-import urllib.request
-
 from bench.abusers import Abusers
 from bench.servers import gradserve_alone
-from bench.soak import small_graph
+from bench.soak import ledger, small_graph
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
-
-GAUGES = ("gradserve_memory_budget_used_bytes", "gradserve_plan_cache_bytes")
 
 
 def gauges(metrics_port: int) -> str:
     """The server's budget in use and plan cache, in MiB, from its metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    values = []
-    for name in GAUGES:
-        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-        values.append(float(found[1]) / 2**20 if found else float("nan"))
-    return f"budget in use {values[0]:.1f} MiB, plan cache {values[1]:.1f} MiB"
+    held = ledger(metrics_port)
+    return f"budget in use {held['budget']:.1f} MiB, plan cache {held['plans']:.1f} MiB"
 
 
 def legitimate(port: int, stop: threading.Event, outcomes: Counter) -> None:

@@ -20,9 +20,17 @@ and issue 19's:
 
 Each kind keeps its abuse going until ``stop`` is set: a call that the server ends is
 replaced by a new one. ``outcomes`` counts how the server ended them.
+
+``AbusersProcess`` runs them all in a process of their own, at a lower CPU priority if
+asked: an attacker's clients run on the attacker's machines, so neither their Python (the
+GIL of the process whose legitimate clients are being timed) nor their CPU is the
+server's. bench/soak.py uses it; the memory bench and the tests use ``Abusers`` in process.
 """
 
 import itertools
+import multiprocessing
+import os
+import queue
 import threading
 import time
 from collections import Counter
@@ -225,15 +233,21 @@ class Abusers:
             self._calls("gzip-bomb", lambda: call(raw, timeout=30))
 
     def _pipelined(self) -> None:
-        """One connection that never reads opens PIPELINED_CALLS calls for 1 MB replies."""
+        """One connection that never reads opens PIPELINED_CALLS calls for 1 MB replies, or as
+        many as the server's limit on streams per connection lets it."""
         request = repeated_nodes(70_000).SerializeToString()
         while not self.stop.is_set():
             try:
                 with H2GrpcClient(self.port, window=0) as client:
-                    streams = [
-                        client.start_call(SERVICE + "Evaluate", request)
-                        for _ in range(PIPELINED_CALLS)
-                    ]
+                    streams = []
+                    for _ in range(PIPELINED_CALLS):
+                        try:
+                            streams.append(client.start_call(SERVICE + "Evaluate", request))
+                        except h2.exceptions.StreamClosedError:  # ended while being sent
+                            self._count("pipelined", "StreamClosedError")
+                        except h2.exceptions.TooManyStreamsError:  # the server's stream limit
+                            self._count("pipelined", "TooManyStreamsError")
+                            break
                     deadline = time.monotonic() + 60
                     while not self.stop.is_set() and time.monotonic() < deadline:
                         client.pump(lambda: False, time.monotonic() + POLL_S)
@@ -297,8 +311,49 @@ class Abusers:
         self.channel.close()
 
 
+class AbusersProcess:
+    """Every kind of ``Abusers`` against ``port``, in a child process at ``nice`` (added to
+    this process's niceness); ``outcomes`` is filled in once it has stopped."""
+
+    def __init__(self, port: int, nice: int = 0) -> None:
+        context = multiprocessing.get_context("spawn")  # no grpc state forked into it
+        self.stop = context.Event()
+        self.results = context.Queue()
+        self.process = context.Process(
+            target=_abuse_until_stopped,
+            args=(port, nice, self.stop, self.results),
+            name="abusers",
+            daemon=True,
+        )
+        self.outcomes: Counter = Counter()
+
+    def __enter__(self):
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        try:
+            self.outcomes.update(self.results.get(timeout=120))
+        except queue.Empty:
+            self.outcomes["abuser process: no outcomes"] += 1
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _abuse_until_stopped(port: int, nice: int, stop, results) -> None:
+    """The child of ``AbusersProcess``: abuse until ``stop`` is set, then send the counts."""
+    os.nice(nice)
+    abusers = Abusers(port)
+    with abusers:
+        stop.wait()
+    results.put(dict(abusers.outcomes))
+
+
 def _how_it_ended(state) -> str:
-    """How the server ended a raw HTTP/2 call: a reset, a gRPC status, or the connection."""
-    if state.reset_code is not None:
-        return "RST_STREAM"
-    return f"grpc-status {state.grpc_status}" if state.finished else "connection closed"
+    """How the server ended a raw HTTP/2 call: a gRPC status (grpc may reset the stream after
+    it, which the status says more about), a reset alone, or the connection."""
+    if state.grpc_status is not None:
+        return f"grpc-status {state.grpc_status}"
+    return "RST_STREAM" if state.reset_code is not None else "connection closed"

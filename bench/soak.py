@@ -18,16 +18,27 @@ The goal (issues 11 and 19): 100% success, a p99 at most twice the undisturbed o
 peak memory within the server's idle size plus its budget; it exits 1 otherwise. A server
 whose memory passes ``--memory-cap-mb`` is killed, to protect the machine, and the run
 counts as failed.
+
+The abusers run in a process of their own (``AbusersProcess``), at ``--abuser-nice``
+(default 0, the bench's own priority): an attacker's clients run on the attacker's
+machines. Run in the bench's process, as before 2026-12-07 16:10 UTC, their Python threads
+shared one GIL with the 32 legitimate clients, whose latency then measured the abusers'
+Python as much as the server; a higher niceness further models that the attacker's CPU is
+not the server's (on this 2-core machine every process shares the same two cores). The
+abusers' outcome counts are printed, to show how much abuse each run carried.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import platform
 import random
+import re
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -37,7 +48,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.abusers import Abusers
+from bench.abusers import AbusersProcess
+from bench.ports import free_port
 from bench.servers import ServerProcess, gradserve_alone
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
@@ -72,16 +84,39 @@ def invalid_graph(rng: np.random.Generator) -> pb.Graph:
     return graph
 
 
-class MemoryCap:
-    """Kills the server once its resident memory passes ``cap_mib``."""
+LEDGER = {  # the server's own account of what it holds, from its metrics (MiB)
+    "budget": "gradserve_memory_budget_used_bytes",
+    "arriving": "gradserve_arriving_used_bytes",
+    "plans": "gradserve_plan_cache_bytes",
+}
 
-    def __init__(self, server: ServerProcess, cap_mib: float) -> None:
-        self.server, self.cap_mib = server, cap_mib
+
+def ledger(metrics_port: int) -> dict[str, float]:
+    """What the server's ledger holds now, in MiB, read from its metrics endpoint."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    held = {}
+    for name, metric in LEDGER.items():
+        found = re.search(rf"^{metric} (\S+)$", text, re.MULTILINE)
+        held[name] = float(found[1]) / 2**20 if found else math.nan
+    return held
+
+
+class MemoryCap:
+    """Kills the server once its resident memory passes ``cap_mib``; meanwhile notes the
+    server's ledger (``ledger``) at the highest resident memory seen."""
+
+    def __init__(self, server: ServerProcess, cap_mib: float, metrics_port: int) -> None:
+        self.server, self.cap_mib, self.metrics_port = server, cap_mib, metrics_port
         self.killed_at_mib: float | None = None
+        self.highest = (0.0, {})  # (resident MiB, the ledger then)
+        self.most_held: Counter = Counter()  # the most each part of the ledger held
         self.stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
+        read_ledger_at = 0.0
         while not self.stop.wait(0.02) and self.server.process.poll() is None:
             try:
                 rss = self.server.memory_mib()
@@ -91,6 +126,14 @@ class MemoryCap:
                 self.killed_at_mib = rss
                 self.server.process.kill()
                 return
+            if rss > self.highest[0] or time.monotonic() > read_ledger_at:
+                read_ledger_at = time.monotonic() + 0.5
+                with contextlib.suppress(OSError):
+                    held = ledger(self.metrics_port)
+                    if rss > self.highest[0]:
+                        self.highest = (rss, held)
+                    for name, mib in held.items():
+                        self.most_held[name] = max(self.most_held[name], mib)
 
 
 EXPECTED = {
@@ -154,13 +197,15 @@ class Phase:
 
     def __init__(self, args: argparse.Namespace, abusive: bool) -> None:
         self.abusive = abusive
-        server = gradserve_alone()
+        self.load = [os.getloadavg()[0]]  # the 1-minute load average at the start and the end
+        metrics_port = free_port()
+        server = gradserve_alone("--metrics-port", str(metrics_port))
         port = server.port
         self.idle = server.memory_mib()
-        cap = MemoryCap(server, args.memory_cap_mb)
+        cap = self.cap = MemoryCap(server, args.memory_cap_mb, metrics_port)
         channel, stub = connect(server.target)
         self.soak = Soak(stub, args.large_leaves)
-        abusers = Abusers(port) if abusive else None
+        abusers = AbusersProcess(port, args.abuser_nice) if abusive else None
         try:
             if abusers:
                 abusers.__enter__()
@@ -177,6 +222,7 @@ class Phase:
                 thread.join()
             self.at_end = server.memory_mib()
             self.peak = server.memory_mib("VmHWM")
+            self.load.append(os.getloadavg()[0])
         finally:
             if abusers:
                 abusers.__exit__(None, None, None)
@@ -191,7 +237,8 @@ class Phase:
         self.success = (total - sum(self.soak.unexpected.values())) / total if total else 0.0
 
     def report(self, args: argparse.Namespace) -> None:
-        print(("with" if self.abusive else "without") + " abusers:")
+        load = f"load average {self.load[0]:.1f} at the start, {self.load[-1]:.1f} at the end"
+        print(("with" if self.abusive else "without") + f" abusers ({load}):")
         all_latencies = []
         for kind in EXPECTED:
             times = np.array(self.soak.latencies[kind]) * 1e3
@@ -211,6 +258,14 @@ class Phase:
         print(
             f"  server RSS: {self.after_warmup:.0f} MiB after warm-up, {self.at_end:.0f} MiB at "
             f"the end ({self.growth:+.1%}), peak {self.peak:.0f} MiB"
+        )
+        rss, held = self.cap.highest
+        print(
+            f"  the server's ledger at the highest resident memory sampled ({rss:.0f} MiB): "
+            + ", ".join(f"{name} {mib:.0f}" for name, mib in held.items())
+            + " MiB; the most each held: "
+            + ", ".join(f"{name} {mib:.0f}" for name, mib in self.cap.most_held.items())
+            + " MiB"
         )
         if self.killed_at_mib is not None:
             print(f"  KILLED: server memory passed {args.memory_cap_mb:g} MiB")
@@ -232,6 +287,12 @@ def main() -> int:
         "--abusers", action="store_true", help="compare runs without and with abusive clients"
     )
     parser.add_argument(
+        "--abuser-nice",
+        type=int,
+        default=0,
+        help="niceness added to the abusers' process (default 0: the bench's own priority)",
+    )
+    parser.add_argument(
         "--memory-cap-mb",
         type=float,
         default=6144,
@@ -246,7 +307,10 @@ def main() -> int:
         f"machine: {platform.node()} {platform.machine()}, {platform.python_version()}, "
         f"{len(os.sched_getaffinity(0))} cores; date {time.strftime('%F %T %Z')}"
     )
-    print(f"{args.clients} clients, {args.seconds:g} s, large graph {args.large_leaves} leaves")
+    print(
+        f"{args.clients} clients, {args.seconds:g} s, large graph {args.large_leaves} leaves, "
+        f"abusers' process at nice +{args.abuser_nice}"
+    )
     for phase in phases:
         phase.report(args)
     calm = phases[0]

@@ -57,6 +57,9 @@ def test_one_scrape_counts_every_workers_calls_across_a_restart():
         assert sample(text, count, method="Evaluate") == 40
         # Per-worker gauges carry the worker's pid; the plan-cache figures are summed.
         assert wait_until(lambda: plan_gauge_pids(scrape(metrics_port)) == workers, 10)
+        text = scrape(metrics_port)  # no request is arriving now: each worker's share is 0
+        for pid in workers:
+            assert f'gradserve_arriving_used_bytes{{pid="{pid}"}} 0.0' in text
         lookups = "gradserve_plan_cache_lookups_total"
 
         def lookups_counted() -> float:

@@ -4,14 +4,18 @@ of --max-arriving-mb allow, plus a small window per stream; a slot held too long
 others wait is taken back, and honest calls are served meanwhile."""
 
 import time
+from urllib.parse import unquote
 
 import grpc
+import pytest
 from hardening import wait_until
-from resilience import EVALUATE, HANG_S, channel_to, stub_on, two_nodes
+from metered import metered_server, sample, scrape
+from resilience import EVALUATE, HANG_S, MESSAGE_LIMIT, channel_to, stub_on, two_nodes
 
 from bench.h2_client import H2GrpcClient
 from bench.h2_flood import PartialBody
 from gradserve.server.service.app import running_server
+from gradserve.server.service.arrival import STANDING_WINDOW, ArrivalGate
 from gradserve.v1 import gradserve_pb2 as pb
 
 MIB = 2**20
@@ -108,5 +112,106 @@ def test_a_connection_holding_every_slot_gives_one_back_to_another_at_once(regis
         )
         ended = [s for s in states if s.grpc_status is not None]
         assert {s.grpc_status for s in ended} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
+        message = dict(ended[0].headers or ())[b"grpc-message"].decode()
+        assert "more than its share of the read slots" in unquote(message), message
         hog.close()
         assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)
+
+
+def test_the_arriving_share_in_use_is_a_gauge_that_rises_while_a_request_arrives(registry):
+    """gradserve_arriving_used_bytes: 0 when idle; a whole message's slot (the default
+    --max-message-mb) while a request declared at 1 MiB is still arriving; 0 again once its
+    connection is gone. An honest call, whose request arrives at once, leaves it at 0."""
+    with metered_server(registry) as (server, metrics_port):
+
+        def used() -> float:
+            return sample(scrape(metrics_port), "gradserve_arriving_used_bytes")
+
+        assert used() == 0
+        with channel_to(server.port) as channel:
+            reply = stub_on(channel).Evaluate(pb.EvaluateRequest(graph=two_nodes()), timeout=HANG_S)
+        assert list(reply.values) == [0.5, -0.5]
+        assert used() == 0
+        body = PartialBody(server.port, MIB, MIB - 1024)
+        try:
+            assert wait_until(lambda: (body.step(), used())[1] == MESSAGE_LIMIT, timeout=HANG_S)
+            assert sample(scrape(metrics_port), "gradserve_arriving_reads_waiting") == 0
+        finally:
+            body.close()
+        assert wait_until(lambda: used() == 0, timeout=HANG_S)
+
+
+@pytest.mark.parametrize("honest_reads", [1, 2])
+def test_a_connection_whose_reads_complete_keeps_its_slots_over_stalled_reads(
+    registry, honest_reads
+):
+    """One connection opening calls that never send their message, and an honest one that
+    has completed a call and is now sending ``honest_reads`` large requests slowly, with a
+    slot more than it needs for them. With the hold then made short and the patience for a
+    connection in good standing long, the stalled calls' slots are taken back again and
+    again while the honest requests keep theirs, even when that is more than the honest
+    connection's share (two of three slots between two connections). Without the
+    standing, the oldest read went first, and a connection over its share at once: the
+    honest reads, by the second take-back."""
+    arriving = (honest_reads + 1) * MESSAGE
+    options = {"max_message_bytes": MESSAGE, "max_arriving_bytes": arriving}
+    with (
+        running_server(registry, max_memory_bytes=64 * MIB, **options) as server,
+        H2GrpcClient(server.port) as stalled,
+        H2GrpcClient(server.port) as honest,
+    ):
+        gate = server._state.arrival
+        gate.hold_s, gate.patience = HANG_S, 1e6  # nothing is due while the scene is set
+        for _ in range(30):
+            stalled.open_stream(EVALUATE)
+        assert wait_until(lambda: gate.used == arriving and gate.waiting, timeout=HANG_S)
+        # The honest call takes a slot from the stalled connection at once (over its share).
+        request = pb.EvaluateRequest(graph=two_nodes()).SerializeToString()
+        done = honest.start_call(EVALUATE, request)
+        assert honest.wait_finished(done, HANG_S) and honest.streams[done].grpc_status == 0
+        gate.hold_s = 0.05
+        sending = [
+            honest.start_partial_call(EVALUATE, MESSAGE, MESSAGE // 2) for _ in range(honest_reads)
+        ]
+        taken_back = gate.taken_back
+
+        def four_more_taken_back() -> bool:
+            # The stalled connection opens another call, and reads what the server sends:
+            # here, with a quiet connection, grpc told the server that a call taken back
+            # had ended (which gives back its slot) only once something more happened on
+            # that connection (not yet explained; the hog test above sees it at once).
+            stalled.open_stream(EVALUATE)
+            stalled.pump(lambda: False, time.monotonic() + 0.01)
+            return gate.taken_back >= taken_back + 4
+
+        assert wait_until(four_more_taken_back, timeout=HANG_S)
+        honest.pump(lambda: False, time.monotonic() + 0.2)
+        assert not [honest.streams[s] for s in sending if honest.streams[s].finished]
+        stalled.pump(lambda: False, time.monotonic() + 0.2)
+        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        ended = [s.grpc_status for s in stalled.streams.values() if s.finished]
+        assert len(ended) >= 4 and set(ended) == {exhausted}, ended
+        stalled.close()
+        honest.close()
+        assert wait_until(lambda: gate.used == 0 and not gate.waiting, timeout=HANG_S)
+
+
+def test_good_standing_is_not_banked():
+    """A connection whose reads completed for a long time, then stall, loses its good
+    standing after some dozens of reads taken back (the record tells of recent reads), and
+    regains it as its reads complete again; an unknown connection is not in good standing."""
+    gate = ArrivalGate(2 * MESSAGE, MESSAGE)
+    assert not gate._in_good_standing("unknown")
+    for _ in range(10_000):
+        gate._note("veteran", completed=True)
+    assert gate._in_good_standing("veteran")
+    taken_back = 0
+    while gate._in_good_standing("veteran"):
+        gate._note("veteran", completed=False)
+        taken_back += 1
+    assert taken_back <= STANDING_WINDOW
+    completed = 0
+    while not gate._in_good_standing("veteran"):
+        gate._note("veteran", completed=True)
+        completed += 1
+    assert completed <= STANDING_WINDOW

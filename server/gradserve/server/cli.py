@@ -39,7 +39,7 @@ from gradserve.server.service.app import (
     DEFAULT_THREADS,
     start_server,
 )
-from gradserve.server.service.arrival import READ_HOLD_S
+from gradserve.server.service.arrival import PATIENCE, READ_HOLD_S
 from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
@@ -337,8 +337,9 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         default=None,
         help="MiB of request messages still arriving, within --max-memory-mb: this divided "
         "by --max-message-mb requests may arrive at once (at least one), a read held over "
-        f"{READ_HOLD_S:g} s while others wait is refused (default: 1/{ARRIVING_SHARE} of "
-        "--max-memory-mb)",
+        f"{READ_HOLD_S:g} s while others wait is refused ({READ_HOLD_S * PATIENCE:g} s on a "
+        "connection whose earlier requests arrived) (default: "
+        f"1/{ARRIVING_SHARE} of --max-memory-mb)",
     )
     serve.add_argument(
         "--max-calls-per-connection",

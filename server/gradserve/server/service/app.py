@@ -189,7 +189,7 @@ def start_server(
     )
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
-        watch_plan_cache(metrics, plan_cache, state.budget)
+        watch_plan_cache(metrics, plan_cache, state.budget, state.arrival)
     ops = {name: loaded.op for name, loaded in registry.items()}
     engine = Engine(ops, plan_cache, isolation)
     servicer = GradientServicer(registry, engine, state, max_message_bytes)

@@ -13,24 +13,45 @@ each read holds a slot of the ``ArrivalGate`` while pending: ``max-arriving-mb``
 that limit is the number of reads pending at once (at least one), so the bytes still
 arriving stay within ``max-arriving-mb``, a share of the memory budget (or within one
 message, when the message-size limit is the larger). A read that finds every slot taken
-waits, and a slot is taken back for it: at once from a connection holding more than its
-share of the slots (the slots divided among the connections holding or waiting, at least
-one), else once the oldest read has held its slot for ``hold_s``. A call whose slot is taken
-back ends with RESOURCE_EXHAUSTED (retryable) naming the setting, and its slot goes, once
-the call has ended, to the waiting read whose connection holds the fewest slots (the
-earliest among equals). A read waiting for its first byte (a half-open call, an idle Train
-stream) looks the same as one whose message is on its way, so both hold a slot. A slow
-sender is also ended by the request timeout or its deadline (``CallScope.receive``).
+waits, and a slot is taken back for it: at once from a connection not in good standing
+holding more than its share of the slots (the slots divided among the connections holding
+or waiting, at least one), else from the read most overdue, once one is: a read is due
+``hold_s`` after it got its slot, or ``patience`` times that on a connection in good
+standing. A call whose slot is
+taken back ends with RESOURCE_EXHAUSTED (retryable) naming the setting, and its slot goes,
+once the call has ended, to the waiting read whose connection holds the fewest slots (in
+good standing first among equals, then the earliest). A read waiting for its first byte (a
+half-open call, an idle Train stream) looks the same as one whose message is on its way,
+so both hold a slot. A slow sender is also ended by the request timeout or its deadline
+(``CallScope.receive``).
+
+Good standing: grpc.aio tells nothing of a message's progress, only of its end, so a
+connection is judged by its record: it is in good standing once more of its reads have
+completed than have been taken back. A busy honest client on a loaded server then keeps a
+large request's slot while it arrives (on a loaded 2-core machine a 1.6 MB request took
+over 0.5 s, and such reads were the ones taken back for the waiting half-open calls of
+bench/soak.py), while a connection whose reads are mostly taken back (half-open calls,
+partial bodies, a new connection) gets ``hold_s``; so do the reads of one client's many
+concurrent calls on one connection beyond its share, as each comes due, rather than at
+once. A connection that completes small calls to keep its standing holds stalled reads
+``patience`` times longer, no more: the slot most overdue is still taken back; and the
+record is halved every ``STANDING_WINDOW`` reads, so that standing earned long ago is
+lost after some dozens of reads taken back. Records are
+kept under contention only (naming a read's connection costs a call into grpc), for the
+``STANDING_PEERS`` connections seen last.
 """
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 STREAM_WINDOW_BYTES = 16 * 1024  # what a stream may send before the handler reads
 READ_HOLD_S = 0.5  # a read slot held this long is taken back when another read waits
+PATIENCE = 4  # how many times longer a connection in good standing keeps a read slot
+STANDING_PEERS = 4096  # connections whose record is kept (about 0.5 MiB at most)
+STANDING_WINDOW = 64  # reads a record tells of, about: halved past this
 # grpc core's options for the above: a fixed initial window per stream.
 FLOW_CONTROL_OPTIONS = [
     ("grpc.http2.bdp_probe", 0),
@@ -43,7 +64,7 @@ class _Read:
     """One read holding or waiting for a slot."""
 
     connection: Callable[[], str]  # its connection (the peer), asked only under contention
-    take_back: Callable[[Callable[[], None]], None]
+    take_back: Callable[[Callable[[], None], bool], None]
     since: float = 0.0  # when it got its slot
     taken_back: bool = False
     granted: asyncio.Future | None = None  # set when a waiting read gets its slot
@@ -59,29 +80,44 @@ class _Read:
 class ArrivalGate:
     """The read slots of one server process (used on its event loop only)."""
 
-    def __init__(self, max_bytes: int, message_bytes: int, hold_s: float = READ_HOLD_S) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        message_bytes: int,
+        hold_s: float = READ_HOLD_S,
+        patience: float = PATIENCE,
+    ) -> None:
         self.total = max_bytes
         self.message_bytes = message_bytes
         self.slots = max(1, max_bytes // message_bytes)  # one read is always allowed
         self.hold_s = hold_s
+        self.patience = patience
         self.taken_back = 0  # slots taken back from reads, since start
         self._holding: list[_Read] = []  # oldest first
         self._waiting: list[_Read] = []  # earliest first
+        # connection -> [reads completed, reads taken back], least recently seen first
+        self._records: OrderedDict[str, list[int]] = OrderedDict()
 
     @property
     def used(self) -> int:
         """The bytes that the reads pending now may let arrive, at most."""
         return len(self._holding) * self.message_bytes
 
+    @property
+    def waiting(self) -> int:
+        """The reads waiting for a slot now."""
+        return len(self._waiting)
+
     async def read(
         self,
         receive: Callable[[], Awaitable],
-        take_back: Callable[[Callable[[], None]], None],
+        take_back: Callable[[Callable[[], None], bool], None],
         connection: Callable[[], str],
     ):
         """``await receive()`` holding a slot, waiting for one first if need be (the caller
         bounds the whole in time). ``connection()`` names the read's connection. If the
-        slot is taken back, ``take_back(give_back)`` is called: it must end the read's call
+        slot is taken back, ``take_back(give_back, over_share)`` is called (``over_share``: at
+        once, for its connection's share, rather than overdue): it must end the read's call
         and call ``give_back()`` once the call has ended, which frees the slot."""
         read = _Read(connection, take_back)
         if len(self._holding) < self.slots and not self._waiting:
@@ -89,10 +125,13 @@ class ArrivalGate:
         else:
             await self._wait(read)
         try:
-            return await receive()
+            message = await receive()
         finally:
             if not read.taken_back:
                 self._give_back(read)
+        if self._waiting or read._peer is not None:  # under contention: keep its record
+            self._note(read.peer, completed=True)
+        return message
 
     def _hold(self, read: _Read) -> None:
         read.since = time.monotonic()
@@ -117,11 +156,39 @@ class ArrivalGate:
             self._holding.remove(read)
             self._grant()
 
+    def _note(self, peer: str, completed: bool) -> None:
+        """Add a read completed (or taken back) to the connection's record, now the last
+        seen; past ``STANDING_WINDOW`` reads the record is halved, so that it tells of the
+        connection's recent reads and no standing is banked for long."""
+        record = self._records.get(peer)
+        if record is None:
+            record = self._records[peer] = [0, 0]
+            if len(self._records) > STANDING_PEERS:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(peer)
+        record[0 if completed else 1] += 1
+        if record[0] + record[1] > STANDING_WINDOW:
+            record[0] //= 2
+            record[1] //= 2
+
+    def _in_good_standing(self, peer: str) -> bool:
+        completed, taken_back = self._records.get(peer, (0, 0))
+        return completed > taken_back
+
+    def _due(self, read: _Read) -> float:
+        """When the read's slot may be taken back for a waiting read (monotonic time)."""
+        patience = self.patience if self._in_good_standing(read.peer) else 1
+        return read.since + self.hold_s * patience
+
     def _grant(self) -> None:
         """Free slots to the waiting reads whose connections hold the fewest."""
         while self._waiting and len(self._holding) < self.slots:
             held = Counter(r.peer for r in self._holding)
-            fairest = min(self._waiting, key=lambda waiting: held[waiting.peer])
+            fairest = min(
+                self._waiting,
+                key=lambda w: (held[w.peer], not self._in_good_standing(w.peer)),
+            )
             self._waiting.remove(fairest)
             self._hold(fairest)
             fairest.granted.set_result(None)
@@ -135,15 +202,19 @@ class ArrivalGate:
             return self.hold_s
         held = Counter(r.peer for r in kept)
         peers = len(held.keys() | {r.peer for r in self._waiting})
-        hog, most = held.most_common(1)[0]
-        due = kept[0].since + self.hold_s - time.monotonic()
-        if most > max(1, self.slots // peers) and most > held[waiting.peer] + 1:
+        suspects = Counter({p: n for p, n in held.items() if not self._in_good_standing(p)})
+        hog, most = (suspects.most_common(1) or [("", 0)])[0]
+        overdue = min(kept, key=self._due)
+        due = self._due(overdue) - time.monotonic()
+        over_share = most > max(1, self.slots // peers) and most > held[waiting.peer] + 1
+        if over_share:
             victim = next(r for r in kept if r.peer == hog)
         elif due <= 0:
-            victim = kept[0]
+            victim = overdue
         else:
             return due
         victim.taken_back = True
         self.taken_back += 1
-        victim.take_back(lambda: self._give_back(victim))
+        self._note(victim.peer, completed=False)
+        victim.take_back(lambda: self._give_back(victim), over_share)
         return 0.0  # look again: another read may wait, and another slot be due

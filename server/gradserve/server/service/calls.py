@@ -192,9 +192,9 @@ class CallScope:
             return await self.context.read()
         return await gate.read(self.context.read, self._take_back_read, self.context.peer)
 
-    def _take_back_read(self, give_back: Callable[[], None]) -> None:
+    def _take_back_read(self, give_back: Callable[[], None], over_share: bool) -> None:
         """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
-        self.note = _TAKEN_BACK
+        self.note = _TAKEN_BACK_OVER_SHARE if over_share else _TAKEN_BACK
         # grpc lets go of the call's bytes when the call is done, after the status is sent.
         self.context.add_done_callback(lambda _context: give_back())
         self._task.cancel()
@@ -327,7 +327,7 @@ class CallScope:
             if isinstance(exc, asyncio.CancelledError):
                 if self.note == "draining":
                     await self._end(status.plain(grpc.StatusCode.UNAVAILABLE, _DRAINING))
-                if self.note == _TAKEN_BACK:
+                if self.note in (_TAKEN_BACK, _TAKEN_BACK_OVER_SHARE):
                     await self._end(self._taken_back_status())
                 self._went_away()
                 return False
@@ -426,12 +426,21 @@ class CallScope:
 
     def _taken_back_status(self) -> grpc.Status:
         gate = self.state.arrival
+        if self.note == _TAKEN_BACK_OVER_SHARE:
+            why = (
+                "this connection's calls held more than its share of the read slots while "
+                "calls on other connections waited to receive their requests"
+            )
+        else:
+            why = (
+                f"the request message took more than {gate.hold_s:g} s to arrive (or "
+                f"{gate.hold_s * gate.patience:g} s, on a connection whose earlier requests "
+                "arrived) while other calls waited to receive theirs"
+            )
         return status.quota_failure(
             "max-arriving-mb",
-            f"the request message took more than {gate.hold_s:g} s to arrive while other "
-            f"calls waited to receive theirs (max-arriving-mb = {gate.total // 2**20} lets "
-            f"{gate.slots} request(s) of up to {gate.message_bytes // 2**20} MiB arrive at "
-            "once); retry later",
+            f"{why} (max-arriving-mb = {gate.total // 2**20} lets {gate.slots} request(s) "
+            f"of up to {gate.message_bytes // 2**20} MiB arrive at once); retry later",
             limit=gate.total,
         )
 
@@ -496,4 +505,5 @@ def _add(counts: dict, key: str, change: int) -> None:
 
 
 _TAKEN_BACK = "read slot taken back"
+_TAKEN_BACK_OVER_SHARE = "read slot taken back for the connection's share"
 _DRAINING = "the server is shutting down and takes no new calls; retry on another server"

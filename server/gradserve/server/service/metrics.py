@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.service import arriving_metrics as arriving
 from gradserve.server.service import metrics_multiprocess
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
@@ -161,10 +162,12 @@ class _PlanCacheCollector:
 
 
 class _BudgetCollector:
-    """The memory budget's bytes held by calls, read when scraped."""
+    """The memory budget's bytes held by calls, and the share of requests still arriving
+    (``arrival.ArrivalGate``) in use, read when scraped."""
 
-    def __init__(self, budget) -> None:
+    def __init__(self, budget, arrival) -> None:
         self.budget = budget
+        self.arrival = arrival
 
     def collect(self):
         yield GaugeMetricFamily(
@@ -172,15 +175,23 @@ class _BudgetCollector:
             "Bytes of the memory budget held by calls in flight (estimates)",
             self.budget.used,
         )
+        if self.arrival is not None:
+            gate = self.arrival
+            yield GaugeMetricFamily(arriving.USED, arriving.USED_HELP, gate.used)
+            yield GaugeMetricFamily(arriving.WAITING, arriving.WAITING_HELP, gate.waiting)
+            yield CounterMetricFamily(
+                arriving.TAKEN_BACK, arriving.TAKEN_BACK_HELP, gate.taken_back
+            )
 
 
-def watch_plan_cache(metrics: CallMetrics, cache: PlanCache, budget) -> None:
-    """Report the plan cache's lookups and size, and the memory budget's bytes in use."""
+def watch_plan_cache(metrics: CallMetrics, cache: PlanCache, budget, arrival=None) -> None:
+    """Report the plan cache's lookups and size, the memory budget's bytes in use and, given
+    the server's ``ArrivalGate``, the share of requests still arriving in use."""
     if metrics_multiprocess.enabled():  # scraped in another process: copy the figures
-        metrics_multiprocess.mirror_plan_cache(cache, budget, metrics.registry)
+        metrics_multiprocess.mirror_plan_cache(cache, budget, arrival, metrics.registry)
     else:
         metrics.registry.register(_PlanCacheCollector(cache))
-        metrics.registry.register(_BudgetCollector(budget))
+        metrics.registry.register(_BudgetCollector(budget, arrival))
 
 
 def serve_metrics(metrics: CallMetrics, host: str, port: int):

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.service import arriving_metrics as arriving
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 MIRROR_INTERVAL = 0.5  # seconds between a worker's copies of its plan-cache figures
@@ -65,10 +66,10 @@ def worker_exited(pid: int) -> None:
     mark_process_dead(pid)
 
 
-def mirror_plan_cache(cache: PlanCache, budget, registry: CollectorRegistry) -> None:
-    """In a worker: keep the plan cache's lookups (counters), plans and bytes, and the
-    memory budget's bytes in use (gauges labelled by pid) in metrics, updated from a
-    daemon thread."""
+def mirror_plan_cache(cache: PlanCache, budget, arrival, registry: CollectorRegistry) -> None:
+    """In a worker: keep the plan cache's lookups (counters), plans and bytes, the memory
+    budget's bytes in use and the arriving share's (gauges labelled by pid), and the read
+    slots taken back (a counter) in metrics, updated from a daemon thread."""
     lookups = Counter(
         "gradserve_plan_cache_lookups",
         "Compiled-plan cache lookups, by outcome (a miss compiles, or is NOT_FOUND)",
@@ -93,10 +94,17 @@ def mirror_plan_cache(cache: PlanCache, budget, registry: CollectorRegistry) -> 
         multiprocess_mode="liveall",
         registry=registry,
     )
+    arriving_used = Gauge(
+        arriving.USED, arriving.USED_HELP, multiprocess_mode="liveall", registry=registry
+    )
+    waiting = Gauge(
+        arriving.WAITING, arriving.WAITING_HELP, multiprocess_mode="liveall", registry=registry
+    )
+    taken_back = Counter(arriving.TAKEN_BACK, arriving.TAKEN_BACK_HELP, registry=registry)
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 
     def copy() -> None:
-        seen_hits = seen_misses = 0
+        seen_hits = seen_misses = seen_taken_back = 0
         while True:
             now_hits, now_misses = cache.hits, cache.misses
             hits.inc(now_hits - seen_hits)
@@ -105,6 +113,11 @@ def mirror_plan_cache(cache: PlanCache, budget, registry: CollectorRegistry) -> 
             plans.set(len(cache))
             held.set(cache.bytes)
             used.set(budget.used)
+            if arrival is not None:
+                arriving_used.set(arrival.used)
+                waiting.set(arrival.waiting)
+                taken_back.inc(arrival.taken_back - seen_taken_back)
+                seen_taken_back = arrival.taken_back
             time.sleep(MIRROR_INTERVAL)
 
     threading.Thread(target=copy, name="plan-cache-metrics", daemon=True).start()
