@@ -9,6 +9,7 @@ import grpc
 import pytest
 from graphs import GraphBuilder, neuron
 from metered import metered_server, sample, scrape
+from prometheus_client.parser import text_string_to_metric_families
 from servers import GRADSERVE, Served, health
 
 from bench.ports import free_port
@@ -39,6 +40,23 @@ def test_a_call_shows_up_in_the_scrape(metered):
     assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 30
     assert sample(text, "gradserve_call_duration_seconds_count", method="Evaluate") == 3
     assert sample(text, "gradserve_call_duration_seconds_sum", method="Evaluate") > 0
+
+
+def test_latency_buckets_are_the_steps_of_each_decade_the_docs_state(metered):
+    """docs/observability.md: 1, 2.5 and 5 of each decade from 0.5 ms to 10 s (and +Inf)."""
+    stub, metrics_port = metered
+    g, _ = neuron()
+    stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    steps = sorted(step * 10.0**decade for decade in range(-4, 2) for step in (1, 2.5, 5))
+    stated = [bound for bound in steps if 0.0005 <= bound <= 10]
+    bounds = [
+        s.labels["le"]
+        for family in text_string_to_metric_families(scrape(metrics_port))
+        for s in family.samples
+        if s.name == "gradserve_call_duration_seconds_bucket" and s.labels["method"] == "Evaluate"
+    ]
+    assert [float(le) for le in bounds[:-1]] == pytest.approx(stated, rel=1e-12)
+    assert bounds[-1] == "+Inf"
 
 
 def test_each_methods_handler_is_wrapped_once():
