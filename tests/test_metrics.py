@@ -8,13 +8,14 @@ from types import SimpleNamespace
 import grpc
 import pytest
 from graphs import GraphBuilder, neuron
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from metered import metered_server, sample, scrape
 from prometheus_client.parser import text_string_to_metric_families
 from servers import GRADSERVE, Served, health
 
 from bench.ports import free_port
 from gradserve.server.cli import build_parser
-from gradserve.server.service.metrics import CallMetrics
+from gradserve.server.service.metrics import CallMetrics, _code_of
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -77,6 +78,30 @@ def test_each_methods_handler_is_wrapped_once():
     assert wrapped is not handler
     assert intercept(handler) is wrapped
     assert intercept(grpc.unary_unary_rpc_method_handler(echo)) is not wrapped
+
+
+def test_another_service_s_failed_call_is_counted_with_its_status(registry):
+    """The interceptor's calls (health here) are counted by the status the client got."""
+    with (
+        metered_server(registry) as (server, metrics_port),
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        health_stub = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            health_stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        health_stub.Check(health_pb2.HealthCheckRequest())
+        text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="Check", code="NOT_FOUND") == 1
+    assert sample(text, "gradserve_calls_total", method="Check", code="OK") == 1
+
+
+@pytest.mark.parametrize("reported", [5, grpc.StatusCode.NOT_FOUND])
+def test_a_status_reported_as_a_number_is_read_as_its_code(reported):
+    """Recent grpc.aio reports the enum (the test above); older ones the raw number."""
+    context = SimpleNamespace(code=lambda: reported)
+    assert _code_of(context) is grpc.StatusCode.NOT_FOUND
+    assert _code_of(SimpleNamespace(code=lambda: None)) is None
 
 
 def test_streams_and_errors_are_counted_by_status_code(metered):
