@@ -1,10 +1,12 @@
 """Keep a seeded random sample of a cosmic-ray session's pending mutants; skip the rest.
 
-    python tests/mutation/sample.py session.sqlite N [--seed S]
+    python tests/mutation/sample.py session.sqlite N [--seed S] [--per-module]
 
 For a module with more mutants than a session has time for (tests/mutation/run does this
 when MUTATION_SAMPLE=N is set): the N mutants kept are drawn uniformly, so the share killed
-estimates the module's score; TESTING.md gives the sample size beside each score.
+estimates the module's score; TESTING.md gives the sample size beside each score. With
+``--per-module`` (MUTATION_PER_MODULE=1), N are drawn from each module of the session, so
+that a small module next to a large one gets a sample too.
 """
 
 import argparse
@@ -20,12 +22,20 @@ def main() -> int:
     parser.add_argument("session")
     parser.add_argument("size", type=int)
     parser.add_argument("--seed", type=int, default=26)
+    parser.add_argument("--per-module", action="store_true", help="N from each module")
     args = parser.parse_args()
     with use_db(args.session, WorkDB.Mode.open) as db:
         pending = sorted(db.pending_work_items, key=lambda item: item.job_id)
-        kept = set(
-            random.Random(args.seed).sample(range(len(pending)), min(args.size, len(pending)))
-        )
+        strata: dict[str, list[int]] = {}
+        for index, item in enumerate(pending):
+            module = str(item.mutations[0].module_path) if args.per_module else ""
+            strata.setdefault(module, []).append(index)
+        draw = random.Random(args.seed)
+        kept = {
+            index
+            for indices in strata.values()
+            for index in draw.sample(indices, min(args.size, len(indices)))
+        }
         for index, item in enumerate(pending):
             if index not in kept:
                 db.set_result(
