@@ -106,9 +106,15 @@ def test_a_changed_gradserve_target_gets_a_client_of_its_own(
     x = Value(3.0)
     (x * x).backward()
     assert x.grad == 6.0
-    assert default.configured() is not first
+    second = default.configured()
+    assert second is not first and default.configured() is second
     with pytest.raises(GradserveError, match="the client was closed"):
         first.ops()
+    # And back: a target sorting before or after the last one is as new.
+    monkeypatch.setenv("GRADSERVE_TARGET", unused_target)
+    assert default.configured() not in (first, second)
+    with pytest.raises(GradserveError, match="the client was closed"):
+        second.ops()
 
 
 def test_data_read_evaluates_everything_pending_in_one_call(used):

@@ -79,3 +79,17 @@ def test_a_layer_of_one_neuron_gives_a_value_and_of_several_a_list():
     assert repr(several) == "Layer of [LinearNeuron(2), LinearNeuron(2), LinearNeuron(2)]"
     assert repr(one) == "Layer of [ReLUNeuron(2)]"
     assert nn.Module().parameters() == []
+
+
+def test_a_neuron_reads_as_many_inputs_as_it_has_weights_as_micrograds_does(target):
+    """micrograd zips weights with inputs: extra inputs are ignored, too few leave weights
+    unused. The same here, so its programs run unchanged."""
+    random.seed(7)
+    ours = nn.Neuron(2, nonlin=False)
+    random.seed(7)
+    theirs = micrograd.nn.Neuron(2, nonlin=False)
+    for x in ([1.5, -2.0, 4.0], [3.0]):
+        out = ours(x)
+        with Client(target) as client:
+            out.backward(client)
+        assert out.data == pytest.approx(theirs(x).data, rel=1e-12)

@@ -76,5 +76,9 @@ def test_a_bar_shows_for_a_large_result_on_a_terminal_unless_told(
         assert bar.disable is not shown
         if shown:  # a disabled tqdm keeps none of its settings
             assert (bar.total, bar.unit, bar.leave) == (total, "node", False)
+            bar.update(total)
+            bar.refresh()
+            if total >= 1000:  # counts scaled: "100k/100k", not "100000/100000"
+                assert f"{total // 1000}k/{total // 1000}k" in sys.stderr.getvalue()
     finally:
         bar.close()
