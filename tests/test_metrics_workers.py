@@ -137,7 +137,8 @@ def test_a_worker_s_mirror_counts_each_lookup_once_however_often_it_copies():
     several copies and never run ahead of them."""
     cache = CountedCache()
     metrics = CollectorRegistry()
-    metrics_multiprocess.mirror_plan_cache(cache, SimpleNamespace(used=0), metrics)
+    arrival = SimpleNamespace(used=0, waiting=0, taken_back=0)
+    metrics_multiprocess.mirror_plan_cache(cache, SimpleNamespace(used=0), arrival, metrics)
 
     def counted() -> tuple:
         return tuple(

@@ -238,7 +238,7 @@ def test_a_waiting_read_takes_a_slot_back_only_once_it_has_been_held_hold_s(hold
         async def message() -> str:
             return "second"
 
-        def take_back(give_back) -> None:  # ends the call, then frees the slot
+        def take_back(give_back, over_share) -> None:  # ends the call, then frees the slot
             taken.append("first")
             first.cancel()
             asyncio.get_running_loop().call_soon(give_back)
