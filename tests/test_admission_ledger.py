@@ -13,6 +13,9 @@ from graphs import neuron
 from hardening import SlowOp, chain, wait_until
 from metered import metered_server, sample, scrape
 
+from gradserve.server.engine import memory
+from gradserve.server.service.app import running_server
+from gradserve.server.service.calls import CallScope
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -94,3 +97,33 @@ def test_the_budget_is_back_at_zero_after_any_sequence_of_calls(registry, gate, 
         assert used(metrics_port) > 0
         gate.release.set()
         assert wait_until(lambda: used(metrics_port) == 0, 30), used(metrics_port)
+
+
+@pytest.mark.parametrize("nodes", [30, 20_000])
+def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
+    registry, monkeypatch, nodes
+):
+    """Before compiling, a call sending its graph holds at least its request message and
+    what compiling it takes (``memory.compile_bytes``, checked against the measured peak in
+    test_resilience_estimate); its first charge, while the message is decoded, holds at
+    least the message. A small request (compiled inline) and a large one."""
+    charges = []
+    admit = CallScope.admit
+
+    async def recording(self, nbytes: int) -> None:
+        charges.append(nbytes)
+        await admit(self, nbytes)
+
+    monkeypatch.setattr(CallScope, "admit", recording)
+    request = pb.EvaluateRequest(graph=chain("tanh", nodes).proto())
+    graph = request.graph
+    sizes = (len(graph.node_ops), len(graph.input_ids), len(graph.labels))
+    compiling = memory.compile_bytes(*sizes, request.ByteSize())
+    with (
+        running_server(registry) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        pb_grpc.GradientServiceStub(channel).Evaluate(request, timeout=60)
+    decoding, before_compiling = charges[:2]  # then the evaluation's, and the reply's
+    assert decoding >= request.ByteSize()
+    assert before_compiling >= compiling + request.ByteSize() > compiling > 0

@@ -178,6 +178,10 @@ def raise_error(*args):
         (faulty(forward=raise_error), "failed in forward"),
         (faulty(backward=raise_error), "failed in backward"),
         (faulty(forward=lambda x: np.zeros(3)), "forward returned shape (3,)"),
+        # Shapes that sort before the group's (1, 1): fewer axes, fewer members or rows.
+        (faulty(forward=lambda x: -x[:, 0]), "forward returned shape (1,), expected (1, 1)"),
+        (faulty(forward=lambda x: -x[:0]), "forward returned shape (0, 1), expected (1, 1)"),
+        (faulty(backward=lambda g, y, x: (-g[:, :0],)), "backward returned shape (1, 0)"),
         (faulty(forward=lambda x: x.astype(complex)), "forward returned dtype complex128"),
         (faulty(forward=lambda x: 1.0), "forward returned float"),
         (faulty(backward=lambda g, y, x: (g, g)), "must return 1 gradient"),
@@ -208,6 +212,19 @@ def test_input_outside_an_ops_domain_is_the_clients_error(ops):
         run(g, ops)
     assert caught.value.node == 3
     assert "op 'log' is not defined at (-1.0)" in str(caught.value)
+
+
+@pytest.mark.parametrize("rows", [2, 3])
+def test_a_domain_error_in_a_batch_names_the_row(ops, rows):
+    """Of several rows, the message names the first outside the domain (one row: no row)."""
+    g = GraphBuilder()
+    g.op("log", g.leaf(2.0))
+    plan = compile_graph(g.arrays(), ops)
+    leaf_rows = np.full((rows, 1), 2.0)  # a row per evaluation, a column per leaf
+    leaf_rows[rows - 1, 0] = -3.0
+    with pytest.raises(GraphError) as caught:
+        evaluate(plan, leaf_rows, np.array([1]), np.ones(1))
+    assert f"op 'log' is not defined at (-3.0) in row {rows - 1};" in str(caught.value)
 
 
 def test_domain_that_fails_is_an_op_failure(ops):

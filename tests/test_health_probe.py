@@ -1,11 +1,17 @@
 """`gradserve health` is a quick probe: it imports gRPC and the health stubs, not the server."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import GRADSERVE, Served
 
+from gradserve import health_probe
 from gradserve.server import cli
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "server.md"
 
 
 def imported_modules(*args: str) -> tuple[set[str], subprocess.CompletedProcess]:
@@ -56,3 +62,25 @@ def test_a_bad_timeout_is_a_usage_error():
     assert result.returncode == 2
     assert "argument --timeout: must be above 0 seconds" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_probe_waits_its_timeout_the_docs_default_unless_given(monkeypatch, capsys):
+    """The deadline of the Check call is ``--timeout``; without it, the default that
+    docs/server.md states (a probe's own timeout must be set above it)."""
+    stated = re.search(r"`--timeout` seconds for the answer, (\d+) by default", DOCS.read_text())
+    assert stated, "docs/server.md no longer states the probe's default timeout"
+    deadlines = []
+
+    class RecordingStub:
+        def __init__(self, channel) -> None:
+            pass
+
+        def Check(self, request, timeout):
+            deadlines.append(timeout)
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    monkeypatch.setattr(health_pb2_grpc, "HealthStub", RecordingStub)
+    assert health_probe.main(["--target", "127.0.0.1:1"]) == 0
+    assert health_probe.main(["--target", "127.0.0.1:1", "--timeout", "2.5"]) == 0
+    assert deadlines == [float(stated[1]), 2.5]
+    assert capsys.readouterr().out == "127.0.0.1:1: SERVING\n" * 2

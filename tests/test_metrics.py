@@ -8,12 +8,14 @@ from types import SimpleNamespace
 import grpc
 import pytest
 from graphs import GraphBuilder, neuron
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from metered import metered_server, sample, scrape
+from prometheus_client.parser import text_string_to_metric_families
 from servers import GRADSERVE, Served, health
 
 from bench.ports import free_port
 from gradserve.server.cli import build_parser
-from gradserve.server.service.metrics import CallMetrics
+from gradserve.server.service.metrics import CallMetrics, _code_of
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -41,6 +43,23 @@ def test_a_call_shows_up_in_the_scrape(metered):
     assert sample(text, "gradserve_call_duration_seconds_sum", method="Evaluate") > 0
 
 
+def test_latency_buckets_are_the_steps_of_each_decade_the_docs_state(metered):
+    """docs/observability.md: 1, 2.5 and 5 of each decade from 0.5 ms to 10 s (and +Inf)."""
+    stub, metrics_port = metered
+    g, _ = neuron()
+    stub.Evaluate(pb.EvaluateRequest(graph=g.proto()))
+    steps = sorted(step * 10.0**decade for decade in range(-4, 2) for step in (1, 2.5, 5))
+    stated = [bound for bound in steps if 0.0005 <= bound <= 10]
+    bounds = [
+        s.labels["le"]
+        for family in text_string_to_metric_families(scrape(metrics_port))
+        for s in family.samples
+        if s.name == "gradserve_call_duration_seconds_bucket" and s.labels["method"] == "Evaluate"
+    ]
+    assert [float(le) for le in bounds[:-1]] == pytest.approx(stated, rel=1e-12)
+    assert bounds[-1] == "+Inf"
+
+
 def test_each_methods_handler_is_wrapped_once():
     interceptor = CallMetrics().interceptor("/gradserve.v1.GradientService/")
     details = SimpleNamespace(method="/grpc.health.v1.Health/Check")
@@ -59,6 +78,30 @@ def test_each_methods_handler_is_wrapped_once():
     assert wrapped is not handler
     assert intercept(handler) is wrapped
     assert intercept(grpc.unary_unary_rpc_method_handler(echo)) is not wrapped
+
+
+def test_another_service_s_failed_call_is_counted_with_its_status(registry):
+    """The interceptor's calls (health here) are counted by the status the client got."""
+    with (
+        metered_server(registry) as (server, metrics_port),
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        health_stub = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            health_stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        health_stub.Check(health_pb2.HealthCheckRequest())
+        text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="Check", code="NOT_FOUND") == 1
+    assert sample(text, "gradserve_calls_total", method="Check", code="OK") == 1
+
+
+@pytest.mark.parametrize("reported", [5, grpc.StatusCode.NOT_FOUND])
+def test_a_status_reported_as_a_number_is_read_as_its_code(reported):
+    """Recent grpc.aio reports the enum (the test above); older ones the raw number."""
+    context = SimpleNamespace(code=lambda: reported)
+    assert _code_of(context) is grpc.StatusCode.NOT_FOUND
+    assert _code_of(SimpleNamespace(code=lambda: None)) is None
 
 
 def test_streams_and_errors_are_counted_by_status_code(metered):

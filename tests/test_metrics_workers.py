@@ -6,16 +6,19 @@ import os
 import re
 import signal
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 from graphs import neuron
 from hardening import wait_until
 from metered import sample, scrape
+from prometheus_client import CollectorRegistry
 from servers import GRADSERVE, Served, health
 from test_cli import worker_pids
 
 from bench.ports import free_port
 from gradserve.client import connect
+from gradserve.server.service import metrics_multiprocess
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -110,3 +113,42 @@ def test_a_single_process_server_still_serves_its_own_metrics():
     with Served("--workers", "1", "--metrics-port", str(metrics_port)) as served:
         assert health(served.port).returncode == 0
         assert sample(scrape(metrics_port), "gradserve_calls_total", method="Check", code="OK") == 1
+
+
+class CountedCache:
+    """A plan cache's figures, counting the mirror's copies (each reads ``hits`` once)."""
+
+    def __init__(self) -> None:
+        self.copies = 0
+        self._hits = self.misses = self.bytes = 0
+
+    @property
+    def hits(self) -> int:
+        self.copies += 1
+        return self._hits
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_a_worker_s_mirror_counts_each_lookup_once_however_often_it_copies():
+    """``mirror_plan_cache`` adds to its counters only what the cache counted since its last
+    copy (every ``MIRROR_INTERVAL`` s): the counters follow the cache's own totals through
+    several copies and never run ahead of them."""
+    cache = CountedCache()
+    metrics = CollectorRegistry()
+    arrival = SimpleNamespace(used=0, waiting=0, taken_back=0)
+    metrics_multiprocess.mirror_plan_cache(cache, SimpleNamespace(used=0), arrival, metrics)
+
+    def counted() -> tuple:
+        return tuple(
+            metrics.get_sample_value("gradserve_plan_cache_lookups_total", {"outcome": outcome})
+            for outcome in ("hit", "miss")
+        )
+
+    for expected in [(3, 1), (5, 1), (5, 4), (12, 4)]:
+        cache._hits, cache.misses = expected
+        assert wait_until(lambda want=expected: counted() == want, 10), (counted(), expected)
+        copies = cache.copies
+        assert wait_until(lambda seen=copies: cache.copies >= seen + 2, 10)  # two copies more
+        assert counted() == expected

@@ -161,6 +161,36 @@ def test_a_scalar_backward_that_raises_where_numpy_overflows_passes(ops):
     assert gradcheck(ops["tanh"]).ok
 
 
+def _steep_kink(x):
+    return np.where(x > 0, 20.0 * x, 2.0 * x)
+
+
+def _steep_kink_backward(g, y, x):
+    return (g * np.where(x > 0, 20.0, 2.0),)
+
+
+def test_a_kink_between_steep_and_shallow_slopes_is_skipped():
+    """At 0 the slopes are 20 and 2: the central difference there (11) matches neither
+    side. Slopes that differ by more than their mean mark a kink, however steep they are."""
+    result = gradcheck(Op("k", 1, _steep_kink, _steep_kink_backward), points=400)
+    assert result.ok, str(result)
+
+
+def test_a_narrow_domain_is_sampled_round_after_round_until_the_points_are_found():
+    """log(x - 3) on normal(0, 2) candidates: about 7% fall inside, so one round of 4 per
+    point wanted finds about a quarter of them; the sampler draws again until it has all."""
+    op = Op(
+        "narrow",
+        1,
+        lambda x: np.log(x - 3.0),
+        lambda g, y, x: (g / (x - 3.0),),
+        domain=lambda x: x > 3.0,
+    )
+    result = gradcheck(op, points=200)
+    assert result.ok, str(result)
+    assert result.points == 200
+
+
 def test_skipping_kinks_does_not_hide_a_wrong_gradient():
     result = gradcheck(Op("r", 1, lambda x: np.maximum(x, 0.0), _relu_backward_without_g))
     assert not result.ok

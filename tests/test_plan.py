@@ -10,7 +10,7 @@ from graphs import GraphBuilder, neuron
 
 from bench import graphs as bench_graphs
 from gradserve.server.engine import plan as plan_module
-from gradserve.server.engine.errors import GraphError
+from gradserve.server.engine.errors import QUOTE_LIMIT, GraphError, quote
 from gradserve.server.engine.plan import GraphArrays, compile_graph, levels_of
 
 
@@ -365,3 +365,20 @@ def test_a_plan_is_isolated_when_it_applies_an_isolated_op(ops):
     isolated = compile_graph(g.arrays(), isolated_ops)
     assert not trusted.isolated and program_of(trusted) is not None
     assert isolated.isolated and program_of(isolated) is None
+
+
+def test_a_plan_keeps_a_long_label_s_first_characters_and_its_length(ops):
+    """A label a message would quote whole is kept as sent; a longer one only as far as a
+    message quotes it (QUOTE_LIMIT characters), with its length: a plan cached for hours
+    does not hold a megabyte label."""
+    lengths = [0, 10, QUOTE_LIMIT, QUOTE_LIMIT + 1, 1_000_000]
+    g = GraphBuilder()
+    for n in lengths:
+        g.leaf(1.0, "x" * n)
+    plan = compile_graph(g.arrays(), ops)
+    for label, kept in zip(g.labels, plan.labels, strict=True):
+        if len(label) <= QUOTE_LIMIT:
+            assert kept is label
+        else:
+            assert (str(kept), kept.length) == (label[:QUOTE_LIMIT], len(label))
+            assert quote(kept) == f"{label[:QUOTE_LIMIT] + '…'!r} ({len(label)} characters)"

@@ -93,6 +93,28 @@ def test_the_environment_variable_picks_the_python_core():
     assert recorded(PURE)["compiled"] is False
 
 
+@pytest.mark.parametrize("variable", ["", "0"])
+def test_without_the_compiled_core_the_python_core_is_used(variable):
+    """Where the compiled core is not built (no C compiler), importing it fails and the SDK
+    records with the Python core, whatever the variable says short of asking for it."""
+    program = (
+        "import sys; sys.modules['gradserve.client.compiled_recorder'] = None\n"
+        "from gradserve.client import Value, recording\n"
+        "assert recording.core.__name__ == 'gradserve.client.recorder', recording.core\n"
+        "assert recording.COMPILED is False\n"
+        "print((Value(2.0) * 3)._tape is not None)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "GRADSERVE_PURE_PYTHON": variable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
 def expressions(columns: list, table: dict) -> list[int]:
     """Each node of a graph's columns as one number per distinct expression (a leaf by its
     value, an op node by its op and its inputs' numbers), in one pass in node order: two

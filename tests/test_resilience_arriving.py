@@ -3,6 +3,7 @@ large request and send most of it, never the end, get no more through than the r
 of --max-arriving-mb allow, plus a small window per stream; a slot held too long while
 others wait is taken back, and honest calls are served meanwhile."""
 
+import asyncio
 import time
 from urllib.parse import unquote
 
@@ -215,3 +216,44 @@ def test_good_standing_is_not_banked():
         gate._note("veteran", completed=True)
         completed += 1
     assert completed <= STANDING_WINDOW
+
+
+@pytest.mark.parametrize("hold_s", [0.0, 3600.0])
+def test_a_waiting_read_takes_a_slot_back_only_once_it_has_been_held_hold_s(hold_s):
+    """One slot, held by a read of one connection; a read of another waits. Neither holds
+    more than its share, so the slot is taken back once held ``hold_s``: at once with 0,
+    not within the test with an hour (the holder then ends by itself, and the waiter
+    gets the slot it gives back)."""
+
+    async def scenario() -> tuple[list[str], int, str]:
+        gate = ArrivalGate(max_bytes=1, message_bytes=1, hold_s=hold_s)
+        assert gate.slots == 1
+        release = asyncio.Event()
+        taken = []
+
+        async def slow_message() -> str:
+            await release.wait()
+            return "first"
+
+        async def message() -> str:
+            return "second"
+
+        def take_back(give_back, over_share) -> None:  # ends the call, then frees the slot
+            taken.append("first")
+            first.cancel()
+            asyncio.get_running_loop().call_soon(give_back)
+
+        first = asyncio.create_task(gate.read(slow_message, take_back, lambda: "peer A"))
+        await asyncio.sleep(0)  # it holds the slot
+        second = asyncio.create_task(gate.read(message, None, lambda: "peer B"))
+        done, _ = await asyncio.wait({second}, timeout=0.5)
+        if not done:  # still waiting: let the first read end on its own
+            release.set()
+        got = await second
+        await asyncio.gather(first, return_exceptions=True)
+        return taken, gate.taken_back, got
+
+    taken, counted, got = asyncio.run(scenario())
+    assert got == "second"
+    assert taken == (["first"] if hold_s == 0 else [])
+    assert counted == len(taken)

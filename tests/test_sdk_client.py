@@ -31,6 +31,9 @@ def test_ops_lists_the_standard_ops(client):
     assert mul["second_order"] is True and mul["distribution"] == "gradserve-ops-core"
     assert mul["doc"].startswith("a * b") and mul["entry_point"] == "mul"
     assert repr(ops["mul"]).startswith("OpInfo(name='mul', arity=2, variadic=False")
+    with pytest.raises(dataclasses.FrozenInstanceError):  # read-only, and so hashable
+        ops["mul"].arity = 3
+    assert len({*ops.values(), *client.ops()}) == len(ops)
 
 
 def test_evaluate_returns_results_without_touching_the_values(client):

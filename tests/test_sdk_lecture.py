@@ -94,6 +94,29 @@ def test_an_explicit_client_still_works_and_use_wins_over_the_environment(
     assert x.grad == 27.0
 
 
+def test_a_changed_gradserve_target_gets_a_client_of_its_own(
+    no_default, monkeypatch, target, unused_target
+):
+    """The environment's Client is kept while the variable names the same target; when it
+    names another, the old Client is closed and a new one calls the new target."""
+    monkeypatch.setenv("GRADSERVE_TARGET", unused_target)
+    first = default.configured()
+    assert default.configured() is first
+    monkeypatch.setenv("GRADSERVE_TARGET", target)
+    x = Value(3.0)
+    (x * x).backward()
+    assert x.grad == 6.0
+    second = default.configured()
+    assert second is not first and default.configured() is second
+    with pytest.raises(GradserveError, match="the client was closed"):
+        first.ops()
+    # And back: a target sorting before or after the last one is as new.
+    monkeypatch.setenv("GRADSERVE_TARGET", unused_target)
+    assert default.configured() not in (first, second)
+    with pytest.raises(GradserveError, match="the client was closed"):
+        second.ops()
+
+
 def test_data_read_evaluates_everything_pending_in_one_call(used):
     a, _, _, _, e, d, loss = _lecture_expression()
     assert e.data == -6.0  # read first: the whole tape's pending Values in one call

@@ -111,6 +111,23 @@ def test_bad_settings_and_parameters_are_refused():
         Adam([Value(1.0)], betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="learning rate"):
         SGD([Value(1.0)], lr=-1)
+    for dampening in (0.1, -0.1):  # Nesterov needs a dampening of exactly 0
+        with pytest.raises(ValueError, match="Nesterov"):
+            SGD([Value(1.0)], momentum=0.9, dampening=dampening, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        Adam([Value(1.0)], betas=(-0.1, 0.9))
+
+
+def test_the_edges_pytorch_accepts_are_accepted():
+    """torch.optim's bounds are 0 <= lr and 0 <= beta < 1: a rate of 0 leaves the
+    parameters where they are, and betas of 0 make Adam's step lr * g / (|g| + eps)."""
+    params, grads = _params_and_grads(seed=5)
+    start = [p.data for p in params]
+    assert _run(SGD(params, lr=0.0, momentum=0.5), params, grads)[-1] == start
+    got = _run(Adam(params, lr=0.1, betas=(0.0, 0.0), eps=1e-8), params, grads)
+    _close(got, _adam_by_hand(start, grads, 0.1, 0.0, 0.0, 1e-8, 0.0))
+    nesterov = SGD(params, lr=0.1, momentum=0.9, dampening=0.0, nesterov=True)
+    assert nesterov.nesterov and nesterov.dampening == 0.0
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])

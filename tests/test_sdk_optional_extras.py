@@ -3,6 +3,7 @@ the SDK imports and works, says which extra a drawing needs, and shows no bar.
 tests/test_install.py runs the SDK in an environment truly without them."""
 
 import importlib
+import io
 import sys
 import warnings
 
@@ -42,3 +43,42 @@ def test_with_tqdm_the_bar_is_tqdms():
     bar = progress.progress_bar(10, False)
     assert isinstance(bar, tqdm)
     bar.close()
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says whether it is a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    ("total", "tty", "show", "shown"),
+    [
+        # docs/sdk.md: a bar "over 100,000 nodes" on a terminal
+        (100_000, True, None, True),
+        (99_999, True, None, False),  # one node short
+        (10**6, False, None, False),  # not a terminal
+        (10, False, True, True),  # asked for: shown anyway
+        (10**6, True, False, False),  # refused: never shown
+    ],
+)
+def test_a_bar_shows_for_a_large_result_on_a_terminal_unless_told(
+    monkeypatch, total, tty, show, shown
+):
+    monkeypatch.setattr(sys, "stderr", _Terminal(tty))
+    bar = progress.progress_bar(total, show)
+    try:
+        assert bar.disable is not shown
+        if shown:  # a disabled tqdm keeps none of its settings
+            assert (bar.total, bar.unit, bar.leave) == (total, "node", False)
+            bar.update(total)
+            bar.refresh()
+            if total >= 1000:  # counts scaled: "100k/100k", not "100000/100000"
+                assert f"{total // 1000}k/{total // 1000}k" in sys.stderr.getvalue()
+    finally:
+        bar.close()

@@ -3,6 +3,7 @@
 import math
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,6 +20,8 @@ from gradserve.server.service.app import SERVICE_NAME, running_server, start_ser
 from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_evaluate_the_notebook_neuron(stub):
@@ -205,9 +208,9 @@ def test_reflection_lists_the_services(channel):
     assert {"gradserve.v1.GradientService", "grpc.health.v1.Health"} <= names
 
 
-def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, monkeypatch):
-    """With the default deadline as its grace, so that a call on an old connection can end;
-    0 sets no age at all."""
+@pytest.fixture
+def grpc_options(monkeypatch) -> list[dict]:
+    """The channel options each server started in the test hands to grpc, in order."""
     given = []
     real = grpc.aio.server
 
@@ -216,6 +219,13 @@ def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(grpc.aio, "server", recording)
+    return given
+
+
+def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, grpc_options):
+    """With the default deadline as its grace, so that a call on an old connection can end;
+    0 sets no age at all."""
+    given = grpc_options
     with running_server(registry, max_connection_age=2.5, limits=Limits(default_deadline_s=7.0)):
         pass
     with running_server(registry, max_connection_age=0):
@@ -224,6 +234,58 @@ def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, monke
     assert aged["grpc.max_connection_age_ms"] == 2_500
     assert aged["grpc.max_connection_age_grace_ms"] == 7_000
     assert "grpc.max_connection_age_ms" not in ageless
+
+
+# What docs/running-safely.md ("Floods of control frames") promises of grpc core's limits,
+# and the option that must carry each to grpc.
+FLOOD_LIMITS_THE_DOCS_STATE = {
+    "a PING back for one reset stream in ten": ("grpc.http2.ping_on_rst_stream_percent", 10),
+    "more than 1,000 such induced frames unread": (
+        "grpc.http2.max_pending_induced_frames",
+        1_000,
+    ),
+    "pings more often than every 5 minutes": (
+        "grpc.http2.min_ping_interval_without_data_ms",
+        5 * 60 * 1000,
+    ),
+    "a GOAWAY at the second strike": ("grpc.http2.max_ping_strikes", 2),
+    "at random past 100,000 waiting": ("grpc.server.max_pending_requests", 100_000),
+    "all past 300,000": ("grpc.server.max_pending_requests_hard_limit", 300_000),
+}
+
+
+def test_grpc_core_s_flood_limits_are_the_ones_the_docs_state(registry, grpc_options):
+    """grpc core applies these itself (a reset flood's PINGs are drawn at random, so no
+    short test can count them): each must reach grpc as documented."""
+    docs = " ".join((ROOT / "docs" / "running-safely.md").read_text().split())
+    with running_server(registry):
+        pass
+    (given,) = grpc_options
+    for promise, (option, value) in FLOOD_LIMITS_THE_DOCS_STATE.items():
+        assert promise in docs, promise
+        assert given[option] == value, option
+
+
+def test_work_still_queued_on_the_executor_when_the_server_stops_never_runs(registry):
+    """Work waits on the executor only behind a thread that outlives its call (a cancelled
+    call's evaluation runs on while its compute slot goes to the next call, whose work
+    queues): stopping the server cancels what waits instead of running it for nobody."""
+    started, release = threading.Event(), threading.Event()
+
+    def outliving() -> bool:
+        started.set()
+        return release.wait(30)
+
+    with running_server(registry, threads=1) as server:
+        executor = server._state.executor
+        running = executor.submit(outliving)
+        assert started.wait(10)
+        queued = executor.submit(lambda: "ran")
+    try:
+        assert queued.cancelled()
+    finally:
+        release.set()
+    assert running.result(10)
 
 
 @pytest.mark.parametrize("cache_mib", [75, 100, 101])

@@ -1,6 +1,7 @@
 """OpenTelemetry traces: a span per call with stage spans, parented on the client's trace."""
 
 import os
+import sys
 from concurrent import futures
 
 import grpc
@@ -75,6 +76,19 @@ def test_a_failed_call_is_an_error_span(registry, exported):
     assert call.status.status_code is StatusCode.ERROR
     (compiling,) = by_name(exported.get_finished_spans())["compiling"]
     assert compiling.attributes["gradserve.plan_cache"] == "miss"
+
+
+def test_without_opentelemetry_the_sdk_sends_no_trace_context(monkeypatch):
+    """OpenTelemetry is an optional extra: where it cannot be imported, calls carry nothing
+    extra, and the import is not tried again on every call."""
+    import gradserve.client.tracing as client_tracing
+
+    monkeypatch.setattr(client_tracing, "_otel", None)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import opentelemetry fails
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("a span that cannot be carried"):
+        assert trace_metadata() == ()
+    assert client_tracing._otel is False
 
 
 def test_the_sdk_carries_the_callers_trace_to_the_server(registry, exported):

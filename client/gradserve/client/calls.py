@@ -254,6 +254,9 @@ def _rows(subgraph: Subgraph, tape, batch, leaf_values: np.ndarray) -> np.ndarra
 def fill(subgraph: Subgraph, messages: list) -> None:
     """Set ``.data`` and ``.grad`` of the sent nodes' Values that still exist from a call's
     result messages (an EvaluateResponse, or a stream's GradientChunks), all at once."""
+    if len(messages) == 1:  # a unary reply: its arrays as they are
+        subgraph.fill(*arrays(messages[0]))
+        return
     columns = zip(*map(arrays, messages), strict=True)  # ids, values, grads
     subgraph.fill(*(np.concatenate(column) for column in columns))
 

@@ -173,6 +173,10 @@ cdef class ValueCore:
 
 def as_value(x):
     """``x`` if it is a Value, a constant leaf if it is a plain number, else None."""
+    return _operand(x)
+
+
+cdef inline object _operand(object x):
     if isinstance(x, ValueCore):
         return x
     return _constant(x)
@@ -200,20 +204,13 @@ cdef object _binary(int32_t code, object a, object b):
     cdef ValueCore x, y
     cdef TapeCore tape
     cdef int64_t first, second
-    if isinstance(a, ValueCore):
-        x = <ValueCore>a
-    else:
-        a = _constant(a)
-        if a is None:
-            return NotImplemented
-        x = <ValueCore>a
-    if isinstance(b, ValueCore):
-        y = <ValueCore>b
-    else:
-        b = _constant(b)
-        if b is None:
-            return NotImplemented
-        y = <ValueCore>b
+    a = _operand(a)
+    if a is None:
+        return NotImplemented
+    b = _operand(b)
+    if b is None:
+        return NotImplemented
+    x, y = <ValueCore>a, <ValueCore>b
     tape = x._tape
     if tape is None:
         tape = y._tape if y._tape is not None else current_tape()
@@ -260,6 +257,15 @@ def set_results(list values, data, grads):
         value = <ValueCore>values[i]
         value._data = x[i]
         value.grad = g[i]
+
+
+def any_label(list values):
+    """Whether any Value of ``values`` has a label (one that is not empty)."""
+    cdef Py_ssize_t i
+    for i in range(len(values)):
+        if (<ValueCore>values[i]).label:
+            return True
+    return False
 
 
 def leaf_data(list values, Py_ssize_t count):

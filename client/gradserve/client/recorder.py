@@ -227,6 +227,11 @@ def set_results(values: list, data: np.ndarray, grads: np.ndarray) -> None:
         value._data, value.grad = x, g
 
 
+def any_label(values: list) -> bool:
+    """Whether any Value of ``values`` has a label (one that is not empty)."""
+    return any(map(_label, values))
+
+
 def leaf_data(values: list, count: int) -> np.ndarray:
     """The ``.data`` of the first ``count`` Values of ``values`` (leaves), as float64; a
     TypeError for one that is no real number."""
@@ -240,6 +245,7 @@ def leaf_data(values: list, count: int) -> np.ndarray:
 
 
 _data = operator.attrgetter("_data")
+_label = operator.attrgetter("label")
 
 
 class TapeCore:

@@ -2,7 +2,6 @@
 
 import functools
 import itertools
-import operator
 
 import numpy as np
 
@@ -56,9 +55,19 @@ class Subgraph:
         return dict(zip(positions.tolist(), values, strict=True))
 
     def fill(self, nodes: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
-        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` still alive."""
-        self.tape.remember(self.kept[nodes], data, grads)
+        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` still alive
+        (``data`` and ``grads`` are then the tape's to keep)."""
         positions, values, _ = self.held
+        if len(nodes) == len(self.kept) and np.array_equal(nodes, np.arange(len(nodes))):
+            # Every sent node in order (a backward's reply): a result's row is its position.
+            # On a million-node backward the general mapping below took 10 ms.
+            if len(self.kept) == len(self.tape):
+                self.tape.keep_results(data, grads)
+            else:
+                self.tape.remember(self.kept, data, grads)
+            core.set_results(values, data[positions], grads[positions])
+            return
+        self.tape.remember(self.kept[nodes], data, grads)
         row = np.full(len(self.kept), -1, dtype=np.int64)
         row[nodes] = np.arange(len(nodes))
         rows = row[positions]
@@ -90,7 +99,7 @@ class Subgraph:
     def labels(self) -> list[str]:
         """Every node's label, or none when no Value has one."""
         positions, values, _ = self.held
-        if not any(map(_label, values)):
+        if not core.any_label(values):
             return []
         labels = [""] * len(self.kept)
         for position, value in zip(positions.tolist(), values, strict=True):
@@ -101,9 +110,6 @@ class Subgraph:
         """The sent leaves' ``.data``, read now, so that updates since recording count."""
         _, values, leaves = self.held
         return core.leaf_data(values, leaves)
-
-
-_label = operator.attrgetter("label")
 
 
 def reachable(roots: list[int], counts: list[int], ids: list[int], n: int) -> np.ndarray:

@@ -16,7 +16,7 @@ an isolation worker. The service names none of these paths.
 
 import dataclasses
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -88,11 +88,13 @@ class Cost(enum.Enum):
 
 
 class Answer(NamedTuple):
-    """The selected nodes' ids, values and gradients for the one row of a call."""
+    """The selected nodes' ids, values and gradients for the one row of a call, and the
+    ids' wire form (packed varints) when it was encoded beforehand."""
 
-    ids: list[int]
+    ids: Sequence[int]
     values: list[float]
     grads: list[float]
+    wire_ids: bytes | None = None
 
 
 class RequestFields(small_call.EvaluateRequestFields, Protocol):

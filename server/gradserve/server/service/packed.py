@@ -93,12 +93,13 @@ _ONE_ROW = varint(5 << 3 | VARINT) + varint(1)  # EvaluateResponse.rows = 1
 
 
 def evaluate_response(
-    ids, values, grads, digest: bytes, value_tangents=None, grad_tangents=None
+    ids, values, grads, digest: bytes, value_tangents=None, grad_tangents=None, wire_ids=None
 ) -> bytes:
     """An EvaluateResponse: node_ids 1, values 2, grads 3, plan_digest 4, rows 5, and with
-    tangents value_tangents 6, grad_tangents 7 (shaped as values)."""
+    tangents value_tangents 6, grad_tangents 7 (shaped as values). ``wire_ids``, when
+    given, is ``packed_varints(ids)`` of one-row results (lists), encoded beforehand."""
     if isinstance(values, list) and ids and value_tangents is None:
-        return _one_row_response(ids, values, grads, digest)
+        return _one_row_response(ids, values, grads, digest, wire_ids)
     return b"".join(
         [
             *_results(ids, values, grads),
@@ -109,11 +110,13 @@ def evaluate_response(
     )
 
 
-def _one_row_response(ids: list[int], values: list[float], grads: list[float], digest: bytes):
+def _one_row_response(
+    ids: list[int], values: list[float], grads: list[float], digest: bytes, wire_ids=None
+):
     """``evaluate_response`` of the small-call path's one row of results (lists, at least
     one node), in one join: on a 10-node call the general writer's dozen small steps took
     longer than the evaluation."""
-    node_ids = packed_varints(ids)
+    node_ids = packed_varints(ids) if wire_ids is None else wire_ids
     doubles = _doubles(len(ids))
     length = varint(doubles.size)
     return b"".join(
