@@ -14,6 +14,7 @@ from hardening import wait_until
 from servers import GRADSERVE, Served, health
 
 from gradserve.client import connect
+from gradserve.server.runtime.workers import RESTART_DELAY
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -164,3 +165,40 @@ def test_two_sigterms_close_together_stop_the_workers_and_their_parent():
         served.process.send_signal(signal.SIGTERM)
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=60) == 0
+
+
+SLOW_WORKER = """
+import logging, sys, time
+from pathlib import Path
+from gradserve.server.runtime.workers import serve_workers
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+gate = Path(sys.argv[1])
+
+def run_worker(index, port, ready):
+    while not gate.exists():  # not ready until the test says so
+        time.sleep(0.05)
+    ready()
+    time.sleep(3600)  # until the parent's SIGTERM
+    return 0
+
+sys.exit(serve_workers(run_worker, host="127.0.0.1", port=0, workers=1, describe="slow"))
+"""
+
+
+def test_the_server_is_announced_only_once_its_workers_are_ready(tmp_path):
+    """A worker that takes longer than the restart delay to listen: the parent waits for it
+    (announcing nothing meanwhile) rather than counting a wait that timed out as a start."""
+    gate, log = tmp_path / "ready", tmp_path / "log"
+    with log.open("w") as out:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", SLOW_WORKER, str(gate)], stderr=out, stdout=out
+        )
+    try:
+        time.sleep(3 * RESTART_DELAY)  # three of the parent's waits for a ready worker
+        assert "serving on" not in log.read_text()
+        gate.touch()
+        assert wait_until(lambda: "serving on" in log.read_text(), 30), log.read_text()
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) == 0, log.read_text()
