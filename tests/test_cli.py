@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -14,6 +15,7 @@ from hardening import wait_until
 from servers import GRADSERVE, Served, health
 
 from gradserve.client import connect
+from gradserve.server import cli
 from gradserve.server.runtime.workers import RESTART_DELAY
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -202,3 +204,25 @@ def test_the_server_is_announced_only_once_its_workers_are_ready(tmp_path):
     finally:
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(30) == 0, log.read_text()
+
+
+def test_every_mib_option_reaches_the_server_in_bytes(monkeypatch):
+    """--max-memory-mb, --max-message-mb, --plan-cache-mb and --max-arriving-mb are MiB:
+    start_server gets each times 2**20 (run in this process up to start_server)."""
+    given = {}
+
+    def recording(registry, **options):
+        given.update(options)
+        raise RuntimeError("recorded, not started")
+
+    monkeypatch.setattr(cli, "start_server", recording)
+    monkeypatch.setattr(cli.malloc, "configure", lambda: None)  # not this process's malloc
+    monkeypatch.setattr(cli, "stop_signal_event", threading.Event)  # nor its signals
+    sizes = {"max-memory-mb": 1000, "max-message-mb": 7, "plan-cache-mb": 100}
+    sizes["max-arriving-mb"] = 200
+    flags = [part for name, mib in sizes.items() for part in (f"--{name}", str(mib))]
+    assert cli.main(["serve", "--port", "0", "--workers", "1", *flags]) == 1
+    assert given["max_memory_bytes"] == 1000 * 2**20
+    assert given["max_message_bytes"] == 7 * 2**20
+    assert given["plan_cache_bytes"] == 100 * 2**20
+    assert given["max_arriving_bytes"] == 200 * 2**20
