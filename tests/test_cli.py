@@ -226,3 +226,33 @@ def test_every_mib_option_reaches_the_server_in_bytes(monkeypatch):
     assert given["max_message_bytes"] == 7 * 2**20
     assert given["plan_cache_bytes"] == 100 * 2**20
     assert given["max_arriving_bytes"] == 200 * 2**20
+
+
+INTERRUPTED = """
+import sys
+from gradserve import command
+from gradserve.server import cli
+
+def interrupted():
+    print("some output")
+    raise {}
+
+cli.main = interrupted
+sys.exit(command.main())
+"""
+
+
+@pytest.mark.parametrize(
+    "raised, status", [("KeyboardInterrupt()", 130), ("BrokenPipeError()", 141)]
+)
+def test_an_interrupt_or_a_closed_pipe_exits_with_the_shell_s_status_quietly(raised, status):
+    """Ctrl-C before the server's handlers: 128 + SIGINT; output cut short by its reader
+    (``gradserve ops list | head``): 128 + SIGPIPE. No traceback either way."""
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED.format(raised)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status
+    assert "Traceback" not in result.stderr
