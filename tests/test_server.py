@@ -303,3 +303,14 @@ def test_a_plan_cache_that_with_the_arriving_share_fills_the_budget_is_refused(r
 def test_a_negative_plan_cache_is_refused(registry):
     with pytest.raises(ValueError, match="cannot be negative"):
         start_server(registry, max_memory_bytes=100 * 2**20, plan_cache_bytes=-(2**20))
+
+
+def test_requests_need_at_least_a_byte_arriving_and_a_plan_cache_may_be_none(registry):
+    """No bytes arriving would let no request in: refused. One byte is a server taking one
+    request message at a time (a read slot at least), and a plan cache of 0 caches nothing."""
+    with pytest.raises(ValueError, match="cannot be negative"):
+        start_server(registry, max_memory_bytes=100 * 2**20, max_arriving_bytes=0)
+    with running_server(
+        registry, max_memory_bytes=100 * 2**20, max_arriving_bytes=1, plan_cache_bytes=0
+    ) as server:
+        assert server._state.arrival.slots == 1
