@@ -3,8 +3,11 @@
 import re
 import subprocess
 import sys
+from concurrent import futures
 from pathlib import Path
 
+import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import GRADSERVE, Served
 
@@ -84,3 +87,38 @@ def test_the_probe_waits_its_timeout_the_docs_default_unless_given(monkeypatch, 
     assert health_probe.main(["--target", "127.0.0.1:1", "--timeout", "2.5"]) == 0
     assert deadlines == [float(stated[1]), 2.5]
     assert capsys.readouterr().out == "127.0.0.1:1: SERVING\n" * 2
+
+
+class CheckOnly(health_pb2_grpc.HealthServicer):
+    """A health service as older grpc servers have it: Check without List; the whole server
+    reports ``status``."""
+
+    def __init__(self, status) -> None:
+        self.status = status
+
+    def Check(self, request, context):
+        if request.service:
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return health_pb2.HealthCheckResponse(status=self.status)
+
+
+@pytest.fixture
+def check_only_server():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = CheckOnly(health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_a_server_not_serving_fails_the_probe(check_only_server, capsys):
+    assert health_probe.main(["--target", check_only_server]) == 1
+    assert capsys.readouterr().out == f"{check_only_server}: NOT_SERVING\n"
+
+
+def test_an_unknown_service_on_a_server_without_list_is_one_line(check_only_server, capsys):
+    assert health_probe.main(["--target", check_only_server, "--service", "x.Nope"]) == 1
+    error = capsys.readouterr().err
+    assert error == f"{check_only_server}: NOT_FOUND: the server reports on no service 'x.Nope'\n"
