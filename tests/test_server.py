@@ -230,7 +230,10 @@ def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, grpc_
         pass
     with running_server(registry, max_connection_age=0):
         pass
-    aged, ageless = given
+    with running_server(registry, max_connection_age=0.5):
+        pass
+    aged, ageless, young = given
+    assert young["grpc.max_connection_age_ms"] == 500  # under a second is an age too
     assert aged["grpc.max_connection_age_ms"] == 2_500
     assert aged["grpc.max_connection_age_grace_ms"] == 7_000
     assert "grpc.max_connection_age_ms" not in ageless
