@@ -1,5 +1,6 @@
 """`gradserve health` is a quick probe: it imports gRPC and the health stubs, not the server."""
 
+import argparse
 import re
 import subprocess
 import sys
@@ -67,26 +68,48 @@ def test_a_bad_timeout_is_a_usage_error():
     assert "Traceback" not in result.stderr
 
 
-def test_the_probe_waits_its_timeout_the_docs_default_unless_given(monkeypatch, capsys):
-    """The deadline of the Check call is ``--timeout``; without it, the default that
-    docs/server.md states (a probe's own timeout must be set above it)."""
-    stated = re.search(r"`--timeout` seconds for the answer, (\d+) by default", DOCS.read_text())
-    assert stated, "docs/server.md no longer states the probe's default timeout"
-    deadlines = []
+def recording_stub(checks: list) -> type:
+    """A HealthStub class answering SERVING that appends each Check's service and deadline
+    to ``checks``."""
 
     class RecordingStub:
         def __init__(self, channel) -> None:
             pass
 
         def Check(self, request, timeout):
-            deadlines.append(timeout)
+            checks.append((request.service, timeout))
             return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
-    monkeypatch.setattr(health_pb2_grpc, "HealthStub", RecordingStub)
+    return RecordingStub
+
+
+def test_the_probe_waits_its_timeout_the_docs_default_unless_given(monkeypatch, capsys):
+    """The deadline of the Check call is ``--timeout``; without it, the default that
+    docs/server.md states (a probe's own timeout must be set above it)."""
+    stated = re.search(r"`--timeout` seconds for the answer, (\d+) by default", DOCS.read_text())
+    assert stated, "docs/server.md no longer states the probe's default timeout"
+    checks = []
+    monkeypatch.setattr(health_pb2_grpc, "HealthStub", recording_stub(checks))
     assert health_probe.main(["--target", "127.0.0.1:1"]) == 0
     assert health_probe.main(["--target", "127.0.0.1:1", "--timeout", "2.5"]) == 0
-    assert deadlines == [float(stated[1]), 2.5]
+    assert checks == [("", float(stated[1])), ("", 2.5)]
     assert capsys.readouterr().out == "127.0.0.1:1: SERVING\n" * 2
+
+
+def test_the_probe_reads_its_connection_options_from_the_environment(monkeypatch, capsys):
+    """Only the connection's variables (GRADSERVE_TARGET and the TLS files', which a
+    container's probe shares with its server); --service and --timeout are the probe's own."""
+    checks = []
+    monkeypatch.setattr(health_pb2_grpc, "HealthStub", recording_stub(checks))
+    monkeypatch.setenv("GRADSERVE_TARGET", "127.0.0.1:2")
+    monkeypatch.setenv("GRADSERVE_SERVICE", "from.the.Environment")
+    parser = argparse.ArgumentParser()
+    health_probe.add_arguments(parser)
+    read = {a.dest for a in parser._actions if getattr(a, "environment_variable", None)}
+    assert read == {"target", "tls_ca", "tls_cert", "tls_key"}
+    assert health_probe.main([]) == 0
+    assert capsys.readouterr().out == "127.0.0.1:2: SERVING\n"
+    assert checks == [("", 5.0)]
 
 
 class CheckOnly(health_pb2_grpc.HealthServicer):
