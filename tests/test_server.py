@@ -144,6 +144,7 @@ def test_bad_graph_is_invalid_argument_and_the_next_call_succeeds(stub, case, me
         ({"nodes": [1, 5]}, "nodes[1] = 5 is out of range"),
         ({"selection": pb.SELECTION_ALL, "nodes": [1]}, "nodes must be empty"),
         ({"selection": 7}, "unknown selection 7"),
+        ({"selection": -1}, "unknown selection -1"),  # an open enum takes any int32
     ],
 )
 def test_bad_request_options_are_invalid_argument(stub, changes, message):
