@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -14,6 +15,8 @@ from hardening import wait_until
 from servers import GRADSERVE, Served, health
 
 from gradserve.client import connect
+from gradserve.server import cli
+from gradserve.server.runtime.workers import RESTART_DELAY
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -164,3 +167,92 @@ def test_two_sigterms_close_together_stop_the_workers_and_their_parent():
         served.process.send_signal(signal.SIGTERM)
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=60) == 0
+
+
+SLOW_WORKER = """
+import logging, sys, time
+from pathlib import Path
+from gradserve.server.runtime.workers import serve_workers
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+gate = Path(sys.argv[1])
+
+def run_worker(index, port, ready):
+    while not gate.exists():  # not ready until the test says so
+        time.sleep(0.05)
+    ready()
+    time.sleep(3600)  # until the parent's SIGTERM
+    return 0
+
+sys.exit(serve_workers(run_worker, host="127.0.0.1", port=0, workers=1, describe="slow"))
+"""
+
+
+def test_the_server_is_announced_only_once_its_workers_are_ready(tmp_path):
+    """A worker that takes longer than the restart delay to listen: the parent waits for it
+    (announcing nothing meanwhile) rather than counting a wait that timed out as a start."""
+    gate, log = tmp_path / "ready", tmp_path / "log"
+    with log.open("w") as out:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", SLOW_WORKER, str(gate)], stderr=out, stdout=out
+        )
+    try:
+        time.sleep(3 * RESTART_DELAY)  # three of the parent's waits for a ready worker
+        assert "serving on" not in log.read_text()
+        gate.touch()
+        assert wait_until(lambda: "serving on" in log.read_text(), 30), log.read_text()
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) == 0, log.read_text()
+
+
+def test_every_mib_option_reaches_the_server_in_bytes(monkeypatch):
+    """--max-memory-mb, --max-message-mb, --plan-cache-mb and --max-arriving-mb are MiB:
+    start_server gets each times 2**20 (run in this process up to start_server)."""
+    given = {}
+
+    def recording(registry, **options):
+        given.update(options)
+        raise RuntimeError("recorded, not started")
+
+    monkeypatch.setattr(cli, "start_server", recording)
+    monkeypatch.setattr(cli.malloc, "configure", lambda: None)  # not this process's malloc
+    monkeypatch.setattr(cli, "stop_signal_event", threading.Event)  # nor its signals
+    sizes = {"max-memory-mb": 1000, "max-message-mb": 7, "plan-cache-mb": 100}
+    sizes["max-arriving-mb"] = 200
+    flags = [part for name, mib in sizes.items() for part in (f"--{name}", str(mib))]
+    assert cli.main(["serve", "--port", "0", "--workers", "1", *flags]) == 1
+    assert given["max_memory_bytes"] == 1000 * 2**20
+    assert given["max_message_bytes"] == 7 * 2**20
+    assert given["plan_cache_bytes"] == 100 * 2**20
+    assert given["max_arriving_bytes"] == 200 * 2**20
+
+
+INTERRUPTED = """
+import sys
+from gradserve import command
+from gradserve.server import cli
+
+def interrupted():
+    print("some output")
+    raise {}
+
+cli.main = interrupted
+sys.exit(command.main())
+"""
+
+
+@pytest.mark.parametrize(
+    "raised, status", [("KeyboardInterrupt()", 130), ("BrokenPipeError()", 141)]
+)
+def test_an_interrupt_or_a_closed_pipe_exits_with_the_shell_s_status_quietly(raised, status):
+    """Ctrl-C before the server's handlers: 128 + SIGINT; output cut short by its reader
+    (``gradserve ops list | head``): 128 + SIGPIPE. No traceback either way."""
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED.format(raised)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status
+    assert "Traceback" not in result.stderr

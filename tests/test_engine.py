@@ -195,6 +195,26 @@ def test_plugin_faults_become_op_failures(ops, problem):
     assert problem in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("op", "problem"),
+    [
+        (Op("bad", 1, lambda x: np.zeros(3), lambda g, y, x: (g,)), "forward returned shape"),
+        (
+            Op("bad", 1, np.negative, lambda g, y, x: (-g,), domain=lambda x: np.array([False])),
+            "domain returned the wrong shape",
+        ),
+    ],
+)
+def test_a_fault_of_a_group_of_nodes_names_its_first_node(op, problem):
+    g = GraphBuilder()
+    a, b = g.leaf(1.0), g.leaf(2.0)
+    g.op("bad", a)
+    g.op("bad", b)  # nodes 2 and 3: one group, one call of the op
+    with pytest.raises(OpFailure, match=problem) as caught:
+        run(g, {"bad": op}, outputs=[2, 3])
+    assert caught.value.node == 2
+
+
 def test_should_stop_abandons_the_evaluation(ops):
     g, _ = neuron()
     plan = compile_graph(g.arrays(), ops)

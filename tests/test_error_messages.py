@@ -34,6 +34,12 @@ def test_a_graph_error_names_the_label_once_it_knows_it():
     unlabelled = GraphError("bad", node=1)
     unlabelled.label_from(["a", ""])
     assert str(unlabelled) == "node 1: bad"
+    first = GraphError("bad", node=0)  # the first node's label as any other's
+    first.label_from(["a", "b"])
+    assert str(first) == "node 0 ('a'): bad"
+    past_the_labels = GraphError("bad", node=2)
+    past_the_labels.label_from(["a", "b"])
+    assert str(past_the_labels) == "node 2: bad"
 
 
 def _failure(stub, request) -> tuple[grpc.StatusCode, str, list]:

@@ -11,6 +11,7 @@ from servers import Served, health
 from test_registry import install_fake_plugin
 
 from gradserve.client import connect
+from gradserve.server.runtime.isolation import IsolatedEvaluator
 from gradserve.v1 import gradserve_pb2 as pb
 
 FAULTY_OPS = """
@@ -70,3 +71,13 @@ def test_an_isolated_op_that_raises_fails_only_that_call(faulty_server):
     assert "plugin internals" not in caught.value.details()
     twice = stub.Evaluate(pb.EvaluateRequest(graph=chain("twice", 1).proto()), timeout=30)
     assert list(twice.values) == [0.5, 1.0]
+
+
+def test_closing_the_isolation_ends_its_idle_workers():
+    """What a server's stop calls: every worker process it started has ended (not only once
+    the server's own process exits, which takes daemon children with it)."""
+    isolation = IsolatedEvaluator(["add"], ["add"], workers=2)
+    processes = [worker.process for worker in list(isolation._idle.queue)]
+    assert len(processes) == 2 and all(process.is_alive() for process in processes)
+    isolation.close()
+    assert not any(process.is_alive() for process in processes)

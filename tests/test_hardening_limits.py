@@ -3,6 +3,7 @@
 import time
 
 import grpc
+import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from graphs import GraphBuilder
@@ -12,7 +13,7 @@ from servers import serving
 
 from gradserve.server.cli import build_parser
 from gradserve.server.service import evaluation as servicer
-from gradserve.server.service.limits import Limits
+from gradserve.server.service.limits import LimitExceeded, Limits
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -46,6 +47,13 @@ def test_a_node_wider_than_max_fan_in_is_named(registry):
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max-fan-in = 4" in caught.value.details()
     assert [field for field, _ in violations(caught.value)] == ["graph.input_counts[5]"]
+
+
+def test_of_several_nodes_wider_than_max_fan_in_the_first_is_named():
+    with pytest.raises(LimitExceeded) as caught:
+        Limits(max_fan_in=4).check_fan_in(np.array([0, 0, 5, 1, 9, 4]))
+    assert caught.value.node == 2
+    assert str(caught.value).startswith("node 2: the node reads 5 inputs, more than")
 
 
 def test_a_request_larger_than_the_message_limit_is_refused(registry):

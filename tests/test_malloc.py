@@ -19,6 +19,8 @@ if sys.argv[1] == "capped":
     assert malloc.limit_arenas(1)
 if sys.argv[1] == "operator":
     assert not malloc.limit_arenas(1)
+if sys.argv[1] == "server":
+    malloc.configure()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 together = threading.Barrier(5)
@@ -64,6 +66,7 @@ def arenas(mode: str, **operator: str) -> int:
 def test_threads_share_the_capped_arenas():
     assert arenas("default") > 1
     assert arenas("capped") == 1
+    assert arenas("server") == 2  # the server's setting, as the module's docstring states
 
 
 def test_an_operator_setting_wins(monkeypatch):

@@ -144,6 +144,7 @@ def test_bad_graph_is_invalid_argument_and_the_next_call_succeeds(stub, case, me
         ({"nodes": [1, 5]}, "nodes[1] = 5 is out of range"),
         ({"selection": pb.SELECTION_ALL, "nodes": [1]}, "nodes must be empty"),
         ({"selection": 7}, "unknown selection 7"),
+        ({"selection": -1}, "unknown selection -1"),  # an open enum takes any int32
     ],
 )
 def test_bad_request_options_are_invalid_argument(stub, changes, message):
@@ -230,7 +231,10 @@ def test_a_connection_s_maximum_age_reaches_grpc_in_milliseconds(registry, grpc_
         pass
     with running_server(registry, max_connection_age=0):
         pass
-    aged, ageless = given
+    with running_server(registry, max_connection_age=0.5):
+        pass
+    aged, ageless, young = given
+    assert young["grpc.max_connection_age_ms"] == 500  # under a second is an age too
     assert aged["grpc.max_connection_age_ms"] == 2_500
     assert aged["grpc.max_connection_age_grace_ms"] == 7_000
     assert "grpc.max_connection_age_ms" not in ageless
@@ -303,3 +307,14 @@ def test_a_plan_cache_that_with_the_arriving_share_fills_the_budget_is_refused(r
 def test_a_negative_plan_cache_is_refused(registry):
     with pytest.raises(ValueError, match="cannot be negative"):
         start_server(registry, max_memory_bytes=100 * 2**20, plan_cache_bytes=-(2**20))
+
+
+def test_requests_need_at_least_a_byte_arriving_and_a_plan_cache_may_be_none(registry):
+    """No bytes arriving would let no request in: refused. One byte is a server taking one
+    request message at a time (a read slot at least), and a plan cache of 0 caches nothing."""
+    with pytest.raises(ValueError, match="cannot be negative"):
+        start_server(registry, max_memory_bytes=100 * 2**20, max_arriving_bytes=0)
+    with running_server(
+        registry, max_memory_bytes=100 * 2**20, max_arriving_bytes=1, plan_cache_bytes=0
+    ) as server:
+        assert server._state.arrival.slots == 1

@@ -241,6 +241,7 @@ UNUSUAL = {
     "fewer seeds than outputs": lambda: request(graph_of("tanh"), outputs=[1, 2], seeds=[1.0]),
     "a chosen node out of range": lambda: request(graph_of("tanh"), nodes=[0, 7], selection=0),
     "an unknown selection": lambda: request(graph_of("tanh"), selection=9),
+    "a negative selection": lambda: request(graph_of("tanh"), selection=-1),
     "nodes with selection LEAVES": lambda: request(
         graph_of("tanh"), nodes=[1], selection=pb.SELECTION_LEAVES
     ),
