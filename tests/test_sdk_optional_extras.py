@@ -62,6 +62,7 @@ class _Terminal(io.StringIO):
         # docs/sdk.md: a bar "over 100,000 nodes" on a terminal
         (100_000, True, None, True),
         (99_999, True, None, False),  # one node short
+        (10**6, True, None, True),  # well over
         (10**6, False, None, False),  # not a terminal
         (10, False, True, True),  # asked for: shown anyway
         (10**6, True, False, False),  # refused: never shown
