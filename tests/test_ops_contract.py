@@ -1,6 +1,8 @@
 """The op plugin contract's own checks: what an ``Op`` refuses to be, and which input
 counts it accepts (the engine's validation asks ``accepts`` for every node)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -35,3 +37,13 @@ def test_an_op_accepts_its_arity_or_any_count_from_one_when_variadic(arity):
 
 def test_a_linear_op_s_second_derivatives_are_none_at_all():
     assert linear_second(np.ones(3), np.ones(3), np.ones(3)) == ()
+
+
+def test_an_op_is_read_only_once_made():
+    """A loaded op is shared by every plan that applies it: nothing may change it in place
+    (the server marks an untrusted op isolated on a copy, ``dataclasses.replace``)."""
+    op = _op("f")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        op.arity = 2
+    isolated = dataclasses.replace(op, isolated=True)
+    assert isolated.isolated and not op.isolated

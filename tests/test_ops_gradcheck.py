@@ -94,6 +94,16 @@ WRONG = {
         Op("r", 1, _relu, _relu_backward, scalar=lambda x: max(0.0, x)),
         "scalar forward gives 0.0 at (nan), forward nan",
     ),
+    "scalar forward rounding halves up where the array rounds them to even": (
+        Op(
+            "r",
+            1,
+            np.round,
+            lambda g, y, x: (0.0 * g,),
+            scalar=lambda x: float(math.floor(x + 0.5)),
+        ),
+        "scalar forward gives 1.0 at (0.5), forward 0.0",
+    ),
     "scalar forward raises": (
         Op("s", 1, np.sin, _sin_backward, scalar=_raises_type_error),
         "scalar forward raised TypeError",
@@ -177,14 +187,15 @@ def test_a_kink_between_steep_and_shallow_slopes_is_skipped():
 
 
 def test_a_narrow_domain_is_sampled_round_after_round_until_the_points_are_found():
-    """log(x - 3) on normal(0, 2) candidates: about 7% fall inside, so one round of 4 per
-    point wanted finds about a quarter of them; the sampler draws again until it has all."""
+    """log(x - 3.5) on normal(0, 2) candidates: 4% fall inside, so a round of 4 candidates
+    per point wanted finds a sixth of them; the sampler draws again, 4 per point each time,
+    until it has all."""
     op = Op(
         "narrow",
         1,
-        lambda x: np.log(x - 3.0),
-        lambda g, y, x: (g / (x - 3.0),),
-        domain=lambda x: x > 3.0,
+        lambda x: np.log(x - 3.5),
+        lambda g, y, x: (g / (x - 3.5),),
+        domain=lambda x: x > 3.5,
     )
     result = gradcheck(op, points=200)
     assert result.ok, str(result)

@@ -191,6 +191,24 @@ def test_graphs_built_apart_can_be_combined(client):
     assert (total.data, a.grad, b.grad, big.grad) == (9.0 + 22.0, 11.0, 6.0, 1.0)
 
 
+@pytest.mark.parametrize("large_first", [True, False])
+def test_combining_two_graphs_appends_the_smaller_to_the_larger(client, large_first):
+    """Whichever side of the op the larger graph is on, the smaller tape is appended to it,
+    so its nodes keep their ids and a node is copied at most O(log n) times (recorder.py)."""
+    a, b = Value(2.0), Value(3.0)
+    large = a
+    for _ in range(20):
+        large = large * 1.0 + a  # 21 a, 42 nodes
+    client.evaluate(large)  # its tape is sent: the next graph starts on another
+    small = b * b
+    large_tape, large_id, small_tape = large._tape, large._id, small._tape
+    total = large * small if large_first else small * large
+    assert total._tape is large_tape and small._tape is large_tape
+    assert large._id == large_id and small_tape.sent  # the small tape was taken in
+    total.backward(client)
+    assert (total.data, a.grad, b.grad) == (42.0 * 9.0, 21.0 * 9.0, 42.0 * 6.0)
+
+
 def test_an_intermediate_of_a_graph_taken_in_by_another_gets_its_results(client):
     """A step's graph, sent, then a new one; combining them moves the smaller tape's Values
     to the larger: the intermediates of both get their data and gradients."""

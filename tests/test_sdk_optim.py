@@ -114,6 +114,8 @@ def test_bad_settings_and_parameters_are_refused():
     for dampening in (0.1, -0.1):  # Nesterov needs a dampening of exactly 0
         with pytest.raises(ValueError, match="Nesterov"):
             SGD([Value(1.0)], momentum=0.9, dampening=dampening, nesterov=True)
+    with pytest.raises(ValueError, match="Nesterov"):  # and a positive momentum
+        SGD([Value(1.0)], momentum=-0.5, nesterov=True)
     with pytest.raises(ValueError, match="betas"):
         Adam([Value(1.0)], betas=(-0.1, 0.9))
 
