@@ -12,6 +12,7 @@ import pytest
 from graphs import neuron
 from hardening import SlowOp, chain, wait_until
 from metered import metered_server, sample, scrape
+from resilience import repeated_nodes
 
 from gradserve.server.engine import memory
 from gradserve.server.service.app import running_server
@@ -127,3 +128,30 @@ def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
     decoding, before_compiling = charges[:2]  # then the evaluation's, and the reply's
     assert decoding >= request.ByteSize()
     assert before_compiling >= compiling + request.ByteSize() > compiling > 0
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_unary_reply_is_charged_twice_while_grpc_sends_it(registry, monkeypatch, rows):
+    """Once its reply is encoded, an Evaluate holds its request and two copies of the
+    reply (the server's and grpc's, both resident until a reader takes it), whether the
+    engine answered it whole (one row: no evaluation job) or a job evaluated it. A reader
+    that never reads otherwise holds memory that is not charged (BENCHMARKS.md, "Where the
+    memory over the ledger is")."""
+    charges = []
+    admit = CallScope.admit
+
+    async def recording(self, nbytes: int) -> None:
+        charges.append(nbytes)
+        await admit(self, nbytes)
+
+    monkeypatch.setattr(CallScope, "admit", recording)
+    request = repeated_nodes(20_000, rows)
+    with (
+        running_server(registry) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        reply = channel.unary_unary("/gradserve.v1.GradientService/Evaluate")(
+            request.SerializeToString(), timeout=60
+        )
+    assert len(reply) > 20_000 * 8 * rows  # a value per selected node and row at least
+    assert charges[-1] >= request.ByteSize() + 2 * len(reply), (charges, len(reply))

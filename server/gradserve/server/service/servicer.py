@@ -103,11 +103,13 @@ class GradientServicer:
         _, digest, prepared = await self._prepare(call, unary=True)
         if isinstance(prepared, Answer):
             with call.span.step("encoding"):
-                return evaluation.answer_reply(prepared, digest)
-        block = await self._admit_job(call, prepared, streaming=False)
-        with call.span.step("evaluating"):  # and encoding: one step on the executor
-            reply = await call.compute(self._evaluator.unary_reply, prepared, block)
-        # The arrays are gone; grpc copies the message while it is being sent.
+                reply = evaluation.answer_reply(prepared, digest)
+        else:
+            block = await self._admit_job(call, prepared, streaming=False)
+            with call.span.step("evaluating"):  # and encoding: one step on the executor
+                reply = await call.compute(self._evaluator.unary_reply, prepared, block)
+        # The arrays are gone; grpc copies the message while it is being sent, and both
+        # copies stay resident until the reader takes it (a reader that never reads).
         await call.admit(call.request_bytes + 2 * len(reply))
         return reply
 
