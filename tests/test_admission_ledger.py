@@ -72,6 +72,20 @@ def gate():
     gate.release.set()
 
 
+@pytest.fixture
+def charges(monkeypatch) -> list[int]:
+    """Every charge the calls ask of the budget (``CallScope.admit``), in order."""
+    recorded = []
+    admit = CallScope.admit
+
+    async def recording(self, nbytes: int) -> None:
+        recorded.append(nbytes)
+        await admit(self, nbytes)
+
+    monkeypatch.setattr(CallScope, "admit", recording)
+    return recorded
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_budget_is_back_at_zero_after_any_sequence_of_calls(registry, gate, seed):
     kinds = [ok, streamed, invalid, not_found] * 3
@@ -102,20 +116,12 @@ def test_the_budget_is_back_at_zero_after_any_sequence_of_calls(registry, gate, 
 
 @pytest.mark.parametrize("nodes", [30, 20_000])
 def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
-    registry, monkeypatch, nodes
+    registry, charges, nodes
 ):
     """Before compiling, a call sending its graph holds at least its request message and
     what compiling it takes (``memory.compile_bytes``, checked against the measured peak in
     test_resilience_estimate); its first charge, while the message is decoded, holds at
     least the message. A small request (compiled inline) and a large one."""
-    charges = []
-    admit = CallScope.admit
-
-    async def recording(self, nbytes: int) -> None:
-        charges.append(nbytes)
-        await admit(self, nbytes)
-
-    monkeypatch.setattr(CallScope, "admit", recording)
     request = pb.EvaluateRequest(graph=chain("tanh", nodes).proto())
     graph = request.graph
     sizes = (len(graph.node_ops), len(graph.input_ids), len(graph.labels))
@@ -131,20 +137,12 @@ def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
 
 
 @pytest.mark.parametrize("rows", [1, 2])
-def test_a_unary_reply_is_charged_twice_while_grpc_sends_it(registry, monkeypatch, rows):
+def test_a_unary_reply_is_charged_twice_while_grpc_sends_it(registry, charges, rows):
     """Once its reply is encoded, an Evaluate holds its request and two copies of the
     reply (the server's and grpc's, both resident until a reader takes it), whether the
     engine answered it whole (one row: no evaluation job) or a job evaluated it. A reader
     that never reads otherwise holds memory that is not charged (BENCHMARKS.md, "Where the
     memory over the ledger is")."""
-    charges = []
-    admit = CallScope.admit
-
-    async def recording(self, nbytes: int) -> None:
-        charges.append(nbytes)
-        await admit(self, nbytes)
-
-    monkeypatch.setattr(CallScope, "admit", recording)
     request = repeated_nodes(20_000, rows)
     with (
         running_server(registry) as server,
