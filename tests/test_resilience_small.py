@@ -188,11 +188,16 @@ def _isolation_workers(pid: int) -> list[int]:
 
 
 def _gone(pid: int) -> bool:
-    """Exited (or a zombie waiting to be reaped)."""
+    """Exited: reaped, or a zombie with no thread left, which its parent can reap. A killed
+    worker's main thread is a zombie while NumPy's threads are still exiting; until they
+    have, waitpid (and so ``is_alive``) says the process runs, and a call sent to it then
+    fails (seen 2 runs in 8 under load)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = sum(1 for _ in Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return True
+    return state == "Z" and threads == 1
 
 
 def test_a_memory_error_in_an_isolated_worker_is_not_blamed_on_the_plugin(isolated):
