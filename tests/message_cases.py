@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from certs import make_certificates
 
+from bench.ports import free_localhost_address
 from gradserve.client import AuthError, Client, GradserveError, Value
 from gradserve.client.security import channel_credentials
 from gradserve.server.service.app import running_server
@@ -25,11 +26,11 @@ def message_cases(registry, directory: Path) -> Iterator[list[dict]]:
     tls = server_credentials(str(certs.server.cert), str(certs.server.key))
     mtls = server_credentials(str(certs.server.cert), str(certs.server.key), str(certs.ca))
     with (
-        running_server(registry, address="localhost:0") as plain,
-        running_server(registry, credentials=tls, address="localhost:0") as secure,
-        running_server(registry, credentials=mtls, address="localhost:0") as mutual,
+        running_server(registry, address=free_localhost_address()) as plain,
+        running_server(registry, credentials=tls, address=free_localhost_address()) as secure,
+        running_server(registry, credentials=mtls, address=free_localhost_address()) as mutual,
     ):
-        with running_server(registry, address="localhost:0") as gone:
+        with running_server(registry, address=free_localhost_address()) as gone:
             nothing = f"localhost:{gone.port}"
         ca, stranger = str(certs.ca), certs.stranger
 

@@ -21,6 +21,7 @@ from servers import GRADSERVE, Served
 from test_registry import install_fake_plugin
 
 import gradserve.client
+from bench.ports import free_localhost_address
 from gradserve.client import (
     Client,
     DeadlineExceeded,
@@ -285,7 +286,7 @@ def test_sdk_credentials_make_a_tls_channel(registry, certs):
     from gradserve.server.service.security import server_credentials
 
     tls = server_credentials(str(certs.server.cert), str(certs.server.key))
-    with running_server(registry, credentials=tls, address="localhost:0") as server:
+    with running_server(registry, credentials=tls, address=free_localhost_address()) as server:
         target = f"localhost:{server.port}"
         with Client(target, credentials=channel_credentials(ca_file=certs.ca), timeout=10) as c:
             y = Value(0.3).tanh()

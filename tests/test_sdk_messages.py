@@ -11,6 +11,7 @@ import pytest
 from certs import make_certificates
 from hardening import SlowOp
 
+from bench.ports import free_localhost_address
 from gradserve.client import (
     AuthError,
     Client,
@@ -36,20 +37,20 @@ def certs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tls_port(registry, certs):
     tls = server_credentials(str(certs.server.cert), str(certs.server.key))
-    with running_server(registry, credentials=tls, address="localhost:0") as server:
+    with running_server(registry, credentials=tls, address=free_localhost_address()) as server:
         yield server.port
 
 
 @pytest.fixture(scope="module")
 def mtls_port(registry, certs):
     mtls = server_credentials(str(certs.server.cert), str(certs.server.key), str(certs.ca))
-    with running_server(registry, credentials=mtls, address="localhost:0") as server:
+    with running_server(registry, credentials=mtls, address=free_localhost_address()) as server:
         yield server.port
 
 
 @pytest.fixture(scope="module")
 def plaintext_port(registry):
-    with running_server(registry, address="localhost:0") as server:
+    with running_server(registry, address=free_localhost_address()) as server:
         yield server.port
 
 

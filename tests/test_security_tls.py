@@ -8,6 +8,7 @@ from certs import make_certificates
 from graphs import neuron
 from servers import GRADSERVE, Served
 
+from bench.ports import free_localhost_address
 from gradserve.client import connect
 from gradserve.client.security import channel_credentials
 from gradserve.server.service.app import running_server
@@ -34,7 +35,7 @@ def _refused(port: int, credentials=None) -> grpc.StatusCode:
 
 def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(registry, certs):
     tls = server_credentials(str(certs.server.cert), str(certs.server.key))
-    with running_server(registry, credentials=tls, address="localhost:0") as server:
+    with running_server(registry, credentials=tls, address=free_localhost_address()) as server:
         assert len(_evaluate(server.port, channel_credentials(ca_file=certs.ca)).values) == 10
         assert _refused(server.port) == grpc.StatusCode.UNAVAILABLE
         # The system's roots do not vouch for a self-made CA.
@@ -43,7 +44,7 @@ def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(registry, ce
 
 def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(registry, certs):
     mtls = server_credentials(str(certs.server.cert), str(certs.server.key), str(certs.ca))
-    with running_server(registry, credentials=mtls, address="localhost:0") as server:
+    with running_server(registry, credentials=mtls, address=free_localhost_address()) as server:
         good = channel_credentials(
             ca_file=certs.ca, cert_file=certs.client.cert, key_file=certs.client.key
         )
