@@ -1,6 +1,7 @@
 """The Prometheus endpoint: calls by method and status, nodes evaluated, latency."""
 
 import asyncio
+import queue
 import subprocess
 import time
 from types import SimpleNamespace
@@ -9,13 +10,14 @@ import grpc
 import pytest
 from graphs import GraphBuilder, neuron
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hardening import wait_until
 from metered import metered_server, sample, scrape
 from prometheus_client.parser import text_string_to_metric_families
 from servers import GRADSERVE, Served, health
 
 from bench.ports import free_port
 from gradserve.server.cli import build_parser
-from gradserve.server.service.metrics import CallMetrics, _code_of
+from gradserve.server.service.metrics import TALLY_S, CallMetrics, StreamTally, _code_of
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -199,3 +201,86 @@ def test_a_call_by_plan_digest_counts_its_graphs_nodes(metered):
     text = scrape(metrics_port)
     assert sample(text, "gradserve_calls_total", method="Evaluate", code="OK") == 2
     assert sample(text, "gradserve_nodes_evaluated_total", method="Evaluate") == 20
+
+
+def _exposition(metrics: CallMetrics) -> dict[tuple, float]:
+    """Every sample of ``metrics``' registry, by name and labels."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_a_stream_s_tally_records_what_recording_each_message_would():
+    """The oracle records each message on its own; the tally adds them up first. Latencies
+    on both sides of bucket bounds, on one and beyond the last."""
+    seconds = [0.0001, 0.0005, 0.00050001, 0.001, 0.003, 0.3, 7.0, 10.0, 11.0, 0.0002]
+    one_by_one, tallied = CallMetrics(), CallMetrics()
+
+    async def tally_all() -> None:
+        tally = StreamTally(tallied, "Train", asyncio.get_running_loop())
+        for i, elapsed in enumerate(seconds):
+            one_by_one.record("Train", grpc.StatusCode.OK, elapsed, nodes=i)
+            tally.add(elapsed, i)
+        tally.flush()
+        tally.flush()  # nothing left: records nothing twice
+
+    asyncio.run(tally_all())
+    expected, got = _exposition(one_by_one), _exposition(tallied)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    assert got["gradserve_calls_total", (("code", "OK"), ("method", "Train"))] == len(seconds)
+    assert got["gradserve_nodes_evaluated_total", (("method", "Train"),)] == sum(range(10))
+
+
+def test_a_tally_records_itself_once_due_without_another_message():
+    tallied = CallMetrics()
+
+    async def one_message() -> tuple[float, float]:
+        tally = StreamTally(tallied, "Train", asyncio.get_running_loop())
+        tally.add(0.001, 10)
+        before = _exposition(tallied).get(
+            ("gradserve_calls_total", (("code", "OK"), ("method", "Train"))), 0
+        )
+        await asyncio.sleep(TALLY_S * 3)
+        after = _exposition(tallied)[
+            ("gradserve_calls_total", (("code", "OK"), ("method", "Train")))
+        ]
+        return before, after
+
+    before, after = asyncio.run(one_message())
+    assert (before, after) == (0, 1)
+
+
+def _train_message(request_id: int, request: pb.EvaluateRequest) -> pb.TrainRequest:
+    return pb.TrainRequest(id=request_id, request=request)
+
+
+def test_train_messages_are_counted_while_the_stream_is_open_and_exactly_at_its_end(metered):
+    stub, metrics_port = metered
+    g, _ = neuron()
+    outbox = queue.SimpleQueue()
+    answers = stub.Train(iter(outbox.get, None))
+    ok = {"method": "Train", "code": "OK"}
+    for i in range(3):
+        outbox.put(_train_message(i, pb.EvaluateRequest(graph=g.proto())))
+        assert next(answers).response.grads
+    # Open, the stream has recorded its messages once they were due (TALLY_S), unasked.
+    assert wait_until(lambda: sample(scrape(metrics_port), "gradserve_calls_total", **ok) == 3, 10)
+    outbox.put(_train_message(3, pb.EvaluateRequest(graph=g.proto(), nodes=[99])))  # fails
+    assert next(answers).status  # a failed message is recorded at once, by itself
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", method="Train", code="INVALID_ARGUMENT") == 1
+    for i in range(4, 6):
+        outbox.put(_train_message(i, pb.EvaluateRequest(graph=g.proto())))
+        assert next(answers).response.grads
+    outbox.put(None)
+    assert list(answers) == []  # the stream has ended: its status came after the tally
+    text = scrape(metrics_port)
+    assert sample(text, "gradserve_calls_total", **ok) == 5 + 1  # and the stream itself
+    assert sample(text, "gradserve_call_duration_seconds_count", method="Train") == 7
+    # 10 nodes a successful message, and the stream's sum of them all (failed ones too).
+    assert sample(text, "gradserve_nodes_evaluated_total", method="Train") == 50 + 60

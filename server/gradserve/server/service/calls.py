@@ -482,6 +482,10 @@ class CallScope:
                 trace_id=self.span.trace_id,
                 level=self.log_level,
             )
+        self._record(elapsed)
+
+    def _record(self, elapsed: float) -> None:
+        """Count the call in the metrics."""
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import time
+from bisect import bisect_left
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -23,6 +24,7 @@ from gradserve.server.service import metrics_multiprocess
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+TALLY_S = 0.1  # a stream's successful messages reach the metrics at most this late
 
 
 class CallMetrics:
@@ -68,9 +70,65 @@ class CallMetrics:
         if code is grpc.StatusCode.OK and nodes:
             self._child(self.nodes, method).inc(nodes)
 
+    def record_successes(self, method: str, tally: "StreamTally") -> None:
+        """Record ``tally``'s successful calls (OK) at once: the same counts as recording
+        each, with the latencies' sum added up first.
+
+        prometheus_client has no way to observe many values at once, so the histogram's
+        bucket and sum values are added to directly (``tests/test_metrics.py`` checks the
+        exposition against recording each call)."""
+        latency = self._child(self.latency, method)
+        latency._sum.inc(tally.seconds)
+        for bucket, count in zip(latency._buckets, tally.buckets, strict=True):
+            if count:
+                bucket.inc(count)
+        self._child(self.calls, method, "OK").inc(tally.calls)
+        if tally.nodes:
+            self._child(self.nodes, method).inc(tally.nodes)
+
     def interceptor(self, skip_prefix: str) -> grpc.aio.ServerInterceptor:
         """Records every call whose method does not start with ``skip_prefix``."""
         return _OtherServices(self, skip_prefix)
+
+
+class StreamTally:
+    """The successful messages of one stream, added up before they reach the metrics: a
+    message then costs a few additions on the event loop, where recording it took four
+    locked updates (about 6 of the 36 µs the server's Python spent on a neuron's message).
+    What is added up is recorded when the stream ends, and at most ``TALLY_S`` after the
+    first message not yet recorded. Failed messages are recorded at once, by their call."""
+
+    _BOUNDS = (*LATENCY_BUCKETS, float("inf"))  # the histogram's, as prometheus_client has them
+
+    def __init__(self, metrics: CallMetrics, method: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._metrics = metrics
+        self._method = method
+        self._loop = loop
+        self._due: asyncio.TimerHandle | None = None
+        self._clear()
+
+    def _clear(self) -> None:
+        self.calls = self.nodes = 0
+        self.seconds = 0.0
+        self.buckets = [0] * len(self._BOUNDS)
+
+    def add(self, seconds: float, nodes: int) -> None:
+        """One successful message, of ``seconds`` and ``nodes``."""
+        self.buckets[bisect_left(self._BOUNDS, seconds)] += 1  # le: the first bound >= it
+        self.calls += 1
+        self.seconds += seconds
+        self.nodes += nodes
+        if self._due is None:
+            self._due = self._loop.call_later(TALLY_S, self.flush)
+
+    def flush(self) -> None:
+        """Record what is added up."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+        if self.calls:
+            self._metrics.record_successes(self._method, self)
+            self._clear()
 
 
 class _OtherServices(grpc.aio.ServerInterceptor):

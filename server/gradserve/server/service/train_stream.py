@@ -34,6 +34,7 @@ from gradserve.server.service.admission import BudgetBusy, NeverFits
 from gradserve.server.service.calls import CallScope, SendTimedOut
 from gradserve.server.service.evaluation import raw_request_bytes
 from gradserve.server.service.limits import DeadlineExceeded
+from gradserve.server.service.metrics import StreamTally
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1.wire_format import VARINT, delimited_header, varint
 
@@ -139,6 +140,13 @@ class MessageScope(CallScope):
             self.stream.nodes += self.nodes
         super()._finish()
 
+    def _record(self, elapsed: float) -> None:
+        tally = self._inbox.tally
+        if tally is not None and self.code is _OK:
+            tally.add(elapsed, self.nodes)
+        else:
+            super()._record(elapsed)
+
     async def __aexit__(self, kind, exc, traceback) -> bool:
         try:
             if exc is None:
@@ -192,6 +200,8 @@ class _Inbox:
         self.waiting: list[_Read] = []  # read ahead and not yet taken
         self.held = 0  # bytes of those requests, charged to the stream
         self.connection = stream.context.peer()  # each request counts against it
+        metrics = stream.state.metrics
+        self.tally = None if metrics is None else StreamTally(metrics, "Train", stream._loop)
 
     def read_ahead(self) -> None:
         """Read from a task of its own from now on."""
@@ -259,6 +269,8 @@ class _Inbox:
     def close(self) -> None:
         if self.reader is not None:
             self.reader.cancel()
+        if self.tally is not None:
+            self.tally.flush()  # before the stream's status: the metrics are exact when it ends
 
 
 async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[bytes]]) -> None:
