@@ -10,6 +10,7 @@ import pytest
 
 from gradserve.server.service import admission
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
+from gradserve.server.service.calls import CallScope
 
 MIB = 2**20
 
@@ -189,5 +190,37 @@ def test_a_call_of_at_most_a_256th_of_the_budget_overdraws_a_full_budget(size):
         assert budget.used == 256 * MIB + size
         with pytest.raises(BudgetBusy):  # one byte more is not small
             await budget.charge().resize(MIB + 1, deadline=time.monotonic() + 10)
+
+    _run(scenario())
+
+
+def test_a_charge_held_at_once_is_held_as_resize_holds_it_and_one_that_is_not_holds_nothing():
+    """``resize_now`` (a call's charge that needs no coroutine) takes and gives back as
+    ``resize`` does, and declines, holding nothing, what ``resize`` would wait for or
+    refuse."""
+    budget = MemoryBudget(256 * MIB)
+    holder, small, large = budget.charge(), budget.charge(), budget.charge()
+    assert holder.resize_now(200 * MIB) and budget.used == 200 * MIB
+    assert small.resize_now(MIB) and budget.used == 201 * MIB  # small: may overdraw
+    assert not large.resize_now(100 * MIB)  # would wait for memory
+    assert not large.resize_now(257 * MIB)  # never fits
+    assert large.bytes == 0 and budget.used == 201 * MIB
+    assert holder.resize_now(50 * MIB) and budget.used == 51 * MIB  # shrinking gives back
+    assert large.resize_now(100 * MIB) and budget.used == 151 * MIB
+
+
+def test_a_call_s_admission_that_fits_is_held_before_it_is_awaited():
+    async def scenario():
+        budget = MemoryBudget(256 * MIB, wait_s=0.05)
+        call = SimpleNamespace(charge=budget.charge(), deadline=time.monotonic() + 10)
+        fits = CallScope.admit(call, 10 * MIB)
+        assert not asyncio.iscoroutine(fits) and budget.used == 10 * MIB
+        await fits
+        budget.charge().resize_now(240 * MIB)
+        waits = CallScope.admit(call, 20 * MIB)  # 10 MiB more than is left: the wait
+        assert asyncio.iscoroutine(waits) and call.charge.bytes == 10 * MIB
+        with pytest.raises(BudgetBusy):
+            await waits
+        assert budget.used == 250 * MIB and call.charge.bytes == 10 * MIB
 
     _run(scenario())

@@ -85,10 +85,17 @@ class MemoryBudget:
     def charge(self) -> "Charge":
         return Charge(self)
 
+    def _fits_now(self, amount: int, total_after: int) -> bool:
+        """Whether ``amount`` more, for a call then holding ``total_after``, may be taken
+        without waiting (a call that can never fit does not)."""
+        if total_after > self.total:
+            return False
+        return total_after <= self.total // SMALL_FRACTION or self.used + amount <= self.total
+
     async def _take(self, amount: int, total_after: int, deadline: float) -> None:
         if total_after > self.total:
             raise NeverFits(total_after, self)
-        if total_after <= self.total // SMALL_FRACTION or self.used + amount <= self.total:
+        if self._fits_now(amount, total_after):
             self.used += amount
             return
         if self._freed is None:
@@ -124,6 +131,19 @@ class Charge:
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
         self.bytes = 0
+
+    def resize_now(self, target: int) -> bool:
+        """Hold ``target`` bytes if that needs no wait and no refusal; whether it did (if
+        not, ``resize`` waits or refuses). Most charges fit: this spares them a coroutine."""
+        change = target - self.bytes
+        if change > 0:
+            if not self.budget._fits_now(change, target):
+                return False
+            self.budget.used += change
+        elif change < 0:
+            self.budget._give_back(-change)
+        self.bytes = target
+        return True
 
     async def resize(self, target: int, deadline: float) -> None:
         """Hold ``target`` bytes: give back the difference, or take it (waiting or raising

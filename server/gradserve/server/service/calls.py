@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -37,6 +37,16 @@ call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
 _OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
+
+
+class _Done:
+    """An awaitable that is done already: awaiting it returns None at once."""
+
+    def __await__(self):
+        return iter(())
+
+
+_ADMITTED = _Done()
 
 
 class TooManyCalls(Exception):
@@ -218,9 +228,13 @@ class CallScope:
         self.state.all_ended.clear()
         self._counted = True
 
-    async def admit(self, nbytes: int) -> None:
-        """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
-        await self.charge.resize(nbytes, self.deadline)
+    def admit(self, nbytes: int) -> Awaitable[None]:
+        """Hold ``nbytes`` of the memory budget (waiting or refused as admission says); to be
+        awaited. A charge that fits now is held before this returns, and what it returns
+        is done already: no coroutine is made for it."""
+        if self.charge.resize_now(nbytes):
+            return _ADMITTED
+        return self.charge.resize(nbytes, self.deadline)
 
     def run_here(self, work: Callable, *args):
         """``work(*args, should_stop)`` right here on the event loop: for small work, where
