@@ -5,6 +5,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import docs_pages
@@ -17,11 +18,13 @@ from servers import serving
 
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.engine.run import Engine
+from gradserve.server.service import train_stream
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.app import running_server, start_server
-from gradserve.server.service.calls import ServerState, call_log
+from gradserve.server.service.calls import CallScope, ServerState, call_log
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.servicer import GradientServicer
+from gradserve.server.service.train_stream import MessageScope
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -325,3 +328,48 @@ def test_requests_answered_on_the_event_loop_are_read_without_a_reading_task(reg
     assert [a.id for a in answers] == list(range(20))
     assert all(a.response.grads and not a.status for a in answers)
     assert tasks == 0
+
+
+class DeadlineContext:
+    """A Train call's grpc context whose caller's deadline is ``left`` seconds away."""
+
+    def __init__(self, left: float | None) -> None:
+        self.left = left
+
+    def time_remaining(self):
+        return self.left
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("caller_left", "timeout_ms", "expected_left"),
+    [
+        (None, 0, 7.0),  # neither: the server's default deadline
+        (1e10, 0, 7.0),  # grpc's "infinite" deadline is none
+        (None, 2_000, 2.0),  # the request's own timeout
+        (1e10, 2_000, 2.0),
+        (5.0, 0, 5.0),  # the caller's deadline for the stream
+        (5.0, 2_000, 2.0),  # whichever comes first
+        (5.0, 9_000, 5.0),
+    ],
+)
+def test_a_request_s_deadline_is_its_timeout_within_the_stream_s_or_the_default(
+    caller_left, timeout_ms, expected_left
+):
+    async def deadline_left() -> tuple[float, float, float]:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            state = ServerState(Limits(default_deadline_s=7.0), MemoryBudget(2**30), executor, 1)
+            state.on_loop()
+            stream = CallScope("Train", DeadlineContext(caller_left), state)
+            before = time.monotonic()
+            stream.deadline = state.limits.caller_deadline(caller_left)  # as serve sets it
+            message = train_stream.decode(
+                pb.TrainRequest(id=1, timeout_ms=timeout_ms).SerializeToString()
+            )
+            call = MessageScope(stream, train_stream._Inbox(stream), message)
+            return before, call.deadline, time.monotonic()
+
+    before, deadline, after = asyncio.run(deadline_left())
+    assert before + expected_left <= deadline <= after + expected_left

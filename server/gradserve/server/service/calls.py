@@ -484,7 +484,8 @@ class CallScope:
         self._uncount()
         elapsed = time.perf_counter() - self.started
         rows = self.rows or None
-        self.span.finish(self.code.name, nodes=self.nodes, rows=rows)
+        if self.span is not tracing.NO_SPAN:  # a status code's name is not free to get
+            self.span.finish(self.code.name, nodes=self.nodes, rows=rows)
         if call_log.wanted(self.log_level):  # the peer's address is not free to get
             call_log.add(
                 self.method,

@@ -9,6 +9,7 @@ request's repeated fields, so they run before any array is allocated.
 """
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -92,6 +93,12 @@ class Limits:
                 field="graph.input_counts",
                 index=node,
             )
+
+    def caller_deadline(self, time_remaining: float | None) -> float:
+        """The monotonic time of the caller's own deadline; inf when it set none."""
+        if time_remaining is None or time_remaining >= _NO_DEADLINE_S:
+            return math.inf
+        return time.monotonic() + time_remaining
 
     def deadline(self, time_remaining: float | None) -> float:
         """The monotonic time at which a call must stop: the caller's own deadline, or the

@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from gradserve.server.engine.errors import Cancelled, GraphError
-from gradserve.server.service import status
+from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, NeverFits
 from gradserve.server.service.calls import CallScope, SendTimedOut
 from gradserve.server.service.evaluation import raw_request_bytes
@@ -108,9 +108,24 @@ class MessageScope(CallScope):
     def log_level(self) -> int:
         return logging.DEBUG if self.code is _OK else logging.INFO
 
+    method = "Train"
+
     def __init__(self, stream: CallScope, inbox: "_Inbox", message) -> None:
-        timeout = message.timeout_ms / 1e3 if message.timeout_ms else None
-        super().__init__("Train", stream.context, stream.state, timeout)  # and the stream's
+        # CallScope's own, from what the stream knows: asked of grpc and asyncio once per
+        # stream, not per message.
+        self.context = stream.context
+        self.state = state = stream.state
+        self._task = stream._task
+        self._loop = stream._loop
+        self.charge = state.budget.charge()
+        self.span = tracing.start_call("Train", stream.context)
+        # The request's own timeout within the stream's deadline, or the server's default.
+        deadline = stream.deadline  # the caller's (inf: none)
+        if message.timeout_ms:
+            deadline = min(deadline, time.monotonic() + message.timeout_ms / 1e3)
+        elif deadline == math.inf:
+            deadline = time.monotonic() + state.limits.default_deadline_s
+        self.deadline = deadline
         self.stream = stream
         self._inbox = inbox
         self.connection = inbox.connection
@@ -276,8 +291,7 @@ class _Inbox:
 async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[bytes]]) -> None:
     """Answer the stream's requests in order with ``evaluate`` (one Evaluate's work: a
     call scope in, the reply's bytes out) until the client half-closes."""
-    left = stream.context.time_remaining()
-    stream.deadline = math.inf if left is None else time.monotonic() + left
+    stream.deadline = stream.state.limits.caller_deadline(stream.context.time_remaining())
     inbox = _Inbox(stream)
     try:
         while (read := await inbox.next()) is not None:
