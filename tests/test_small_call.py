@@ -324,6 +324,15 @@ def custom_registry(registry):
         scalar=lambda x: 1.0 / x,
         scalar_backward=lambda g, y, x: (-g / (x * x),),
     )
+    ops["ratio_to_positive"] = Op(
+        "ratio_to_positive",
+        2,
+        np.divide,
+        lambda g, y, a, b: (g / b, -g * a / (b * b)),
+        domain=lambda a, b: b > 0,
+        scalar=lambda a, b: a / b,
+        scalar_backward=lambda g, y, a, b: (g / b, -g * a / (b * b)),
+    )
     return {**registry, **{name: loaded(op) for name, op in ops.items()}}
 
 
@@ -355,6 +364,29 @@ def test_a_domain_the_scalar_functions_do_not_enforce(custom_registry, general_o
     g.leaf_values = [-2.0]
     with serving(custom_registry) as custom:
         assert list(custom.Evaluate(request(g)).grads) == [0.25, -0.25, 1.0]  # d(1/-x)/dx = 1/x^2
+
+
+@pytest.mark.parametrize(("divisor", "inside"), [(5.0, True), (-5.0, False)])
+def test_a_two_input_domain_sees_each_node_s_own_inputs(
+    custom_registry, general_path_calls, divisor, inside
+):
+    """Two nodes of a two-input op, each checked with its own inputs in their places: the
+    second node's numerator is negative, which a mix-up of nodes and inputs would check
+    as a divisor. Inside its domain the call stays on floats, on every program."""
+    g = GraphBuilder()
+    g.op("ratio_to_positive", g.leaf(1.0), g.leaf(2.0))
+    g.op("ratio_to_positive", g.leaf(-3.0), g.leaf(divisor))
+    with serving(custom_registry) as custom:
+        for call in (1, 2, 3):  # looped, compiling, compiled
+            if inside:
+                reply = custom.Evaluate(request(g))
+                assert general_path_calls == []
+                assert list(reply.values) == [1.0, 2.0, 0.5, -3.0, 5.0, -0.6]
+                assert list(reply.grads) == [0, 0, 0, 1 / 5, 3 / 25, 1]  # of -3 / 5, the output
+            else:
+                result = outcome(lambda: custom.Evaluate(request(g)))
+                assert len(general_path_calls) == call
+                assert result[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("name", ["sin_raising", "sin_arrays", "sin_listing"])

@@ -15,6 +15,7 @@ or returning something unusable, the caller gone or its deadline passed. So no v
 repeated here.
 """
 
+import itertools
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -80,8 +81,10 @@ class Program:
     every node's inputs come first; ``slots[node]`` is a node's slot. ``forward(leaves)``
     extends the leaves' list with every op node's value; ``backward(values, grads)`` adds to
     the seeded gradients what flows back to every slot. ``domains`` holds, per op with a
-    domain and input count, its domain function and its nodes' input slots, one list per
-    input position. ``compiled``: straight-line code rather than a loop over steps.
+    domain and input count, its domain function, a getter of its nodes' input values (every
+    node's first input, then every node's second, ...) and the shape (inputs, nodes, 1)
+    they take as the domain's arrays. ``compiled``: straight-line code rather than a loop
+    over steps.
     ``wire_ids``: the node ids 0 to n - 1 as a packed field's varints, encoded once: a
     backward's reply sends every node's id on each call (25 us of a 400-node step's
     encoding); ``by_node``, a list's entries in node order (``slots``' itemgetter).
@@ -91,7 +94,7 @@ class Program:
     slots: list[int]
     forward: Callable[[list[float]], list[float]]
     backward: Callable[[list[float], list[float]], list[float]]
-    domains: list[tuple[Callable[..., np.ndarray], tuple[list[int], ...]]]
+    domains: list[tuple[Callable[..., np.ndarray], Callable, tuple[int, int, int]]]
     compiled: bool
     code_bytes: int  # what its two functions hold beyond the lists above
     wire_ids: bytes
@@ -134,10 +137,13 @@ def program_of(plan: Plan, compiled: bool = False) -> Program | None:
             for position, slot in zip(positions, inputs, strict=True):
                 position.append(slot)
     forward, backward, code_bytes = (_compiled if compiled else _looped)(steps)
-    code_bytes += sum(_DOMAIN_BYTES + 8 * len(steps) for _, steps in domains.values())
+    domain_list = [
+        (domain, itemgetter(*itertools.chain(*positions)), (len(positions), len(positions[0]), 1))
+        for domain, positions in domains.values()
+    ]
+    code_bytes += sum(_DOMAIN_BYTES + 8 * shape[0] * shape[1] for *_, shape in domain_list)
     every_id = packed_varints(range(plan.node_count))
     by_node = _by_node(slots)
-    domain_list = list(domains.values())
     return Program(
         leaves, slots, forward, backward, domain_list, compiled, code_bytes, every_id, by_node
     )
@@ -366,10 +372,10 @@ def _selected(program: Program, request: EvaluateRequestFields, v: list[float], 
 
 def _inside_domains(program: Program, v: list[float]) -> bool:
     """Whether every op with a domain got inputs inside it: one call of the op's own domain
-    function per op, on arrays shaped as the engine's (nodes, rows)."""
+    function per op, on arrays shaped as the engine's (nodes, rows), all made as one. A
+    domain that gives something other than an array raises here: the general path."""
     with np.errstate(all="ignore"):
-        for domain, positions in program.domains:
-            xs = [np.array([v[i] for i in slots])[:, None] for slots in positions]
-            if not np.all(domain(*xs)):
+        for domain, inputs, shape in program.domains:
+            if not domain(*np.array(inputs(v)).reshape(shape)).all():
                 return False
     return True
