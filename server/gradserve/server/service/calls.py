@@ -236,11 +236,6 @@ class CallScope:
             return _ADMITTED
         return self.charge.resize(nbytes, self.deadline)
 
-    def run_here(self, work: Callable, *args):
-        """``work(*args, should_stop)`` right here on the event loop: for small work, where
-        a thread hop (or even a coroutine) costs more than the work."""
-        return work(*args, self.should_stop)
-
     async def compute(self, work: Callable, *args):
         """``work(*args, should_stop)`` on the executor, holding a compute slot."""
         async with self.state.slots:

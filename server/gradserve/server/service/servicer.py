@@ -51,7 +51,7 @@ class GradientServicer:
         small_request = raw_length <= INLINE_REQUEST_BYTES
         with call.span.step("decoding"):
             if small_request:
-                request = call.run_here(_decode, raw)
+                request = evaluation.decode(raw)  # on the loop: a thread hop costs more
             else:
                 request = await call.compute(_decode, raw)
         del raw
@@ -70,7 +70,7 @@ class GradientServicer:
         await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
             if inline:
-                plan, digest = call.run_here(self._evaluator.plan, request, step)
+                plan, digest = self._evaluator.plan(request, step, call.should_stop)
             else:
                 plan, digest = await call.compute(self._evaluator.plan, request, step)
         call.nodes = plan.node_count
@@ -82,7 +82,7 @@ class GradientServicer:
         if cost is not Cost.NONE:
             with call.span.step("evaluating"):
                 if cost is Cost.QUICK:
-                    answer = call.run_here(self._engine.answer, plan, digest, request)
+                    answer = self._engine.answer(plan, digest, request, call.should_stop)
                 else:
                     answer = await call.compute(self._engine.answer, plan, digest, request)
             if answer is not None:
