@@ -213,3 +213,11 @@ def test_the_ab_table_takes_each_figures_median_over_the_rounds():
         "| W4 batch | warm | 2 s | 1.5 s | 0.75 | 3 + 3 |",
         "| W7 hvp | HVP vs finite differences | 5.3e-08 | 5.3e-08 | 1.00 | 3 + 3 |",
     ]
+
+
+def test_the_train_cpu_harness_answers_every_message_as_the_whole_graph_was():
+    from bench import train_cpu  # it raises when an answer differs
+
+    for name in train_cpu.WORKLOADS:
+        (figure,) = train_cpu.microseconds_per_message(name, messages=20, streams=1)
+        assert figure > 0

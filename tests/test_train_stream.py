@@ -16,6 +16,7 @@ from graphs import neuron
 from hardening import SlowOp, chain, wait_until
 from servers import serving
 
+from bench.train_cpu import MessagesContext
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.engine.run import Engine
 from gradserve.server.service import train_stream
@@ -278,27 +279,6 @@ def test_the_docs_example_runs_and_prints_the_gradients(target, capsys):
     exec(example.replace('"localhost:50051"', repr(target)), {})
     # d(a*b)/da = b = 4, d(a*b)/db = a = 3, then the product's own seed.
     assert capsys.readouterr().out.splitlines() == [f"{i} [4.0, 3.0, 1.0]" for i in range(3)]
-
-
-class MessagesContext:
-    """A Train call's grpc context that reads the given messages, then the half-close,
-    each at once, and keeps what is written."""
-
-    def __init__(self, messages: list[bytes]) -> None:
-        self.messages = list(messages)
-        self.written: list[bytes] = []
-
-    async def read(self):
-        return self.messages.pop(0) if self.messages else grpc.aio.EOF
-
-    async def write(self, message: bytes) -> None:
-        self.written.append(message)
-
-    def time_remaining(self):
-        return None
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:1"
 
 
 def test_requests_answered_on_the_event_loop_are_read_without_a_reading_task(registry):
