@@ -488,7 +488,7 @@ class CallScope:
                 self.code.name,
                 elapsed * 1e3,
                 rows=rows,
-                peer=self.context.peer(),
+                peer=self.connection or self.context.peer(),  # known once the call counted
                 trace_id=self.span.trace_id,
                 level=self.log_level,
             )

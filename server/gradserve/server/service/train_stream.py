@@ -39,6 +39,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1.wire_format import VARINT, delimited_header, varint
 
 _ID, _RESPONSE = 1, 2  # TrainResponse's field numbers
+_ID_KEY = varint(_ID << 3 | VARINT)
 _DETAILS_KEY = "grpc-status-details-bin"
 _CANCELLED = "the client cancelled this request"
 _OK = grpc.StatusCode.OK
@@ -80,12 +81,7 @@ def decode(raw: bytes):
 def answered(request_id: int, reply: bytes) -> bytes:
     """A TrainResponse carrying the serialized EvaluateResponse ``reply``, written without
     parsing the reply again."""
-    return (
-        varint(_ID << 3 | VARINT)
-        + varint(request_id)
-        + delimited_header(_RESPONSE, len(reply))
-        + reply
-    )
+    return _ID_KEY + varint(request_id) + delimited_header(_RESPONSE, len(reply)) + reply
 
 
 def failed(request_id: int, result: grpc.Status) -> bytes:
