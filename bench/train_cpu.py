@@ -1,9 +1,10 @@
 """The server's CPU time per Train message, in process: the handler's Python alone.
 
 `uv run python bench/train_cpu.py` serves one Train stream of N messages, all read at once
-from a stand-in grpc context, through the real servicer (memory budget, read slots,
-metrics, the call's limits and log checks: a server as `gradserve serve` makes it), and
-prints this thread's CPU time per message, best of R streams. The messages are the
+from a stand-in grpc context, through the real servicer (memory budget, read slots, the
+call's limits and log checks: a server as `gradserve serve` makes it; with ``--metrics``,
+as with ``--metrics-port``), and prints this thread's CPU time per message, best of R
+streams. The messages are the
 neuron as the SDK sends it in a training loop (W3: the plan digest and the leaf values)
 and micrograd's README model's loss (W6: 398 nodes by plan digest, every node's results
 back). A hot loop: in a real server each message also pays grpc, the kernel and cold
@@ -79,14 +80,14 @@ def readme_model() -> pb.EvaluateRequest:
 WORKLOADS = {"neuron": neuron, "readme": readme_model}
 
 
-def servicer() -> GradientServicer:
-    """A servicer as `gradserve serve` makes one, with metrics on; call on its event loop."""
+def servicer(metrics: bool) -> GradientServicer:
+    """A servicer as `gradserve serve` makes one; call on its event loop."""
     state = ServerState(
         Limits(),
         MemoryBudget(MEMORY, reserved=MEMORY // 4, arriving=MEMORY // 4),
         ThreadPoolExecutor(max_workers=1),
         threads=1,
-        metrics=CallMetrics(),
+        metrics=CallMetrics() if metrics else None,
         arrival=ArrivalGate(MEMORY // 4, MESSAGE_BYTES),
     )
     state.on_loop()
@@ -111,16 +112,18 @@ def by_digest(request: pb.EvaluateRequest, digest: bytes) -> pb.EvaluateRequest:
     return named
 
 
-async def _servicer() -> GradientServicer:
-    return servicer()
+async def _servicer(metrics: bool) -> GradientServicer:
+    return servicer(metrics)
 
 
-def microseconds_per_message(name: str, messages: int, streams: int) -> list[float]:
+def microseconds_per_message(
+    name: str, messages: int, streams: int, metrics: bool = False
+) -> list[float]:
     """Each stream's thread CPU time per message, once the structure's program is compiled
     (on its second call)."""
     loop = asyncio.new_event_loop()
     try:
-        served = loop.run_until_complete(_servicer())
+        served = loop.run_until_complete(_servicer(metrics))
         request = WORKLOADS[name]()
         whole = pb.TrainRequest(id=0, request=request).SerializeToString()
         answers = loop.run_until_complete(train(served, [whole] * 2))
@@ -146,13 +149,16 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="neuron,readme")
     parser.add_argument("--messages", type=int, default=3_000, help="messages per stream")
     parser.add_argument("--streams", type=int, default=15, help="streams per workload")
+    parser.add_argument("--metrics", action="store_true", help="record metrics, as a server does")
     options = parser.parse_args()
     for name in options.workloads.split(","):
-        figures = sorted(microseconds_per_message(name, options.messages, options.streams))
+        figures = sorted(
+            microseconds_per_message(name, options.messages, options.streams, options.metrics)
+        )
         print(
             f"{name}: {figures[0]:.1f} µs CPU per message at best, median "
             f"{figures[len(figures) // 2]:.1f} ({options.streams} streams of "
-            f"{options.messages:,} messages)"
+            f"{options.messages:,} messages{', metrics on' if options.metrics else ''})"
         )
 
 
