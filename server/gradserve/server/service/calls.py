@@ -111,6 +111,7 @@ class CallScope:
     # What a call starts with, as class attributes: a Train stream makes a scope per
     # message, and each attribute an instance need not set is a store saved.
     nodes = 0
+    metered_nodes = True  # whether the metrics count ``nodes`` (a Train stream's messages do)
     rows = 0
     request_bytes = 0  # the decoded request's memory, once known
     labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
@@ -497,7 +498,8 @@ class CallScope:
     def _record(self, elapsed: float) -> None:
         """Count the call in the metrics."""
         if self.state.metrics is not None:
-            self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
+            nodes = self.nodes if self.metered_nodes else 0
+            self.state.metrics.record(self.method, self.code, elapsed, nodes)
 
 
 def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.Status:

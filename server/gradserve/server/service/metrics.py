@@ -1,7 +1,8 @@
 """Prometheus metrics for every gRPC call, served over HTTP on a port of their own.
 
 ``CallMetrics`` times each call, records its method and the status code its client
-received, and counts the graph nodes of successful Evaluate and EvaluateStream calls. Each
+received, and counts the graph nodes of successful Evaluate and EvaluateStream calls and
+Train messages (a Train stream's own end counts no nodes: its messages did). Each
 instance has its own registry, so several servers in one process (as in the tests) keep
 separate counts. ``watch_plan_cache`` adds the plan cache's hits and misses, read from the
 cache at each scrape. With several worker processes the metrics work in prometheus_client's

@@ -288,6 +288,7 @@ async def serve(stream: CallScope, evaluate: Callable[[CallScope], Awaitable[byt
     """Answer the stream's requests in order with ``evaluate`` (one Evaluate's work: a
     call scope in, the reply's bytes out) until the client half-closes."""
     stream.deadline = stream.state.limits.caller_deadline(stream.context.time_remaining())
+    stream.metered_nodes = False  # its messages count their nodes; its own sum is for its log
     inbox = _Inbox(stream)
     try:
         while (read := await inbox.next()) is not None:
