@@ -23,6 +23,11 @@ from gradserve.v1 import gradserve_pb2 as pb
 DIGEST_BYTES = 16
 CHUNK_NODE_ROWS = 65_536  # node results in one stream chunk (20 bytes each): ~1.3 MB
 MAX_CHUNKS = 4_096  # chunks of one row block at most, whatever chunk_size asks
+# Sending an engine's answer, per result of a chunk (answer_chunk_bytes): measured with
+# tracemalloc, building a chunk peaks at about 75 bytes a result (ids of up to 2,048 nodes
+# as int objects of their own, three lists, the packed fields and the joined message) and
+# the message takes about 17 more; grpc's copy of it, as much again.
+ANSWER_CHUNK_BYTES_PER_RESULT = 128
 # A request's bytes and, while they are decoded, the message: packed varints of one byte
 # widen to 4-byte ints.
 RAW_REQUEST_BYTES_PER_BYTE = 5
@@ -252,25 +257,34 @@ def nodes_per_chunk(rows: int, chunk_size: int, selected: int) -> int:
 
 def answer_reply(answer: Answer, digest: bytes) -> bytes:
     """The EvaluateResponse of an engine's answer (one row)."""
-    return packed.evaluate_response(
-        answer.ids, answer.values, answer.grads, digest, wire_ids=answer.wire_ids
-    )
+    ids, values, grads = answer.part(0, answer.count)
+    return packed.evaluate_response(ids, values, grads, digest, wire_ids=answer.wire_ids)
+
+
+def answer_chunk_nodes(answer: Answer, chunk_size: int) -> int:
+    """Results in each GradientChunk of an engine's answer (one row)."""
+    return nodes_per_chunk(1, chunk_size, answer.count)
+
+
+def answer_chunk_bytes(nodes: int) -> int:
+    """What sending an engine's answer holds beyond its request, in chunks of ``nodes``
+    results: one chunk being built (its ids, values and gradients as lists, then packed
+    and joined into the message), and the message while grpc sends it (the server's copy
+    and grpc's). The results by node, of a plan small enough for the engine to answer
+    whole, are a few kilobytes at most. Checked against tracemalloc in
+    tests/test_admission_ledger.py."""
+    return ANSWER_CHUNK_BYTES_PER_RESULT * nodes
 
 
 def answer_chunks(answer: Answer, digest: bytes, chunk_size: int) -> Iterator[bytes]:
     """The GradientChunks of an engine's answer (one row), at most CHUNK_NODE_ROWS node
-    results each, or ``chunk_size`` nodes when the client asks for fewer."""
-    total = len(answer.ids)
-    per_chunk = nodes_per_chunk(1, chunk_size, total)
+    results each, or ``chunk_size`` nodes when the client asks for fewer. Each chunk's
+    results are gathered as it is made, and let go of before it is sent."""
+    total = answer.count
+    per_chunk = answer_chunk_nodes(answer, chunk_size)
     for start in range(0, total, per_chunk):
-        part = slice(start, start + per_chunk)
         yield packed.gradient_chunk(
-            answer.ids[part],
-            answer.values[part],
-            answer.grads[part],
-            digest,
-            total_nodes=total,
-            first_row=0,
+            *answer.part(start, start + per_chunk), digest, total_nodes=total, first_row=0
         )
 
 

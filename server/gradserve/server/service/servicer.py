@@ -125,6 +125,8 @@ class GradientServicer:
         async with CallScope("EvaluateStream", context, self._state) as call:
             request, digest, prepared = await self._prepare(call)
             if isinstance(prepared, Answer):
+                nodes = evaluation.answer_chunk_nodes(prepared, request.chunk_size)
+                await call.admit(call.request_bytes + evaluation.answer_chunk_bytes(nodes))
                 for chunk in evaluation.answer_chunks(prepared, digest, request.chunk_size):
                     await call.send(chunk)
                 return
