@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import shapes
 
+from bench.arriving_live import in_use_mib
 from gradserve.server.engine import memory
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import compile_graph
@@ -151,3 +152,57 @@ def test_a_unary_job_is_charged_the_results_its_reply_keeps(ops, tangents):
     )
     kept = job.memory(0, streaming=False) - memory.evaluation_bytes(plan.sizes, 0, tangents)
     assert kept >= 8 * (4 if tangents else 2) * plan.node_count * rows
+
+
+def _held_by_parsing(raw: bytes) -> tuple[pb.EvaluateRequest, float]:
+    """The message parsed from ``raw``, and what parsing left allocated by malloc's own
+    count (glibc's mallinfo2: protobuf's C parser allocates outside tracemalloc's view)."""
+    gc.collect()
+    before = in_use_mib()
+    parsed = pb.EvaluateRequest.FromString(raw)
+    return parsed, (in_use_mib() - before) * 2**20
+
+
+def _with(field: str, entries: list) -> pb.EvaluateRequest:
+    request = pb.EvaluateRequest()
+    holder = request.graph if field.startswith("graph.") else request
+    getattr(holder, field.removeprefix("graph.")).extend(entries)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("field", "count", "value"),
+    [
+        ("nodes", 1_000_000, 0),  # one-byte varints: a megabyte's request
+        ("nodes", 3_000_000, 1_000),  # 3M entries: just past a doubling
+        ("graph.input_ids", 1_000_000, 70_000),
+        ("graph.leaf_values", 1_000_000, 0.5),  # fixed-size entries: no growth
+        ("graph.labels", 20_000, "a"),
+        ("graph.op_names", 20_000, ""),
+    ],
+)
+def test_a_parsed_request_is_charged_what_protobuf_holds_for_it(field, count, value):
+    """Protobuf's C parser (upb) keeps a parsed message in an arena that gives no block
+    back: a packed field of varints, whose entries it cannot count beforehand, grows by
+    doubling and keeps each smaller array it outgrew (a million one-byte ids hold 7.5 MiB,
+    not 3.8). What parsing leaves allocated is within the request's charge, and the charge
+    within 3x of it."""
+    parsed, held = _held_by_parsing(_with(field, [value] * count).SerializeToString())
+    charge = evaluation.request_bytes(parsed)
+    assert held <= charge <= 3 * held, (held, charge)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "entry_bytes"),
+    [("nodes", 1, 1), ("graph.labels", "", 2), ("graph.op_names", "a", 3)],
+)
+def test_a_small_request_s_charge_by_its_length_covers_parsing_it(field, value, entry_bytes):
+    """A request up to SMALL_REQUEST_BYTES is charged by its length alone: its bytes and
+    the parsed message, whatever its fields. The worst cases: one-byte varints (a 4-byte
+    entry each) and short strings (a 16-byte view each), a power of two and one more of
+    them, so that the arrays have just doubled."""
+    entries = 1 << (evaluation.SMALL_REQUEST_BYTES // entry_bytes - 8).bit_length() - 1
+    raw = _with(field, [value] * (entries + 1)).SerializeToString()
+    assert len(raw) <= evaluation.SMALL_REQUEST_BYTES
+    _, held = _held_by_parsing(raw)
+    assert held + len(raw) <= evaluation.raw_request_bytes(len(raw)), (held, len(raw))

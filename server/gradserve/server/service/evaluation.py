@@ -29,8 +29,18 @@ MAX_CHUNKS = 4_096  # chunks of one row block at most, whatever chunk_size asks
 # the message takes about 17 more; grpc's copy of it, as much again.
 ANSWER_CHUNK_BYTES_PER_RESULT = 128
 # A request's bytes and, while they are decoded, the message: packed varints of one byte
-# widen to 4-byte ints.
+# widen to 4-byte ints. A large request is charged its decoded fields once it is decoded
+# (request_bytes); a small one, by its length alone for the whole call, so its bound holds
+# for any fields: the worst is empty strings, each 2 bytes on the wire and up to 64 bytes
+# of grown views (request_bytes) and 16 of text in the arena, 40 a byte, and the bytes.
+SMALL_REQUEST_BYTES = 64 * 1024
 RAW_REQUEST_BYTES_PER_BYTE = 5
+SMALL_REQUEST_BYTES_PER_BYTE = 41
+# A decoded request (request_bytes): a string's view and the rounding of its text, and the
+# arena's own blocks and the message (about 10 KB measured).
+STRING_VIEW_BYTES = 16
+STRING_ROUNDING_BYTES = 16
+MESSAGE_BYTES = 16 * 1024
 
 StopCheck = Callable[[], bool]
 
@@ -46,17 +56,35 @@ def decode(raw: bytes) -> pb.EvaluateRequest:
 
 def raw_request_bytes(raw_length: int) -> int:
     """The memory of a request's bytes and of decoding them, from their length alone."""
+    if raw_length <= SMALL_REQUEST_BYTES:
+        return SMALL_REQUEST_BYTES_PER_BYTE * raw_length
     return RAW_REQUEST_BYTES_PER_BYTE * raw_length
 
 
 def request_bytes(request: pb.EvaluateRequest) -> int:
-    """The memory of the decoded request, from its fields' lengths."""
+    """The memory of the decoded request, from its fields' lengths.
+
+    Protobuf's C parser (upb) keeps the message in an arena that gives no block back. A
+    repeated field whose entries it cannot count beforehand (varints, or entries sent
+    unpacked) grows by doubling, and the arrays it outgrew stay: a field of n entries holds
+    up to twice its capacity (the power of two at or above n) in entries. A string is a
+    16-byte view in such an array, and its text rounded up in the arena. Measured with
+    malloc's own count in tests/test_resilience_estimate.py."""
     graph = request.graph
-    ints = len(graph.node_ops) + len(graph.input_counts) + len(graph.input_ids)
-    ints += len(request.nodes) + len(request.outputs)
-    doubles = len(graph.leaf_values) + len(request.leaf_tangents) + len(request.seeds)
-    text = sum(map(len, graph.op_names)) + sum(map(len, graph.labels)) + 64 * len(graph.labels)
-    return 4 * ints + 8 * doubles + text + len(request.plan_digest)
+    ints = (graph.node_ops, graph.input_counts, graph.input_ids, request.nodes, request.outputs)
+    doubles = (graph.leaf_values, request.leaf_tangents, request.seeds)
+    arrays = sum(_grown(4, len(field)) for field in ints)
+    arrays += sum(_grown(8, len(field)) for field in doubles)
+    strings = 0
+    for field in (graph.op_names, graph.labels):
+        arrays += _grown(STRING_VIEW_BYTES, len(field))
+        strings += sum(map(len, field)) + STRING_ROUNDING_BYTES * len(field)
+    return arrays + strings + len(request.plan_digest) + MESSAGE_BYTES
+
+
+def _grown(entry_bytes: int, entries: int) -> int:
+    """A repeated field's arrays, grown by doubling to hold ``entries``: twice the last."""
+    return 2 * entry_bytes * (1 << (entries - 1).bit_length()) if entries else 0
 
 
 def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
