@@ -24,6 +24,7 @@ from gradserve.server.engine.errors import (
     OpFailure,
     PlanNotFound,
 )
+from gradserve.server.runtime import malloc
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.arrival import ArrivalGate
@@ -195,8 +196,9 @@ class CallScope:
     def _take_back_read(self, give_back: Callable[[], None], over_share: bool) -> None:
         """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
         self.note = _TAKEN_BACK_OVER_SHARE if over_share else _TAKEN_BACK
-        # grpc lets go of the call's bytes when the call is done, after the status is sent.
-        self.context.add_done_callback(lambda _context: give_back())
+        # grpc lets go of the call's bytes when the call is done, after the status is sent;
+        # the holes they leave in malloc's heap are then handed back to the system.
+        self.context.add_done_callback(lambda _context: _give_back_then_trim(give_back))
         self._task.cancel()
 
     def count_in(self) -> None:
@@ -484,6 +486,11 @@ class CallScope:
             )
         if self.state.metrics is not None:
             self.state.metrics.record(self.method, self.code, elapsed, self.nodes)
+
+
+def _give_back_then_trim(give_back: Callable[[], None]) -> None:
+    give_back()
+    malloc.hand_back_freed_soon()
 
 
 def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.Status:
