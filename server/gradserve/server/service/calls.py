@@ -106,10 +106,14 @@ class CallScope:
     request_bytes = 0  # the decoded request's memory, once known
     labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
     code = _OK
+    # The log's word for the status when the server cannot know which of two the client
+    # got (``_went_away``); else the log says ``code``.
+    logged_status = ""
     connection = ""  # the peer, once the call counts against the limits
     token = ""  # its bearer token, when the server counts calls by token
     note = ""
     _gone = False
+    _awaiting_message = False  # the request message has not arrived yet
     _counted = False
     _finished = False
     _running = None  # the executor future of the step in progress
@@ -157,6 +161,7 @@ class CallScope:
         self.refuse_if_draining()
         self.state.waiting_for_request.add(self)
         arriving = min(self.deadline, time.monotonic() + self.state.limits.request_timeout_s)
+        self._awaiting_message = True
         try:
             async with asyncio.timeout(arriving - time.monotonic()):
                 raw = await self.read()
@@ -164,6 +169,7 @@ class CallScope:
             raise RequestTimedOut() from None
         finally:
             self.state.waiting_for_request.discard(self)
+        self._awaiting_message = False
         if raw is grpc.aio.EOF:
             if await self._refused_by_grpc():
                 raise asyncio.CancelledError()  # the client has grpc's status already
@@ -172,15 +178,17 @@ class CallScope:
         return raw
 
     async def _refused_by_grpc(self) -> bool:
-        """Whether grpc itself refused the request message (over max-message-mb), having
-        sent the client RESOURCE_EXHAUSTED: grpc.aio hands the handler the same EOF as for
-        a client that sent no message, but then refuses to start the reply (or cancels
-        the call as it tries), where a client still waiting gets its headers. A stream
-        reset before its message looks the same here (docs/running-safely.md)."""
+        """Whether the call ended for grpc before its request message: grpc.aio hands the
+        handler the same EOF as for a client that sent no message, but then refuses to
+        start the reply (or cancels the call as it tries), where a client still waiting
+        gets its headers. Either grpc refused the message (over max-message-mb), having
+        sent the client RESOURCE_EXHAUSTED, or the client reset the stream first: grpc.aio
+        tells the handler neither which nor the status it sent, so the log says both."""
         try:
             await self.context.send_initial_metadata(())
         except (asyncio.CancelledError, grpc.aio.UsageError, grpc.aio.InternalError):
             self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.logged_status = REFUSED_OR_RESET
             self.note = "refused by grpc"
             return True
         return False
@@ -348,6 +356,11 @@ class CallScope:
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
         elif self.note != "refused by grpc":  # else the code grpc sent is set
             self.code = grpc.StatusCode.CANCELLED
+            if self._awaiting_message:
+                # The client cancelled (or reset, or left) before its message arrived, or
+                # grpc refused the call at its headers, having sent the client UNIMPLEMENTED
+                # for a compressed request: the handler sees the same cancellation.
+                self.logged_status = CANCELLED_OR_REFUSED
 
     def _past_deadline(self) -> bool:
         """Whether the call ended by its deadline: grpc's own account of the time left
@@ -477,7 +490,7 @@ class CallScope:
             call_log.add(
                 self.method,
                 self.nodes,
-                self.code.name,
+                self.logged_status or self.code.name,
                 elapsed * 1e3,
                 rows=rows,
                 peer=self.context.peer(),
@@ -511,6 +524,10 @@ def _add(counts: dict, key: str, change: int) -> None:
         del counts[key]
 
 
+# The log's status of a call that ended for grpc before its request message arrived, when
+# the server cannot know what the client got (docs/running-safely.md).
+REFUSED_OR_RESET = "RESOURCE_EXHAUSTED_OR_RESET"
+CANCELLED_OR_REFUSED = "CANCELLED_OR_UNIMPLEMENTED"
 _TAKEN_BACK = "read slot taken back"
 _TAKEN_BACK_OVER_SHARE = "read slot taken back for the connection's share"
 _DRAINING = "the server is shutting down and takes no new calls; retry on another server"
