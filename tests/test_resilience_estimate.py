@@ -18,6 +18,7 @@ from gradserve.server.engine.second_order import evaluate_with_tangents
 from gradserve.server.service import evaluation, packed
 from gradserve.v1 import gradserve_pb2 as pb
 
+CHUNK = evaluation.CHUNK_NODE_ROWS
 CASES = [
     (shape, rows, tangents)
     for shape in sorted(shapes.SHAPES)
@@ -134,24 +135,44 @@ def test_a_decoded_request_is_charged_at_least_its_repeated_fields_as_arrays(fie
     assert evaluation.request_bytes(request) - empty >= entry_bytes * 10_000
 
 
+def _job(plan, rows: int, selected: np.ndarray, tangents: bool) -> evaluation.Job:
+    """A job of ``rows`` rows of zeros through ``plan``, differentiating its last node."""
+    leaves = np.zeros((rows, len(plan.leaves)))
+    return evaluation.Job(
+        request=pb.EvaluateRequest(),
+        plan=plan,
+        digest=bytes(16),
+        leaves=leaves,
+        outputs=np.array([plan.node_count - 1]),
+        seeds=np.array([1.0]),
+        selected=selected,
+        tangents=np.zeros_like(leaves) if tangents else None,
+    )
+
+
 @pytest.mark.parametrize("tangents", [False, True])
 def test_a_unary_job_is_charged_the_results_its_reply_keeps(ops, tangents):
     """Every selected node's value and gradient (and their tangents) for every row, 8 bytes
     each, kept until the reply is sent, on top of evaluating."""
     plan = compile_graph(shapes.SHAPES["mlp"](), ops)
-    rows, leaves = 5, len(plan.leaves)
-    job = evaluation.Job(
-        request=pb.EvaluateRequest(),
-        plan=plan,
-        digest=bytes(16),
-        leaves=np.zeros((rows, leaves)),
-        outputs=np.array([plan.node_count - 1]),
-        seeds=np.array([1.0]),
-        selected=np.arange(plan.node_count),
-        tangents=np.zeros((rows, leaves)) if tangents else None,
-    )
+    rows = 5
+    job = _job(plan, rows, np.arange(plan.node_count), tangents)
     kept = job.memory(0, streaming=False) - memory.evaluation_bytes(plan.sizes, 0, tangents)
     assert kept >= 8 * (4 if tangents else 2) * plan.node_count * rows
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_job_is_charged_its_own_arrays(ops, streaming):
+    """A job holds its leaf values and tangents for every row and its selected ids the
+    whole call through: a selection of one node a million times is 8 MB of ids, beside
+    the evaluation and the results it keeps."""
+    plan = compile_graph(shapes.SHAPES["mlp"](), ops)
+    rows, leaves, selected = 3, len(plan.leaves), 1_000_000
+    job = _job(plan, rows, np.zeros(selected, dtype=np.int64), tangents=True)
+    kept = memory.results_bytes(CHUNK if streaming else selected, 1 if streaming else rows)
+    others = memory.evaluation_bytes(plan.sizes, 1, tangents=True) + 2 * kept
+    arrays = 8 * selected + 2 * 8 * rows * leaves + 16
+    assert job.memory(1, streaming) - others == arrays
 
 
 def _held_by_parsing(raw: bytes) -> tuple[pb.EvaluateRequest, float]:

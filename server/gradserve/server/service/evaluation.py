@@ -128,9 +128,17 @@ class Job:
         """Arrays of results per node: values and gradients, and their tangents."""
         return 2 if self.tangents is None else 4
 
+    @property
+    def arrays_bytes(self) -> int:
+        """The job's own arrays, held the whole call through: the leaf values (and
+        tangents) of every row, and the selected ids (a million for a request that selects
+        one node a million times)."""
+        arrays = (self.leaves, self.outputs, self.seeds, self.selected, self.tangents)
+        return sum(array.nbytes for array in arrays if array is not None)
+
     def memory(self, block_rows: int, streaming: bool) -> int:
-        """Evaluation of ``block_rows`` rows at a time, and the results it keeps: all of
-        them for a unary reply, one chunk at a time for a stream."""
+        """The job's arrays, evaluation of ``block_rows`` rows at a time, and the results
+        it keeps: all of them for a unary reply, one chunk at a time for a stream."""
         kept = (
             memory.results_bytes(min(len(self.selected), CHUNK_NODE_ROWS), 1)
             if streaming
@@ -138,7 +146,8 @@ class Job:
         )
         factor = self.results_per_node // 2  # tangents double the results kept
         tangents = self.tangents is not None
-        return memory.evaluation_bytes(self.plan.sizes, block_rows, tangents) + factor * kept
+        evaluating = memory.evaluation_bytes(self.plan.sizes, block_rows, tangents)
+        return self.arrays_bytes + evaluating + factor * kept
 
     def block_rows(self, allowance: int, streaming: bool) -> int:
         """The most rows evaluated at once within ``allowance`` bytes (at least 1; a stream
