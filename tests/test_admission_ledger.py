@@ -19,6 +19,7 @@ from resilience import repeated_nodes
 
 from bench.h2_client import H2GrpcClient
 from gradserve.server.engine import memory
+from gradserve.server.service import evaluation
 from gradserve.server.service.app import running_server
 from gradserve.server.service.calls import CallScope
 from gradserve.v1 import gradserve_pb2 as pb
@@ -232,3 +233,17 @@ def test_a_stream_answered_whole_holds_no_more_than_its_charge(registry, traced_
     beyond_request = charge - request_charge
     built = peak - baseline  # the peak since the charge, building the first chunk
     assert built <= beyond_request <= 3 * built, (built, beyond_request)
+
+
+def test_a_small_stream_answered_whole_is_charged_its_results_not_a_whole_chunk(registry, charges):
+    """A 10-node stream the engine answers whole holds ten results at a time, not the
+    65,536 a chunk may hold: its charge while it sends is its request and ten results."""
+    request = pb.EvaluateRequest(graph=neuron()[0].proto(), selection=pb.SELECTION_ALL)
+    with (
+        running_server(registry) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        chunks = list(pb_grpc.GradientServiceStub(channel).EvaluateStream(request, timeout=30))
+    assert [len(chunk.node_ids) for chunk in chunks] == [10]
+    request_charge = evaluation.raw_request_bytes(request.ByteSize())
+    assert charges[-1] == request_charge + evaluation.answer_chunk_bytes(10), charges

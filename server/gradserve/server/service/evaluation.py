@@ -299,8 +299,8 @@ def answer_reply(answer: Answer, digest: bytes) -> bytes:
 
 
 def answer_chunk_nodes(answer: Answer, chunk_size: int) -> int:
-    """Results in each GradientChunk of an engine's answer (one row)."""
-    return nodes_per_chunk(1, chunk_size, answer.count)
+    """Results in the largest GradientChunk of an engine's answer (one row)."""
+    return min(nodes_per_chunk(1, chunk_size, answer.count), answer.count)
 
 
 def answer_chunk_bytes(nodes: int) -> int:
@@ -318,7 +318,7 @@ def answer_chunks(answer: Answer, digest: bytes, chunk_size: int) -> Iterator[by
     results each, or ``chunk_size`` nodes when the client asks for fewer. Each chunk's
     results are gathered as it is made, and let go of before it is sent."""
     total = answer.count
-    per_chunk = answer_chunk_nodes(answer, chunk_size)
+    per_chunk = nodes_per_chunk(1, chunk_size, total)
     for start in range(0, total, per_chunk):
         yield packed.gradient_chunk(
             *answer.part(start, start + per_chunk), digest, total_nodes=total, first_row=0
