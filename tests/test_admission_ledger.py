@@ -4,7 +4,10 @@ their threads have ended, and a call its client gave up on stays charged while i
 still runs (its arrays are still alive). Read from the server's own gauge,
 gradserve_memory_budget_used_bytes, on its metrics endpoint."""
 
+import gc
 import random
+import time
+import tracemalloc
 
 import grpc
 import numpy as np
@@ -14,7 +17,9 @@ from hardening import SlowOp, chain, wait_until
 from metered import metered_server, sample, scrape
 from resilience import repeated_nodes
 
+from bench.h2_client import H2GrpcClient
 from gradserve.server.engine import memory
+from gradserve.server.service import evaluation
 from gradserve.server.service.app import running_server
 from gradserve.server.service.calls import CallScope
 from gradserve.v1 import gradserve_pb2 as pb
@@ -153,3 +158,92 @@ def test_a_unary_reply_is_charged_twice_while_grpc_sends_it(registry, charges, r
         )
     assert len(reply) > 20_000 * 8 * rows  # a value per selected node and row at least
     assert charges[-1] >= request.ByteSize() + 2 * len(reply), (charges, len(reply))
+
+
+@pytest.fixture
+def traced_calls(monkeypatch):
+    """tracemalloc's count (current and peak, since the last charge) as each charge is made
+    and as each reply message is handed to grpc: ``(kind, nbytes, current, peak, request
+    charge)`` in order, kind "charge" or "send"."""
+    marks = []
+    admit, send = CallScope.admit, CallScope.send
+
+    async def charging(self, nbytes: int) -> None:
+        await admit(self, nbytes)
+        marks.append(("charge", nbytes, *tracemalloc.get_traced_memory(), self.request_bytes))
+        tracemalloc.reset_peak()
+
+    async def sending(self, message: bytes) -> None:
+        current, peak = tracemalloc.get_traced_memory()
+        marks.append(("send", len(message), current, peak, self.request_bytes))
+        await send(self, message)
+
+    monkeypatch.setattr(CallScope, "admit", charging)
+    monkeypatch.setattr(CallScope, "send", sending)
+    return marks
+
+
+def _node_zero_repeated() -> pb.EvaluateRequest:
+    return repeated_nodes(1_000_000)
+
+
+def _last_of_a_chain_repeated() -> pb.EvaluateRequest:
+    """The last node of a 1,000-step chain, a million times: ids above 256, each an int
+    object of its own when read from the request."""
+    return pb.EvaluateRequest(graph=chain("neg", 1_000).proto(), nodes=[1_000] * 1_000_000)
+
+
+@pytest.mark.parametrize("selection", [_node_zero_repeated, _last_of_a_chain_repeated])
+def test_a_stream_answered_whole_holds_no_more_than_its_charge(registry, traced_calls, selection):
+    """EvaluateStream of one node selected a million times in one row: the engine answers
+    it whole (no evaluation job), and a client that never opens its window leaves the
+    first chunk waiting. What the call holds then (Python objects, counted by tracemalloc)
+    is within its charge, and the charge's part beyond the request message is within 3x of
+    the peak it covers (building the chunk). The request message lives in protobuf's
+    arena, which tracemalloc does not see: the request charge covers it. Before, the
+    engine's answer (the ids, values and gradients of a million results as Python lists,
+    about 24 MB) was held the whole stream through, against 3.8 MiB charged."""
+    request = selection()
+    raw = request.SerializeToString()
+    with running_server(registry) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.GradientServiceStub(channel)
+            for _ in range(2):  # a structure's second call compiles its program
+                stub.Evaluate(pb.EvaluateRequest(graph=request.graph, nodes=[0]), timeout=60)
+        del traced_calls[:]
+        gc.collect()
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            with H2GrpcClient(server.port, window=0) as client:
+                stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
+                waiting = client.pump(
+                    lambda: any(kind == "send" for kind, *_ in traced_calls),
+                    time.monotonic() + 60,
+                )
+                assert waiting and not client.streams[stream_id].finished, traced_calls
+        finally:
+            tracemalloc.stop()
+    first_send = next(i for i, (kind, *_) in enumerate(traced_calls) if kind == "send")
+    _, charge, _, _, request_charge = traced_calls[first_send - 1]
+    _, chunk_bytes, held, peak, _ = traced_calls[first_send]
+    held -= baseline
+    assert chunk_bytes > 1_000_000 // 16  # a chunk of many results, not of one
+    assert held <= charge, (held, charge)
+    beyond_request = charge - request_charge
+    built = peak - baseline  # the peak since the charge, building the first chunk
+    assert built <= beyond_request <= 3 * built, (built, beyond_request)
+
+
+def test_a_small_stream_answered_whole_is_charged_its_results_not_a_whole_chunk(registry, charges):
+    """A 10-node stream the engine answers whole holds ten results at a time, not the
+    65,536 a chunk may hold: its charge while it sends is its request and ten results."""
+    request = pb.EvaluateRequest(graph=neuron()[0].proto(), selection=pb.SELECTION_ALL)
+    with (
+        running_server(registry) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        chunks = list(pb_grpc.GradientServiceStub(channel).EvaluateStream(request, timeout=30))
+    assert [len(chunk.node_ids) for chunk in chunks] == [10]
+    request_charge = evaluation.raw_request_bytes(request.ByteSize())
+    assert charges[-1] == request_charge + evaluation.answer_chunk_bytes(10), charges

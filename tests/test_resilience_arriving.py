@@ -15,6 +15,7 @@ from resilience import EVALUATE, HANG_S, MESSAGE_LIMIT, channel_to, stub_on, two
 
 from bench.h2_client import H2GrpcClient
 from bench.h2_flood import PartialBody
+from gradserve.server.runtime import malloc
 from gradserve.server.service.app import running_server
 from gradserve.server.service.arrival import STANDING_WINDOW, ArrivalGate
 from gradserve.v1 import gradserve_pb2 as pb
@@ -39,12 +40,15 @@ def _bytes_on_open_streams(bodies: list[PartialBody]) -> int:
     return sum(body.sent for body in bodies if body.outcome is None)
 
 
-def test_partial_bodies_get_through_no_more_than_the_arriving_share(registry):
+def test_partial_bodies_get_through_no_more_than_the_arriving_share(registry, monkeypatch):
     """Six streams each declare a 1 MiB request and send all but its last KiB as fast as
     the server's windows allow. At every moment the bytes the server has let through on
     the streams still open stay within two messages (the read slots) and HTTP/2's default
     window per stream; calls holding a slot too long are taken back with RESOURCE_EXHAUSTED naming
-    max-arriving-mb, and an honest call answers meanwhile."""
+    max-arriving-mb, and an honest call answers meanwhile. Once each such call is done,
+    the memory its body leaves freed is handed back to the system (malloc's heap)."""
+    handed_back = []
+    monkeypatch.setattr(malloc, "hand_back_freed_soon", lambda: handed_back.append(1))
     bound = ARRIVING + STREAMS * HTTP2_DEFAULT_WINDOW
     options = {"max_message_bytes": MESSAGE, "max_arriving_bytes": ARRIVING}
     with running_server(registry, max_memory_bytes=64 * MIB, **options) as server:
@@ -77,6 +81,7 @@ def test_partial_bodies_get_through_no_more_than_the_arriving_share(registry):
                 body.close()
         # Every slot comes back once the streams are gone, those taken back included.
         assert wait_until(lambda: gate.used == 0 and not gate._waiting, timeout=HANG_S)
+        assert wait_until(lambda: len(handed_back) == gate.taken_back, timeout=HANG_S)
     # The streams did push: two of them a whole slot's worth at some moment.
     assert most_open > ARRIVING - 2 * 1024
     assert gate.taken_back >= 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import shapes
 
+from bench.arriving_live import in_use_mib
 from gradserve.server.engine import memory
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import compile_graph
@@ -17,6 +18,7 @@ from gradserve.server.engine.second_order import evaluate_with_tangents
 from gradserve.server.service import evaluation, packed
 from gradserve.v1 import gradserve_pb2 as pb
 
+CHUNK = evaluation.CHUNK_NODE_ROWS
 CASES = [
     (shape, rows, tangents)
     for shape in sorted(shapes.SHAPES)
@@ -133,21 +135,102 @@ def test_a_decoded_request_is_charged_at_least_its_repeated_fields_as_arrays(fie
     assert evaluation.request_bytes(request) - empty >= entry_bytes * 10_000
 
 
+def _job(plan, rows: int, selected: np.ndarray, tangents: bool) -> evaluation.Job:
+    """A job of ``rows`` rows of zeros through ``plan``, differentiating its last node."""
+    leaves = np.zeros((rows, len(plan.leaves)))
+    return evaluation.Job(
+        request=pb.EvaluateRequest(),
+        plan=plan,
+        digest=bytes(16),
+        leaves=leaves,
+        outputs=np.array([plan.node_count - 1]),
+        seeds=np.array([1.0]),
+        selected=selected,
+        tangents=np.zeros_like(leaves) if tangents else None,
+    )
+
+
 @pytest.mark.parametrize("tangents", [False, True])
 def test_a_unary_job_is_charged_the_results_its_reply_keeps(ops, tangents):
     """Every selected node's value and gradient (and their tangents) for every row, 8 bytes
     each, kept until the reply is sent, on top of evaluating."""
     plan = compile_graph(shapes.SHAPES["mlp"](), ops)
-    rows, leaves = 5, len(plan.leaves)
-    job = evaluation.Job(
-        request=pb.EvaluateRequest(),
-        plan=plan,
-        digest=bytes(16),
-        leaves=np.zeros((rows, leaves)),
-        outputs=np.array([plan.node_count - 1]),
-        seeds=np.array([1.0]),
-        selected=np.arange(plan.node_count),
-        tangents=np.zeros((rows, leaves)) if tangents else None,
-    )
+    rows = 5
+    job = _job(plan, rows, np.arange(plan.node_count), tangents)
     kept = job.memory(0, streaming=False) - memory.evaluation_bytes(plan.sizes, 0, tangents)
     assert kept >= 8 * (4 if tangents else 2) * plan.node_count * rows
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_job_is_charged_its_own_arrays(ops, streaming):
+    """A job holds its leaf values and tangents for every row and its selected ids the
+    whole call through: a selection of one node a million times is 8 MB of ids, beside
+    the evaluation and the results it keeps."""
+    plan = compile_graph(shapes.SHAPES["mlp"](), ops)
+    rows, leaves, selected = 3, len(plan.leaves), 1_000_000
+    job = _job(plan, rows, np.zeros(selected, dtype=np.int64), tangents=True)
+    kept = memory.results_bytes(CHUNK if streaming else selected, 1 if streaming else rows)
+    others = memory.evaluation_bytes(plan.sizes, 1, tangents=True) + 2 * kept
+    arrays = 8 * selected + 2 * 8 * rows * leaves + 16
+    assert job.memory(1, streaming) - others == arrays
+
+
+def _held_by_parsing(raw: bytes) -> tuple[pb.EvaluateRequest, float]:
+    """The message parsed from ``raw``, and what parsing left allocated by malloc's own
+    count (glibc's mallinfo2: protobuf's C parser allocates outside tracemalloc's view).
+    The count is the whole process's: the least of three parses leaves out what other
+    threads (a test server's) allocated meanwhile."""
+    held = []
+    for _ in range(3):
+        gc.collect()
+        before = in_use_mib()
+        parsed = pb.EvaluateRequest.FromString(raw)
+        held.append((in_use_mib() - before) * 2**20)
+        if len(held) < 3:
+            del parsed
+    return parsed, min(held)
+
+
+def _with(field: str, entries: list) -> pb.EvaluateRequest:
+    request = pb.EvaluateRequest()
+    holder = request.graph if field.startswith("graph.") else request
+    getattr(holder, field.removeprefix("graph.")).extend(entries)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("field", "count", "value"),
+    [
+        ("nodes", 1_000_000, 0),  # one-byte varints: a megabyte's request
+        ("nodes", 3_000_000, 1_000),  # 3M entries: just past a doubling
+        ("graph.input_ids", 1_000_000, 70_000),
+        ("graph.leaf_values", 1_000_000, 0.5),  # fixed-size entries: no growth
+        ("graph.labels", 20_000, "a"),
+        ("graph.op_names", 20_000, ""),
+    ],
+)
+def test_a_parsed_request_is_charged_what_protobuf_holds_for_it(field, count, value):
+    """Protobuf's C parser (upb) keeps a parsed message in an arena that gives no block
+    back: a packed field of varints, whose entries it cannot count beforehand, grows by
+    doubling and keeps each smaller array it outgrew (a million one-byte ids hold 7.5 MiB,
+    not 3.8). What parsing leaves allocated is within the request's charge, and the charge
+    within 3x of it."""
+    parsed, held = _held_by_parsing(_with(field, [value] * count).SerializeToString())
+    charge = evaluation.request_bytes(parsed)
+    assert held <= charge <= 3 * held, (held, charge)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "entry_bytes"),
+    [("nodes", 1, 1), ("graph.labels", "", 2), ("graph.op_names", "a", 3)],
+)
+def test_a_small_request_s_charge_by_its_length_covers_parsing_it(field, value, entry_bytes):
+    """A request up to SMALL_REQUEST_BYTES is charged by its length alone: its bytes and
+    the parsed message, whatever its fields. The worst cases: one-byte varints (a 4-byte
+    entry each) and short strings (a 16-byte view each), a power of two and one more of
+    them, so that the arrays have just doubled."""
+    entries = 1 << (evaluation.SMALL_REQUEST_BYTES // entry_bytes - 8).bit_length() - 1
+    raw = _with(field, [value] * (entries + 1)).SerializeToString()
+    assert len(raw) <= evaluation.SMALL_REQUEST_BYTES
+    _, held = _held_by_parsing(raw)
+    assert held + len(raw) <= evaluation.raw_request_bytes(len(raw)), (held, len(raw))

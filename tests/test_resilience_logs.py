@@ -4,6 +4,7 @@ line that counts the rest; successful calls are never held back; a call's line s
 status its client got."""
 
 import logging
+import time
 
 import grpc
 import pytest
@@ -12,9 +13,10 @@ from hardening import wait_until
 from resilience import EVALUATE, channel_to, repeated_nodes, stub_on
 from test_logs import _logger
 
+from bench.h2_client import H2GrpcClient
 from gradserve.server.service import logs
 from gradserve.server.service.app import running_server
-from gradserve.server.service.calls import call_log
+from gradserve.server.service.calls import CANCELLED_OR_REFUSED, REFUSED_OR_RESET, call_log
 from gradserve.server.service.logs import CallLog
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -76,9 +78,10 @@ def _lines(caplog, method: str) -> list[str]:
 
 def test_a_request_grpc_refuses_is_logged_with_the_status_the_client_got(registry, caplog):
     """Finding 6: a request over max-message-mb is refused by grpc itself, which sends the
-    client RESOURCE_EXHAUSTED and hands the handler no message: the call's line says
-    RESOURCE_EXHAUSTED too, with no traceback; a call that truly sends no message is still
-    INVALID_ARGUMENT for both."""
+    client RESOURCE_EXHAUSTED and hands the handler no message: the call's line names
+    RESOURCE_EXHAUSTED, with no traceback (or a reset: grpc.aio does not tell which, see
+    the reset's test); a call that truly sends no message is still INVALID_ARGUMENT for
+    both."""
     graph = GraphBuilder()
     for _ in range(2_000):
         graph.leaf(1.0)
@@ -94,7 +97,7 @@ def test_a_request_grpc_refuses_is_logged_with_the_status_the_client_got(registr
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "larger than max" in caught.value.details()
         assert wait_until(lambda: len(_lines(caplog, "Evaluate")) == 3, timeout=30)
-        assert {_status(line) for line in _lines(caplog, "Evaluate")} == {"RESOURCE_EXHAUSTED"}
+        assert {_status(line) for line in _lines(caplog, "Evaluate")} == {REFUSED_OR_RESET}
         empty = channel.stream_stream(EVALUATE)(iter(()), timeout=30)
         with pytest.raises(grpc.RpcError) as caught:
             list(empty)
@@ -106,3 +109,49 @@ def test_a_request_grpc_refuses_is_logged_with_the_status_the_client_got(registr
 
 def _status(line: str) -> str:
     return line.split("status=")[1].split()[0]
+
+
+def test_a_compressed_request_is_logged_with_the_status_grpc_sent(registry, caplog):
+    """grpc refuses a gzip request at its headers (the server enables no compression) and
+    sends the client UNIMPLEMENTED; the handler sees only a cancellation, as for a client
+    that cancels before sending its message. The line names UNIMPLEMENTED (it said
+    CANCELLED before), with no traceback."""
+    graph = GraphBuilder()
+    graph.op("neg", graph.leaf(0.5))
+    with (
+        caplog.at_level(logging.INFO),
+        running_server(registry) as server,
+        grpc.insecure_channel(
+            f"127.0.0.1:{server.port}", compression=grpc.Compression.Gzip
+        ) as gzipped,
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub_on(gzipped).Evaluate(pb.EvaluateRequest(graph=graph.proto()), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert wait_until(lambda: _lines(caplog, "Evaluate"), timeout=30)
+    assert [_status(line) for line in _lines(caplog, "Evaluate")] == [CANCELLED_OR_REFUSED]
+    assert "UNIMPLEMENTED" in CANCELLED_OR_REFUSED
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("wait_s", [0.0, 0.3])
+def test_a_stream_reset_before_its_message_is_not_logged_as_a_refusal_alone(
+    registry, caplog, wait_s
+):
+    """A client opens a call and resets it (RST_STREAM, CANCEL) before sending its message,
+    at once or after a while: the client got no status, it cancelled. The handler sees
+    either a cancellation or the EOF of a message grpc refused, and cannot tell which: the
+    line names the reset or the cancel, never RESOURCE_EXHAUSTED alone (as it did)."""
+    with (
+        caplog.at_level(logging.INFO),
+        running_server(registry) as server,
+        H2GrpcClient(server.port) as client,
+    ):
+        stream_id = client.open_stream(EVALUATE)
+        time.sleep(wait_s)
+        client.reset(stream_id)
+        assert wait_until(lambda: _lines(caplog, "Evaluate"), timeout=30)
+    [status] = [_status(line) for line in _lines(caplog, "Evaluate")]
+    assert status in (REFUSED_OR_RESET, CANCELLED_OR_REFUSED), status
+    assert "RESET" in REFUSED_OR_RESET and "CANCELLED" in CANCELLED_OR_REFUSED
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

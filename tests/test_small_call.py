@@ -468,3 +468,29 @@ def test_a_stream_of_small_chunks(stub, general_path_calls):
     assert [len(c.node_ids) for c in chunks] == [4, 4, 2]
     assert all(c.total_nodes == 10 and c.rows == 1 for c in chunks)
     assert [v for c in chunks for v in c.grads][:5] == pytest.approx([-1.5, 0.5, 1.0, 0.0, 0.5])
+
+
+@pytest.mark.parametrize("chunk_size", [0, 7])
+def test_a_repeated_selection_streams_the_general_paths_bytes(
+    stub, general_path_calls, general_only, chunk_size
+):
+    """Chosen nodes, repeated past one chunk of results (65,536 in one row): the small-call
+    path gathers each chunk's results as it sends it (``Answer.part``), and the chunks are
+    the general path's, byte for byte; an Evaluate of the same selection too. The ops are
+    exact in floats and in NumPy alike (products and sums)."""
+    g = graph_of("mul", "add", "neg", leaves=(0.75, -2.5))
+    chosen = pb.EvaluateRequest(
+        graph=g.proto(), nodes=[3, 0, 4, 3, 1] * 30_000, chunk_size=chunk_size
+    )
+    fast = [c.SerializeToString() for c in stub.EvaluateStream(chosen)]
+    fast_reply = stub.Evaluate(chosen).SerializeToString()
+    assert not general_path_calls
+    general = general_only(lambda: [c.SerializeToString() for c in stub.EvaluateStream(chosen)])
+    assert general_path_calls
+    assert fast == general and len(fast) >= 3
+    assert fast_reply == general_only(lambda: stub.Evaluate(chosen).SerializeToString())
+    first = pb.GradientChunk.FromString(fast[0])
+    # x = 0.75, y = -2.5; m = x * y, a = m + x, n = -a: n's gradient 1 flows back as -1.
+    assert list(first.node_ids[:5]) == [3, 0, 4, 3, 1]
+    assert list(first.values[:5]) == [-1.125, 0.75, 1.125, -1.125, -2.5]
+    assert list(first.grads[:5]) == [-1.0, -1.0 * (1 - 2.5), 1.0, -1.0, -0.75]

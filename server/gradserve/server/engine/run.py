@@ -89,12 +89,32 @@ class Cost(enum.Enum):
 
 class Answer(NamedTuple):
     """The selected nodes' ids, values and gradients for the one row of a call, and the
-    ids' wire form (packed varints) when it was encoded beforehand."""
+    ids' wire form (packed varints) when it was encoded beforehand.
+
+    With ``by_node``, ``values`` and ``grads`` hold one result per node of the plan and
+    ``ids`` is the request's own selection, which may name a node many times (a million
+    times, in a request of a megabyte): the results of a part of the selection are then
+    gathered when that part is sent (``part``), so that a stream holds one chunk's results
+    at a time, never the whole selection's."""
 
     ids: Sequence[int]
     values: list[float]
     grads: list[float]
     wire_ids: bytes | None = None
+    by_node: bool = False
+
+    @property
+    def count(self) -> int:
+        """How many results the answer holds (selected nodes, repeats counted)."""
+        return len(self.ids)
+
+    def part(self, start: int, stop: int) -> tuple[Sequence[int], list[float], list[float]]:
+        """The ids, values and gradients of the selection's results ``start`` to ``stop``."""
+        ids = self.ids[start:stop]
+        if not self.by_node:
+            return ids, self.values[start:stop], self.grads[start:stop]
+        values, grads = self.values, self.grads
+        return ids, [values[i] for i in ids], [grads[i] for i in ids]
 
 
 class RequestFields(small_call.EvaluateRequestFields, Protocol):

@@ -283,9 +283,10 @@ def evaluate(
     should_stop: Callable[[], bool],
     plans: PlanCache,
     digest: bytes,
-) -> tuple[Sequence[int], list[float], list[float], bytes | None] | None:
-    """The selected nodes' ids, values and gradients, and the ids' wire form when the
-    program keeps it (``Program.wire_ids``), or None: run the general path. When
+) -> tuple[Sequence[int], list[float], list[float], bytes | None, bool] | None:
+    """The selected nodes' ids, values and gradients, the ids' wire form when the
+    program keeps it (``Program.wire_ids``) and whether the results are by node rather
+    than by selected node (``_selected``), or None: run the general path. When
     the plan keeps a new program, ``plans`` (which hold it under ``digest``) count it."""
     if plan.node_count > MAX_NODES or request.rows > 1:
         return None
@@ -352,22 +353,24 @@ def _evaluate(program: Program, request: EvaluateRequestFields):
 
 def _selected(program: Program, request: EvaluateRequestFields, v: list[float], g: list[float]):
     """The ids, values and gradients of the nodes whose results go back, as
-    wire.selected_nodes picks them, and the ids' wire form when the program has it; None
+    wire.selected_nodes picks them, and the ids' wire form when the program has it, or, for
+    chosen nodes, the request's ids with every node's results (``Answer.by_node``); None
     where that function raises."""
     nodes = request.nodes
     selection = selection_of(request.selection, nodes)
     if selection == SELECTION_LEAVES and not nodes:
         count = len(program.leaves)
-        return program.leaves, v[:count], g[:count], None
+        return program.leaves, v[:count], g[:count], None, False
+    by_node = program.by_node
     if selection == SELECTION_NODES:
-        ids = list(nodes)
-        slots = [program.slots[i] for i in ids]
-    elif selection == SELECTION_ALL and not nodes:
-        by_node = program.by_node
-        return range(len(program.slots)), by_node(v), by_node(g), program.wire_ids
-    else:
-        return None
-    return ids, [v[i] for i in slots], [g[i] for i in slots], None
+        # The request's own ids, with every node's results: a selection may repeat a node
+        # a million times, and its results are gathered a part at a time (Answer.part).
+        if len(nodes) and max(nodes) >= len(program.slots):
+            return None
+        return nodes, by_node(v), by_node(g), None, True
+    if selection == SELECTION_ALL and not nodes:
+        return range(len(program.slots)), by_node(v), by_node(g), program.wire_ids, False
+    return None
 
 
 def _inside_domains(program: Program, v: list[float]) -> bool:

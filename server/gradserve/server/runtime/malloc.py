@@ -18,6 +18,7 @@ does not change (W1: 112 and 115 bytes a node).
 
 import ctypes
 import os
+import threading
 
 ARENAS = 2
 KEEP_BYTES = 1 << 30  # blocks served from the heap, and freed memory kept, up to this size
@@ -60,3 +61,32 @@ def configure() -> None:
     """Both settings, for the server: call it before any thread starts."""
     limit_arenas()
     keep_freed_memory()
+
+
+_handing_back = threading.Lock()
+
+
+def hand_back_freed() -> bool:
+    """Give the system the freed pages anywhere in malloc's heaps (``malloc_trim(0)``), not
+    only at their tops; whether any were given (never with a C library other than glibc).
+
+    A request body that never finishes arrives in grpc's small buffers, interleaved with
+    other streams' in the same heap: once its call ends and they are freed, the holes they
+    leave stay resident (eight partial 60 MB bodies held 265-344 MiB resident against the
+    256 MiB of read slots, with 242 MiB allocated at most). It walks every arena, 2-80 ms
+    on such a heap: call it off the event loop (``hand_back_freed_soon``)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    return trim is not None and trim(0) == 1
+
+
+def hand_back_freed_soon() -> None:
+    """``hand_back_freed`` on a thread of its own, unless one is under way already."""
+    if _handing_back.acquire(blocking=False):
+        threading.Thread(target=_hand_back_then_release, name="malloc-trim", daemon=True).start()
+
+
+def _hand_back_then_release() -> None:
+    try:
+        hand_back_freed()
+    finally:
+        _handing_back.release()

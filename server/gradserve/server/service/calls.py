@@ -24,6 +24,7 @@ from gradserve.server.engine.errors import (
     OpFailure,
     PlanNotFound,
 )
+from gradserve.server.runtime import malloc
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.arrival import ArrivalGate
@@ -116,10 +117,14 @@ class CallScope:
     request_bytes = 0  # the decoded request's memory, once known
     labels: Sequence[str] = ()  # the graph's node labels, once known, for messages
     code = _OK
+    # The log's word for the status when the server cannot know which of two the client
+    # got (``_went_away``); else the log says ``code``.
+    logged_status = ""
     connection = ""  # the peer, once the call counts against the limits
     token = ""  # its bearer token, when the server counts calls by token
     note = ""
     _gone = False
+    _awaiting_message = False  # the request message has not arrived yet
     _counted = False
     _finished = False
     _running = None  # the executor future of the step in progress
@@ -167,6 +172,7 @@ class CallScope:
         self.refuse_if_draining()
         self.state.waiting_for_request.add(self)
         arriving = min(self.deadline, time.monotonic() + self.state.limits.request_timeout_s)
+        self._awaiting_message = True
         try:
             async with asyncio.timeout(arriving - time.monotonic()):
                 raw = await self.read()
@@ -174,6 +180,7 @@ class CallScope:
             raise RequestTimedOut() from None
         finally:
             self.state.waiting_for_request.discard(self)
+        self._awaiting_message = False
         if raw is grpc.aio.EOF:
             if await self._refused_by_grpc():
                 raise asyncio.CancelledError()  # the client has grpc's status already
@@ -182,15 +189,17 @@ class CallScope:
         return raw
 
     async def _refused_by_grpc(self) -> bool:
-        """Whether grpc itself refused the request message (over max-message-mb), having
-        sent the client RESOURCE_EXHAUSTED: grpc.aio hands the handler the same EOF as for
-        a client that sent no message, but then refuses to start the reply (or cancels
-        the call as it tries), where a client still waiting gets its headers. A stream
-        reset before its message looks the same here (docs/running-safely.md)."""
+        """Whether the call ended for grpc before its request message: grpc.aio hands the
+        handler the same EOF as for a client that sent no message, but then refuses to
+        start the reply (or cancels the call as it tries), where a client still waiting
+        gets its headers. Either grpc refused the message (over max-message-mb), having
+        sent the client RESOURCE_EXHAUSTED, or the client reset the stream first: grpc.aio
+        tells the handler neither which nor the status it sent, so the log says both."""
         try:
             await self.context.send_initial_metadata(())
         except (asyncio.CancelledError, grpc.aio.UsageError, grpc.aio.InternalError):
             self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.logged_status = REFUSED_OR_RESET
             self.note = "refused by grpc"
             return True
         return False
@@ -206,8 +215,9 @@ class CallScope:
     def _take_back_read(self, give_back: Callable[[], None], over_share: bool) -> None:
         """The read's slot was taken back (``arrival``): end the call, then ``give_back``."""
         self.note = _TAKEN_BACK_OVER_SHARE if over_share else _TAKEN_BACK
-        # grpc lets go of the call's bytes when the call is done, after the status is sent.
-        self.context.add_done_callback(lambda _context: give_back())
+        # grpc lets go of the call's bytes when the call is done, after the status is sent;
+        # the holes they leave in malloc's heap are then handed back to the system.
+        self.context.add_done_callback(lambda _context: _give_back_then_trim(give_back))
         self._task.cancel()
 
     def count_in(self) -> None:
@@ -356,6 +366,11 @@ class CallScope:
             self.code = grpc.StatusCode.DEADLINE_EXCEEDED
         elif self.note != "refused by grpc":  # else the code grpc sent is set
             self.code = grpc.StatusCode.CANCELLED
+            if self._awaiting_message:
+                # The client cancelled (or reset, or left) before its message arrived, or
+                # grpc refused the call at its headers, having sent the client UNIMPLEMENTED
+                # for a compressed request: the handler sees the same cancellation.
+                self.logged_status = CANCELLED_OR_REFUSED
 
     def _past_deadline(self) -> bool:
         """Whether the call ended by its deadline: grpc's own account of the time left
@@ -486,7 +501,7 @@ class CallScope:
             call_log.add(
                 self.method,
                 self.nodes,
-                self.code.name,
+                self.logged_status or self.code.name,
                 elapsed * 1e3,
                 rows=rows,
                 peer=self.connection or self.context.peer(),  # known once the call counted
@@ -500,6 +515,11 @@ class CallScope:
         if self.state.metrics is not None:
             nodes = self.nodes if self.metered_nodes else 0
             self.state.metrics.record(self.method, self.code, elapsed, nodes)
+
+
+def _give_back_then_trim(give_back: Callable[[], None]) -> None:
+    give_back()
+    malloc.hand_back_freed_soon()
 
 
 def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.Status:
@@ -520,6 +540,10 @@ def _add(counts: dict, key: str, change: int) -> None:
         del counts[key]
 
 
+# The log's status of a call that ended for grpc before its request message arrived, when
+# the server cannot know what the client got (docs/running-safely.md).
+REFUSED_OR_RESET = "RESOURCE_EXHAUSTED_OR_RESET"
+CANCELLED_OR_REFUSED = "CANCELLED_OR_UNIMPLEMENTED"
 _TAKEN_BACK = "read slot taken back"
 _TAKEN_BACK_OVER_SHARE = "read slot taken back for the connection's share"
 _DRAINING = "the server is shutting down and takes no new calls; retry on another server"

@@ -23,9 +23,24 @@ from gradserve.v1 import gradserve_pb2 as pb
 DIGEST_BYTES = 16
 CHUNK_NODE_ROWS = 65_536  # node results in one stream chunk (20 bytes each): ~1.3 MB
 MAX_CHUNKS = 4_096  # chunks of one row block at most, whatever chunk_size asks
+# Sending an engine's answer, per result of a chunk (answer_chunk_bytes): measured with
+# tracemalloc, building a chunk peaks at about 75 bytes a result (ids of up to 2,048 nodes
+# as int objects of their own, three lists, the packed fields and the joined message) and
+# the message takes about 17 more; grpc's copy of it, as much again.
+ANSWER_CHUNK_BYTES_PER_RESULT = 128
 # A request's bytes and, while they are decoded, the message: packed varints of one byte
-# widen to 4-byte ints.
+# widen to 4-byte ints. A large request is charged its decoded fields once it is decoded
+# (request_bytes); a small one, by its length alone for the whole call, so its bound holds
+# for any fields: the worst is empty strings, each 2 bytes on the wire and up to 64 bytes
+# of grown views (request_bytes) and 16 of text in the arena, 40 a byte, and the bytes.
+SMALL_REQUEST_BYTES = 64 * 1024
 RAW_REQUEST_BYTES_PER_BYTE = 5
+SMALL_REQUEST_BYTES_PER_BYTE = 41
+# A decoded request (request_bytes): a string's view and the rounding of its text, and the
+# arena's own blocks and the message (about 10 KB measured).
+STRING_VIEW_BYTES = 16
+STRING_ROUNDING_BYTES = 16
+MESSAGE_BYTES = 16 * 1024
 
 StopCheck = Callable[[], bool]
 
@@ -41,17 +56,35 @@ def decode(raw: bytes) -> pb.EvaluateRequest:
 
 def raw_request_bytes(raw_length: int) -> int:
     """The memory of a request's bytes and of decoding them, from their length alone."""
+    if raw_length <= SMALL_REQUEST_BYTES:
+        return SMALL_REQUEST_BYTES_PER_BYTE * raw_length
     return RAW_REQUEST_BYTES_PER_BYTE * raw_length
 
 
 def request_bytes(request: pb.EvaluateRequest) -> int:
-    """The memory of the decoded request, from its fields' lengths."""
+    """The memory of the decoded request, from its fields' lengths.
+
+    Protobuf's C parser (upb) keeps the message in an arena that gives no block back. A
+    repeated field whose entries it cannot count beforehand (varints, or entries sent
+    unpacked) grows by doubling, and the arrays it outgrew stay: a field of n entries holds
+    up to twice its capacity (the power of two at or above n) in entries. A string is a
+    16-byte view in such an array, and its text rounded up in the arena. Measured with
+    malloc's own count in tests/test_resilience_estimate.py."""
     graph = request.graph
-    ints = len(graph.node_ops) + len(graph.input_counts) + len(graph.input_ids)
-    ints += len(request.nodes) + len(request.outputs)
-    doubles = len(graph.leaf_values) + len(request.leaf_tangents) + len(request.seeds)
-    text = sum(map(len, graph.op_names)) + sum(map(len, graph.labels)) + 64 * len(graph.labels)
-    return 4 * ints + 8 * doubles + text + len(request.plan_digest)
+    ints = (graph.node_ops, graph.input_counts, graph.input_ids, request.nodes, request.outputs)
+    doubles = (graph.leaf_values, request.leaf_tangents, request.seeds)
+    arrays = sum(_grown(4, len(field)) for field in ints)
+    arrays += sum(_grown(8, len(field)) for field in doubles)
+    strings = 0
+    for field in (graph.op_names, graph.labels):
+        arrays += _grown(STRING_VIEW_BYTES, len(field))
+        strings += sum(map(len, field)) + STRING_ROUNDING_BYTES * len(field)
+    return arrays + strings + len(request.plan_digest) + MESSAGE_BYTES
+
+
+def _grown(entry_bytes: int, entries: int) -> int:
+    """A repeated field's arrays, grown by doubling to hold ``entries``: twice the last."""
+    return 2 * entry_bytes * (1 << (entries - 1).bit_length()) if entries else 0
 
 
 def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
@@ -95,9 +128,17 @@ class Job:
         """Arrays of results per node: values and gradients, and their tangents."""
         return 2 if self.tangents is None else 4
 
+    @property
+    def arrays_bytes(self) -> int:
+        """The job's own arrays, held the whole call through: the leaf values (and
+        tangents) of every row, and the selected ids (a million for a request that selects
+        one node a million times)."""
+        arrays = (self.leaves, self.outputs, self.seeds, self.selected, self.tangents)
+        return sum(array.nbytes for array in arrays if array is not None)
+
     def memory(self, block_rows: int, streaming: bool) -> int:
-        """Evaluation of ``block_rows`` rows at a time, and the results it keeps: all of
-        them for a unary reply, one chunk at a time for a stream."""
+        """The job's arrays, evaluation of ``block_rows`` rows at a time, and the results
+        it keeps: all of them for a unary reply, one chunk at a time for a stream."""
         kept = (
             memory.results_bytes(min(len(self.selected), CHUNK_NODE_ROWS), 1)
             if streaming
@@ -105,7 +146,8 @@ class Job:
         )
         factor = self.results_per_node // 2  # tangents double the results kept
         tangents = self.tangents is not None
-        return memory.evaluation_bytes(self.plan.sizes, block_rows, tangents) + factor * kept
+        evaluating = memory.evaluation_bytes(self.plan.sizes, block_rows, tangents)
+        return self.arrays_bytes + evaluating + factor * kept
 
     def block_rows(self, allowance: int, streaming: bool) -> int:
         """The most rows evaluated at once within ``allowance`` bytes (at least 1; a stream
@@ -252,25 +294,34 @@ def nodes_per_chunk(rows: int, chunk_size: int, selected: int) -> int:
 
 def answer_reply(answer: Answer, digest: bytes) -> bytes:
     """The EvaluateResponse of an engine's answer (one row)."""
-    return packed.evaluate_response(
-        answer.ids, answer.values, answer.grads, digest, wire_ids=answer.wire_ids
-    )
+    ids, values, grads = answer.part(0, answer.count)
+    return packed.evaluate_response(ids, values, grads, digest, wire_ids=answer.wire_ids)
+
+
+def answer_chunk_nodes(answer: Answer, chunk_size: int) -> int:
+    """Results in the largest GradientChunk of an engine's answer (one row)."""
+    return min(nodes_per_chunk(1, chunk_size, answer.count), answer.count)
+
+
+def answer_chunk_bytes(nodes: int) -> int:
+    """What sending an engine's answer holds beyond its request, in chunks of ``nodes``
+    results: one chunk being built (its ids, values and gradients as lists, then packed
+    and joined into the message), and the message while grpc sends it (the server's copy
+    and grpc's). The results by node, of a plan small enough for the engine to answer
+    whole, are a few kilobytes at most. Checked against tracemalloc in
+    tests/test_admission_ledger.py."""
+    return ANSWER_CHUNK_BYTES_PER_RESULT * nodes
 
 
 def answer_chunks(answer: Answer, digest: bytes, chunk_size: int) -> Iterator[bytes]:
     """The GradientChunks of an engine's answer (one row), at most CHUNK_NODE_ROWS node
-    results each, or ``chunk_size`` nodes when the client asks for fewer."""
-    total = len(answer.ids)
+    results each, or ``chunk_size`` nodes when the client asks for fewer. Each chunk's
+    results are gathered as it is made, and let go of before it is sent."""
+    total = answer.count
     per_chunk = nodes_per_chunk(1, chunk_size, total)
     for start in range(0, total, per_chunk):
-        part = slice(start, start + per_chunk)
         yield packed.gradient_chunk(
-            answer.ids[part],
-            answer.values[part],
-            answer.grads[part],
-            digest,
-            total_nodes=total,
-            first_row=0,
+            *answer.part(start, start + per_chunk), digest, total_nodes=total, first_row=0
         )
 
 

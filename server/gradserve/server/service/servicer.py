@@ -23,7 +23,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
 # evaluation of arrays always runs on the executor (a plugin op may be slow, and only there
 # can a call be abandoned while the loop goes on serving); an engine's answer that it says
 # is quick (``Cost.QUICK``: a few hundred float operations of trusted ops) runs on the loop.
-INLINE_REQUEST_BYTES = 64 * 1024
+INLINE_REQUEST_BYTES = evaluation.SMALL_REQUEST_BYTES
 INLINE_NODES = 2_048
 
 
@@ -125,6 +125,8 @@ class GradientServicer:
         async with CallScope("EvaluateStream", context, self._state) as call:
             request, digest, prepared = await self._prepare(call)
             if isinstance(prepared, Answer):
+                nodes = evaluation.answer_chunk_nodes(prepared, request.chunk_size)
+                await call.admit(call.request_bytes + evaluation.answer_chunk_bytes(nodes))
                 for chunk in evaluation.answer_chunks(prepared, digest, request.chunk_size):
                     await call.send(chunk)
                 return
