@@ -15,6 +15,7 @@ the budget.
 
 import asyncio
 import time
+from collections.abc import Callable
 
 DEFAULT_WAIT_S = 5.0
 SMALL_FRACTION = 256  # a call of at most budget / SMALL_FRACTION bytes never waits
@@ -85,10 +86,21 @@ class MemoryBudget:
     def charge(self) -> "Charge":
         return Charge(self)
 
-    async def _take(self, amount: int, total_after: int, deadline: float) -> None:
+    def _fits(self, amount: int) -> bool:
+        return self.used + amount <= self.total
+
+    def _busy(self, needed: int, waited: float) -> BudgetBusy:
+        return BudgetBusy(needed, self, waited)
+
+    async def _take(
+        self, amount: int, total_after: int, deadline: float, fits: Callable[[], bool] | None = None
+    ) -> None:
+        """Take ``amount`` more (``total_after`` in all for the caller) once ``fits()``
+        (default: it fits the budget), waiting as the module docstring says."""
         if total_after > self.total:
             raise NeverFits(total_after, self)
-        if total_after <= self.total // SMALL_FRACTION or self.used + amount <= self.total:
+        fits = fits or (lambda: self._fits(amount))
+        if total_after <= self.total // SMALL_FRACTION or fits():
             self.used += amount
             return
         if self._freed is None:
@@ -101,9 +113,9 @@ class MemoryBudget:
                 # The wait parks this very task (asyncio.wait_for would start another): once
                 # ``waiting`` counts a call, the next memory given back wakes it.
                 async with asyncio.timeout(timeout):
-                    await self._freed.wait_for(lambda: self.used + amount <= self.total)
+                    await self._freed.wait_for(fits)
             except TimeoutError:
-                raise BudgetBusy(total_after, self, time.monotonic() - started) from None
+                raise self._busy(total_after, time.monotonic() - started) from None
             finally:
                 self._waiting -= 1
             self.used += amount

@@ -31,6 +31,7 @@ from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Lim
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
 from gradserve.server.service.security import bearer
+from gradserve.server.service.sending import SendingShare
 
 log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
@@ -82,6 +83,7 @@ class ServerState:
     all_ended: asyncio.Event | None = None
     slots: asyncio.Semaphore | None = None
     arrival: ArrivalGate | None = None  # None: reads are not gated
+    sending: SendingShare | None = None  # None: unary replies are bounded by the budget only
 
     def on_loop(self) -> None:
         """Make the asyncio objects, on the server's event loop."""
@@ -112,6 +114,7 @@ class CallScope:
     _counted = False
     _finished = False
     _running = None  # the executor future of the step in progress
+    _reply_share = None  # its reply's sending.Reservation, once it has one
     _sending_since: float | None = None  # loop time the write in progress began
     _send_watch: asyncio.TimerHandle | None = None
 
@@ -222,6 +225,17 @@ class CallScope:
         """Hold ``nbytes`` of the memory budget (waiting or refused as admission says)."""
         await self.charge.resize(nbytes, self.deadline)
 
+    async def reserve_sending(self, reply_bytes: int) -> None:
+        """Hold the two copies of a unary reply of ``reply_bytes`` (estimated, then known)
+        in the sending share (``sending``), waiting or refused as admission says; a
+        small reply needs none."""
+        share = self.state.sending
+        if share is None or (self._reply_share is None and 2 * reply_bytes <= share.smallest):
+            return
+        if self._reply_share is None:
+            self._reply_share = share.reservation(self.connection or self.context.peer())
+        await self._reply_share.resize(2 * reply_bytes, self.deadline)
+
     def run_here(self, work: Callable, *args):
         """``work(*args, should_stop)`` right here on the event loop: for small work, where
         a thread hop (or even a coroutine) costs more than the work."""
@@ -303,7 +317,13 @@ class CallScope:
         """Give the call's memory back once its abandoned step has finished, from that
         step's thread; when the server has stopped meanwhile, there is nothing to give."""
         with contextlib.suppress(RuntimeError):  # the event loop is closed
-            self._loop.call_soon_threadsafe(self.charge.release)
+            self._loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        """Give back what the call holds of the budget (and of the sending share)."""
+        self.charge.release()
+        if self._reply_share is not None:
+            self._reply_share.release()
 
     def _uncount(self) -> None:
         if self._counted:
@@ -372,7 +392,7 @@ class CallScope:
             result = status.internal(self.method, f"{exc}; the op plugin failed")
         elif isinstance(exc, DeadlineExceeded):
             result = status.plain(code.DEADLINE_EXCEEDED, str(exc))
-        elif isinstance(exc, NeverFits | BudgetBusy):
+        elif isinstance(exc, NeverFits | BudgetBusy):  # also the sending share's
             result = status.quota_failure(
                 "max-memory-mb", str(exc), limit=exc.budget, estimate=exc.needed
             )
@@ -466,7 +486,7 @@ class CallScope:
             self._gone = True
             running.add_done_callback(self._release_from_thread)
         else:
-            self.charge.release()
+            self._release()
         self._uncount()
         elapsed = time.perf_counter() - self.started
         rows = self.rows or None
