@@ -3,7 +3,9 @@
 A call's memory is estimated from its fields' lengths (``engine/memory.py``) and charged in
 steps as it learns more: the request on arrival, the compilation once the graph's size is
 known, the evaluation and the reply once the plan is. The charge stays until the reply has
-been sent, so replies waiting for a slow reader count too.
+been sent, so replies waiting for a slow reader count too; a large unary reply also holds
+a place in the sending share (``sending``) from before it is evaluated, so that such
+replies leave the rest of the budget to computing.
 
 A call that can never fit the budget is refused (RESOURCE_EXHAUSTED, naming the limit and
 the estimate). One that fits but finds the budget in use waits up to ``wait_s`` for calls
