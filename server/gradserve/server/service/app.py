@@ -190,7 +190,7 @@ def start_server(
     )
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
-        watch_plan_cache(metrics, plan_cache, state.budget, state.arrival)
+        watch_plan_cache(metrics, plan_cache, state.budget, state.arrival, state.sending)
     ops = {name: loaded.op for name, loaded in registry.items()}
     engine = Engine(ops, plan_cache, isolation)
     servicer = GradientServicer(registry, engine, state, max_message_bytes)

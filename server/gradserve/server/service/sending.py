@@ -25,6 +25,11 @@ from gradserve.server.service.admission import (
 )
 
 SHARE_FRACTION = 4  # of the calls' budget (the share's size when that is larger)
+USED_METRIC = "gradserve_sending_share_used_bytes"
+USED_HELP = (
+    "Bytes of the sending share held by unary replies (two copies each) from before their "
+    "evaluation until grpc lets go of them"
+)
 
 
 class SendingBusy(BudgetBusy):
