@@ -295,9 +295,10 @@ class CallScope:
 
         grpc.aio cannot end one call while a write of it waits for the reader's
         flow-control window (no status can be sent, and there is no server-side cancel),
-        so its message stays with grpc, and stays charged to the memory budget, until the
-        client reads, cancels or disconnects, its deadline passes, its connection reaches
-        --max-connection-age, or the server stops."""
+        so its message stays with grpc, and stays charged to the memory budget (a unary
+        reply, to the sending share as well: ``sending``), until the client reads, cancels
+        or disconnects, its deadline passes, its connection reaches --max-connection-age,
+        or the server stops (bench/stalled_write.py tries each way to end it)."""
         self.note = "send timeout"
         self._gone = True
         log.warning(
