@@ -3,7 +3,9 @@
 A call's memory is estimated from its fields' lengths (``engine/memory.py``) and charged in
 steps as it learns more: the request on arrival, the compilation once the graph's size is
 known, the evaluation and the reply once the plan is. The charge stays until the reply has
-been sent, so replies waiting for a slow reader count too.
+been sent, so replies waiting for a slow reader count too; a large unary reply also holds
+a place in the sending share (``sending``) from before it is evaluated, so that such
+replies leave the rest of the budget to computing.
 
 A call that can never fit the budget is refused (RESOURCE_EXHAUSTED, naming the limit and
 the estimate). One that fits but finds the budget in use waits up to ``wait_s`` for calls
@@ -15,6 +17,7 @@ the budget.
 
 import asyncio
 import time
+from collections.abc import Callable
 
 DEFAULT_WAIT_S = 5.0
 SMALL_FRACTION = 256  # a call of at most budget / SMALL_FRACTION bytes never waits
@@ -85,17 +88,28 @@ class MemoryBudget:
     def charge(self) -> "Charge":
         return Charge(self)
 
+    def _fits(self, amount: int) -> bool:
+        return self.used + amount <= self.total
+
     def _fits_now(self, amount: int, total_after: int) -> bool:
         """Whether ``amount`` more, for a call then holding ``total_after``, may be taken
         without waiting (a call that can never fit does not)."""
         if total_after > self.total:
             return False
-        return total_after <= self.total // SMALL_FRACTION or self.used + amount <= self.total
+        return total_after <= self.total // SMALL_FRACTION or self._fits(amount)
 
-    async def _take(self, amount: int, total_after: int, deadline: float) -> None:
+    def _busy(self, needed: int, waited: float) -> BudgetBusy:
+        return BudgetBusy(needed, self, waited)
+
+    async def _take(
+        self, amount: int, total_after: int, deadline: float, fits: Callable[[], bool] | None = None
+    ) -> None:
+        """Take ``amount`` more (``total_after`` in all for the caller) once ``fits()``
+        (default: it fits the budget), waiting as the module docstring says."""
         if total_after > self.total:
             raise NeverFits(total_after, self)
-        if self._fits_now(amount, total_after):
+        fits = fits or (lambda: self._fits(amount))
+        if total_after <= self.total // SMALL_FRACTION or fits():
             self.used += amount
             return
         if self._freed is None:
@@ -108,9 +122,9 @@ class MemoryBudget:
                 # The wait parks this very task (asyncio.wait_for would start another): once
                 # ``waiting`` counts a call, the next memory given back wakes it.
                 async with asyncio.timeout(timeout):
-                    await self._freed.wait_for(lambda: self.used + amount <= self.total)
+                    await self._freed.wait_for(fits)
             except TimeoutError:
-                raise BudgetBusy(total_after, self, time.monotonic() - started) from None
+                raise self._busy(total_after, time.monotonic() - started) from None
             finally:
                 self._waiting -= 1
             self.used += amount

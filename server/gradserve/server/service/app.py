@@ -29,6 +29,7 @@ from gradserve.server.service.health_listing import ListingHealthServicer
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.service.security import BearerTokenInterceptor
+from gradserve.server.service.sending import SendingShare
 from gradserve.server.service.servicer import SERVICE_NAME, GradientServicer, handlers
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -175,11 +176,11 @@ def start_server(
         )
     isolation = _isolation_workers(registry, isolation_workers, trusted_plugins)
     tokens = tuple(filter(None, [auth_token] if isinstance(auth_token, str) else auth_token or ()))
+    budget = MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes, arriving=max_arriving_bytes)
     state = ServerState(
         limits=limits or Limits(),
-        budget=MemoryBudget(
-            max_memory_bytes, reserved=plan_cache_bytes, arriving=max_arriving_bytes
-        ),
+        budget=budget,
+        sending=SendingShare(budget, max_message_bytes),
         arrival=ArrivalGate(max_arriving_bytes, max_message_bytes),
         executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
         threads=threads,
@@ -189,7 +190,7 @@ def start_server(
     )
     plan_cache = plans.PlanCache(plan_cache_bytes)
     if metrics:
-        watch_plan_cache(metrics, plan_cache, state.budget, state.arrival)
+        watch_plan_cache(metrics, plan_cache, state.budget, state.arrival, state.sending)
     ops = {name: loaded.op for name, loaded in registry.items()}
     engine = Engine(ops, plan_cache, isolation)
     servicer = GradientServicer(registry, engine, state, max_message_bytes)

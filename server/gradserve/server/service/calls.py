@@ -32,6 +32,7 @@ from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Lim
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
 from gradserve.server.service.security import bearer
+from gradserve.server.service.sending import SendingShare
 
 log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
@@ -93,6 +94,7 @@ class ServerState:
     all_ended: asyncio.Event | None = None
     slots: asyncio.Semaphore | None = None
     arrival: ArrivalGate | None = None  # None: reads are not gated
+    sending: SendingShare | None = None  # None: unary replies are bounded by the budget only
 
     def on_loop(self) -> None:
         """Make the asyncio objects, on the server's event loop."""
@@ -128,6 +130,7 @@ class CallScope:
     _counted = False
     _finished = False
     _running = None  # the executor future of the step in progress
+    _reply_share = None  # its reply's sending.Reservation, once it has one
     _sending_since: float | None = None  # loop time the write in progress began
     _send_watch: asyncio.TimerHandle | None = None
 
@@ -247,6 +250,17 @@ class CallScope:
             return _ADMITTED
         return self.charge.resize(nbytes, self.deadline)
 
+    def reserve_sending(self, reply_bytes: int) -> Awaitable[None]:
+        """Hold the two copies of a unary reply of ``reply_bytes`` (estimated, then known)
+        in the sending share (``sending``), waiting or refused as admission says; to be
+        awaited. A small reply needs none, and gets a done awaitable, as ``admit``'s."""
+        share = self.state.sending
+        if share is None or (self._reply_share is None and 2 * reply_bytes <= share.smallest):
+            return _ADMITTED
+        if self._reply_share is None:
+            self._reply_share = share.reservation(self.connection or self.context.peer())
+        return self._reply_share.resize(2 * reply_bytes, self.deadline)
+
     async def compute(self, work: Callable, *args):
         """``work(*args, should_stop)`` on the executor, holding a compute slot."""
         async with self.state.slots:
@@ -301,9 +315,10 @@ class CallScope:
 
         grpc.aio cannot end one call while a write of it waits for the reader's
         flow-control window (no status can be sent, and there is no server-side cancel),
-        so its message stays with grpc, and stays charged to the memory budget, until the
-        client reads, cancels or disconnects, its deadline passes, its connection reaches
-        --max-connection-age, or the server stops."""
+        so its message stays with grpc, and stays charged to the memory budget (a unary
+        reply, to the sending share as well: ``sending``), until the client reads, cancels
+        or disconnects, its deadline passes, its connection reaches --max-connection-age,
+        or the server stops (bench/stalled_write.py tries each way to end it)."""
         self.note = "send timeout"
         self._gone = True
         log.warning(
@@ -323,7 +338,13 @@ class CallScope:
         """Give the call's memory back once its abandoned step has finished, from that
         step's thread; when the server has stopped meanwhile, there is nothing to give."""
         with contextlib.suppress(RuntimeError):  # the event loop is closed
-            self._loop.call_soon_threadsafe(self.charge.release)
+            self._loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        """Give back what the call holds of the budget (and of the sending share)."""
+        self.charge.release()
+        if self._reply_share is not None:
+            self._reply_share.release()
 
     def _uncount(self) -> None:
         if self._counted:
@@ -397,7 +418,7 @@ class CallScope:
             result = status.internal(self.method, f"{exc}; the op plugin failed")
         elif isinstance(exc, DeadlineExceeded):
             result = status.plain(code.DEADLINE_EXCEEDED, str(exc))
-        elif isinstance(exc, NeverFits | BudgetBusy):
+        elif isinstance(exc, NeverFits | BudgetBusy):  # also the sending share's
             result = status.quota_failure(
                 "max-memory-mb", str(exc), limit=exc.budget, estimate=exc.needed
             )
@@ -491,7 +512,7 @@ class CallScope:
             self._gone = True
             running.add_done_callback(self._release_from_thread)
         else:
-            self.charge.release()
+            self._release()
         self._uncount()
         elapsed = time.perf_counter() - self.started
         rows = self.rows or None

@@ -223,9 +223,9 @@ class Evaluator:
         leaves = wire.leaf_rows(request, plan)
         return Job(request, plan, digest, leaves, outputs, seeds, selected, tangents)
 
-    def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> None:
+    def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> int:
         """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
-        selection's size from the request's fields)."""
+        selection's size from the request's fields); else the reply's estimated bytes."""
         nodes = request.nodes
         selection = requests.selection_of(request.selection, nodes)
         if nodes:
@@ -243,6 +243,7 @@ class Evaluator:
                 "whose chunks always fit, or select fewer nodes or rows",
                 field="nodes",
             )
+        return size
 
     def evaluate_block(
         self, job: Job, first: int, rows: int, should_stop: StopCheck

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.service import arriving_metrics as arriving
 from gradserve.server.service import metrics_multiprocess
+from gradserve.server.service import sending as sending_share
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -222,11 +223,13 @@ class _PlanCacheCollector:
 
 class _BudgetCollector:
     """The memory budget's bytes held by calls, and the share of requests still arriving
-    (``arrival.ArrivalGate``) in use, read when scraped."""
+    (``arrival.ArrivalGate``) and the sending share (``sending.SendingShare``) in use, read
+    when scraped."""
 
-    def __init__(self, budget, arrival) -> None:
+    def __init__(self, budget, arrival, sending) -> None:
         self.budget = budget
         self.arrival = arrival
+        self.sending = sending
 
     def collect(self):
         yield GaugeMetricFamily(
@@ -234,6 +237,10 @@ class _BudgetCollector:
             "Bytes of the memory budget held by calls in flight (estimates)",
             self.budget.used,
         )
+        if self.sending is not None:
+            yield GaugeMetricFamily(
+                sending_share.USED_METRIC, sending_share.USED_HELP, self.sending.used
+            )
         if self.arrival is not None:
             gate = self.arrival
             yield GaugeMetricFamily(arriving.USED, arriving.USED_HELP, gate.used)
@@ -243,14 +250,19 @@ class _BudgetCollector:
             )
 
 
-def watch_plan_cache(metrics: CallMetrics, cache: PlanCache, budget, arrival=None) -> None:
+def watch_plan_cache(
+    metrics: CallMetrics, cache: PlanCache, budget, arrival=None, sending=None
+) -> None:
     """Report the plan cache's lookups and size, the memory budget's bytes in use and, given
-    the server's ``ArrivalGate``, the share of requests still arriving in use."""
+    the server's ``ArrivalGate`` and ``SendingShare``, the share of requests still arriving
+    and the sending share in use."""
     if metrics_multiprocess.enabled():  # scraped in another process: copy the figures
-        metrics_multiprocess.mirror_plan_cache(cache, budget, arrival, metrics.registry)
+        metrics_multiprocess.mirror_plan_cache(
+            cache, budget, arrival, metrics.registry, sending=sending
+        )
     else:
         metrics.registry.register(_PlanCacheCollector(cache))
-        metrics.registry.register(_BudgetCollector(budget, arrival))
+        metrics.registry.register(_BudgetCollector(budget, arrival, sending))
 
 
 def serve_metrics(metrics: CallMetrics, host: str, port: int):

@@ -27,6 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.service import arriving_metrics as arriving
+from gradserve.server.service import sending as sending_share
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 MIRROR_INTERVAL = 0.5  # seconds between a worker's copies of its plan-cache figures
@@ -66,10 +67,13 @@ def worker_exited(pid: int) -> None:
     mark_process_dead(pid)
 
 
-def mirror_plan_cache(cache: PlanCache, budget, arrival, registry: CollectorRegistry) -> None:
+def mirror_plan_cache(
+    cache: PlanCache, budget, arrival, registry: CollectorRegistry, sending=None
+) -> None:
     """In a worker: keep the plan cache's lookups (counters), plans and bytes, the memory
-    budget's bytes in use and the arriving share's (gauges labelled by pid), and the read
-    slots taken back (a counter) in metrics, updated from a daemon thread."""
+    budget's bytes in use, the arriving share's and the sending share's (gauges labelled by
+    pid), and the read slots taken back (a counter) in metrics, updated from a daemon
+    thread."""
     lookups = Counter(
         "gradserve_plan_cache_lookups",
         "Compiled-plan cache lookups, by outcome (a miss compiles, or is NOT_FOUND)",
@@ -101,6 +105,12 @@ def mirror_plan_cache(cache: PlanCache, budget, arrival, registry: CollectorRegi
         arriving.WAITING, arriving.WAITING_HELP, multiprocess_mode="liveall", registry=registry
     )
     taken_back = Counter(arriving.TAKEN_BACK, arriving.TAKEN_BACK_HELP, registry=registry)
+    replies = Gauge(
+        sending_share.USED_METRIC,
+        sending_share.USED_HELP,
+        multiprocess_mode="liveall",
+        registry=registry,
+    )
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 
     def copy() -> None:
@@ -113,6 +123,8 @@ def mirror_plan_cache(cache: PlanCache, budget, arrival, registry: CollectorRegi
             plans.set(len(cache))
             held.set(cache.bytes)
             used.set(budget.used)
+            if sending is not None:
+                replies.set(sending.used)
             if arrival is not None:
                 arriving_used.set(arrival.used)
                 waiting.set(arrival.waiting)

@@ -76,8 +76,8 @@ class GradientServicer:
         call.nodes = plan.node_count
         if not labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
-        if unary:
-            self._evaluator.check_reply_fits(request, plan)
+        if unary:  # refused, or its reply's room held, before anything is evaluated
+            await call.reserve_sending(self._evaluator.check_reply_fits(request, plan))
         cost = self._engine.cost(plan, request)
         if cost is not Cost.NONE:
             with call.span.step("evaluating"):
@@ -111,6 +111,7 @@ class GradientServicer:
         # The arrays are gone; grpc copies the message while it is being sent, and both
         # copies stay resident until the reader takes it (a reader that never reads).
         await call.admit(call.request_bytes + 2 * len(reply))
+        await call.reserve_sending(len(reply))  # the estimate held, now what it is
         return reply
 
     async def Evaluate(self, _requests, context):
