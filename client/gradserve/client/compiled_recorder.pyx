@@ -15,12 +15,13 @@ freed), so that an op on two leaves finds its tape without the thread-local look
 
 cimport cython
 from cpython.dict cimport PyDict_GetItem
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import atexit
 import numbers
@@ -448,6 +449,24 @@ cdef class TapeCore:
         if n:
             memcpy(&view[0], self._ids, n * sizeof(int64_t))
         return out
+
+    def columns(self):
+        """A copy of the tape's columns (op codes, input ids), for ``has_columns``."""
+        return (
+            PyBytes_FromStringAndSize(<char*>self._codes, self._nodes * sizeof(int32_t)),
+            PyBytes_FromStringAndSize(<char*>self._ids, self._inputs * sizeof(int64_t)),
+        )
+
+    def has_columns(self, tuple columns):
+        """Whether this tape's columns are ``columns`` (``columns()`` of a tape), byte for
+        byte: the same nodes, ops and inputs."""
+        cdef bytes codes = columns[0], ids = columns[1]
+        return (
+            len(codes) == self._nodes * <Py_ssize_t>sizeof(int32_t)
+            and len(ids) == self._inputs * <Py_ssize_t>sizeof(int64_t)
+            and memcmp(self._codes, PyBytes_AS_STRING(codes), len(codes)) == 0
+            and memcmp(self._ids, PyBytes_AS_STRING(ids), len(ids)) == 0
+        )
 
     def live_values(self):
         """The op-node Values still alive."""

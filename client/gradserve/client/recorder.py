@@ -302,6 +302,15 @@ class TapeCore:
         count = len(self.input_ids) if count is None else count
         return np.fromiter(self.input_ids, dtype=np.int64, count=count)
 
+    def columns(self) -> tuple[list[int], list[int]]:
+        """A copy of the tape's columns (op codes, input ids), for ``has_columns``."""
+        return self.codes.copy(), self.input_ids.copy()
+
+    def has_columns(self, columns: tuple[list[int], list[int]]) -> bool:
+        """Whether this tape's columns are ``columns`` (``columns()`` of a tape): the same
+        nodes, ops and inputs."""
+        return self.codes == columns[0] and self.input_ids == columns[1]
+
     def live_values(self) -> list:
         """The op-node Values still alive."""
         values = (ref() for ref in list(self.live))  # a copy: a Value may go meanwhile

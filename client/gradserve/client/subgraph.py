@@ -1,7 +1,10 @@
 """The part of a tape that a call sends: its nodes renumbered, its Graph message, its Values."""
 
 import functools
+import hashlib
 import itertools
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -15,16 +18,88 @@ from gradserve.v1.wire_format import packed_varints
 _NODE_OPS, _INPUT_COUNTS, _INPUT_IDS, _LEAF_VALUES = 2, 3, 4, 5
 
 
-class Subgraph:
-    """The nodes of a tape to send (``kept``, tape ids in order) with their op codes, input
-    counts and input ids (renumbered to positions in the sent graph)."""
+class Structure:
+    """What a call sends of a tape apart from its Values: the nodes (``kept``, tape ids in
+    order) with their op codes, input counts and input ids (renumbered to positions in the
+    sent graph). Read-only: the Subgraphs of tapes with the same columns share it
+    (``RecentStructures``)."""
 
-    def __init__(self, tape, kept, codes, counts, input_ids) -> None:
-        self.tape = tape
+    def __init__(self, kept, codes, counts, input_ids) -> None:
+        for column in (kept, codes, counts, input_ids):
+            column.flags.writeable = False
         self.kept = kept
         self.codes = codes
         self.counts = counts
         self.input_ids = input_ids
+
+    @functools.cached_property
+    def _hashed(self):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(len(self.kept).to_bytes(8, "little"))
+        h.update(self.codes.astype(np.int32).tobytes())
+        h.update(self.input_ids.astype(np.int32).tobytes())
+        return h
+
+    @functools.cached_property
+    def _unlabelled(self) -> bytes:
+        return self._hashed.digest()
+
+    def fingerprint(self, labels: list[str]) -> bytes:
+        """A digest of the structure with ``labels`` as the SDK records it (op codes, each an
+        op name and input count per process, input ids and labels): the key of the server's
+        plan digest in ``calls.PlanDigests``. Hashed once per structure; labels, which may
+        change from step to step, are hashed each time they are there."""
+        if not labels:
+            return self._unlabelled
+        h = self._hashed.copy()
+        for label in labels:
+            h.update(label.encode() + b"\0")
+        return h.digest()
+
+
+class RecentStructures:
+    """The Structures of the graphs sent last, by their tape's columns: a training loop
+    records the same graph every step, on a new tape, and its Structure (the renumbering,
+    the columns to send, their fingerprint) is then found by comparing the tape's columns
+    with the last ones byte for byte, not worked out and hashed again.
+
+    Kept for graphs of up to ``MAX_NODES`` nodes, where a step's overhead matters; a
+    larger graph's columns are not copied and held."""
+
+    MAX_ENTRIES = 16
+    MAX_NODES = 1 << 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (columns, Structure)
+
+    def find(self, tape, roots: list[int]) -> Structure | None:
+        """The Structure of ``roots`` on a tape whose columns are ``tape``'s, or None."""
+        with self._lock:
+            entry = self._entries.get((len(tape), *roots))
+        return entry[1] if entry is not None and tape.has_columns(entry[0]) else None
+
+    def keep(self, tape, roots: list[int], structure: Structure) -> None:
+        if len(tape) > self.MAX_NODES:
+            return
+        key = (len(tape), *roots)
+        with self._lock:
+            self._entries[key] = (tape.columns(), structure)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.MAX_ENTRIES:
+                self._entries.popitem(last=False)
+
+
+class Subgraph:
+    """The nodes of a tape to send: a Structure's, with the tape's Values."""
+
+    def __init__(self, tape, structure: Structure) -> None:
+        self.tape = tape
+        self.structure = structure
+        self.kept = structure.kept
+        self.codes = structure.codes
+        self.counts = structure.counts
+        self.input_ids = structure.input_ids
 
     def __len__(self) -> int:
         return len(self.kept)
