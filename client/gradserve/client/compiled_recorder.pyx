@@ -245,19 +245,36 @@ def record(int32_t code, inputs):
     return tape._op_node(code)
 
 
-def set_results(list values, data, grads):
-    """Set ``.data`` and ``.grad`` of each Value of ``values`` from the same row of the
-    float64 arrays ``data`` and ``grads``."""
-    cdef const double[::1] x = np.ascontiguousarray(data, dtype=np.float64)
-    cdef const double[::1] g = np.ascontiguousarray(grads, dtype=np.float64)
-    cdef Py_ssize_t i, n = len(values)
-    if x.shape[0] != n or g.shape[0] != n:
-        raise ValueError(f"{n} Values, {x.shape[0]} data and {g.shape[0]} gradients")
+def set_results(list values, rows, data, grads):
+    """Set ``.data`` and ``.grad`` of each Value of ``values`` from its row of the float64
+    arrays ``data`` and ``grads``: the row ``rows[i]`` (int64) for ``values[i]``."""
+    cdef const int64_t[::1] at = rows
+    cdef const double[::1] x = data
+    cdef const double[::1] g = grads
+    cdef Py_ssize_t i, n = len(values), count = min(x.shape[0], g.shape[0])
+    cdef int64_t row
+    if at.shape[0] != n:
+        raise ValueError(f"{n} Values and {at.shape[0]} rows")
     cdef ValueCore value
     for i in range(n):
+        row = at[i]
+        if not 0 <= row < count:
+            raise IndexError(f"row {row} of {x.shape[0]} data and {g.shape[0]} gradients")
         value = <ValueCore>values[i]
-        value._data = x[i]
-        value.grad = g[i]
+        value._data = x[row]
+        value.grad = g[row]
+
+
+def in_order(nodes, Py_ssize_t count):
+    """Whether ``nodes`` (int64) is 0, 1, ..., ``count`` - 1."""
+    cdef const int64_t[::1] ids = nodes
+    cdef Py_ssize_t i
+    if ids.shape[0] != count:
+        return False
+    for i in range(count):
+        if ids[i] != i:
+            return False
+    return True
 
 
 def any_label(list values):

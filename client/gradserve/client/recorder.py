@@ -220,11 +220,16 @@ def _op_node(tape: "TapeCore") -> ValueCore:
     return out
 
 
-def set_results(values: list, data: np.ndarray, grads: np.ndarray) -> None:
-    """Set ``.data`` and ``.grad`` of each Value of ``values`` from the same row of the
-    float64 arrays ``data`` and ``grads``."""
-    for value, x, g in zip(values, data.tolist(), grads.tolist(), strict=True):
+def set_results(values: list, rows: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
+    """Set ``.data`` and ``.grad`` of each Value of ``values`` from its row of the float64
+    arrays ``data`` and ``grads``: the row ``rows[i]`` (int64) for ``values[i]``."""
+    for value, x, g in zip(values, data[rows].tolist(), grads[rows].tolist(), strict=True):
         value._data, value.grad = x, g
+
+
+def in_order(nodes: np.ndarray, count: int) -> bool:
+    """Whether ``nodes`` (int64) is 0, 1, ..., ``count`` - 1."""
+    return len(nodes) == count and bool((nodes == np.arange(count)).all())
 
 
 def any_label(values: list) -> bool:

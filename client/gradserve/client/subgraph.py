@@ -130,17 +130,17 @@ class Subgraph:
         return dict(zip(positions.tolist(), values, strict=True))
 
     def fill(self, nodes: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
-        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` still alive
-        (``data`` and ``grads`` are then the tape's to keep)."""
+        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` (int64) still
+        alive from ``data`` and ``grads`` (float64), which are then the tape's to keep."""
         positions, values, _ = self.held
-        if len(nodes) == len(self.kept) and np.array_equal(nodes, np.arange(len(nodes))):
+        if core.in_order(nodes, len(self.kept)):
             # Every sent node in order (a backward's reply): a result's row is its position.
             # On a million-node backward the general mapping below took 10 ms.
             if len(self.kept) == len(self.tape):
                 self.tape.keep_results(data, grads)
             else:
                 self.tape.remember(self.kept, data, grads)
-            core.set_results(values, data[positions], grads[positions])
+            core.set_results(values, positions, data, grads)
             return
         self.tape.remember(self.kept[nodes], data, grads)
         row = np.full(len(self.kept), -1, dtype=np.int64)
@@ -149,7 +149,7 @@ class Subgraph:
         if (rows < 0).any():
             values = list(itertools.compress(values, (rows >= 0).tolist()))
             rows = rows[rows >= 0]
-        core.set_results(values, data[rows], grads[rows])
+        core.set_results(values, rows, data, grads)
 
     def graph(self, leaf_values: np.ndarray, labels: list[str] | None = None) -> bytes:
         """The Graph message, serialized, with ``leaf_values`` (``leaf_values()``, or rows
