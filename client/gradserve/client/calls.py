@@ -169,24 +169,32 @@ def evaluate_call(
     unread = [tape.leaf_id(v) if v._tape is None else v._id for v in wanted]
     subgraph = tape.subgraph(roots + unread)
     tape.sent = True
-    fields = pb.EvaluateRequest(
-        outputs=[subgraph.position(r) for r in roots],
-        seeds=[] if seeds is None else [float(s) for s in seeds],
-        chunk_size=chunk_size,
-        allow_non_finite=allow_non_finite,
-    )
     leaf_values = subgraph.leaf_values()
-    if batch:
-        leaf_values = _rows(subgraph, tape, batch, leaf_values)
-        fields.rows = len(leaf_values)
-    if wrt == "all":
-        fields.selection = pb.SELECTION_ALL
-    else:
-        fields.selection = pb.SELECTION_NODES
-        if with_outputs:
-            fields.nodes.extend(fields.outputs)
-        fields.nodes.extend(_positions(wrt, subgraph, tape))
-    head = fields.SerializeToString()
+    # A backward's fields other than the graph depend on its structure and options only: a
+    # training loop's steps serialize them once.
+    plain = wrt == "all" and not seeds and not batch
+    same_fields = (*roots, chunk_size, allow_non_finite) if plain else None
+    head = subgraph.structure.heads.get(same_fields) if plain else None
+    if head is None:
+        fields = pb.EvaluateRequest(
+            outputs=[subgraph.position(r) for r in roots],
+            seeds=[] if seeds is None else [float(s) for s in seeds],
+            chunk_size=chunk_size,
+            allow_non_finite=allow_non_finite,
+        )
+        if batch:
+            leaf_values = _rows(subgraph, tape, batch, leaf_values)
+            fields.rows = len(leaf_values)
+        if wrt == "all":
+            fields.selection = pb.SELECTION_ALL
+        else:
+            fields.selection = pb.SELECTION_NODES
+            if with_outputs:
+                fields.nodes.extend(fields.outputs)
+            fields.nodes.extend(_positions(wrt, subgraph, tape))
+        head = fields.SerializeToString()
+        if plain:
+            subgraph.structure.heads[same_fields] = head
     output_count = len(outputs) if with_outputs else 0
     if plans is None:
         request = head + wire.message(_GRAPH, subgraph.graph(leaf_values))

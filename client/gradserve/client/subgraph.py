@@ -31,6 +31,9 @@ class Structure:
         self.codes = codes
         self.counts = counts
         self.input_ids = input_ids
+        # A call's serialized fields but the graph, by what they depend on besides the
+        # structure (calls.evaluate_call: a backward's roots and options).
+        self.heads: dict[tuple, bytes] = {}
 
     @functools.cached_property
     def _hashed(self):
