@@ -49,17 +49,20 @@ cdef int32_t SQRT = opcodes.SQRT, ABS = opcodes.ABS, SIN = opcodes.SIN, COS = op
 # The SDK's subclasses (bind): their instances are what recording makes.
 cdef object _value_class = None
 cdef object _tape_class = None
+cdef object _evaluate_pending = None  # (tape) -> None: fills its pending Values' data
 cdef tuple _no_args = ()
 cdef PyObject* _last_tape = NULL  # the tape current_tape gave last (borrowed; see the top)
 cdef unsigned long _last_thread = 0  # the thread it gave it to
 
 
-def bind(value_class, tape_class):
-    """The classes whose instances recording makes: ``Value`` and ``Tape``."""
-    global _value_class, _tape_class
+def bind(value_class, tape_class, evaluate_pending):
+    """The classes whose instances recording makes: ``Value`` and ``Tape``; and what
+    reading ``.data`` of a pending Value calls with its tape."""
+    global _value_class, _tape_class, _evaluate_pending
     if not issubclass(value_class, ValueCore) or not issubclass(tape_class, TapeCore):
         raise TypeError("bind needs subclasses of ValueCore and TapeCore")
     _value_class, _tape_class = value_class, tape_class
+    _evaluate_pending = evaluate_pending
 
 
 @atexit.register
@@ -67,8 +70,8 @@ def _unbind():
     """Let go of the classes at exit. Held here (in C, which the interpreter's shutdown does
     not clear) they would keep the SDK's modules, and so the default client and its open
     stream, alive until grpc's own modules are torn down."""
-    global _value_class, _tape_class
-    _value_class = _tape_class = None
+    global _value_class, _tape_class, _evaluate_pending
+    _value_class = _tape_class = _evaluate_pending = None
 
 
 cdef inline ValueCore _new_value():
@@ -116,6 +119,19 @@ cdef class ValueCore:
         cdef TapeCore tape = self._tape
         if tape is not None and tape._live[self._id] == <PyObject*>self:
             tape._live[self._id] = NULL
+
+    @property
+    def data(self):
+        """The value: a leaf's own; an op node's from the last evaluation, evaluating what is
+        pending on its tape on the default server when there is none yet
+        (``NoServerConfigured`` without a default server)."""
+        if self._data is None and self._tape is not None and _evaluate_pending is not None:
+            _evaluate_pending(self._tape)
+        return self._data
+
+    @data.setter
+    def data(self, data):
+        self._data = data
 
     # Binary operators: a plain number on either side becomes a constant leaf. (One C slot
     # per operator, called with the operands in order whichever side the Value is on:

@@ -22,6 +22,7 @@ import numbers
 import operator
 import threading
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,11 +51,14 @@ LEAF_ID = -1  # the _id of any other leaf Value
 
 
 _classes: dict[str, type] = {}  # "value", "tape": the SDK's subclasses (bind)
+_hooks: dict[str, Callable] = {}  # "evaluate_pending": (tape) -> None (bind)
 
 
-def bind(value_class: type, tape_class: type) -> None:
-    """The classes whose instances recording makes: ``Value`` and ``Tape``."""
+def bind(value_class: type, tape_class: type, evaluate_pending: Callable) -> None:
+    """The classes whose instances recording makes: ``Value`` and ``Tape``; and what
+    reading ``.data`` of a pending Value calls with its tape."""
     _classes["value"], _classes["tape"] = value_class, tape_class
+    _hooks["evaluate_pending"] = evaluate_pending
 
 
 class ValueCore:
@@ -70,6 +74,19 @@ class ValueCore:
         self.label = label
         self._tape = None  # leaves belong to no tape
         self._id = LEAF_ID
+
+    @property
+    def data(self) -> float | None:
+        """The value: a leaf's own; an op node's from the last evaluation, evaluating what is
+        pending on its tape on the default server when there is none yet
+        (``NoServerConfigured`` without a default server)."""
+        if self._data is None and self._tape is not None:
+            _hooks["evaluate_pending"](self._tape)
+        return self._data
+
+    @data.setter
+    def data(self, data: float | None) -> None:
+        self._data = data
 
     # Binary operators: a plain number on either side becomes a constant leaf.
     def __add__(self, other):
