@@ -11,6 +11,7 @@ import pytest
 import gradserve.client
 from gradserve.client import AsyncClient, Client, Value
 from gradserve.client.calls import evaluate_call, streams
+from gradserve.client.subgraph import RecentStructures
 from gradserve.client.tape import current_tape
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -293,6 +294,31 @@ def test_a_graph_recorded_again_on_a_new_tape_shares_its_structure():
     assert sent(lambda a, b: (a * b * b).relu()) is not first
     assert sent(lambda a, b: (a + b * a).relu()) is not first
     assert not first.kept.flags.writeable and not first.input_ids.flags.writeable
+
+
+def test_the_structures_kept_hold_at_most_max_nodes_the_least_recently_used_going_first():
+    def chain(length: int):
+        y = Value(1.0)
+        for _ in range(length):
+            y = y.tanh()
+        y._tape.sent = True
+        return y._tape, [y._id]
+
+    recent = RecentStructures()
+    third = RecentStructures.MAX_NODES // 3
+    tapes = [chain(third - 1) for _ in range(3)]  # the same structure on three tapes
+    recent.keep(*tapes[0], tapes[0][0].subgraph(tapes[0][1]).structure)
+    assert recent.find(*tapes[1]) is not None and recent.find(*tapes[2]) is not None
+    other, big = chain(third), chain(RecentStructures.MAX_NODES)
+    assert recent.find(*other) is None
+    recent.keep(*other, other[0].subgraph(other[1]).structure)
+    recent.find(*tapes[0])  # used: now the most recent
+    newest = chain(third + 1)
+    recent.keep(*newest, newest[0].subgraph(newest[1]).structure)
+    assert recent.find(*other) is None  # the least recently used went to make room
+    assert recent.find(*tapes[0]) is not None and recent.find(*newest) is not None
+    recent.keep(*big, big[0].subgraph(big[1]).structure)  # more than MAX_NODES: not kept
+    assert recent.find(*big) is None and recent.find(*newest) is not None
 
 
 def test_structures_of_the_same_node_count_are_sent_as_different_plans(target):

@@ -66,31 +66,38 @@ class RecentStructures:
     the columns to send, their fingerprint) is then found by comparing the tape's columns
     with the last ones byte for byte, not worked out and hashed again.
 
-    Kept for graphs of up to ``MAX_NODES`` nodes, where a step's overhead matters; a
-    larger graph's columns are not copied and held."""
+    The most recently used are kept, up to ``MAX_NODES`` nodes in all (about 60 bytes a
+    node: the columns' copy and the Structure's arrays, so at most about 4 MB): a small
+    graph's step is where this overhead matters; a larger graph's columns are not copied
+    and held."""
 
-    MAX_ENTRIES = 16
     MAX_NODES = 1 << 16
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (columns, Structure)
+        self._nodes = 0  # of the tapes kept: the first entry of each key
 
     def find(self, tape, roots: list[int]) -> Structure | None:
         """The Structure of ``roots`` on a tape whose columns are ``tape``'s, or None."""
+        key = (len(tape), *roots)
         with self._lock:
-            entry = self._entries.get((len(tape), *roots))
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
         return entry[1] if entry is not None and tape.has_columns(entry[0]) else None
 
     def keep(self, tape, roots: list[int], structure: Structure) -> None:
-        if len(tape) > self.MAX_NODES:
-            return
         key = (len(tape), *roots)
+        if key[0] > self.MAX_NODES:
+            return
         with self._lock:
+            if self._entries.pop(key, None) is not None:
+                self._nodes -= key[0]
             self._entries[key] = (tape.columns(), structure)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.MAX_ENTRIES:
-                self._entries.popitem(last=False)
+            self._nodes += key[0]
+            while self._nodes > self.MAX_NODES:
+                self._nodes -= self._entries.popitem(last=False)[0][0]
 
 
 class Subgraph:
