@@ -85,6 +85,34 @@ def test_the_wait_is_the_configured_one_not_the_calls_deadline():
     _run(scenario())
 
 
+def test_a_call_whose_deadline_comes_before_the_wait_ends_waits_only_until_its_deadline():
+    """wait_s 30 s against a deadline 0 s away: refused at the loop's next turn, although
+    the memory it needs is given back 0.3 s after it parked (as in the wait_s 0 test)."""
+
+    async def scenario():
+        budget = MemoryBudget(100 * MIB, wait_s=30)
+        holder = budget.charge()
+        await holder.resize(80 * MIB, deadline=time.monotonic() + 60)
+        late = asyncio.create_task(budget.charge().resize(50 * MIB, time.monotonic()))
+        while budget.waiting == 0 and not late.done():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        holder.release()
+        with pytest.raises(BudgetBusy):
+            await late
+        assert budget.used == 0
+
+    _run(scenario())
+
+
+def test_a_budget_with_an_arriving_share_names_it():
+    budget = MemoryBudget(1024 * MIB, reserved=256 * MIB, arriving=128 * MIB)
+    assert budget.total == 640 * MIB
+    assert budget.describe() == (
+        "640.0 MiB: max-memory-mb = 1024 less plan-cache-mb = 256 less max-arriving-mb = 128"
+    )
+
+
 def test_a_charge_grown_past_the_whole_budget_never_fits_and_waits_for_nothing():
     async def scenario():
         budget = MemoryBudget(100 * MIB, wait_s=30)
