@@ -86,6 +86,14 @@ def test_the_wait_is_the_configured_one_not_the_calls_deadline():
     _run(scenario())
 
 
+def test_a_budget_with_an_arriving_share_names_it():
+    budget = MemoryBudget(1024 * MIB, reserved=256 * MIB, arriving=128 * MIB)
+    assert budget.total == 640 * MIB
+    assert budget.describe() == (
+        "640.0 MiB: max-memory-mb = 1024 less plan-cache-mb = 256 less max-arriving-mb = 128"
+    )
+
+
 def test_a_charge_grown_past_the_whole_budget_never_fits_and_waits_for_nothing():
     async def scenario():
         budget = MemoryBudget(100 * MIB, wait_s=30)
@@ -128,16 +136,20 @@ def test_the_default_wait_is_the_one_the_docs_state():
     assert MemoryBudget(100 * MIB).wait_s == float(documented.group(1))
 
 
-def test_a_call_with_no_wait_left_is_refused_before_memory_given_back_later_reaches_it():
-    """wait_s 0: refused at the loop's next turn, even though the memory it needs is given
-    back 0.3 s after it parked (timers fire in order of their time, so this does not depend
-    on the machine's speed)."""
+@pytest.mark.parametrize("wait_s, deadline_s", [(0.0, 60), (30, 0)])
+def test_a_call_with_no_wait_left_is_refused_before_memory_given_back_later_reaches_it(
+    wait_s, deadline_s
+):
+    """wait_s 0, or a deadline now with a wait of 30 s: refused at the loop's next turn,
+    even though the memory it needs is given back 0.3 s after it parked (timers fire in
+    order of their time, so this does not depend on the machine's speed)."""
 
     async def scenario():
-        budget = MemoryBudget(100 * MIB, wait_s=0.0)
+        budget = MemoryBudget(100 * MIB, wait_s=wait_s)
         holder = budget.charge()
         await holder.resize(80 * MIB, deadline=time.monotonic() + 60)
-        late = asyncio.create_task(budget.charge().resize(50 * MIB, time.monotonic() + 60))
+        deadline = time.monotonic() + deadline_s
+        late = asyncio.create_task(budget.charge().resize(50 * MIB, deadline))
         while budget.waiting == 0 and not late.done():
             await asyncio.sleep(0)
         await asyncio.sleep(0.3)

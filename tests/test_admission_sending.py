@@ -21,6 +21,12 @@ def _deadline() -> float:
     return time.monotonic() + DEADLINE_S
 
 
+async def _parked(share: SendingShare) -> None:
+    """Return once a reservation waits for the share."""
+    while share.waiting == 0:
+        await asyncio.sleep(0)
+
+
 @pytest.mark.parametrize(
     "calls_mib, message_mib, share_mib",
     [(512, 64, 128), (2048, 64, 512), (256, 64, 128), (100, 64, 100)],
@@ -39,20 +45,23 @@ def test_one_connection_holds_at_most_half_the_share_once_it_holds_any():
     async def scenario():
         share = _share()  # 128 MiB
         first = share.reservation("a")
-        await first.resize(100 * MIB, _deadline())  # more than half: it held nothing
+        await first.resize(70 * MIB, _deadline())  # more than half: it held nothing
         second = share.reservation("a")
+        # The share has room for it (70 + 10 of 128), but not the connection's half:
         waiting = asyncio.create_task(second.resize(10 * MIB, _deadline()))
         other = share.reservation("b")
         await other.resize(20 * MIB, _deadline())  # another connection is not held up
-        while share.waiting == 0:
-            await asyncio.sleep(0)
-        assert not waiting.done() and share.by_connection == {"a": 100 * MIB, "b": 20 * MIB}
+        await asyncio.wait_for(_parked(share), 5)  # the connection's second reply waits
+        assert not waiting.done() and share.by_connection == {"a": 70 * MIB, "b": 20 * MIB}
         first.release()
         await asyncio.wait_for(waiting, 5)
         assert share.by_connection == {"a": 10 * MIB, "b": 20 * MIB}
         assert share.used == 30 * MIB
-        second.release()
-        other.release()
+        third = share.reservation("a")
+        await asyncio.wait_for(third.resize(54 * MIB, _deadline()), 5)  # up to half exactly
+        assert share.by_connection == {"a": 64 * MIB, "b": 20 * MIB}
+        for reservation in (second, third, other):
+            reservation.release()
         assert share.used == 0 and share.by_connection == {}
 
     asyncio.run(scenario())
@@ -67,7 +76,7 @@ def test_a_reply_that_finds_the_share_held_is_refused_naming_it_and_holds_nothin
             await late.resize(60 * MIB, _deadline())
         assert late.bytes == 0 and share.by_connection == {"a": 120 * MIB}
         message = str(caught.value)
-        assert "60.0 MiB" in message and "128.0 MiB" in message
+        assert "needs an estimated 60.0 MiB" in message and "(128.0 MiB:" in message
         assert "share for unary replies" in message and "EvaluateStream" in message
         assert caught.value.budget == 128 * MIB and caught.value.needed == 60 * MIB
 

@@ -64,6 +64,7 @@ def test_one_scrape_counts_every_workers_calls_across_a_restart():
         for pid in workers:
             assert f'gradserve_arriving_used_bytes{{pid="{pid}"}} 0.0' in text
             assert f'gradserve_sending_share_used_bytes{{pid="{pid}"}} 0.0' in text
+        assert "gradserve_sending_share_refused_total 0.0" in text
         lookups = "gradserve_plan_cache_lookups_total"
 
         def lookups_counted() -> float:

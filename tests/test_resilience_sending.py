@@ -85,6 +85,8 @@ def test_readers_that_never_read_leave_the_budget_for_computing():
             message = dict(state.trailers or state.headers)[b"grpc-message"]
             assert b"share for unary replies" in message.replace(b"%20", b" "), state
         assert REPLY_CHARGE_MIB < held < 2 * REPLY_CHARGE_MIB, held  # one reply, not two
+        refusals = sample(scrape(metrics_port), "gradserve_sending_share_refused_total")
+        assert refusals == STALLED_READERS - 1
         # What the stalled reply holds of the share is its two copies, until grpc lets go
         # of it: when its client disconnects.
         assert REPLY_CHARGE_MIB <= sending_mib() < REPLY_CHARGE_MIB + 1, sending_mib()

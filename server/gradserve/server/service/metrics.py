@@ -238,8 +238,10 @@ class _BudgetCollector:
             self.budget.used,
         )
         if self.sending is not None:
-            yield GaugeMetricFamily(
-                sending_share.USED_METRIC, sending_share.USED_HELP, self.sending.used
+            share = self.sending
+            yield GaugeMetricFamily(sending_share.USED_METRIC, sending_share.USED_HELP, share.used)
+            yield CounterMetricFamily(
+                sending_share.REFUSED_METRIC, sending_share.REFUSED_HELP, share.refused
             )
         if self.arrival is not None:
             gate = self.arrival

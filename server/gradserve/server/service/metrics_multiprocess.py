@@ -111,10 +111,11 @@ def mirror_plan_cache(
         multiprocess_mode="liveall",
         registry=registry,
     )
+    refused = Counter(sending_share.REFUSED_METRIC, sending_share.REFUSED_HELP, registry=registry)
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 
     def copy() -> None:
-        seen_hits = seen_misses = seen_taken_back = 0
+        seen_hits = seen_misses = seen_taken_back = seen_refused = 0
         while True:
             now_hits, now_misses = cache.hits, cache.misses
             hits.inc(now_hits - seen_hits)
@@ -125,6 +126,8 @@ def mirror_plan_cache(
             used.set(budget.used)
             if sending is not None:
                 replies.set(sending.used)
+                refused.inc(sending.refused - seen_refused)
+                seen_refused = sending.refused
             if arrival is not None:
                 arriving_used.set(arrival.used)
                 waiting.set(arrival.waiting)

@@ -30,6 +30,11 @@ USED_HELP = (
     "Bytes of the sending share held by unary replies (two copies each) from before their "
     "evaluation until grpc lets go of them"
 )
+REFUSED_METRIC = "gradserve_sending_share_refused"
+REFUSED_HELP = (
+    "Unary calls refused because the sending share stayed held by other replies for the "
+    "budget wait (each also counted with the RESOURCE_EXHAUSTED calls)"
+)
 
 
 class SendingBusy(BudgetBusy):
@@ -57,6 +62,7 @@ class SendingShare(MemoryBudget):
         # it never waits.
         self.smallest = calls.total // SMALL_FRACTION
         self.by_connection: dict[str, int] = {}
+        self.refused = 0  # calls refused after waiting for the share
 
     def describe(self) -> str:
         return (
@@ -65,6 +71,7 @@ class SendingShare(MemoryBudget):
         )
 
     def _busy(self, needed: int, waited: float) -> BudgetBusy:
+        self.refused += 1
         return SendingBusy(needed, self, waited)
 
     def reservation(self, connection: str) -> "Reservation":
