@@ -24,6 +24,7 @@ from gradserve.server.engine.plan_cache import (
     structure_digest,
 )
 from gradserve.server.service import evaluation as servicer_module
+from gradserve.server.service import packed
 from gradserve.server.service.app import running_server
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics
@@ -343,6 +344,41 @@ def test_the_plan_cache_counts_the_float_programs_of_its_plans(ops):
     small.answer(plan, digest, request, lambda: False)
     small.answer(plan, digest, request, lambda: False)
     assert small.plans.get(digest) is None and small.plans.bytes == 0
+
+
+def test_a_reply_of_every_node_keeps_its_ids_encoded_with_the_plan(registry, monkeypatch):
+    """The general path's reply of every node (a backward's) encodes the node ids on the
+    plan's first such call and keeps them with the plan, counted in the cache's bytes (as
+    tracemalloc measures them); later calls encode no ids and send the same bytes."""
+    encoded = []
+    of = packed.EveryNodeIds.of.__func__
+    monkeypatch.setattr(
+        packed.EveryNodeIds, "of", classmethod(lambda cls, n: encoded.append(n) or of(cls, n))
+    )
+    g = chain(small_call.MAX_NODES + 1)  # beyond the small-call path
+    metrics = CallMetrics()
+    with (
+        running_server(registry, metrics=metrics) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.GradientServiceStub(channel)
+        first = stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_ALL))
+        cached = metrics.registry.get_sample_value("gradserve_plan_cache_bytes")
+        again = pb.EvaluateRequest(plan_digest=first.plan_digest, selection=pb.SELECTION_ALL)
+        again.graph.leaf_values.append(0.5)
+        second = stub.Evaluate(again)
+        assert metrics.registry.get_sample_value("gradserve_plan_cache_bytes") == cached
+    assert encoded == [small_call.MAX_NODES + 1]
+    assert list(second.node_ids) == list(range(small_call.MAX_NODES + 1))
+    assert second == first
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = of(packed.EveryNodeIds, small_call.MAX_NODES + 1)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= kept.nbytes() <= held + 128
 
 
 def test_a_plan_keeps_only_the_quoted_part_of_a_label(ops):
