@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from gradserve.server.engine import run as engine_entry
 from gradserve.server.service import packed
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -80,7 +81,7 @@ def test_tangents_encode_as_protobuf_does(n, rows):
 @pytest.mark.parametrize(("n", "rows"), [(1, 1), (200, 1), (20_000, 2)])
 def test_every_node_ids_kept_with_a_plan_encode_as_protobuf_does(n, rows):
     """A reply of every node (ids 0 to n - 1) written with the ids a plan keeps encoded
-    (``EveryNodeIds``) is byte for byte protobuf's, 3-byte varints included."""
+    (``Engine.every_node_ids``) is byte for byte protobuf's, 3-byte varints included."""
     _, values, grads = arrays(n, rows, seed=n + 3)
     ids = np.arange(n)
     digest = bytes(range(16))
@@ -91,5 +92,5 @@ def test_every_node_ids_kept_with_a_plan_encode_as_protobuf_does(n, rows):
         values=values.T.ravel().tolist(),
         grads=grads.T.ravel().tolist(),
     ).SerializeToString()
-    kept = packed.EveryNodeIds.of(n)
+    kept = engine_entry.EveryNodeIds.of(n)
     assert packed.evaluate_response(ids, values, grads, digest, wire_ids=kept.wire) == expected

@@ -24,7 +24,6 @@ from gradserve.server.engine.plan_cache import (
     structure_digest,
 )
 from gradserve.server.service import evaluation as servicer_module
-from gradserve.server.service import packed
 from gradserve.server.service.app import running_server
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics
@@ -351,9 +350,9 @@ def test_a_reply_of_every_node_keeps_its_ids_encoded_with_the_plan(registry, mon
     plan's first such call and keeps them with the plan, counted in the cache's bytes (as
     tracemalloc measures them); later calls encode no ids and send the same bytes."""
     encoded = []
-    of = packed.EveryNodeIds.of.__func__
+    of = engine_entry.EveryNodeIds.of.__func__
     monkeypatch.setattr(
-        packed.EveryNodeIds, "of", classmethod(lambda cls, n: encoded.append(n) or of(cls, n))
+        engine_entry.EveryNodeIds, "of", classmethod(lambda cls, n: encoded.append(n) or of(cls, n))
     )
     g = chain(small_call.MAX_NODES + 1)  # beyond the small-call path
     metrics = CallMetrics()
@@ -374,7 +373,7 @@ def test_a_reply_of_every_node_keeps_its_ids_encoded_with_the_plan(registry, mon
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        kept = of(packed.EveryNodeIds, small_call.MAX_NODES + 1)
+        kept = of(engine_entry.EveryNodeIds, small_call.MAX_NODES + 1)
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

@@ -272,20 +272,10 @@ class Evaluator:
                 for result, block_result in zip(results, block, strict=True):
                     result[:, first:last] = block_result.take(job.selected, axis=0)
                 del block
-        wire_ids = self._every_node_ids(job) if job.every_node else None
+        wire_ids = self._engine.every_node_ids(job.plan, job.digest) if job.every_node else None
         return packed.evaluate_response(
             job.selected, *results[:2], job.digest, *results[2:], wire_ids=wire_ids
         )
-
-    def _every_node_ids(self, job: Job) -> bytes:
-        """The plan's node ids on the wire, encoded on its first reply of every node and
-        kept with it, counted by the plan cache."""
-        kept = job.plan.kept
-        ids = kept.get(packed.EVERY_NODE_IDS)
-        if ids is None:
-            ids = kept.setdefault(packed.EVERY_NODE_IDS, packed.EveryNodeIds.of(len(job.selected)))
-            self._engine.plans.remeasure(job.digest, job.plan)
-        return ids.wire
 
 
 def reply_bytes(selected: int, rows: int, results_per_node: int) -> int:

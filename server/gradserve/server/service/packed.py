@@ -11,10 +11,8 @@ The results are arrays shaped (nodes, rows), or, from the small-call path, one r
 of ids and floats, which struct packs without a NumPy conversion.
 """
 
-import dataclasses
 import functools
 import struct
-import sys
 
 import numpy as np
 
@@ -27,24 +25,6 @@ from gradserve.v1.wire_format import (
 )
 
 _TRANSPOSE_BLOCK = 256  # nodes: 256 x rows doubles, 2 MiB for 1,000 rows
-EVERY_NODE_IDS = "every node's id on the wire"  # the key of ``EveryNodeIds`` in Plan.kept
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class EveryNodeIds:
-    """A plan's node ids 0 to n - 1 as a packed field's varints, encoded once and kept with
-    the plan (``Plan.kept``): a backward's reply selects every node, and encoding a
-    812,399-node plan's ids took 8-13 ms of each call."""
-
-    wire: bytes
-
-    def nbytes(self) -> int:
-        """The bytes and this object (72 bytes measured with tracemalloc)."""
-        return sys.getsizeof(self.wire) + 128
-
-    @classmethod
-    def of(cls, node_count: int) -> "EveryNodeIds":
-        return cls(packed_varints(np.arange(node_count, dtype=np.uint32)))
 
 
 def _delimited(number: int, payload: bytes | memoryview) -> list[bytes | memoryview]:
@@ -118,7 +98,7 @@ def evaluate_response(
 ) -> bytes:
     """An EvaluateResponse: node_ids 1, values 2, grads 3, plan_digest 4, rows 5, and with
     tangents value_tangents 6, grad_tangents 7 (shaped as values). ``wire_ids``, when
-    given, is ``packed_varints(ids)``, encoded beforehand (``EveryNodeIds``)."""
+    given, is ``packed_varints(ids)``, encoded beforehand (``Engine.every_node_ids``)."""
     if isinstance(values, list) and ids and value_tangents is None:
         return _one_row_response(ids, values, grads, digest, wire_ids)
     return b"".join(
