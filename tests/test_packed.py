@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from gradserve.server.engine import run as engine_entry
 from gradserve.server.service import packed
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -75,3 +76,21 @@ def test_tangents_encode_as_protobuf_does(n, rows):
         ids, values, grads, digest, n, value_tangents=value_tangents, grad_tangents=grad_tangents
     )
     assert encoded == chunk.SerializeToString()
+
+
+@pytest.mark.parametrize(("n", "rows"), [(1, 1), (200, 1), (20_000, 2)])
+def test_every_node_ids_kept_with_a_plan_encode_as_protobuf_does(n, rows):
+    """A reply of every node (ids 0 to n - 1) written with the ids a plan keeps encoded
+    (``Engine.every_node_ids``) is byte for byte protobuf's, 3-byte varints included."""
+    _, values, grads = arrays(n, rows, seed=n + 3)
+    ids = np.arange(n)
+    digest = bytes(range(16))
+    expected = pb.EvaluateResponse(
+        node_ids=ids.tolist(),
+        plan_digest=digest,
+        rows=rows,
+        values=values.T.ravel().tolist(),
+        grads=grads.T.ravel().tolist(),
+    ).SerializeToString()
+    kept = engine_entry.EveryNodeIds.of(n)
+    assert packed.evaluate_response(ids, values, grads, digest, wire_ids=kept.wire) == expected

@@ -345,6 +345,41 @@ def test_the_plan_cache_counts_the_float_programs_of_its_plans(ops):
     assert small.plans.get(digest) is None and small.plans.bytes == 0
 
 
+def test_a_reply_of_every_node_keeps_its_ids_encoded_with_the_plan(registry, monkeypatch):
+    """The general path's reply of every node (a backward's) encodes the node ids on the
+    plan's first such call and keeps them with the plan, counted in the cache's bytes (as
+    tracemalloc measures them); later calls encode no ids and send the same bytes."""
+    encoded = []
+    of = engine_entry.EveryNodeIds.of.__func__
+    monkeypatch.setattr(
+        engine_entry.EveryNodeIds, "of", classmethod(lambda cls, n: encoded.append(n) or of(cls, n))
+    )
+    g = chain(small_call.MAX_NODES + 1)  # beyond the small-call path
+    metrics = CallMetrics()
+    with (
+        running_server(registry, metrics=metrics) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.GradientServiceStub(channel)
+        first = stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_ALL))
+        cached = metrics.registry.get_sample_value("gradserve_plan_cache_bytes")
+        again = pb.EvaluateRequest(plan_digest=first.plan_digest, selection=pb.SELECTION_ALL)
+        again.graph.leaf_values.append(0.5)
+        second = stub.Evaluate(again)
+        assert metrics.registry.get_sample_value("gradserve_plan_cache_bytes") == cached
+    assert encoded == [small_call.MAX_NODES + 1]
+    assert list(second.node_ids) == list(range(small_call.MAX_NODES + 1))
+    assert second == first
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = of(engine_entry.EveryNodeIds, small_call.MAX_NODES + 1)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= kept.nbytes() <= held + 128
+
+
 def test_a_plan_keeps_only_the_quoted_part_of_a_label(ops):
     """A 1-node graph with an 8 MB label: its plan holds the label cut as messages quote
     it, not the label."""

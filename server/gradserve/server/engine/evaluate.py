@@ -68,8 +68,10 @@ def _evaluate(plan, leaf_values, outputs, seeds, should_stop, allow_non_finite):
         # Every input position's gradients at once, in args' order (position by position).
         contributions = np.concatenate(local) if len(local) > 1 else local[0]
         del local
-        if values.shape[1] == 1:  # np.add.at is quick on one column and needs no sort
-            np.add.at(grads, step.args.ravel(), contributions)
+        if values.shape[1] == 1:  # np.add.at is quick on one column and needs no sort,
+            # given as 1-D: on an (n, 1) array it took 3-5x longer (180,000 entries: 2.5 ms
+            # against 0.5), adding in the same order
+            np.add.at(grads[:, 0], step.args.ravel(), contributions[:, 0])
         else:
             step.scatter.add_into(grads, contributions)
         del contributions

@@ -272,7 +272,10 @@ class Evaluator:
                 for result, block_result in zip(results, block, strict=True):
                     result[:, first:last] = block_result.take(job.selected, axis=0)
                 del block
-        return packed.evaluate_response(job.selected, *results[:2], job.digest, *results[2:])
+        wire_ids = self._engine.every_node_ids(job.plan, job.digest) if job.every_node else None
+        return packed.evaluate_response(
+            job.selected, *results[:2], job.digest, *results[2:], wire_ids=wire_ids
+        )
 
 
 def reply_bytes(selected: int, rows: int, results_per_node: int) -> int:

@@ -65,10 +65,11 @@ def _scalar(number: int, value: int) -> list[bytes]:
     return [varint(number << 3 | VARINT) + varint(value)] if value else []
 
 
-def _results(ids, values, grads) -> list[bytes | memoryview]:
-    """node_ids (field 1), values (2) and grads (3), shaped (len(ids), rows), row by row."""
+def _results(ids, values, grads, wire_ids=None) -> list[bytes | memoryview]:
+    """node_ids (field 1), values (2) and grads (3), shaped (len(ids), rows), row by row;
+    ``wire_ids``, when given, is ``packed_varints(ids)``, encoded beforehand."""
     return [
-        *_delimited(1, packed_varints(ids)),
+        *_delimited(1, packed_varints(ids) if wire_ids is None else wire_ids),
         *_delimited(2, _row_by_row(values)),
         *_delimited(3, _row_by_row(grads)),
     ]
@@ -97,12 +98,12 @@ def evaluate_response(
 ) -> bytes:
     """An EvaluateResponse: node_ids 1, values 2, grads 3, plan_digest 4, rows 5, and with
     tangents value_tangents 6, grad_tangents 7 (shaped as values). ``wire_ids``, when
-    given, is ``packed_varints(ids)`` of one-row results (lists), encoded beforehand."""
+    given, is ``packed_varints(ids)``, encoded beforehand (``Engine.every_node_ids``)."""
     if isinstance(values, list) and ids and value_tangents is None:
         return _one_row_response(ids, values, grads, digest, wire_ids)
     return b"".join(
         [
-            *_results(ids, values, grads),
+            *_results(ids, values, grads, wire_ids),
             *_delimited(4, digest),
             *_scalar(5, rows_of(values)),
             *_tangents(6, value_tangents, grad_tangents),
