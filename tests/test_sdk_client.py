@@ -11,6 +11,7 @@ import pytest
 import gradserve.client
 from gradserve.client import AsyncClient, Client, Value
 from gradserve.client.calls import evaluate_call, streams
+from gradserve.client.subgraph import RecentStructures
 from gradserve.client.tape import current_tape
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -276,6 +277,74 @@ def test_a_backward_of_70_000_nodes_is_one_message_named_by_its_digest_the_secon
             assert len(sent) == step + 1
         assert sent[0].graph.node_ops and not sent[0].plan_digest
         assert sent[1].plan_digest and not sent[1].graph.node_ops
+
+
+def test_a_graph_recorded_again_on_a_new_tape_shares_its_structure():
+    """A training loop's next step finds the structure of its last (renumbering, columns,
+    fingerprint) by the tape's columns; a tape differing in one op or one input does not."""
+
+    def sent(record):
+        a, b = Value(1.0), Value(2.0)
+        y = record(a, b)
+        y._tape.sent = True  # as a backward leaves it: the next graph starts a new tape
+        return y._tape.subgraph([y._id]).structure
+
+    first = sent(lambda a, b: (a * b * a).relu())
+    assert sent(lambda a, b: (a * b * a).relu()) is first
+    assert sent(lambda a, b: (a * b * b).relu()) is not first
+    assert sent(lambda a, b: (a + b * a).relu()) is not first
+    assert not first.kept.flags.writeable and not first.input_ids.flags.writeable
+
+
+def test_the_structures_kept_hold_at_most_max_nodes_the_least_recently_used_going_first():
+    def chain(length: int):
+        y = Value(1.0)
+        for _ in range(length):
+            y = y.tanh()
+        y._tape.sent = True
+        return y._tape, [y._id]
+
+    recent = RecentStructures()
+    third = RecentStructures.MAX_NODES // 3
+    tapes = [chain(third - 1) for _ in range(3)]  # the same structure on three tapes
+    recent.keep(*tapes[0], tapes[0][0].subgraph(tapes[0][1]).structure)
+    assert recent.find(*tapes[1]) is not None and recent.find(*tapes[2]) is not None
+    other, big = chain(third), chain(RecentStructures.MAX_NODES)
+    assert recent.find(*other) is None
+    recent.keep(*other, other[0].subgraph(other[1]).structure)
+    recent.find(*tapes[0])  # used: now the most recent
+    newest = chain(third + 1)
+    recent.keep(*newest, newest[0].subgraph(newest[1]).structure)
+    assert recent.find(*other) is None  # the least recently used went to make room
+    assert recent.find(*tapes[0]) is not None and recent.find(*newest) is not None
+    recent.keep(*big, big[0].subgraph(big[1]).structure)  # more than MAX_NODES: not kept
+    assert recent.find(*big) is None and recent.find(*newest) is not None
+
+
+def test_structures_of_the_same_node_count_are_sent_as_different_plans(target):
+    """Steps of three structures of four nodes each, one differing from the first only in an
+    input and one only in an op, go whole the first time and by three different plan digests
+    the second: each step's results are its own structure's (closed forms)."""
+    structures = [
+        (lambda a, b: a * b * a, lambda a, b: (a * a * b, 2 * a * b, a * a)),
+        (lambda a, b: a * b * b, lambda a, b: (a * b * b, b * b, 2 * a * b)),
+        (lambda a, b: (a + b) * a, lambda a, b: (a * a + a * b, 2 * a + b, a)),
+    ]
+    with Client(target) as client:
+        sent = []
+        send = client._send
+        client._send = lambda request: (
+            sent.append(pb.EvaluateRequest.FromString(request)) or (send(request))
+        )
+        for step, (record, expected) in enumerate(structures * 2):
+            a, b = Value(3.0 + step), Value(-2.0 - step)
+            y = record(a, b)
+            assert len(y._tape) == 4
+            y.backward(client)
+            assert (y.data, a.grad, b.grad) == expected(3.0 + step, -2.0 - step)
+    assert all(m.graph.node_ops and not m.plan_digest for m in sent[:3])
+    assert all(m.plan_digest and not m.graph.node_ops for m in sent[3:])
+    assert len({m.plan_digest for m in sent[3:]}) == 3
 
 
 @pytest.mark.parametrize("not_a_value", [3.0, "x", None])

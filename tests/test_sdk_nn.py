@@ -93,3 +93,19 @@ def test_a_neuron_reads_as_many_inputs_as_it_has_weights_as_micrograds_does(targ
         with Client(target) as client:
             out.backward(client)
         assert out.data == pytest.approx(theirs(x).data, rel=1e-12)
+
+
+@pytest.mark.parametrize("nonlin", [True, False])
+def test_a_neuron_records_micrograds_sum_node_for_node(nonlin):
+    """A neuron's graph is the one micrograd's expression records, ``sum((wi * xi for wi,
+    xi in zip(w, x)), b)``, written out here: the same ops on the same inputs in the same
+    order, so the server adds in micrograd's order."""
+    neuron = nn.Neuron(3, nonlin=nonlin)
+    x = [0.5, Value(-1.5), 2.0]
+    ours = neuron(x)
+    ours._tape.sent = True  # the next graph starts a tape of its own
+    theirs = sum((wi * xi for wi, xi in zip(neuron.w, x, strict=True)), neuron.b)
+    theirs = theirs.relu() if nonlin else theirs
+    assert ours._tape is not theirs._tape
+    assert ours._tape.columns() == theirs._tape.columns()
+    assert len(ours._tape) == 3 + 3 + 1 + 3 + 3 + nonlin  # leaves, products, b, sums, relu

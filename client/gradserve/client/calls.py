@@ -1,6 +1,5 @@
 """What the sync and async clients share: building requests from Values, reading results."""
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,8 +83,9 @@ class PlanDigests:
     fingerprint of the structure, so that a training loop, which sends graphs of one
     structure again and again, sends only the digest and new leaf values (DESIGN.md, 5).
 
-    The fingerprint hashes what the server's digest covers (ops, inputs, labels), in the
-    SDK's own columns, so it costs a hash of two arrays rather than the wire encoding.
+    The fingerprint (``Structure.fingerprint``) hashes what the server's digest covers (ops,
+    inputs, labels), in the SDK's own columns, so it costs a hash of two arrays rather than
+    the wire encoding, once per structure.
     """
 
     MAX_ENTRIES = 256
@@ -111,18 +111,6 @@ class PlanDigests:
             return False
         self._digests.pop(call.fingerprint, None)
         return True
-
-
-def fingerprint(subgraph: Subgraph, labels: list[str]) -> bytes:
-    """A digest of the sent graph's structure as the SDK records it: op codes (each an op
-    name and input count, per process), input ids and labels."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(len(subgraph).to_bytes(8, "little"))
-    h.update(subgraph.codes.astype(np.int32).tobytes())
-    h.update(subgraph.input_ids.astype(np.int32).tobytes())
-    for label in labels:
-        h.update(label.encode() + b"\0")
-    return h.digest()
 
 
 def _as_list(values: Value | Sequence[Value]) -> list[Value]:
@@ -181,30 +169,38 @@ def evaluate_call(
     unread = [tape.leaf_id(v) if v._tape is None else v._id for v in wanted]
     subgraph = tape.subgraph(roots + unread)
     tape.sent = True
-    fields = pb.EvaluateRequest(
-        outputs=[subgraph.position(r) for r in roots],
-        seeds=[] if seeds is None else [float(s) for s in seeds],
-        chunk_size=chunk_size,
-        allow_non_finite=allow_non_finite,
-    )
     leaf_values = subgraph.leaf_values()
-    if batch:
-        leaf_values = _rows(subgraph, tape, batch, leaf_values)
-        fields.rows = len(leaf_values)
-    if wrt == "all":
-        fields.selection = pb.SELECTION_ALL
-    else:
-        fields.selection = pb.SELECTION_NODES
-        if with_outputs:
-            fields.nodes.extend(fields.outputs)
-        fields.nodes.extend(_positions(wrt, subgraph, tape))
-    head = fields.SerializeToString()
+    # A backward's fields other than the graph depend on its structure and options only: a
+    # training loop's steps serialize them once.
+    plain = wrt == "all" and not seeds and not batch
+    same_fields = (*roots, chunk_size, allow_non_finite) if plain else None
+    head = subgraph.structure.heads.get(same_fields) if plain else None
+    if head is None:
+        fields = pb.EvaluateRequest(
+            outputs=[subgraph.position(r) for r in roots],
+            seeds=[] if seeds is None else [float(s) for s in seeds],
+            chunk_size=chunk_size,
+            allow_non_finite=allow_non_finite,
+        )
+        if batch:
+            leaf_values = _rows(subgraph, tape, batch, leaf_values)
+            fields.rows = len(leaf_values)
+        if wrt == "all":
+            fields.selection = pb.SELECTION_ALL
+        else:
+            fields.selection = pb.SELECTION_NODES
+            if with_outputs:
+                fields.nodes.extend(fields.outputs)
+            fields.nodes.extend(_positions(wrt, subgraph, tape))
+        head = fields.SerializeToString()
+        if plain:
+            subgraph.structure.heads[same_fields] = head
     output_count = len(outputs) if with_outputs else 0
     if plans is None:
         request = head + wire.message(_GRAPH, subgraph.graph(leaf_values))
         return Call(structure.structured(request, subgraph.digest), subgraph, output_count)
     labels = subgraph.labels()
-    key = fingerprint(subgraph, labels)
+    key = subgraph.structure.fingerprint(labels)
     digest = plans.get(key)
 
     def full_request() -> bytes:

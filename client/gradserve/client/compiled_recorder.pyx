@@ -15,12 +15,13 @@ freed), so that an op on two leaves finds its tape without the thread-local look
 
 cimport cython
 from cpython.dict cimport PyDict_GetItem
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import atexit
 import numbers
@@ -48,17 +49,20 @@ cdef int32_t SQRT = opcodes.SQRT, ABS = opcodes.ABS, SIN = opcodes.SIN, COS = op
 # The SDK's subclasses (bind): their instances are what recording makes.
 cdef object _value_class = None
 cdef object _tape_class = None
+cdef object _evaluate_pending = None  # (tape) -> None: fills its pending Values' data
 cdef tuple _no_args = ()
 cdef PyObject* _last_tape = NULL  # the tape current_tape gave last (borrowed; see the top)
 cdef unsigned long _last_thread = 0  # the thread it gave it to
 
 
-def bind(value_class, tape_class):
-    """The classes whose instances recording makes: ``Value`` and ``Tape``."""
-    global _value_class, _tape_class
+def bind(value_class, tape_class, evaluate_pending):
+    """The classes whose instances recording makes: ``Value`` and ``Tape``; and what
+    reading ``.data`` of a pending Value calls with its tape."""
+    global _value_class, _tape_class, _evaluate_pending
     if not issubclass(value_class, ValueCore) or not issubclass(tape_class, TapeCore):
         raise TypeError("bind needs subclasses of ValueCore and TapeCore")
     _value_class, _tape_class = value_class, tape_class
+    _evaluate_pending = evaluate_pending
 
 
 @atexit.register
@@ -66,8 +70,8 @@ def _unbind():
     """Let go of the classes at exit. Held here (in C, which the interpreter's shutdown does
     not clear) they would keep the SDK's modules, and so the default client and its open
     stream, alive until grpc's own modules are torn down."""
-    global _value_class, _tape_class
-    _value_class = _tape_class = None
+    global _value_class, _tape_class, _evaluate_pending
+    _value_class = _tape_class = _evaluate_pending = None
 
 
 cdef inline ValueCore _new_value():
@@ -115,6 +119,19 @@ cdef class ValueCore:
         cdef TapeCore tape = self._tape
         if tape is not None and tape._live[self._id] == <PyObject*>self:
             tape._live[self._id] = NULL
+
+    @property
+    def data(self):
+        """The value: a leaf's own; an op node's from the last evaluation, evaluating what is
+        pending on its tape on the default server when there is none yet
+        (``NoServerConfigured`` without a default server)."""
+        if self._data is None and self._tape is not None and _evaluate_pending is not None:
+            _evaluate_pending(self._tape)
+        return self._data
+
+    @data.setter
+    def data(self, data):
+        self._data = data
 
     # Binary operators: a plain number on either side becomes a constant leaf. (One C slot
     # per operator, called with the operands in order whichever side the Value is on:
@@ -244,19 +261,36 @@ def record(int32_t code, inputs):
     return tape._op_node(code)
 
 
-def set_results(list values, data, grads):
-    """Set ``.data`` and ``.grad`` of each Value of ``values`` from the same row of the
-    float64 arrays ``data`` and ``grads``."""
-    cdef const double[::1] x = np.ascontiguousarray(data, dtype=np.float64)
-    cdef const double[::1] g = np.ascontiguousarray(grads, dtype=np.float64)
-    cdef Py_ssize_t i, n = len(values)
-    if x.shape[0] != n or g.shape[0] != n:
-        raise ValueError(f"{n} Values, {x.shape[0]} data and {g.shape[0]} gradients")
+def set_results(list values, rows, data, grads):
+    """Set ``.data`` and ``.grad`` of each Value of ``values`` from its row of the float64
+    arrays ``data`` and ``grads``: the row ``rows[i]`` (int64) for ``values[i]``."""
+    cdef const int64_t[::1] at = rows
+    cdef const double[::1] x = data
+    cdef const double[::1] g = grads
+    cdef Py_ssize_t i, n = len(values), count = min(x.shape[0], g.shape[0])
+    cdef int64_t row
+    if at.shape[0] != n:
+        raise ValueError(f"{n} Values and {at.shape[0]} rows")
     cdef ValueCore value
     for i in range(n):
+        row = at[i]
+        if not 0 <= row < count:
+            raise IndexError(f"row {row} of {x.shape[0]} data and {g.shape[0]} gradients")
         value = <ValueCore>values[i]
-        value._data = x[i]
-        value.grad = g[i]
+        value._data = x[row]
+        value.grad = g[row]
+
+
+def in_order(nodes, Py_ssize_t count):
+    """Whether ``nodes`` (int64) is 0, 1, ..., ``count`` - 1."""
+    cdef const int64_t[::1] ids = nodes
+    cdef Py_ssize_t i
+    if ids.shape[0] != count:
+        return False
+    for i in range(count):
+        if ids[i] != i:
+            return False
+    return True
 
 
 def any_label(list values):
@@ -448,6 +482,24 @@ cdef class TapeCore:
         if n:
             memcpy(&view[0], self._ids, n * sizeof(int64_t))
         return out
+
+    def columns(self):
+        """A copy of the tape's columns (op codes, input ids), for ``has_columns``."""
+        return (
+            PyBytes_FromStringAndSize(<char*>self._codes, self._nodes * sizeof(int32_t)),
+            PyBytes_FromStringAndSize(<char*>self._ids, self._inputs * sizeof(int64_t)),
+        )
+
+    def has_columns(self, tuple columns):
+        """Whether this tape's columns are ``columns`` (``columns()`` of a tape), byte for
+        byte: the same nodes, ops and inputs."""
+        cdef bytes codes = columns[0], ids = columns[1]
+        return (
+            len(codes) == self._nodes * <Py_ssize_t>sizeof(int32_t)
+            and len(ids) == self._inputs * <Py_ssize_t>sizeof(int64_t)
+            and memcmp(self._codes, PyBytes_AS_STRING(codes), len(codes)) == 0
+            and memcmp(self._ids, PyBytes_AS_STRING(ids), len(ids)) == 0
+        )
 
     def live_values(self):
         """The op-node Values still alive."""

@@ -34,7 +34,11 @@ class Neuron(Module):
         self.nonlin = nonlin
 
     def __call__(self, x) -> Value:
-        act = sum((wi * xi for wi, xi in zip(self.w, x, strict=False)), self.b)
+        # micrograd's sum((wi * xi for ...), self.b), the same nodes in the same order,
+        # without a generator: half of a small model's forward pass went to resuming it.
+        act = self.b
+        for wi, xi in zip(self.w, x, strict=False):
+            act = act + wi * xi
         return act.relu() if self.nonlin else act
 
     def parameters(self) -> list[Value]:

@@ -22,6 +22,7 @@ import numbers
 import operator
 import threading
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,11 +51,14 @@ LEAF_ID = -1  # the _id of any other leaf Value
 
 
 _classes: dict[str, type] = {}  # "value", "tape": the SDK's subclasses (bind)
+_hooks: dict[str, Callable] = {}  # "evaluate_pending": (tape) -> None (bind)
 
 
-def bind(value_class: type, tape_class: type) -> None:
-    """The classes whose instances recording makes: ``Value`` and ``Tape``."""
+def bind(value_class: type, tape_class: type, evaluate_pending: Callable) -> None:
+    """The classes whose instances recording makes: ``Value`` and ``Tape``; and what
+    reading ``.data`` of a pending Value calls with its tape."""
     _classes["value"], _classes["tape"] = value_class, tape_class
+    _hooks["evaluate_pending"] = evaluate_pending
 
 
 class ValueCore:
@@ -70,6 +74,19 @@ class ValueCore:
         self.label = label
         self._tape = None  # leaves belong to no tape
         self._id = LEAF_ID
+
+    @property
+    def data(self) -> float | None:
+        """The value: a leaf's own; an op node's from the last evaluation, evaluating what is
+        pending on its tape on the default server when there is none yet
+        (``NoServerConfigured`` without a default server)."""
+        if self._data is None and self._tape is not None:
+            _hooks["evaluate_pending"](self._tape)
+        return self._data
+
+    @data.setter
+    def data(self, data: float | None) -> None:
+        self._data = data
 
     # Binary operators: a plain number on either side becomes a constant leaf.
     def __add__(self, other):
@@ -220,11 +237,16 @@ def _op_node(tape: "TapeCore") -> ValueCore:
     return out
 
 
-def set_results(values: list, data: np.ndarray, grads: np.ndarray) -> None:
-    """Set ``.data`` and ``.grad`` of each Value of ``values`` from the same row of the
-    float64 arrays ``data`` and ``grads``."""
-    for value, x, g in zip(values, data.tolist(), grads.tolist(), strict=True):
+def set_results(values: list, rows: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
+    """Set ``.data`` and ``.grad`` of each Value of ``values`` from its row of the float64
+    arrays ``data`` and ``grads``: the row ``rows[i]`` (int64) for ``values[i]``."""
+    for value, x, g in zip(values, data[rows].tolist(), grads[rows].tolist(), strict=True):
         value._data, value.grad = x, g
+
+
+def in_order(nodes: np.ndarray, count: int) -> bool:
+    """Whether ``nodes`` (int64) is 0, 1, ..., ``count`` - 1."""
+    return len(nodes) == count and bool((nodes == np.arange(count)).all())
 
 
 def any_label(values: list) -> bool:
@@ -301,6 +323,15 @@ class TapeCore:
         """The first ``count`` entries of the input ids (all by default), as int64."""
         count = len(self.input_ids) if count is None else count
         return np.fromiter(self.input_ids, dtype=np.int64, count=count)
+
+    def columns(self) -> tuple[list[int], list[int]]:
+        """A copy of the tape's columns (op codes, input ids), for ``has_columns``."""
+        return self.codes.copy(), self.input_ids.copy()
+
+    def has_columns(self, columns: tuple[list[int], list[int]]) -> bool:
+        """Whether this tape's columns are ``columns`` (``columns()`` of a tape): the same
+        nodes, ops and inputs."""
+        return self.codes == columns[0] and self.input_ids == columns[1]
 
     def live_values(self) -> list:
         """The op-node Values still alive."""

@@ -1,7 +1,10 @@
 """The part of a tape that a call sends: its nodes renumbered, its Graph message, its Values."""
 
 import functools
+import hashlib
 import itertools
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -15,16 +18,98 @@ from gradserve.v1.wire_format import packed_varints
 _NODE_OPS, _INPUT_COUNTS, _INPUT_IDS, _LEAF_VALUES = 2, 3, 4, 5
 
 
-class Subgraph:
-    """The nodes of a tape to send (``kept``, tape ids in order) with their op codes, input
-    counts and input ids (renumbered to positions in the sent graph)."""
+class Structure:
+    """What a call sends of a tape apart from its Values: the nodes (``kept``, tape ids in
+    order) with their op codes, input counts and input ids (renumbered to positions in the
+    sent graph). Read-only: the Subgraphs of tapes with the same columns share it
+    (``RecentStructures``)."""
 
-    def __init__(self, tape, kept, codes, counts, input_ids) -> None:
-        self.tape = tape
+    def __init__(self, kept, codes, counts, input_ids) -> None:
+        for column in (kept, codes, counts, input_ids):
+            column.flags.writeable = False
         self.kept = kept
         self.codes = codes
         self.counts = counts
         self.input_ids = input_ids
+        # A call's serialized fields but the graph, by what they depend on besides the
+        # structure (calls.evaluate_call: a backward's roots and options).
+        self.heads: dict[tuple, bytes] = {}
+
+    @functools.cached_property
+    def _hashed(self):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(len(self.kept).to_bytes(8, "little"))
+        h.update(self.codes.astype(np.int32).tobytes())
+        h.update(self.input_ids.astype(np.int32).tobytes())
+        return h
+
+    @functools.cached_property
+    def _unlabelled(self) -> bytes:
+        return self._hashed.digest()
+
+    def fingerprint(self, labels: list[str]) -> bytes:
+        """A digest of the structure with ``labels`` as the SDK records it (op codes, each an
+        op name and input count per process, input ids and labels): the key of the server's
+        plan digest in ``calls.PlanDigests``. Hashed once per structure; labels, which may
+        change from step to step, are hashed each time they are there."""
+        if not labels:
+            return self._unlabelled
+        h = self._hashed.copy()
+        for label in labels:
+            h.update(label.encode() + b"\0")
+        return h.digest()
+
+
+class RecentStructures:
+    """The Structures of the graphs sent last, by their tape's columns: a training loop
+    records the same graph every step, on a new tape, and its Structure (the renumbering,
+    the columns to send, their fingerprint) is then found by comparing the tape's columns
+    with the last ones byte for byte, not worked out and hashed again.
+
+    The most recently used are kept, up to ``MAX_NODES`` nodes in all (about 60 bytes a
+    node: the columns' copy and the Structure's arrays, so at most about 4 MB): a small
+    graph's step is where this overhead matters; a larger graph's columns are not copied
+    and held."""
+
+    MAX_NODES = 1 << 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (columns, Structure)
+        self._nodes = 0  # of the tapes kept: the first entry of each key
+
+    def find(self, tape, roots: list[int]) -> Structure | None:
+        """The Structure of ``roots`` on a tape whose columns are ``tape``'s, or None."""
+        key = (len(tape), *roots)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        return entry[1] if entry is not None and tape.has_columns(entry[0]) else None
+
+    def keep(self, tape, roots: list[int], structure: Structure) -> None:
+        key = (len(tape), *roots)
+        if key[0] > self.MAX_NODES:
+            return
+        with self._lock:
+            if self._entries.pop(key, None) is not None:
+                self._nodes -= key[0]
+            self._entries[key] = (tape.columns(), structure)
+            self._nodes += key[0]
+            while self._nodes > self.MAX_NODES:
+                self._nodes -= self._entries.popitem(last=False)[0][0]
+
+
+class Subgraph:
+    """The nodes of a tape to send: a Structure's, with the tape's Values."""
+
+    def __init__(self, tape, structure: Structure) -> None:
+        self.tape = tape
+        self.structure = structure
+        self.kept = structure.kept
+        self.codes = structure.codes
+        self.counts = structure.counts
+        self.input_ids = structure.input_ids
 
     def __len__(self) -> int:
         return len(self.kept)
@@ -55,17 +140,17 @@ class Subgraph:
         return dict(zip(positions.tolist(), values, strict=True))
 
     def fill(self, nodes: np.ndarray, data: np.ndarray, grads: np.ndarray) -> None:
-        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` still alive
-        (``data`` and ``grads`` are then the tape's to keep)."""
+        """Set ``.data`` and ``.grad`` of the Values of the sent nodes ``nodes`` (int64) still
+        alive from ``data`` and ``grads`` (float64), which are then the tape's to keep."""
         positions, values, _ = self.held
-        if len(nodes) == len(self.kept) and np.array_equal(nodes, np.arange(len(nodes))):
+        if core.in_order(nodes, len(self.kept)):
             # Every sent node in order (a backward's reply): a result's row is its position.
             # On a million-node backward the general mapping below took 10 ms.
             if len(self.kept) == len(self.tape):
                 self.tape.keep_results(data, grads)
             else:
                 self.tape.remember(self.kept, data, grads)
-            core.set_results(values, data[positions], grads[positions])
+            core.set_results(values, positions, data, grads)
             return
         self.tape.remember(self.kept[nodes], data, grads)
         row = np.full(len(self.kept), -1, dtype=np.int64)
@@ -74,7 +159,7 @@ class Subgraph:
         if (rows < 0).any():
             values = list(itertools.compress(values, (rows >= 0).tolist()))
             rows = rows[rows >= 0]
-        core.set_results(values, data[rows], grads[rows])
+        core.set_results(values, rows, data, grads)
 
     def graph(self, leaf_values: np.ndarray, labels: list[str] | None = None) -> bytes:
         """The Graph message, serialized, with ``leaf_values`` (``leaf_values()``, or rows

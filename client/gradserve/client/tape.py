@@ -10,7 +10,7 @@ import numpy as np
 
 from gradserve.client import opcodes
 from gradserve.client.recording import core
-from gradserve.client.subgraph import Subgraph, reachable
+from gradserve.client.subgraph import RecentStructures, Structure, Subgraph, reachable
 
 CONSTANT = core.CONSTANT  # the _id of a leaf Value the SDK made from a plain number
 current_tape = core.current_tape
@@ -75,12 +75,18 @@ class Tape(core.TapeCore):
         super().absorb(other)
 
     def subgraph(self, roots: list[int]) -> Subgraph:
-        """The part of the tape that ``roots`` depend on, renumbered, ready to send.
+        """The part of the tape that ``roots`` depend on, renumbered, ready to send; the same
+        Structure as the last tape of these columns sent (a training loop's steps)."""
+        structure = _recent.find(self, roots)
+        if structure is None:
+            structure = self._structure(roots)
+            _recent.keep(self, roots, structure)
+        return Subgraph(self, structure)
 
-        Usually the whole tape is one graph ending at the root (a training step's loss): then
-        it goes as it is. Otherwise one backward sweep over the CSR arrays, a loop rather
-        than recursion, marks what the roots read.
-        """
+    def _structure(self, roots: list[int]) -> Structure:
+        """Usually the whole tape is one graph ending at the root (a training step's loss):
+        then it goes as it is. Otherwise one backward sweep over the CSR arrays, a loop
+        rather than recursion, marks what the roots read."""
         n = max(roots) + 1
         codes = self.codes_array(n)
         counts = opcodes.input_counts(codes)
@@ -90,10 +96,13 @@ class Tape(core.TapeCore):
         sinks = np.bincount(ids, minlength=n) == 0
         sinks[roots] = False
         if not sinks.any():
-            return Subgraph(self, np.arange(n), codes, counts, ids)
+            return Structure(np.arange(n), codes, counts, ids)
         keep = reachable(roots, counts.tolist(), ids.tolist(), n)
         kept = np.flatnonzero(keep)
         new_id = np.full(n, -1, dtype=np.int64)
         new_id[kept] = np.arange(len(kept))
         ids = new_id[ids[np.repeat(keep, counts)]]
-        return Subgraph(self, kept, codes[kept], counts[kept], ids)
+        return Structure(kept, codes[kept], counts[kept], ids)
+
+
+_recent = RecentStructures()  # of every tape: the structure is the columns', not the tape's

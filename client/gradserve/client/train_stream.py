@@ -248,9 +248,13 @@ class TrainStreams:
             return None
         key = structure.metadata(request)
         with self._lock:
-            stream = self._streams.pop(key, None) or TrainStream(self._channel, self._overdue)
-            self._streams[key] = stream
-            self._close_idle_beyond(self.MAX_OPEN)
+            stream = self._streams.get(key)
+            if stream is None:
+                stream = self._streams[key] = TrainStream(self._channel, self._overdue)
+            else:
+                self._streams.move_to_end(key)
+            if len(self._streams) > self.MAX_OPEN:
+                self._close_idle_beyond(self.MAX_OPEN)
         try:
             return stream.evaluate(request, timeout, metadata)
         finally:

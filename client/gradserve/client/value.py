@@ -30,18 +30,8 @@ class Value(core.ValueCore):
 
     __slots__ = ()
 
-    @property
-    def data(self) -> float | None:
-        """The value: a leaf's own; an op node's from the last evaluation, evaluating what is
-        pending on its tape on the default server when there is none yet
-        (``NoServerConfigured`` without a default server)."""
-        if self._data is None and self._tape is not None:
-            remote.evaluate_pending(self._tape)  # pending.evaluate
-        return self._data
-
-    @data.setter
-    def data(self, data: float | None) -> None:
-        self._data = data
+    # ``data`` is the core's (read in every training loop's update): reading it of an op
+    # node not evaluated yet calls _evaluate_pending.
 
     @property
     def _prev(self) -> tuple["Value", ...]:
@@ -146,4 +136,8 @@ def _checked(result, other):
     return result
 
 
-core.bind(Value, Tape)
+def _evaluate_pending(tape) -> None:
+    remote.evaluate_pending(tape)  # pending.evaluate, once the client layer is imported
+
+
+core.bind(Value, Tape, _evaluate_pending)
