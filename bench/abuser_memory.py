@@ -26,7 +26,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.abusers import Abusers
+from bench.abusers import KINDS, Abusers, check_kinds
 from bench.servers import gradserve_alone
 from bench.soak import ledger, small_graph
 from gradserve.client import connect
@@ -57,8 +57,7 @@ def measure(kind: str, seconds: float, settle: float, metrics_port: int) -> str:
     try:
         time.sleep(1)
         idle = server.memory_mib()
-        abusers = Abusers(port)
-        abusers.threads = [t for t in abusers.threads if t.name == kind]
+        abusers = Abusers(port, [kind])
         stop, outcomes = threading.Event(), Counter()
         client = threading.Thread(target=legitimate, args=(port, stop, outcomes), daemon=True)
         client.start()
@@ -69,7 +68,7 @@ def measure(kind: str, seconds: float, settle: float, metrics_port: int) -> str:
         time.sleep(settle)
         peak, left = server.memory_mib("VmHWM"), server.memory_mib()
         return (
-            f"{kind.strip('_'):18s} RSS idle {idle:5.0f}, peak {peak:5.0f}, after {left:5.0f} "
+            f"{kind:18s} RSS idle {idle:5.0f}, peak {peak:5.0f}, after {left:5.0f} "
             f"MiB; {gauges(metrics_port)}; legitimate {dict(outcomes)}; "
             f"abuser {dict(abusers.outcomes)}"
         )
@@ -82,9 +81,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--settle", type=float, default=35)
     parser.add_argument("--metrics-port", type=int, default=9187)
-    parser.add_argument("kinds", nargs="*", help="abuser methods, e.g. _gzip_bombs")
+    parser.add_argument("kinds", nargs="*", help=f"abusers, of: {', '.join(KINDS)}")
     args = parser.parse_args()
-    kinds = args.kinds or [thread.name for thread in Abusers(0).threads]
+    kinds = [kind.lstrip("_") for kind in args.kinds] or KINDS  # "_stalled" as before
+    check_kinds(kinds)
     for kind in kinds:
         print(measure(kind, args.seconds, args.settle, args.metrics_port), flush=True)
     return 0

@@ -48,6 +48,26 @@ STALLED_READERS = 20
 PARTIAL_BODIES = 8
 PIPELINED_CALLS = 200
 POLL_S = 0.5  # how often ended abusive calls are replaced
+KINDS = (  # each names a method of Abusers, less its leading underscore
+    "half_open",
+    "never_read",
+    "stalled",
+    "oversized",
+    "distinct_labels",
+    "partial_bodies",
+    "gzip_bombs",
+    "pipelined",
+    "wide_hvp",
+    "chunks_of_one",
+    "rapid_reset",
+)
+
+
+def check_kinds(kinds: list[str] | None) -> None:
+    """Raise ``ValueError`` naming any of ``kinds`` that is not in ``KINDS``."""
+    unknown = set(kinds or ()) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown abusers {sorted(unknown)}; known: {', '.join(KINDS)}")
 
 
 def repeated_nodes(count: int, rows: int = 1) -> pb.EvaluateRequest:
@@ -75,9 +95,10 @@ def long_chain_many_rows(length: int = 1_000, rows: int = 100_000) -> pb.Evaluat
 
 
 class Abusers:
-    """The four kinds of abusive clients, each on threads of its own, against ``port``."""
+    """Every kind of abusive client (or those of ``kinds``, names from ``KINDS``), each on
+    threads of its own, against ``port``."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, kinds: list[str] | None = None) -> None:
         self.port = port
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -85,21 +106,11 @@ class Abusers:
         self.channel = grpc.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]
         )
-        kinds = (
-            self._half_open,
-            self._never_read,
-            self._stalled,
-            self._oversized,
-            self._distinct_labels,
-            self._partial_bodies,
-            self._gzip_bombs,
-            self._pipelined,
-            self._wide_hvp,
-            self._chunks_of_one,
-            self._rapid_reset,
-        )
+        check_kinds(kinds)
         self.threads = [
-            threading.Thread(target=target, name=target.__name__, daemon=True) for target in kinds
+            threading.Thread(target=getattr(self, "_" + kind), name=kind, daemon=True)
+            for kind in KINDS
+            if kinds is None or kind in kinds
         ]
 
     def _count(self, kind: str, outcome: str) -> None:
@@ -312,16 +323,18 @@ class Abusers:
 
 
 class AbusersProcess:
-    """Every kind of ``Abusers`` against ``port``, in a child process at ``nice`` (added to
-    this process's niceness); ``outcomes`` is filled in once it has stopped."""
+    """Every kind of ``Abusers`` (or those of ``kinds``) against ``port``, in a child process
+    at ``nice`` (added to this process's niceness); ``outcomes`` is filled in once it has
+    stopped."""
 
-    def __init__(self, port: int, nice: int = 0) -> None:
+    def __init__(self, port: int, nice: int = 0, kinds: list[str] | None = None) -> None:
+        check_kinds(kinds)  # an unknown kind fails here, not in the child
         context = multiprocessing.get_context("spawn")  # no grpc state forked into it
         self.stop = context.Event()
         self.results = context.Queue()
         self.process = context.Process(
             target=_abuse_until_stopped,
-            args=(port, nice, self.stop, self.results),
+            args=(port, nice, kinds, self.stop, self.results),
             name="abusers",
             daemon=True,
         )
@@ -342,10 +355,10 @@ class AbusersProcess:
             self.process.kill()
 
 
-def _abuse_until_stopped(port: int, nice: int, stop, results) -> None:
+def _abuse_until_stopped(port: int, nice: int, kinds, stop, results) -> None:
     """The child of ``AbusersProcess``: abuse until ``stop`` is set, then send the counts."""
     os.nice(nice)
-    abusers = Abusers(port)
+    abusers = Abusers(port, kinds)
     with abusers:
         stop.wait()
     results.put(dict(abusers.outcomes))

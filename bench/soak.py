@@ -1,6 +1,7 @@
 """A bounded soak on loopback: many clients, a mix of calls, statuses, latency and memory.
 
     uv run python bench/soak.py [--clients 32] [--seconds 60] [--warmup 10] [--abusers]
+                                [--abusers-only stalled,wide_hvp]
 
 It starts ``gradserve serve`` on a free port, runs the clients for the given time, each
 repeatedly making one of: a small valid Evaluate, a large valid EvaluateStream, an invalid
@@ -13,7 +14,8 @@ With ``--abusers`` it runs twice on fresh servers, without and then with abusive
 beside the legitimate ones (bench/abusers.py: half-open calls, never-read streams, stalled
 HTTP/2 readers, oversized batches, and issue 19's: distinct-label plans, partial request
 bodies, gzip bombs, one connection's pipeline, a wide HVP, chunks of one, rapid reset), and
-compares the legitimate clients' success rate and p99 latency and the server's peak memory.
+compares the legitimate clients' success rate and p99 latency and the server's peak memory;
+``--abusers-only`` runs a subset of them, to find which one moves the figures.
 The goal (issues 11 and 19): 100% success, a p99 at most twice the undisturbed one, and a
 peak memory within the server's idle size plus its budget; it exits 1 otherwise. A server
 whose memory passes ``--memory-cap-mb`` is killed, to protect the machine, and the run
@@ -48,7 +50,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.abusers import AbusersProcess
+from bench.abusers import KINDS, AbusersProcess, check_kinds
 from bench.ports import free_port
 from bench.servers import ServerProcess, gradserve_alone
 from gradserve.client import connect
@@ -205,7 +207,7 @@ class Phase:
         cap = self.cap = MemoryCap(server, args.memory_cap_mb, metrics_port)
         channel, stub = connect(server.target)
         self.soak = Soak(stub, args.large_leaves)
-        abusers = AbusersProcess(port, args.abuser_nice) if abusive else None
+        abusers = AbusersProcess(port, args.abuser_nice, args.abusers_only) if abusive else None
         try:
             if abusers:
                 abusers.__enter__()
@@ -287,6 +289,11 @@ def main() -> int:
         "--abusers", action="store_true", help="compare runs without and with abusive clients"
     )
     parser.add_argument(
+        "--abusers-only",
+        type=lambda text: text.split(","),
+        help=f"with --abusers, run only these (comma-separated) of: {', '.join(KINDS)}",
+    )
+    parser.add_argument(
         "--abuser-nice",
         type=int,
         default=0,
@@ -299,6 +306,11 @@ def main() -> int:
         help="kill the server if its resident memory passes this (default 6144)",
     )
     args = parser.parse_args()
+    try:
+        check_kinds(args.abusers_only)
+    except ValueError as error:
+        parser.error(str(error))
+    args.abusers = args.abusers or bool(args.abusers_only)
 
     phases = [Phase(args, abusive=False)]
     if args.abusers:
@@ -310,6 +322,7 @@ def main() -> int:
     print(
         f"{args.clients} clients, {args.seconds:g} s, large graph {args.large_leaves} leaves, "
         f"abusers' process at nice +{args.abuser_nice}"
+        + (f", abusers: {','.join(args.abusers_only)}" if args.abusers_only else "")
     )
     for phase in phases:
         phase.report(args)

@@ -28,6 +28,7 @@ from gradserve.server.runtime import malloc
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.arrival import ArrivalGate
+from gradserve.server.service.compute_slots import ComputeSlots
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
@@ -92,7 +93,7 @@ class ServerState:
     per_connection: dict = field(default_factory=dict)  # calls counted, by peer
     per_token: dict | None = None  # calls counted, by bearer token, when several are accepted
     all_ended: asyncio.Event | None = None
-    slots: asyncio.Semaphore | None = None
+    slots: ComputeSlots | None = None
     arrival: ArrivalGate | None = None  # None: reads are not gated
     sending: SendingShare | None = None  # None: unary replies are bounded by the budget only
 
@@ -100,7 +101,7 @@ class ServerState:
         """Make the asyncio objects, on the server's event loop."""
         self.all_ended = asyncio.Event()
         self.all_ended.set()
-        self.slots = asyncio.Semaphore(self.threads)
+        self.slots = ComputeSlots(self.threads)
 
 
 class CallScope:
@@ -262,8 +263,11 @@ class CallScope:
         return self._reply_share.resize(2 * reply_bytes, self.deadline)
 
     async def compute(self, work: Callable, *args):
-        """``work(*args, should_stop)`` on the executor, holding a compute slot."""
-        async with self.state.slots:
+        """``work(*args, should_stop)`` on the executor, holding a compute slot (``compute_slots``:
+        shared fairly between connections)."""
+        slots, connection = self.state.slots, self.connection or self.context.peer()
+        await slots.acquire(connection)
+        try:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.
             running = self._running = self.state.executor.submit(work, *args, self.should_stop)
@@ -272,6 +276,8 @@ class CallScope:
             finally:
                 if running.done():
                     self._running = None
+        finally:
+            slots.release(connection)
 
     async def send(self, message: bytes) -> None:
         """Write one reply message. A client that has not taken it within the send timeout
