@@ -29,6 +29,7 @@ from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.arrival import ArrivalGate
 from gradserve.server.service.compute_slots import ComputeSlots
+from gradserve.server.service.counts import add_count
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
 from gradserve.server.service.metrics import CallMetrics
@@ -135,11 +136,8 @@ class CallScope:
     _sending_since: float | None = None  # loop time the write in progress began
     _send_watch: asyncio.TimerHandle | None = None
 
-    def __init__(
-        self, method: str, context, state: ServerState, timeout: float | None = None
-    ) -> None:
-        """``timeout``: seconds the call may take besides the caller's deadline (a Train
-        message's own); without either, the server's default deadline."""
+    def __init__(self, method: str, context, state: ServerState) -> None:
+        """The call's deadline is the caller's, or the server's default without one."""
         self.method = method
         self.context = context
         self.state = state
@@ -147,10 +145,7 @@ class CallScope:
         self._loop = asyncio.get_running_loop()
         self.charge = state.budget.charge()
         self.span = tracing.start_call(method, context)  # tracing.NO_SPAN when it is off
-        remaining = context.time_remaining()
-        if timeout is not None:
-            remaining = timeout if remaining is None else min(timeout, remaining)
-        self.deadline = state.limits.deadline(remaining)
+        self.deadline = state.limits.deadline(context.time_remaining())
 
     # -- the engine's stop check -------------------------------------------------------
     def should_stop(self) -> bool:
@@ -237,8 +232,8 @@ class CallScope:
             self.token = bearer(self.context.invocation_metadata())
             if state.per_token.get(self.token, 0) >= limits.max_calls_per_token:
                 raise TooManyCallsOnToken()
-            _add(state.per_token, self.token, 1)
-        _add(state.per_connection, self.connection, 1)
+            add_count(state.per_token, self.token, 1)
+        add_count(state.per_connection, self.connection, 1)
         state.active += 1
         self.state.all_ended.clear()
         self._counted = True
@@ -355,9 +350,9 @@ class CallScope:
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            _add(self.state.per_connection, self.connection, -1)
+            add_count(self.state.per_connection, self.connection, -1)
             if self.state.per_token is not None:
-                _add(self.state.per_token, self.token, -1)
+                add_count(self.state.per_token, self.token, -1)
             self.state.active -= 1
             if not self.state.active:
                 self.state.all_ended.set()
@@ -556,15 +551,6 @@ def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.S
         f"{holder} already has {limit} calls in progress on this server process "
         f"({setting} = {limit}); {advice}",
     )
-
-
-def _add(counts: dict, key: str, change: int) -> None:
-    """Change ``counts[key]`` by ``change``, dropping a key whose count reaches 0."""
-    count = counts.get(key, 0) + change
-    if count:
-        counts[key] = count
-    else:
-        del counts[key]
 
 
 # The log's status of a call that ended for grpc before its request message arrived, when

@@ -11,6 +11,8 @@ uses every slot (no slot stays idle while a call waits)."""
 import asyncio
 from collections import deque
 
+from gradserve.server.service.counts import add_count
+
 
 class ComputeSlots:
     """``count`` slots, each held by one call's work on the executor (used on the loop)."""
@@ -38,17 +40,13 @@ class ComputeSlots:
             raise
 
     def release(self, connection: str) -> None:
-        held = self.by_connection[connection] - 1
-        if held:
-            self.by_connection[connection] = held
-        else:
-            del self.by_connection[connection]
+        add_count(self.by_connection, connection, -1)
         self.free += 1
         self._hand_over()
 
     def _hold(self, connection: str) -> None:
         self.free -= 1
-        self.by_connection[connection] = self.by_connection.get(connection, 0) + 1
+        add_count(self.by_connection, connection, 1)
 
     def _hand_over(self) -> None:
         """Give the free slots to the waiting calls whose connections hold the fewest."""

@@ -23,6 +23,7 @@ from gradserve.server.service.admission import (
     Charge,
     MemoryBudget,
 )
+from gradserve.server.service.counts import add_count
 
 SHARE_FRACTION = 4  # of the calls' budget (the share's size when that is larger)
 USED_METRIC = "gradserve_sending_share_used_bytes"
@@ -99,17 +100,8 @@ class Reservation(Charge):
         elif change < 0:
             share._give_back(-change)
         self.bytes = target
-        _count(share.by_connection, connection, change)
+        add_count(share.by_connection, connection, change)
 
     def release(self) -> None:
-        _count(self.budget.by_connection, self.connection, -self.bytes)
+        add_count(self.budget.by_connection, self.connection, -self.bytes)
         super().release()
-
-
-def _count(counts: dict, key: str, change: int) -> None:
-    """Change ``counts[key]`` by ``change``, dropping a key whose count reaches 0."""
-    count = counts.get(key, 0) + change
-    if count:
-        counts[key] = count
-    else:
-        counts.pop(key, None)
