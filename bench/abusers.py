@@ -103,15 +103,30 @@ class Abusers:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.outcomes: Counter = Counter()
-        self.channel = grpc.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]
-        )
+        self.channels: list[grpc.Channel] = []
         check_kinds(kinds)
         self.threads = [
             threading.Thread(target=getattr(self, "_" + kind), name=kind, daemon=True)
             for kind in KINDS
             if kinds is None or kind in kinds
         ]
+
+    def _channel(self) -> grpc.Channel:
+        """A channel on a connection of its own, for one kind of abuser: on one shared
+        connection the kinds queued behind the 80 half-open calls, and grpc core refused
+        their streams (REFUSED_STREAM, seen as UNAVAILABLE; BENCHMARKS.md, "What ended the
+        abusers' calls UNAVAILABLE"), so the soak ran less of them than it claimed. grpc
+        shares one connection between channels of the same target and options unless each
+        has a subchannel pool of its own."""
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.port}",
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )
+        self.channels.append(channel)
+        return channel
 
     def _count(self, kind: str, outcome: str) -> None:
         with self.lock:
@@ -135,14 +150,16 @@ class Abusers:
 
         methods = itertools.cycle([SERVICE + "Evaluate", SERVICE + "EvaluateStream"])
 
+        channel = self._channel()
+
         def start():
-            return self.channel.stream_stream(next(methods))(never_sent(), timeout=300)
+            return channel.stream_stream(next(methods))(never_sent(), timeout=300)
 
         self._keep_open("half-open", HALF_OPEN_CALLS, start)
 
     def _never_read(self) -> None:
         request = repeated_nodes(1_000_000)
-        stream = self.channel.unary_stream(
+        stream = self._channel().unary_stream(
             SERVICE + "EvaluateStream", request_serializer=pb.EvaluateRequest.SerializeToString
         )
         self._keep_open("never-read", NEVER_READ_STREAMS, lambda: stream(request, timeout=300))
@@ -183,7 +200,7 @@ class Abusers:
         self._keep_h2_calls("stalled-h2", STALLED_READERS, start)
 
     def _oversized(self) -> None:
-        stub = self.channel.unary_unary(
+        stub = self._channel().unary_unary(
             SERVICE + "Evaluate", request_serializer=pb.EvaluateRequest.SerializeToString
         )
         requests = {
@@ -208,7 +225,7 @@ class Abusers:
                 self._count(kind, error.code().name)
 
     def _distinct_labels(self) -> None:
-        stub = self.channel.unary_unary(
+        stub = self._channel().unary_unary(
             SERVICE + "Evaluate", request_serializer=pb.EvaluateRequest.SerializeToString
         )
         numbers = itertools.count()
@@ -281,7 +298,7 @@ class Abusers:
         request = pb.EvaluateRequest(
             graph=graph, leaf_tangents=[1.0] * inputs, selection=pb.SELECTION_NODES, nodes=[0]
         )
-        stub = self.channel.unary_unary(
+        stub = self._channel().unary_unary(
             SERVICE + "Evaluate", request_serializer=pb.EvaluateRequest.SerializeToString
         )
         self._calls("wide-hvp", lambda: stub(request, timeout=60))
@@ -289,7 +306,7 @@ class Abusers:
     def _chunks_of_one(self) -> None:
         request = repeated_nodes(1_000_000)
         request.chunk_size = 1
-        stream = self.channel.unary_stream(
+        stream = self._channel().unary_stream(
             SERVICE + "EvaluateStream", request_serializer=pb.EvaluateRequest.SerializeToString
         )
         self._calls("chunks-of-one", lambda: [None for _ in stream(request, timeout=60)])
@@ -319,7 +336,8 @@ class Abusers:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=70)
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
 
 class AbusersProcess:
