@@ -7,6 +7,7 @@ from system_tools import STRICT, require_tool
 
 from gradserve.server.registry import discovered_entry_points, load_registry
 from gradserve.server.service.app import running_server
+from gradserve.server.service.calls import call_log
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 
@@ -28,6 +29,17 @@ def pytest_configure(config):
 def pytest_runtest_setup(item):
     for marker in item.iter_markers("requires_tool"):
         require_tool(*marker.args)
+
+
+@pytest.fixture
+def fresh_call_log_rates(monkeypatch):
+    """The test starts with no failure counted this second in the call log that every
+    server of the test process shares (``logs.CallLog``: failed calls of one method and
+    status are logged 100 a second, the rest only counted). Without it, a flood from an
+    earlier test of the run (a rapid reset's cancels) could have used up the second's lines
+    for the very status a test looks for, which then reached the log only as a count (seen
+    once in CI). For every test that reads a failed call's line."""
+    monkeypatch.setattr(call_log, "_failures", {})
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,13 @@ import tracemalloc
 
 import grpc
 import numpy as np
+import pytest
 from hardening import SlowOp, chain, wait_until
 from servers import serving
 
 from gradserve.v1 import gradserve_pb2 as pb
+
+pytestmark = pytest.mark.usefixtures("fresh_call_log_rates")  # each reads CANCELLED lines
 
 
 def _call_lines(caplog, status: str) -> list[str]:

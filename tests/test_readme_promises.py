@@ -62,6 +62,7 @@ def test_a_nan_or_infinite_seed_is_refused(stub, leaves):
 # --- deadlines ------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("fresh_call_log_rates")
 def test_a_callers_deadline_stops_the_servers_evaluation(registry, caplog):
     """The caller's deadline passes while an op runs; the server stops between op groups
     (the second slow node is never computed) and logs the call as DEADLINE_EXCEEDED."""

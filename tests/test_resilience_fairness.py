@@ -229,6 +229,7 @@ def test_calls_beside_a_rapid_reset_flood_are_never_cancelled():
     assert outcomes["OK"] >= 0.99 * sum(outcomes.values()), dict(outcomes)
 
 
+@pytest.mark.usefixtures("fresh_call_log_rates")
 def test_a_rapid_reset_flood_is_not_logged_call_by_call(registry, caplog):
     """Finding 7: 3,000 streams opened and reset at once on one connection end as failed
     calls, which the call log writes at its bounded rate for one failure and then counts in

@@ -20,14 +20,7 @@ from gradserve.server.service.calls import CANCELLED_OR_REFUSED, REFUSED_OR_RESE
 from gradserve.server.service.logs import CallLog
 from gradserve.v1 import gradserve_pb2 as pb
 
-
-@pytest.fixture(autouse=True)
-def fresh_rate_windows(monkeypatch):
-    """Each test starts with no failure counted this second in the servers' shared call
-    log: a flood from an earlier test of the run (a rapid reset's cancels) could otherwise
-    have used up the second's lines for the very status a test looks for, which then
-    reached the log only as a count (seen once in CI)."""
-    monkeypatch.setattr(call_log, "_failures", {})
+pytestmark = pytest.mark.usefixtures("fresh_call_log_rates")
 
 
 def test_a_flood_of_one_failure_is_logged_at_a_bounded_rate_and_counted(monkeypatch):

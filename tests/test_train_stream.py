@@ -256,6 +256,7 @@ def _train_lines(caplog, level: int) -> list[str]:
     ]
 
 
+@pytest.mark.usefixtures("fresh_call_log_rates")
 def test_a_stream_logs_one_info_line_and_its_requests_at_debug(registry, caplog):
     with caplog.at_level(logging.DEBUG), serving(registry) as stub:
         stream = Stream(stub)
