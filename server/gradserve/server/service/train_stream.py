@@ -113,7 +113,7 @@ class MessageScope(CallScope):
         self.state = state = stream.state
         self._task = stream._task
         self._loop = stream._loop
-        self.charge = state.budget.charge()
+        self.charge = state.budget.charge(self)
         self.span = tracing.start_call("Train", stream.context)
         # The request's own timeout within the stream's deadline, or the server's default.
         deadline = stream.deadline  # the caller's (inf: none)
