@@ -275,15 +275,24 @@ class CallScope:
             self._reply_share = share.reservation(self.connection or self.context.peer())
         return self._reply_share.resize(2 * reply_bytes, self.deadline)
 
-    async def compute(self, work: Callable, *args):
+    async def compute(self, work: Callable, *args, memory: int | None = None):
         """``work(*args, should_stop)`` on the executor, holding a compute slot (``compute_slots``:
-        shared fairly between connections)."""
+        shared fairly between connections), and with ``memory``, that many bytes of the
+        budget (``admit``) in all while it runs.
+
+        The memory is taken once the call has its slot: a call waiting for a slot holds no
+        more of the budget than it did, so that calls queued for the threads (twenty
+        large streams behind four threads, in issue 19's soak) do not hold what the calls
+        computing need. A call that gets its slot but must wait for the memory gives the
+        slot back meanwhile, and queues for a slot again once it has the memory."""
         slots, connection = self.state.slots, self.connection or self.context.peer()
-        self._awaiting_slot = True
-        try:
-            await slots.acquire(connection)
-        finally:
-            self._awaiting_slot = False
+        if memory is not None and memory > self.state.budget.total:
+            raise NeverFits(memory, self.state.budget)  # no use waiting for a slot first
+        await self._slot(slots, connection)
+        if memory is not None and not self.charge.resize_now(memory):
+            slots.release(connection)
+            await self.charge.resize(memory, self.deadline)  # waiting or refused
+            await self._slot(slots, connection)
         try:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.
@@ -295,6 +304,14 @@ class CallScope:
                     self._running = None
         finally:
             slots.release(connection)
+
+    async def _slot(self, slots: ComputeSlots, connection: str) -> None:
+        """Wait for a compute slot for the call (its holder's kind says so meanwhile)."""
+        self._awaiting_slot = True
+        try:
+            await slots.acquire(connection)
+        finally:
+            self._awaiting_slot = False
 
     async def send(self, message: bytes) -> None:
         """Write one reply message. A client that has not taken it within the send timeout

@@ -89,14 +89,14 @@ class GradientServicer:
                 return request, digest, answer
         return request, digest, self._evaluator.job(request, plan, digest)
 
-    async def _admit_job(self, call: CallScope, job: evaluation.Job, streaming: bool) -> int:
-        """Charge the evaluation to the budget; the rows to evaluate at once."""
+    def _job_memory(self, call: CallScope, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
+        """The rows to evaluate at once, and what the call holds of the budget meanwhile
+        (taken with its compute slot: ``CallScope.compute``)."""
         budget, base = self._state.budget.total, call.request_bytes
         # Row blocks only when the whole batch would not fit the budget (a block costs a
         # pass over every op group): a large call may take most of it and wait for it.
         block = job.block_rows(max(budget - base, budget // 8), streaming)
-        await call.admit(base + job.memory(block, streaming))
-        return block
+        return block, base + job.memory(block, streaming)
 
     async def _unary_reply(self, call: CallScope) -> bytes:
         """Receive, evaluate and encode one Evaluate request: the reply message's bytes."""
@@ -105,9 +105,10 @@ class GradientServicer:
             with call.span.step("encoding"):
                 reply = evaluation.answer_reply(prepared, digest)
         else:
-            block = await self._admit_job(call, prepared, streaming=False)
+            block, memory = self._job_memory(call, prepared, streaming=False)
             with call.span.step("evaluating"):  # and encoding: one step on the executor
-                reply = await call.compute(self._evaluator.unary_reply, prepared, block)
+                work = self._evaluator.unary_reply
+                reply = await call.compute(work, prepared, block, memory=memory)
         # The arrays are gone; grpc copies the message while it is being sent, and both
         # copies stay resident until the reader takes it (a reader that never reads).
         await call.admit(call.request_bytes + 2 * len(reply))
@@ -132,10 +133,11 @@ class GradientServicer:
                     await call.send(chunk)
                 return
             job = prepared
-            block = await self._admit_job(call, job, streaming=True)
+            block, memory = self._job_memory(call, job, streaming=True)
+            work = self._evaluator.evaluate_block
             for first in range(0, job.rows, block):
                 with call.span.step("evaluating"):
-                    results = await call.compute(self._evaluator.evaluate_block, job, first, block)
+                    results = await call.compute(work, job, first, block, memory=memory)
                 for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
                     if call.should_stop():  # past the deadline it raises DeadlineExceeded
                         raise Cancelled()  # the client is gone: never an OK status
