@@ -289,10 +289,12 @@ class CallScope:
         if memory is not None and memory > self.state.budget.total:
             raise NeverFits(memory, self.state.budget)  # no use waiting for a slot first
         await self._slot(slots, connection)
-        if memory is not None and not self.charge.resize_now(memory):
-            slots.release(connection)
-            await self.charge.resize(memory, self.deadline)  # waiting or refused
-            await self._slot(slots, connection)
+        if memory is not None:
+            admitting = self.admit(memory)
+            if admitting is not _ADMITTED:
+                slots.release(connection)
+                await admitting  # waiting or refused
+                await self._slot(slots, connection)
         try:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.

@@ -47,13 +47,16 @@ class GradientServicer:
         raw = await call.receive()
         raw_length = len(raw)
         raw_bytes = evaluation.raw_request_bytes(raw_length)
-        await call.admit(raw_bytes)
         small_request = raw_length <= INLINE_REQUEST_BYTES
         with call.span.step("decoding"):
             if small_request:
+                await call.admit(raw_bytes)
                 request = evaluation.decode(raw)  # on the loop: a thread hop costs more
             else:
-                request = await call.compute(_decode, raw)
+                # Queued for a thread, the call holds its request's bytes; decoding's
+                # memory is taken with the thread (``CallScope.compute``), as every step's.
+                await call.admit(raw_length)
+                request = await call.compute(_decode, raw, memory=raw_bytes)
         del raw
         # Each read of a repeated or message field makes an object: read each once, and a
         # request naming its plan by digest carries no structure to read (plan checks that).
@@ -67,12 +70,15 @@ class GradientServicer:
         inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
-        await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
+        planning = call.request_bytes + evaluation.compile_cost(request, raw_length)
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
             if inline:
+                await call.admit(planning)
                 plan, digest = self._evaluator.plan(request, step, call.should_stop)
             else:
-                plan, digest = await call.compute(self._evaluator.plan, request, step)
+                await call.admit(call.request_bytes)  # while queued for a thread
+                work = self._evaluator.plan
+                plan, digest = await call.compute(work, request, step, memory=planning)
         call.nodes = plan.node_count
         if not labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
@@ -87,7 +93,11 @@ class GradientServicer:
                     answer = await call.compute(self._engine.answer, plan, digest, request)
             if answer is not None:
                 return request, digest, answer
-        return request, digest, self._evaluator.job(request, plan, digest)
+        job = self._evaluator.job(request, plan, digest)
+        # Compiling is over (the plan's arrays are the plan cache's): until its evaluation
+        # has a thread, the call holds its request and the job's arrays.
+        call.charge.resize_now(min(call.charge.bytes, call.request_bytes + job.arrays_bytes))
+        return request, digest, job
 
     def _job_memory(self, call: CallScope, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
         """The rows to evaluate at once, and what the call holds of the budget meanwhile
