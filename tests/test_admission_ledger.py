@@ -244,6 +244,40 @@ def test_a_stream_answered_whole_holds_no_more_than_its_charge(registry, traced_
     assert built <= beyond_request <= 3 * built, (built, beyond_request)
 
 
+def test_a_stream_waiting_for_its_reader_holds_no_more_than_its_lowered_charge(
+    registry, traced_calls
+):
+    """A stream over many rows (an evaluation job) whose client never opens its window:
+    once its block is evaluated, its charge drops from the evaluation's to its results
+    and a chunk, and what it holds while the first chunk waits (tracemalloc: the job's
+    arrays, the block's results, the chunk) is within that lowered charge."""
+    rows = 4_000
+    xs = np.linspace(-1, 1, rows)
+    request = pb.EvaluateRequest(graph=chain("neg", 60).proto(), rows=rows)
+    request.graph.leaf_values[:] = xs.tolist()
+    raw = request.SerializeToString()
+    with running_server(registry) as server:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            with H2GrpcClient(server.port, window=0) as client:
+                stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
+                waiting = client.pump(
+                    lambda: any(kind == "send" for kind, *_ in traced_calls),
+                    time.monotonic() + 60,
+                )
+                assert waiting and not client.streams[stream_id].finished, traced_calls
+        finally:
+            tracemalloc.stop()
+    first_send = next(i for i, (kind, *_) in enumerate(traced_calls) if kind == "send")
+    charges = [nbytes for kind, nbytes, *_ in traced_calls[:first_send] if kind == "charge"]
+    evaluating, lowered = charges[-2:]
+    _, _, held, _, _ = traced_calls[first_send]
+    results = 16 * 61 * rows  # values and gradients of every node and row
+    assert results < held - baseline <= lowered < evaluating / 2, (held, lowered, evaluating)
+
+
 def test_a_small_stream_answered_whole_is_charged_its_results_not_a_whole_chunk(registry, charges):
     """A 10-node stream the engine answers whole holds ten results at a time, not the
     65,536 a chunk may hold: its charge while it sends is its request and ten results."""

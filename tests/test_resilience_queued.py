@@ -29,13 +29,21 @@ STREAMS = 6
 BUDGET_WAIT_S = 5  # admission.DEFAULT_WAIT_S: how long a call may wait for memory
 
 
-def _check_chain_stream(stub) -> None:
+def _chain_xs() -> np.ndarray:
+    return np.arange(ROWS) / ROWS - 0.5
+
+
+def chain_request() -> pb.EvaluateRequest:
+    """The chain of CHAIN negations over ROWS rows of x."""
+    return pb.EvaluateRequest(graph=chain_graph("neg", CHAIN, _chain_xs().tolist()), rows=ROWS)
+
+
+def check_chain_stream(stub) -> None:
     """The stream answers, right: node k of the chain of negations is (-1)^k x and its
     gradient (d y_last / d y_k) is (-1)^(CHAIN - k), every node and row exactly once."""
-    xs = np.arange(ROWS) / ROWS - 0.5
-    request = pb.EvaluateRequest(graph=chain_graph("neg", CHAIN, xs.tolist()), rows=ROWS)
+    xs = _chain_xs()
     seen = np.zeros((CHAIN + 1, ROWS), dtype=int)
-    for chunk in stub.EvaluateStream(request, timeout=6 * HANG_S):
+    for chunk in stub.EvaluateStream(chain_request(), timeout=6 * HANG_S):
         ids, rows, first = np.array(chunk.node_ids), chunk.rows or ROWS, chunk.first_row
         values = np.array(chunk.values).reshape(rows, len(ids))
         grads = np.array(chunk.grads).reshape(rows, len(ids))
@@ -61,7 +69,7 @@ def _check_long_chain_stream(stub) -> None:
 
 
 @pytest.mark.parametrize(
-    ("check_stream", "budget_mib"), [(_check_chain_stream, 256), (_check_long_chain_stream, 40)]
+    ("check_stream", "budget_mib"), [(check_chain_stream, 256), (_check_long_chain_stream, 40)]
 )
 def test_streams_queued_for_the_only_thread_do_not_hold_the_budget(
     tmp_path, check_stream, budget_mib

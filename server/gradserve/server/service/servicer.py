@@ -144,10 +144,14 @@ class GradientServicer:
                 return
             job = prepared
             block, memory = self._job_memory(call, job, streaming=True)
+            sending = min(memory, call.request_bytes + job.sending_memory(block))
             work = self._evaluator.evaluate_block
             for first in range(0, job.rows, block):
                 with call.span.step("evaluating"):
                     results = await call.compute(work, job, first, block, memory=memory)
+                # While its chunks wait for the reader, the call holds the block's results,
+                # not what evaluating them took: a slow reader keeps no memory from computing.
+                await call.admit(sending)  # less than it held: never waits
                 for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
                     if call.should_stop():  # past the deadline it raises DeadlineExceeded
                         raise Cancelled()  # the client is gone: never an OK status
