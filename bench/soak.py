@@ -93,8 +93,16 @@ LEDGER = {  # the server's own account of what it holds, from its metrics (MiB)
 }
 
 
-def ledger(metrics_port: int) -> dict[str, float]:
-    """What the server's ledger holds now, in MiB, read from its metrics endpoint."""
+HELD_BY_KIND = re.compile(  # the budget's holders by kind (service/admission.py)
+    r"^gradserve_memory_budget_(held_bytes|holding_calls)"
+    r'\{method="([^"]*)",state="([^"]*)"\} (\S+)$',
+    re.MULTILINE,
+)
+
+
+def ledger(metrics_port: int) -> tuple[dict[str, float], dict[tuple[str, str], tuple[float, int]]]:
+    """What the server's ledger holds now, in MiB, read from its metrics endpoint; and who
+    holds the budget: MiB and calls by (method, what the call does now)."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
         text = reply.read().decode()
@@ -102,20 +110,52 @@ def ledger(metrics_port: int) -> dict[str, float]:
     for name, metric in LEDGER.items():
         found = re.search(rf"^{metric} (\S+)$", text, re.MULTILINE)
         held[name] = float(found[1]) / 2**20 if found else math.nan
-    return held
+    holders: dict[tuple[str, str], list] = defaultdict(lambda: [0.0, 0])
+    for metric, method, state, value in HELD_BY_KIND.findall(text):
+        if metric == "held_bytes":
+            holders[(method, state)][0] = float(value) / 2**20
+        else:
+            holders[(method, state)][1] = int(float(value))
+    return held, {kind: (mib, calls) for kind, (mib, calls) in holders.items() if calls}
+
+
+def holders_text(holders: dict[tuple[str, str], tuple[float, int]]) -> str:
+    """Who holds the budget, the most first: "EvaluateStream sending 128 MiB (8 calls)"."""
+    ranked = sorted(holders.items(), key=lambda item: -item[1][0])
+    return (
+        "; ".join(
+            f"{method} {state} {mib:.0f} MiB ({calls} call{'s' * (calls != 1)})"
+            for (method, state), (mib, calls) in ranked
+        )
+        or "nothing"
+    )
 
 
 class MemoryCap:
     """Kills the server once its resident memory passes ``cap_mib``; meanwhile notes the
-    server's ledger (``ledger``) at the highest resident memory seen."""
+    server's ledger (``ledger``) at the highest resident memory seen, who held the budget
+    at its fullest, on average, and just after a legitimate call was refused for memory
+    (``refused``)."""
+
+    REFUSALS_KEPT = 3  # who held the budget at the first refusals
 
     def __init__(self, server: ServerProcess, cap_mib: float, metrics_port: int) -> None:
         self.server, self.cap_mib, self.metrics_port = server, cap_mib, metrics_port
         self.killed_at_mib: float | None = None
         self.highest = (0.0, {})  # (resident MiB, the ledger then)
         self.most_held: Counter = Counter()  # the most each part of the ledger held
+        self.fullest = (0.0, {})  # (budget MiB held, who held it then)
+        self.holders_sum: Counter = Counter()  # MiB by kind, summed over the samples
+        self.samples = 0
+        self.at_refusals: list[dict] = []  # who held the budget just after a refusal
+        self.refusal = threading.Event()
         self.stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
+
+    def refused(self) -> None:
+        """A legitimate call was refused for memory: note who holds the budget now."""
+        if len(self.at_refusals) < self.REFUSALS_KEPT:
+            self.refusal.set()
 
     def _watch(self) -> None:
         read_ledger_at = 0.0
@@ -128,14 +168,26 @@ class MemoryCap:
                 self.killed_at_mib = rss
                 self.server.process.kill()
                 return
-            if rss > self.highest[0] or time.monotonic() > read_ledger_at:
+            refusal = self.refusal.is_set()
+            if rss > self.highest[0] or time.monotonic() > read_ledger_at or refusal:
                 read_ledger_at = time.monotonic() + 0.5
                 with contextlib.suppress(OSError):
-                    held = ledger(self.metrics_port)
-                    if rss > self.highest[0]:
-                        self.highest = (rss, held)
-                    for name, mib in held.items():
-                        self.most_held[name] = max(self.most_held[name], mib)
+                    held, holders = ledger(self.metrics_port)
+                    self._note(rss, held, holders, refusal)
+
+    def _note(self, rss: float, held: dict, holders: dict, refusal: bool) -> None:
+        if refusal:
+            self.refusal.clear()
+            self.at_refusals.append(holders)
+        if rss > self.highest[0]:
+            self.highest = (rss, held)
+        for name, mib in held.items():
+            self.most_held[name] = max(self.most_held[name], mib)
+        if held["budget"] > self.fullest[0]:
+            self.fullest = (held["budget"], holders)
+        self.samples += 1
+        for kind, (mib, _calls) in holders.items():
+            self.holders_sum[kind] += mib
 
 
 EXPECTED = {
@@ -147,9 +199,10 @@ EXPECTED = {
 
 
 class Soak:
-    def __init__(self, stub, large_leaves: int) -> None:
+    def __init__(self, stub, large_leaves: int, on_refused=lambda: None) -> None:
         rng = np.random.default_rng(0)
         self.stub = stub
+        self.on_refused = on_refused  # called when a call is refused RESOURCE_EXHAUSTED
         self.small = pb.EvaluateRequest(graph=small_graph(rng))
         self.large = pb.EvaluateRequest(graph=wide_graph(large_leaves, rng), chunk_size=16_384)
         self.invalid = pb.EvaluateRequest(graph=invalid_graph(rng))
@@ -175,6 +228,8 @@ class Soak:
                 for _ in call:
                     pass
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.on_refused()
             self.details.setdefault((kind, error.code().name), (error.details() or "")[:200])
             return error.code()
         return grpc.StatusCode.OK
@@ -206,7 +261,7 @@ class Phase:
         self.idle = server.memory_mib()
         cap = self.cap = MemoryCap(server, args.memory_cap_mb, metrics_port)
         channel, stub = connect(server.target)
-        self.soak = Soak(stub, args.large_leaves)
+        self.soak = Soak(stub, args.large_leaves, cap.refused)
         abusers = AbusersProcess(port, args.abuser_nice, args.abusers_only) if abusive else None
         try:
             if abusers:
@@ -269,6 +324,23 @@ class Phase:
             + ", ".join(f"{name} {mib:.0f}" for name, mib in self.cap.most_held.items())
             + " MiB"
         )
+        budget_mib, holders = self.cap.fullest
+        print(
+            f"  who held the budget at its fullest ({budget_mib:.0f} MiB): {holders_text(holders)}"
+        )
+        samples = max(self.cap.samples, 1)
+        average = {kind: (mib / samples, 0) for kind, mib in self.cap.holders_sum.items()}
+        print(
+            f"  on average over {self.cap.samples} samples: "
+            + "; ".join(
+                f"{method} {state} {mib:.0f} MiB"
+                for (method, state), (mib, _) in sorted(average.items(), key=lambda i: -i[1][0])
+                if mib >= 0.5
+            )
+        )
+        for holders in self.cap.at_refusals:
+            refused = "  who held the budget just after a legitimate call's refusal: "
+            print(refused + holders_text(holders))
         if self.killed_at_mib is not None:
             print(f"  KILLED: server memory passed {args.memory_cap_mb:g} MiB")
         if self.abusive:

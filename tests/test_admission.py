@@ -236,3 +236,57 @@ def test_a_call_s_admission_that_fits_is_held_before_it_is_awaited():
         assert budget.used == 250 * MIB and call.charge.bytes == 10 * MIB
 
     _run(scenario())
+
+
+class _Holder:
+    """A call as the ledger by kind sees it: a method and what it does now."""
+
+    def __init__(self, method: str, doing: str) -> None:
+        self.method, self.doing = method, doing
+
+    def held_as(self) -> tuple[str, str]:
+        return self.method, self.doing
+
+
+def test_the_ledger_by_kind_names_who_holds_the_budget_and_forgets_who_let_go():
+    async def scenario():
+        budget = MemoryBudget(100 * MIB, wait_s=10)
+        sender = _Holder("EvaluateStream", "sending")
+        streams = [budget.charge(sender) for _ in range(3)]
+        for charge in streams:
+            assert charge.resize_now(10 * MIB)
+        computing = budget.charge(_Holder("Evaluate", "computing"))
+        await computing.resize(40 * MIB, deadline=time.monotonic() + 10)
+        waiter = budget.charge(_Holder("EvaluateStream", "waiting_for_memory"))
+        waiter.resize_now(MIB)  # within the small calls' overdraft: held at once
+        waiting = asyncio.create_task(waiter.resize(50 * MIB, time.monotonic() + 10))
+        while budget.waiting == 0:
+            await asyncio.sleep(0)
+        assert waiter.waiting
+        held, calls = budget.held_by_kind()
+        assert held == {
+            ("EvaluateStream", "sending"): 30 * MIB,
+            ("Evaluate", "computing"): 40 * MIB,
+            ("EvaluateStream", "waiting_for_memory"): MIB,
+        }
+        assert calls[("EvaluateStream", "sending")] == 3
+        assert sum(held.values()) == budget.used
+        sender.doing = "computing"  # the kind is asked when the ledger is read
+        streams[0].release()
+        computing.resize_now(0)
+        await asyncio.wait_for(waiting, 5)
+        assert not waiter.waiting
+        held, calls = budget.held_by_kind()
+        assert held == {
+            ("EvaluateStream", "computing"): 20 * MIB,
+            ("EvaluateStream", "waiting_for_memory"): 50 * MIB,
+        }
+        assert calls == {
+            ("EvaluateStream", "computing"): 2,
+            ("EvaluateStream", "waiting_for_memory"): 1,
+        }
+        for charge in [*streams, waiter]:
+            charge.release()
+        assert budget.held_by_kind() == ({}, {}) and budget.used == 0
+
+    _run(scenario())

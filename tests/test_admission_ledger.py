@@ -121,7 +121,7 @@ def test_the_budget_is_back_at_zero_after_any_sequence_of_calls(registry, gate, 
 
 @pytest.mark.parametrize("nodes", [30, 20_000])
 def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
-    registry, charges, nodes
+    registry, charges, nodes, monkeypatch
 ):
     """Before compiling, a call sending its graph holds at least its request message and
     what compiling it takes (``memory.compile_bytes``, checked against the measured peak in
@@ -131,12 +131,21 @@ def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
     graph = request.graph
     sizes = (len(graph.node_ops), len(graph.input_ids), len(graph.labels))
     compiling = memory.compile_bytes(*sizes, request.ByteSize())
+    charges_when_compiling = []
+    plan = evaluation.Evaluator.plan
+
+    def planning(self, *args):
+        charges_when_compiling.append(len(charges))
+        return plan(self, *args)
+
+    monkeypatch.setattr(evaluation.Evaluator, "plan", planning)
     with (
         running_server(registry) as server,
         grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         pb_grpc.GradientServiceStub(channel).Evaluate(request, timeout=60)
-    decoding, before_compiling = charges[:2]  # then the evaluation's, and the reply's
+    [made] = charges_when_compiling
+    decoding, before_compiling = charges[0], charges[made - 1]
     assert decoding >= request.ByteSize()
     assert before_compiling >= compiling + request.ByteSize() > compiling > 0
 
@@ -233,6 +242,40 @@ def test_a_stream_answered_whole_holds_no_more_than_its_charge(registry, traced_
     beyond_request = charge - request_charge
     built = peak - baseline  # the peak since the charge, building the first chunk
     assert built <= beyond_request <= 3 * built, (built, beyond_request)
+
+
+def test_a_stream_waiting_for_its_reader_holds_no_more_than_its_lowered_charge(
+    registry, traced_calls
+):
+    """A stream over many rows (an evaluation job) whose client never opens its window:
+    once its block is evaluated, its charge drops from the evaluation's to its results
+    and a chunk, and what it holds while the first chunk waits (tracemalloc: the job's
+    arrays, the block's results, the chunk) is within that lowered charge."""
+    rows = 4_000
+    xs = np.linspace(-1, 1, rows)
+    request = pb.EvaluateRequest(graph=chain("neg", 60).proto(), rows=rows)
+    request.graph.leaf_values[:] = xs.tolist()
+    raw = request.SerializeToString()
+    with running_server(registry) as server:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            with H2GrpcClient(server.port, window=0) as client:
+                stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
+                waiting = client.pump(
+                    lambda: any(kind == "send" for kind, *_ in traced_calls),
+                    time.monotonic() + 60,
+                )
+                assert waiting and not client.streams[stream_id].finished, traced_calls
+        finally:
+            tracemalloc.stop()
+    first_send = next(i for i, (kind, *_) in enumerate(traced_calls) if kind == "send")
+    charges = [nbytes for kind, nbytes, *_ in traced_calls[:first_send] if kind == "charge"]
+    evaluating, lowered = charges[-2:]
+    _, _, held, _, _ = traced_calls[first_send]
+    results = 16 * 61 * rows  # values and gradients of every node and row
+    assert results < held - baseline <= lowered < evaluating / 2, (held, lowered, evaluating)
 
 
 def test_a_small_stream_answered_whole_is_charged_its_results_not_a_whole_chunk(registry, charges):

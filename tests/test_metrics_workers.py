@@ -19,6 +19,7 @@ from test_cli import worker_pids
 from bench.ports import free_port
 from gradserve.client import connect
 from gradserve.server.service import metrics_multiprocess
+from gradserve.server.service.admission import MemoryBudget
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -140,7 +141,7 @@ def test_a_worker_s_mirror_counts_each_lookup_once_however_often_it_copies():
     cache = CountedCache()
     metrics = CollectorRegistry()
     arrival = SimpleNamespace(used=0, waiting=0, taken_back=0)
-    metrics_multiprocess.mirror_plan_cache(cache, SimpleNamespace(used=0), arrival, metrics)
+    metrics_multiprocess.mirror_plan_cache(cache, MemoryBudget(2**20), arrival, metrics)
 
     def counted() -> tuple:
         return tuple(

@@ -17,10 +17,21 @@ the budget.
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 DEFAULT_WAIT_S = 5.0
 SMALL_FRACTION = 256  # a call of at most budget / SMALL_FRACTION bytes never waits
+# The ledger by kind of holder (``MemoryBudget.held_by_kind``), as the metrics name it.
+HELD_METRIC = "gradserve_memory_budget_held_bytes"
+HELD_HELP = (
+    "Bytes of the memory budget held by calls in flight, by method and by what the call "
+    "does now (computing, sending: its reply waits for the reader, waiting_for_memory, ...)"
+)
+HOLDING_METRIC = "gradserve_memory_budget_holding_calls"
+HOLDING_HELP = "Calls holding some of the memory budget, by method and by what they do now"
+HELD_LABELS = ["method", "state"]
 
 
 class NeverFits(Exception):
@@ -51,6 +62,13 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:,.1f} MiB"
 
 
+class Holder(Protocol):
+    """Who holds a charge, for the ledger by kind (``MemoryBudget.held_by_kind``)."""
+
+    def held_as(self) -> tuple[str, str]:
+        """The kind of call (its method) and what it does now (computing, sending, ...)."""
+
+
 class MemoryBudget:
     """One server process's budget, shared by its calls (used on the event loop only).
 
@@ -73,6 +91,19 @@ class MemoryBudget:
         self.used = 0
         self._freed: asyncio.Condition | None = None  # made on the loop, at first use
         self._waiting = 0  # calls waiting for memory: only they need waking
+        self.holding: set[Charge] = set()  # the charges holding bytes now
+
+    def held_by_kind(self) -> tuple[Counter, Counter]:
+        """The bytes held, and the charges holding them, by their holders' kind
+        (``Holder.held_as``; ``("", "")`` for a charge without a holder). Safe to call
+        from another thread (the metrics endpoint's): it copies the set at once."""
+        held, calls = Counter(), Counter()
+        for charge in list(self.holding):
+            holder = charge.holder
+            kind = ("", "") if holder is None else holder.held_as()
+            held[kind] += charge.bytes
+            calls[kind] += 1
+        return held, calls
 
     @property
     def waiting(self) -> int:
@@ -85,8 +116,8 @@ class MemoryBudget:
         text += f" less plan-cache-mb = {self.reserved // 2**20}" if self.reserved else ""
         return text + (f" less max-arriving-mb = {self.arriving // 2**20}" if self.arriving else "")
 
-    def charge(self) -> "Charge":
-        return Charge(self)
+    def charge(self, holder: Holder | None = None) -> "Charge":
+        return Charge(self, holder)
 
     def _fits(self, amount: int) -> bool:
         return self.used + amount <= self.total
@@ -142,9 +173,20 @@ class MemoryBudget:
 class Charge:
     """What one call holds of the budget; ``release()`` gives it all back."""
 
-    def __init__(self, budget: MemoryBudget) -> None:
+    waiting = False  # whether it waits for more of the budget now
+
+    def __init__(self, budget: MemoryBudget, holder: Holder | None = None) -> None:
         self.budget = budget
+        self.holder = holder
         self.bytes = 0
+
+    def _hold(self, target: int) -> None:
+        """Now hold ``target`` bytes (the budget's ``used`` is already changed)."""
+        if target and not self.bytes:
+            self.budget.holding.add(self)
+        elif self.bytes and not target:
+            self.budget.holding.discard(self)
+        self.bytes = target
 
     def resize_now(self, target: int) -> bool:
         """Hold ``target`` bytes if that needs no wait and no refusal; whether it did (if
@@ -156,7 +198,7 @@ class Charge:
             self.budget.used += change
         elif change < 0:
             self.budget._give_back(-change)
-        self.bytes = target
+        self._hold(target)
         return True
 
     async def resize(self, target: int, deadline: float) -> None:
@@ -164,12 +206,16 @@ class Charge:
         as the module docstring says)."""
         change = target - self.bytes
         if change > 0:
-            await self.budget._take(change, target, deadline)
+            self.waiting = True
+            try:
+                await self.budget._take(change, target, deadline)
+            finally:
+                self.waiting = False
         elif change < 0:
             self.budget._give_back(-change)
-        self.bytes = target
+        self._hold(target)
 
     def release(self) -> None:
         if self.bytes:
             self.budget._give_back(self.bytes)
-            self.bytes = 0
+            self._hold(0)

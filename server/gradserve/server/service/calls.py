@@ -134,6 +134,7 @@ class CallScope:
     _running = None  # the executor future of the step in progress
     _reply_share = None  # its reply's sending.Reservation, once it has one
     _sending_since: float | None = None  # loop time the write in progress began
+    _awaiting_slot = False  # waiting for a compute slot
     _send_watch: asyncio.TimerHandle | None = None
 
     def __init__(self, method: str, context, state: ServerState) -> None:
@@ -143,7 +144,7 @@ class CallScope:
         self.state = state
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
-        self.charge = state.budget.charge()
+        self.charge = state.budget.charge(self)
         self.span = tracing.start_call(method, context)  # tracing.NO_SPAN when it is off
         self.deadline = state.limits.deadline(context.time_remaining())
 
@@ -159,6 +160,23 @@ class CallScope:
                 "default-deadline for calls without one) and was stopped"
             )
         return False
+
+    def held_as(self) -> tuple[str, str]:
+        """What the call holds its memory for now, for the budget's ledger by kind
+        (``admission.MemoryBudget.held_by_kind``): read from the metrics thread."""
+        if self._sending_since is not None or self.note == "send timeout":
+            doing = SENDING
+        elif self.charge.waiting:
+            doing = WAITING_FOR_MEMORY
+        elif self._reply_share is not None and self._reply_share.waiting:
+            doing = WAITING_FOR_SENDING_SHARE
+        elif self._awaiting_slot:
+            doing = WAITING_FOR_SLOT
+        elif self._running is not None:
+            doing = COMPUTING
+        else:
+            doing = ON_THE_LOOP
+        return self.method, doing
 
     # -- the steps ---------------------------------------------------------------------
     def refuse_if_draining(self) -> None:
@@ -257,11 +275,26 @@ class CallScope:
             self._reply_share = share.reservation(self.connection or self.context.peer())
         return self._reply_share.resize(2 * reply_bytes, self.deadline)
 
-    async def compute(self, work: Callable, *args):
+    async def compute(self, work: Callable, *args, memory: int | None = None):
         """``work(*args, should_stop)`` on the executor, holding a compute slot (``compute_slots``:
-        shared fairly between connections)."""
+        shared fairly between connections), and with ``memory``, that many bytes of the
+        budget (``admit``) in all while it runs.
+
+        The memory is taken once the call has its slot: a call waiting for a slot holds no
+        more of the budget than it did, so that calls queued for the threads (twenty
+        large streams behind four threads, in issue 19's soak) do not hold what the calls
+        computing need. A call that gets its slot but must wait for the memory gives the
+        slot back meanwhile, and queues for a slot again once it has the memory."""
         slots, connection = self.state.slots, self.connection or self.context.peer()
-        await slots.acquire(connection)
+        if memory is not None and memory > self.state.budget.total:
+            raise NeverFits(memory, self.state.budget)  # no use waiting for a slot first
+        await self._slot(slots, connection)
+        if memory is not None:
+            admitting = self.admit(memory)
+            if admitting is not _ADMITTED:
+                slots.release(connection)
+                await admitting  # waiting or refused
+                await self._slot(slots, connection)
         try:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.
@@ -273,6 +306,14 @@ class CallScope:
                     self._running = None
         finally:
             slots.release(connection)
+
+    async def _slot(self, slots: ComputeSlots, connection: str) -> None:
+        """Wait for a compute slot for the call (its holder's kind says so meanwhile)."""
+        self._awaiting_slot = True
+        try:
+            await slots.acquire(connection)
+        finally:
+            self._awaiting_slot = False
 
     async def send(self, message: bytes) -> None:
         """Write one reply message. A client that has not taken it within the send timeout
@@ -552,6 +593,14 @@ def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.S
         f"({setting} = {limit}); {advice}",
     )
 
+
+# What a call holds its memory for (``CallScope.held_as``), as the metrics label it.
+SENDING = "sending"  # a reply message waiting for its reader to take it
+WAITING_FOR_MEMORY = "waiting_for_memory"
+WAITING_FOR_SENDING_SHARE = "waiting_for_sending_share"
+WAITING_FOR_SLOT = "waiting_for_compute_slot"
+COMPUTING = "computing"  # a step on the executor
+ON_THE_LOOP = "on_the_loop"  # work on the event loop, or between steps
 
 # The log's status of a call that ended for grpc before its request message arrived, when
 # the server cannot know what the client got (docs/running-safely.md).

@@ -149,6 +149,16 @@ class Job:
         evaluating = memory.evaluation_bytes(self.plan.sizes, block_rows, tangents)
         return self.arrays_bytes + evaluating + factor * kept
 
+    def sending_memory(self, block_rows: int) -> int:
+        """What a stream holds while a block's chunks are sent, once the block has been
+        evaluated: the job's arrays, the block's results (every node's values and gradients,
+        and tangents), and the chunk being made and sent (as ``memory`` counts it)."""
+        factor = self.results_per_node // 2
+        results = 8 * self.results_per_node * self.plan.node_count * block_rows
+        chunk_nodes = min(len(self.selected), nodes_per_chunk(block_rows, 0, len(self.selected)))
+        chunk = memory.results_bytes(chunk_nodes, block_rows)
+        return self.arrays_bytes + results + factor * chunk
+
     def block_rows(self, allowance: int, streaming: bool) -> int:
         """The most rows evaluated at once within ``allowance`` bytes (at least 1; a stream
         also keeps a block's results of one node within one chunk)."""

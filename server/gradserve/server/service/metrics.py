@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import time
 from bisect import bisect_left
+from collections.abc import Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -23,6 +24,13 @@ from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.service import arriving_metrics as arriving
 from gradserve.server.service import metrics_multiprocess
 from gradserve.server.service import sending as sending_share
+from gradserve.server.service.admission import (
+    HELD_HELP,
+    HELD_LABELS,
+    HELD_METRIC,
+    HOLDING_HELP,
+    HOLDING_METRIC,
+)
 
 # Seconds; from sub-millisecond calls on tiny graphs to million-node graphs.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -237,6 +245,7 @@ class _BudgetCollector:
             "Bytes of the memory budget held by calls in flight (estimates)",
             self.budget.used,
         )
+        yield from held_by_kind(self.budget)
         if self.sending is not None:
             share = self.sending
             yield GaugeMetricFamily(sending_share.USED_METRIC, sending_share.USED_HELP, share.used)
@@ -250,6 +259,18 @@ class _BudgetCollector:
             yield CounterMetricFamily(
                 arriving.TAKEN_BACK, arriving.TAKEN_BACK_HELP, gate.taken_back
             )
+
+
+def held_by_kind(budget) -> Iterator[GaugeMetricFamily]:
+    """The budget's ledger by kind of holder (``MemoryBudget.held_by_kind``) as two gauges."""
+    held, calls = budget.held_by_kind()
+    held_bytes = GaugeMetricFamily(HELD_METRIC, HELD_HELP, labels=HELD_LABELS)
+    holding = GaugeMetricFamily(HOLDING_METRIC, HOLDING_HELP, labels=HELD_LABELS)
+    for kind in sorted(held):
+        held_bytes.add_metric(list(kind), held[kind])
+        holding.add_metric(list(kind), calls[kind])
+    yield held_bytes
+    yield holding
 
 
 def watch_plan_cache(

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.service import admission
 from gradserve.server.service import arriving_metrics as arriving
 from gradserve.server.service import sending as sending_share
 
@@ -112,10 +113,25 @@ def mirror_plan_cache(
         registry=registry,
     )
     refused = Counter(sending_share.REFUSED_METRIC, sending_share.REFUSED_HELP, registry=registry)
+    held_by_kind = Gauge(
+        admission.HELD_METRIC,
+        admission.HELD_HELP,
+        admission.HELD_LABELS,
+        multiprocess_mode="liveall",
+        registry=registry,
+    )
+    holding = Gauge(
+        admission.HOLDING_METRIC,
+        admission.HOLDING_HELP,
+        admission.HELD_LABELS,
+        multiprocess_mode="liveall",
+        registry=registry,
+    )
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 
     def copy() -> None:
         seen_hits = seen_misses = seen_taken_back = seen_refused = 0
+        seen_kinds: set[tuple[str, str]] = set()
         while True:
             now_hits, now_misses = cache.hits, cache.misses
             hits.inc(now_hits - seen_hits)
@@ -124,6 +140,14 @@ def mirror_plan_cache(
             plans.set(len(cache))
             held.set(cache.bytes)
             used.set(budget.used)
+            by_kind, calls = budget.held_by_kind()
+            for kind in seen_kinds - by_kind.keys():  # no call holds as this kind any more
+                held_by_kind.labels(*kind).set(0)
+                holding.labels(*kind).set(0)
+            for kind in by_kind:
+                held_by_kind.labels(*kind).set(by_kind[kind])
+                holding.labels(*kind).set(calls[kind])
+            seen_kinds |= by_kind.keys()
             if sending is not None:
                 replies.set(sending.used)
                 refused.inc(sending.refused - seen_refused)

@@ -96,10 +96,14 @@ class Reservation(Charge):
         share, connection = self.budget, self.connection
         change = target - self.bytes
         if change > 0:
-            await share._take(change, target, deadline, lambda: share.fits(change, connection))
+            self.waiting = True
+            try:
+                await share._take(change, target, deadline, lambda: share.fits(change, connection))
+            finally:
+                self.waiting = False
         elif change < 0:
             share._give_back(-change)
-        self.bytes = target
+        self._hold(target)
         add_count(share.by_connection, connection, change)
 
     def release(self) -> None:

@@ -47,13 +47,16 @@ class GradientServicer:
         raw = await call.receive()
         raw_length = len(raw)
         raw_bytes = evaluation.raw_request_bytes(raw_length)
-        await call.admit(raw_bytes)
         small_request = raw_length <= INLINE_REQUEST_BYTES
         with call.span.step("decoding"):
             if small_request:
+                await call.admit(raw_bytes)
                 request = evaluation.decode(raw)  # on the loop: a thread hop costs more
             else:
-                request = await call.compute(_decode, raw)
+                # Queued for a thread, the call holds its request's bytes; decoding's
+                # memory is taken with the thread (``CallScope.compute``), as every step's.
+                await call.admit(raw_length)
+                request = await call.compute(_decode, raw, memory=raw_bytes)
         del raw
         # Each read of a repeated or message field makes an object: read each once, and a
         # request naming its plan by digest carries no structure to read (plan checks that).
@@ -67,12 +70,15 @@ class GradientServicer:
         inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
-        await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
+        planning = call.request_bytes + evaluation.compile_cost(request, raw_length)
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
             if inline:
+                await call.admit(planning)
                 plan, digest = self._evaluator.plan(request, step, call.should_stop)
             else:
-                plan, digest = await call.compute(self._evaluator.plan, request, step)
+                await call.admit(call.request_bytes)  # while queued for a thread
+                work = self._evaluator.plan
+                plan, digest = await call.compute(work, request, step, memory=planning)
         call.nodes = plan.node_count
         if not labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
@@ -87,16 +93,20 @@ class GradientServicer:
                     answer = await call.compute(self._engine.answer, plan, digest, request)
             if answer is not None:
                 return request, digest, answer
-        return request, digest, self._evaluator.job(request, plan, digest)
+        job = self._evaluator.job(request, plan, digest)
+        # Compiling is over (the plan's arrays are the plan cache's): until its evaluation
+        # has a thread, the call holds its request and the job's arrays.
+        call.charge.resize_now(min(call.charge.bytes, call.request_bytes + job.arrays_bytes))
+        return request, digest, job
 
-    async def _admit_job(self, call: CallScope, job: evaluation.Job, streaming: bool) -> int:
-        """Charge the evaluation to the budget; the rows to evaluate at once."""
+    def _job_memory(self, call: CallScope, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
+        """The rows to evaluate at once, and what the call holds of the budget meanwhile
+        (taken with its compute slot: ``CallScope.compute``)."""
         budget, base = self._state.budget.total, call.request_bytes
         # Row blocks only when the whole batch would not fit the budget (a block costs a
         # pass over every op group): a large call may take most of it and wait for it.
         block = job.block_rows(max(budget - base, budget // 8), streaming)
-        await call.admit(base + job.memory(block, streaming))
-        return block
+        return block, base + job.memory(block, streaming)
 
     async def _unary_reply(self, call: CallScope) -> bytes:
         """Receive, evaluate and encode one Evaluate request: the reply message's bytes."""
@@ -105,9 +115,10 @@ class GradientServicer:
             with call.span.step("encoding"):
                 reply = evaluation.answer_reply(prepared, digest)
         else:
-            block = await self._admit_job(call, prepared, streaming=False)
+            block, memory = self._job_memory(call, prepared, streaming=False)
             with call.span.step("evaluating"):  # and encoding: one step on the executor
-                reply = await call.compute(self._evaluator.unary_reply, prepared, block)
+                work = self._evaluator.unary_reply
+                reply = await call.compute(work, prepared, block, memory=memory)
         # The arrays are gone; grpc copies the message while it is being sent, and both
         # copies stay resident until the reader takes it (a reader that never reads).
         await call.admit(call.request_bytes + 2 * len(reply))
@@ -132,10 +143,15 @@ class GradientServicer:
                     await call.send(chunk)
                 return
             job = prepared
-            block = await self._admit_job(call, job, streaming=True)
+            block, memory = self._job_memory(call, job, streaming=True)
+            sending = min(memory, call.request_bytes + job.sending_memory(block))
+            work = self._evaluator.evaluate_block
             for first in range(0, job.rows, block):
                 with call.span.step("evaluating"):
-                    results = await call.compute(self._evaluator.evaluate_block, job, first, block)
+                    results = await call.compute(work, job, first, block, memory=memory)
+                # While its chunks wait for the reader, the call holds the block's results,
+                # not what evaluating them took: a slow reader keeps no memory from computing.
+                await call.admit(sending)  # less than it held: never waits
                 for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
                     if call.should_stop():  # past the deadline it raises DeadlineExceeded
                         raise Cancelled()  # the client is gone: never an OK status

@@ -31,7 +31,7 @@ from google.rpc import status_pb2
 from gradserve.server.engine.errors import Cancelled, GraphError
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, NeverFits
-from gradserve.server.service.calls import CallScope, SendTimedOut
+from gradserve.server.service.calls import ON_THE_LOOP, SENDING, CallScope, SendTimedOut
 from gradserve.server.service.evaluation import raw_request_bytes
 from gradserve.server.service.limits import DeadlineExceeded
 from gradserve.server.service.metrics import StreamTally
@@ -113,7 +113,7 @@ class MessageScope(CallScope):
         self.state = state = stream.state
         self._task = stream._task
         self._loop = stream._loop
-        self.charge = state.budget.charge()
+        self.charge = state.budget.charge(self)
         self.span = tracing.start_call("Train", stream.context)
         # The request's own timeout within the stream's deadline, or the server's default.
         deadline = stream.deadline  # the caller's (inf: none)
@@ -139,9 +139,16 @@ class MessageScope(CallScope):
         raw, self._raw = self._raw, b""
         return raw
 
-    async def compute(self, work: Callable, *args):
+    async def compute(self, work: Callable, *args, memory: int | None = None):
         self._inbox.read_ahead()  # the loop goes on while the work runs: read cancels meanwhile
-        return await super().compute(work, *args)
+        return await super().compute(work, *args, memory=memory)
+
+    def held_as(self) -> tuple[str, str]:
+        """As a call's, but its reply is written by its stream."""
+        method, doing = super().held_as()
+        if doing == ON_THE_LOOP and self.stream._sending_since is not None:
+            doing = SENDING
+        return method, doing
 
     async def send(self, message: bytes) -> None:
         await self.stream.send(answered(self.id, message))
