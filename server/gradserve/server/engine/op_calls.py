@@ -3,7 +3,7 @@ becomes OpFailure naming the op and the node, a malformed result too, and inputs
 op's domain a GraphError naming the node. The evaluation loops (evaluate.py, the float
 stretches, the tangents) all call ops through here."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -62,9 +62,10 @@ def backward(
     y: np.ndarray,
     values: np.ndarray,
     should_stop: Callable[[], bool] = never_stop,
-) -> list[np.ndarray]:
+) -> Sequence[np.ndarray]:
     """The group's op backward: one gradient array per input position, checked one by one
-    (a ``sum`` of a million inputs returns a million) with a stop check as they go."""
+    (a ``sum`` of a million inputs returns a million) with a stop check as they go; the
+    op's own sequence when every one passes, without a copy of it."""
     try:
         local = group.op.backward(g, y, *values.take(group.args, axis=0))
     except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
@@ -77,12 +78,16 @@ def backward(
             int(group.nodes[0]),
             f"backward must return {len(group.args)} gradient(s), one per input",
         )
-    result = []
+    converted = None  # a copy of ``local`` once a result needs converting: else none
     for position, d in enumerate(local):
         if position % POLL_POSITIONS == POLL_POSITIONS - 1 and should_stop():
             raise Cancelled()
-        result.append(checked(group, d, "backward", g.shape))
-    return result
+        result = checked(group, d, "backward", g.shape)
+        if result is not d:
+            if converted is None:
+                converted = list(local)
+            converted[position] = result
+    return local if converted is None else converted
 
 
 def forward_node(stretch: Stretch, position: int, xs: list[np.ndarray]) -> np.ndarray:

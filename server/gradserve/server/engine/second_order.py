@@ -115,13 +115,39 @@ def _forward_tangents(plan, values, tangents, should_stop) -> list:
             locals_.append(local)
             continue
         derivatives = _local_derivatives(step, values, should_stop)
-        total = derivatives[0] * tangents.take(step.args[0], axis=0)
-        for position, (d, arg) in enumerate(zip(derivatives[1:], step.args[1:], strict=True)):
-            _poll(position, should_stop)
-            total += d * tangents.take(arg, axis=0)
-        tangents[step.nodes] = total
+        tangents[step.nodes] = _directional(step, derivatives, tangents, should_stop)
         locals_.append(derivatives)
     return locals_
+
+
+# A group's input positions whose products are summed at once: at most _POLL_INPUTS (a stop
+# check each) and about this many bytes of them.
+_BLOCK_BYTES = 1 << 20
+
+
+def _directional(group: Group, derivatives: list, tangents: np.ndarray, should_stop):
+    """``sum_j d_j t[x_j]`` over the group's input positions j, added in position order as
+    one position at a time would (the same bits), but a block of positions per NumPy call:
+    their products stacked, then ``np.add.accumulate`` (each sum the one before plus the
+    next product). A sum of a million inputs took 5 s one position at a time."""
+    shape = (len(group.nodes), tangents.shape[1])
+    block = max(1, min(_POLL_INPUTS, _BLOCK_BYTES // (8 * shape[0] * shape[1])))
+    total = None
+    for start in range(0, len(derivatives), block):
+        if start and should_stop():
+            raise Cancelled()
+        end = min(start + block, len(derivatives))
+        ahead = 0 if total is None else 1  # the sum so far goes first
+        sums = np.empty((ahead + end - start, *shape))
+        products = sums[ahead:]
+        np.stack(derivatives[start:end], out=products)
+        products *= tangents.take(group.args[start:end], axis=0)
+        if ahead:
+            sums[0] = total
+        np.add.accumulate(sums, axis=0, out=sums)
+        total = sums[-1].copy()
+        del sums, products
+    return total
 
 
 def _stretch_locals(stretch: Stretch, values: np.ndarray, per_part) -> np.ndarray:
