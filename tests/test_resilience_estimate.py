@@ -25,6 +25,10 @@ CASES = [
     for rows in (1, 64)
     for tangents in (False, True)
 ] + [("mlp", 256, False), ("mlp", 256, True)]  # many rows
+# The wide HVP of bench/abusers.py: tangents through a sum of a million leaves, in one row,
+# whose op calls take a million arguments each.
+LARGE = {"wide HVP": lambda: shapes.wide_fan_in(1_000_000)}
+CASES += [("wide HVP", 1, True), ("wide HVP", 1, False)]
 
 
 def _peak(call) -> int:
@@ -44,7 +48,7 @@ def _peak(call) -> int:
 
 @pytest.mark.parametrize(("shape", "rows", "tangents"), CASES)
 def test_the_estimate_is_never_below_the_peak_nor_3x_above_it(ops, shape, rows, tangents):
-    graph = shapes.SHAPES[shape]()
+    graph = {**shapes.SHAPES, **LARGE}[shape]()
     plan = compile_graph(graph, ops)
     rng = np.random.default_rng(0)
     leaves = rng.uniform(0.1, 0.9, (rows, shapes.leaf_count(graph)))

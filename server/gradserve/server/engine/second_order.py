@@ -173,16 +173,17 @@ def _forward_stretch(stretch, local, tangents, should_stop) -> None:
 
 def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray, should_stop):
     """Per input position j, ``sum_k H_jk t[x_k]``: how the group's local derivatives move
-    along the tangents; None for an op linear in its inputs."""
-    xs = list(values.take(group.args, axis=0))
+    along the tangents, shaped (positions, nodes, rows); None for an op linear in its
+    inputs. The inputs' values go to the op straight from one gathered array, with no list
+    of them beside its arguments (a sum of a million inputs has a million, 130 MB)."""
     y = values.take(group.nodes, axis=0)
+    k = len(group.args)
     try:
-        pairs = group.op.second(y, *xs)
+        pairs = group.op.second(y, *values.take(group.args, axis=0))
     except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
         raise
     except Exception as exc:
         raise OpFailure(group.op.name, int(group.nodes[0]), "failed in second") from exc
-    k = len(xs)
     if not isinstance(pairs, tuple | list) or len(pairs) not in (0, k * (k + 1) // 2):
         raise OpFailure(
             group.op.name,
@@ -192,8 +193,8 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray, 
     if not pairs:
         return None
     pairs = (op_calls.checked(group, h, "second", y.shape) for h in pairs)
-    ts = list(tangents.take(group.args, axis=0))
-    moved = [np.zeros(y.shape) for _ in range(k)]
+    ts = tangents.take(group.args, axis=0)
+    moved = np.zeros((k, *y.shape))
     done = 0  # pairs: k inputs have k (k + 1) / 2 of them, polled as they go
     for i in range(k):
         for j in range(i, k):
@@ -207,8 +208,10 @@ def _second_directional(group: Group, values: np.ndarray, tangents: np.ndarray, 
 
 
 def _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, stop) -> None:
-    """Fill ``grad_tangents`` in reverse step order (forward-over-reverse)."""
-    for step, local in zip(reversed(plan.steps), reversed(locals_), strict=True):
+    """Fill ``grad_tangents`` in reverse step order (forward-over-reverse). Each step's
+    local derivatives are let go of (taken off ``locals_``) once it is done."""
+    for step in reversed(plan.steps):
+        local = locals_.pop()
         if stop():
             raise Cancelled()
         if isinstance(step, Stretch):
@@ -216,12 +219,13 @@ def _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, st
             continue
         upstream = grad_tangents.take(step.nodes, axis=0)
         g = grads.take(step.nodes, axis=0)
-        moved = _second_directional(step, values, tangents, stop)
-        # Every input position at once, shaped (positions, nodes, rows).
+        # Every input position at once, shaped (positions, nodes, rows); the op's arrays
+        # let go of before its second derivatives are taken.
         contributions = np.stack(local)
+        del local
         contributions *= upstream
+        moved = _second_directional(step, values, tangents, stop)
         if moved is not None:
-            moved = np.stack(moved)
             moved *= g
             contributions += moved
             del moved
@@ -234,7 +238,7 @@ def _backward_stretch(stretch, local, values, grads, tangents, grad_tangents, st
     """A chain: the second-order terms of every edge in one call per part (gradients and
     tangents are known by now), then the propagation node by node."""
 
-    def moved_of(part: Group, values: np.ndarray) -> list[np.ndarray]:
+    def moved_of(part: Group, values: np.ndarray) -> np.ndarray | list[np.ndarray]:
         moved = _second_directional(part, values, tangents, stop)
         zero = np.zeros((len(part.nodes), values.shape[1]))
         return moved if moved is not None else [zero] * len(part.args)
