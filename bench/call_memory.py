@@ -13,6 +13,7 @@ whose allocation sites, grouped by line, say which arrays are held there.
 """
 
 import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -57,8 +58,9 @@ REQUESTS = {
 
 
 class _Sampler:
-    """A stop check that records the memory in use at each poll, and snapshots it at the
-    poll numbered ``snapshot_at``."""
+    """A stop check that records the memory in use at each poll and at each op call (with
+    its arguments made: ``_sampled_ops``), and snapshots it at the sample numbered
+    ``snapshot_at``."""
 
     def __init__(self, snapshot_at: int | None = None) -> None:
         self.polls: list[int] = []
@@ -74,10 +76,32 @@ class _Sampler:
         return False
 
 
+SAMPLER: list[_Sampler] = []  # the run's sampler, which the ops' wrappers call
+
+
+def _sampled_ops() -> dict:
+    """The server's ops, each array function sampling the memory in use as it is called."""
+
+    def sampled(function):
+        def call(*args):
+            if SAMPLER:
+                SAMPLER[0]()
+            return function(*args)
+
+        return call
+
+    ops = {}
+    for name, loaded in load_registry().items():
+        functions = ("forward", "backward", "second")
+        changes = {f: sampled(getattr(loaded.op, f)) for f in functions if getattr(loaded.op, f)}
+        ops[name] = dataclasses.replace(loaded.op, **changes, formulas=None)
+    return ops
+
+
 def _cold_job(name: str):
     """The request's job on a fresh engine (a cold plan, as a new graph's first call has),
     with what admission charges before and for evaluating it."""
-    engine = Engine({n: op.op for n, op in load_registry().items()}, PlanCache(256 * MIB))
+    engine = Engine(_sampled_ops(), PlanCache(256 * MIB))
     evaluator = evaluation.Evaluator(engine, Limits(), 64 * MIB)
     raw = REQUESTS[name]().SerializeToString()
     request = evaluation.decode(raw)
@@ -86,7 +110,14 @@ def _cold_job(name: str):
         "compiling": evaluation.compile_cost(request, len(raw)),
         "raw": len(raw),
     }
-    plan, digest = evaluator.plan(request, _NoSpan(), lambda: False)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        plan, digest = evaluator.plan(request, _NoSpan(), lambda: False)
+        charged["compile peak"] = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
     charged["reply"] = evaluator.check_reply_fits(request, plan)  # or LimitExceeded
     job = evaluator.job(request, plan, digest)
     block = job.block_rows(max(CALLS_BUDGET - charged["request"], CALLS_BUDGET // 8), False)
@@ -104,7 +135,8 @@ def measure(name: str, sites: int) -> None:
         f"{name}: {charged['raw'] / MIB:.1f} MiB request, {job.plan.node_count:,} nodes, "
         f"{job.rows:,} rows ({block:,} at a time), reply about {charged['reply'] / MIB:.1f} MiB\n"
         f"  charged: request {charged['request'] / MIB:.1f} + compiling "
-        f"{charged['compiling'] / MIB:.1f} MiB, then request + "
+        f"{charged['compiling'] / MIB:.1f} MiB (compiling's peak "
+        f"{charged['compile peak'] / MIB:.1f}), then request + "
         f"{charged['evaluation'] / MIB:.1f} MiB (the job's arrays {job.arrays_bytes / MIB:.1f}"
         f" and evaluating and replying {(charged['evaluation'] - job.arrays_bytes) / MIB:.1f})"
     )
@@ -116,14 +148,14 @@ def measure(name: str, sites: int) -> None:
     print(
         f"  measured (cold plan): peak {peak / MIB:.1f} MiB above the job "
         f"(charged {evaluating / max(peak, 1):.2f}x that), CPU {cpu:.2f} s, "
-        f"{len(polls)} stop checks"
+        f"{len(polls)} stop checks and op calls"
     )
     if not polls or not sites:
         return
     at = max(range(len(polls)), key=polls.__getitem__)
     evaluator, job, block, _ = _cold_job(name)
     _, _, sampler = _run(evaluator, job, block, _Sampler(at), traced=True)
-    print(f"  at stop check {at} ({polls[at] / MIB:.1f} MiB traced), by line:")
+    print(f"  at sample {at} (stop checks, op calls): {polls[at] / MIB:.1f} MiB traced, by line:")
     for stat in sampler.snapshot.statistics("lineno")[:sites]:
         frame = stat.traceback[0]
         where = f"{Path(frame.filename).name}:{frame.lineno}"
@@ -138,6 +170,7 @@ class _NoSpan:
 def _run(evaluator, job, block, sampler, traced: bool):
     """The reply's peak above what was allocated before (with ``traced``), and CPU time."""
     gc.collect()
+    SAMPLER[:] = [sampler]
     if not traced:
         started = time.process_time()
         reply = evaluator.unary_reply(job, block, sampler)
