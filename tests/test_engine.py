@@ -215,6 +215,32 @@ def test_a_fault_of_a_group_of_nodes_names_its_first_node(op, problem):
     assert caught.value.node == 2
 
 
+def test_a_wide_op_s_gradients_shared_ints_and_floats_each_reach_their_input():
+    shared = np.ones((1, 1), dtype=np.int64)
+
+    def backward(g, y, *xs):  # d/dx_i = 1 for even i (one shared int array), i * g for odd
+        return tuple(shared if i % 2 == 0 else g * i for i in range(len(xs)))
+
+    weighted = Op("weighted", None, lambda *xs: xs[0], backward)
+    g = GraphBuilder()
+    g.op("weighted", *[g.leaf(0.5) for _ in range(7)])
+    _, grads = run(g, {"weighted": weighted})
+    assert grads.dtype == np.float64
+    assert grads[:7].tolist() == [1.0, 1.0, 1.0, 3.0, 1.0, 5.0, 1.0]
+
+
+def test_a_bad_gradient_after_good_ones_of_the_same_op_is_an_op_failure():
+    good = np.ones((1, 1))
+
+    def backward(g, y, *xs):  # position 3 returns the wrong shape
+        return tuple(np.ones(3) if i == 3 else good for i in range(len(xs)))
+
+    g = GraphBuilder()
+    g.op("bad", *[g.leaf(0.5) for _ in range(5)])
+    with pytest.raises(OpFailure, match="backward returned shape"):
+        run(g, {"bad": Op("bad", None, lambda *xs: xs[0], backward)})
+
+
 def test_should_stop_abandons_the_evaluation(ops):
     g, _ = neuron()
     plan = compile_graph(g.arrays(), ops)

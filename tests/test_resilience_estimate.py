@@ -14,8 +14,11 @@ from bench.arriving_live import in_use_mib
 from gradserve.server.engine import memory
 from gradserve.server.engine.evaluate import evaluate
 from gradserve.server.engine.plan import compile_graph
+from gradserve.server.engine.plan_cache import PlanCache
+from gradserve.server.engine.run import Engine
 from gradserve.server.engine.second_order import evaluate_with_tangents
 from gradserve.server.service import evaluation, packed
+from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 
 CHUNK = evaluation.CHUNK_NODE_ROWS
@@ -25,6 +28,10 @@ CASES = [
     for rows in (1, 64)
     for tangents in (False, True)
 ] + [("mlp", 256, False), ("mlp", 256, True)]  # many rows
+# The wide HVP of bench/abusers.py: tangents through a sum of a million leaves, in one row,
+# whose op calls take a million arguments each.
+LARGE = {"wide HVP": lambda: shapes.wide_fan_in(1_000_000)}
+CASES += [("wide HVP", 1, True), ("wide HVP", 1, False)]
 
 
 def _peak(call) -> int:
@@ -44,7 +51,7 @@ def _peak(call) -> int:
 
 @pytest.mark.parametrize(("shape", "rows", "tangents"), CASES)
 def test_the_estimate_is_never_below_the_peak_nor_3x_above_it(ops, shape, rows, tangents):
-    graph = shapes.SHAPES[shape]()
+    graph = {**shapes.SHAPES, **LARGE}[shape]()
     plan = compile_graph(graph, ops)
     rng = np.random.default_rng(0)
     leaves = rng.uniform(0.1, 0.9, (rows, shapes.leaf_count(graph)))
@@ -173,6 +180,22 @@ def test_a_job_is_charged_its_own_arrays(ops, streaming):
     others = memory.evaluation_bytes(plan.sizes, 1, tangents=True) + 2 * kept
     arrays = 8 * selected + 2 * 8 * rows * leaves + 16
     assert job.memory(1, streaming) - others == arrays
+
+
+def test_a_unary_reply_in_row_blocks_holds_one_block_s_arrays_at_a_time(ops):
+    """A batch evaluated in blocks of rows (the oversized batch of bench/abusers.py) holds
+    one block's values and gradients at a time: its peak is one block's evaluation and the
+    results kept (one node's). A loop variable once kept the gradients of each block
+    through the next one (56 MiB in that batch's blocks)."""
+    plan = compile_graph(shapes.deep_chain(200), ops)
+    evaluator = evaluation.Evaluator(Engine(ops, PlanCache(2**30)), Limits(), 2**26)
+    rows, block = 4_000, 500
+    job = _job(plan, rows, np.array([0]), tangents=False)
+    evaluator.unary_reply(job, block, lambda: False)  # the plan's scatters, made once
+    one_block = _peak(lambda: evaluator.evaluate_block(job, 0, block, lambda: False))
+    reply = _peak(lambda: evaluator.unary_reply(job, block, lambda: False))
+    a_block_s_gradients = 8 * plan.node_count * block
+    assert reply <= one_block + 16 * rows + OBJECTS < one_block + a_block_s_gradients
 
 
 def _held_by_parsing(raw: bytes) -> tuple[pb.EvaluateRequest, float]:

@@ -36,12 +36,17 @@ class PlanSizes:
 
 # Per node and row: values and gradients (8 bytes each) and a group's outputs, upstream
 # gradients and results while it runs; per input edge and row: the gathered inputs, the
-# local derivatives and the scatter's copies. Per input position: the array objects an
-# op's backward returns, one per position (a sum of a million inputs returns a million).
-# Per chain node: the single-row float path's lists. With tangents: their two arrays,
-# every group's local derivatives kept for the reverse pass, the second-order terms.
+# local derivatives and the scatter's copies. Per input position: an op call's arguments,
+# one array view each (about 130 bytes with its shape) and the tuples that hold them, and
+# the arrays its backward returns (a sum of a million inputs: 145 MB at each call). Per
+# chain node: the single-row float path's lists. With tangents: their two arrays, every
+# group's local derivatives kept for the reverse pass and the second-order terms; per
+# position the same one op call at a time (a sum's forward tangents are summed in blocks
+# of positions, second_order._directional). Measured peaks (tests/test_resilience_estimate
+# .py): 233 bytes a position for the wide HVP of bench/abusers.py, 84 a node-row of a long
+# chain with tangents (68 of them per node and edge, the rest the chain's slices).
 FIRST_ORDER = (24, 16, 200)  # bytes per node-row, per edge-row, per position
-WITH_TANGENTS = (56, 48, 350)
+WITH_TANGENTS = (40, 32, 200)
 BYTES_PER_CHAIN_NODE = 240
 # A chain's local derivatives are taken a slice of about a million node-rows at a time:
 # the slice's inputs, outputs and derivatives.

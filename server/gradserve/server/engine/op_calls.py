@@ -3,7 +3,7 @@ becomes OpFailure naming the op and the node, a malformed result too, and inputs
 op's domain a GraphError naming the node. The evaluation loops (evaluate.py, the float
 stretches, the tangents) all call ops through here."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -62,9 +62,10 @@ def backward(
     y: np.ndarray,
     values: np.ndarray,
     should_stop: Callable[[], bool] = never_stop,
-) -> list[np.ndarray]:
+) -> Sequence[np.ndarray]:
     """The group's op backward: one gradient array per input position, checked one by one
-    (a ``sum`` of a million inputs returns a million) with a stop check as they go."""
+    (a ``sum`` of a million inputs returns a million) with a stop check every
+    POLL_POSITIONS; the op's own sequence when every one passes, without a copy of it."""
     try:
         local = group.op.backward(g, y, *values.take(group.args, axis=0))
     except MemoryError:  # the server's, not the plugin's: RESOURCE_EXHAUSTED
@@ -77,12 +78,19 @@ def backward(
             int(group.nodes[0]),
             f"backward must return {len(group.args)} gradient(s), one per input",
         )
-    result = []
-    for position, d in enumerate(local):
-        if position % POLL_POSITIONS == POLL_POSITIONS - 1 and should_stop():
+    converted = None  # a copy of ``local`` once a result needs converting: else none
+    last = last_result = None  # an array returned for many positions is checked once
+    for start in range(0, len(local), POLL_POSITIONS):
+        if start and should_stop():
             raise Cancelled()
-        result.append(checked(group, d, "backward", g.shape))
-    return result
+        for position, d in enumerate(local[start : start + POLL_POSITIONS], start):
+            if d is not last:  # a sum returns (g,) * n: a million checks took 0.9 s
+                last, last_result = d, checked(group, d, "backward", g.shape)
+            if last_result is not d:
+                if converted is None:
+                    converted = list(local)
+                converted[position] = last_result
+    return local if converted is None else converted
 
 
 def forward_node(stretch: Stretch, position: int, xs: list[np.ndarray]) -> np.ndarray:

@@ -281,7 +281,8 @@ class Evaluator:
                 last = first + block[0].shape[1]
                 for result, block_result in zip(results, block, strict=True):
                     result[:, first:last] = block_result.take(job.selected, axis=0)
-                del block
+                # block_result too: it held the block's gradients through the next block
+                del block, block_result
         wire_ids = self._engine.every_node_ids(job.plan, job.digest) if job.every_node else None
         return packed.evaluate_response(
             job.selected, *results[:2], job.digest, *results[2:], wire_ids=wire_ids
