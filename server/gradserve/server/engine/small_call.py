@@ -37,7 +37,6 @@ from gradserve.server.engine.requests import (
     seeds_or_default,
     selection_of,
 )
-from gradserve.v1.wire_format import packed_varints
 
 
 class _Graph(Protocol):
@@ -92,9 +91,7 @@ class Program:
     input values (every node's first input, then every node's second, ...) and the shape
     (inputs, nodes, 1) they take as the domain's arrays. ``of_leaves`` gives a
     node-ordered list's entries of the leaves, as a list. ``compiled``: straight-line code
-    rather than a loop over steps. ``wire_ids``: the node ids 0 to n - 1 as a packed
-    field's varints, encoded once: a backward's reply sends every node's id on each call
-    (25 us of a 400-node step's encoding).
+    rather than a loop over steps.
     """
 
     leaves: list[int]
@@ -104,15 +101,13 @@ class Program:
     of_leaves: Callable[[list[float]], list[float]]
     compiled: bool
     code_bytes: int  # what its functions hold beyond the lists above
-    wire_ids: bytes
 
     def nbytes(self) -> int:
         """The memory the program holds: its leaves' list (the ids above 256 are int
-        objects of their own), functions and ids. Checked against tracemalloc in
+        objects of their own) and functions. Checked against tracemalloc in
         tests/test_plan_cache.py."""
         leaves = sys.getsizeof(self.leaves) + _INT_BYTES * sum(leaf > 256 for leaf in self.leaves)
-        ids = sys.getsizeof(self.wire_ids)
-        return leaves + self.code_bytes + ids + _GETTER_BYTES + _PROGRAM_BYTES
+        return leaves + self.code_bytes + _GETTER_BYTES + _PROGRAM_BYTES
 
 
 _Step = tuple[int, Op, list[int]]  # an op node, its op and its inputs
@@ -148,10 +143,7 @@ def program_of(plan: Plan, compiled: bool = False) -> Program | None:
     ]
     code_bytes += sum(_DOMAIN_BYTES + 8 * shape[0] * shape[1] for *_, shape in domain_list)
     code_bytes += 8 * len(leaves)  # of_leaves' tuple
-    every_id = packed_varints(range(plan.node_count))
-    return Program(
-        leaves, forward, backward, domain_list, _entries(leaves), compiled, code_bytes, every_id
-    )
+    return Program(leaves, forward, backward, domain_list, _entries(leaves), compiled, code_bytes)
 
 
 def _entries(indices: list[int]) -> Callable[[list[float]], list[float]]:
@@ -315,10 +307,10 @@ def evaluate(
     should_stop: Callable[[], bool],
     plans: PlanCache,
     digest: bytes,
-) -> tuple[Sequence[int], list[float], list[float], bytes | None, bool] | None:
-    """The selected nodes' ids, values and gradients, the ids' wire form when the
-    program keeps it (``Program.wire_ids``) and whether the results are by node rather
-    than by selected node (``_selected``), or None: run the general path. When
+) -> tuple[Sequence[int], list[float], list[float], bool, bool] | None:
+    """The selected nodes' ids, values and gradients, whether they are every node's in
+    id order, and whether the results are by node rather than by selected node
+    (``_selected``), or None: run the general path. When
     the plan keeps a new program, ``plans`` (which hold it under ``digest``) count it."""
     if plan.node_count > MAX_NODES or request.rows > 1:
         return None
@@ -392,21 +384,21 @@ def _selected(
     g: list[float],
 ):
     """The ids, values and gradients of the nodes whose results go back, as
-    wire.selected_nodes picks them, and the ids' wire form when the program has it, or, for
-    chosen nodes, the request's ids with every node's results (``Answer.by_node``); None
-    where that function raises. The leaves' values are the request's own."""
+    wire.selected_nodes picks them, and whether they are every node's, or, for chosen
+    nodes, the request's ids with every node's results (``Answer.by_node``); None where
+    that function raises. The leaves' values are the request's own."""
     nodes = request.nodes
     selection = selection_of(request.selection, nodes)
     if selection == SELECTION_LEAVES and not nodes:
-        return program.leaves, leaf_values, program.of_leaves(g), None, False
+        return program.leaves, leaf_values, program.of_leaves(g), False, False
     if selection == SELECTION_NODES:
         # The request's own ids, with every node's results: a selection may repeat a node
         # a million times, and its results are gathered a part at a time (Answer.part).
         if len(nodes) and max(nodes) >= len(v):
             return None
-        return nodes, v, g, None, True
+        return nodes, v, g, False, True
     if selection == SELECTION_ALL and not nodes:
-        return range(len(v)), v, g, program.wire_ids, False
+        return range(len(v)), v, g, True, False
     return None
 
 
