@@ -3,6 +3,7 @@ code against the formulas run directly, the explicit five-function form beside i
 formula may not do."""
 
 import ast
+import itertools
 import math
 import random
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from fuzz_reference import STANDARD, random_graph
 
 from gradserve.ops import Op, standard
-from gradserve.ops.formulas import ARRAY, FLOAT, Elementwise, formula_op
+from gradserve.ops.formulas import ARRAY, FLOAT, Code, Elementwise, emit_condition, formula_op
 from gradserve.server.engine import small_call
 from gradserve.server.engine.plan import compile_graph
 
@@ -125,13 +126,49 @@ def test_compiled_programs_inline_formula_ops_as_they_call_explicit_ones(seed):
                 continue
             assert program.compiled == compiled
             v = program.forward(list(rg.rows[0]))
+            if v is None:  # outside a domain the compiled program checks inline
+                results.append((compiled, v, None))
+                continue
             g = [0.0] * len(v)
-            g[program.slots[-1]] = 1.0
+            g[-1] = 1.0  # the last node's: the lists are in node order
             results.append((compiled, v, program.backward(v, g)))
     assert len(results) in (2, 4)
     half = len(results) // 2
     for (c1, v1, g1), (c2, v2, g2) in zip(results[:half], results[half:], strict=True):
         assert c1 == c2 and v1 == v2 and g1 == g2
+
+
+DOMAIN_POINTS = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 2.5, -2.5, 1e300, -1e300, 3e-320]
+
+
+@pytest.mark.parametrize("name", ["div", "log", "sqrt", "pow"])
+def test_a_domain_s_float_code_is_the_domain_on_arrays(name):
+    """The float code that compiled programs check inline (``emit_condition``) against the
+    domain run on arrays, at every pair of finite points: signed zeros, integers, halves
+    (np.round and Python's round both round half to even), huge and subnormal values."""
+    op = getattr(standard, name if name != "pow" else "pow_")
+    arity = op.arity
+    code = Code(array=False)
+    names = [f"x{i}" for i in range(arity)]
+    statements, text = emit_condition(op.domain, names, code)
+    lines = [f" {statement}" for statement in statements]
+    source = "\n".join([f"def inside({', '.join(names)}):", *lines, f" return {text}"])
+    namespace = dict(code.namespace)
+    exec(source, namespace)
+    points = [tuple(p) for p in itertools.product(DOMAIN_POINTS, repeat=arity)]
+    on_arrays = op.domain(*np.array(points).T).tolist()
+    assert [bool(namespace["inside"](*p)) for p in points] == on_arrays
+    assert False in on_arrays and True in on_arrays
+
+
+def test_a_domain_written_with_other_functions_gets_no_float_code():
+    """Traced with expressions, a domain calling NumPy's functions raises or gives no
+    expression: it stays an array check."""
+    code = Code(array=False)
+    assert emit_condition(lambda x: np.abs(x) <= 1.0, ["x0"], code) is None
+    assert emit_condition(lambda x: np.isfinite(x), ["x0"], code) is None
+    assert emit_condition(lambda x: np.ones_like(x, dtype=bool), ["x0"], code) is None
+    assert emit_condition(lambda x: np.round(x, 2) == x, ["x0"], code) is None
 
 
 def test_pow_second_derivative_in_x_is_zero_where_the_first_is_constant():

@@ -318,8 +318,9 @@ def test_a_float_programs_bytes_cover_what_it_holds(ops, shape, compiled):
 def test_the_plan_cache_counts_the_float_programs_of_its_plans(ops):
     """A one-row call's float programs live on its plan: the first call's looped program
     and the second's compiled one are counted in the cache's bytes as they are made (the
-    compiled one replacing the looped one), and a cache too small for the plan with its
-    compiled program evicts it."""
+    compiled one replacing the looped one), with the node ids that a reply of every node
+    sends (``EveryNodeIds``, as the general path's replies keep them), and a cache too
+    small for the plan with its compiled program evicts it."""
     g = chain(100)
     request = pb.EvaluateRequest(graph=g.proto(), selection=pb.SELECTION_ALL)
     digest = structure_digest(g.arrays())
@@ -333,9 +334,11 @@ def test_the_plan_cache_counts_the_float_programs_of_its_plans(ops):
         assert engine.plans.bytes == plan.nbytes()
         sizes.append(plan.nbytes())
     looped, compiled, again = sizes
-    assert list(plan.kept) == [small_call.COMPILED] and again == compiled
-    assert looped - alone == small_call.program_of(plan).nbytes()
-    assert compiled - alone == plan.kept[small_call.COMPILED].nbytes() > looped - alone
+    assert set(plan.kept) == {small_call.COMPILED, engine_entry.EVERY_NODE_IDS}
+    assert again == compiled
+    ids = plan.kept[engine_entry.EVERY_NODE_IDS].nbytes()
+    assert looped - alone == small_call.program_of(plan).nbytes() + ids
+    assert compiled - alone == plan.kept[small_call.COMPILED].nbytes() + ids > looped - alone
 
     small = engine_entry.Engine(ops, PlanCache(max_bytes=(alone + compiled) // 2))
     plan = small.compile(digest, g.arrays(), lambda: False)

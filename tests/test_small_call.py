@@ -14,6 +14,7 @@ from servers import serving
 from gradserve.ops import Op
 from gradserve.server.engine import run as engine_entry
 from gradserve.server.engine import small_call
+from gradserve.server.engine.plan import compile_graph
 from gradserve.server.registry import LoadedOp
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -324,6 +325,15 @@ def custom_registry(registry):
         scalar=lambda x: 1.0 / x,
         scalar_backward=lambda g, y, x: (-g / (x * x),),
     )
+    ops["inverse_inside_unit"] = Op(  # a domain of NumPy calls: it does not trace
+        "inverse_inside_unit",
+        1,
+        np.reciprocal,
+        lambda g, y, x: (-g / (x * x),),
+        domain=lambda x: np.abs(x) < 1.0,
+        scalar=lambda x: 1.0 / x,
+        scalar_backward=lambda g, y, x: (-g / (x * x),),
+    )
     ops["ratio_to_positive"] = Op(
         "ratio_to_positive",
         2,
@@ -364,6 +374,40 @@ def test_a_domain_the_scalar_functions_do_not_enforce(custom_registry, general_o
     g.leaf_values = [-2.0]
     with serving(custom_registry) as custom:
         assert list(custom.Evaluate(request(g)).grads) == [0.25, -0.25, 1.0]  # d(1/-x)/dx = 1/x^2
+
+
+def test_a_compiled_program_checks_a_traced_domain_inline(ops):
+    """pow's domain is written with operators and np.round: a compiled program checks it
+    as float code (no array check left), a looped one on arrays; outside it, the compiled
+    forward gives None (the general path then reports it, as in UNUSUAL above)."""
+    plan = compile_graph(graph_of("pow").arrays(), ops)
+    looped, compiled = small_call.program_of(plan), small_call.program_of(plan, compiled=True)
+    assert len(looped.domains) == 1 and compiled.domains == []
+    # node 2 is node 1 to the power of node 0
+    assert compiled.forward([0.5, 4.0]) == [0.5, 4.0, 2.0]
+    assert compiled.forward([2.0, -4.0]) == [2.0, -4.0, 16.0]  # an integer power of x < 0
+    assert compiled.forward([0.5, -4.0]) is None
+    assert compiled.forward([-1.0, 0.0]) is None  # 0 to a negative power
+
+
+@pytest.mark.parametrize(("x", "inside"), [(0.5, True), (2.0, False)])
+def test_a_domain_that_does_not_trace_is_checked_on_arrays_by_every_program(
+    custom_registry, general_path_calls, x, inside
+):
+    """1/x on |x| < 1 only, a domain of NumPy calls: the compiled program keeps it as an
+    array check, and only that check catches 1/2 (math computes it happily)."""
+    g = GraphBuilder()
+    g.op("inverse_inside_unit", g.leaf(x))
+    with serving(custom_registry) as custom:
+        for call in (1, 2, 3):  # looped, compiling, compiled
+            if inside:
+                reply = custom.Evaluate(request(g))
+                assert general_path_calls == []
+                assert list(reply.values) == [0.5, 2.0] and list(reply.grads) == [-4.0, 1.0]
+            else:
+                result = outcome(lambda: custom.Evaluate(request(g)))
+                assert len(general_path_calls) == call
+                assert result[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize(("divisor", "inside"), [(5.0, True), (-5.0, False)])

@@ -74,6 +74,14 @@ class Expr:
     def __and__(self, other):
         return Expr("&", self, as_expr(other))
 
+    def round(self, decimals: int = 0, out=None):
+        """What ``np.round(x)`` makes of an expression (NumPy calls this method): an op's
+        domain may test for an integer, as pow's does with ``p == np.round(p)``. On floats
+        it is Python's ``round``, which rounds half to even as NumPy does."""
+        if decimals != 0 or out is not None:
+            raise ValueError("only np.round(x), to an integer, is traced")
+        return Expr("round", self)
+
     __hash__ = object.__hash__
 
     def __bool__(self) -> bool:

@@ -53,7 +53,16 @@ from gradserve.ops.expressions import (
     as_expr,
 )
 
-__all__ = ["ARRAY", "EMIT", "FLOAT", "Code", "Elementwise", "Formulas", "formula_op"]
+__all__ = [
+    "ARRAY",
+    "EMIT",
+    "FLOAT",
+    "Code",
+    "Elementwise",
+    "Formulas",
+    "emit_condition",
+    "formula_op",
+]
 
 ARRAY_NAMESPACE = {"np": np}
 FLOAT_NAMESPACE = {"math": math}
@@ -98,6 +107,7 @@ _FLOAT_CODE: dict[str, Callable[..., str] | None] = {
     # As np.sign: 0.0 at either zero, NaN at NaN.
     "sign": lambda a: f"(1.0 if {a} > 0.0 else -1.0 if {a} < 0.0 else 0.0 if {a} == 0.0 else {a})",
     "logaddexp": None,
+    "round": lambda a: f"round({a})",  # only in a domain: compared with a float, exactly
 }
 # A formula that is one of these applied to the inputs in order is that function itself.
 _ARRAY_FUNCTIONS = {
@@ -281,6 +291,26 @@ class Formulas:
         traced = self.traced(len(xs))
         names = _names(traced, xs) | {id(traced.g): g, id(traced.y): y}
         return render(traced.grads, names, code)
+
+
+def emit_condition(
+    condition: Callable[..., object], xs: Sequence[str], code: Code
+) -> tuple[list[str], str] | None:
+    """Float code for ``condition`` (an op's domain: a function of input arrays giving a
+    boolean array) of the inputs named ``xs``, when it is written with operators, ``&``,
+    ``|`` and ``np.round`` alone: traced as formulas are, its statements and expression.
+    None when it is written otherwise (it raises, or gives something other than an
+    expression, given expressions)."""
+    symbols = _symbols([f"x{i}" for i in range(len(xs))])
+    try:
+        traced = condition(*symbols)
+        if not isinstance(traced, Expr):
+            return None
+        names = {id(symbol): name for symbol, name in zip(symbols, xs, strict=True)}
+        statements, (text,) = render([traced], names, code)
+    except Exception:  # a condition that does not trace runs on arrays
+        return None
+    return statements, text
 
 
 def _names(traced: Traced, xs: Sequence[str]) -> dict[int, str]:

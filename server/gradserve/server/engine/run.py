@@ -111,10 +111,14 @@ class Answer(NamedTuple):
         return len(self.ids)
 
     def part(self, start: int, stop: int) -> tuple[Sequence[int], list[float], list[float]]:
-        """The ids, values and gradients of the selection's results ``start`` to ``stop``."""
-        ids = self.ids[start:stop]
+        """The ids, values and gradients of the selection's results ``start`` to ``stop``
+        (the answer's own sequences when that is all of them: a unary reply's, whose copies
+        took 1.4 us of a 400-node step)."""
         if not self.by_node:
-            return ids, self.values[start:stop], self.grads[start:stop]
+            if start == 0 and stop >= len(self.ids):
+                return self.ids, self.values, self.grads
+            return self.ids[start:stop], self.values[start:stop], self.grads[start:stop]
+        ids = self.ids[start:stop]
         values, grads = self.values, self.grads
         return ids, [values[i] for i in ids], [grads[i] for i in ids]
 
@@ -132,7 +136,7 @@ EVERY_NODE_IDS = "every node's id on the wire"  # the key of ``EveryNodeIds`` in
 class EveryNodeIds:
     """A plan's node ids 0 to n - 1 as a packed field's varints, kept with the plan: a
     backward's reply selects every node, and encoding a 812,399-node plan's ids took 8-13
-    ms of each call."""
+    ms of each call (a 400-node step's, 25 us on floats). Both paths' replies use it."""
 
     wire: bytes
 
@@ -183,7 +187,11 @@ class Engine:
         if plan.isolated or request.leaf_tangents:  # small_call declines the rest of NONE
             return None
         results = small_call.evaluate(plan, request, should_stop, self.plans, digest)
-        return None if results is None else Answer(*results)
+        if results is None:
+            return None
+        ids, values, grads, every_node, by_node = results
+        wire_ids = self.every_node_ids(plan, digest) if every_node else None
+        return Answer(ids, values, grads, wire_ids, by_node)
 
     def every_node_ids(self, plan: Plan, digest: bytes) -> bytes:
         """The plan's node ids as a reply of every node writes them: encoded on its first

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from gradserve.ops import Op
-from gradserve.ops.formulas import Code
+from gradserve.ops.formulas import Code, emit_condition
 from gradserve.server.engine.plan import Plan, Stretch
 from gradserve.server.engine.requests import (
     SELECTION_ALL,
@@ -37,7 +37,6 @@ from gradserve.server.engine.requests import (
     seeds_or_default,
     selection_of,
 )
-from gradserve.v1.wire_format import packed_varints
 
 
 class _Graph(Protocol):
@@ -70,46 +69,48 @@ UNPACKED = 8  # gradients unpacked into locals of their own; more are indexed
 LOOPED, COMPILED = "looped float program", "compiled float program"  # keys in Plan.kept
 
 _lock = threading.Lock()  # for a plan's kept programs, which concurrent calls may make
+# The names of a compiled program's locals (node 7's value ``v7``, its gradient ``g7``),
+# interned once: a program's code refers to these rather than to names of its own, so
+# that compiling one does not grow the interpreter's table of interned names (a 2,000-node
+# program's did so by 1.9 MB, held after the program was gone).
+_VALUE_NAMES = [sys.intern(f"v{node}") for node in range(MAX_NODES)]
+_GRAD_NAMES = [sys.intern(f"g{node}") for node in range(MAX_NODES)]
 
 
 @dataclass(frozen=True)
 class Program:
-    """A plan as two functions of Python floats.
+    """A plan as two functions of Python floats, on lists in node order.
 
-    Values and gradients live in lists indexed by slot: the leaves first (slots 0 to L - 1,
-    in id order, as the request lists their values), then the op nodes in an order where
-    every node's inputs come first; ``slots[node]`` is a node's slot. ``forward(leaves)``
-    extends the leaves' list with every op node's value; ``backward(values, grads)`` adds to
-    the seeded gradients what flows back to every slot. ``domains`` holds, per op with a
-    domain and input count, its domain function, a getter of its nodes' input values (every
-    node's first input, then every node's second, ...) and the shape (inputs, nodes, 1)
-    they take as the domain's arrays. ``compiled``: straight-line code rather than a loop
-    over steps.
-    ``wire_ids``: the node ids 0 to n - 1 as a packed field's varints, encoded once: a
-    backward's reply sends every node's id on each call (25 us of a 400-node step's
-    encoding); ``by_node``, a list's entries in node order (``slots``' itemgetter).
+    ``forward(leaf_values)`` takes the leaves' values (in id order, as the request lists
+    them) and gives every node's value, a list indexed by node id (None, from a compiled
+    program, for inputs outside a domain it checks inline); ``backward(values, grads)``
+    takes those values and every node's seeded gradient, in the same order, and gives
+    every node's gradient: a reply of every node sends the lists as they are (a 400-node
+    step's reordering took 8 us). ``domains`` holds, per op with a domain and input count
+    that the program does not check inline, its domain function, a getter of its nodes'
+    input values (every node's first input, then every node's second, ...) and the shape
+    (inputs, nodes, 1) they take as the domain's arrays. ``of_leaves`` gives a
+    node-ordered list's entries of the leaves, as a list. ``compiled``: straight-line code
+    rather than a loop over steps.
     """
 
     leaves: list[int]
-    slots: list[int]
-    forward: Callable[[list[float]], list[float]]
+    forward: Callable[[list[float]], list[float] | None]
     backward: Callable[[list[float], list[float]], list[float]]
     domains: list[tuple[Callable[..., np.ndarray], Callable, tuple[int, int, int]]]
+    of_leaves: Callable[[list[float]], list[float]]
     compiled: bool
-    code_bytes: int  # what its two functions hold beyond the lists above
-    wire_ids: bytes
-    by_node: Callable[[list[float]], list[float]]
+    code_bytes: int  # what its functions hold beyond the lists above
 
     def nbytes(self) -> int:
-        """The memory the program holds: its lists (the slots above 256 are int objects of
-        their own) and functions. Checked against tracemalloc in tests/test_plan_cache.py."""
-        lists = sys.getsizeof(self.leaves) + sys.getsizeof(self.slots)
-        ints = _INT_BYTES * max(0, len(self.slots) - 257)
-        ids = sys.getsizeof(self.wire_ids) + _GETTER_BYTES + 8 * len(self.slots)
-        return lists + ints + self.code_bytes + ids + _PROGRAM_BYTES
+        """The memory the program holds: its leaves' list (the ids above 256 are int
+        objects of their own) and functions. Checked against tracemalloc in
+        tests/test_plan_cache.py."""
+        leaves = sys.getsizeof(self.leaves) + _INT_BYTES * sum(leaf > 256 for leaf in self.leaves)
+        return leaves + self.code_bytes + _GETTER_BYTES + _PROGRAM_BYTES
 
 
-_Step = tuple[int, Op, list[int]]  # an op node's slot, its op and its inputs' slots
+_Step = tuple[int, Op, list[int]]  # an op node, its op and its inputs
 
 
 def program_of(plan: Plan, compiled: bool = False) -> Program | None:
@@ -119,60 +120,59 @@ def program_of(plan: Plan, compiled: bool = False) -> Program | None:
     if not 0 < plan.node_count <= limit or plan.isolated:
         return None
     leaves = plan.leaves.tolist()
-    slots = [0] * plan.node_count
-    for slot, leaf in enumerate(leaves):
-        slots[leaf] = slot
     steps: list[_Step] = []
     domains: dict[tuple[str, int], tuple[Callable, tuple[list[int], ...]]] = {}
+    folded: dict[tuple[str, int], bool] = {}  # per op and input count: its domain inline
     for op, node, inputs in _nodes_of(plan):
         if op.scalar is None or op.scalar_backward is None:
             return None
-        slots[node] = len(leaves) + len(steps)
-        inputs = [slots[i] for i in inputs]
-        steps.append((slots[node], op, inputs))
-        if op.domain is not None:
+        steps.append((node, op, inputs))
+        if op.domain is not None and not (compiled and _folds(op, len(inputs), folded)):
             _, positions = domains.setdefault(
                 (op.name, len(inputs)), (op.domain, tuple([] for _ in inputs))
             )
-            for position, slot in zip(positions, inputs, strict=True):
-                position.append(slot)
-    forward, backward, code_bytes = (_compiled if compiled else _looped)(steps)
+            for position, node_input in zip(positions, inputs, strict=True):
+                position.append(node_input)
+    if compiled:
+        forward, backward, code_bytes = _compiled(steps, leaves, plan.node_count, folded)
+    else:
+        forward, backward, code_bytes = _looped(steps, leaves, plan.node_count)
     domain_list = [
         (domain, itemgetter(*itertools.chain(*positions)), (len(positions), len(positions[0]), 1))
         for domain, positions in domains.values()
     ]
     code_bytes += sum(_DOMAIN_BYTES + 8 * shape[0] * shape[1] for *_, shape in domain_list)
-    every_id = packed_varints(range(plan.node_count))
-    by_node = _by_node(slots)
-    return Program(
-        leaves, slots, forward, backward, domain_list, compiled, code_bytes, every_id, by_node
-    )
+    code_bytes += 8 * len(leaves)  # of_leaves' tuple
+    return Program(leaves, forward, backward, domain_list, _entries(leaves), compiled, code_bytes)
 
 
-def _by_node(slots: list[int]) -> Callable[[list[float]], list[float]]:
-    """A function giving a slot-ordered list's entries in node order, as a list: an
-    itemgetter, 3x quicker than a comprehension (which a single slot needs: its
-    itemgetter gives the entry itself)."""
-    if len(slots) == 1:
-        return lambda v: [v[slots[0]]]
-    getter = itemgetter(*slots)
+def _entries(indices: list[int]) -> Callable[[list[float]], list[float]]:
+    """A function giving a list's entries at ``indices``, as a list: an itemgetter, 3x
+    quicker than a comprehension (which a single index needs: its itemgetter gives the
+    entry itself, and none gives nothing)."""
+    if len(indices) <= 1:
+        return lambda v: [v[i] for i in indices]
+    getter = itemgetter(*indices)
     return lambda v: list(getter(v))
 
 
-def _looped(steps: list[_Step]):
+def _looped(steps: list[_Step], leaves: list[int], node_count: int):
     """forward and backward as loops over the steps."""
     table = [
-        (slot, op.scalar, op.scalar_backward, inputs, _fetch(inputs)) for slot, op, inputs in steps
+        (node, op.scalar, op.scalar_backward, inputs, _fetch(inputs)) for node, op, inputs in steps
     ]
 
-    def forward(v: list[float]) -> list[float]:
-        for _, scalar, _, _, fetch in table:
-            v.append(scalar(*fetch(v)))
+    def forward(leaf_values: list[float]) -> list[float]:
+        v = [0.0] * node_count
+        for leaf, value in zip(leaves, leaf_values, strict=True):
+            v[leaf] = value
+        for node, scalar, _, _, fetch in table:
+            v[node] = scalar(*fetch(v))
         return v
 
     def backward(v: list[float], g: list[float]) -> list[float]:
-        for slot, _, scalar_backward, inputs, fetch in reversed(table):
-            local = scalar_backward(g[slot], v[slot], *fetch(v))
+        for node, _, scalar_backward, inputs, fetch in reversed(table):
+            local = scalar_backward(g[node], v[node], *fetch(v))
             if len(local) != len(inputs):  # cheaper than zip(strict=True), 0.2 us a node
                 raise ValueError("a scalar backward gave the wrong number of gradients")
             for i, d in zip(inputs, local, strict=False):
@@ -190,28 +190,49 @@ def _fetch(inputs: list[int]):
     return itemgetter(*inputs) if len(inputs) > 1 else itemgetter(slice(inputs[0], inputs[0] + 1))
 
 
-def _compiled(steps: list[_Step]):
+def _folds(op: Op, inputs: int, folded: dict[tuple[str, int], bool]) -> bool:
+    """Whether the compiled program checks the op's domain inline, as float code
+    (``formulas.emit_condition``): a domain written with operators alone. On 4-element
+    arrays, NumPy's calls took 9 us of the README model's 398-node step."""
+    key = (op.name, inputs)
+    if key not in folded:
+        names = [f"x{i}" for i in range(inputs)]
+        folded[key] = emit_condition(op.domain, names, Code(array=False)) is not None
+    return folded[key]
+
+
+def _compiled(
+    steps: list[_Step], leaves: list[int], node_count: int, folded: dict[tuple[str, int], bool]
+):
     """forward and backward as straight-line code: one line per node each way, no loop,
-    list indices as constants. An op of fixed arity written as formulas is inline (its
-    float code, rendered by ``Op.formulas``); any other op's scalar functions are called."""
-    forward_lines, backward_lines = [], []
+    each node's value and gradient a local variable (``v7``, ``g7``), the lists unpacked
+    into them and built from them in node order. An op of fixed arity written as formulas
+    is inline (its float code, rendered by ``Op.formulas``); any other op's scalar
+    functions are called. A domain in ``folded`` is checked before its node's value, and
+    forward gives None for inputs outside it."""
+    values, grads = _VALUE_NAMES[:node_count], _GRAD_NAMES[:node_count]
+    forward_lines = [f" [{', '.join(values[leaf] for leaf in leaves)}] = leaf_values"]
+    backward_lines = []
     code = Code(array=False)
-    for slot, op, inputs in steps:
-        args = [f"v[{i}]" for i in inputs]
+    for node, op, inputs in steps:
+        args = [values[i] for i in inputs]
+        if op.domain is not None and folded.get((op.name, len(inputs))):
+            statements, inside = emit_condition(op.domain, args, code)
+            forward_lines.append(" " + "; ".join([*statements, f"if not {inside}: return None"]))
         if op.formulas is not None and op.arity is not None:
             statements, value = op.formulas.emit_forward(args, code)
-            forward_lines.append(" " + "; ".join([*statements, f"v.append({value})"]))
-            statements, grads = op.formulas.emit_backward(f"g[{slot}]", f"v[{slot}]", args, code)
-            added = [f"g[{i}] += {d}" for i, d in zip(inputs, grads, strict=True)]
+            forward_lines.append(" " + "; ".join([*statements, f"v{node} = {value}"]))
+            statements, local = op.formulas.emit_backward(f"g{node}", f"v{node}", args, code)
+            added = [f"g{i} += {d}" for i, d in zip(inputs, local, strict=True)]
             backward_lines.append(" " + "; ".join([*statements, *added]))
             continue
         # Unpacking fails (a ValueError: the general path) when the backward returns the
         # wrong number of gradients; a variadic op's many gradients are indexed instead,
-        # after the same check, so that a program names at most UNPACKED locals.
+        # after the same check, so that a program names at most UNPACKED locals of them.
         f, b = f"f{id(op.scalar)}", f"b{id(op.scalar_backward)}"
         code.namespace[f], code.namespace[b] = op.scalar, op.scalar_backward
-        forward_lines.append(f" v.append({f}({', '.join(args)}))")
-        call = f"{b}(g[{slot}], v[{slot}], {', '.join(args)})"
+        forward_lines.append(f" v{node} = {f}({', '.join(args)})")
+        call = f"{b}(g{node}, v{node}, {', '.join(args)})"
         if len(inputs) <= UNPACKED:
             local = [f"d{k}" for k in range(len(inputs))]
             first = f" [{', '.join(local)}] = {call}"
@@ -219,16 +240,19 @@ def _compiled(steps: list[_Step]):
             local = [f"d[{k}]" for k in range(len(inputs))]
             first = f" d = {call}; _check_count(d, {len(inputs)})"
             code.namespace["_check_count"] = _check_count
-        added = [f"g[{i}] += {d}" for i, d in zip(inputs, local, strict=True)]
+        added = [f"g{i} += {d}" for i, d in zip(inputs, local, strict=True)]
         backward_lines.append("; ".join([first, *added]))
+    every_value, every_grad = ", ".join(values), ", ".join(grads)
     source = "\n".join(
         [
-            "def forward(v):",
+            "def forward(leaf_values):",
             *forward_lines,
-            " return v",
+            f" return [{every_value}]",
             "def backward(v, g):",
+            f" [{every_value}] = v",
+            f" [{every_grad}] = g",
             *reversed(backward_lines),
-            " return g",
+            f" return [{every_grad}]",
         ]
     )
     namespace = dict(code.namespace)
@@ -283,10 +307,10 @@ def evaluate(
     should_stop: Callable[[], bool],
     plans: PlanCache,
     digest: bytes,
-) -> tuple[Sequence[int], list[float], list[float], bytes | None, bool] | None:
-    """The selected nodes' ids, values and gradients, the ids' wire form when the
-    program keeps it (``Program.wire_ids``) and whether the results are by node rather
-    than by selected node (``_selected``), or None: run the general path. When
+) -> tuple[Sequence[int], list[float], list[float], bool, bool] | None:
+    """The selected nodes' ids, values and gradients, whether they are every node's in
+    id order, and whether the results are by node rather than by selected node
+    (``_selected``), or None: run the general path. When
     the plan keeps a new program, ``plans`` (which hold it under ``digest``) count it."""
     if plan.node_count > MAX_NODES or request.rows > 1:
         return None
@@ -329,47 +353,52 @@ def _program(plan: Plan, plans: PlanCache, digest: bytes) -> Program | None:
 
 
 def _evaluate(program: Program, request: EvaluateRequestFields):
-    slots = program.slots
-    v = request.graph.leaf_values[:]
-    if len(v) != len(program.leaves):
+    leaf_values = request.graph.leaf_values[:]
+    if len(leaf_values) != len(program.leaves):
         return None
-    v = program.forward(v)
+    v = program.forward(leaf_values)
+    if v is None:  # an input outside a domain that the program checks
+        return None
     # A sum of floats is finite only if every term is (inf - inf is NaN); one that overflows
     # merely sends the call down the general path.
     if not isfinite(sum(v)) or (program.domains and not _inside_domains(program, v)):
         return None
     g = [0.0] * len(v)
-    outputs = outputs_or_default(request.outputs, len(slots))
+    outputs = outputs_or_default(request.outputs, len(v))
     seeds = seeds_or_default(request.seeds, len(outputs))
     if len(seeds) != len(outputs):
         return None
     for output, seed in zip(outputs, seeds, strict=False):
-        g[slots[output]] += seed
+        g[output] += seed
     g = program.backward(v, g)
     if not isfinite(sum(g)):
         return None
-    return _selected(program, request, v, g)
+    return _selected(program, request, leaf_values, v, g)
 
 
-def _selected(program: Program, request: EvaluateRequestFields, v: list[float], g: list[float]):
+def _selected(
+    program: Program,
+    request: EvaluateRequestFields,
+    leaf_values: list[float],
+    v: list[float],
+    g: list[float],
+):
     """The ids, values and gradients of the nodes whose results go back, as
-    wire.selected_nodes picks them, and the ids' wire form when the program has it, or, for
-    chosen nodes, the request's ids with every node's results (``Answer.by_node``); None
-    where that function raises."""
+    wire.selected_nodes picks them, and whether they are every node's, or, for chosen
+    nodes, the request's ids with every node's results (``Answer.by_node``); None where
+    that function raises. The leaves' values are the request's own."""
     nodes = request.nodes
     selection = selection_of(request.selection, nodes)
     if selection == SELECTION_LEAVES and not nodes:
-        count = len(program.leaves)
-        return program.leaves, v[:count], g[:count], None, False
-    by_node = program.by_node
+        return program.leaves, leaf_values, program.of_leaves(g), False, False
     if selection == SELECTION_NODES:
         # The request's own ids, with every node's results: a selection may repeat a node
         # a million times, and its results are gathered a part at a time (Answer.part).
-        if len(nodes) and max(nodes) >= len(program.slots):
+        if len(nodes) and max(nodes) >= len(v):
             return None
-        return nodes, by_node(v), by_node(g), None, True
+        return nodes, v, g, False, True
     if selection == SELECTION_ALL and not nodes:
-        return range(len(program.slots)), by_node(v), by_node(g), program.wire_ids, False
+        return range(len(v)), v, g, True, False
     return None
 
 
