@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from gradserve.client import structure, wire
+from gradserve.client import replies, structure, wire
 from gradserve.client.channel import MAX_MESSAGE_BYTES
 from gradserve.client.opcodes import LEAF
 from gradserve.client.subgraph import Subgraph
@@ -258,6 +258,12 @@ def fill(subgraph: Subgraph, messages: list) -> None:
 
 
 def arrays(message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A reply's node ids (int64), values and gradients (float64)."""
+    if isinstance(message, replies.Results):  # a Train stream's, read from its bytes
+        read = message.arrays()
+        if read is not None:
+            return read
+        message = message.whole()
     return (
         np.array(message.node_ids, dtype=np.int64),
         np.array(message.values, dtype=np.float64),
