@@ -35,6 +35,18 @@ from gradserve.client import opcodes
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
     void PyObject_GC_UnTrack(object)
+    void PyType_Modified(PyTypeObject*)
+    ctypedef struct PyNumberMethods:
+        void* nb_add
+        void* nb_subtract
+        void* nb_multiply
+        void* nb_true_divide
+        void* nb_power
+    ctypedef struct TypeWithNumbers "PyTypeObject":
+        PyNumberMethods* tp_as_number
+
+# The binary operators' slots (see _inherit_binary_slots): the dunder names, one per slot.
+_BINARY_SLOTS = ("__add__", "__sub__", "__mul__", "__truediv__", "__pow__")
 
 COMPILED = True
 CONSTANT = -2  # the _id of a leaf Value the SDK made from a plain number
@@ -61,8 +73,32 @@ def bind(value_class, tape_class, evaluate_pending):
     global _value_class, _tape_class, _evaluate_pending
     if not issubclass(value_class, ValueCore) or not issubclass(tape_class, TapeCore):
         raise TypeError("bind needs subclasses of ValueCore and TapeCore")
+    _inherit_binary_slots(value_class)
     _value_class, _tape_class = value_class, tape_class
     _evaluate_pending = evaluate_pending
+
+
+cdef _inherit_binary_slots(type value_class):
+    """Give ``value_class`` ValueCore's own binary operator slots.
+
+    Cython lists ``__add__`` and the others of ValueCore as methods, not as slot wrappers,
+    so a Python subclass gets CPython's generic slot, which looks the method up by name and
+    calls it on each operation: 10% of recording a node. The slot is the same C function
+    the method calls, so nothing changes but the lookup. A subclass defining an operator
+    itself keeps it."""
+    for cls in value_class.__mro__:
+        if cls is ValueCore:
+            break
+        if any(name in cls.__dict__ for name in _BINARY_SLOTS):
+            return
+    cdef PyNumberMethods* theirs = (<TypeWithNumbers*>value_class).tp_as_number
+    cdef PyNumberMethods* ours = (<TypeWithNumbers*>ValueCore).tp_as_number
+    theirs.nb_add = ours.nb_add
+    theirs.nb_subtract = ours.nb_subtract
+    theirs.nb_multiply = ours.nb_multiply
+    theirs.nb_true_divide = ours.nb_true_divide
+    theirs.nb_power = ours.nb_power
+    PyType_Modified(<PyTypeObject*>value_class)
 
 
 @atexit.register
@@ -135,7 +171,7 @@ cdef class ValueCore:
 
     # Binary operators: a plain number on either side becomes a constant leaf. (One C slot
     # per operator, called with the operands in order whichever side the Value is on:
-    # c_api_binop_methods, so that Value, a Python subclass, inherits the slot itself.)
+    # c_api_binop_methods; bind gives Value, a Python subclass, the slot itself.)
     def __add__(a, b):
         return _binary(ADD, a, b)
 
