@@ -1,5 +1,6 @@
 """What the sync and async clients share: building requests from Values, reading results."""
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -209,13 +210,19 @@ def evaluate_call(
 
     if digest is None:
         return Call(full_request(), subgraph, output_count, key)
-    request = (
-        head
-        + wire.message(_PLAN_DIGEST, digest)
-        + wire.message(_GRAPH, subgraph.leaves_only(leaf_values))
-    )
+    payload = wire.doubles(leaf_values)
+    request = _by_digest_prefix(head, digest, len(payload)) + payload
     request = structure.structured(request, digest)  # the plan digest is the structure's
     return Call(request, subgraph, output_count, key, full_request)
+
+
+@functools.lru_cache(maxsize=64)
+def _by_digest_prefix(head: bytes, digest: bytes, payload_bytes: int) -> bytes:
+    """A request naming plan ``digest``, without the leaf values' bytes that end it: the same
+    for every step of a training loop, so its fields are encoded once."""
+    graph = Subgraph.leaves_only(np.zeros(payload_bytes // 8))
+    request = head + wire.message(_PLAN_DIGEST, digest) + wire.message(_GRAPH, graph)
+    return request[: len(request) - payload_bytes]
 
 
 def _positions(wrt, subgraph: Subgraph, tape) -> list[int]:
