@@ -137,7 +137,7 @@ cdef class ValueCore:
     cdef readonly Py_ssize_t _id
     cdef object __weakref__
     # A leaf's node on the tape that last added it (borrowed, reset when that tape goes):
-    # most lookups of a leaf's node are then a comparison (TapeCore.leaf_id).
+    # most lookups of a leaf's node are then a comparison (TapeCore._leaf_id).
     cdef PyObject* _home
     cdef Py_ssize_t _home_node
 
@@ -269,8 +269,8 @@ cdef object _binary(int32_t code, object a, object b):
         tape = y._tape if y._tape is not None else current_tape()
     elif y._tape is not tape and y._tape is not None:
         tape = tape_of((x, y))  # Values from two tapes
-    first = x._id if x._tape is not None else tape.leaf_id(x)
-    second = y._id if y._tape is not None else tape.leaf_id(y)
+    first = x._id if x._tape is not None else tape._leaf_id(x)
+    second = y._id if y._tape is not None else tape._leaf_id(y)
     tape._append_input(first)
     tape._append_input(second)
     return tape._op_node(code)
@@ -281,7 +281,7 @@ cdef object _unary(int32_t code, ValueCore a):
     cdef int64_t first
     if tape is None:
         tape = current_tape()
-        first = tape.leaf_id(a)
+        first = tape._leaf_id(a)
     else:
         first = a._id
     tape._append_input(first)
@@ -291,7 +291,7 @@ cdef object _unary(int32_t code, ValueCore a):
 def record(int32_t code, inputs):
     """A node of op ``code`` reading the Values ``inputs`` (any number of them)."""
     cdef TapeCore tape = tape_of(inputs)
-    ids = [v._id if v._tape is not None else tape.leaf_id(v) for v in inputs]
+    ids = [v._id if v._tape is not None else tape._leaf_id(v) for v in inputs]
     for i in ids:
         tape._append_input(i)
     return tape._op_node(code)
@@ -452,8 +452,13 @@ cdef class TapeCore:
         self._live[node] = <PyObject*>out
         return out
 
-    cpdef Py_ssize_t leaf_id(self, ValueCore value) except -1:
+    def leaf_id(self, ValueCore value):
         """The node id of a leaf Value on this tape, adding the leaf on first use."""
+        return self._leaf_id(value)
+
+    # cdef, not cpdef: a cpdef method of a type with Python subclasses (Tape) looks itself
+    # up by name on every call, in case a subclass overrides it.
+    cdef Py_ssize_t _leaf_id(self, ValueCore value) except -1:
         if value._home == <PyObject*>self:
             return value._home_node
         cdef PyObject* found
@@ -593,7 +598,7 @@ cdef class TapeCore:
         leaves = {node: value for value, node in other.leaf_ids.items()}
         for node in range(other._nodes):
             if other._codes[node] == LEAF:
-                new_ids[node] = self.leaf_id(leaves[node])
+                new_ids[node] = self._leaf_id(leaves[node])
             else:
                 for k in range(start, start + counts[node]):
                     self._append_input(new_ids[other._ids[k]])
