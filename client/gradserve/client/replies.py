@@ -65,17 +65,18 @@ class Results:
         """Node ids (int64, read-only), values and gradients (float64, the caller's) read from
         the answer's bytes; None when that would not be exact (then read ``whole()``)."""
         twin = self._twin
-        n = len(twin.values) // 8
+        values, grads = twin.values, twin.grads  # each read of a bytes field is a new copy
+        n = len(values) // 8
         # n ids for n values: one row (rows of n ids would hold rows * n values).
-        if len(twin.values) != len(twin.grads) or len(twin.values) != 8 * n:
+        if len(values) != len(grads) or len(values) != 8 * n:
             return None
         encoded, ids = _ids(n)
         if twin.node_ids != encoded:
             return None
         return (
             ids,
-            np.frombuffer(twin.values, dtype="<f8").astype(np.float64),  # a copy
-            np.frombuffer(twin.grads, dtype="<f8").astype(np.float64),
+            np.frombuffer(values, dtype="<f8").astype(np.float64),  # a copy
+            np.frombuffer(grads, dtype="<f8").astype(np.float64),
         )
 
     def whole(self) -> pb.EvaluateResponse:
