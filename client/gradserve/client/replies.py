@@ -101,8 +101,8 @@ def _encoded_ids(n: int) -> tuple[bytes, np.ndarray]:
     return packed_varints(ids), ids
 
 
-def read(raw: bytes):
+def read(raw: bytes) -> tuple[int, bytes, Results]:
     """A Train stream's answer ``raw``: its id, its failure status (serialized, empty if
-    none) and its ``Results``."""
+    none) and its ``Results``. (grpc's thread that receives the answer calls it.)"""
     twin = _TrainTwin.FromString(raw)
     return twin.id, twin.status, Results(raw, twin.response)

@@ -28,7 +28,6 @@ import time
 from collections import OrderedDict
 
 import grpc
-from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from gradserve.client import replies, structure
@@ -68,12 +67,6 @@ def request_message(request_id: int, request: bytes, timeout: float | None) -> b
     if timeout is not None:
         message += varint(_TIMEOUT_MS << 3 | VARINT) + varint(max(1, round(timeout * 1e3)))
     return message
-
-
-def _failed(message: str) -> StreamedStatus:
-    """The stream's own failure (INTERNAL), as a request's status."""
-    code = grpc.StatusCode.INTERNAL.value[0]
-    return StreamedStatus(status_pb2.Status(code=code, message=message))
 
 
 def _overdue(timeout: float) -> StreamedStatus:
@@ -144,8 +137,9 @@ class TrainStream:
     """One Client's stream; ``evaluate`` sends a request on it when it can."""
 
     def __init__(self, channel: grpc.Channel, overdue: Overdue) -> None:
-        # Answers come as bytes: ``replies.read`` parses them.
-        self._open_call = with_headers(channel.stream_stream(METHOD))
+        self._open_call = with_headers(
+            channel.stream_stream(METHOD, response_deserializer=replies.read)
+        )
         self._overdue = overdue
         self._expired = False  # set by the Overdue thread: the answer did not come in time
         self._lock = threading.Lock()
@@ -189,7 +183,7 @@ class TrainStream:
             self._overdue.watch(self, timeout)
         self._requests.put(request_message(request_id, request, timeout))
         try:
-            answer = next(self._responses)
+            reply_id, status, results = next(self._responses)
         except BaseException:  # the stream failed, ended or was interrupted: start anew
             self.close()
             if self._expired:
@@ -200,14 +194,14 @@ class TrainStream:
                 self._overdue.done(self)
         if self._expired:  # answered as it was being ended: the stream cannot go on
             self.close()
-        try:
-            reply_id, status, results = replies.read(answer)
-        except DecodeError:
-            self.close()
-            raise _failed("the Train stream's answer is no TrainResponse") from None
         if reply_id != request_id:
             self.close()
-            raise _failed(f"the Train stream answered request {reply_id}, not {request_id}")
+            raise StreamedStatus(
+                status_pb2.Status(
+                    code=grpc.StatusCode.INTERNAL.value[0],
+                    message=f"the Train stream answered request {reply_id}, not {request_id}",
+                )
+            )
         if status:
             raise StreamedStatus(status_pb2.Status.FromString(status))
         return results
