@@ -54,3 +54,27 @@ def test_a_request_written_as_bytes_parses_as_the_graph_recorded():
     assert list(request.outputs) == [5]
     assert request.selection == pb.SELECTION_NODES
     assert list(request.nodes) == [1]
+
+
+def test_a_request_by_plan_digest_holds_its_fields_and_this_steps_leaf_values():
+    """A training loop's request by plan digest: the same as protobuf's message of the same
+    fields, with the leaf values read at each step (its other bytes are encoded once)."""
+    w, x = Value(0.5), Value(-2.0)
+    loss = (w * x + 1.0).relu()
+    plans = calls.PlanDigests()
+
+    class Reply:
+        plan_digest = b"\x07" * 16
+
+    plans.learn(calls.backward_call(loss, plans=plans), Reply())
+    for step in range(3):
+        w.data = 0.5 + step
+        call = calls.backward_call(loss, plans=plans)
+        expected = pb.EvaluateRequest(
+            outputs=[len(call.subgraph) - 1],
+            selection=pb.SELECTION_ALL,
+            chunk_size=calls.STREAM_ABOVE,  # a backward of few nodes: one message
+            plan_digest=Reply.plan_digest,
+            graph=pb.Graph(leaf_values=[0.5 + step, -2.0, 1.0]),
+        )
+        assert pb.EvaluateRequest.FromString(call.request) == expected

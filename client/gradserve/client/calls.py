@@ -1,5 +1,6 @@
 """What the sync and async clients share: building requests from Values, reading results."""
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from gradserve.client import structure, wire
+from gradserve.client import replies, structure, wire
 from gradserve.client.channel import MAX_MESSAGE_BYTES
 from gradserve.client.opcodes import LEAF
 from gradserve.client.subgraph import Subgraph
@@ -209,13 +210,19 @@ def evaluate_call(
 
     if digest is None:
         return Call(full_request(), subgraph, output_count, key)
-    request = (
-        head
-        + wire.message(_PLAN_DIGEST, digest)
-        + wire.message(_GRAPH, subgraph.leaves_only(leaf_values))
-    )
+    payload = wire.doubles(leaf_values)
+    request = _by_digest_prefix(head, digest, len(payload)) + payload
     request = structure.structured(request, digest)  # the plan digest is the structure's
     return Call(request, subgraph, output_count, key, full_request)
+
+
+@functools.lru_cache(maxsize=64)
+def _by_digest_prefix(head: bytes, digest: bytes, payload_bytes: int) -> bytes:
+    """A request naming plan ``digest``, without the leaf values' bytes that end it: the same
+    for every step of a training loop, so its fields are encoded once."""
+    graph = Subgraph.leaves_only(np.zeros(payload_bytes // 8))
+    request = head + wire.message(_PLAN_DIGEST, digest) + wire.message(_GRAPH, graph)
+    return request[: len(request) - payload_bytes]
 
 
 def _positions(wrt, subgraph: Subgraph, tape) -> list[int]:
@@ -258,6 +265,12 @@ def fill(subgraph: Subgraph, messages: list) -> None:
 
 
 def arrays(message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A reply's node ids (int64), values and gradients (float64)."""
+    if isinstance(message, replies.Results):  # a Train stream's, read from its bytes
+        read = message.arrays()
+        if read is not None:
+            return read
+        message = message.whole()
     return (
         np.array(message.node_ids, dtype=np.int64),
         np.array(message.values, dtype=np.float64),

@@ -5,7 +5,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import grpc
 import numpy as np
 
-from gradserve.client import calls, second_order
+from gradserve.client import calls, replies, second_order
 from gradserve.client.call_steps import CallSteps, Evaluate, ListOps, Progress, Streamed, run
 from gradserve.client.calls import Chunk, Evaluation
 from gradserve.client.channel import (
@@ -138,7 +138,7 @@ class Client:
         assert isinstance(step, Streamed)
         return list(self._messages(step.call, step.progress))
 
-    def _send(self, request: bytes) -> pb.EvaluateResponse:
+    def _send(self, request: bytes) -> pb.EvaluateResponse | replies.Results:
         """Evaluate's reply: a message on the Train stream when it is free, else a call
         (also inside a traced span: a call carries its own trace context, see ``tracing``)."""
         options = self._steps.options

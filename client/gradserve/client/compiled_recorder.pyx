@@ -35,6 +35,18 @@ from gradserve.client import opcodes
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
     void PyObject_GC_UnTrack(object)
+    void PyType_Modified(PyTypeObject*)
+    ctypedef struct PyNumberMethods:
+        void* nb_add
+        void* nb_subtract
+        void* nb_multiply
+        void* nb_true_divide
+        void* nb_power
+    ctypedef struct TypeWithNumbers "PyTypeObject":
+        PyNumberMethods* tp_as_number
+
+# The binary operators' slots (see _inherit_binary_slots): the dunder names, one per slot.
+_BINARY_SLOTS = ("__add__", "__sub__", "__mul__", "__truediv__", "__pow__")
 
 COMPILED = True
 CONSTANT = -2  # the _id of a leaf Value the SDK made from a plain number
@@ -61,8 +73,32 @@ def bind(value_class, tape_class, evaluate_pending):
     global _value_class, _tape_class, _evaluate_pending
     if not issubclass(value_class, ValueCore) or not issubclass(tape_class, TapeCore):
         raise TypeError("bind needs subclasses of ValueCore and TapeCore")
+    _inherit_binary_slots(value_class)
     _value_class, _tape_class = value_class, tape_class
     _evaluate_pending = evaluate_pending
+
+
+cdef _inherit_binary_slots(type value_class):
+    """Give ``value_class`` ValueCore's own binary operator slots.
+
+    Cython lists ``__add__`` and the others of ValueCore as methods, not as slot wrappers,
+    so a Python subclass gets CPython's generic slot, which looks the method up by name and
+    calls it on each operation: 10% of recording a node. The slot is the same C function
+    the method calls, so nothing changes but the lookup. A subclass defining an operator
+    itself keeps it."""
+    for cls in value_class.__mro__:
+        if cls is ValueCore:
+            break
+        if any(name in cls.__dict__ for name in _BINARY_SLOTS):
+            return
+    cdef PyNumberMethods* theirs = (<TypeWithNumbers*>value_class).tp_as_number
+    cdef PyNumberMethods* ours = (<TypeWithNumbers*>ValueCore).tp_as_number
+    theirs.nb_add = ours.nb_add
+    theirs.nb_subtract = ours.nb_subtract
+    theirs.nb_multiply = ours.nb_multiply
+    theirs.nb_true_divide = ours.nb_true_divide
+    theirs.nb_power = ours.nb_power
+    PyType_Modified(<PyTypeObject*>value_class)
 
 
 @atexit.register
@@ -101,7 +137,7 @@ cdef class ValueCore:
     cdef readonly Py_ssize_t _id
     cdef object __weakref__
     # A leaf's node on the tape that last added it (borrowed, reset when that tape goes):
-    # most lookups of a leaf's node are then a comparison (TapeCore.leaf_id).
+    # most lookups of a leaf's node are then a comparison (TapeCore._leaf_id).
     cdef PyObject* _home
     cdef Py_ssize_t _home_node
 
@@ -135,7 +171,7 @@ cdef class ValueCore:
 
     # Binary operators: a plain number on either side becomes a constant leaf. (One C slot
     # per operator, called with the operands in order whichever side the Value is on:
-    # c_api_binop_methods, so that Value, a Python subclass, inherits the slot itself.)
+    # c_api_binop_methods; bind gives Value, a Python subclass, the slot itself.)
     def __add__(a, b):
         return _binary(ADD, a, b)
 
@@ -233,8 +269,8 @@ cdef object _binary(int32_t code, object a, object b):
         tape = y._tape if y._tape is not None else current_tape()
     elif y._tape is not tape and y._tape is not None:
         tape = tape_of((x, y))  # Values from two tapes
-    first = x._id if x._tape is not None else tape.leaf_id(x)
-    second = y._id if y._tape is not None else tape.leaf_id(y)
+    first = x._id if x._tape is not None else tape._leaf_id(x)
+    second = y._id if y._tape is not None else tape._leaf_id(y)
     tape._append_input(first)
     tape._append_input(second)
     return tape._op_node(code)
@@ -245,7 +281,7 @@ cdef object _unary(int32_t code, ValueCore a):
     cdef int64_t first
     if tape is None:
         tape = current_tape()
-        first = tape.leaf_id(a)
+        first = tape._leaf_id(a)
     else:
         first = a._id
     tape._append_input(first)
@@ -255,7 +291,7 @@ cdef object _unary(int32_t code, ValueCore a):
 def record(int32_t code, inputs):
     """A node of op ``code`` reading the Values ``inputs`` (any number of them)."""
     cdef TapeCore tape = tape_of(inputs)
-    ids = [v._id if v._tape is not None else tape.leaf_id(v) for v in inputs]
+    ids = [v._id if v._tape is not None else tape._leaf_id(v) for v in inputs]
     for i in ids:
         tape._append_input(i)
     return tape._op_node(code)
@@ -416,8 +452,13 @@ cdef class TapeCore:
         self._live[node] = <PyObject*>out
         return out
 
-    cpdef Py_ssize_t leaf_id(self, ValueCore value) except -1:
+    def leaf_id(self, ValueCore value):
         """The node id of a leaf Value on this tape, adding the leaf on first use."""
+        return self._leaf_id(value)
+
+    # cdef, not cpdef: a cpdef method of a type with Python subclasses (Tape) looks itself
+    # up by name on every call, in case a subclass overrides it.
+    cdef Py_ssize_t _leaf_id(self, ValueCore value) except -1:
         if value._home == <PyObject*>self:
             return value._home_node
         cdef PyObject* found
@@ -557,7 +598,7 @@ cdef class TapeCore:
         leaves = {node: value for value, node in other.leaf_ids.items()}
         for node in range(other._nodes):
             if other._codes[node] == LEAF:
-                new_ids[node] = self.leaf_id(leaves[node])
+                new_ids[node] = self._leaf_id(leaves[node])
             else:
                 for k in range(start, start + counts[node]):
                     self._append_input(new_ids[other._ids[k]])

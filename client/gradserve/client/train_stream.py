@@ -30,9 +30,8 @@ from collections import OrderedDict
 import grpc
 from google.rpc import status_pb2
 
-from gradserve.client import structure
+from gradserve.client import replies, structure
 from gradserve.client.channel import with_headers
-from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1.wire_format import VARINT, delimited_header, varint
 
 METHOD = "/gradserve.v1.GradientService/Train"
@@ -139,7 +138,7 @@ class TrainStream:
 
     def __init__(self, channel: grpc.Channel, overdue: Overdue) -> None:
         self._open_call = with_headers(
-            channel.stream_stream(METHOD, response_deserializer=pb.TrainResponse.FromString)
+            channel.stream_stream(METHOD, response_deserializer=replies.read)
         )
         self._overdue = overdue
         self._expired = False  # set by the Overdue thread: the answer did not come in time
@@ -149,11 +148,10 @@ class TrainStream:
         self._responses = None
         self.unsupported = False  # the server answered UNIMPLEMENTED: it has no Train
 
-    def evaluate(
-        self, request: bytes, timeout: float | None, metadata
-    ) -> pb.EvaluateResponse | None:
-        """Evaluate's reply to ``request`` over the stream; None when the stream is busy
-        with another thread's request or the server has no Train (send it unary then)."""
+    def evaluate(self, request: bytes, timeout: float | None, metadata) -> replies.Results | None:
+        """Evaluate's reply to ``request`` over the stream (``replies.Results``); None when
+        the stream is busy with another thread's request or the server has no Train (send it
+        unary then)."""
         if self.unsupported or not self._lock.acquire(blocking=False):
             return None
         try:
@@ -174,7 +172,7 @@ class TrainStream:
         finally:
             self._lock.release()
 
-    def _exchange(self, request: bytes, timeout: float | None, metadata) -> pb.EvaluateResponse:
+    def _exchange(self, request: bytes, timeout: float | None, metadata) -> replies.Results:
         if self._responses is None:
             self._requests = queue.SimpleQueue()
             headers = (*metadata, *structure.metadata(request))  # the first request's
@@ -185,7 +183,7 @@ class TrainStream:
             self._overdue.watch(self, timeout)
         self._requests.put(request_message(request_id, request, timeout))
         try:
-            reply = next(self._responses)
+            reply_id, status, results = next(self._responses)
         except BaseException:  # the stream failed, ended or was interrupted: start anew
             self.close()
             if self._expired:
@@ -196,17 +194,17 @@ class TrainStream:
                 self._overdue.done(self)
         if self._expired:  # answered as it was being ended: the stream cannot go on
             self.close()
-        if reply.id != request_id:
+        if reply_id != request_id:
             self.close()
             raise StreamedStatus(
                 status_pb2.Status(
                     code=grpc.StatusCode.INTERNAL.value[0],
-                    message=f"the Train stream answered request {reply.id}, not {request_id}",
+                    message=f"the Train stream answered request {reply_id}, not {request_id}",
                 )
             )
-        if reply.status:
-            raise StreamedStatus(status_pb2.Status.FromString(reply.status))
-        return reply.response
+        if status:
+            raise StreamedStatus(status_pb2.Status.FromString(status))
+        return results
 
     def expire(self) -> None:
         """The answer is overdue: end the stream, which fails the request waiting on it."""
@@ -241,9 +239,7 @@ class TrainStreams:
         self._overdue = Overdue()
         self.unsupported = False
 
-    def evaluate(
-        self, request: bytes, timeout: float | None, metadata
-    ) -> pb.EvaluateResponse | None:
+    def evaluate(self, request: bytes, timeout: float | None, metadata) -> replies.Results | None:
         if self.unsupported:
             return None
         key = structure.metadata(request)
