@@ -7,9 +7,9 @@ NAME is one of ``REQUESTS`` (all by default): the wide HVP and the oversized bat
 as bench/abusers.py builds them. Each request goes through the server's own steps in
 process (decode, plan, job, the charge ``servicer._admit_job`` makes with a default budget,
 ``Evaluator.unary_reply``), without grpc. The peak is measured twice: once alone with the
-CPU time, once with a tracemalloc snapshot taken at the stop check where the memory in use
-was highest (the peak between two checks may be higher: the first figure is the true one),
-whose allocation sites, grouped by line, say which arrays are held there.
+CPU time, once with a tracemalloc snapshot taken at the stop check or op call where the
+memory in use was highest (the peak inside an op call may be higher: the first figure is
+the true one), whose allocation sites, grouped by line, say which arrays are held there.
 """
 
 import argparse
@@ -23,31 +23,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.abusers import long_chain_many_rows, repeated_nodes
+from bench.abusers import long_chain_many_rows, repeated_nodes, wide_hvp
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.engine.run import Engine
 from gradserve.server.registry import load_registry
 from gradserve.server.service import evaluation
 from gradserve.server.service.limits import Limits
-from gradserve.v1 import gradserve_pb2 as pb
 
 MIB = 2**20
 CALLS_BUDGET = 512 * MIB  # a default server's budget for calls (--memory-budget 1024 MiB)
-
-
-def wide_hvp() -> pb.EvaluateRequest:
-    """bench/abusers.py ``_wide_hvp``: tangents through a sum of a million leaves, squared."""
-    inputs = 1_000_000
-    graph = pb.Graph(
-        op_names=["sum", "mul"],
-        node_ops=[0] * inputs + [1, 2],
-        input_counts=[0] * inputs + [inputs, 2],
-        input_ids=[*range(inputs), inputs, inputs],
-        leaf_values=[0.5] * inputs,
-    )
-    return pb.EvaluateRequest(
-        graph=graph, leaf_tangents=[1.0] * inputs, selection=pb.SELECTION_NODES, nodes=[0]
-    )
 
 
 REQUESTS = {
