@@ -131,7 +131,7 @@ def _directional(group: Group, derivatives: list, tangents: np.ndarray, should_s
     their products stacked, then ``np.add.accumulate`` (each sum the one before plus the
     next product). A sum of a million inputs took 5 s one position at a time."""
     shape = (len(group.nodes), tangents.shape[1])
-    block = max(1, min(_POLL_INPUTS, _BLOCK_BYTES // (8 * shape[0] * shape[1])))
+    block = max(1, min(_POLL_INPUTS, _BLOCK_BYTES // max(1, 8 * shape[0] * shape[1])))
     total = None
     for start in range(0, len(derivatives), block):
         if start and should_stop():
@@ -141,7 +141,9 @@ def _directional(group: Group, derivatives: list, tangents: np.ndarray, should_s
         sums = np.empty((ahead + end - start, *shape))
         products = sums[ahead:]
         # np.stack's own loops over its arrays took 2 s a million: one C call instead
-        np.concatenate(derivatives[start:end], out=products.reshape(-1, shape[1]))
+        np.concatenate(
+            derivatives[start:end], out=products.reshape((end - start) * shape[0], shape[1])
+        )
         products *= tangents.take(group.args[start:end], axis=0)
         if ahead:
             sums[0] = total
