@@ -94,6 +94,21 @@ def long_chain_many_rows(length: int = 1_000, rows: int = 100_000) -> pb.Evaluat
     return pb.EvaluateRequest(graph=graph, nodes=[0], rows=rows)
 
 
+def wide_hvp(inputs: int = 1_000_000) -> pb.EvaluateRequest:
+    """Tangents through a sum of ``inputs`` leaves, squared, in one row: a 20 MB request
+    whose op calls take a million arguments each."""
+    graph = pb.Graph(
+        op_names=["sum", "mul"],
+        node_ops=[0] * inputs + [1, 2],
+        input_counts=[0] * inputs + [inputs, 2],
+        input_ids=[*range(inputs), inputs, inputs],
+        leaf_values=[0.5] * inputs,
+    )
+    return pb.EvaluateRequest(
+        graph=graph, leaf_tangents=[1.0] * inputs, selection=pb.SELECTION_NODES, nodes=[0]
+    )
+
+
 class Abusers:
     """Every kind of abusive client (or those of ``kinds``, names from ``KINDS``), each on
     threads of its own, against ``port``."""
@@ -287,17 +302,7 @@ class Abusers:
                 self.stop.wait(POLL_S)
 
     def _wide_hvp(self) -> None:
-        inputs = 1_000_000
-        graph = pb.Graph(
-            op_names=["sum", "mul"],
-            node_ops=[0] * inputs + [1, 2],
-            input_counts=[0] * inputs + [inputs, 2],
-            input_ids=[*range(inputs), inputs, inputs],
-            leaf_values=[0.5] * inputs,
-        )
-        request = pb.EvaluateRequest(
-            graph=graph, leaf_tangents=[1.0] * inputs, selection=pb.SELECTION_NODES, nodes=[0]
-        )
+        request = wide_hvp()
         stub = self._channel().unary_unary(
             SERVICE + "Evaluate", request_serializer=pb.EvaluateRequest.SerializeToString
         )

@@ -222,3 +222,16 @@ def test_the_train_cpu_harness_answers_every_message_as_the_whole_graph_was():
         for metrics in (False, True):
             (figure,) = train_cpu.microseconds_per_message(name, 20, streams=1, metrics=metrics)
             assert figure > 0
+
+
+def test_call_memory_reports_a_charge_at_least_the_peak(monkeypatch, capsys):
+    """bench/call_memory.py on a wide HVP of 2,000 inputs: the charge, the peak it is
+    compared with, and the allocation sites at the largest sample."""
+    from bench import abusers, call_memory
+
+    monkeypatch.setitem(call_memory.REQUESTS, "small", lambda: abusers.wide_hvp(2_000))
+    call_memory.measure("small", sites=3)
+    out = capsys.readouterr().out
+    ratio = float(re.search(r"charged ([0-9.]+)x that", out).group(1))
+    assert ratio >= 1.0, out
+    assert "by line:" in out and "MiB" in out.split("by line:")[1], out

@@ -29,9 +29,10 @@ CASES = [
     for tangents in (False, True)
 ] + [("mlp", 256, False), ("mlp", 256, True)]  # many rows
 # The wide HVP of bench/abusers.py: tangents through a sum of a million leaves, in one row,
-# whose op calls take a million arguments each.
+# whose op calls take a million arguments each (15 s under tracemalloc on a loaded 2-core
+# machine; without tangents the same shape is "wide fan-in" above, per input alike).
 LARGE = {"wide HVP": lambda: shapes.wide_fan_in(1_000_000)}
-CASES += [("wide HVP", 1, True), ("wide HVP", 1, False)]
+CASES += [("wide HVP", 1, True)]
 
 
 def _peak(call) -> int:

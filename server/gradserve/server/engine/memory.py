@@ -43,10 +43,10 @@ class PlanSizes:
 # group's local derivatives kept for the reverse pass and the second-order terms; per
 # position the same one op call at a time (a sum's forward tangents are summed in blocks
 # of positions, second_order._directional). Measured peaks (tests/test_resilience_estimate
-# .py): 233 bytes a position for the wide HVP of bench/abusers.py, 84 a node-row of a long
+# .py): 208 bytes a position for the wide HVP of bench/abusers.py, 84 a node-row of a long
 # chain with tangents (68 of them per node and edge, the rest the chain's slices).
 FIRST_ORDER = (24, 16, 200)  # bytes per node-row, per edge-row, per position
-WITH_TANGENTS = (40, 32, 200)
+WITH_TANGENTS = (40, 32, 170)
 BYTES_PER_CHAIN_NODE = 240
 # A chain's local derivatives are taken a slice of about a million node-rows at a time:
 # the slice's inputs, outputs and derivatives.

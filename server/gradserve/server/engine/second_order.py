@@ -19,7 +19,7 @@ inputs, so shared nodes and repeated inputs (``x*x``) get every contribution; a 
 arrays. Nothing recurses, and ``should_stop`` is polled between steps.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -104,7 +104,8 @@ def _local_derivatives(group: Group, values: np.ndarray, should_stop=never_stop)
 
 def _forward_tangents(plan, values, tangents, should_stop) -> list:
     """Fill ``tangents`` of the op nodes, step by step; return each step's local
-    derivatives (a list per Group, an array per edge for a Stretch) for the reverse pass."""
+    derivatives (an array per input position of a Group, an array per edge for a
+    Stretch) for the reverse pass."""
     locals_ = []
     for step in plan.steps:
         if should_stop():
@@ -125,13 +126,13 @@ def _forward_tangents(plan, values, tangents, should_stop) -> list:
 _BLOCK_BYTES = 1 << 20
 
 
-def _directional(group: Group, derivatives: list, tangents: np.ndarray, should_stop):
+def _directional(group: Group, derivatives: Sequence, tangents: np.ndarray, should_stop):
     """``sum_j d_j t[x_j]`` over the group's input positions j, added in position order as
     one position at a time would (the same bits), but a block of positions per NumPy call:
     their products stacked, then ``np.add.accumulate`` (each sum the one before plus the
-    next product). A sum of a million inputs took 5 s one position at a time."""
+    next product). One position at a time, a sum of a million inputs took 1.4 s."""
     shape = (len(group.nodes), tangents.shape[1])
-    block = max(1, min(_POLL_INPUTS, _BLOCK_BYTES // (8 * shape[0] * shape[1])))
+    block = max(1, min(_POLL_INPUTS, _BLOCK_BYTES // max(1, 8 * shape[0] * shape[1])))
     total = None
     for start in range(0, len(derivatives), block):
         if start and should_stop():
@@ -140,7 +141,10 @@ def _directional(group: Group, derivatives: list, tangents: np.ndarray, should_s
         ahead = 0 if total is None else 1  # the sum so far goes first
         sums = np.empty((ahead + end - start, *shape))
         products = sums[ahead:]
-        np.stack(derivatives[start:end], out=products)
+        # np.stack loops over its arrays in Python, a view each: one C call instead
+        np.concatenate(
+            derivatives[start:end], out=products.reshape((end - start) * shape[0], shape[1])
+        )
         products *= tangents.take(group.args[start:end], axis=0)
         if ahead:
             sums[0] = total
@@ -221,7 +225,7 @@ def _backward_tangents(plan, values, grads, tangents, grad_tangents, locals_, st
         g = grads.take(step.nodes, axis=0)
         # Every input position at once, shaped (positions, nodes, rows); the op's arrays
         # let go of before its second derivatives are taken.
-        contributions = np.stack(local)
+        contributions = np.concatenate(local).reshape(len(local), *upstream.shape)
         del local
         contributions *= upstream
         moved = _second_directional(step, values, tangents, stop)
