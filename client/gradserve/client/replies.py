@@ -90,7 +90,7 @@ def _ids(n: int) -> tuple[bytes, np.ndarray]:
     return _cached_ids(n) if n <= _CACHED_IDS_UP_TO else _encoded_ids(n)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # a training loop's few structures: at most ~2.8 MB
 def _cached_ids(n: int) -> tuple[bytes, np.ndarray]:
     return _encoded_ids(n)
 
