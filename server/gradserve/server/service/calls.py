@@ -134,11 +134,6 @@ class CallScope:
     _running = None  # the executor future of the step in progress
     _reply_share = None  # its reply's sending.Reservation, once it has one
     _sending_since: float | None = None  # loop time the write in progress began
-    _writing = 0  # the length of the reply message last handed to grpc
-    # Whether abandoning the call (``_abandon``) also ends its handler, so that all it holds
-    # but the message grpc is writing is given back (an EvaluateStream: its request and
-    # results); a unary reply's handler holds nothing more than its message.
-    ends_handler_when_abandoned = False
     _awaiting_slot = False  # waiting for a compute slot
     _send_watch: asyncio.TimerHandle | None = None
 
@@ -325,7 +320,6 @@ class CallScope:
         is abandoned (see ``_abandon``); once grpc lets go of the message, the call ends
         CANCELLED instead of going on."""
         self._sending_since = self._loop.time()
-        self._writing = len(message)
         if self._send_watch is None:
             self._watch_send(self._sending_since + self.state.send_timeout_s)
         try:
@@ -366,9 +360,7 @@ class CallScope:
         so its message stays with grpc, and stays charged to the memory budget (a unary
         reply, to the sending share as well: ``sending``), until the client reads, cancels
         or disconnects, its deadline passes, its connection reaches --max-connection-age,
-        or the server stops (bench/stalled_write.py tries each way to end it). A call whose
-        handler holds more than that message (``ends_handler_when_abandoned``) has its
-        handler cancelled, which gives the rest back (``_finish``)."""
+        or the server stops (bench/stalled_write.py tries each way to end it)."""
         self.note = "send timeout"
         self._gone = True
         log.warning(
@@ -378,8 +370,6 @@ class CallScope:
             self.state.send_timeout_s,
         )
         self._uncount()
-        if self.ends_handler_when_abandoned:
-            self._task.cancel()  # its write stays with grpc: _finish keeps that charged
 
     def cancel_waiting(self) -> None:
         """Called when the server starts draining: end a call still waiting for its request."""
@@ -563,12 +553,6 @@ class CallScope:
             # charged until then.
             self._gone = True
             running.add_done_callback(self._release_from_thread)
-        elif self.note == "send timeout" and self.ends_handler_when_abandoned:
-            # grpc keeps the message it was writing (its copy and the server's) until the
-            # call is over for it too: the client reads, cancels or leaves, or its
-            # deadline passes. The rest is given back now.
-            self.charge.resize_now(min(self.charge.bytes, 2 * self._writing))
-            self.context.add_done_callback(lambda _context: self._release())
         else:
             self._release()
         self._uncount()

@@ -138,7 +138,6 @@ class GradientServicer:
 
     async def EvaluateStream(self, _requests, context):
         async with CallScope("EvaluateStream", context, self._state) as call:
-            call.ends_handler_when_abandoned = True
             request, digest, prepared = await self._prepare(call)
             if isinstance(prepared, Answer):
                 nodes = evaluation.answer_chunk_nodes(prepared, request.chunk_size)
