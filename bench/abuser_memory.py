@@ -9,8 +9,9 @@ calls end), stops the abuser, waits ``--settle`` seconds (longer than the reques
 timeouts, so that what the server still holds is what the attack leaves behind) and reads
 the memory again. It prints one line per kind: resident memory idle, at peak and after
 (malloc keeps up to 1 GiB of freed memory for the next call, README "Running it safely"),
-what the server still holds by its own ledger (the memory budget in use, the plan cache),
-the legitimate client's outcomes, and how the server ended the abuser's calls.
+what the server still holds by its own ledger (the memory budget in use and its holders,
+the plan cache), the legitimate client's outcomes, and how the server ended the abuser's
+calls.
 """
 
 import argparse
