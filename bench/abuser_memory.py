@@ -9,8 +9,9 @@ calls end), stops the abuser, waits ``--settle`` seconds (longer than the reques
 timeouts, so that what the server still holds is what the attack leaves behind) and reads
 the memory again. It prints one line per kind: resident memory idle, at peak and after
 (malloc keeps up to 1 GiB of freed memory for the next call, README "Running it safely"),
-what the server still holds by its own ledger (the memory budget in use, the plan cache),
-the legitimate client's outcomes, and how the server ended the abuser's calls.
+what the server still holds by its own ledger (the memory budget in use and its holders,
+the plan cache), the legitimate client's outcomes, and how the server ended the abuser's
+calls.
 """
 
 import argparse
@@ -28,15 +29,19 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
 
 from bench.abusers import KINDS, Abusers, check_kinds
 from bench.servers import gradserve_alone
-from bench.soak import ledger, small_graph
+from bench.soak import holders_text, ledger, small_graph
 from gradserve.client import connect
 from gradserve.v1 import gradserve_pb2 as pb
 
 
 def gauges(metrics_port: int) -> str:
-    """The server's budget in use and plan cache, in MiB, from its metrics."""
-    held = ledger(metrics_port)
-    return f"budget in use {held['budget']:.1f} MiB, plan cache {held['plans']:.1f} MiB"
+    """The server's budget in use and plan cache, in MiB, and who holds the budget, from its
+    metrics."""
+    held, holders = ledger(metrics_port)
+    return (
+        f"budget in use {held['budget']:.1f} MiB (held by {holders_text(holders)}), "
+        f"plan cache {held['plans']:.1f} MiB"
+    )
 
 
 def legitimate(port: int, stop: threading.Event, outcomes: Counter) -> None:
