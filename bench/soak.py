@@ -202,7 +202,7 @@ class Soak:
     def __init__(self, stub, large_leaves: int, on_refused=lambda: None) -> None:
         rng = np.random.default_rng(0)
         self.stub = stub
-        self.on_refused = on_refused  # called when a call is refused RESOURCE_EXHAUSTED
+        self.on_refused = on_refused  # called when a call is refused for memory
         self.small = pb.EvaluateRequest(graph=small_graph(rng))
         self.large = pb.EvaluateRequest(graph=wide_graph(large_leaves, rng), chunk_size=16_384)
         self.invalid = pb.EvaluateRequest(graph=invalid_graph(rng))
@@ -228,7 +228,7 @@ class Soak:
                 for _ in call:
                     pass
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if "of server memory" in (error.details() or ""):  # refused by the budget
                 self.on_refused()
             self.details.setdefault((kind, error.code().name), (error.details() or "")[:200])
             return error.code()

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from graphs import GraphBuilder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -106,6 +107,25 @@ def chain_graph(op: str, length: int, leaf_values) -> pb.Graph:
         input_ids=range(length),
         leaf_values=leaf_values,
     )
+
+
+def check_chain_stream(stub, length: int, xs) -> None:
+    """An EvaluateStream of the chain of ``length`` negations over the rows ``xs`` answers,
+    right: node k is (-1)^k x and its gradient (d y_last / d y_k) is (-1)^(length - k), every
+    node and row exactly once."""
+    xs = np.asarray(xs, dtype=float)
+    request = pb.EvaluateRequest(graph=chain_graph("neg", length, xs.tolist()), rows=len(xs))
+    seen = np.zeros((length + 1, len(xs)), dtype=int)
+    for chunk in stub.EvaluateStream(request, timeout=6 * HANG_S):
+        ids, rows, first = np.array(chunk.node_ids), chunk.rows or len(xs), chunk.first_row
+        # A chunk's results are row by row, its nodes within a row.
+        values = np.array(chunk.values).reshape(rows, len(ids))
+        grads = np.array(chunk.grads).reshape(rows, len(ids))
+        signs = np.where(ids % 2, -1.0, 1.0)
+        np.testing.assert_array_equal(values, np.outer(xs[first : first + rows], signs))
+        np.testing.assert_array_equal(grads, np.broadcast_to(signs * (-1.0) ** length, grads.shape))
+        seen[ids, first : first + rows] += 1
+    assert (seen == 1).all()
 
 
 def two_nodes() -> pb.Graph:

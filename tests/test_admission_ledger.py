@@ -192,6 +192,25 @@ def traced_calls(monkeypatch):
     return marks
 
 
+def _until_the_first_chunk_waits(port: int, raw: bytes, traced_calls) -> int:
+    """Start an EvaluateStream of ``raw`` from a client that never opens its window, with
+    tracemalloc on until its first chunk is handed to grpc (and waits); tracemalloc's count
+    before it started."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        with H2GrpcClient(port, window=0) as client:
+            stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
+            waiting = client.pump(
+                lambda: any(kind == "send" for kind, *_ in traced_calls), time.monotonic() + 60
+            )
+            assert waiting and not client.streams[stream_id].finished, traced_calls
+    finally:
+        tracemalloc.stop()
+    return baseline
+
+
 def _node_zero_repeated() -> pb.EvaluateRequest:
     return repeated_nodes(1_000_000)
 
@@ -220,19 +239,7 @@ def test_a_stream_answered_whole_holds_no_more_than_its_charge(registry, traced_
             for _ in range(2):  # a structure's second call compiles its program
                 stub.Evaluate(pb.EvaluateRequest(graph=request.graph, nodes=[0]), timeout=60)
         del traced_calls[:]
-        gc.collect()
-        tracemalloc.start()
-        try:
-            baseline = tracemalloc.get_traced_memory()[0]
-            with H2GrpcClient(server.port, window=0) as client:
-                stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
-                waiting = client.pump(
-                    lambda: any(kind == "send" for kind, *_ in traced_calls),
-                    time.monotonic() + 60,
-                )
-                assert waiting and not client.streams[stream_id].finished, traced_calls
-        finally:
-            tracemalloc.stop()
+        baseline = _until_the_first_chunk_waits(server.port, raw, traced_calls)
     first_send = next(i for i, (kind, *_) in enumerate(traced_calls) if kind == "send")
     _, charge, _, _, request_charge = traced_calls[first_send - 1]
     _, chunk_bytes, held, peak, _ = traced_calls[first_send]
@@ -257,19 +264,7 @@ def test_a_stream_waiting_for_its_reader_holds_no_more_than_its_lowered_charge(
     request.graph.leaf_values[:] = xs.tolist()
     raw = request.SerializeToString()
     with running_server(registry) as server:
-        gc.collect()
-        tracemalloc.start()
-        try:
-            baseline = tracemalloc.get_traced_memory()[0]
-            with H2GrpcClient(server.port, window=0) as client:
-                stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
-                waiting = client.pump(
-                    lambda: any(kind == "send" for kind, *_ in traced_calls),
-                    time.monotonic() + 60,
-                )
-                assert waiting and not client.streams[stream_id].finished, traced_calls
-        finally:
-            tracemalloc.stop()
+        baseline = _until_the_first_chunk_waits(server.port, raw, traced_calls)
     first_send = next(i for i, (kind, *_) in enumerate(traced_calls) if kind == "send")
     charges = [nbytes for kind, nbytes, *_ in traced_calls[:first_send] if kind == "charge"]
     evaluating, lowered = charges[-2:]

@@ -12,6 +12,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+import resilience
 from hardening import wait_until
 from metered import sample, scrape
 from resilience import HANG_S, Naps, chain_graph, channel_to, nap_request, nap_server, stub_on
@@ -24,34 +25,20 @@ from gradserve.v1 import gradserve_pb2 as pb
 # budget (128 for calls), 35.7 MiB each to evaluate the chain over many rows; on a 40 MiB
 # one (20 for calls), 4.9 MiB each to compile the long chain (its request and its plan).
 CHAIN, ROWS = 60, 8_000  # y_k = -y_(k-1) over ROWS rows: planned on the loop
+CHAIN_XS = np.arange(ROWS) / ROWS - 0.5
 LONG_CHAIN = 12_000  # y_k = -y_(k-1), one row: more nodes than are planned on the loop
 STREAMS = 6
 BUDGET_WAIT_S = 5  # admission.DEFAULT_WAIT_S: how long a call may wait for memory
 
 
-def _chain_xs() -> np.ndarray:
-    return np.arange(ROWS) / ROWS - 0.5
-
-
 def chain_request() -> pb.EvaluateRequest:
     """The chain of CHAIN negations over ROWS rows of x."""
-    return pb.EvaluateRequest(graph=chain_graph("neg", CHAIN, _chain_xs().tolist()), rows=ROWS)
+    return pb.EvaluateRequest(graph=chain_graph("neg", CHAIN, CHAIN_XS.tolist()), rows=ROWS)
 
 
 def check_chain_stream(stub) -> None:
-    """The stream answers, right: node k of the chain of negations is (-1)^k x and its
-    gradient (d y_last / d y_k) is (-1)^(CHAIN - k), every node and row exactly once."""
-    xs = _chain_xs()
-    seen = np.zeros((CHAIN + 1, ROWS), dtype=int)
-    for chunk in stub.EvaluateStream(chain_request(), timeout=6 * HANG_S):
-        ids, rows, first = np.array(chunk.node_ids), chunk.rows or ROWS, chunk.first_row
-        values = np.array(chunk.values).reshape(rows, len(ids))
-        grads = np.array(chunk.grads).reshape(rows, len(ids))
-        signs = np.where(ids % 2, -1.0, 1.0)
-        np.testing.assert_array_equal(values, np.outer(xs[first : first + rows], signs))
-        np.testing.assert_array_equal(grads, np.broadcast_to(signs * (-1.0) ** CHAIN, grads.shape))
-        seen[ids, first : first + rows] += 1
-    assert (seen == 1).all()
+    """The chain stream answers, right (closed forms: ``resilience.check_chain_stream``)."""
+    resilience.check_chain_stream(stub, CHAIN, CHAIN_XS)
 
 
 def _check_long_chain_stream(stub) -> None:

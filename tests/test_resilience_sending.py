@@ -9,11 +9,18 @@ from contextlib import ExitStack
 import numpy as np
 from hardening import wait_until
 from metered import sample, scrape
-from resilience import EVALUATE, HANG_S, chain_graph, channel_to, repeated_nodes, serve, stub_on
+from resilience import (
+    EVALUATE,
+    HANG_S,
+    channel_to,
+    check_chain_stream,
+    repeated_nodes,
+    serve,
+    stub_on,
+)
 
 from bench.h2_client import H2GrpcClient
 from bench.ports import free_port
-from gradserve.v1 import gradserve_pb2 as pb
 
 STALLED_READERS = 5
 STALLED_REPLY = repeated_nodes(3875, rows=1000)  # 3875 x 1000 x 16 bytes: a 62 MB reply
@@ -25,21 +32,8 @@ RESOURCE_EXHAUSTED = 8
 
 
 def _honest_stream(stub) -> None:
-    """A large EvaluateStream answers, right: node k of the chain of negations is (-1)^k x
-    and its gradient (d y_last / d y_k) is (-1)^(CHAIN - k)."""
-    xs = np.arange(ROWS) + 0.5
-    request = pb.EvaluateRequest(graph=chain_graph("neg", CHAIN, xs.tolist()), rows=ROWS)
-    seen = np.zeros((CHAIN + 1, ROWS), dtype=int)
-    for chunk in stub.EvaluateStream(request, timeout=6 * HANG_S):
-        ids, rows, first = np.array(chunk.node_ids), chunk.rows or ROWS, chunk.first_row
-        # A chunk's results are row by row, its nodes within a row.
-        values = np.array(chunk.values).reshape(rows, len(ids))
-        grads = np.array(chunk.grads).reshape(rows, len(ids))
-        signs = np.where(ids % 2, -1.0, 1.0)
-        np.testing.assert_array_equal(values, np.outer(xs[first : first + rows], signs))
-        np.testing.assert_array_equal(grads, np.broadcast_to(signs * (-1.0) ** CHAIN, grads.shape))
-        seen[ids, first : first + rows] += 1
-    assert (seen == 1).all()
+    """A large EvaluateStream answers, right (closed forms: ``check_chain_stream``)."""
+    check_chain_stream(stub, CHAIN, np.arange(ROWS) + 0.5)
 
 
 def test_readers_that_never_read_leave_the_budget_for_computing():

@@ -7,12 +7,20 @@ and the chunk being sent. Its charge now drops to that while the chunks wait for
 reader (``GradientServicer.EvaluateStream``)."""
 
 import time
+from contextlib import ExitStack
 
 from hardening import wait_until
 from metered import sample, scrape
-from resilience import HANG_S, channel_to, never_read_streams, serve, stub_on
+from resilience import (
+    EVALUATE_STREAM,
+    HANG_S,
+    channel_to,
+    serve,
+    stub_on,
+)
 from test_resilience_queued import CHAIN, ROWS, chain_request, check_chain_stream
 
+from bench.h2_client import H2GrpcClient
 from bench.ports import free_port
 
 BUDGET_MIB = 256  # the calls' part: 128 MiB; each chain stream is charged 35.7 to evaluate
@@ -29,15 +37,18 @@ def test_streams_whose_readers_never_read_leave_the_budget_to_computing():
     flags = ("--max-memory-mb", str(BUDGET_MIB), "--metrics-port", str(metrics_port))
     with (
         serve(*flags) as served,
-        channel_to(served.port, own_connection=1) as unread_channel,
-        channel_to(served.port, own_connection=2) as channel,
+        channel_to(served.port) as channel,
+        ExitStack() as stack,
     ):
 
         def unread(metric: str) -> float:
             name = f"gradserve_memory_budget_{metric}"
             return sample(scrape(metrics_port), name, method="EvaluateStream", state="sending")
 
-        calls = never_read_streams(stub_on(unread_channel), chain_request(), NEVER_READ)
+        raw = chain_request().SerializeToString()
+        for _ in range(NEVER_READ):  # raw HTTP/2 clients that keep their window at 0
+            client = stack.enter_context(H2GrpcClient(served.port, window=0))
+            client.start_call(EVALUATE_STREAM, raw)
         assert wait_until(lambda: unread("holding_calls") == NEVER_READ, 3 * HANG_S), [
             line for line in scrape(metrics_port).splitlines() if "_budget_" in line
         ]
@@ -50,8 +61,7 @@ def test_streams_whose_readers_never_read_leave_the_budget_to_computing():
         # and gradients) and a chunk: far less than its evaluation.
         results = NEVER_READ * 16 * (CHAIN + 1) * ROWS
         assert results < held < 2 * results, (held, results)
-        for call in calls:
-            call.cancel()
+        stack.close()  # the unread clients leave
         assert wait_until(
             lambda: sample(scrape(metrics_port), "gradserve_memory_budget_used_bytes") == 0,
             HANG_S,

@@ -138,7 +138,7 @@ class Client:
         assert isinstance(step, Streamed)
         return list(self._messages(step.call, step.progress))
 
-    def _send(self, request: bytes) -> pb.EvaluateResponse | replies.Results:
+    def _send(self, request: bytes) -> replies.Answer:
         """Evaluate's reply: a message on the Train stream when it is free, else a call
         (also inside a traced span: a call carries its own trace context, see ``tracing``)."""
         options = self._steps.options

@@ -110,6 +110,12 @@ class Subgraph:
         self.codes = structure.codes
         self.counts = structure.counts
         self.input_ids = structure.input_ids
+        # The positions and Values of the sent nodes whose Values the tape can reach, and
+        # how many of them are leaves: every leaf, first and in order, then the op-node
+        # Values still alive. Kept for the call, so its results go to the Values sent.
+        # (Every call reads them, for the leaf values: made here rather than by a
+        # cached_property, whose lock costs a training step's call about a microsecond.)
+        self.held: tuple[np.ndarray, list, int] = tape.held(self.kept)
 
     def __len__(self) -> int:
         return len(self.kept)
@@ -126,13 +132,6 @@ class Subgraph:
     def values(self, nodes) -> list:
         """The Values of nodes of the sent graph (None where gone)."""
         return list(map(self._by_position.get, np.asarray(nodes).tolist()))
-
-    @functools.cached_property
-    def held(self) -> tuple[np.ndarray, list, int]:
-        """The positions and Values of the sent nodes whose Values the tape can reach, and
-        how many of them are leaves: every leaf, first and in order, then the op-node
-        Values still alive. Kept for the call, so its results go to the Values sent."""
-        return self.tape.held(self.kept)
 
     @functools.cached_property
     def _by_position(self) -> dict:

@@ -148,8 +148,8 @@ class TrainStream:
         self._responses = None
         self.unsupported = False  # the server answered UNIMPLEMENTED: it has no Train
 
-    def evaluate(self, request: bytes, timeout: float | None, metadata) -> replies.Results | None:
-        """Evaluate's reply to ``request`` over the stream (``replies.Results``); None when
+    def evaluate(self, request: bytes, timeout: float | None, metadata) -> replies.Answer | None:
+        """Evaluate's reply to ``request`` over the stream (``replies.Answer``); None when
         the stream is busy with another thread's request or the server has no Train (send it
         unary then)."""
         if self.unsupported or not self._lock.acquire(blocking=False):
@@ -172,7 +172,7 @@ class TrainStream:
         finally:
             self._lock.release()
 
-    def _exchange(self, request: bytes, timeout: float | None, metadata) -> replies.Results:
+    def _exchange(self, request: bytes, timeout: float | None, metadata) -> replies.Answer:
         if self._responses is None:
             self._requests = queue.SimpleQueue()
             headers = (*metadata, *structure.metadata(request))  # the first request's
@@ -239,7 +239,7 @@ class TrainStreams:
         self._overdue = Overdue()
         self.unsupported = False
 
-    def evaluate(self, request: bytes, timeout: float | None, metadata) -> replies.Results | None:
+    def evaluate(self, request: bytes, timeout: float | None, metadata) -> replies.Answer | None:
         if self.unsupported:
             return None
         key = structure.metadata(request)

@@ -113,19 +113,12 @@ def mirror_plan_cache(
         registry=registry,
     )
     refused = Counter(sending_share.REFUSED_METRIC, sending_share.REFUSED_HELP, registry=registry)
-    held_by_kind = Gauge(
-        admission.HELD_METRIC,
-        admission.HELD_HELP,
-        admission.HELD_LABELS,
-        multiprocess_mode="liveall",
-        registry=registry,
-    )
-    holding = Gauge(
-        admission.HOLDING_METRIC,
-        admission.HOLDING_HELP,
-        admission.HELD_LABELS,
-        multiprocess_mode="liveall",
-        registry=registry,
+    held_by_kind, holding = (
+        Gauge(name, text, admission.HELD_LABELS, multiprocess_mode="liveall", registry=registry)
+        for name, text in [
+            (admission.HELD_METRIC, admission.HELD_HELP),
+            (admission.HOLDING_METRIC, admission.HOLDING_HELP),
+        ]
     )
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 

@@ -103,9 +103,12 @@ class GradientServicer:
         """The rows to evaluate at once, and what the call holds of the budget meanwhile
         (taken with its compute slot: ``CallScope.compute``)."""
         budget, base = self._state.budget.total, call.request_bytes
-        # Row blocks only when the whole batch would not fit the budget (a block costs a
-        # pass over every op group): a large call may take most of it and wait for it.
-        block = job.block_rows(max(budget - base, budget // 8), streaming)
+        # Row blocks only when the whole batch would not fit half the budget (a block costs
+        # a pass over every op group), so that one batch evaluated in blocks for seconds
+        # leaves the other half to other calls; a block may hold more only when the call's
+        # fixed part (its arrays, the results it keeps) leaves it less than an eighth.
+        fixed = job.memory(0, streaming)
+        block = job.block_rows(max(budget // 2 - base, fixed + budget // 8), streaming)
         return block, base + job.memory(block, streaming)
 
     async def _unary_reply(self, call: CallScope) -> bytes:
