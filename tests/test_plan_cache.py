@@ -2,6 +2,7 @@
 
 import gc
 import math
+import sys
 import tracemalloc
 
 import grpc
@@ -300,13 +301,19 @@ LOOPED_SHAPES = ("chain of 10", "chain of 100", "mlp 4x2", "fan-in of 100")  # t
 )
 def test_a_float_programs_bytes_cover_what_it_holds(ops, shape, compiled):
     """``Program.nbytes`` (what its plan counts) against tracemalloc's count of what making
-    the program left allocated: never below, at most 3x above. A program made and let go
-    of first: a compile's new local names (temporaries ``t1``, ``t2``, ...) may grow the
-    interpreter's table of interned names, once per process and not per program (1.9 MB
-    at one resize, which no table of a program's own holds), and the test counts what
-    each program holds."""
+    the program left allocated: never below, at most 3x above.
+
+    A first program of the plan stays alive while the second is made and counted: the
+    names a compile interns (a compiled program's temporaries) then exist already, so
+    making the second inserts none into the interpreter's table of interned names. An
+    insertion may rebuild that table whole, a new block of 1-2 MB that tracemalloc counts
+    while the old one it replaces, allocated before counting began, is not subtracted;
+    whether it does depends on the table's history in the process (it failed 2 runs in 2
+    after tests/test_sdk_retries.py and test_sdk_replies.py), not on the program. The name
+    strings the two programs share, which ``nbytes`` counts, are added with
+    ``sys.getsizeof``."""
     plan = compile_graph(FLOAT_PROGRAM_SHAPES[shape](), ops)
-    small_call.program_of(plan, compiled=compiled)
+    first = small_call.program_of(plan, compiled=compiled)
     gc.collect()
     tracemalloc.start()
     try:
@@ -317,7 +324,21 @@ def test_a_float_programs_bytes_cover_what_it_holds(ops, shape, compiled):
     finally:
         tracemalloc.stop()
     assert program is not None and program.compiled == compiled
+    held += _shared_name_bytes(program, first)
     assert held <= program.nbytes() <= 3 * held
+
+
+def _shared_name_bytes(program, first) -> int:
+    """The bytes of the name strings that a compiled program's functions share with
+    ``first``'s (the same interned objects); 0 for a looped program, whose functions'
+    code is the module's."""
+    if not program.compiled:
+        return 0
+    codes = (program.forward.__code__, program.backward.__code__)
+    names = {id(name): name for code in codes for name in code.co_names + code.co_varnames}
+    firsts = (first.forward.__code__, first.backward.__code__)
+    theirs = {id(name) for code in firsts for name in code.co_names + code.co_varnames}
+    return sum(sys.getsizeof(name) for key, name in names.items() if key in theirs)
 
 
 def test_the_plan_cache_counts_the_float_programs_of_its_plans(ops):
