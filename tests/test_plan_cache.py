@@ -263,24 +263,33 @@ def test_rows_must_match_the_leaf_values(stub):
 def test_a_plans_bytes_cover_what_it_holds(ops, shape, rows):
     """``Plan.nbytes`` (what the cache counts) against tracemalloc's count of what the plan
     keeps after compiling and after an evaluation (which may make its scatters): never
-    below, at most 3x above."""
-    graph = shapes.SHAPES[shape]()
-    leaves = np.full((rows, shapes.leaf_count(graph)), 0.5)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        plan = compile_graph(graph, ops)
-        del graph
+    below, at most 3x above.
+
+    Each count is the least of three plans made in turn, the earlier ones kept alive: a
+    count may also take in a one-off growth of the process's own tables (a dict or the
+    interned names resized), a few hundred bytes that depend on what ran before in the
+    process, not on the plan (CI once counted 323,413 bytes for a plan of 323,248)."""
+    plans, compiled, held = [], [], []
+    for _ in range(3):
+        graph = shapes.SHAPES[shape]()
+        leaves = np.full((rows, shapes.leaf_count(graph)), 0.5)
         gc.collect()
-        compiled = tracemalloc.get_traced_memory()[0] - before
-        assert compiled <= plan.nbytes() <= 3 * compiled
-        evaluate(plan, leaves, np.array([plan.node_count - 1]), np.array([1.0]))
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert held <= plan.nbytes() <= 3 * held
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            plan = compile_graph(graph, ops)
+            del graph
+            gc.collect()
+            compiled.append(tracemalloc.get_traced_memory()[0] - before)
+            evaluate(plan, leaves, np.array([plan.node_count - 1]), np.array([1.0]))
+            gc.collect()
+            held.append(tracemalloc.get_traced_memory()[0] - before)
+        finally:
+            tracemalloc.stop()
+        plans.append(plan)
+    assert len({plan.nbytes() for plan in plans}) == 1
+    assert min(compiled) <= plan.nbytes() <= 3 * min(compiled)
+    assert min(held) <= plan.nbytes() <= 3 * min(held)
 
 
 FLOAT_PROGRAM_SHAPES = {
@@ -303,9 +312,9 @@ def test_a_float_programs_bytes_cover_what_it_holds(ops, shape, compiled):
     """``Program.nbytes`` (what its plan counts) against tracemalloc's count of what making
     the program left allocated: never below, at most 3x above.
 
-    A first program of the plan stays alive while the second is made and counted: the
+    A first program of the plan stays alive while the later ones are made and counted: the
     names a compile interns (a compiled program's temporaries) then exist already, so
-    making the second inserts none into the interpreter's table of interned names. An
+    making the later ones inserts none into the interpreter's table of interned names. An
     insertion may rebuild that table whole, a new block of 1-2 MB that tracemalloc counts
     while the old one it replaces, allocated before counting began, is not subtracted;
     whether it does depends on the table's history in the process (it failed 2 runs in 2
@@ -314,17 +323,20 @@ def test_a_float_programs_bytes_cover_what_it_holds(ops, shape, compiled):
     ``sys.getsizeof``."""
     plan = compile_graph(FLOAT_PROGRAM_SHAPES[shape](), ops)
     first = small_call.program_of(plan, compiled=compiled)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        program = small_call.program_of(plan, compiled=compiled)
+    programs, counts = [], []
+    for _ in range(3):  # the least of three counts, as for plans above (the same reason)
         gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            program = small_call.program_of(plan, compiled=compiled)
+            gc.collect()
+            counts.append(tracemalloc.get_traced_memory()[0] - before)
+        finally:
+            tracemalloc.stop()
+        programs.append(program)
     assert program is not None and program.compiled == compiled
-    held += _shared_name_bytes(program, first)
+    held = min(counts) + _shared_name_bytes(program, first)
     assert held <= program.nbytes() <= 3 * held
 
 
