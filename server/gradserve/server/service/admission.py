@@ -208,12 +208,16 @@ class Charge:
         if change > 0:
             self.waiting = True
             try:
-                await self.budget._take(change, target, deadline)
+                await self.budget._take(change, target, deadline, self._condition(change))
             finally:
                 self.waiting = False
         elif change < 0:
             self.budget._give_back(-change)
         self._hold(target)
+
+    def _condition(self, change: int) -> Callable[[], bool] | None:
+        """When ``change`` more may be taken (None: once it fits the budget)."""
+        return None
 
     def release(self) -> None:
         if self.bytes:

@@ -17,6 +17,8 @@ for the budget, then is refused. The replies' bytes are still charged to the bud
 well: the share only bounds how much of it replies may hold, so the rest stays for
 computing (streams, evaluations)."""
 
+from collections.abc import Callable
+
 from gradserve.server.service.admission import (
     SMALL_FRACTION,
     BudgetBusy,
@@ -93,18 +95,14 @@ class Reservation(Charge):
         self.connection = connection
 
     async def resize(self, target: int, deadline: float) -> None:
-        share, connection = self.budget, self.connection
         change = target - self.bytes
-        if change > 0:
-            self.waiting = True
-            try:
-                await share._take(change, target, deadline, lambda: share.fits(change, connection))
-            finally:
-                self.waiting = False
-        elif change < 0:
-            share._give_back(-change)
-        self._hold(target)
-        add_count(share.by_connection, connection, change)
+        await super().resize(target, deadline)
+        add_count(self.budget.by_connection, self.connection, change)
+
+    def _condition(self, change: int) -> Callable[[], bool]:
+        """Once the share, and the connection's half of it, has room for ``change``."""
+        share, connection = self.budget, self.connection
+        return lambda: share.fits(change, connection)
 
     def release(self) -> None:
         add_count(self.budget.by_connection, self.connection, -self.bytes)
