@@ -36,8 +36,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from gradserve.server.service.counts import add_count
-
 DEFAULT_WAIT_S = 5.0
 SMALL_FRACTION = 256  # a call of at most budget / SMALL_FRACTION bytes never waits
 # The ledger by kind of holder (``MemoryBudget.held_by_kind``), as the metrics name it.
@@ -90,10 +88,9 @@ class Holder(Protocol):
 
 @dataclass(eq=False)
 class _Waiter:
-    """A charge waiting to grow by ``amount`` to ``target`` bytes."""
+    """A charge waiting to grow to ``target`` bytes."""
 
     charge: "Charge"
-    amount: int
     target: int
     granted: asyncio.Future
 
@@ -122,9 +119,9 @@ class MemoryBudget:
         self.total = total_bytes - reserved - arriving
         self.wait_s = wait_s
         self.used = 0
+        self.ceiling = self.total  # a call charged more never fits
         self._waiters: list[_Waiter] = []  # in the order they came
         self.holding: set[Charge] = set()  # the charges holding bytes now
-        self.by_connection: dict[str, int] = {}  # bytes held, by the charges' connection
 
     def held_by_kind(self) -> tuple[Counter, Counter]:
         """The bytes held, and the charges holding them, by their holders' kind
@@ -137,6 +134,15 @@ class MemoryBudget:
             held[kind] += charge.bytes
             calls[kind] += 1
         return held, calls
+
+    @property
+    def by_connection(self) -> Counter:
+        """The bytes held, by the charges' connection (counted when asked: only the
+        order of waiters and the sending share's terms need it, not each charge)."""
+        held = Counter()
+        for charge in self.holding:
+            held[charge.connection] += charge.bytes
+        return held
 
     @property
     def waiting(self) -> int:
@@ -152,9 +158,6 @@ class MemoryBudget:
     def charge(self, holder: Holder | None = None) -> "Charge":
         return Charge(self, holder)
 
-    def _never_fits(self, total_after: int) -> bool:
-        return total_after > self.total
-
     def _has_room(self, charge: "Charge", amount: int) -> bool:
         """Whether the budget has room for ``charge`` to take ``amount`` more (the
         charge's own terms, ``Charge._may_take``, aside)."""
@@ -163,7 +166,7 @@ class MemoryBudget:
     def _fits_now(self, charge: "Charge", amount: int, total_after: int) -> bool:
         """Whether ``charge`` may take ``amount`` more, then holding ``total_after``,
         without waiting: a small call always, another only when no call waits."""
-        if self._never_fits(total_after):
+        if total_after > self.ceiling:
             return False
         if total_after <= self.total // SMALL_FRACTION:
             return True
@@ -183,7 +186,7 @@ class MemoryBudget:
         says; refused after waiting ``wait_s`` since ``since`` (None: from now, if it
         must wait). Returns when it started waiting (None: it did not)."""
         amount = target - charge.bytes
-        if self._never_fits(target):
+        if target > self.ceiling:
             raise NeverFits(target, self)
         if self._fits_now(charge, amount, target):
             self._grant(charge, amount, target)
@@ -193,7 +196,7 @@ class MemoryBudget:
             timeout = min(self.wait_s, deadline - since)
         else:
             timeout = min(since + self.wait_s, deadline) - time.monotonic()
-        waiter = _Waiter(charge, amount, target, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(charge, target, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._hand_over()  # it may come first: its connection may hold the least
         try:
@@ -220,16 +223,17 @@ class MemoryBudget:
     def _hand_over(self) -> None:
         """Grow the waiting charges in order (the module docstring says which) while the
         budget has room for the first in order."""
-        held = self.by_connection.get
         while self._waiters:
-            for waiter in sorted(self._waiters, key=lambda w: held(w.charge.connection, 0)):
+            held = self.by_connection
+            for waiter in sorted(self._waiters, key=lambda w: held[w.charge.connection]):
+                charge, amount = waiter.charge, waiter.target - waiter.charge.bytes
                 if waiter.granted.done():  # cancelled: its task takes it out
                     continue
-                if not self._has_room(waiter.charge, waiter.amount):
+                if not self._has_room(charge, amount):
                     return  # it holds up the ones after it
-                if waiter.charge._may_take(waiter.amount):
+                if charge._may_take(amount):
                     self._waiters.remove(waiter)
-                    self._grant(waiter.charge, waiter.amount, waiter.target)
+                    self._grant(charge, amount, waiter.target)
                     waiter.granted.set_result(None)
                     break  # the order may have changed
             else:
@@ -249,7 +253,6 @@ class Charge:
 
     waiting = False  # whether it waits for more of the budget now
     _large: "Charge | None" = None  # its part of the large calls' share, once it had one
-    _counted_as = ""  # the connection its bytes count to, fixed once it holds some
 
     def __init__(self, budget: MemoryBudget, holder: Holder | None = None) -> None:
         self.budget = budget
@@ -259,18 +262,14 @@ class Charge:
     @property
     def connection(self) -> str:
         """The connection whose calls it counts to (its holder's)."""
-        if self.bytes:
-            return self._counted_as
         return "" if self.holder is None else self.holder.connection
 
     def _hold(self, target: int) -> None:
         """Now hold ``target`` bytes (the budget's ``used`` is already changed)."""
         if target and not self.bytes:
-            self._counted_as = self.connection
             self.budget.holding.add(self)
         elif self.bytes and not target:
             self.budget.holding.discard(self)
-        add_count(self.budget.by_connection, self._counted_as, target - self.bytes)
         self.bytes = target
 
     def _may_take(self, amount: int) -> bool:
@@ -280,7 +279,7 @@ class Charge:
     def _large_part(self, target: int) -> int:
         """What a charge of ``target`` bytes holds of the large calls' share."""
         share = self.budget.large
-        return 0 if share is None or target <= share.threshold else target
+        return target if share is not None and target > share.threshold else 0
 
     def _large_charge(self) -> "Charge":
         if self._large is None:
@@ -292,12 +291,15 @@ class Charge:
         not, ``resize`` waits or refuses). Most charges fit: this spares them a coroutine."""
         change = target - self.bytes
         if change > 0:
-            if not self.budget._fits_now(self, change, target):
+            budget = self.budget
+            if not budget._fits_now(self, change, target):
                 return False
-            large = self._large_part(target)
-            if large and not self._large_charge().resize_now(large):
+            share = budget.large  # ``_large_part``, inline: the small calls' path
+            large = share is not None and target > share.threshold
+            if large and not self._large_charge().resize_now(target):
                 return False
-            self.budget._grant(self, change, target)
+            budget.used += change
+            self._hold(target)
         elif change < 0:
             self._shrink(target)
         return True
@@ -310,7 +312,7 @@ class Charge:
             if target < self.bytes:
                 self._shrink(target)
             return
-        if self.budget._never_fits(target):
+        if target > self.budget.ceiling:
             raise NeverFits(target, self.budget)
         since, large = None, self._large_part(target)
         if large:
@@ -339,7 +341,8 @@ class Charge:
         freed = self.bytes - target
         self._hold(target)
         self.budget._give_back(freed)
-        self._shrink_large(target)
+        if self._large is not None:
+            self._shrink_large(target)
 
     def _shrink_large(self, target: int) -> None:
         large = self._large

@@ -64,15 +64,14 @@ class LargeCallsShare(MemoryBudget):
         self.calls = calls
         self.threshold = calls.total // LARGE_FRACTION
         self.refused = 0  # calls refused after waiting for the share
+        # The calls' budget says what never fits; alone, any call fits here.
+        self.ceiling = calls.ceiling
 
     def describe(self) -> str:
         return (
             f"{self.total / 2**20:,.1f} MiB: half the calls' budget, for the calls charged "
             f"more than {self.threshold / 2**20:,.1f} MiB"
         )
-
-    def _never_fits(self, total_after: int) -> bool:
-        return False  # the calls' budget says what never fits; alone, any call fits here
 
     def _has_room(self, charge: Charge, amount: int) -> bool:
         return self.used + amount <= self.total or self.used == charge.bytes
