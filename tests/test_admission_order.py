@@ -28,8 +28,13 @@ def _deadline() -> float:
 
 
 async def _parked(budget: MemoryBudget, count: int) -> None:
-    while budget.waiting < count:
-        await asyncio.sleep(0)
+    """Return once ``count`` calls wait (a call that does not wait fails the test)."""
+
+    async def parking() -> None:
+        while budget.waiting < count:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(parking(), 5)
 
 
 def _waits(budget: MemoryBudget, connection: str, nbytes: int):
