@@ -12,12 +12,21 @@ These tests drive ``CallScope`` with a grpc context whose writes complete when t
 says so, and a real budget with a real call waiting for it."""
 
 import asyncio
+import gc
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
+import grpc
+import numpy as np
 import pytest
+from hardening import wait_until
+from resilience import EVALUATE_STREAM, HANG_S, repeated_nodes
 
+from bench.h2_client import H2GrpcClient
 from gradserve.server.service.admission import MemoryBudget
+from gradserve.server.service.app import running_server
 from gradserve.server.service.calls import (
     CallScope,
     Held,
@@ -26,6 +35,8 @@ from gradserve.server.service.calls import (
     StreamStalled,
 )
 from gradserve.server.service.limits import Limits
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 STALL_S = 0.2
 BUDGET = 1_000_000
@@ -185,3 +196,126 @@ def test_a_stream_abandoned_by_the_send_timeout_lets_go_too():
 
     charge, work = asyncio.run(stalled())
     assert charge == 2 * len(CHUNK) and work is None
+
+
+# Through a real server, with raw HTTP/2 readers whose flow-control window the test opens ---
+
+SELECTED, ROWS = 1_000_000, 2  # node 0 a million times over two rows: an evaluation job
+XS = np.array([0.5 + r for r in range(ROWS)])
+
+
+def _messages(data: bytes) -> list[bytes]:
+    """The gRPC messages in a stream's DATA (each length-prefixed), the last whole one."""
+    messages, at = [], 0
+    while at + 5 <= len(data):
+        length = int.from_bytes(data[at + 1 : at + 5], "big")
+        if at + 5 + length > len(data):
+            break
+        messages.append(data[at + 5 : at + 5 + length])
+        at += 5 + length
+    return messages
+
+
+def _check_chunks(messages: list[bytes]) -> int:
+    """Every chunk of node 0 (x, and y = -x) right by closed forms: value x per row,
+    gradient d y / d x = -1; the results counted."""
+    results = 0
+    for message in messages:
+        chunk = pb.GradientChunk.FromString(message)
+        ids = np.array(chunk.node_ids)
+        assert (ids == 0).all()
+        rows, first = chunk.rows, chunk.first_row
+        values = np.array(chunk.values).reshape(rows, len(ids))
+        np.testing.assert_array_equal(values, np.outer(XS[first : first + rows], np.ones(len(ids))))
+        np.testing.assert_array_equal(np.array(chunk.grads), -1.0)
+        results += len(ids) * rows
+    return results
+
+
+@contextmanager
+def _budget_wanted(server):
+    """A call of the server's waiting for its whole calls' budget the while: other calls
+    want memory (it waits up to 60 s, never fitting while anything else is held)."""
+    budget = server._state.budget
+    budget.wait_s = 60
+    charge = budget.charge()
+    waiting = asyncio.run_coroutine_threadsafe(
+        charge.resize(budget.total, time.monotonic() + 60), server._loop
+    )
+    assert wait_until(lambda: budget.waiting == 1, HANG_S)
+    try:
+        yield budget
+    finally:
+        waiting.cancel()
+        server._loop.call_soon_threadsafe(charge.release)  # if it got the memory meanwhile
+
+
+def _stalled_stream(client: H2GrpcClient, budget: MemoryBudget) -> int:
+    """Start a stream that waits for its reader with its first chunk; its stream id."""
+    stream_id = client.start_call(
+        EVALUATE_STREAM, repeated_nodes(SELECTED, ROWS).SerializeToString()
+    )
+    sending = ("EvaluateStream", "sending")
+    assert wait_until(lambda: budget.held_by_kind()[0][sending] > 0, HANG_S), budget.used
+    return stream_id
+
+
+def test_a_stalled_stream_s_memory_drops_to_its_chunk_and_a_late_reader_gets_a_status(registry):
+    """A stream of a million results whose reader keeps its window shut, while another call
+    waits for memory: past the stall timeout its charge drops from its request, its
+    selection's ids and its results (over 16 MiB) to the chunk grpc is writing, twice, and
+    what the server holds in Python objects (tracemalloc) drops with it. Then the reader
+    opens its window: it gets that chunk, right, and then RESOURCE_EXHAUSTED naming
+    --stream-stall-timeout, well within its deadline (before, a handler ended at
+    abandonment left a late reader hanging until its deadline)."""
+    with running_server(registry, stream_stall_timeout=STALL_S * 5) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:  # the plan cached
+            pb_grpc.GradientServiceStub(channel).Evaluate(repeated_nodes(1, ROWS), timeout=60)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            with H2GrpcClient(server.port, window=0, keep_data=True) as client:
+                budget = server._state.budget
+                stream_id = _stalled_stream(client, budget)
+                held_before = tracemalloc.get_traced_memory()[0] - baseline
+                charged_before = budget.used
+                with _budget_wanted(server):
+                    assert wait_until(lambda: budget.used < 4 * 2**20, HANG_S), budget.used
+                    charged_after = budget.used
+                    held_after = tracemalloc.get_traced_memory()[0] - baseline
+                    opened = time.monotonic()
+                    client.open_window(stream_id, 2**26)
+                    assert client.wait_finished(stream_id, HANG_S)
+                    took = time.monotonic() - opened
+        finally:
+            tracemalloc.stop()
+        state = client.streams[stream_id]
+        assert wait_until(lambda: budget.used == 0, HANG_S), budget.used
+    [chunk] = _messages(bytes(state.data))
+    results = _check_chunks([chunk])
+    assert 0 < results < SELECTED * ROWS  # the chunk in flight, and no more
+    assert charged_before > 16 * 2**20 and held_before > 8 * SELECTED  # the ids at least
+    assert charged_after == 2 * len(chunk), (charged_after, len(chunk))
+    assert held_after <= 2 * len(chunk), (held_after, len(chunk))
+    assert state.grpc_status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert b"stream-stall-timeout" in state.trailers[b"grpc-message"]
+    assert took < HANG_S
+
+
+def test_a_slow_reader_within_the_stall_timeout_gets_the_whole_stream(registry):
+    """A reader that takes a little at a time (its window opened by 512 KiB every tenth of
+    the stall timeout: each chunk within it), while another call waits for memory the
+    whole while, gets every result, right, and OK."""
+    with running_server(registry, stream_stall_timeout=STALL_S * 5) as server:
+        budget = server._state.budget
+        with H2GrpcClient(server.port, window=0, keep_data=True) as client:
+            stream_id = _stalled_stream(client, budget)
+            state = client.streams[stream_id]
+            give_up = time.monotonic() + 12 * HANG_S
+            with _budget_wanted(server):
+                while not state.finished and time.monotonic() < give_up:
+                    client.open_window(stream_id, 2**19)
+                    client.pump(lambda: state.finished, time.monotonic() + STALL_S / 2)
+    assert state.grpc_status == 0, state.trailers
+    assert _check_chunks(_messages(bytes(state.data))) == SELECTED * ROWS
