@@ -24,6 +24,7 @@ import pytest
 from hardening import wait_until
 from resilience import EVALUATE_STREAM, HANG_S, repeated_nodes
 
+from bench.arriving_live import in_use_mib
 from bench.h2_client import H2GrpcClient
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.app import running_server
@@ -200,8 +201,8 @@ def test_a_stream_abandoned_by_the_send_timeout_lets_go_too():
 
 # Through a real server, with raw HTTP/2 readers whose flow-control window the test opens ---
 
-SELECTED, ROWS = 1_000_000, 2  # node 0 a million times over two rows: an evaluation job
-XS = np.array([0.5 + r for r in range(ROWS)])
+SELECTED = 1_000_000  # node 0 a million times: a request of a megabyte, 7.5 MiB parsed
+ROWS = 2  # over two rows: an evaluation job, whose selected ids are an array of 8 MB
 
 
 def _messages(data: bytes) -> list[bytes]:
@@ -216,9 +217,10 @@ def _messages(data: bytes) -> list[bytes]:
     return messages
 
 
-def _check_chunks(messages: list[bytes]) -> int:
-    """Every chunk of node 0 (x, and y = -x) right by closed forms: value x per row,
-    gradient d y / d x = -1; the results counted."""
+def _check_chunks(messages: list[bytes], rows: int = ROWS) -> int:
+    """Every chunk of node 0 (x, and y = -x) right by closed forms: value x = 0.5 + r in
+    row r, gradient d y / d x = -1; the results counted."""
+    xs = 0.5 + np.arange(rows)
     results = 0
     for message in messages:
         chunk = pb.GradientChunk.FromString(message)
@@ -226,7 +228,7 @@ def _check_chunks(messages: list[bytes]) -> int:
         assert (ids == 0).all()
         rows, first = chunk.rows, chunk.first_row
         values = np.array(chunk.values).reshape(rows, len(ids))
-        np.testing.assert_array_equal(values, np.outer(XS[first : first + rows], np.ones(len(ids))))
+        np.testing.assert_array_equal(values, np.outer(xs[first : first + rows], np.ones(len(ids))))
         np.testing.assert_array_equal(np.array(chunk.grads), -1.0)
         results += len(ids) * rows
     return results
@@ -250,39 +252,46 @@ def _budget_wanted(server):
         server._loop.call_soon_threadsafe(charge.release)  # if it got the memory meanwhile
 
 
-def _stalled_stream(client: H2GrpcClient, budget: MemoryBudget) -> int:
+def _stalled_stream(client: H2GrpcClient, budget: MemoryBudget, rows: int = ROWS) -> int:
     """Start a stream that waits for its reader with its first chunk; its stream id."""
     stream_id = client.start_call(
-        EVALUATE_STREAM, repeated_nodes(SELECTED, ROWS).SerializeToString()
+        EVALUATE_STREAM, repeated_nodes(SELECTED, rows).SerializeToString()
     )
     sending = ("EvaluateStream", "sending")
     assert wait_until(lambda: budget.held_by_kind()[0][sending] > 0, HANG_S), budget.used
     return stream_id
 
 
-def test_a_stalled_stream_s_memory_drops_to_its_chunk_and_a_late_reader_gets_a_status(registry):
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_stalled_stream_s_memory_drops_to_its_chunk_and_a_late_reader_gets_a_status(
+    registry, rows
+):
     """A stream of a million results whose reader keeps its window shut, while another call
-    waits for memory: past the stall timeout its charge drops from its request, its
-    selection's ids and its results (over 16 MiB) to the chunk grpc is writing, twice, and
-    what the server holds in Python objects (tracemalloc) drops with it. Then the reader
-    opens its window: it gets that chunk, right, and then RESOURCE_EXHAUSTED naming
-    --stream-stall-timeout, well within its deadline (before, a handler ended at
-    abandonment left a late reader hanging until its deadline)."""
+    waits for memory: past the stall timeout its charge drops from its request and its
+    results (over 16 MiB) to the chunk grpc is writing, twice. What the server holds drops
+    with it: in Python objects (tracemalloc: over two rows, the job's 8 MB of selected ids
+    and the block's results), and in malloc's own count, the request protobuf parsed
+    (7.5 MiB, outside tracemalloc's view). One row is answered by the engine whole, two
+    rows by an evaluation job. Then the reader opens its window: it gets that chunk,
+    right, and then RESOURCE_EXHAUSTED naming --stream-stall-timeout, well within its
+    deadline (before, a handler ended at abandonment left a late reader hanging until its
+    deadline)."""
     with running_server(registry, stream_stall_timeout=STALL_S * 5) as server:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:  # the plan cached
-            pb_grpc.GradientServiceStub(channel).Evaluate(repeated_nodes(1, ROWS), timeout=60)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            for _ in range(2):  # the plan cached, and a structure's second call compiles it
+                pb_grpc.GradientServiceStub(channel).Evaluate(repeated_nodes(1, rows), timeout=60)
         gc.collect()
         tracemalloc.start()
         try:
             baseline = tracemalloc.get_traced_memory()[0]
             with H2GrpcClient(server.port, window=0, keep_data=True) as client:
                 budget = server._state.budget
-                stream_id = _stalled_stream(client, budget)
+                stream_id = _stalled_stream(client, budget, rows)
                 held_before = tracemalloc.get_traced_memory()[0] - baseline
-                charged_before = budget.used
+                charged_before, malloc_before = budget.used, in_use_mib()
                 with _budget_wanted(server):
                     assert wait_until(lambda: budget.used < 4 * 2**20, HANG_S), budget.used
-                    charged_after = budget.used
+                    charged_after, malloc_after = budget.used, in_use_mib()
                     held_after = tracemalloc.get_traced_memory()[0] - baseline
                     opened = time.monotonic()
                     client.open_window(stream_id, 2**26)
@@ -292,12 +301,22 @@ def test_a_stalled_stream_s_memory_drops_to_its_chunk_and_a_late_reader_gets_a_s
             tracemalloc.stop()
         state = client.streams[stream_id]
         assert wait_until(lambda: budget.used == 0, HANG_S), budget.used
+    print(
+        f"charged {charged_before / 2**20:.1f} -> {charged_after / 2**20:.1f} MiB, "
+        f"tracemalloc {held_before / 2**20:.1f} -> {held_after / 2**20:.1f} MiB, "
+        f"malloc {malloc_before:.1f} -> {malloc_after:.1f} MiB"
+    )
     [chunk] = _messages(bytes(state.data))
-    results = _check_chunks([chunk])
-    assert 0 < results < SELECTED * ROWS  # the chunk in flight, and no more
-    assert charged_before > 16 * 2**20 and held_before > 8 * SELECTED  # the ids at least
+    results = _check_chunks([chunk], rows)
+    assert 0 < results < SELECTED * rows  # the chunk in flight, and no more
+    assert charged_before > 16 * 2**20
     assert charged_after == 2 * len(chunk), (charged_after, len(chunk))
     assert held_after <= 2 * len(chunk), (held_after, len(chunk))
+    if rows > 1:  # the selected ids; an answer's results by node are two floats each
+        assert held_before > 8 * SELECTED > 2 * len(chunk), (held_before, len(chunk))
+    # The request (7.5 MiB), and over two rows the selected ids too (7.6 MiB).
+    freed = 7 if rows == 1 else 14.5
+    assert malloc_before - malloc_after > freed, (malloc_before, malloc_after)
     assert state.grpc_status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert b"stream-stall-timeout" in state.trailers[b"grpc-message"]
     assert took < HANG_S
