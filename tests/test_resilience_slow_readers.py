@@ -7,7 +7,7 @@ and the chunk being sent. Its charge now drops to that while the chunks wait for
 reader (``GradientServicer.EvaluateStream``)."""
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 from hardening import wait_until
 from metered import sample, scrape
@@ -28,12 +28,10 @@ BUDGET_MIB = 256  # the calls' part: 128 MiB; each chain stream is charged 35.7 
 NEVER_READ = 3
 
 
-def test_streams_whose_readers_never_read_leave_the_budget_to_computing():
-    """Three chain streams over many rows whose client never reads: each is evaluated and
-    waits for its reader with its first chunk. Another client's stream of the same size
-    then succeeds, right. (Before, each unread stream held its evaluation's 35.7 MiB,
-    107 of the 128 MiB, and the other stream was refused RESOURCE_EXHAUSTED after its 5 s
-    budget wait.)"""
+@contextmanager
+def _budgeted_server():
+    """A server of BUDGET_MIB with metrics, a channel to it, a stack for raw HTTP/2
+    clients (closed before the server stops), and its metrics port."""
     metrics_port = free_port()
     flags = ("--max-memory-mb", str(BUDGET_MIB), "--metrics-port", str(metrics_port))
     with (
@@ -41,10 +39,26 @@ def test_streams_whose_readers_never_read_leave_the_budget_to_computing():
         channel_to(served.port) as channel,
         ExitStack() as stack,
     ):
+        yield served, channel, stack, metrics_port
+
+
+def _streams_sending(metrics_port: int, metric: str) -> float:
+    """The budget's ledger (held_bytes, holding_calls) of EvaluateStreams whose chunk waits
+    for its reader."""
+    name = f"gradserve_memory_budget_{metric}"
+    return sample(scrape(metrics_port), name, method="EvaluateStream", state="sending")
+
+
+def test_streams_whose_readers_never_read_leave_the_budget_to_computing():
+    """Three chain streams over many rows whose client never reads: each is evaluated and
+    waits for its reader with its first chunk. Another client's stream of the same size
+    then succeeds, right. (Before, each unread stream held its evaluation's 35.7 MiB,
+    107 of the 128 MiB, and the other stream was refused RESOURCE_EXHAUSTED after its 5 s
+    budget wait.)"""
+    with _budgeted_server() as (served, channel, stack, metrics_port):
 
         def unread(metric: str) -> float:
-            name = f"gradserve_memory_budget_{metric}"
-            return sample(scrape(metrics_port), name, method="EvaluateStream", state="sending")
+            return _streams_sending(metrics_port, metric)
 
         raw = chain_request().SerializeToString()
         for _ in range(NEVER_READ):  # raw HTTP/2 clients that keep their window at 0
@@ -85,17 +99,10 @@ def test_stalled_streams_give_their_memory_to_a_call_waiting_for_it():
     readers all read: an abandoned one gets its chunk, then RESOURCE_EXHAUSTED naming the
     setting, at once; one that was not (no call waited for memory when it was looked at)
     gets its whole stream and OK. Once the clients leave, the budget is back at 0."""
-    metrics_port = free_port()
-    flags = ("--max-memory-mb", str(BUDGET_MIB), "--metrics-port", str(metrics_port))
-    with (
-        serve(*flags) as served,
-        channel_to(served.port) as channel,
-        ExitStack() as stack,
-    ):
+    with _budgeted_server() as (served, channel, stack, metrics_port):
 
         def stalled(metric: str) -> float:
-            name = f"gradserve_memory_budget_{metric}"
-            return sample(scrape(metrics_port), name, method="EvaluateStream", state="sending")
+            return _streams_sending(metrics_port, metric)
 
         raw = repeated_nodes(1_000_000).SerializeToString()
         readers = []
