@@ -15,6 +15,7 @@ import asyncio
 import gc
 import time
 import tracemalloc
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -26,6 +27,7 @@ from resilience import EVALUATE_STREAM, HANG_S, repeated_nodes
 
 from bench.arriving_live import in_use_mib
 from bench.h2_client import H2GrpcClient
+from gradserve.server.service import evaluation
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.app import running_server
 from gradserve.server.service.calls import (
@@ -338,3 +340,31 @@ def test_a_slow_reader_within_the_stall_timeout_gets_the_whole_stream(registry):
                     client.pump(lambda: state.finished, time.monotonic() + STALL_S / 2)
     assert state.grpc_status == 0, state.trailers
     assert _check_chunks(_messages(bytes(state.data))) == SELECTED * ROWS
+
+
+def test_a_finished_stream_s_job_is_freed_without_the_cyclic_collector(registry, monkeypatch):
+    """A call and its budget charge refer to each other, so only the cyclic collector frees
+    the call: what it kept (``held``: the job's arrays, and through them the request) is
+    let go of when the call finishes, so that a busy server's finished streams do not
+    wait for a collection to give their memory back."""
+    jobs = []
+    make_job = evaluation.Evaluator.job
+
+    def recording(self, *args):
+        job = make_job(self, *args)
+        jobs.append(weakref.ref(job))
+        return job
+
+    monkeypatch.setattr(evaluation.Evaluator, "job", recording)
+    gc.collect()
+    gc.disable()
+    try:
+        with running_server(registry) as server:
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = pb_grpc.GradientServiceStub(channel)
+                chunks = list(stub.EvaluateStream(repeated_nodes(1_000, ROWS), timeout=60))
+                assert _check_chunks([chunk.SerializeToString() for chunk in chunks]) == 2_000
+            [job] = jobs
+            assert wait_until(lambda: job() is None, HANG_S)
+    finally:
+        gc.enable()

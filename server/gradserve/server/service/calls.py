@@ -639,6 +639,10 @@ class CallScope:
         if self._finished:
             return
         self._finished = True
+        # The call and its charge refer to each other: only the cyclic collector frees
+        # them, and what ``held`` and ``labels`` keep (a job's arrays, the request) must
+        # not wait for it (a soak's calm phase peaked 1.1 GiB resident where it had 0.4).
+        self.held, self.labels = None, ()
         if self._send_watch is not None:
             self._send_watch.cancel()
         running = self._running
