@@ -31,6 +31,7 @@ from gradserve.server.service.calls import (
     call_log,
 )
 from gradserve.server.service.health_listing import ListingHealthServicer
+from gradserve.server.service.large_calls import share_large_calls
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.service.security import BearerTokenInterceptor
@@ -186,6 +187,7 @@ def start_server(
     isolation = _isolation_workers(registry, isolation_workers, trusted_plugins)
     tokens = tuple(filter(None, [auth_token] if isinstance(auth_token, str) else auth_token or ()))
     budget = MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes, arriving=max_arriving_bytes)
+    share_large_calls(budget)
     state = ServerState(
         limits=limits or Limits(),
         budget=budget,

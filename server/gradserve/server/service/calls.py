@@ -195,6 +195,8 @@ class CallScope:
             doing = SENDING
         elif self.charge.waiting:
             doing = WAITING_FOR_MEMORY
+        elif self.charge.waiting_for_large_share:
+            doing = WAITING_FOR_LARGE_CALLS_SHARE
         elif self._reply_share is not None and self._reply_share.waiting:
             doing = WAITING_FOR_SENDING_SHARE
         elif self._awaiting_slot:
@@ -695,6 +697,7 @@ def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.S
 # What a call holds its memory for (``CallScope.held_as``), as the metrics label it.
 SENDING = "sending"  # a reply message waiting for its reader to take it
 WAITING_FOR_MEMORY = "waiting_for_memory"
+WAITING_FOR_LARGE_CALLS_SHARE = "waiting_for_large_calls_share"  # then for the budget
 WAITING_FOR_SENDING_SHARE = "waiting_for_sending_share"
 WAITING_FOR_SLOT = "waiting_for_compute_slot"
 COMPUTING = "computing"  # a step on the executor

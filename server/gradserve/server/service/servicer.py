@@ -101,13 +101,16 @@ class GradientServicer:
     def _job_memory(self, call: CallScope, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
         """The rows to evaluate at once, and what the call holds of the budget meanwhile
         (taken with its compute slot: ``CallScope.compute``)."""
-        budget, base = self._state.budget.total, call.request_bytes
-        # Row blocks only when the whole batch would not fit half the budget (a block costs
-        # a pass over every op group), so that one batch evaluated in blocks for seconds
-        # leaves the other half to other calls; a block may hold more only when the call's
-        # fixed part (its arrays, the results it keeps) leaves it less than an eighth.
+        budget, base = self._state.budget, call.request_bytes
+        # Row blocks only when the whole batch would not fit half the large calls' share (a
+        # block costs a pass over every op group; ``large_calls``), so that one batch
+        # evaluated in blocks for seconds leaves the ordinary calls their half of the
+        # budget and other large calls half of their share; a block may hold more only
+        # when the call's fixed part (its arrays, the results it keeps) leaves it less
+        # than an eighth of the budget.
+        blocks = (budget.total if budget.large is None else budget.large.total) // 2
         fixed = job.memory(0, streaming)
-        block = job.block_rows(max(budget // 2 - base, fixed + budget // 8), streaming)
+        block = job.block_rows(max(blocks - base, fixed + budget.total // 8), streaming)
         return block, base + job.memory(block, streaming)
 
     async def _unary_reply(self, call: CallScope) -> bytes:
