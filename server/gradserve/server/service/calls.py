@@ -411,8 +411,9 @@ class CallScope:
             self._watch_send(min(now + STALL_POLL_S, timeout_due))
 
     def _abandon(self, why: str = "send timeout") -> None:
-        """The client did not read within the send timeout: stop the call's work and stop
-        counting it (max-concurrent-calls, the drain).
+        """The client did not read within the send timeout (``why``: or, a stream's, the
+        stall timeout while memory is wanted): stop the call's work and stop counting it
+        (max-concurrent-calls, the drain).
 
         grpc.aio cannot end one call while a write of it waits for the reader's
         flow-control window (no status can be sent, and there is no server-side cancel),
@@ -420,10 +421,9 @@ class CallScope:
         reply, to the sending share as well: ``sending``), until the client reads, cancels
         or disconnects, its deadline passes, its connection reaches --max-connection-age,
         or the server stops (bench/stalled_write.py tries each way to end it). What a
-        stream's handler keeps besides (``held``) is let go of at once (``_let_go``).
-
-        A stream is abandoned so (``why`` _STALLED) at the stall timeout already when other
-        calls wait for memory: its reader has stopped, and the memory it holds is wanted."""
+        stream's handler keeps besides (``held``) is let go of at once (``_let_go``): that
+        is why a stream's stall may abandon it sooner, its reader stopped and the memory
+        it holds wanted."""
         self.note = why
         self._gone = True
         if why == _STALLED:
