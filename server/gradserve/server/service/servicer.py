@@ -10,11 +10,10 @@ decoded by grpc before the call is authorised. Errors become statuses in one pla
 import grpc
 
 from gradserve.server import __version__
-from gradserve.server.engine.errors import Cancelled
 from gradserve.server.engine.run import Answer, Cost, Engine
 from gradserve.server.registry import LoadedOp
 from gradserve.server.service import evaluation, train_stream
-from gradserve.server.service.calls import CallScope, ServerState
+from gradserve.server.service.calls import CallScope, Held, ServerState
 from gradserve.v1 import gradserve_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
@@ -142,27 +141,30 @@ class GradientServicer:
     async def EvaluateStream(self, _requests, context):
         async with CallScope("EvaluateStream", context, self._state) as call:
             request, digest, prepared = await self._prepare(call)
-            if isinstance(prepared, Answer):
-                nodes = evaluation.answer_chunk_nodes(prepared, request.chunk_size)
+            chunk_size = request.chunk_size
+            # The job (or answer) and the chunks are kept in ``held`` only, never in this
+            # frame while a chunk is written, so that the call can let go of them when the
+            # reader stops reading (``CallScope._let_go``).
+            held = call.held = Held(prepared)
+            del request, prepared
+            if isinstance(held.work, Answer):
+                nodes = evaluation.answer_chunk_nodes(held.work, chunk_size)
                 await call.admit(call.request_bytes + evaluation.answer_chunk_bytes(nodes))
-                for chunk in evaluation.answer_chunks(prepared, digest, request.chunk_size):
-                    await call.send(chunk)
+                held.chunks = evaluation.answer_chunks(held.work, digest, chunk_size)
+                await call.send_held()
                 return
-            job = prepared
-            block, memory = self._job_memory(call, job, streaming=True)
-            sending = min(memory, call.request_bytes + job.sending_memory(block))
+            block, memory = self._job_memory(call, held.work, streaming=True)
+            sending = min(memory, call.request_bytes + held.work.sending_memory(block))
             work = self._evaluator.evaluate_block
-            for first in range(0, job.rows, block):
+            for first in range(0, held.work.rows, block):
                 with call.span.step("evaluating"):
-                    results = await call.compute(work, job, first, block, memory=memory)
+                    results = await call.compute(work, held.work, first, block, memory=memory)
                 # While its chunks wait for the reader, the call holds the block's results,
                 # not what evaluating them took: a slow reader keeps no memory from computing.
                 await call.admit(sending)  # less than it held: never waits
-                for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
-                    if call.should_stop():  # past the deadline it raises DeadlineExceeded
-                        raise Cancelled()  # the client is gone: never an OK status
-                    await call.send(chunk)
+                held.chunks = evaluation.block_chunks(held.work, first, results, chunk_size)
                 del results
+                await call.send_held()
 
     async def ListOps(self, _requests, context):
         async with CallScope("ListOps", context, self._state) as call:
