@@ -1,61 +1,149 @@
-"""The compute slots: how many calls run work on the evaluation threads at once, shared
-fairly between connections.
+"""The compute slots: how many calls run work on the evaluation threads at once, shared by
+the CPU each call has used, so that short calls pass long ones whoever sends them.
 
-``asyncio.Semaphore`` hands a freed slot to its oldest waiter, so one connection that queues
-many long evaluations (wide HVPs, huge batches: issue 19's soak) keeps every slot, and
-another client's call waits behind that whole queue. Here a freed slot goes to the waiting
-call whose connection holds the fewest slots, the oldest first among equals: a call of
-another connection waits at most for the first slot to free. A connection alone still
-uses every slot (no slot stays idle while a call waits)."""
+Issue 19's soak: handing a freed slot to the waiting call whose *connection* held the
+fewest slots made one connection of 32 legitimate clients worth as much as one abuser's
+call. Each abuser connection got a slot as soon as it asked and held it for seconds (a
+wide HVP's 1.5 s step, a long chain over 100,000 rows), and the legitimate calls (50-150
+ms of CPU each) shared what was left: their p99 went to 4.3x of calm. So here:
+
+- **Least CPU first.** A freed slot goes to the waiting call that has used the least CPU
+  so far (its steps' ``time.thread_time``), first come first served among equals. Waiting
+  ages a call: each second it waits counts as ``AGING`` seconds of CPU less, so that a long
+  call on a busy server gets its turn (within its deadline) rather than never.
+- **Slices.** A step that has computed a ``SLICE`` since it got its slot, while a call that
+  would come before it waits, gives its slot up at its next stop check and parks its
+  thread until it is its turn again (``CallScope``). A parked step holds its thread and its
+  memory (it still holds them), not a slot: the executor has ``PARKED`` threads per slot
+  beyond the slots, and at most that many steps park, so that every slot granted has a
+  thread to run on.
+- **A share per connection.** While a call of another connection waits, a connection
+  holding ``count - 1`` slots gets no more (one slot always goes round the others): a
+  connection of many short calls cannot shut a long call out, nor a connection of many
+  long calls the short ones. A connection alone still uses every slot (no slot stays
+  idle while a call waits)."""
 
 import asyncio
-from collections import deque
+import math
+import time
+from collections.abc import Callable
 
 from gradserve.server.service.counts import add_count
 
+SLICE = 0.05  # seconds of a step's CPU before it gives its slot to a call before it
+AGING = 0.1  # seconds of CPU forgiven per second of waiting
+PARKED = 1  # steps that may park, per slot (the executor's threads beyond the slots)
+
+
+def queue_key(used: float, since: float) -> float:
+    """A call's place in the queue: the CPU it has used (s), less what its wait since the
+    monotonic ``since`` forgives; the smallest comes first. Only the difference between two
+    keys matters, so the wait is counted from the clock's origin: a key does not change as
+    its call waits, and of equal CPU the earlier comes first."""
+    return used + AGING * since
+
+
+class Waiter:
+    """A call waiting for a slot: ``granted()`` is called on the loop once it holds one."""
+
+    __slots__ = ("connection", "granted", "key")
+
+    def __init__(self, connection: str, key: float, granted: Callable[[], bool]) -> None:
+        self.connection = connection
+        self.key = key
+        self.granted = granted  # False: the waiter is gone, the slot goes to the next
+
 
 class ComputeSlots:
-    """``count`` slots, each held by one call's work on the executor (used on the loop)."""
+    """``count`` slots, each held by one call's work on the executor (used on the loop;
+    ``first_key`` and ``parked`` are read from the executor's threads too)."""
+
+    clock = staticmethod(time.monotonic)  # of the waits that age the calls
 
     def __init__(self, count: int) -> None:
+        self.count = count
         self.free = count
+        self.share = max(1, count - 1)  # a connection's slots while others wait
         self.by_connection: dict[str, int] = {}  # slots held, by connection
-        self._waiting: deque[tuple[str, asyncio.Future]] = deque()
+        self._waiting: list[Waiter] = []
+        self.first_key = math.inf  # of the waiter the next free slot goes to
+        self.parked = 0  # steps parked on their threads (``CallScope``)
+        self.max_parked = PARKED * count
 
-    async def acquire(self, connection: str) -> None:
-        """Wait for a slot for ``connection``; hold it until ``release(connection)``."""
+    async def acquire(self, connection: str, used: float = 0.0) -> None:
+        """Wait for a slot for a call of ``connection`` that has used ``used`` seconds of
+        CPU; hold it until ``release(connection)``."""
         if self.free and not self._waiting:
             self._hold(connection)
             return
         given = asyncio.get_running_loop().create_future()
-        waiter = (connection, given)
-        self._waiting.append(waiter)
+
+        def granted() -> bool:
+            if given.cancelled():
+                return False
+            given.set_result(None)
+            return True
+
+        waiter = self.wait(connection, used, granted)
         try:
             await given
         except asyncio.CancelledError:
             if given.done() and not given.cancelled():  # a slot came with the cancel
                 self.release(connection)
-            elif waiter in self._waiting:
-                self._waiting.remove(waiter)
+            else:
+                self.withdraw(waiter)
             raise
+
+    def wait(self, connection: str, used: float, granted: Callable[[], bool]) -> Waiter:
+        """Queue a call of ``connection`` that has used ``used`` seconds of CPU: once it
+        holds a slot, ``granted()`` says so (False: it wants it no more)."""
+        waiter = Waiter(connection, queue_key(used, self.clock()), granted)
+        self._waiting.append(waiter)
+        self._hand_over()
+        return waiter
+
+    def withdraw(self, waiter: Waiter) -> bool:
+        """Take ``waiter`` out of the queue; False when it was granted a slot already."""
+        if waiter not in self._waiting:
+            return False
+        self._waiting.remove(waiter)
+        self._note_first()
+        return True
 
     def release(self, connection: str) -> None:
         add_count(self.by_connection, connection, -1)
         self.free += 1
         self._hand_over()
 
+    def passes(self, used: float) -> bool:
+        """Whether a call that has used ``used`` seconds of CPU, queued now, would come
+        after the first waiter: then a step of it gives its slot up (read from threads)."""
+        return self.first_key < queue_key(used, self.clock())
+
     def _hold(self, connection: str) -> None:
         self.free -= 1
         add_count(self.by_connection, connection, 1)
 
+    def _next(self) -> Waiter | None:
+        """The waiter the next free slot goes to: the least key, of a connection under its
+        share unless every waiter's connection is at it."""
+        if not self._waiting:
+            return None
+        held = self.by_connection.get
+        under = [waiter for waiter in self._waiting if held(waiter.connection, 0) < self.share]
+        return min(under or self._waiting, key=lambda waiter: waiter.key)  # oldest of equals
+
     def _hand_over(self) -> None:
-        """Give the free slots to the waiting calls whose connections hold the fewest."""
+        """Give the free slots to the waiting calls that come first."""
         while self.free and self._waiting:
-            held = self.by_connection.get
-            waiter = min(self._waiting, key=lambda waiter: held(waiter[0], 0))  # oldest of equals
+            waiter = self._next()
             self._waiting.remove(waiter)
-            connection, given = waiter
-            if given.cancelled():
-                continue
-            self._hold(connection)
-            given.set_result(None)
+            self._hold(waiter.connection)
+            if not waiter.granted():
+                add_count(self.by_connection, waiter.connection, -1)
+                self.free += 1
+        self._note_first()
+
+    def _note_first(self) -> None:
+        waiter = self._next()
+        self.first_key = math.inf if waiter is None else waiter.key
