@@ -22,33 +22,22 @@ LONG_SPINS = 1_500  # 7.5 s of CPU: far more than a slice, unless released
 XS = [0.5, -0.25]  # the leaf's value in each of two rows (rows > 1: a step on a thread)
 
 
-class Spin:
-    """An identity op that burns SPIN_S of its thread's CPU per call until ``release``."""
+class Gated:
+    """An identity op that, until ``release``, burns SPIN_S of its thread's CPU per call
+    (``spin``) or waits using none (``hold``); it counts its calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self.calls = 0
         self.release = threading.Event()
-        self.op = Op("spin", 1, forward=self._forward, backward=lambda g, y, x: (g.copy(),))
+        self.op = Op(name, 1, forward=self._forward, backward=lambda g, y, x: (g.copy(),))
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         self.calls += 1
+        if self.op.name == "hold":
+            self.release.wait(HANG_S * 6)
         began = time.thread_time()
         while time.thread_time() - began < SPIN_S and not self.release.is_set():
             pass
-        return x.copy()
-
-
-class Hold:
-    """An identity op that waits, using no CPU, until ``release``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.release = threading.Event()
-        self.op = Op("hold", 1, forward=self._forward, backward=lambda g, y, x: (g.copy(),))
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        self.release.wait(HANG_S * 6)
         return x.copy()
 
 
@@ -88,7 +77,7 @@ def test_a_long_step_gives_its_slot_to_a_short_call_and_then_finishes_right(regi
     """One slot: a long chain computes; a short call of another connection arrives. The
     short call gets its answer while the long step is still unfinished (it could not, were
     the slot held to the step's end), and the long call's answer is then right."""
-    spin = Spin()
+    spin = Gated("spin")
     long_request, long_values, long_grads = spin_chain(LONG_SPINS)
     short_request, short_values, short_grads = spin_chain(4)
     with (
@@ -118,7 +107,7 @@ def test_a_parked_step_that_ends_wakes_and_frees_its_thread_and_slot(registry, e
     then holds the slot, using none) arrives. Cancelled, or past its deadline, while parked,
     it wakes and stops: a thread is free for other work while the slot is still held, no
     queue place is left, and once the holding call ends the slot serves the next."""
-    spin, hold = Spin(), Hold()
+    spin, hold = Gated("spin"), Gated("hold")
     long_request, _, _ = spin_chain(LONG_SPINS)
     hold_request = pb.EvaluateRequest(
         graph=pb.Graph(
