@@ -1,9 +1,9 @@
-"""The compute slots: a freed slot goes to the waiting call that has used the least CPU
-(aged by its wait), a connection holds all but one slot while others wait, none is lost."""
+"""The compute slots: a freed slot goes to the waiting call that came first, unless it has
+computed long, a connection holds all but one slot while others wait, none is lost."""
 
 import asyncio
 
-from gradserve.server.service.compute_slots import AGING, LEAD, ComputeSlots
+from gradserve.server.service.compute_slots import LEAD, RATE, ComputeSlots
 
 
 async def _settle() -> None:
@@ -85,25 +85,27 @@ class Clock:
 
 def test_a_call_that_has_used_less_cpu_passes_the_next_steps_of_long_calls():
     """Long calls of three connections hold every slot, two queue their next steps; a call
-    arriving later, having used less CPU, gets the first slot freed, before either."""
+    arriving a second later, having used a little CPU, gets the first slot freed, before
+    either; then the long calls go by the CPU they used."""
 
     async def scenario():
         slots = ComputeSlots(3)
         slots.clock = clock = Clock()
-        await slots.acquire("wide", 1.5)
-        await slots.acquire("rows", 3.0)
-        await slots.acquire("chunks", 2.0)
+        began = clock.now
+        for connection in ("wide", "rows", "chunks"):
+            await slots.acquire(connection)
         next_steps = [
-            asyncio.create_task(slots.acquire("wide", 1.5)),
-            asyncio.create_task(slots.acquire("rows", 3.0)),
+            asyncio.create_task(slots.acquire("wide", began, 1.5)),
+            asyncio.create_task(slots.acquire("rows", began, 3.0)),
         ]
         await _settle()
-        clock.now += 1  # the short call arrives a second later
-        short = asyncio.create_task(slots.acquire("client", 0.05))
+        clock.now += 1
+        short = asyncio.create_task(slots.acquire("client", clock.now, 0.05))
         await _settle()
-        assert slots.first_key < float("inf")  # the steps computing would give way to it
-        # A step computing would give way to it once it has used LEAD more CPU.
-        assert slots.passes(0.05 + LEAD + 0.01) and not slots.passes(0.05 + LEAD - 0.01)
+        # A step of a call that began with the long ones would give its slot up to it once
+        # it has used LEAD (in key seconds) more: the short call's lead over it.
+        edge = (clock.now - began + 0.05 / RATE + LEAD) * RATE
+        assert slots.passes(began, edge + 0.01) and not slots.passes(began, edge - 0.01)
         slots.release("chunks")
         await _settle()
         assert short.done() and not any(task.done() for task in next_steps)
@@ -116,26 +118,28 @@ def test_a_call_that_has_used_less_cpu_passes_the_next_steps_of_long_calls():
     asyncio.run(scenario())
 
 
-def test_waiting_ages_a_long_call_until_it_comes_before_fresh_ones():
-    """A call that has used a second of CPU comes after fresh calls, until it has waited
-    1 / AGING seconds longer than they have: it is not starved on a busy server."""
+def test_a_call_that_computed_long_gets_its_turn_once_later_calls_catch_up():
+    """A call that has used a second of CPU comes after calls that began less than
+    1 / RATE seconds after it, and before those that began later: it is not starved on a
+    busy server, and it gets RATE of a core over its life."""
 
     async def scenario():
         slots = ComputeSlots(1)
         slots.clock = clock = Clock()
+        began = clock.now
         await slots.acquire("busy")
-        long_call = asyncio.create_task(slots.acquire("long", 1.0))
+        long_call = asyncio.create_task(slots.acquire("long", began, 1.0))
         await _settle()
-        clock.now += 1.0 / AGING - 1  # not quite long enough
-        fresh = asyncio.create_task(slots.acquire("fresh", 0.0))
+        clock.now = began + 1.0 / RATE - 0.5
+        sooner = asyncio.create_task(slots.acquire("sooner"))
         await _settle()
         slots.release("busy")
         await _settle()
-        assert fresh.done() and not long_call.done()
-        clock.now += 2  # now the long call has waited 1 / AGING + 1 s more than this one
-        later = asyncio.create_task(slots.acquire("later", 0.0))
+        assert sooner.done() and not long_call.done()
+        clock.now = began + 1.0 / RATE + 0.5
+        later = asyncio.create_task(slots.acquire("later"))
         await _settle()
-        slots.release("fresh")
+        slots.release("sooner")
         await _settle()
         assert long_call.done() and not later.done()
         later.cancel()
@@ -154,14 +158,14 @@ def test_a_connection_of_short_calls_cannot_hold_every_slot_while_a_long_call_wa
         slots = ComputeSlots(3)
         for _ in range(2):
             await slots.acquire("many")
-        long_call = asyncio.create_task(slots.acquire("long", 10.0))
+        long_call = asyncio.create_task(slots.acquire("long", used=10.0))
         await _settle()  # the third slot is free: a call of its own takes it at once
         assert long_call.done()
         slots.release("long")
         await slots.acquire("many")
         assert slots.by_connection == {"many": 3}  # alone, a connection uses every slot
-        long_call = asyncio.create_task(slots.acquire("long", 10.0))
-        more = [asyncio.create_task(slots.acquire("many", 0.0)) for _ in range(3)]
+        long_call = asyncio.create_task(slots.acquire("long", used=10.0))
+        more = [asyncio.create_task(slots.acquire("many")) for _ in range(3)]
         await _settle()
         slots.release("many")
         await _settle()

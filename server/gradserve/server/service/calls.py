@@ -138,8 +138,10 @@ class CallScope:
     _reply_share = None  # its reply's sending.Reservation, once it has one
     _sending_since: float | None = None  # loop time the write in progress began
     _awaiting_slot = False  # waiting for a compute slot
-    # CPU seconds of the call's steps on the executor, the finished ones (``compute_slots``
-    # queues by it), and the thread times the step in progress began and got its slot.
+    # When the call first asked for a compute slot (the slots' clock) and the CPU seconds
+    # of its finished steps on the executor (``compute_slots`` queues by them), and the
+    # thread times the step in progress began and got its slot.
+    slot_since: float | None = None
     cpu_used = 0.0
     _step_began = 0.0
     _slice_began = 0.0
@@ -321,9 +323,11 @@ class CallScope:
 
     async def _slot(self, slots: ComputeSlots, connection: str) -> None:
         """Wait for a compute slot for the call (its holder's kind says so meanwhile)."""
+        if self.slot_since is None:
+            self.slot_since = slots.clock()
         self._awaiting_slot = True
         try:
-            await slots.acquire(connection, self.cpu_used)
+            await slots.acquire(connection, self.slot_since, self.cpu_used)
         finally:
             self._awaiting_slot = False
         self._holds_slot = True
@@ -365,7 +369,7 @@ class CallScope:
         if now - self._slice_began < SLICE or slots.parked >= slots.max_parked:
             return
         used = self.cpu_used + now - self._step_began
-        if not slots.passes(used):
+        if not slots.passes(self.slot_since, used):
             return
         resume = threading.Event()
         try:
@@ -388,7 +392,7 @@ class CallScope:
             self._gone
             or not self._holds_slot
             or slots.parked >= slots.max_parked
-            or not slots.passes(used)
+            or not slots.passes(self.slot_since, used)
         ):
             resume.set()
             return
@@ -397,7 +401,7 @@ class CallScope:
         slots.parked += 1
         self._holds_slot = False
         slots.release(connection)
-        waiter = slots.wait(connection, used, self._resumed)
+        waiter = slots.wait(connection, self.slot_since, used, self._resumed)
         if not self._holds_slot:  # else granted at once: its slot came back
             self._parked = waiter
 

@@ -1,5 +1,6 @@
 """The compute slots: how many calls run work on the evaluation threads at once, shared by
-the CPU each call has used, so that short calls pass long ones whoever sends them.
+when each call began and the CPU it has used, so that calls that compute for seconds fall
+behind the others whoever sends them.
 
 Issue 19's soak: handing a freed slot to the waiting call whose *connection* held the
 fewest slots made one connection of 32 legitimate clients worth as much as one abuser's
@@ -7,10 +8,14 @@ call. Each abuser connection got a slot as soon as it asked and held it for seco
 wide HVP's 1.5 s step, a long chain over 100,000 rows), and the legitimate calls (50-150
 ms of CPU each) shared what was left: their p99 went to 4.3x of calm. So here:
 
-- **Least CPU first.** A freed slot goes to the waiting call that has used the least CPU
-  so far (its steps' ``time.thread_time``), first come first served among equals. Waiting
-  ages a call: each second it waits counts as ``AGING`` seconds of CPU less, so that a long
-  call on a busy server gets its turn (within its deadline) rather than never.
+- **First come, unless it computed long.** A freed slot goes to the waiting call whose
+  key is the least: when it first asked for a slot, later by 1 / ``RATE`` (4) seconds
+  per second of CPU it has used since (its steps' ``time.thread_time``). Calls of like
+  cost go in the order they came, so that those begun first end first (least CPU first
+  alone let fresh calls pass streams half done: more of them in flight, each holding its
+  request while waiting for memory, and the large streams' p99 at 4.5x of calm in a
+  soak). A call that has computed for seconds falls behind the calls that came after it,
+  and still gets its turn: it may use a quarter of a core over its life.
 - **Slices.** A step that has computed a ``SLICE`` since it got its slot, while a call that
   would come ``LEAD`` before it waits, gives its slot up at its next stop check and parks
   its thread until it is its turn again (``CallScope``). The lead keeps calls of like
@@ -33,18 +38,17 @@ from collections.abc import Callable
 
 from gradserve.server.service.counts import add_count
 
+RATE = 0.25  # of a core each call may use before it falls behind calls that began later
 SLICE = 0.05  # seconds of a step's CPU before it gives its slot to a call before it
-LEAD = 0.25  # seconds of CPU a waiting call must be ahead by to take a computing step's slot
-AGING = 0.1  # seconds of CPU forgiven per second of waiting
+LEAD = 1.0  # a waiting call's lead (in key seconds: 0.25 s of CPU) to take a step's slot
 PARKED = 1  # steps that may park, per slot (the executor's threads beyond the slots)
 
 
-def queue_key(used: float, since: float) -> float:
-    """A call's place in the queue: the CPU it has used (s), less what its wait since the
-    monotonic ``since`` forgives; the smallest comes first. Only the difference between two
-    keys matters, so the wait is counted from the clock's origin: a key does not change as
-    its call waits, and of equal CPU the earlier comes first."""
-    return used + AGING * since
+def queue_key(since: float, used: float) -> float:
+    """A call's place in the queue, the smallest first: when it first asked for a slot
+    (monotonic seconds), later by 1 / RATE seconds per second of CPU it has used since. A
+    key does not change while its call waits."""
+    return since + used / RATE
 
 
 class Waiter:
@@ -74,9 +78,10 @@ class ComputeSlots:
         self.parked = 0  # steps parked on their threads (``CallScope``)
         self.max_parked = PARKED * count
 
-    async def acquire(self, connection: str, used: float = 0.0) -> None:
-        """Wait for a slot for a call of ``connection`` that has used ``used`` seconds of
-        CPU; hold it until ``release(connection)``."""
+    async def acquire(self, connection: str, since: float | None = None, used: float = 0.0) -> None:
+        """Wait for a slot for a call of ``connection`` that first asked for one at
+        ``since`` (now when None) and has used ``used`` seconds of CPU since; hold it
+        until ``release(connection)``."""
         if self.free and not self._waiting:
             self._hold(connection)
             return
@@ -88,7 +93,7 @@ class ComputeSlots:
             given.set_result(None)
             return True
 
-        waiter = self.wait(connection, used, granted)
+        waiter = self.wait(connection, self.clock() if since is None else since, used, granted)
         try:
             await given
         except asyncio.CancelledError:
@@ -98,10 +103,12 @@ class ComputeSlots:
                 self.withdraw(waiter)
             raise
 
-    def wait(self, connection: str, used: float, granted: Callable[[], bool]) -> Waiter:
-        """Queue a call of ``connection`` that has used ``used`` seconds of CPU: once it
-        holds a slot, ``granted()`` says so (False: it wants it no more)."""
-        waiter = Waiter(connection, queue_key(used, self.clock()), granted)
+    def wait(
+        self, connection: str, since: float, used: float, granted: Callable[[], bool]
+    ) -> Waiter:
+        """Queue a call of ``connection`` (``since`` and ``used`` as ``acquire``'s): once
+        it holds a slot, ``granted()`` says so (False: it wants it no more)."""
+        waiter = Waiter(connection, queue_key(since, used), granted)
         self._waiting.append(waiter)
         self._hand_over()
         return waiter
@@ -119,11 +126,10 @@ class ComputeSlots:
         self.free += 1
         self._hand_over()
 
-    def passes(self, used: float) -> bool:
-        """Whether a call that has used ``used`` seconds of CPU, queued now, would come
-        ``LEAD`` after the first waiter: then a step of it gives its slot up (read from
-        threads)."""
-        return self.first_key + LEAD < queue_key(used, self.clock())
+    def passes(self, since: float, used: float) -> bool:
+        """Whether a call (``since`` and ``used`` as ``acquire``'s) would come ``LEAD``
+        after the first waiter: then a step of it gives its slot up (read from threads)."""
+        return self.first_key + LEAD < queue_key(since, used)
 
     def _hold(self, connection: str) -> None:
         self.free -= 1
