@@ -150,32 +150,35 @@ def test_a_call_that_computed_long_gets_its_turn_once_later_calls_catch_up():
     asyncio.run(scenario())
 
 
-def test_a_connection_of_short_calls_cannot_hold_every_slot_while_a_long_call_waits():
-    """The other way round: a connection of many calls that have used no CPU holds at most
-    count - 1 slots while a call of another connection waits, whatever CPU it used."""
+def test_a_connection_keeps_the_last_slot_from_its_calls_for_a_short_call_not_a_long_one():
+    """While another connection's call waits, a connection holding all slots but one gets
+    the last only if that call has computed long (issue 19's wide HVP took a thread
+    whenever it asked); a short call of another connection gets it before the
+    connection's own calls that came earlier."""
 
     async def scenario():
         slots = ComputeSlots(3)
-        for _ in range(2):
+        slots.clock = clock = Clock()
+        for _ in range(3):
             await slots.acquire("many")
-        long_call = asyncio.create_task(slots.acquire("long", used=10.0))
-        await _settle()  # the third slot is free: a call of its own takes it at once
-        assert long_call.done()
-        slots.release("long")
-        await slots.acquire("many")
-        assert slots.by_connection == {"many": 3}  # alone, a connection uses every slot
-        long_call = asyncio.create_task(slots.acquire("long", used=10.0))
-        more = [asyncio.create_task(slots.acquire("many")) for _ in range(3)]
+        long_call = asyncio.create_task(slots.acquire("long", clock.now, used=10.0))
         await _settle()
-        slots.release("many")
+        clock.now += 1
+        more = [asyncio.create_task(slots.acquire("many")) for _ in range(2)]
         await _settle()
-        assert long_call.done() and not any(task.done() for task in more)
-        assert slots.by_connection == {"many": 2, "long": 1}
-        slots.release("long")  # no other connection waits: its calls use the slot
+        slots.release("many")  # the first by key: the long call has computed 40 s worth
         await _settle()
-        assert [task.done() for task in more] == [True, False, False]
-        for task in more[1:]:
+        assert more[0].done() and not (long_call.done() or more[1].done())
+        clock.now += 1
+        short = asyncio.create_task(slots.acquire("other", used=0.01))
+        await _settle()
+        slots.release("many")  # "many" holds its share: the short call passes more[1]
+        await _settle()
+        assert short.done() and not (long_call.done() or more[1].done())
+        assert slots.by_connection == {"many": 2, "other": 1}
+        for task in (long_call, more[1]):
             task.cancel()
-        await asyncio.gather(*more, return_exceptions=True)
+        await asyncio.gather(long_call, more[1], return_exceptions=True)
+        assert slots.by_connection == {"many": 2, "other": 1} and slots.free == 0
 
     asyncio.run(scenario())
