@@ -335,7 +335,7 @@ class CallScope:
         if memory is not None:
             admitting = self.admit(memory)
             if admitting is not _ADMITTED:
-                self._let_go(slots, connection)
+                self._leave_slot(slots, connection)
                 await admitting  # waiting or refused
                 await self._slot(slots, connection)
         try:
@@ -348,7 +348,7 @@ class CallScope:
                 if running.done():
                     self._running = None
         finally:
-            self._let_go(slots, connection)
+            self._leave_slot(slots, connection)
 
     async def _slot(self, slots: ComputeSlots, connection: str) -> None:
         """Wait for a compute slot for the call (its holder's kind says so meanwhile)."""
@@ -361,7 +361,7 @@ class CallScope:
             self._awaiting_slot = False
         self._holds_slot = True
 
-    def _let_go(self, slots: ComputeSlots, connection: str) -> None:
+    def _leave_slot(self, slots: ComputeSlots, connection: str) -> None:
         """Give back the call's slot, or its step's place in the queue: a step parked when
         its task was cancelled is woken to stop."""
         if self._parked is not None:
@@ -405,7 +405,7 @@ class CallScope:
             self._loop.call_soon_threadsafe(self._give_up_slot, used, resume)
         except RuntimeError:  # the event loop is closed: the server has stopped
             return
-        # Woken on its turn, or when the call ends (``_let_go``); the deadline and the
+        # Woken on its turn, or when the call ends (``_leave_slot``); the deadline and the
         # stop flag are looked at meanwhile, in case no one wakes it.
         while not resume.wait(min(PARKED_POLL_S, max(0.0, self.deadline - time.monotonic()))):
             if self._gone or time.monotonic() > self.deadline:
