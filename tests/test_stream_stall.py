@@ -37,6 +37,7 @@ from gradserve.server.service.calls import (
     ServerState,
     StreamStalled,
 )
+from gradserve.server.service.large_calls import share_large_calls
 from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -129,6 +130,37 @@ def test_a_stalled_stream_lets_go_of_all_but_its_chunk_when_memory_is_wanted():
     assert written == 1  # the chunk in flight reached the reader, and no other
     assert waited < STALL_S + 1  # the stall timeout, not the send timeout (600 s)
     assert code == "RESOURCE_EXHAUSTED" and note == "stream stalled"
+
+
+def test_a_stalled_stream_in_the_large_calls_share_lets_go_when_a_large_call_waits_for_it():
+    """The stream's charge is large (more than an eighth of the budget), so it is held in
+    the large calls' share too (alone, more than the share's half). Another large call
+    waits for the share, though the budget has room for it: the stalled stream lets go
+    of all but its chunk, and the other call gets the share. (Looking at the budget's
+    waiters alone, the stream kept all and the other call was refused after its wait.)"""
+
+    async def stalled():
+        state = _state()
+        share = share_large_calls(state.budget)
+        call, context = await _stream(state, chunks=3)
+        context.reader.clear()
+        sending = asyncio.create_task(call.send_held())
+        other = state.budget.charge()
+        waiter = asyncio.create_task(other.resize(BUDGET // 4, time.monotonic() + 60))
+        while not share.waiting:
+            await asyncio.sleep(0)
+        budget_waiters = state.budget.waiting
+        await asyncio.wait_for(waiter, 5)
+        charge = call.charge.bytes
+        context.reader.set()
+        with pytest.raises(StreamStalled):
+            await sending
+        return budget_waiters, charge, share.used, other.bytes, call.note
+
+    budget_waiters, charge, share_used, other, note = asyncio.run(stalled())
+    assert budget_waiters == 0  # it waited for the share only
+    assert charge == 2 * len(CHUNK) and note == "stream stalled"
+    assert share_used == other == BUDGET // 4
 
 
 def test_a_stalled_stream_keeps_all_while_no_call_waits_for_memory():

@@ -325,6 +325,12 @@ class Charge:
             raise
 
     @property
+    def large_share_wanted(self) -> bool:
+        """Whether it holds some of the large calls' share while other calls wait for it."""
+        large = self._large
+        return large is not None and large.bytes > 0 and large.budget.waiting > 0
+
+    @property
     def waiting_for_large_share(self) -> bool:
         """Whether it waits for the large calls' share now (before the budget)."""
         return self._large is not None and self._large.waiting

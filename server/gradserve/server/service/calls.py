@@ -503,10 +503,15 @@ class CallScope:
             self._abandon()
         elif now < self._send_due(since):
             self._watch_send(self._send_due(since))
-        elif self.state.budget.waiting and self._running is None:
+        elif self._memory_wanted() and self._running is None:
             self._abandon(_STALLED)
         else:
             self._watch_send(min(now + STALL_POLL_S, timeout_due))
+
+    def _memory_wanted(self) -> bool:
+        """Whether other calls wait for memory the call holds: the budget's, or the large
+        calls' share's when its charge is held there too (``large_calls``)."""
+        return bool(self.state.budget.waiting) or self.charge.large_share_wanted
 
     def _abandon(self, why: str = "send timeout") -> None:
         """The client did not read within the send timeout (``why``: or, a stream's, the

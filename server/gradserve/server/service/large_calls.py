@@ -20,7 +20,9 @@ unread streams and the streams computing beside them would queue for one 64 MiB 
 A large call waits for the share, in order (``admission``), before it waits for the
 budget, within one wait in all; it is refused after that wait as the budget refuses. A
 call larger than the share may hold it when it is alone in it, so that every call that
-fits the budget still runs; the ordinary calls then have what that one call leaves.
+fits the budget still runs; the ordinary calls then have what that one call leaves. A
+stalled stream held here gives way to the large calls waiting for the share as it does
+to the calls waiting for the budget (``calls.CallScope._memory_wanted``).
 
 A batch's row blocks hold at most half this share (``servicer``'s ``_job_memory``), so
 that a batch evaluated in blocks for seconds leaves room in it for another large call.
