@@ -132,13 +132,13 @@ def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
     sizes = (len(graph.node_ops), len(graph.input_ids), len(graph.labels))
     compiling = memory.compile_bytes(*sizes, request.ByteSize())
     charges_when_compiling = []
-    plan = evaluation.Evaluator.plan
+    compile_plan = evaluation.Evaluator.compile
 
-    def planning(self, *args):
+    def compiling_plan(self, *args):
         charges_when_compiling.append(len(charges))
-        return plan(self, *args)
+        return compile_plan(self, *args)
 
-    monkeypatch.setattr(evaluation.Evaluator, "plan", planning)
+    monkeypatch.setattr(evaluation.Evaluator, "compile", compiling_plan)
     with (
         running_server(registry) as server,
         grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
@@ -148,6 +148,44 @@ def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
     decoding, before_compiling = charges[0], charges[made - 1]
     assert decoding >= request.ByteSize()
     assert before_compiling >= compiling + request.ByteSize() > compiling > 0
+
+
+@pytest.mark.parametrize("method", ["Evaluate", "EvaluateStream"])
+def test_a_plan_found_in_the_cache_is_looked_up_without_compiling_s_charge(
+    registry, charges, monkeypatch, method
+):
+    """A large call whose plan is cached holds, while it finds it, its request and the
+    lookup's arrays (``lookup_cost``), not what compiling would take: the first call
+    compiles holding both, the second never compiles nor holds compiling's charge."""
+    request = pb.EvaluateRequest(graph=chain("tanh", 20_000).proto())
+    assert request.ByteSize() > evaluation.SMALL_REQUEST_BYTES  # planned on a thread
+    compiling = evaluation.compile_cost(request, request.ByteSize())
+    finding = evaluation.lookup_cost(request)
+    assert finding < compiling / 2
+    steps = []  # (step, the number of charges made when it ran)
+    for name in ("find", "compile"):
+        step = getattr(evaluation.Evaluator, name)
+
+        def recording(self, *args, _name=name, _step=step):
+            steps.append((_name, len(charges)))
+            return _step(self, *args)
+
+        monkeypatch.setattr(evaluation.Evaluator, name, recording)
+    with (
+        running_server(registry) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        call = channel.unary_unary if method == "Evaluate" else channel.unary_stream
+        for _ in range(2):
+            replies = call(f"/gradserve.v1.GradientService/{method}")(
+                request.SerializeToString(), timeout=60
+            )
+            assert replies if method == "Evaluate" else list(replies)
+    [(_, cold), (_, compiled), (_, hot)] = steps
+    assert [name for name, _ in steps] == ["find", "compile", "find"]
+    assert finding <= charges[cold - 1] - charges[cold - 2] < compiling  # beyond the request
+    assert charges[compiled - 1] >= charges[cold - 1] + compiling
+    assert charges[hot - 1] == charges[cold - 1]  # the same lookup, and nothing more
 
 
 @pytest.mark.parametrize("rows", [1, 2])

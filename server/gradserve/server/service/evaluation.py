@@ -87,6 +87,18 @@ def _grown(entry_bytes: int, entries: int) -> int:
     return 2 * entry_bytes * (1 << (entries - 1).bit_length()) if entries else 0
 
 
+def lookup_cost(request: pb.EvaluateRequest) -> int:
+    """The memory finding the request's plan in the cache takes (0 when it names a plan):
+    its structure as arrays and strings (``Evaluator.find``), from its fields' lengths."""
+    if request.plan_digest:
+        return 0
+    graph = request.graph
+    nodes, inputs = max(len(graph.node_ops), len(graph.input_counts)), len(graph.input_ids)
+    strings = (graph.op_names, graph.labels)
+    characters = sum(sum(map(len, field)) for field in strings)
+    return memory.structure_bytes(nodes, inputs, sum(map(len, strings)), characters)
+
+
 def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
     """The memory compiling the request's graph would take (0 when it names a plan); its
     labels hold at most the ``raw_length`` bytes of the request message."""
@@ -180,8 +192,19 @@ class Evaluator:
         self.max_message_bytes = max_message_bytes
 
     def plan(self, request: pb.EvaluateRequest, step, should_stop: StopCheck) -> tuple[Plan, bytes]:
-        """The request's plan from the cache, compiling (and caching) it on a miss. The
-        trace ``step`` (``tracing``) learns which it was."""
+        """The request's plan from the cache, compiling (and caching) it on a miss."""
+        plan, digest, graph = self.find(request, step, should_stop)
+        if plan is None:
+            plan = self.compile(request, digest, graph, should_stop)
+        return plan, digest
+
+    def find(
+        self, request: pb.EvaluateRequest, step, should_stop: StopCheck
+    ) -> tuple[Plan | None, bytes, GraphArrays | None]:
+        """The request's plan from the cache (None on a miss), its digest, and on a miss
+        the graph's arrays when the digest needed them (``compile`` takes them). The trace
+        ``step`` (``tracing``) learns which it was. Its memory is ``lookup_cost``'s: a
+        hit holds no more, and a miss compiles in a step of its own."""
         if request.plan_digest:
             if wire.has_structure(request.graph):
                 raise GraphError(
@@ -198,7 +221,7 @@ class Evaluator:
             step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
             if plan is None:
                 raise PlanNotFound(request.plan_digest)
-            return plan, request.plan_digest
+            return plan, request.plan_digest, None
         self._limits.check_sizes(request)
         graph = None
         digest = small_structure_digest(request.graph)
@@ -209,11 +232,20 @@ class Evaluator:
             raise_if_stopped(should_stop)
         plan = self._engine.plans.get(digest)
         step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
-        if plan is None:
-            if graph is None:
-                graph = self._graph_arrays(request.graph)
-            plan = self._engine.compile(digest, graph, should_stop)
-        return plan, digest
+        return plan, digest, graph if plan is None else None
+
+    def compile(
+        self,
+        request: pb.EvaluateRequest,
+        digest: bytes,
+        graph: GraphArrays | None,
+        should_stop: StopCheck,
+    ) -> Plan:
+        """The plan ``find`` missed, compiled now and cached (from ``graph``, the request
+        graph's arrays, when ``find`` made them)."""
+        if graph is None:
+            graph = self._graph_arrays(request.graph)
+        return self._engine.compile(digest, graph, should_stop)
 
     def _graph_arrays(self, graph: pb.Graph) -> GraphArrays:
         """The graph's fields as arrays, once its fan-in is known to be within the limit.

@@ -70,15 +70,12 @@ class GradientServicer:
         inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
-        planning = call.request_bytes + evaluation.compile_cost(request, raw_length)
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
             if inline:
-                await call.admit(planning)
+                await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
                 plan, digest = self._evaluator.plan(request, step, call.should_stop)
             else:
-                await call.admit(call.request_bytes)  # while queued for a thread
-                work = self._evaluator.plan
-                plan, digest = await call.compute(work, request, step, memory=planning)
+                plan, digest = await self._plan(call, request, raw_length, step)
         call.nodes = plan.node_count
         if not labels:  # a plan named by its digest: the labels as the plan keeps them
             call.labels = plan.labels
@@ -98,6 +95,21 @@ class GradientServicer:
         # has a thread, the call holds its request and the job's arrays.
         call.charge.resize_now(min(call.charge.bytes, call.request_bytes + job.arrays_bytes))
         return request, digest, job
+
+    async def _plan(self, call: CallScope, request, raw_length: int, step) -> tuple:
+        """A large request's plan and digest: looked up in the cache holding what the
+        lookup takes, and only on a miss compiled, in a step holding compiling's memory.
+        A call waiting for memory then holds only what its next step needs: twenty large
+        streams whose plan is cached do not each hold a compile's 38 MiB (issue 19)."""
+        await call.admit(call.request_bytes)  # while queued for a thread
+        finding = call.request_bytes + evaluation.lookup_cost(request)
+        work = self._evaluator.find
+        plan, digest, graph = await call.compute(work, request, step, memory=finding)
+        if plan is None:  # the graph's arrays (if made) stay: compiling's charge covers them
+            compiling = finding + evaluation.compile_cost(request, raw_length)
+            work = self._evaluator.compile
+            plan = await call.compute(work, request, digest, graph, memory=compiling)
+        return plan, digest
 
     def _job_memory(self, call: CallScope, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
         """The rows to evaluate at once, and what the call holds of the budget meanwhile
