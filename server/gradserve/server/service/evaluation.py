@@ -7,6 +7,7 @@ step polls ``should_stop``.
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from operator import countOf
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -94,9 +95,11 @@ def lookup_cost(request: pb.EvaluateRequest) -> int:
         return 0
     graph = request.graph
     nodes, inputs = max(len(graph.node_ops), len(graph.input_counts)), len(graph.input_ids)
-    strings = (graph.op_names, graph.labels)
-    characters = sum(sum(map(len, field)) for field in strings)
-    return memory.structure_bytes(nodes, inputs, sum(map(len, strings)), characters)
+    fields = (graph.op_names, graph.labels)
+    strings = sum(map(len, fields))
+    empty = sum(countOf(field, "") for field in fields)  # Python's one empty string
+    characters = sum(sum(map(len, field)) for field in fields)
+    return memory.structure_bytes(nodes, inputs, strings - empty, empty, characters)
 
 
 def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
