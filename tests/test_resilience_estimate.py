@@ -194,7 +194,6 @@ def _job(plan, rows: int, selected: np.ndarray, tangents: bool) -> evaluation.Jo
     """A job of ``rows`` rows of zeros through ``plan``, differentiating its last node."""
     leaves = np.zeros((rows, len(plan.leaves)))
     return evaluation.Job(
-        request=pb.EvaluateRequest(),
         plan=plan,
         digest=bytes(16),
         leaves=leaves,

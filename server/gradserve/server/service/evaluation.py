@@ -29,6 +29,11 @@ MAX_CHUNKS = 4_096  # chunks of one row block at most, whatever chunk_size asks
 # as int objects of their own, three lists, the packed fields and the joined message) and
 # the message takes about 17 more; grpc's copy of it, as much again.
 ANSWER_CHUNK_BYTES_PER_RESULT = 128
+# An engine's answer itself (answer_bytes): its values and gradients, lists of up to
+# small_call.MAX_NODES floats (a pointer and a float object each), and its ids: a range, a
+# list of up to as many (a pointer and an int object each), or many as 4-byte ids.
+ANSWER_BYTES_PER_NODE = 2 * (8 + 24)
+ANSWER_BYTES_PER_LISTED_ID = 8 + 32
 # A request's bytes and, while they are decoded, the message: packed varints of one byte
 # widen to 4-byte ints. A large request is charged its decoded fields once it is decoded
 # (request_bytes); a small one, by its length alone for the whole call, so its bound holds
@@ -115,9 +120,9 @@ def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
 
 @dataclasses.dataclass
 class Job:
-    """A request with its plan, ready to evaluate."""
+    """A request's plan and arrays, ready to evaluate: all the call keeps of its request,
+    whose message (8 MiB for a million selected ids) is let go once the job is made."""
 
-    request: pb.EvaluateRequest
     plan: Plan
     digest: bytes
     leaves: np.ndarray  # (rows, leaves)
@@ -125,18 +130,14 @@ class Job:
     seeds: np.ndarray
     selected: np.ndarray
     tangents: np.ndarray | None = None  # (rows, leaves): a JVP and HVP call
+    allow_non_finite: bool = False
+    # Every node goes back, in id order (SELECTION_ALL): the engine's results are then
+    # the reply's as they are, with no copy taken of them.
+    every_node: bool = False
 
     @property
     def rows(self) -> int:
         return self.leaves.shape[0]
-
-    @property
-    def every_node(self) -> bool:
-        """Whether every node goes back, in id order (SELECTION_ALL): the engine's results
-        are then the reply's as they are, with no copy taken of them."""
-        request = self.request
-        selection = requests.selection_of(request.selection, request.nodes)
-        return selection == requests.SELECTION_ALL and len(self.selected) == self.plan.node_count
 
     @property
     def results_per_node(self) -> int:
@@ -266,7 +267,19 @@ class Evaluator:
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
         leaves = wire.leaf_rows(request, plan)
-        return Job(request, plan, digest, leaves, outputs, seeds, selected, tangents)
+        selection = requests.selection_of(request.selection, request.nodes)
+        every_node = selection == requests.SELECTION_ALL and len(selected) == plan.node_count
+        return Job(
+            plan,
+            digest,
+            leaves,
+            outputs,
+            seeds,
+            selected,
+            tangents,
+            allow_non_finite=request.allow_non_finite,
+            every_node=every_node,
+        )
 
     def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> int:
         """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
@@ -296,7 +309,7 @@ class Evaluator:
         """Every node's values and gradients (and, for a call with tangents, their
         tangents) for rows [first, first + rows), each shaped (nodes, rows)."""
         inputs = Inputs(
-            job.leaves, job.outputs, job.seeds, job.tangents, job.request.allow_non_finite
+            job.leaves, job.outputs, job.seeds, job.tangents, job.allow_non_finite
         ).rows(slice(first, first + rows))
         return self._engine.evaluate(job.plan, job.digest, inputs, should_stop)
 
@@ -351,6 +364,14 @@ def answer_reply(answer: Answer, digest: bytes) -> bytes:
 def answer_chunk_nodes(answer: Answer, chunk_size: int) -> int:
     """Results in the largest GradientChunk of an engine's answer (one row)."""
     return min(nodes_per_chunk(1, chunk_size, answer.count), answer.count)
+
+
+def answer_bytes(answer: Answer) -> int:
+    """What an engine's answer holds while it is sent: its results, and its ids (copied
+    out of the request, whose message is let go: ``small_call``)."""
+    ids = answer.ids
+    listed = ids.nbytes if isinstance(ids, np.ndarray) else ANSWER_BYTES_PER_LISTED_ID * len(ids)
+    return listed + ANSWER_BYTES_PER_NODE * len(answer.values)
 
 
 def answer_chunk_bytes(nodes: int) -> int:

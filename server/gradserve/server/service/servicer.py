@@ -40,10 +40,14 @@ class GradientServicer:
         self._evaluator = evaluation.Evaluator(engine, state.limits, max_message_bytes)
         self._ops_reply = _list_ops_reply(registry)
 
-    async def _prepare(self, call: CallScope, unary: bool = False):
-        """Receive, decode and plan the request; the engine's Answer, or the Job to
-        evaluate. A unary reply that could not be sent is refused here, before any
-        evaluation."""
+    async def _prepare(self, call: CallScope, unary: bool = False) -> tuple:
+        """Receive, decode and plan the request: its digest, the engine's Answer or the Job
+        to evaluate, and the chunk size it asks for. A unary reply that could not be sent
+        is refused here, before any evaluation.
+
+        These are all the call keeps of its request: the message (protobuf's arena, 8 MiB
+        for a million selected ids) is let go here, so that it is not held while the call
+        waits for memory, computes, or waits for a reader of its chunks."""
         raw = await call.receive()
         raw_length = len(raw)
         raw_bytes = evaluation.raw_request_bytes(raw_length)
@@ -61,12 +65,13 @@ class GradientServicer:
         # Each read of a repeated or message field makes an object: read each once, and a
         # request naming its plan by digest carries no structure to read (plan checks that).
         if request.plan_digest:
-            labels, nodes = (), 0
+            nodes = 0
         else:
             graph = request.graph
-            labels, nodes = graph.labels, len(graph.node_ops)
+            call.labels, nodes = graph.labels, len(graph.node_ops)  # the message's, till planned
+            del graph
         rows = request.rows or 1
-        call.labels, call.nodes, call.rows = labels, nodes, rows
+        call.nodes, call.rows = nodes, rows
         inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
@@ -77,10 +82,10 @@ class GradientServicer:
             else:
                 plan, digest = await self._plan(call, request, raw_length, step)
         call.nodes = plan.node_count
-        if not labels:  # a plan named by its digest: the labels as the plan keeps them
-            call.labels = plan.labels
+        call.labels = plan.labels  # the plan's: the request's are its message's
         if unary:  # refused, or its reply's room held, before anything is evaluated
             await call.reserve_sending(self._evaluator.check_reply_fits(request, plan))
+        chunk_size = request.chunk_size
         cost = self._engine.cost(plan, request)
         if cost is not Cost.NONE:
             with call.span.step("evaluating"):
@@ -89,12 +94,13 @@ class GradientServicer:
                 else:
                     answer = await call.compute(self._engine.answer, plan, digest, request)
             if answer is not None:
-                return request, digest, answer
+                return digest, answer, chunk_size  # its next charge is the answer's
         job = self._evaluator.job(request, plan, digest)
-        # Compiling is over (the plan's arrays are the plan cache's): until its evaluation
-        # has a thread, the call holds its request and the job's arrays.
-        call.charge.resize_now(min(call.charge.bytes, call.request_bytes + job.arrays_bytes))
-        return request, digest, job
+        del request
+        # Compiling is over (the plan's arrays are the plan cache's), and the request is
+        # let go: until its evaluation has a thread, the call holds the job's arrays.
+        call.charge.resize_now(min(call.charge.bytes, job.arrays_bytes))
+        return digest, job, chunk_size
 
     async def _plan(self, call: CallScope, request, raw_length: int, step) -> tuple:
         """A large request's plan and digest: looked up in the cache holding what the
@@ -111,32 +117,33 @@ class GradientServicer:
             plan = await call.compute(work, request, digest, graph, memory=compiling)
         return plan, digest
 
-    def _job_memory(self, call: CallScope, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
+    def _job_memory(self, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
         """The rows to evaluate at once, and what the call holds of the budget meanwhile
         (taken with its compute slot: ``CallScope.compute``)."""
-        budget, base = self._state.budget.total, call.request_bytes
+        budget = self._state.budget.total
         # Row blocks only when the whole batch would not fit half the budget (a block costs
         # a pass over every op group), so that one batch evaluated in blocks for seconds
         # leaves the other half to other calls; a block may hold more only when the call's
         # fixed part (its arrays, the results it keeps) leaves it less than an eighth.
         fixed = job.memory(0, streaming)
-        block = job.block_rows(max(budget // 2 - base, fixed + budget // 8), streaming)
-        return block, base + job.memory(block, streaming)
+        block = job.block_rows(max(budget // 2, fixed + budget // 8), streaming)
+        return block, job.memory(block, streaming)
 
     async def _unary_reply(self, call: CallScope) -> bytes:
         """Receive, evaluate and encode one Evaluate request: the reply message's bytes."""
-        _, digest, prepared = await self._prepare(call, unary=True)
+        digest, prepared, _ = await self._prepare(call, unary=True)
         if isinstance(prepared, Answer):
             with call.span.step("encoding"):
                 reply = evaluation.answer_reply(prepared, digest)
         else:
-            block, memory = self._job_memory(call, prepared, streaming=False)
+            block, memory = self._job_memory(prepared, streaming=False)
             with call.span.step("evaluating"):  # and encoding: one step on the executor
                 work = self._evaluator.unary_reply
                 reply = await call.compute(work, prepared, block, memory=memory)
-        # The arrays are gone; grpc copies the message while it is being sent, and both
-        # copies stay resident until the reader takes it (a reader that never reads).
-        await call.admit(call.request_bytes + 2 * len(reply))
+        del prepared
+        # The answer or job is gone; grpc copies the message while it is being sent, and
+        # both copies stay resident until the reader takes it (a reader that never reads).
+        await call.admit(2 * len(reply))
         await call.reserve_sending(len(reply))  # the estimate held, now what it is
         return reply
 
@@ -150,16 +157,17 @@ class GradientServicer:
 
     async def EvaluateStream(self, _requests, context):
         async with CallScope("EvaluateStream", context, self._state) as call:
-            request, digest, prepared = await self._prepare(call)
+            digest, prepared, chunk_size = await self._prepare(call)
             if isinstance(prepared, Answer):
-                nodes = evaluation.answer_chunk_nodes(prepared, request.chunk_size)
-                await call.admit(call.request_bytes + evaluation.answer_chunk_bytes(nodes))
-                for chunk in evaluation.answer_chunks(prepared, digest, request.chunk_size):
+                nodes = evaluation.answer_chunk_nodes(prepared, chunk_size)
+                chunks = evaluation.answer_chunk_bytes(nodes)
+                await call.admit(evaluation.answer_bytes(prepared) + chunks)
+                for chunk in evaluation.answer_chunks(prepared, digest, chunk_size):
                     await call.send(chunk)
                 return
             job = prepared
-            block, memory = self._job_memory(call, job, streaming=True)
-            sending = min(memory, call.request_bytes + job.sending_memory(block))
+            block, memory = self._job_memory(job, streaming=True)
+            sending = min(memory, job.sending_memory(block))
             work = self._evaluator.evaluate_block
             for first in range(0, job.rows, block):
                 with call.span.step("evaluating"):
@@ -167,7 +175,7 @@ class GradientServicer:
                 # While its chunks wait for the reader, the call holds the block's results,
                 # not what evaluating them took: a slow reader keeps no memory from computing.
                 await call.admit(sending)  # less than it held: never waits
-                for chunk in evaluation.block_chunks(job, first, results, request.chunk_size):
+                for chunk in evaluation.block_chunks(job, first, results, chunk_size):
                     if call.should_stop():  # past the deadline it raises DeadlineExceeded
                         raise Cancelled()  # the client is gone: never an OK status
                     await call.send(chunk)
