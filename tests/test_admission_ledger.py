@@ -232,16 +232,18 @@ def traced_calls(monkeypatch):
     return marks
 
 
-def _until_the_first_chunk_waits(port: int, raw: bytes, traced_calls) -> int:
-    """Start an EvaluateStream of ``raw`` from a client that never opens its window, with
-    tracemalloc on until its first chunk is handed to grpc (and waits); tracemalloc's count
-    before it started."""
+def _until_the_first_chunk_waits(
+    port: int, raw: bytes, traced_calls, method: str = "EvaluateStream"
+) -> int:
+    """Start a call of ``raw`` (an EvaluateStream unless told) from a client that never
+    opens its window, with tracemalloc on until its first reply message is handed to grpc
+    (and waits); tracemalloc's count before it started."""
     gc.collect()
     tracemalloc.start()
     try:
         baseline = tracemalloc.get_traced_memory()[0]
         with H2GrpcClient(port, window=0) as client:
-            stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
+            stream_id = client.start_call(f"/gradserve.v1.GradientService/{method}", raw)
             waiting = client.pump(
                 lambda: any(kind == "send" for kind, *_ in traced_calls), time.monotonic() + 60
             )
@@ -289,9 +291,11 @@ class FirstWait(NamedTuple):
     malloc_held: float
 
 
-def _first_wait_of_warm_stream(registry, request: pb.EvaluateRequest, traced_calls) -> FirstWait:
-    """Serve ``request`` as an EvaluateStream whose client never reads, its plan and
-    program compiled beforehand, until its first chunk waits."""
+def _first_wait_of_warm_stream(
+    registry, request: pb.EvaluateRequest, traced_calls, method: str = "EvaluateStream"
+) -> FirstWait:
+    """Serve ``request`` (an EvaluateStream unless told) to a client that never reads,
+    its plan and program compiled beforehand, until its first reply message waits."""
     raw = request.SerializeToString()
     with running_server(registry) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -302,7 +306,7 @@ def _first_wait_of_warm_stream(registry, request: pb.EvaluateRequest, traced_cal
         gc.collect()
         malloc_before = in_use_mib()
         del traced_calls[:]
-        baseline = _until_the_first_chunk_waits(server.port, raw, traced_calls)
+        baseline = _until_the_first_chunk_waits(server.port, raw, traced_calls, method)
     first_send = next(i for i, (kind, *_) in enumerate(traced_calls) if kind == "send")
     _, charge, _, _, _ = traced_calls[first_send - 1]
     _, chunk_bytes, held, peak, malloc_held = traced_calls[first_send]
@@ -332,20 +336,29 @@ def test_a_stream_waiting_for_its_reader_holds_no_more_than_its_lowered_charge(
     assert results < held - baseline <= lowered < evaluating / 2, (held, lowered, evaluating)
 
 
-@pytest.mark.parametrize("rows", [1, 2])
-def test_a_stream_waiting_for_its_reader_has_let_go_of_its_request_message(
-    registry, traced_calls, rows
+@pytest.mark.parametrize(
+    ("method", "ids", "rows"),
+    [
+        ("EvaluateStream", 2_000_000, 1),
+        ("EvaluateStream", 2_000_000, 2),
+        ("Evaluate", 2_000_000, 1),
+        ("Evaluate", 1_000_000, 2),  # a reply of two million results fits max-message-mb
+    ],
+)
+def test_a_call_waiting_for_its_reader_has_let_go_of_its_request_message(
+    registry, traced_calls, method, ids, rows
 ):
     """Once its answer (one row) or its job (two) is made, a call holds none of its request
-    message: protobuf's arena, outside tracemalloc's view, 16 MiB for two million selected
-    ids. While the first chunk of a stream whose client never reads waits, what malloc
-    holds for the call beyond what tracemalloc sees (the arrays, the chunk) is less than
-    half the message, and what tracemalloc sees is within the call's charge. Before, the
-    job (``Job.request``), the answer (the request's ids) and the servicer kept it."""
-    request = repeated_nodes(2_000_000, rows)
+    message: protobuf's arena, outside tracemalloc's view, 8 MiB a million selected ids.
+    While the first reply message (a stream's chunk, or the unary reply) of a call whose
+    client never reads is handed to grpc, what malloc holds for the call beyond what
+    tracemalloc sees (the arrays, the message) is less than half the request message, and
+    what tracemalloc sees is within the call's charge. Before, the job (``Job.request``),
+    the answer (the request's ids) and the servicer kept it."""
+    request = repeated_nodes(ids, rows)
     message = evaluation.request_bytes(request)
-    assert message >= 16 * 2**20
-    first_wait = _first_wait_of_warm_stream(registry, request, traced_calls)
+    assert message >= 8 * 2**20
+    first_wait = _first_wait_of_warm_stream(registry, request, traced_calls, method)
     untraced = first_wait.malloc_held - first_wait.held
     assert first_wait.held <= first_wait.charge, first_wait
     assert untraced < message / 2, (untraced, first_wait, message)
