@@ -28,6 +28,7 @@ server's. bench/soak.py uses it; the memory bench and the tests use ``Abusers`` 
 """
 
 import itertools
+import math
 import multiprocessing
 import os
 import queue
@@ -347,8 +348,9 @@ class Abusers:
 
 class AbusersProcess:
     """Every kind of ``Abusers`` (or those of ``kinds``) against ``port``, in a child process
-    at ``nice`` (added to this process's niceness); ``outcomes`` is filled in once it has
-    stopped."""
+    at ``nice`` (added to this process's niceness); ``outcomes``, and ``cpu_s``, the CPU
+    time the abusers' own clients used (on this machine, taken from what the server and
+    the legitimate clients could have had), are filled in once it has stopped."""
 
     def __init__(self, port: int, nice: int = 0, kinds: list[str] | None = None) -> None:
         check_kinds(kinds)  # an unknown kind fails here, not in the child
@@ -362,6 +364,7 @@ class AbusersProcess:
             daemon=True,
         )
         self.outcomes: Counter = Counter()
+        self.cpu_s = math.nan
 
     def __enter__(self):
         self.process.start()
@@ -370,7 +373,8 @@ class AbusersProcess:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         try:
-            self.outcomes.update(self.results.get(timeout=120))
+            outcomes, self.cpu_s = self.results.get(timeout=120)
+            self.outcomes.update(outcomes)
         except queue.Empty:
             self.outcomes["abuser process: no outcomes"] += 1
         self.process.join(timeout=10)
@@ -384,7 +388,8 @@ def _abuse_until_stopped(port: int, nice: int, kinds, stop, results) -> None:
     abusers = Abusers(port, kinds)
     with abusers:
         stop.wait()
-    results.put(dict(abusers.outcomes))
+    user, system = os.times()[:2]
+    results.put((dict(abusers.outcomes), user + system))
 
 
 def _how_it_ended(state) -> str:

@@ -5,6 +5,7 @@ RuntimeError with its log.
 """
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -54,6 +55,11 @@ class ServerProcess:
         """A field of /proc/PID/status such as VmRSS (resident now) or VmHWM (peak), in KiB."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1))
+
+    def cpu_seconds(self) -> float:
+        """The CPU time (user and system, all threads) the server has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def memory_mib(self, field: str = "VmRSS") -> float:
         """Resident memory now (VmRSS) or at its peak (VmHWM), in MiB; NaN once it exited."""

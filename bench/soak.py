@@ -27,7 +27,8 @@ machines. Run in the bench's process, as before 2026-12-07 16:00 UTC, their Pyth
 shared one GIL with the 32 legitimate clients, whose latency then measured the abusers'
 Python as much as the server; a higher niceness further models that the attacker's CPU is
 not the server's (on this 2-core machine every process shares the same two cores). The
-abusers' outcome counts are printed, to show how much abuse each run carried.
+abusers' outcome counts are printed, to show how much abuse each run carried, and the CPU
+time the server, the legitimate clients' process and the abusers' process each used.
 """
 
 import argparse
@@ -249,6 +250,12 @@ class Soak:
                     self.unexpected[(kind, code.name)] += 1
 
 
+def _own_cpu_seconds() -> float:
+    """The CPU time (user and system, all threads) this process has used so far."""
+    user, system = os.times()[:2]
+    return user + system
+
+
 class Phase:
     """One soak on a fresh server, with or without abusers beside the clients."""
 
@@ -266,7 +273,8 @@ class Phase:
         try:
             if abusers:
                 abusers.__enter__()
-            stop_at = time.monotonic() + args.seconds
+            started, cpu_before = time.monotonic(), (server.cpu_seconds(), _own_cpu_seconds())
+            stop_at = started + args.seconds
             clients = [
                 threading.Thread(target=self.soak.client, args=(stop_at, seed))
                 for seed in range(args.clients)
@@ -277,6 +285,11 @@ class Phase:
             self.after_warmup = server.memory_mib()
             for thread in clients:
                 thread.join()
+            self.wall_s = time.monotonic() - started
+            self.cpu_s = {
+                "the server": server.cpu_seconds() - cpu_before[0],
+                "the legitimate clients' process": _own_cpu_seconds() - cpu_before[1],
+            }
             self.at_end = server.memory_mib()
             self.peak = server.memory_mib("VmHWM")
             self.load.append(os.getloadavg()[0])
@@ -288,6 +301,8 @@ class Phase:
             server.stop()
         self.killed_at_mib = cap.killed_at_mib
         self.outcomes = dict(abusers.outcomes) if abusers else {}
+        if abusers:
+            self.cpu_s["the abusers' process"] = abusers.cpu_s
         latencies = [t for kind in EXPECTED for t in self.soak.latencies[kind]]
         self.p99_ms = float(np.percentile(np.array(latencies) * 1e3, 99)) if latencies else math.nan
         total = sum(self.soak.statuses.values())
@@ -341,6 +356,12 @@ class Phase:
         for holders in self.cap.at_refusals:
             refused = "  who held the budget just after a legitimate call's refusal: "
             print(refused + holders_text(holders))
+        cores = len(os.sched_getaffinity(0))
+        print(
+            "  CPU used over the run: "
+            + ", ".join(f"{who} {seconds:.1f} s" for who, seconds in self.cpu_s.items())
+            + f", of {cores} cores x {self.wall_s:.0f} s = {cores * self.wall_s:.0f} s"
+        )
         if self.killed_at_mib is not None:
             print(f"  KILLED: server memory passed {args.memory_cap_mb:g} MiB")
         if self.abusive:

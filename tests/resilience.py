@@ -193,6 +193,22 @@ def nap_request(negs: int = 0) -> pb.EvaluateRequest:
     return pb.EvaluateRequest(graph=g.proto())
 
 
+def napping_batch(negs: int, rows: int) -> pb.EvaluateRequest:
+    """x over ``rows`` rows in [-1, 1], nap(x) (the identity, which waits for the test),
+    then ``negs`` negations; the leaf's value and gradient, (-1)^negs, are asked for."""
+    xs = np.linspace(-1, 1, rows)
+    graph = chain_graph("neg", negs + 1, xs.tolist())
+    graph.op_names.append("nap")
+    graph.node_ops[1] = len(graph.op_names)  # the first step naps instead of negating
+    return pb.EvaluateRequest(graph=graph, rows=rows, nodes=[0])
+
+
+def check_napping_batch(reply: pb.EvaluateResponse, negs: int, rows: int) -> None:
+    """``napping_batch``'s reply is right: x itself, and a gradient of (-1)^negs."""
+    np.testing.assert_array_equal(reply.values, np.linspace(-1, 1, rows))
+    np.testing.assert_array_equal(reply.grads, np.full(rows, (-1.0) ** negs))
+
+
 # Abusive clients -------------------------------------------------------------------------
 
 

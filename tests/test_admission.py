@@ -241,6 +241,8 @@ def test_a_call_s_admission_that_fits_is_held_before_it_is_awaited():
 class _Holder:
     """A call as the ledger by kind sees it: a method and what it does now."""
 
+    connection = ""
+
     def __init__(self, method: str, doing: str) -> None:
         self.method, self.doing = method, doing
 

@@ -262,3 +262,46 @@ def test_a_waiting_read_takes_a_slot_back_only_once_it_has_been_held_hold_s(hold
     assert got == "second"
     assert taken == (["first"] if hold_s == 0 else [])
     assert counted == len(taken)
+
+
+def test_reads_just_granted_are_not_taken_back_for_the_connection_share():
+    """A connection new to the gate (no record, so not in good standing) holds both slots
+    with reads just granted, whose messages come a moment later; a read of another
+    connection waits. With the settling time made an hour, neither is taken back: both
+    complete and the waiting read gets a slot. Before, one was taken back at once for the
+    connection's share: in issue 19's soak a reset flood's waiting reads took back the
+    slots of a busy client's small calls, which ended RESOURCE_EXHAUSTED."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        gate = ArrivalGate(max_bytes=2, message_bytes=1)
+        gate.settle_s = 3600.0
+        other_waits = asyncio.Event()
+        taken: list[str] = []
+
+        async def message_soon() -> str:
+            await other_waits.wait()
+            return "busy"
+
+        async def message() -> str:
+            return "other"
+
+        def take_back(give_back, over_share) -> None:
+            taken.append("busy")
+            asyncio.get_running_loop().call_soon(give_back)
+
+        busy = [
+            asyncio.create_task(gate.read(message_soon, take_back, lambda: "busy client"))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0)  # both hold a slot
+        assert gate.used == 2
+        other = asyncio.create_task(gate.read(message, None, lambda: "another client"))
+        await asyncio.sleep(0)  # it waits, and looks for a slot to take back
+        assert gate.waiting == 1
+        other_waits.set()
+        got = await asyncio.wait_for(asyncio.gather(*busy, other), HANG_S)
+        return taken, got
+
+    taken, got = asyncio.run(scenario())
+    assert taken == []
+    assert got == ["busy", "busy", "other"]

@@ -40,7 +40,10 @@ from gradserve.server.service.app import (
     start_server,
 )
 from gradserve.server.service.arrival import PATIENCE, READ_HOLD_S
-from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S
+from gradserve.server.service.calls import (
+    DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_STREAM_STALL_TIMEOUT_S,
+)
 from gradserve.server.service.log_format import log_handler
 from gradserve.server.service.metrics import CallMetrics, serve_metrics
 from gradserve.server.service.security import read_tokens, server_credentials
@@ -184,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_message_bytes=args.max_message_mb * 1024 * 1024,
                 max_memory_bytes=args.max_memory_mb * 1024 * 1024,
                 send_timeout=args.send_timeout,
+                stream_stall_timeout=args.stream_stall_timeout,
                 max_connection_age=args.max_connection_age,
                 threads=args.threads,
                 plan_cache_bytes=_plan_cache_bytes(args),
@@ -310,6 +314,13 @@ def _add_safety_options(serve: argparse.ArgumentParser) -> None:
         type=_seconds(zero_allowed=False),
         default=DEFAULT_SEND_TIMEOUT_S,
         help="seconds a client may take to read a reply message before its call is abandoned",
+    )
+    serve.add_argument(
+        "--stream-stall-timeout",
+        type=_seconds(zero_allowed=False),
+        default=DEFAULT_STREAM_STALL_TIMEOUT_S,
+        help="seconds an EvaluateStream's reader may take to read a chunk while other calls "
+        "wait for memory, before its call is abandoned and gives its memory to them",
     )
     serve.add_argument(
         "--max-connection-age",

@@ -5,7 +5,10 @@ steps as it learns more: the request on arrival, the compilation once the graph'
 known, the evaluation and the reply once the plan is. The charge stays until the reply has
 been sent, so replies waiting for a slow reader count too; a large unary reply also holds
 a place in the sending share (``sending``) from before it is evaluated, so that such
-replies leave the rest of the budget to computing.
+replies leave the rest of the budget to computing. A call charged more than an eighth of
+the budget holds its whole charge in the large calls' share as well (``large_calls``):
+together, the large calls of every kind hold at most half the budget, so the ordinary
+calls always have the other half.
 
 A call that can never fit the budget is refused (RESOURCE_EXHAUSTED, naming the limit and
 the estimate). One that fits but finds the budget in use waits up to ``wait_s`` for calls
@@ -13,12 +16,24 @@ ahead of it to finish, then is refused; retrying later may then succeed. Small c
 most ``budget / 256``) never wait: they may overdraw the budget by at most that much each,
 so the many small calls of a shared server keep flowing while a large one holds most of
 the budget.
+
+Memory given back goes to the waiting calls in order, as the compute slots go
+(``compute_slots``): the call whose connection holds the least of the budget first, the
+oldest among equals. A call that arrives while others wait joins them in that order, so
+it cannot take what an earlier call of the same connection, or of a connection holding
+less, waits for. Before, every waiter was woken and took memory only if it fitted at
+that instant, while a new call that fitted took it at once: a 28 MiB stream could wait
+its whole 5 s while smaller or later calls took every byte given back. The first waiter
+in order that the budget has no room for holds up the ones after it (else it would
+starve as before), for at most its wait: then it is refused and the next one's turn
+comes. A waiter held back only by its own terms (its connection's half of the sending
+share) holds up nobody.
 """
 
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 DEFAULT_WAIT_S = 5.0
@@ -65,8 +80,19 @@ def _mib(nbytes: int) -> str:
 class Holder(Protocol):
     """Who holds a charge, for the ledger by kind (``MemoryBudget.held_by_kind``)."""
 
+    connection: str  # the peer whose calls it counts to, for the order of waiters
+
     def held_as(self) -> tuple[str, str]:
         """The kind of call (its method) and what it does now (computing, sending, ...)."""
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A charge waiting to grow to ``target`` bytes."""
+
+    charge: "Charge"
+    target: int
+    granted: asyncio.Future
 
 
 class MemoryBudget:
@@ -75,6 +101,10 @@ class MemoryBudget:
     ``reserved`` bytes of ``total_bytes`` are kept for what outlives calls (the plan
     cache) and ``arriving`` for request bytes still arriving (``arrival.ArrivalGate``); the
     calls share the rest, ``total``."""
+
+    # The large calls' share of this budget (``large_calls``), when it has one: a charge
+    # above its threshold is held in it as well.
+    large: "MemoryBudget | None" = None
 
     def __init__(
         self,
@@ -89,8 +119,8 @@ class MemoryBudget:
         self.total = total_bytes - reserved - arriving
         self.wait_s = wait_s
         self.used = 0
-        self._freed: asyncio.Condition | None = None  # made on the loop, at first use
-        self._waiting = 0  # calls waiting for memory: only they need waking
+        self.ceiling = self.total  # a call charged more never fits
+        self._waiters: list[_Waiter] = []  # in the order they came
         self.holding: set[Charge] = set()  # the charges holding bytes now
 
     def held_by_kind(self) -> tuple[Counter, Counter]:
@@ -106,9 +136,18 @@ class MemoryBudget:
         return held, calls
 
     @property
+    def by_connection(self) -> Counter:
+        """The bytes held, by the charges' connection (counted when asked: only the
+        order of waiters and the sending share's terms need it, not each charge)."""
+        held = Counter()
+        for charge in self.holding:
+            held[charge.connection] += charge.bytes
+        return held
+
+    @property
     def waiting(self) -> int:
         """Calls waiting for memory now (parked until another call gives some back)."""
-        return self._waiting
+        return len(self._waiters)
 
     def describe(self) -> str:
         """The budget's settings, as a message names them."""
@@ -119,66 +158,111 @@ class MemoryBudget:
     def charge(self, holder: Holder | None = None) -> "Charge":
         return Charge(self, holder)
 
-    def _fits(self, amount: int) -> bool:
+    def _has_room(self, charge: "Charge", amount: int) -> bool:
+        """Whether the budget has room for ``charge`` to take ``amount`` more (the
+        charge's own terms, ``Charge._may_take``, aside)."""
         return self.used + amount <= self.total
 
-    def _fits_now(self, amount: int, total_after: int) -> bool:
-        """Whether ``amount`` more, for a call then holding ``total_after``, may be taken
-        without waiting (a call that can never fit does not)."""
-        if total_after > self.total:
+    def _fits_now(self, charge: "Charge", amount: int, total_after: int) -> bool:
+        """Whether ``charge`` may take ``amount`` more, then holding ``total_after``,
+        without waiting: a small call always, another only when no call waits."""
+        if total_after > self.ceiling:
             return False
-        return total_after <= self.total // SMALL_FRACTION or self._fits(amount)
+        if total_after <= self.total // SMALL_FRACTION:
+            return True
+        return not self._waiters and self._has_room(charge, amount) and charge._may_take(amount)
 
     def _busy(self, needed: int, waited: float) -> BudgetBusy:
         return BudgetBusy(needed, self, waited)
 
+    def _grant(self, charge: "Charge", amount: int, target: int) -> None:
+        self.used += amount
+        charge._hold(target)
+
     async def _take(
-        self, amount: int, total_after: int, deadline: float, fits: Callable[[], bool] | None = None
-    ) -> None:
-        """Take ``amount`` more (``total_after`` in all for the caller) once ``fits()``
-        (default: it fits the budget), waiting as the module docstring says."""
-        if total_after > self.total:
-            raise NeverFits(total_after, self)
-        fits = fits or (lambda: self._fits(amount))
-        if total_after <= self.total // SMALL_FRACTION or fits():
-            self.used += amount
-            return
-        if self._freed is None:
-            self._freed = asyncio.Condition()
-        started = time.monotonic()
-        timeout = max(0.0, min(self.wait_s, deadline - started))
-        async with self._freed:
-            self._waiting += 1
-            try:
-                # The wait parks this very task (asyncio.wait_for would start another): once
-                # ``waiting`` counts a call, the next memory given back wakes it.
-                async with asyncio.timeout(timeout):
-                    await self._freed.wait_for(fits)
-            except TimeoutError:
-                raise self._busy(total_after, time.monotonic() - started) from None
-            finally:
-                self._waiting -= 1
-            self.used += amount
+        self, charge: "Charge", target: int, deadline: float, since: float | None
+    ) -> float | None:
+        """Grow ``charge`` to ``target`` bytes, waiting in order as the module docstring
+        says; refused after waiting ``wait_s`` since ``since`` (None: from now, if it
+        must wait). Returns when it started waiting (None: it did not)."""
+        amount = target - charge.bytes
+        if target > self.ceiling:
+            raise NeverFits(target, self)
+        if self._fits_now(charge, amount, target):
+            self._grant(charge, amount, target)
+            return since
+        if since is None:
+            since = time.monotonic()
+            timeout = min(self.wait_s, deadline - since)
+        else:
+            timeout = min(since + self.wait_s, deadline) - time.monotonic()
+        waiter = _Waiter(charge, target, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._hand_over()  # it may come first: its connection may hold the least
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await waiter.granted
+        except TimeoutError:
+            if not self._leave(waiter):
+                raise self._busy(target, time.monotonic() - since) from None
+        except asyncio.CancelledError:
+            self._leave(waiter)  # what came with the cancel goes back with the call's end
+            raise
+        return since
+
+    def _leave(self, waiter: _Waiter) -> bool:
+        """``waiter`` stops waiting: whether it got its memory first. Its leaving may let
+        the waiters it held up take theirs."""
+        if waiter.granted.done() and not waiter.granted.cancelled():
+            return True
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            self._hand_over()
+        return False
+
+    def _hand_over(self) -> None:
+        """Grow the waiting charges in order (the module docstring says which) while the
+        budget has room for the first in order."""
+        while self._waiters:
+            held = self.by_connection
+            for waiter in sorted(self._waiters, key=lambda w: held[w.charge.connection]):
+                charge, amount = waiter.charge, waiter.target - waiter.charge.bytes
+                if waiter.granted.done():  # cancelled: its task takes it out
+                    continue
+                if not self._has_room(charge, amount):
+                    return  # it holds up the ones after it
+                if charge._may_take(amount):
+                    self._waiters.remove(waiter)
+                    self._grant(charge, amount, waiter.target)
+                    waiter.granted.set_result(None)
+                    break  # the order may have changed
+            else:
+                return
 
     def _give_back(self, amount: int) -> None:
         self.used -= amount
-        if self._waiting and amount:
-            asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._freed:
-            self._freed.notify_all()
+        if self._waiters and amount:
+            self._hand_over()
 
 
 class Charge:
-    """What one call holds of the budget; ``release()`` gives it all back."""
+    """What one call holds of the budget; ``release()`` gives it all back.
+
+    Where the budget has a large calls' share, a charge above its threshold holds the
+    same bytes there too (``_large``)."""
 
     waiting = False  # whether it waits for more of the budget now
+    _large: "Charge | None" = None  # its part of the large calls' share, once it had one
 
     def __init__(self, budget: MemoryBudget, holder: Holder | None = None) -> None:
         self.budget = budget
         self.holder = holder
         self.bytes = 0
+
+    @property
+    def connection(self) -> str:
+        """The connection whose calls it counts to (its holder's)."""
+        return "" if self.holder is None else self.holder.connection
 
     def _hold(self, target: int) -> None:
         """Now hold ``target`` bytes (the budget's ``used`` is already changed)."""
@@ -188,38 +272,83 @@ class Charge:
             self.budget.holding.discard(self)
         self.bytes = target
 
+    def _may_take(self, amount: int) -> bool:
+        """The charge's own terms for taking ``amount`` more, beside the budget's room."""
+        return True
+
+    def _large_part(self, target: int) -> int:
+        """What a charge of ``target`` bytes holds of the large calls' share."""
+        share = self.budget.large
+        return target if share is not None and target > share.threshold else 0
+
+    def _large_charge(self) -> "Charge":
+        if self._large is None:
+            self._large = self.budget.large.charge(self.holder)
+        return self._large
+
     def resize_now(self, target: int) -> bool:
         """Hold ``target`` bytes if that needs no wait and no refusal; whether it did (if
         not, ``resize`` waits or refuses). Most charges fit: this spares them a coroutine."""
         change = target - self.bytes
         if change > 0:
-            if not self.budget._fits_now(change, target):
+            budget = self.budget
+            if not budget._fits_now(self, change, target):
                 return False
-            self.budget.used += change
+            share = budget.large  # ``_large_part``, inline: the small calls' path
+            large = share is not None and target > share.threshold
+            if large and not self._large_charge().resize_now(target):
+                return False
+            budget.used += change
+            self._hold(target)
         elif change < 0:
-            self.budget._give_back(-change)
-        self._hold(target)
+            self._shrink(target)
         return True
 
     async def resize(self, target: int, deadline: float) -> None:
         """Hold ``target`` bytes: give back the difference, or take it (waiting or raising
-        as the module docstring says)."""
-        change = target - self.bytes
-        if change > 0:
-            self.waiting = True
-            try:
-                await self.budget._take(change, target, deadline, self._condition(change))
-            finally:
-                self.waiting = False
-        elif change < 0:
-            self.budget._give_back(-change)
-        self._hold(target)
+        as the module docstring says): first in the large calls' share, for a large
+        charge, then in the budget, one wait in all."""
+        if target <= self.bytes:
+            if target < self.bytes:
+                self._shrink(target)
+            return
+        if target > self.budget.ceiling:
+            raise NeverFits(target, self.budget)
+        since, large = None, self._large_part(target)
+        if large:
+            since = await self._large_charge()._grow(large, deadline, since)
+        try:
+            await self._grow(target, deadline, since)
+        except BaseException:
+            self._shrink_large(self.bytes)  # the share's part it held before
+            raise
 
-    def _condition(self, change: int) -> Callable[[], bool] | None:
-        """When ``change`` more may be taken (None: once it fits the budget)."""
-        return None
+    @property
+    def waiting_for_large_share(self) -> bool:
+        """Whether it waits for the large calls' share now (before the budget)."""
+        return self._large is not None and self._large.waiting
+
+    async def _grow(self, target: int, deadline: float, since: float | None) -> float | None:
+        if target <= self.bytes:
+            return since
+        self.waiting = True
+        try:
+            return await self.budget._take(self, target, deadline, since)
+        finally:
+            self.waiting = False
+
+    def _shrink(self, target: int) -> None:
+        freed = self.bytes - target
+        self._hold(target)
+        self.budget._give_back(freed)
+        if self._large is not None:
+            self._shrink_large(target)
+
+    def _shrink_large(self, target: int) -> None:
+        large = self._large
+        if large is not None and large.bytes > self._large_part(target):
+            large._shrink(self._large_part(target))
 
     def release(self) -> None:
-        if self.bytes:
-            self.budget._give_back(self.bytes)
-            self._hold(0)
+        if self.bytes or self._large is not None:
+            self._shrink(0)

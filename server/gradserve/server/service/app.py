@@ -24,8 +24,14 @@ from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.arrival import FLOW_CONTROL_OPTIONS, ArrivalGate
-from gradserve.server.service.calls import DEFAULT_SEND_TIMEOUT_S, ServerState, call_log
+from gradserve.server.service.calls import (
+    DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_STREAM_STALL_TIMEOUT_S,
+    ServerState,
+    call_log,
+)
 from gradserve.server.service.health_listing import ListingHealthServicer
+from gradserve.server.service.large_calls import share_large_calls
 from gradserve.server.service.limits import Limits
 from gradserve.server.service.metrics import CallMetrics, watch_plan_cache
 from gradserve.server.service.security import BearerTokenInterceptor
@@ -131,6 +137,7 @@ def start_server(
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     threads: int = DEFAULT_THREADS,
     send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
+    stream_stall_timeout: float = DEFAULT_STREAM_STALL_TIMEOUT_S,
     max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_S,
     reuse_port: bool = False,
     plan_cache_bytes: int | None = None,
@@ -157,10 +164,13 @@ def start_server(
     points, which the workers load again). A connection older than ``max_connection_age``
     seconds (0: no limit) is asked to go away, and closed once its calls have had the
     default deadline to finish: what bounds a reader that never reads (see
-    ``CallScope._abandon``). The plan cache holds at most ``plan_cache_bytes`` (default: a
-    quarter of ``max_memory_bytes``), request messages still arriving at most
-    ``max_arriving_bytes`` (default: a quarter; see ``arrival``), and the calls in flight the
-    rest of ``max_memory_bytes``. docs/running-safely.md explains every option.
+    ``CallScope._abandon``); an EvaluateStream whose reader takes no chunk for
+    ``stream_stall_timeout`` seconds while other calls wait for memory is abandoned then,
+    and gives back all but the chunk being written. The plan cache holds at most
+    ``plan_cache_bytes`` (default: a quarter of ``max_memory_bytes``), request messages
+    still arriving at most ``max_arriving_bytes`` (default: a quarter; see ``arrival``), and
+    the calls in flight the rest of ``max_memory_bytes``. docs/running-safely.md explains
+    every option.
     """
     if plan_cache_bytes is None:
         plan_cache_bytes = max_memory_bytes // plans.BUDGET_SHARE
@@ -177,6 +187,7 @@ def start_server(
     isolation = _isolation_workers(registry, isolation_workers, trusted_plugins)
     tokens = tuple(filter(None, [auth_token] if isinstance(auth_token, str) else auth_token or ()))
     budget = MemoryBudget(max_memory_bytes, reserved=plan_cache_bytes, arriving=max_arriving_bytes)
+    share_large_calls(budget)
     state = ServerState(
         limits=limits or Limits(),
         budget=budget,
@@ -185,6 +196,7 @@ def start_server(
         executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
         threads=threads,
         send_timeout_s=send_timeout,
+        stall_s=stream_stall_timeout,
         metrics=metrics,
         per_token={} if len(tokens) > 1 else None,
     )

@@ -15,7 +15,8 @@ arriving stay within ``max-arriving-mb``, a share of the memory budget (or withi
 message, when the message-size limit is the larger). A read that finds every slot taken
 waits, and a slot is taken back for it: at once from a connection not in good standing
 holding more than its share of the slots (the slots divided among the connections holding
-or waiting, at least one), else from the read most overdue, once one is: a read is due
+or waiting, at least one), from its oldest read once that has held its slot ``SETTLE_S``,
+else from the read most overdue, once one is: a read is due
 ``hold_s`` after it got its slot, or ``patience`` times that on a connection in good
 standing. A call whose slot is taken back ends with RESOURCE_EXHAUSTED (retryable) naming
 the setting, and its slot goes, once the call has ended, to the waiting read whose
@@ -50,6 +51,10 @@ from dataclasses import dataclass, field
 STREAM_WINDOW_BYTES = 16 * 1024  # what a stream may send before the handler reads
 READ_HOLD_S = 0.5  # a read slot held this long is taken back when another read waits
 PATIENCE = 4  # how many times longer a connection in good standing keeps a read slot
+# A connection over its share keeps reads granted this recently: their messages may be
+# there already, waiting only for the event loop (a busy client's small calls, each a read
+# of a few milliseconds, which a reset flood's waiting reads took back, issue 19's soak).
+SETTLE_S = 0.05
 STANDING_PEERS = 4096  # connections whose record is kept (about 250 bytes each, 1 MiB)
 STANDING_WINDOW = 64  # reads a record tells of, about: halved past this
 # grpc core's options for the above: a fixed initial window per stream.
@@ -92,6 +97,7 @@ class ArrivalGate:
         self.slots = max(1, max_bytes // message_bytes)  # one read is always allowed
         self.hold_s = hold_s
         self.patience = patience
+        self.settle_s = SETTLE_S
         self.taken_back = 0  # slots taken back from reads, since start
         self._holding: list[_Read] = []  # oldest first
         self._waiting: list[_Read] = []  # earliest first
@@ -204,11 +210,18 @@ class ArrivalGate:
         peers = len(held.keys() | {r.peer for r in self._waiting})
         suspects = Counter({p: n for p, n in held.items() if not self._in_good_standing(p)})
         hog, most = (suspects.most_common(1) or [("", 0)])[0]
+        now = time.monotonic()
         overdue = min(kept, key=self._due)
-        due = self._due(overdue) - time.monotonic()
+        due = self._due(overdue) - now
         over_share = most > max(1, self.slots // peers) and most > held[waiting.peer] + 1
         if over_share:
-            victim = next(r for r in kept if r.peer == hog)
+            oldest = next(r for r in kept if r.peer == hog)
+            settling = oldest.since + self.settle_s - now
+            over_share = settling <= 0
+            if not over_share:
+                due = min(due, settling)
+        if over_share:
+            victim = oldest
         elif due <= 0:
             victim = overdue
         else:

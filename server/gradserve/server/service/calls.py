@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -40,6 +40,11 @@ log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
+# A stream's chunk that waits this long for its reader while other calls wait for memory
+# lets go of what the stream holds (``CallScope._let_go``); after it, the watch looks
+# whether calls wait every STALL_POLL_S.
+DEFAULT_STREAM_STALL_TIMEOUT_S = 3.0
+STALL_POLL_S = 0.5
 _OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
 
 
@@ -73,6 +78,11 @@ class SendTimedOut(Exception):
     """The client took a reply message only after the send timeout: the call was abandoned."""
 
 
+class StreamStalled(Exception):
+    """A stream's reader took no chunk for the stall timeout while other calls waited for
+    memory: the call let go of its work and was abandoned."""
+
+
 class Draining(Exception):
     """The server is shutting down and takes no new calls."""
 
@@ -86,6 +96,7 @@ class ServerState:
     executor: ThreadPoolExecutor
     threads: int
     send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
+    stall_s: float = DEFAULT_STREAM_STALL_TIMEOUT_S  # --stream-stall-timeout
     metrics: CallMetrics | None = None
     active: int = 0  # calls whose request has arrived and that have not ended
     draining: bool = False
@@ -103,6 +114,20 @@ class ServerState:
         self.all_ended = asyncio.Event()
         self.all_ended.set()
         self.slots = ComputeSlots(self.threads)
+
+
+class Held:
+    """What a stream's handler keeps between its writes (its job or the engine's answer,
+    and the chunks of the block being sent, which hold the block's results), kept here
+    rather than in the handler's frame: grpc.aio cannot end a call whose write waits for
+    its reader, but the call can empty this meanwhile (``CallScope._let_go``), so that a
+    reader that stopped reading holds only the chunk grpc is writing."""
+
+    __slots__ = ("chunks", "work")
+
+    def __init__(self, work) -> None:
+        self.work = work
+        self.chunks: Iterator[bytes] | None = None
 
 
 class CallScope:
@@ -134,6 +159,8 @@ class CallScope:
     _running = None  # the executor future of the step in progress
     _reply_share = None  # its reply's sending.Reservation, once it has one
     _sending_since: float | None = None  # loop time the write in progress began
+    _writing = 0  # the length of the message last handed to grpc
+    held: Held | None = None  # what a stream's handler keeps between writes
     _awaiting_slot = False  # waiting for a compute slot
     _send_watch: asyncio.TimerHandle | None = None
 
@@ -164,10 +191,12 @@ class CallScope:
     def held_as(self) -> tuple[str, str]:
         """What the call holds its memory for now, for the budget's ledger by kind
         (``admission.MemoryBudget.held_by_kind``): read from the metrics thread."""
-        if self._sending_since is not None or self.note == "send timeout":
+        if self._sending_since is not None or self.note in ("send timeout", _STALLED):
             doing = SENDING
         elif self.charge.waiting:
             doing = WAITING_FOR_MEMORY
+        elif self.charge.waiting_for_large_share:
+            doing = WAITING_FOR_LARGE_CALLS_SHARE
         elif self._reply_share is not None and self._reply_share.waiting:
             doing = WAITING_FOR_SENDING_SHARE
         elif self._awaiting_slot:
@@ -315,13 +344,27 @@ class CallScope:
         finally:
             self._awaiting_slot = False
 
+    async def send_held(self) -> None:
+        """Write the chunks of ``held`` one by one, each made once the one before has been
+        taken. The call may empty ``held`` while a write waits (``_let_go``): no frame here
+        or in the handler keeps the chunks' iterator, only the message being written."""
+        held = self.held
+        while held.chunks is not None and (chunk := next(held.chunks, None)) is not None:
+            if self.should_stop():  # past the deadline it raises DeadlineExceeded
+                raise Cancelled()  # the client is gone: never an OK status
+            await self.send(chunk)
+        held.chunks = None
+
     async def send(self, message: bytes) -> None:
         """Write one reply message. A client that has not taken it within the send timeout
-        is abandoned (see ``_abandon``); once grpc lets go of the message, the call ends
-        CANCELLED instead of going on."""
+        is abandoned (see ``_abandon``), and a stream's within the stall timeout while
+        other calls wait for memory; once grpc lets go of the message, the call ends with
+        a status (CANCELLED, or RESOURCE_EXHAUSTED for a stalled stream) instead of going
+        on."""
         self._sending_since = self._loop.time()
+        self._writing = len(message)
         if self._send_watch is None:
-            self._watch_send(self._sending_since + self.state.send_timeout_s)
+            self._watch_send(self._send_due(self._sending_since))
         try:
             await self.context.write(message)
         except Exception:
@@ -333,6 +376,14 @@ class CallScope:
             self._sending_since = None
         if self.note == "send timeout":
             raise SendTimedOut()
+        if self.note == _STALLED:
+            raise StreamStalled()
+
+    def _send_due(self, since: float) -> float:
+        """When a write begun at ``since`` is to be looked at: at the send timeout, or for a
+        stream whose handler keeps work the call can let go of, at the stall timeout."""
+        due = since + self.state.send_timeout_s
+        return due if self.held is None else min(due, since + self.state.stall_s)
 
     def _watch_send(self, due: float) -> None:
         """Look at the write in progress at ``due``: one timer a call, not one a message,
@@ -340,36 +391,72 @@ class CallScope:
         self._send_watch = self._loop.call_at(due, self._check_send)
 
     def _check_send(self) -> None:
-        """Abandon the call if its write in progress has waited the send timeout; else look
-        again when it could have (a send that starts later arms the watch anew)."""
+        """Abandon the call if its write in progress has waited the send timeout, or the
+        stall timeout (a stream's, see ``_send_due``) while other calls wait for memory;
+        else look again when it could have (a send that starts later arms the watch anew).
+        Past the stall timeout, a stream's watch looks every STALL_POLL_S for calls waiting
+        for memory, until its send timeout."""
         self._send_watch = None
-        if self._sending_since is None:
+        since = self._sending_since
+        if since is None:
             return
-        due = self._sending_since + self.state.send_timeout_s
-        if self._loop.time() >= due:
+        now, timeout_due = self._loop.time(), since + self.state.send_timeout_s
+        if now >= timeout_due:
             self._abandon()
+        elif now < self._send_due(since):
+            self._watch_send(self._send_due(since))
+        elif self.state.budget.waiting and self._running is None:
+            self._abandon(_STALLED)
         else:
-            self._watch_send(due)
+            self._watch_send(min(now + STALL_POLL_S, timeout_due))
 
-    def _abandon(self) -> None:
-        """The client did not read within the send timeout: stop the call's work and stop
-        counting it (max-concurrent-calls, the drain).
+    def _abandon(self, why: str = "send timeout") -> None:
+        """The client did not read within the send timeout (``why``: or, a stream's, the
+        stall timeout while memory is wanted): stop the call's work and stop counting it
+        (max-concurrent-calls, the drain).
 
         grpc.aio cannot end one call while a write of it waits for the reader's
         flow-control window (no status can be sent, and there is no server-side cancel),
         so its message stays with grpc, and stays charged to the memory budget (a unary
         reply, to the sending share as well: ``sending``), until the client reads, cancels
         or disconnects, its deadline passes, its connection reaches --max-connection-age,
-        or the server stops (bench/stalled_write.py tries each way to end it)."""
-        self.note = "send timeout"
+        or the server stops (bench/stalled_write.py tries each way to end it). What a
+        stream's handler keeps besides (``held``) is let go of at once (``_let_go``): that
+        is why a stream's stall may abandon it sooner, its reader stopped and the memory
+        it holds wanted."""
+        self.note = why
         self._gone = True
-        log.warning(
-            "%s: the client did not read the reply within the send timeout (%g s); call "
-            "abandoned, its memory held until grpc releases the message",
-            self.method,
-            self.state.send_timeout_s,
-        )
+        if why == _STALLED:
+            log.warning(
+                "%s: the client took no chunk for the stream stall timeout (%g s) while "
+                "other calls waited for memory; call abandoned, all it held but the chunk "
+                "grpc is writing given back",
+                self.method,
+                self.state.stall_s,
+            )
+        else:
+            log.warning(
+                "%s: the client did not read the reply within the send timeout (%g s); call "
+                "abandoned, its memory held until grpc releases the message",
+                self.method,
+                self.state.send_timeout_s,
+            )
         self._uncount()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Empty ``held`` and give back all the call holds of the budget but the message
+        grpc is writing (its copy and the server's): the job's arrays (or the engine's
+        answer) and the block's results (the request was let go once they were made). The
+        handler stays in its write, so that when grpc lets go of the message, its reader
+        still gets a status. Never while a step computes: its arrays would stay alive,
+        charged to nothing."""
+        held = self.held
+        if held is None or self._running is not None:
+            return
+        held.work = held.chunks = None
+        self.labels = ()
+        self.charge.resize_now(min(self.charge.bytes, 2 * self._writing))
 
     def cancel_waiting(self) -> None:
         """Called when the server starts draining: end a call still waiting for its request."""
@@ -503,6 +590,15 @@ class CallScope:
                 "the reply was not read within the server's send timeout "
                 f"({self.state.send_timeout_s:g} s); the call was abandoned",
             )
+        elif isinstance(exc, StreamStalled):
+            stall = self.state.stall_s
+            result = status.quota_failure(
+                "stream-stall-timeout",
+                f"the stream's reader took no chunk for {stall:g} s while other calls "
+                f"waited for the memory it held (stream-stall-timeout = {stall:g} s); the "
+                "call was abandoned and its memory given to them: read the stream as it "
+                "arrives, or retry later",
+            )
         elif isinstance(exc, Draining):
             result = status.plain(code.UNAVAILABLE, _DRAINING)
         elif isinstance(exc, Cancelled):  # the stop flag: the client is gone already
@@ -545,6 +641,10 @@ class CallScope:
         if self._finished:
             return
         self._finished = True
+        # The call and its charge refer to each other: only the cyclic collector frees
+        # them, and what ``held`` and ``labels`` keep (a job's arrays, the request) must
+        # not wait for it (a soak's calm phase peaked 1.1 GiB resident where it had 0.4).
+        self.held, self.labels = None, ()
         if self._send_watch is not None:
             self._send_watch.cancel()
         running = self._running
@@ -597,6 +697,7 @@ def _share_used_up(setting: str, holder: str, limit: int, advice: str) -> grpc.S
 # What a call holds its memory for (``CallScope.held_as``), as the metrics label it.
 SENDING = "sending"  # a reply message waiting for its reader to take it
 WAITING_FOR_MEMORY = "waiting_for_memory"
+WAITING_FOR_LARGE_CALLS_SHARE = "waiting_for_large_calls_share"  # then for the budget
 WAITING_FOR_SENDING_SHARE = "waiting_for_sending_share"
 WAITING_FOR_SLOT = "waiting_for_compute_slot"
 COMPUTING = "computing"  # a step on the executor
@@ -606,6 +707,7 @@ ON_THE_LOOP = "on_the_loop"  # work on the event loop, or between steps
 # the server cannot know what the client got (docs/running-safely.md).
 REFUSED_OR_RESET = "RESOURCE_EXHAUSTED_OR_RESET"
 CANCELLED_OR_REFUSED = "CANCELLED_OR_UNIMPLEMENTED"
+_STALLED = "stream stalled"  # abandoned at the stall timeout (``CallScope._abandon``)
 _TAKEN_BACK = "read slot taken back"
 _TAKEN_BACK_OVER_SHARE = "read slot taken back for the connection's share"
 _DRAINING = "the server is shutting down and takes no new calls; retry on another server"

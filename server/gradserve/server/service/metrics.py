@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gradserve.server.engine.plan_cache import PlanCache
 from gradserve.server.service import arriving_metrics as arriving
-from gradserve.server.service import metrics_multiprocess
+from gradserve.server.service import large_calls, metrics_multiprocess
 from gradserve.server.service import sending as sending_share
 from gradserve.server.service.admission import (
     HELD_HELP,
@@ -251,6 +251,12 @@ class _BudgetCollector:
             yield GaugeMetricFamily(sending_share.USED_METRIC, sending_share.USED_HELP, share.used)
             yield CounterMetricFamily(
                 sending_share.REFUSED_METRIC, sending_share.REFUSED_HELP, share.refused
+            )
+        if self.budget.large is not None:
+            share = self.budget.large
+            yield GaugeMetricFamily(large_calls.USED_METRIC, large_calls.USED_HELP, share.used)
+            yield CounterMetricFamily(
+                large_calls.REFUSED_METRIC, large_calls.REFUSED_HELP, share.refused
             )
         if self.arrival is not None:
             gate = self.arrival

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gradserve.server.engine.plan_cache import PlanCache
-from gradserve.server.service import admission
+from gradserve.server.service import admission, large_calls
 from gradserve.server.service import arriving_metrics as arriving
 from gradserve.server.service import sending as sending_share
 
@@ -72,9 +72,9 @@ def mirror_plan_cache(
     cache: PlanCache, budget, arrival, registry: CollectorRegistry, sending=None
 ) -> None:
     """In a worker: keep the plan cache's lookups (counters), plans and bytes, the memory
-    budget's bytes in use, the arriving share's and the sending share's (gauges labelled by
-    pid), and the read slots taken back (a counter) in metrics, updated from a daemon
-    thread."""
+    budget's bytes in use, the arriving share's, the sending share's and the large calls'
+    share's (gauges labelled by pid), and the read slots taken back (a counter) in metrics,
+    updated from a daemon thread."""
     lookups = Counter(
         "gradserve_plan_cache_lookups",
         "Compiled-plan cache lookups, by outcome (a miss compiles, or is NOT_FOUND)",
@@ -113,6 +113,13 @@ def mirror_plan_cache(
         registry=registry,
     )
     refused = Counter(sending_share.REFUSED_METRIC, sending_share.REFUSED_HELP, registry=registry)
+    large_used = Gauge(
+        large_calls.USED_METRIC,
+        large_calls.USED_HELP,
+        multiprocess_mode="liveall",
+        registry=registry,
+    )
+    large_refused = Counter(large_calls.REFUSED_METRIC, large_calls.REFUSED_HELP, registry=registry)
     held_by_kind, holding = (
         Gauge(name, text, admission.HELD_LABELS, multiprocess_mode="liveall", registry=registry)
         for name, text in [
@@ -123,7 +130,7 @@ def mirror_plan_cache(
     hits, misses = lookups.labels("hit"), lookups.labels("miss")
 
     def copy() -> None:
-        seen_hits = seen_misses = seen_taken_back = seen_refused = 0
+        seen_hits = seen_misses = seen_taken_back = seen_refused = seen_large_refused = 0
         seen_kinds: set[tuple[str, str]] = set()
         while True:
             now_hits, now_misses = cache.hits, cache.misses
@@ -145,6 +152,10 @@ def mirror_plan_cache(
                 replies.set(sending.used)
                 refused.inc(sending.refused - seen_refused)
                 seen_refused = sending.refused
+            if budget.large is not None:
+                large_used.set(budget.large.used)
+                large_refused.inc(budget.large.refused - seen_large_refused)
+                seen_large_refused = budget.large.refused
             if arrival is not None:
                 arriving_used.set(arrival.used)
                 waiting.set(arrival.waiting)

@@ -17,15 +17,12 @@ for the budget, then is refused. The replies' bytes are still charged to the bud
 well: the share only bounds how much of it replies may hold, so the rest stays for
 computing (streams, evaluations)."""
 
-from collections.abc import Callable
-
 from gradserve.server.service.admission import (
     SMALL_FRACTION,
     BudgetBusy,
     Charge,
     MemoryBudget,
 )
-from gradserve.server.service.counts import add_count
 
 SHARE_FRACTION = 4  # of the calls' budget (the share's size when that is larger)
 USED_METRIC = "gradserve_sending_share_used_bytes"
@@ -64,7 +61,6 @@ class SendingShare(MemoryBudget):
         # A reply charged at most this much needs no share: as the budget's small calls,
         # it never waits.
         self.smallest = calls.total // SMALL_FRACTION
-        self.by_connection: dict[str, int] = {}
         self.refused = 0  # calls refused after waiting for the share
 
     def describe(self) -> str:
@@ -80,30 +76,20 @@ class SendingShare(MemoryBudget):
     def reservation(self, connection: str) -> "Reservation":
         return Reservation(self, connection)
 
-    def fits(self, amount: int, connection: str) -> bool:
-        """Whether ``connection`` may take ``amount`` more now."""
-        held = self.by_connection.get(connection, 0)
-        within_half = not held or held + amount <= self.total // 2
-        return within_half and self.used + amount <= self.total
-
 
 class Reservation(Charge):
-    """What one call's reply holds of the sending share, counted to its connection too."""
+    """What one call's reply holds of the sending share, counted to its connection."""
 
     def __init__(self, share: SendingShare, connection: str) -> None:
         super().__init__(share)
-        self.connection = connection
+        self.for_connection = connection
 
-    async def resize(self, target: int, deadline: float) -> None:
-        change = target - self.bytes
-        await super().resize(target, deadline)
-        add_count(self.budget.by_connection, self.connection, change)
+    @property
+    def connection(self) -> str:
+        return self.for_connection
 
-    def _condition(self, change: int) -> Callable[[], bool]:
-        """Once the share, and the connection's half of it, has room for ``change``."""
-        share, connection = self.budget, self.connection
-        return lambda: share.fits(change, connection)
-
-    def release(self) -> None:
-        add_count(self.budget.by_connection, self.connection, -self.bytes)
-        super().release()
+    def _may_take(self, amount: int) -> bool:
+        """Within the connection's half of the share, unless it holds none of it."""
+        share = self.budget
+        held = share.by_connection.get(self.for_connection, 0)
+        return not held or held + amount <= share.total // 2

@@ -10,11 +10,10 @@ decoded by grpc before the call is authorised. Errors become statuses in one pla
 import grpc
 
 from gradserve.server import __version__
-from gradserve.server.engine.errors import Cancelled
 from gradserve.server.engine.run import Answer, Cost, Engine
 from gradserve.server.registry import LoadedOp
 from gradserve.server.service import evaluation, train_stream
-from gradserve.server.service.calls import CallScope, ServerState
+from gradserve.server.service.calls import CallScope, Held, ServerState
 from gradserve.v1 import gradserve_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
@@ -120,13 +119,16 @@ class GradientServicer:
     def _job_memory(self, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
         """The rows to evaluate at once, and what the call holds of the budget meanwhile
         (taken with its compute slot: ``CallScope.compute``)."""
-        budget = self._state.budget.total
-        # Row blocks only when the whole batch would not fit half the budget (a block costs
-        # a pass over every op group), so that one batch evaluated in blocks for seconds
-        # leaves the other half to other calls; a block may hold more only when the call's
-        # fixed part (its arrays, the results it keeps) leaves it less than an eighth.
+        budget = self._state.budget
+        # Row blocks only when the whole batch would not fit half the large calls' share (a
+        # block costs a pass over every op group; ``large_calls``), so that one batch
+        # evaluated in blocks for seconds leaves the ordinary calls their half of the
+        # budget and other large calls half of their share; a block may hold more only
+        # when the call's fixed part (its arrays, the results it keeps) leaves it less
+        # than an eighth of the budget.
+        blocks = (budget.total if budget.large is None else budget.large.total) // 2
         fixed = job.memory(0, streaming)
-        block = job.block_rows(max(budget // 2, fixed + budget // 8), streaming)
+        block = job.block_rows(max(blocks, fixed + budget.total // 8), streaming)
         return block, job.memory(block, streaming)
 
     async def _unary_reply(self, call: CallScope) -> bytes:
@@ -158,28 +160,30 @@ class GradientServicer:
     async def EvaluateStream(self, _requests, context):
         async with CallScope("EvaluateStream", context, self._state) as call:
             digest, prepared, chunk_size = await self._prepare(call)
-            if isinstance(prepared, Answer):
-                nodes = evaluation.answer_chunk_nodes(prepared, chunk_size)
+            # The job (or answer) and the chunks are kept in ``held`` only, never in this
+            # frame while a chunk is written, so that the call can let go of them when the
+            # reader stops reading (``CallScope._let_go``).
+            held = call.held = Held(prepared)
+            del prepared
+            if isinstance(held.work, Answer):
+                nodes = evaluation.answer_chunk_nodes(held.work, chunk_size)
                 chunks = evaluation.answer_chunk_bytes(nodes)
-                await call.admit(evaluation.answer_bytes(prepared) + chunks)
-                for chunk in evaluation.answer_chunks(prepared, digest, chunk_size):
-                    await call.send(chunk)
+                await call.admit(evaluation.answer_bytes(held.work) + chunks)
+                held.chunks = evaluation.answer_chunks(held.work, digest, chunk_size)
+                await call.send_held()
                 return
-            job = prepared
-            block, memory = self._job_memory(job, streaming=True)
-            sending = min(memory, job.sending_memory(block))
+            block, memory = self._job_memory(held.work, streaming=True)
+            sending = min(memory, held.work.sending_memory(block))
             work = self._evaluator.evaluate_block
-            for first in range(0, job.rows, block):
+            for first in range(0, held.work.rows, block):
                 with call.span.step("evaluating"):
-                    results = await call.compute(work, job, first, block, memory=memory)
+                    results = await call.compute(work, held.work, first, block, memory=memory)
                 # While its chunks wait for the reader, the call holds the block's results,
                 # not what evaluating them took: a slow reader keeps no memory from computing.
                 await call.admit(sending)  # less than it held: never waits
-                for chunk in evaluation.block_chunks(job, first, results, chunk_size):
-                    if call.should_stop():  # past the deadline it raises DeadlineExceeded
-                        raise Cancelled()  # the client is gone: never an OK status
-                    await call.send(chunk)
+                held.chunks = evaluation.block_chunks(held.work, first, results, chunk_size)
                 del results
+                await call.send_held()
 
     async def ListOps(self, _requests, context):
         async with CallScope("ListOps", context, self._state) as call:
