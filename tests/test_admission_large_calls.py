@@ -34,8 +34,13 @@ def _budget(wait_s: float = 30) -> MemoryBudget:
 
 
 async def _parked(budget: MemoryBudget, count: int) -> None:
-    while budget.waiting < count:
-        await asyncio.sleep(0)
+    """Return once ``count`` calls wait (a call that does not wait fails the test)."""
+
+    async def parking() -> None:
+        while budget.waiting < count:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(parking(), 5)
 
 
 def test_the_share_is_half_the_budget_for_calls_above_an_eighth():

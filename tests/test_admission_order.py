@@ -28,8 +28,13 @@ def _deadline() -> float:
 
 
 async def _parked(budget: MemoryBudget, count: int) -> None:
-    while budget.waiting < count:
-        await asyncio.sleep(0)
+    """Return once ``count`` calls wait (a call that does not wait fails the test)."""
+
+    async def parking() -> None:
+        while budget.waiting < count:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(parking(), 5)
 
 
 def _waits(budget: MemoryBudget, connection: str, nbytes: int):
@@ -113,42 +118,31 @@ def test_memory_goes_first_to_the_connection_holding_the_least():
     asyncio.run(scenario())
 
 
-def test_a_call_the_budget_has_no_room_for_holds_up_later_ones_only_for_its_wait():
+@pytest.mark.parametrize("leaving", ["refused", "cancelled"])
+def test_a_call_the_budget_has_no_room_for_holds_up_later_ones_only_until_it_leaves(leaving):
     """The first call in order needs 60 MiB, and only 50 are free until the test ends: a
-    later call of 30 MiB, which would fit, waits behind it until it is refused at the end
-    of its wait (its deadline, 0.2 s away), and is then served. The first call holds
-    nothing; the later one needed no memory given back."""
+    later call of 30 MiB, which would fit, waits behind it until it leaves, refused at the
+    end of its wait (its deadline, 0.2 s away) or cancelled, and is then served. The first
+    call holds nothing; the later one needed no memory given back."""
 
     async def scenario():
         budget = MemoryBudget(100 * MIB, wait_s=30)
         holder = budget.charge(_Call("abuser"))
         await holder.resize(50 * MIB, _deadline())
         huge = budget.charge(_Call("huge"))
-        huge_task = asyncio.create_task(huge.resize(60 * MIB, time.monotonic() + 0.2))
+        deadline = time.monotonic() + 0.2 if leaving == "refused" else _deadline()
+        huge_task = asyncio.create_task(huge.resize(60 * MIB, deadline))
         await _parked(budget, 1)
         later, later_task = _waits(budget, "later", 30 * MIB)
         await _parked(budget, 2)
         assert later.bytes == 0  # held up: it came after the huge call
-        with pytest.raises(BudgetBusy):
-            await asyncio.wait_for(huge_task, 5)
+        if leaving == "refused":
+            with pytest.raises(BudgetBusy):
+                await asyncio.wait_for(huge_task, 5)
+        else:
+            huge_task.cancel()
         await asyncio.wait_for(later_task, 5)
-        assert huge.bytes == 0 and later.bytes == 30 * MIB and budget.used == 80 * MIB
-
-    asyncio.run(scenario())
-
-
-def test_a_waiting_call_cancelled_leaves_the_line_and_lets_the_next_one_go():
-    async def scenario():
-        budget = MemoryBudget(100 * MIB, wait_s=30)
-        holder = budget.charge(_Call("abuser"))
-        await holder.resize(50 * MIB, _deadline())
-        huge, huge_task = _waits(budget, "huge", 60 * MIB)
-        await _parked(budget, 1)
-        later, later_task = _waits(budget, "later", 30 * MIB)
-        await _parked(budget, 2)
-        huge_task.cancel()
-        await asyncio.wait_for(later_task, 5)  # served once the call ahead has left
-        assert huge_task.cancelled() and huge.bytes == 0 and later.bytes == 30 * MIB
+        assert huge.bytes == 0 and later.bytes == 30 * MIB
         assert budget.waiting == 0 and budget.used == 80 * MIB
 
     asyncio.run(scenario())

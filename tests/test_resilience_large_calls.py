@@ -9,7 +9,6 @@ row block of a quarter of the calls' budget), would hold all of it; two of them 
 large calls' share while their first block naps, the other two wait for the share, and
 another connection's ordinary stream is served meanwhile."""
 
-import threading
 from contextlib import ExitStack
 
 import grpc
@@ -32,17 +31,17 @@ from bench.ports import free_port
 BUDGET_MIB = 256  # the calls' part: 128 MiB; the large calls' share 64, above 16 MiB each
 NEGS, BATCH_ROWS = 200, 20_000  # x, nap(x), 200 negations: 160 MB whole, blocks of 32 MiB
 BATCHES = 4  # 4 blocks of 32 MiB: the whole calls' budget without the share
-BUDGET_WAIT_S = 5  # admission.DEFAULT_WAIT_S
 MIB = 2**20
 
 
 def test_large_calls_at_their_bounds_leave_another_connection_its_ordinary_call(tmp_path):
     """Four napping batches of four connections: two hold the share's 64 MiB, two wait for
     it, and the ledger says so. A 9 MiB stream of a fifth connection is served, right,
-    before the naps end (6 s, longer than the budget wait: before, the four batches held
-    the whole 128 MiB and the stream was refused RESOURCE_EXHAUSTED after its 5 s wait).
-    Then the napping batches answer right, and the two that waited are refused naming the
-    share, holding nothing."""
+    while they nap: the naps end only once it has its answer. (Before, the four batches
+    held the whole 128 MiB and the stream was refused RESOURCE_EXHAUSTED after its 5 s
+    budget wait.) Then the napping batches answer right; the two that waited answer
+    right too, or, if the stream took longer than their wait, are refused naming the
+    share; and everything is given back."""
     metrics_port = free_port()
     naps = Naps(tmp_path)
     flags = ("--threads", "4", "--max-memory-mb", str(BUDGET_MIB))
@@ -70,20 +69,17 @@ def test_large_calls_at_their_bounds_leave_another_connection_its_ordinary_call(
         computing = ledger("held_bytes", "computing")
         assert computing == share and 32 * MIB < share <= 64 * MIB  # two blocks, in the share
         assert ledger("holding_calls", "computing") == 2
-        releasing = threading.Timer(BUDGET_WAIT_S + 1, naps.release.touch)
-        releasing.start()
         try:
             check_chain_stream(stub_on(channel), 60, np.arange(2_000) / 2_000)
-            assert not naps.release.exists(), "the stream was served only after the batches"
         finally:
-            releasing.join()
+            naps.release.touch()
         refused = []
         for batch in batches:
             try:
                 check_napping_batch(batch.result(timeout=6 * HANG_S), NEGS, BATCH_ROWS)
             except grpc.RpcError as error:
                 refused.append((error.code(), error.details()))
-        assert len(refused) == 2, refused
+        assert len(refused) <= 2, refused  # the two that napped answered
         for code, details in refused:
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "share for large calls (64.0 MiB" in details
@@ -93,4 +89,4 @@ def test_large_calls_at_their_bounds_leave_another_connection_its_ordinary_call(
         )
         assert sample(scrape(metrics_port), "gradserve_large_calls_share_used_bytes") == 0
         refusals = sample(scrape(metrics_port), "gradserve_large_calls_share_refused_total")
-        assert refusals == 2
+        assert refusals == len(refused)

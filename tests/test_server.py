@@ -16,6 +16,7 @@ from servers import serving
 
 from gradserve.ops import Op
 from gradserve.server.registry import LoadedOp
+from gradserve.server.service import compute_slots
 from gradserve.server.service.app import SERVICE_NAME, running_server, start_server
 from gradserve.server.service.limits import Limits
 from gradserve.v1 import gradserve_pb2 as pb
@@ -273,23 +274,26 @@ def test_grpc_core_s_flood_limits_are_the_ones_the_docs_state(registry, grpc_opt
 def test_work_still_queued_on_the_executor_when_the_server_stops_never_runs(registry):
     """Work waits on the executor only behind a thread that outlives its call (a cancelled
     call's evaluation runs on while its compute slot goes to the next call, whose work
-    queues): stopping the server cancels what waits instead of running it for nobody."""
-    started, release = threading.Event(), threading.Event()
+    queues; the executor's threads beyond the slots are for parked steps, each still
+    computing for its call): stopping the server cancels what waits instead of running it
+    for nobody."""
+    started, release = threading.Semaphore(0), threading.Event()
 
     def outliving() -> bool:
-        started.set()
+        started.release()
         return release.wait(30)
 
     with running_server(registry, threads=1) as server:
         executor = server._state.executor
-        running = executor.submit(outliving)
-        assert started.wait(10)
+        threads = 1 + compute_slots.PARKED
+        running = [executor.submit(outliving) for _ in range(threads)]
+        assert all(started.acquire(timeout=10) for _ in range(threads))
         queued = executor.submit(lambda: "ran")
     try:
         assert queued.cancelled()
     finally:
         release.set()
-    assert running.result(10)
+    assert all(outlived.result(10) for outlived in running)
 
 
 @pytest.mark.parametrize("cache_mib", [75, 100, 101])

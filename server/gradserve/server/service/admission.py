@@ -223,8 +223,8 @@ class MemoryBudget:
     def _hand_over(self) -> None:
         """Grow the waiting charges in order (the module docstring says which) while the
         budget has room for the first in order."""
+        held = self.by_connection  # counted once, then kept up to date here
         while self._waiters:
-            held = self.by_connection
             for waiter in sorted(self._waiters, key=lambda w: held[w.charge.connection]):
                 charge, amount = waiter.charge, waiter.target - waiter.charge.bytes
                 if waiter.granted.done():  # cancelled: its task takes it out
@@ -234,6 +234,7 @@ class MemoryBudget:
                 if charge._may_take(amount):
                     self._waiters.remove(waiter)
                     self._grant(charge, amount, waiter.target)
+                    held[charge.connection] += amount
                     waiter.granted.set_result(None)
                     break  # the order may have changed
             else:

@@ -22,6 +22,7 @@ from gradserve.server.engine import plan_cache as plans
 from gradserve.server.engine.run import Engine
 from gradserve.server.registry import LoadedOp
 from gradserve.server.runtime.isolation import TRUSTED_DISTRIBUTIONS, IsolatedEvaluator
+from gradserve.server.service import compute_slots
 from gradserve.server.service.admission import MemoryBudget
 from gradserve.server.service.arrival import FLOW_CONTROL_OPTIONS, ArrivalGate
 from gradserve.server.service.calls import (
@@ -193,7 +194,10 @@ def start_server(
         budget=budget,
         sending=SendingShare(budget, max_message_bytes),
         arrival=ArrivalGate(max_arriving_bytes, max_message_bytes),
-        executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradserve"),
+        # Beyond a thread per compute slot, one for each step that may park meanwhile.
+        executor=ThreadPoolExecutor(
+            max_workers=threads * (1 + compute_slots.PARKED), thread_name_prefix="gradserve"
+        ),
         threads=threads,
         send_timeout_s=send_timeout,
         stall_s=stream_stall_timeout,

@@ -10,6 +10,8 @@ of the executor only while it computes, and memory of the budget only once admit
 import asyncio
 import contextlib
 import logging
+import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from gradserve.server.runtime import malloc
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.arrival import ArrivalGate
-from gradserve.server.service.compute_slots import ComputeSlots
+from gradserve.server.service.compute_slots import SLICE, ComputeSlots, Waiter
 from gradserve.server.service.counts import add_count
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
@@ -45,6 +47,7 @@ DEFAULT_SEND_TIMEOUT_S = 30.0
 # whether calls wait every STALL_POLL_S.
 DEFAULT_STREAM_STALL_TIMEOUT_S = 3.0
 STALL_POLL_S = 0.5
+PARKED_POLL_S = 0.25  # a parked step looks at its stop flag and deadline this often
 _OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
 
 
@@ -162,6 +165,16 @@ class CallScope:
     _writing = 0  # the length of the message last handed to grpc
     held: Held | None = None  # what a stream's handler keeps between writes
     _awaiting_slot = False  # waiting for a compute slot
+    # When the call first asked for a compute slot (the slots' clock) and the CPU seconds
+    # of its finished steps on the executor (``compute_slots`` queues by them), and the
+    # thread times the step in progress began and got its slot.
+    slot_since: float | None = None
+    cpu_used = 0.0
+    _step_began = 0.0
+    _slice_began = 0.0
+    _holds_slot = False
+    _parked: Waiter | None = None  # the queue place of its step parked on its thread
+    _resume: threading.Event | None = None  # set to wake the parked step
     _send_watch: asyncio.TimerHandle | None = None
 
     def __init__(self, method: str, context, state: ServerState) -> None:
@@ -199,7 +212,7 @@ class CallScope:
             doing = WAITING_FOR_LARGE_CALLS_SHARE
         elif self._reply_share is not None and self._reply_share.waiting:
             doing = WAITING_FOR_SENDING_SHARE
-        elif self._awaiting_slot:
+        elif self._awaiting_slot or self._parked is not None:
             doing = WAITING_FOR_SLOT
         elif self._running is not None:
             doing = COMPUTING
@@ -306,14 +319,15 @@ class CallScope:
 
     async def compute(self, work: Callable, *args, memory: int | None = None):
         """``work(*args, should_stop)`` on the executor, holding a compute slot (``compute_slots``:
-        shared fairly between connections), and with ``memory``, that many bytes of the
-        budget (``admit``) in all while it runs.
+        the call that has used the least CPU first, a long step sliced), and with ``memory``,
+        that many bytes of the budget (``admit``) in all while it runs.
 
         The memory is taken once the call has its slot: a call waiting for a slot holds no
         more of the budget than it did, so that calls queued for the threads (twenty
         large streams behind four threads, in issue 19's soak) do not hold what the calls
         computing need. A call that gets its slot but must wait for the memory gives the
-        slot back meanwhile, and queues for a slot again once it has the memory."""
+        slot back meanwhile, and queues for a slot again once it has the memory. A step
+        parked for its turn (``_stop_check``) keeps its memory: it still holds it."""
         slots, connection = self.state.slots, self.connection or self.context.peer()
         if memory is not None and memory > self.state.budget.total:
             raise NeverFits(memory, self.state.budget)  # no use waiting for a slot first
@@ -321,28 +335,112 @@ class CallScope:
         if memory is not None:
             admitting = self.admit(memory)
             if admitting is not _ADMITTED:
-                slots.release(connection)
+                self._leave_slot(slots, connection)
                 await admitting  # waiting or refused
                 await self._slot(slots, connection)
         try:
             # The thread's own future: cancelling the awaiting task does not stop a thread,
             # so _finish must know whether it still runs.
-            running = self._running = self.state.executor.submit(work, *args, self.should_stop)
+            running = self._running = self.state.executor.submit(self._step, work, args)
             try:
                 return await asyncio.wrap_future(running)
             finally:
                 if running.done():
                     self._running = None
         finally:
-            slots.release(connection)
+            self._leave_slot(slots, connection)
 
     async def _slot(self, slots: ComputeSlots, connection: str) -> None:
         """Wait for a compute slot for the call (its holder's kind says so meanwhile)."""
+        if self.slot_since is None:
+            self.slot_since = slots.clock()
         self._awaiting_slot = True
         try:
-            await slots.acquire(connection)
+            await slots.acquire(connection, self.slot_since, self.cpu_used)
         finally:
             self._awaiting_slot = False
+        self._holds_slot = True
+
+    def _leave_slot(self, slots: ComputeSlots, connection: str) -> None:
+        """Give back the call's slot, or its step's place in the queue: a step parked when
+        its task was cancelled is woken to stop."""
+        if self._parked is not None:
+            slots.withdraw(self._parked)
+            self._parked = None
+            slots.parked -= 1
+            self._gone = True
+            self._resume.set()
+        if self._holds_slot:
+            self._holds_slot = False
+            slots.release(connection)
+
+    # -- slices (on the step's thread, but for _give_up_slot and _resumed) ---------------
+    def _step(self, work: Callable, args: tuple):
+        """``work(*args, stop_check)``, its thread's CPU time added to the call's."""
+        began = self._step_began = self._slice_began = time.thread_time()
+        try:
+            return work(*args, self._stop_check)
+        finally:
+            self.cpu_used += time.thread_time() - began
+
+    def _stop_check(self) -> bool:
+        """``should_stop``, after giving the slot up when the step's slice is over and a
+        call that comes before it waits (``compute_slots``)."""
+        if self.state.slots.first_key != math.inf:
+            self._take_turns()
+        return self.should_stop()
+
+    def _take_turns(self) -> None:
+        """Park the step until it is its turn again, if its slice is over and a waiting
+        call comes first; none parks beyond the executor's spare threads."""
+        slots = self.state.slots
+        now = time.thread_time()
+        if now - self._slice_began < SLICE or slots.parked >= slots.max_parked:
+            return
+        used = self.cpu_used + now - self._step_began
+        if not slots.passes(self.slot_since, used):
+            return
+        resume = threading.Event()
+        try:
+            self._loop.call_soon_threadsafe(self._give_up_slot, used, resume)
+        except RuntimeError:  # the event loop is closed: the server has stopped
+            return
+        # Woken on its turn, or when the call ends (``_leave_slot``); the deadline and the
+        # stop flag are looked at meanwhile, in case no one wakes it.
+        while not resume.wait(min(PARKED_POLL_S, max(0.0, self.deadline - time.monotonic()))):
+            if self._gone or time.monotonic() > self.deadline:
+                break
+        self._slice_began = time.thread_time()
+
+    def _give_up_slot(self, used: float, resume: threading.Event) -> None:
+        """On the loop: give the slot to the call that comes first and queue the step
+        for its turn; ``resume`` at once when it is no longer due to (the waiter got
+        another slot meanwhile, the call has gone, or the spare threads are parked)."""
+        slots = self.state.slots
+        if (
+            self._gone
+            or not self._holds_slot
+            or slots.parked >= slots.max_parked
+            or not slots.passes(self.slot_since, used)
+        ):
+            resume.set()
+            return
+        connection = self.connection or self.context.peer()
+        self._resume = resume
+        slots.parked += 1
+        self._holds_slot = False
+        slots.release(connection)
+        waiter = slots.wait(connection, self.slot_since, used, self._resumed)
+        if not self._holds_slot:  # else granted at once: its slot came back
+            self._parked = waiter
+
+    def _resumed(self) -> bool:
+        """On the loop: the parked step holds a slot again; wake it."""
+        self._parked = None
+        self.state.slots.parked -= 1
+        self._holds_slot = True
+        self._resume.set()
+        return True
 
     async def send_held(self) -> None:
         """Write the chunks of ``held`` one by one, each made once the one before has been
