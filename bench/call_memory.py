@@ -124,7 +124,7 @@ def measure(name: str, sites: int) -> None:
         f"{job.rows:,} rows ({block:,} at a time), reply about {charged['reply'] / MIB:.1f} MiB\n"
         f"  charged: request {charged['request'] / MIB:.1f} + compiling "
         f"{charged['compiling'] / MIB:.1f} MiB (compiling's peak "
-        f"{charged['compile peak'] / MIB:.1f}), then request + "
+        f"{charged['compile peak'] / MIB:.1f}), then (the request let go) "
         f"{charged['evaluation'] / MIB:.1f} MiB (the job's arrays {job.arrays_bytes / MIB:.1f}"
         f" and evaluating and replying {(charged['evaluation'] - job.arrays_bytes) / MIB:.1f})"
     )

@@ -8,6 +8,7 @@ import gc
 import random
 import time
 import tracemalloc
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -17,6 +18,7 @@ from hardening import SlowOp, chain, wait_until
 from metered import metered_server, sample, scrape
 from resilience import repeated_nodes
 
+from bench.arriving_live import in_use_mib
 from bench.h2_client import H2GrpcClient
 from gradserve.server.engine import memory
 from gradserve.server.service import evaluation
@@ -132,13 +134,13 @@ def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
     sizes = (len(graph.node_ops), len(graph.input_ids), len(graph.labels))
     compiling = memory.compile_bytes(*sizes, request.ByteSize())
     charges_when_compiling = []
-    plan = evaluation.Evaluator.plan
+    compile_plan = evaluation.Evaluator.compile
 
-    def planning(self, *args):
+    def compiling_plan(self, *args):
         charges_when_compiling.append(len(charges))
-        return plan(self, *args)
+        return compile_plan(self, *args)
 
-    monkeypatch.setattr(evaluation.Evaluator, "plan", planning)
+    monkeypatch.setattr(evaluation.Evaluator, "compile", compiling_plan)
     with (
         running_server(registry) as server,
         grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
@@ -150,10 +152,48 @@ def test_a_graph_s_charge_before_compiling_covers_its_request_and_compiling(
     assert before_compiling >= compiling + request.ByteSize() > compiling > 0
 
 
+@pytest.mark.parametrize("method", ["Evaluate", "EvaluateStream"])
+def test_a_plan_found_in_the_cache_is_looked_up_without_compiling_s_charge(
+    registry, charges, monkeypatch, method
+):
+    """A large call whose plan is cached holds, while it finds it, its request and the
+    lookup's arrays (``lookup_cost``), not what compiling would take: the first call
+    compiles holding both, the second never compiles nor holds compiling's charge."""
+    request = pb.EvaluateRequest(graph=chain("tanh", 20_000).proto())
+    assert request.ByteSize() > evaluation.SMALL_REQUEST_BYTES  # planned on a thread
+    compiling = evaluation.compile_cost(request, request.ByteSize())
+    finding = evaluation.lookup_cost(request)
+    assert finding < compiling / 2
+    steps = []  # (step, the number of charges made when it ran)
+    for name in ("find", "compile"):
+        step = getattr(evaluation.Evaluator, name)
+
+        def recording(self, *args, _name=name, _step=step):
+            steps.append((_name, len(charges)))
+            return _step(self, *args)
+
+        monkeypatch.setattr(evaluation.Evaluator, name, recording)
+    with (
+        running_server(registry) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        call = channel.unary_unary if method == "Evaluate" else channel.unary_stream
+        for _ in range(2):
+            replies = call(f"/gradserve.v1.GradientService/{method}")(
+                request.SerializeToString(), timeout=60
+            )
+            assert replies if method == "Evaluate" else list(replies)
+    [(_, cold), (_, compiled), (_, hot)] = steps
+    assert [name for name, _ in steps] == ["find", "compile", "find"]
+    assert finding <= charges[cold - 1] - charges[cold - 2] < compiling  # beyond the request
+    assert charges[compiled - 1] >= charges[cold - 1] + compiling
+    assert charges[hot - 1] == charges[cold - 1]  # the same lookup, and nothing more
+
+
 @pytest.mark.parametrize("rows", [1, 2])
 def test_a_unary_reply_is_charged_twice_while_grpc_sends_it(registry, charges, rows):
-    """Once its reply is encoded, an Evaluate holds its request and two copies of the
-    reply (the server's and grpc's, both resident until a reader takes it), whether the
+    """Once its reply is encoded, an Evaluate holds two copies of the reply (the server's
+    and grpc's, both resident until a reader takes it; its request is let go), whether the
     engine answered it whole (one row: no evaluation job) or a job evaluated it. A reader
     that never reads otherwise holds memory that is not charged (BENCHMARKS.md, "Where the
     memory over the ledger is")."""
@@ -166,25 +206,25 @@ def test_a_unary_reply_is_charged_twice_while_grpc_sends_it(registry, charges, r
             request.SerializeToString(), timeout=60
         )
     assert len(reply) > 20_000 * 8 * rows  # a value per selected node and row at least
-    assert charges[-1] >= request.ByteSize() + 2 * len(reply), (charges, len(reply))
+    assert charges[-1] >= 2 * len(reply), (charges, len(reply))
 
 
 @pytest.fixture
 def traced_calls(monkeypatch):
-    """tracemalloc's count (current and peak, since the last charge) as each charge is made
-    and as each reply message is handed to grpc: ``(kind, nbytes, current, peak, request
-    charge)`` in order, kind "charge" or "send"."""
+    """tracemalloc's count (current and peak, since the last charge) and malloc's (in
+    MiB: ``in_use_mib``) as each charge is made and as each reply message is handed to
+    grpc: ``(kind, nbytes, current, peak, malloc's)`` in order, kind "charge" or "send"."""
     marks = []
     admit, send = CallScope.admit, CallScope.send
 
     async def charging(self, nbytes: int) -> None:
         await admit(self, nbytes)
-        marks.append(("charge", nbytes, *tracemalloc.get_traced_memory(), self.request_bytes))
+        marks.append(("charge", nbytes, *tracemalloc.get_traced_memory(), in_use_mib()))
         tracemalloc.reset_peak()
 
     async def sending(self, message: bytes) -> None:
         current, peak = tracemalloc.get_traced_memory()
-        marks.append(("send", len(message), current, peak, self.request_bytes))
+        marks.append(("send", len(message), current, peak, in_use_mib()))
         await send(self, message)
 
     monkeypatch.setattr(CallScope, "admit", charging)
@@ -192,16 +232,18 @@ def traced_calls(monkeypatch):
     return marks
 
 
-def _until_the_first_chunk_waits(port: int, raw: bytes, traced_calls) -> int:
-    """Start an EvaluateStream of ``raw`` from a client that never opens its window, with
-    tracemalloc on until its first chunk is handed to grpc (and waits); tracemalloc's count
-    before it started."""
+def _until_the_first_chunk_waits(
+    port: int, raw: bytes, traced_calls, method: str = "EvaluateStream"
+) -> int:
+    """Start a call of ``raw`` (an EvaluateStream unless told) from a client that never
+    opens its window, with tracemalloc on until its first reply message is handed to grpc
+    (and waits); tracemalloc's count before it started."""
     gc.collect()
     tracemalloc.start()
     try:
         baseline = tracemalloc.get_traced_memory()[0]
         with H2GrpcClient(port, window=0) as client:
-            stream_id = client.start_call("/gradserve.v1.GradientService/EvaluateStream", raw)
+            stream_id = client.start_call(f"/gradserve.v1.GradientService/{method}", raw)
             waiting = client.pump(
                 lambda: any(kind == "send" for kind, *_ in traced_calls), time.monotonic() + 60
             )
@@ -226,29 +268,50 @@ def test_a_stream_answered_whole_holds_no_more_than_its_charge(registry, traced_
     """EvaluateStream of one node selected a million times in one row: the engine answers
     it whole (no evaluation job), and a client that never opens its window leaves the
     first chunk waiting. What the call holds then (Python objects, counted by tracemalloc)
-    is within its charge, and the charge's part beyond the request message is within 3x of
-    the peak it covers (building the chunk). The request message lives in protobuf's
-    arena, which tracemalloc does not see: the request charge covers it. Before, the
-    engine's answer (the ids, values and gradients of a million results as Python lists,
-    about 24 MB) was held the whole stream through, against 3.8 MiB charged."""
-    request = selection()
+    is within its charge, and the charge is within 3x of the peak it covers (the answer,
+    building the chunk). Before, the engine's answer (the ids, values and gradients of a
+    million results as Python lists, about 24 MB) was held the whole stream through,
+    against 3.8 MiB charged. The request message, in protobuf's arena (which tracemalloc
+    does not see), is let go once the call is answered: its ids are copied out of it."""
+    first_wait = _first_wait_of_warm_stream(registry, selection(), traced_calls)
+    assert first_wait.chunk_bytes > 1_000_000 // 16  # a chunk of many results, not of one
+    assert first_wait.held <= first_wait.charge, first_wait
+    assert first_wait.peak <= first_wait.charge <= 3 * first_wait.peak, first_wait
+
+
+class FirstWait(NamedTuple):
+    """A stream's first chunk waiting for a reader: the charge then, the chunk's size,
+    and what the call holds and its peak (tracemalloc) and holds by malloc's count (in
+    bytes), each above what was held before the call."""
+
+    charge: int
+    chunk_bytes: int
+    held: int
+    peak: int
+    malloc_held: float
+
+
+def _first_wait_of_warm_stream(
+    registry, request: pb.EvaluateRequest, traced_calls, method: str = "EvaluateStream"
+) -> FirstWait:
+    """Serve ``request`` (an EvaluateStream unless told) to a client that never reads,
+    its plan and program compiled beforehand, until its first reply message waits."""
     raw = request.SerializeToString()
     with running_server(registry) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.GradientServiceStub(channel)
+            warm = pb.EvaluateRequest(graph=request.graph, nodes=[0], rows=request.rows)
             for _ in range(2):  # a structure's second call compiles its program
-                stub.Evaluate(pb.EvaluateRequest(graph=request.graph, nodes=[0]), timeout=60)
+                stub.Evaluate(warm, timeout=60)
+        gc.collect()
+        malloc_before = in_use_mib()
         del traced_calls[:]
-        baseline = _until_the_first_chunk_waits(server.port, raw, traced_calls)
+        baseline = _until_the_first_chunk_waits(server.port, raw, traced_calls, method)
     first_send = next(i for i, (kind, *_) in enumerate(traced_calls) if kind == "send")
-    _, charge, _, _, request_charge = traced_calls[first_send - 1]
-    _, chunk_bytes, held, peak, _ = traced_calls[first_send]
-    held -= baseline
-    assert chunk_bytes > 1_000_000 // 16  # a chunk of many results, not of one
-    assert held <= charge, (held, charge)
-    beyond_request = charge - request_charge
-    built = peak - baseline  # the peak since the charge, building the first chunk
-    assert built <= beyond_request <= 3 * built, (built, beyond_request)
+    _, charge, _, _, _ = traced_calls[first_send - 1]
+    _, chunk_bytes, held, peak, malloc_held = traced_calls[first_send]
+    malloc_growth = (malloc_held - malloc_before) * 2**20
+    return FirstWait(charge, chunk_bytes, held - baseline, peak - baseline, malloc_growth)
 
 
 def test_a_stream_waiting_for_its_reader_holds_no_more_than_its_lowered_charge(
@@ -273,9 +336,37 @@ def test_a_stream_waiting_for_its_reader_holds_no_more_than_its_lowered_charge(
     assert results < held - baseline <= lowered < evaluating / 2, (held, lowered, evaluating)
 
 
+@pytest.mark.parametrize(
+    ("method", "ids", "rows"),
+    [
+        ("EvaluateStream", 2_000_000, 1),
+        ("EvaluateStream", 2_000_000, 2),
+        ("Evaluate", 2_000_000, 1),
+        ("Evaluate", 1_000_000, 2),  # a reply of two million results fits max-message-mb
+    ],
+)
+def test_a_call_waiting_for_its_reader_has_let_go_of_its_request_message(
+    registry, traced_calls, method, ids, rows
+):
+    """Once its answer (one row) or its job (two) is made, a call holds none of its request
+    message: protobuf's arena, outside tracemalloc's view, 8 MiB a million selected ids.
+    While the first reply message (a stream's chunk, or the unary reply) of a call whose
+    client never reads is handed to grpc, what malloc holds for the call beyond what
+    tracemalloc sees (the arrays, the message) is less than half the request message, and
+    what tracemalloc sees is within the call's charge. Before, the job (``Job.request``),
+    the answer (the request's ids) and the servicer kept it."""
+    request = repeated_nodes(ids, rows)
+    message = evaluation.request_bytes(request)
+    assert message >= 8 * 2**20
+    first_wait = _first_wait_of_warm_stream(registry, request, traced_calls, method)
+    untraced = first_wait.malloc_held - first_wait.held
+    assert first_wait.held <= first_wait.charge, first_wait
+    assert untraced < message / 2, (untraced, first_wait, message)
+
+
 def test_a_small_stream_answered_whole_is_charged_its_results_not_a_whole_chunk(registry, charges):
     """A 10-node stream the engine answers whole holds ten results at a time, not the
-    65,536 a chunk may hold: its charge while it sends is its request and ten results."""
+    65,536 a chunk may hold: its charge while it sends is its answer and ten results."""
     request = pb.EvaluateRequest(graph=neuron()[0].proto(), selection=pb.SELECTION_ALL)
     with (
         running_server(registry) as server,
@@ -283,5 +374,5 @@ def test_a_small_stream_answered_whole_is_charged_its_results_not_a_whole_chunk(
     ):
         chunks = list(pb_grpc.GradientServiceStub(channel).EvaluateStream(request, timeout=30))
     assert [len(chunk.node_ids) for chunk in chunks] == [10]
-    request_charge = evaluation.raw_request_bytes(request.ByteSize())
-    assert charges[-1] == request_charge + evaluation.answer_chunk_bytes(10), charges
+    answer = evaluation.ANSWER_BYTES_PER_LISTED_ID * 10 + evaluation.ANSWER_BYTES_PER_NODE * 10
+    assert charges[-1] == answer + evaluation.answer_chunk_bytes(10), charges

@@ -97,6 +97,53 @@ def test_the_compile_estimate_is_never_below_compiling_s_peak_nor_10x_above(ops,
     assert peak <= estimate <= 10 * peak, f"peak {peak:,}, estimate {estimate:,}"
 
 
+LOOKED_UP = {
+    **COMPILED,
+    "labels of 8 characters": lambda: shapes.labelled(20_000, 0),
+    "empty labels": lambda: _emptied(shapes.labelled(20_000, 0)),
+    "labels of ASCII but one 4-byte character": lambda: _widened(shapes.labelled(5_000, 200)),
+}
+
+
+def _widened(graph):
+    """Each label's last character made a 4-byte one: every character then takes 4 bytes."""
+    graph.labels[:] = [label[:-1] + "\N{GRINNING FACE}" for label in graph.labels]
+    return graph
+
+
+def _emptied(graph):
+    graph.labels[:] = [""] * len(graph.labels)
+    return graph
+
+
+class _Step:
+    def set_attribute(self, _key, _value) -> None:
+        pass
+
+
+@pytest.mark.parametrize("shape", sorted(LOOKED_UP))
+def test_the_lookup_estimate_is_never_below_finding_a_plan_s_peak_nor_4x_above(ops, shape):
+    """A plan's lookup (the structure's arrays and strings, and its digest) holds no more
+    than ``lookup_cost`` charges from the request's fields, which is loose by up to 4x
+    only for labels of ASCII (charged as if each character took 4 bytes)."""
+    arrays = LOOKED_UP[shape]()
+    graph = pb.Graph(
+        op_names=arrays.op_names,
+        node_ops=arrays.node_ops.tolist(),
+        input_counts=arrays.input_counts.tolist(),
+        input_ids=arrays.input_ids.tolist(),
+        labels=arrays.labels,
+    )
+    request = pb.EvaluateRequest(graph=graph)
+    evaluator = evaluation.Evaluator(Engine(ops, PlanCache(2**30)), Limits(), 2**26)
+    plan, _, made = evaluator.find(request, _Step(), lambda: False)
+    assert plan is None and made is not None  # a miss: the arrays are what it holds
+    del made
+    peak = _peak(lambda: evaluator.find(request, _Step(), lambda: False))
+    estimate = evaluation.lookup_cost(request)
+    assert peak <= estimate <= 4 * peak, f"peak {peak:,}, estimate {estimate:,}"
+
+
 # Python objects (the message's bytes object, the arrays' headers) on top of the arrays.
 OBJECTS = 64 * 1024
 
@@ -147,7 +194,6 @@ def _job(plan, rows: int, selected: np.ndarray, tangents: bool) -> evaluation.Jo
     """A job of ``rows`` rows of zeros through ``plan``, differentiating its last node."""
     leaves = np.zeros((rows, len(plan.leaves)))
     return evaluation.Job(
-        request=pb.EvaluateRequest(),
         plan=plan,
         digest=bytes(16),
         leaves=leaves,

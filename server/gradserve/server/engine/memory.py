@@ -24,6 +24,22 @@ COMPILE_BYTES_PER_LABEL = 8
 COMPILE_BYTES_PER_CUT_LABEL = 768
 
 
+# Finding a graph's plan in the cache: its structure as arrays and lists (wire.graph_arrays),
+# hashed for its digest. Each id 4 bytes (uint32), and per node its op and input count and
+# a byte of the fan-in check's mask; each op name and label a Python string, its list entry
+# and header (rounded), and up to 4 bytes a character (one 4-byte character makes every
+# character of its string 4 bytes), but an empty one only its list entry (Python has one
+# empty string); and the arrays' and lists' own objects. Measured with tracemalloc
+# (tests/test_resilience_estimate.py): 13 bytes a node of a chain, 257 a label of 200 ASCII
+# characters, 885 of 200 4-byte ones, 8 an empty one.
+STRUCTURE_BYTES_PER_NODE = 9
+STRUCTURE_BYTES_PER_INPUT = 4
+STRUCTURE_BYTES_PER_STRING = 96
+STRUCTURE_BYTES_PER_EMPTY_STRING = 8
+STRUCTURE_BYTES_PER_CHARACTER = 4
+STRUCTURE_OBJECT_BYTES = 16 * 1024
+
+
 @dataclass(frozen=True)
 class PlanSizes:
     """What a plan's evaluation allocates in proportion to: counted once per plan."""
@@ -64,6 +80,22 @@ def compile_bytes(nodes: int, inputs: int, labels: int = 0, label_bytes: int = 0
         + COMPILE_BYTES_PER_INPUT * inputs
         + COMPILE_BYTES_PER_LABEL * labels
         + COMPILE_BYTES_PER_CUT_LABEL * cut_labels
+    )
+
+
+def structure_bytes(nodes: int, inputs: int, strings: int, empty: int, characters: int) -> int:
+    """What finding a graph's plan in the cache holds at its peak: a graph of ``nodes``
+    nodes reading ``inputs`` inputs, its ``strings`` (op names and labels, and ``empty``
+    ones besides) of
+    ``characters`` characters all told, as the lookup makes them. Far less than compiling
+    (``compile_bytes``): a hit needs no more."""
+    return (
+        STRUCTURE_BYTES_PER_NODE * nodes
+        + STRUCTURE_BYTES_PER_INPUT * inputs
+        + STRUCTURE_BYTES_PER_STRING * strings
+        + STRUCTURE_BYTES_PER_EMPTY_STRING * empty
+        + STRUCTURE_BYTES_PER_CHARACTER * characters
+        + STRUCTURE_OBJECT_BYTES
     )
 
 

@@ -94,10 +94,10 @@ class Answer(NamedTuple):
     ids' wire form (packed varints) when it was encoded beforehand.
 
     With ``by_node``, ``values`` and ``grads`` hold one result per node of the plan and
-    ``ids`` is the request's own selection, which may name a node many times (a million
-    times, in a request of a megabyte): the results of a part of the selection are then
-    gathered when that part is sent (``part``), so that a stream holds one chunk's results
-    at a time, never the whole selection's."""
+    ``ids`` is the request's selection (a copy: many ids as a uint32 array), which may
+    name a node many times (a million times, in a request of a megabyte): the results of
+    a part of the selection are then gathered when that part is sent (``part``), so that
+    a stream holds one chunk's results at a time, never the whole selection's."""
 
     ids: Sequence[int]
     values: list[float]
@@ -119,6 +119,8 @@ class Answer(NamedTuple):
                 return self.ids, self.values, self.grads
             return self.ids[start:stop], self.values[start:stop], self.grads[start:stop]
         ids = self.ids[start:stop]
+        if isinstance(ids, np.ndarray):  # many ids, kept as 4-byte ones: ints by the chunk
+            ids = ids.tolist()
         values, grads = self.values, self.grads
         return ids, [values[i] for i in ids], [grads[i] for i in ids]
 

@@ -393,11 +393,19 @@ def _selected(
     if selection == SELECTION_LEAVES and not nodes:
         return program.leaves, leaf_values, program.of_leaves(g), False, False
     if selection == SELECTION_NODES:
-        # The request's own ids, with every node's results: a selection may repeat a node
-        # a million times, and its results are gathered a part at a time (Answer.part).
-        if len(nodes) and max(nodes) >= len(v):
+        # The request's ids, with every node's results: a selection may repeat a node a
+        # million times, and its results are gathered a part at a time (Answer.part). The
+        # ids are copied out of the request, whose message the call lets go of: a few as
+        # a list, many as 4-byte ids (a list of a million ids above 256 takes 40 MB).
+        if len(nodes) <= MAX_NODES:
+            ids = nodes[:]
+            largest = max(ids, default=-1)
+        else:
+            ids = np.array(nodes, dtype=np.uint32)
+            largest = ids.max()
+        if largest >= len(v):
             return None
-        return nodes, v, g, False, True
+        return ids, v, g, False, True
     if selection == SELECTION_ALL and not nodes:
         return range(len(v)), v, g, True, False
     return None

@@ -549,11 +549,11 @@ class CallScope:
 
     def _let_go(self) -> None:
         """Empty ``held`` and give back all the call holds of the budget but the message
-        grpc is writing (its copy and the server's): its request (through the job, the
-        answer, and the labels kept for messages), the job's arrays and the block's
-        results. The handler stays in its write, so that when grpc lets go of the message,
-        its reader still gets a status. Never while a step computes: its arrays would stay
-        alive, charged to nothing."""
+        grpc is writing (its copy and the server's): the job's arrays (or the engine's
+        answer) and the block's results (the request was let go once they were made). The
+        handler stays in its write, so that when grpc lets go of the message, its reader
+        still gets a status. Never while a step computes: its arrays would stay alive,
+        charged to nothing."""
         held = self.held
         if held is None or self._running is not None:
             return

@@ -7,6 +7,7 @@ step polls ``should_stop``.
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from operator import countOf
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -28,6 +29,11 @@ MAX_CHUNKS = 4_096  # chunks of one row block at most, whatever chunk_size asks
 # as int objects of their own, three lists, the packed fields and the joined message) and
 # the message takes about 17 more; grpc's copy of it, as much again.
 ANSWER_CHUNK_BYTES_PER_RESULT = 128
+# An engine's answer itself (answer_bytes): its values and gradients, lists of up to
+# small_call.MAX_NODES floats (a pointer and a float object each), and its ids: a range, a
+# list of up to as many (a pointer and an int object each), or many as 4-byte ids.
+ANSWER_BYTES_PER_NODE = 2 * (8 + 24)
+ANSWER_BYTES_PER_LISTED_ID = 8 + 32
 # A request's bytes and, while they are decoded, the message: packed varints of one byte
 # widen to 4-byte ints. A large request is charged its decoded fields once it is decoded
 # (request_bytes); a small one, by its length alone for the whole call, so its bound holds
@@ -87,6 +93,20 @@ def _grown(entry_bytes: int, entries: int) -> int:
     return 2 * entry_bytes * (1 << (entries - 1).bit_length()) if entries else 0
 
 
+def lookup_cost(request: pb.EvaluateRequest) -> int:
+    """The memory finding the request's plan in the cache takes (0 when it names a plan):
+    its structure as arrays and strings (``Evaluator.find``), from its fields' lengths."""
+    if request.plan_digest:
+        return 0
+    graph = request.graph
+    nodes, inputs = max(len(graph.node_ops), len(graph.input_counts)), len(graph.input_ids)
+    fields = (graph.op_names, graph.labels)
+    strings = sum(map(len, fields))
+    empty = sum(countOf(field, "") for field in fields)  # Python's one empty string
+    characters = sum(sum(map(len, field)) for field in fields)
+    return memory.structure_bytes(nodes, inputs, strings - empty, empty, characters)
+
+
 def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
     """The memory compiling the request's graph would take (0 when it names a plan); its
     labels hold at most the ``raw_length`` bytes of the request message."""
@@ -100,9 +120,9 @@ def compile_cost(request: pb.EvaluateRequest, raw_length: int) -> int:
 
 @dataclasses.dataclass
 class Job:
-    """A request with its plan, ready to evaluate."""
+    """A request's plan and arrays, ready to evaluate: all the call keeps of its request,
+    whose message (8 MiB for a million selected ids) is let go once the job is made."""
 
-    request: pb.EvaluateRequest
     plan: Plan
     digest: bytes
     leaves: np.ndarray  # (rows, leaves)
@@ -110,18 +130,14 @@ class Job:
     seeds: np.ndarray
     selected: np.ndarray
     tangents: np.ndarray | None = None  # (rows, leaves): a JVP and HVP call
+    allow_non_finite: bool = False
+    # Every node goes back, in id order (SELECTION_ALL): the engine's results are then
+    # the reply's as they are, with no copy taken of them.
+    every_node: bool = False
 
     @property
     def rows(self) -> int:
         return self.leaves.shape[0]
-
-    @property
-    def every_node(self) -> bool:
-        """Whether every node goes back, in id order (SELECTION_ALL): the engine's results
-        are then the reply's as they are, with no copy taken of them."""
-        request = self.request
-        selection = requests.selection_of(request.selection, request.nodes)
-        return selection == requests.SELECTION_ALL and len(self.selected) == self.plan.node_count
 
     @property
     def results_per_node(self) -> int:
@@ -180,8 +196,19 @@ class Evaluator:
         self.max_message_bytes = max_message_bytes
 
     def plan(self, request: pb.EvaluateRequest, step, should_stop: StopCheck) -> tuple[Plan, bytes]:
-        """The request's plan from the cache, compiling (and caching) it on a miss. The
-        trace ``step`` (``tracing``) learns which it was."""
+        """The request's plan from the cache, compiling (and caching) it on a miss."""
+        plan, digest, graph = self.find(request, step, should_stop)
+        if plan is None:
+            plan = self.compile(request, digest, graph, should_stop)
+        return plan, digest
+
+    def find(
+        self, request: pb.EvaluateRequest, step, should_stop: StopCheck
+    ) -> tuple[Plan | None, bytes, GraphArrays | None]:
+        """The request's plan from the cache (None on a miss), its digest, and on a miss
+        the graph's arrays when the digest needed them (``compile`` takes them). The trace
+        ``step`` (``tracing``) learns which it was. Its memory is ``lookup_cost``'s: a
+        hit holds no more, and a miss compiles in a step of its own."""
         if request.plan_digest:
             if wire.has_structure(request.graph):
                 raise GraphError(
@@ -198,7 +225,7 @@ class Evaluator:
             step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
             if plan is None:
                 raise PlanNotFound(request.plan_digest)
-            return plan, request.plan_digest
+            return plan, request.plan_digest, None
         self._limits.check_sizes(request)
         graph = None
         digest = small_structure_digest(request.graph)
@@ -209,11 +236,20 @@ class Evaluator:
             raise_if_stopped(should_stop)
         plan = self._engine.plans.get(digest)
         step.set_attribute(tracing.PLAN_CACHE, "miss" if plan is None else "hit")
-        if plan is None:
-            if graph is None:
-                graph = self._graph_arrays(request.graph)
-            plan = self._engine.compile(digest, graph, should_stop)
-        return plan, digest
+        return plan, digest, graph if plan is None else None
+
+    def compile(
+        self,
+        request: pb.EvaluateRequest,
+        digest: bytes,
+        graph: GraphArrays | None,
+        should_stop: StopCheck,
+    ) -> Plan:
+        """The plan ``find`` missed, compiled now and cached (from ``graph``, the request
+        graph's arrays, when ``find`` made them)."""
+        if graph is None:
+            graph = self._graph_arrays(request.graph)
+        return self._engine.compile(digest, graph, should_stop)
 
     def _graph_arrays(self, graph: pb.Graph) -> GraphArrays:
         """The graph's fields as arrays, once its fan-in is known to be within the limit.
@@ -231,7 +267,19 @@ class Evaluator:
         outputs, seeds = wire.outputs_and_seeds(request, plan)
         selected = wire.selected_nodes(request, plan)
         leaves = wire.leaf_rows(request, plan)
-        return Job(request, plan, digest, leaves, outputs, seeds, selected, tangents)
+        selection = requests.selection_of(request.selection, request.nodes)
+        every_node = selection == requests.SELECTION_ALL and len(selected) == plan.node_count
+        return Job(
+            plan,
+            digest,
+            leaves,
+            outputs,
+            seeds,
+            selected,
+            tangents,
+            allow_non_finite=request.allow_non_finite,
+            every_node=every_node,
+        )
 
     def check_reply_fits(self, request: pb.EvaluateRequest, plan: Plan) -> int:
         """Refuse, before evaluating, an Evaluate whose reply could never be sent (the
@@ -261,7 +309,7 @@ class Evaluator:
         """Every node's values and gradients (and, for a call with tangents, their
         tangents) for rows [first, first + rows), each shaped (nodes, rows)."""
         inputs = Inputs(
-            job.leaves, job.outputs, job.seeds, job.tangents, job.request.allow_non_finite
+            job.leaves, job.outputs, job.seeds, job.tangents, job.allow_non_finite
         ).rows(slice(first, first + rows))
         return self._engine.evaluate(job.plan, job.digest, inputs, should_stop)
 
@@ -316,6 +364,14 @@ def answer_reply(answer: Answer, digest: bytes) -> bytes:
 def answer_chunk_nodes(answer: Answer, chunk_size: int) -> int:
     """Results in the largest GradientChunk of an engine's answer (one row)."""
     return min(nodes_per_chunk(1, chunk_size, answer.count), answer.count)
+
+
+def answer_bytes(answer: Answer) -> int:
+    """What an engine's answer holds while it is sent: its results, and its ids (copied
+    out of the request, whose message is let go: ``small_call``)."""
+    ids = answer.ids
+    listed = ids.nbytes if isinstance(ids, np.ndarray) else ANSWER_BYTES_PER_LISTED_ID * len(ids)
+    return listed + ANSWER_BYTES_PER_NODE * len(answer.values)
 
 
 def answer_chunk_bytes(nodes: int) -> int:

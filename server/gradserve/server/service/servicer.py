@@ -39,10 +39,14 @@ class GradientServicer:
         self._evaluator = evaluation.Evaluator(engine, state.limits, max_message_bytes)
         self._ops_reply = _list_ops_reply(registry)
 
-    async def _prepare(self, call: CallScope, unary: bool = False):
-        """Receive, decode and plan the request; the engine's Answer, or the Job to
-        evaluate. A unary reply that could not be sent is refused here, before any
-        evaluation."""
+    async def _prepare(self, call: CallScope, unary: bool = False) -> tuple:
+        """Receive, decode and plan the request: its digest, the engine's Answer or the Job
+        to evaluate, and the chunk size it asks for. A unary reply that could not be sent
+        is refused here, before any evaluation.
+
+        These are all the call keeps of its request: the message (protobuf's arena, 8 MiB
+        for a million selected ids) is let go here, so that it is not held while the call
+        waits for memory, computes, or waits for a reader of its chunks."""
         raw = await call.receive()
         raw_length = len(raw)
         raw_bytes = evaluation.raw_request_bytes(raw_length)
@@ -60,29 +64,27 @@ class GradientServicer:
         # Each read of a repeated or message field makes an object: read each once, and a
         # request naming its plan by digest carries no structure to read (plan checks that).
         if request.plan_digest:
-            labels, nodes = (), 0
+            nodes = 0
         else:
             graph = request.graph
-            labels, nodes = graph.labels, len(graph.node_ops)
+            call.labels, nodes = graph.labels, len(graph.node_ops)  # the message's, till planned
+            del graph
         rows = request.rows or 1
-        call.labels, call.nodes, call.rows = labels, nodes, rows
+        call.nodes, call.rows = nodes, rows
         inline = small_request and nodes <= INLINE_NODES
         # A small request's bound from its length is good enough, and quicker to get.
         call.request_bytes = raw_bytes if small_request else evaluation.request_bytes(request)
-        planning = call.request_bytes + evaluation.compile_cost(request, raw_length)
         with call.span.step("compiling") as step:  # the plan, cached or compiled now
             if inline:
-                await call.admit(planning)
+                await call.admit(call.request_bytes + evaluation.compile_cost(request, raw_length))
                 plan, digest = self._evaluator.plan(request, step, call.should_stop)
             else:
-                await call.admit(call.request_bytes)  # while queued for a thread
-                work = self._evaluator.plan
-                plan, digest = await call.compute(work, request, step, memory=planning)
+                plan, digest = await self._plan(call, request, raw_length, step)
         call.nodes = plan.node_count
-        if not labels:  # a plan named by its digest: the labels as the plan keeps them
-            call.labels = plan.labels
+        call.labels = plan.labels  # the plan's: the request's are its message's
         if unary:  # refused, or its reply's room held, before anything is evaluated
             await call.reserve_sending(self._evaluator.check_reply_fits(request, plan))
+        chunk_size = request.chunk_size
         cost = self._engine.cost(plan, request)
         if cost is not Cost.NONE:
             with call.span.step("evaluating"):
@@ -91,17 +93,33 @@ class GradientServicer:
                 else:
                     answer = await call.compute(self._engine.answer, plan, digest, request)
             if answer is not None:
-                return request, digest, answer
+                return digest, answer, chunk_size  # its next charge is the answer's
         job = self._evaluator.job(request, plan, digest)
-        # Compiling is over (the plan's arrays are the plan cache's): until its evaluation
-        # has a thread, the call holds its request and the job's arrays.
-        call.charge.resize_now(min(call.charge.bytes, call.request_bytes + job.arrays_bytes))
-        return request, digest, job
+        del request
+        # Compiling is over (the plan's arrays are the plan cache's), and the request is
+        # let go: until its evaluation has a thread, the call holds the job's arrays.
+        call.charge.resize_now(min(call.charge.bytes, job.arrays_bytes))
+        return digest, job, chunk_size
 
-    def _job_memory(self, call: CallScope, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
+    async def _plan(self, call: CallScope, request, raw_length: int, step) -> tuple:
+        """A large request's plan and digest: looked up in the cache holding what the
+        lookup takes, and only on a miss compiled, in a step holding compiling's memory.
+        A call waiting for memory then holds only what its next step needs: twenty large
+        streams whose plan is cached do not each hold a compile's 38 MiB (issue 19)."""
+        await call.admit(call.request_bytes)  # while queued for a thread
+        finding = call.request_bytes + evaluation.lookup_cost(request)
+        work = self._evaluator.find
+        plan, digest, graph = await call.compute(work, request, step, memory=finding)
+        if plan is None:  # the graph's arrays (if made) stay: compiling's charge covers them
+            compiling = finding + evaluation.compile_cost(request, raw_length)
+            work = self._evaluator.compile
+            plan = await call.compute(work, request, digest, graph, memory=compiling)
+        return plan, digest
+
+    def _job_memory(self, job: evaluation.Job, streaming: bool) -> tuple[int, int]:
         """The rows to evaluate at once, and what the call holds of the budget meanwhile
         (taken with its compute slot: ``CallScope.compute``)."""
-        budget, base = self._state.budget, call.request_bytes
+        budget = self._state.budget
         # Row blocks only when the whole batch would not fit half the large calls' share (a
         # block costs a pass over every op group; ``large_calls``), so that one batch
         # evaluated in blocks for seconds leaves the ordinary calls their half of the
@@ -110,23 +128,24 @@ class GradientServicer:
         # than an eighth of the budget.
         blocks = (budget.total if budget.large is None else budget.large.total) // 2
         fixed = job.memory(0, streaming)
-        block = job.block_rows(max(blocks - base, fixed + budget.total // 8), streaming)
-        return block, base + job.memory(block, streaming)
+        block = job.block_rows(max(blocks, fixed + budget.total // 8), streaming)
+        return block, job.memory(block, streaming)
 
     async def _unary_reply(self, call: CallScope) -> bytes:
         """Receive, evaluate and encode one Evaluate request: the reply message's bytes."""
-        _, digest, prepared = await self._prepare(call, unary=True)
+        digest, prepared, _ = await self._prepare(call, unary=True)
         if isinstance(prepared, Answer):
             with call.span.step("encoding"):
                 reply = evaluation.answer_reply(prepared, digest)
         else:
-            block, memory = self._job_memory(call, prepared, streaming=False)
+            block, memory = self._job_memory(prepared, streaming=False)
             with call.span.step("evaluating"):  # and encoding: one step on the executor
                 work = self._evaluator.unary_reply
                 reply = await call.compute(work, prepared, block, memory=memory)
-        # The arrays are gone; grpc copies the message while it is being sent, and both
-        # copies stay resident until the reader takes it (a reader that never reads).
-        await call.admit(call.request_bytes + 2 * len(reply))
+        del prepared
+        # The answer or job is gone; grpc copies the message while it is being sent, and
+        # both copies stay resident until the reader takes it (a reader that never reads).
+        await call.admit(2 * len(reply))
         await call.reserve_sending(len(reply))  # the estimate held, now what it is
         return reply
 
@@ -140,21 +159,21 @@ class GradientServicer:
 
     async def EvaluateStream(self, _requests, context):
         async with CallScope("EvaluateStream", context, self._state) as call:
-            request, digest, prepared = await self._prepare(call)
-            chunk_size = request.chunk_size
+            digest, prepared, chunk_size = await self._prepare(call)
             # The job (or answer) and the chunks are kept in ``held`` only, never in this
             # frame while a chunk is written, so that the call can let go of them when the
             # reader stops reading (``CallScope._let_go``).
             held = call.held = Held(prepared)
-            del request, prepared
+            del prepared
             if isinstance(held.work, Answer):
                 nodes = evaluation.answer_chunk_nodes(held.work, chunk_size)
-                await call.admit(call.request_bytes + evaluation.answer_chunk_bytes(nodes))
+                chunks = evaluation.answer_chunk_bytes(nodes)
+                await call.admit(evaluation.answer_bytes(held.work) + chunks)
                 held.chunks = evaluation.answer_chunks(held.work, digest, chunk_size)
                 await call.send_held()
                 return
-            block, memory = self._job_memory(call, held.work, streaming=True)
-            sending = min(memory, call.request_bytes + held.work.sending_memory(block))
+            block, memory = self._job_memory(held.work, streaming=True)
+            sending = min(memory, held.work.sending_memory(block))
             work = self._evaluator.evaluate_block
             for first in range(0, held.work.rows, block):
                 with call.span.step("evaluating"):
