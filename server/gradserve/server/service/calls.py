@@ -43,6 +43,7 @@ call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
 PARKED_POLL_S = 0.25  # a parked step looks at its stop flag and deadline this often
+PAUSE_POLL_S = 0.01  # a pausing step looks for a call waiting for its slot this often
 _OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
 
 
@@ -364,19 +365,19 @@ class CallScope:
         return self.should_stop()
 
     def _take_turns(self) -> None:
-        """Park the step until it is its turn again if a waiting call comes first (none
-        parks beyond the executor's spare threads); else, once the call has computed
-        long, pause while shorter calls are in progress (``compute_slots``)."""
+        """Once the call has computed long, pause while shorter calls are in progress;
+        then park the step until it is its turn again if a waiting call comes first (none
+        parks beyond the executor's spare threads; ``compute_slots``)."""
         slots = self.state.slots
         used = self.cpu_used + time.thread_time() - self._step_began
+        if used >= LONG:
+            self._pause(slots)
         if (
             slots.first_key != math.inf
             and slots.parked < slots.max_parked
             and slots.passes(self.slot_since, used)
         ):
             self._park(used)
-        elif used >= LONG:
-            self._pause()
         self._slice_began = time.thread_time()
 
     def _park(self, used: float) -> None:
@@ -391,18 +392,22 @@ class CallScope:
             if self._gone or time.monotonic() > self.deadline:
                 break
 
-    def _pause(self) -> None:
+    def _pause(self, slots: ComputeSlots) -> None:
         """Leave the cores to the event loop and the other calls' threads for a PAUSE
         while a call that has not computed long is in progress: no one waiting for a
-        slot does not mean no one waiting for the CPU."""
+        slot does not mean no one waiting for the CPU. A call that comes to wait for a
+        slot, the stop flag or the deadline ends the pause early."""
         if not self._long:
             self._long = True
             with contextlib.suppress(RuntimeError):  # the event loop is closed
                 self._loop.call_soon_threadsafe(self._count_long)
         state = self.state
-        if state.active > state.long_calls:
-            state.slots.pauses += 1
-            time.sleep(min(PAUSE, max(0.0, self.deadline - time.monotonic())))
+        if state.active <= state.long_calls:
+            return
+        slots.pauses += 1
+        until = min(time.monotonic() + PAUSE, self.deadline)
+        while slots.first_key == math.inf and not self._gone and time.monotonic() < until:
+            time.sleep(PAUSE_POLL_S)
 
     def _count_long(self) -> None:
         """On the loop: count the call in ServerState.long_calls while it is counted."""

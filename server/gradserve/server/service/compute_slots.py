@@ -28,8 +28,9 @@ ms of CPU each) shared what was left: their p99 went to 4.3x of calm. So here:
 - **Pauses.** Slots are not the CPU: with none waiting for a slot, a wide HVP's thread
   still took the GIL and the cores from the event loop and the legitimate calls' threads
   (a soak: 7 wide HVPs done in 20 s, legitimate p99 3.2x of calm). So a step of a call
-  that has computed ``LONG`` pauses for ``PAUSE`` after each slice while a call that has
-  not is in progress: beside others a long call uses ``RATE`` of a core; alone, all of it.
+  that has computed ``LONG`` pauses for up to ``PAUSE`` after each slice while a call
+  that has not is in progress (a call that comes to wait for its slot ends the pause,
+  and parks it): beside others a long call uses ``RATE`` of a core; alone, all of it.
 - **A share per connection.** While a short call (under ``LEAD`` of CPU) of another
   connection waits, a connection holding ``count - 1`` slots gets no more: many calls on
   one connection cannot shut out another client's short call. A long call gets no such
