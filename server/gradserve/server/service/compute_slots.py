@@ -49,7 +49,7 @@ from gradserve.server.service.counts import add_count
 
 RATE = 0.25  # of a core a call that has computed LONG may use before it falls behind
 SLICE = 0.05  # seconds of a step's CPU before it gives its slot to a call before it
-LEAD = 1.0  # a waiting call's lead (in key seconds: 0.25 s of CPU) to take a step's slot
+LEAD = 0.25  # a waiting call's lead (key seconds) to take a long step's slot: 60 ms of CPU
 PARKED = 1  # steps that may park, per slot (the executor's threads beyond the slots)
 LONG = 0.25  # seconds of CPU after which a call has computed long
 PAUSE = SLICE * (1 / RATE - 1)  # a long step's pause after each slice: RATE of a core
