@@ -3,7 +3,7 @@ computed long, a connection holds all but one slot while others wait, none is lo
 
 import asyncio
 
-from gradserve.server.service.compute_slots import LEAD, RATE, ComputeSlots
+from gradserve.server.service.compute_slots import LEAD, LONG, RATE, ComputeSlots
 
 
 async def _settle() -> None:
@@ -103,8 +103,8 @@ def test_a_call_that_has_used_less_cpu_passes_the_next_steps_of_long_calls():
         short = asyncio.create_task(slots.acquire("client", clock.now, 0.05))
         await _settle()
         # A step of a call that began with the long ones would give its slot up to it once
-        # it has used LEAD (in key seconds) more: the short call's lead over it.
-        edge = (clock.now - began + 0.05 / RATE + LEAD) * RATE
+        # its key (it computed long) is LEAD past the short call's.
+        edge = LONG + (clock.now - began + LEAD) * RATE
         assert slots.passes(began, edge + 0.01) and not slots.passes(began, edge - 0.01)
         slots.release("chunks")
         await _settle()
@@ -119,9 +119,9 @@ def test_a_call_that_has_used_less_cpu_passes_the_next_steps_of_long_calls():
 
 
 def test_a_call_that_computed_long_gets_its_turn_once_later_calls_catch_up():
-    """A call that has used a second of CPU comes after calls that began less than
-    1 / RATE seconds after it, and before those that began later: it is not starved on a
-    busy server, and it gets RATE of a core over its life."""
+    """A call that has used a second of CPU (LONG and then some) comes after calls that
+    began less than (1 - LONG) / RATE seconds after it, and before those that began
+    later: it is not starved on a busy server, and it gets RATE of a core over its life."""
 
     async def scenario():
         slots = ComputeSlots(1)
@@ -130,13 +130,13 @@ def test_a_call_that_computed_long_gets_its_turn_once_later_calls_catch_up():
         await slots.acquire("busy")
         long_call = asyncio.create_task(slots.acquire("long", began, 1.0))
         await _settle()
-        clock.now = began + 1.0 / RATE - 0.5
+        clock.now = began + (1.0 - LONG) / RATE - 0.5
         sooner = asyncio.create_task(slots.acquire("sooner"))
         await _settle()
         slots.release("busy")
         await _settle()
         assert sooner.done() and not long_call.done()
-        clock.now = began + 1.0 / RATE + 0.5
+        clock.now = began + (1.0 - LONG) / RATE + 0.5
         later = asyncio.create_task(slots.acquire("later"))
         await _settle()
         slots.release("sooner")

@@ -41,6 +41,15 @@ class Gated:
         return x.copy()
 
 
+# x, then hold(x), over the rows XS: a call that holds its slot using no CPU.
+HOLD_REQUEST = pb.EvaluateRequest(
+    graph=pb.Graph(
+        op_names=["hold"], node_ops=[0, 1], input_counts=[0, 1], input_ids=[0], leaf_values=XS
+    ),
+    rows=len(XS),
+)
+
+
 def _with(registry, *ops) -> dict[str, LoadedOp]:
     return {**registry, **{op.op.name: LoadedOp(op.op, op.op.name, "tests", "0") for op in ops}}
 
@@ -109,12 +118,6 @@ def test_a_parked_step_that_ends_wakes_and_frees_its_thread_and_slot(registry, e
     queue place is left, and once the holding call ends the slot serves the next."""
     spin, hold = Gated("spin"), Gated("hold")
     long_request, _, _ = spin_chain(LONG_SPINS)
-    hold_request = pb.EvaluateRequest(
-        graph=pb.Graph(
-            op_names=["hold"], node_ops=[0, 1], input_counts=[0, 1], input_ids=[0], leaf_values=XS
-        ),
-        rows=len(XS),
-    )
     timeout = 20 * HANG_S if ending == "cancelled" else 4.0
     with (
         running_server(_with(registry, spin, hold), threads=1) as server,
@@ -125,7 +128,7 @@ def test_a_parked_step_that_ends_wakes_and_frees_its_thread_and_slot(registry, e
         try:
             long_call = stub_on(long_channel).Evaluate.future(long_request, timeout=timeout)
             assert wait_until(lambda: spin.calls >= 2, timeout=HANG_S)
-            holding = stub_on(hold_channel).Evaluate.future(hold_request, timeout=10 * HANG_S)
+            holding = stub_on(hold_channel).Evaluate.future(HOLD_REQUEST, timeout=10 * HANG_S)
             assert wait_until(lambda: hold.calls == 1 and slots.parked == 1, timeout=HANG_S)
             spun = spin.calls
             if ending == "cancelled":
@@ -149,3 +152,37 @@ def test_a_parked_step_that_ends_wakes_and_frees_its_thread_and_slot(registry, e
         check_reply(
             stub_on(hold_channel).Evaluate(short_request, timeout=HANG_S), short_values, short_grads
         )
+
+
+def test_a_long_step_pauses_beside_a_shorter_call_in_progress_and_not_alone(registry):
+    """Two slots, so no one waits for one: a long chain computes while another client's
+    call is in progress (holding the other slot, using no CPU). Once the chain has
+    computed LONG it pauses after its slices, leaving the cores to the other call and the
+    event loop; once the other call has ended, it computes on without pausing."""
+    spin, hold = Gated("spin"), Gated("hold")
+    long_request, long_values, long_grads = spin_chain(LONG_SPINS)
+    with (
+        running_server(_with(registry, spin, hold), threads=2) as server,
+        channel_to(server.port, own_connection=1) as long_channel,
+        channel_to(server.port, own_connection=2) as hold_channel,
+    ):
+        state = server._state
+        try:
+            holding = stub_on(hold_channel).Evaluate.future(HOLD_REQUEST, timeout=10 * HANG_S)
+            assert wait_until(lambda: hold.calls == 1, timeout=HANG_S)
+            long_call = stub_on(long_channel).Evaluate.future(long_request, timeout=20 * HANG_S)
+            assert wait_until(lambda: state.slots.pauses >= 2, timeout=2 * HANG_S)
+            assert state.long_calls == 1 and state.slots.first_key == float("inf")
+            hold.release.set()
+            assert holding.result(timeout=HANG_S).node_ids == [0, 1]
+            assert wait_until(lambda: state.active == 1, timeout=HANG_S)
+            paused, spun = state.slots.pauses, spin.calls
+            # Alone, it computes a second's worth (20 slices) with no pause.
+            assert wait_until(lambda: spin.calls >= spun + 200, timeout=2 * HANG_S)
+            assert state.slots.pauses == paused
+        finally:
+            hold.release.set()
+            spin.release.set()
+        check_reply(long_call.result(timeout=10 * HANG_S), long_values, long_grads)
+        assert wait_until(lambda: state.active == 0, timeout=HANG_S)
+        assert state.long_calls == 0

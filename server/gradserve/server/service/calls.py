@@ -30,7 +30,7 @@ from gradserve.server.runtime import malloc
 from gradserve.server.service import status, tracing
 from gradserve.server.service.admission import BudgetBusy, MemoryBudget, NeverFits
 from gradserve.server.service.arrival import ArrivalGate
-from gradserve.server.service.compute_slots import SLICE, ComputeSlots, Waiter
+from gradserve.server.service.compute_slots import LONG, PAUSE, SLICE, ComputeSlots, Waiter
 from gradserve.server.service.counts import add_count
 from gradserve.server.service.limits import DeadlineExceeded, LimitExceeded, Limits
 from gradserve.server.service.logs import CallLog
@@ -48,6 +48,7 @@ DEFAULT_SEND_TIMEOUT_S = 30.0
 DEFAULT_STREAM_STALL_TIMEOUT_S = 3.0
 STALL_POLL_S = 0.5
 PARKED_POLL_S = 0.25  # a parked step looks at its stop flag and deadline this often
+PAUSE_POLL_S = 0.01  # a pausing step looks for a call waiting for its slot this often
 _OK = grpc.StatusCode.OK  # an enum member read through its class costs a descriptor call
 
 
@@ -102,6 +103,7 @@ class ServerState:
     stall_s: float = DEFAULT_STREAM_STALL_TIMEOUT_S  # --stream-stall-timeout
     metrics: CallMetrics | None = None
     active: int = 0  # calls whose request has arrived and that have not ended
+    long_calls: int = 0  # of those, the ones that have computed long (compute_slots.LONG)
     draining: bool = False
     stopped: bool = False  # the grace ran out: calls still running are being cancelled
     waiting_for_request: set = field(default_factory=set)  # of CallScope
@@ -173,6 +175,8 @@ class CallScope:
     _step_began = 0.0
     _slice_began = 0.0
     _holds_slot = False
+    _long = False  # it has computed LONG (its steps' threads know)
+    _long_counted = False  # and it counts in ServerState.long_calls
     _parked: Waiter | None = None  # the queue place of its step parked on its thread
     _resume: threading.Event | None = None  # set to wake the parked step
     _send_watch: asyncio.TimerHandle | None = None
@@ -384,22 +388,28 @@ class CallScope:
             self.cpu_used += time.thread_time() - began
 
     def _stop_check(self) -> bool:
-        """``should_stop``, after giving the slot up when the step's slice is over and a
-        call that comes before it waits (``compute_slots``)."""
-        if self.state.slots.first_key != math.inf:
+        """``should_stop``, after taking turns once the step's slice is over."""
+        if time.thread_time() - self._slice_began >= SLICE:
             self._take_turns()
         return self.should_stop()
 
     def _take_turns(self) -> None:
-        """Park the step until it is its turn again, if its slice is over and a waiting
-        call comes first; none parks beyond the executor's spare threads."""
+        """Once the call has computed long, pause while shorter calls are in progress;
+        then park the step until it is its turn again if a waiting call comes first (none
+        parks beyond the executor's spare threads; ``compute_slots``)."""
         slots = self.state.slots
-        now = time.thread_time()
-        if now - self._slice_began < SLICE or slots.parked >= slots.max_parked:
-            return
-        used = self.cpu_used + now - self._step_began
-        if not slots.passes(self.slot_since, used):
-            return
+        used = self.cpu_used + time.thread_time() - self._step_began
+        if used >= LONG:
+            self._pause(slots)
+        if (
+            slots.first_key != math.inf
+            and slots.parked < slots.max_parked
+            and slots.passes(self.slot_since, used)
+        ):
+            self._park(used)
+        self._slice_began = time.thread_time()
+
+    def _park(self, used: float) -> None:
         resume = threading.Event()
         try:
             self._loop.call_soon_threadsafe(self._give_up_slot, used, resume)
@@ -410,7 +420,29 @@ class CallScope:
         while not resume.wait(min(PARKED_POLL_S, max(0.0, self.deadline - time.monotonic()))):
             if self._gone or time.monotonic() > self.deadline:
                 break
-        self._slice_began = time.thread_time()
+
+    def _pause(self, slots: ComputeSlots) -> None:
+        """Leave the cores to the event loop and the other calls' threads for a PAUSE
+        while a call that has not computed long is in progress: no one waiting for a
+        slot does not mean no one waiting for the CPU. A call that comes to wait for a
+        slot, the stop flag or the deadline ends the pause early."""
+        if not self._long:
+            self._long = True
+            with contextlib.suppress(RuntimeError):  # the event loop is closed
+                self._loop.call_soon_threadsafe(self._count_long)
+        state = self.state
+        if state.active <= state.long_calls:
+            return
+        slots.pauses += 1
+        until = min(time.monotonic() + PAUSE, self.deadline)
+        while slots.first_key == math.inf and not self._gone and time.monotonic() < until:
+            time.sleep(PAUSE_POLL_S)
+
+    def _count_long(self) -> None:
+        """On the loop: count the call in ServerState.long_calls while it is counted."""
+        if self._counted and not self._long_counted:
+            self._long_counted = True
+            self.state.long_calls += 1
 
     def _give_up_slot(self, used: float, resume: threading.Event) -> None:
         """On the loop: give the slot to the call that comes first and queue the step
@@ -585,6 +617,9 @@ class CallScope:
             if self.state.per_token is not None:
                 add_count(self.state.per_token, self.token, -1)
             self.state.active -= 1
+            if self._long_counted:
+                self._long_counted = False
+                self.state.long_calls -= 1
             if not self.state.active:
                 self.state.all_ended.set()
 

@@ -10,12 +10,13 @@ ms of CPU each) shared what was left: their p99 went to 4.3x of calm. So here:
 
 - **First come, unless it computed long.** A freed slot goes to the waiting call whose
   key is the least: when it first asked for a slot, later by 1 / ``RATE`` (4) seconds
-  per second of CPU it has used since (its steps' ``time.thread_time``). Calls of like
-  cost go in the order they came, so that those begun first end first (least CPU first
-  alone let fresh calls pass streams half done: more of them in flight, each holding its
-  request while waiting for memory, and the large streams' p99 at 4.5x of calm in a
-  soak). A call that has computed for seconds falls behind the calls that came after it,
-  and still gets its turn: it may use a quarter of a core over its life.
+  per second of CPU it has used beyond ``LONG`` (its steps' ``time.thread_time``).
+  Calls that have not computed long go in the order they came, so that those begun
+  first end first: least CPU first let small calls pass large streams half done (a
+  soak: small calls' p50 halved, large streams' p50 up a third and the p99 up with it;
+  more streams in flight, each holding its request while waiting for memory). A call
+  that has computed for seconds falls behind the calls that came after it, and still
+  gets its turn: it may use a quarter of a core over its life.
 - **Slices.** A step that has computed a ``SLICE`` since it got its slot, while a call that
   would come ``LEAD`` before it waits, gives its slot up at its next stop check and parks
   its thread until it is its turn again (``CallScope``). The lead keeps calls of like
@@ -25,6 +26,12 @@ ms of CPU each) shared what was left: their p99 went to 4.3x of calm. So here:
   and its memory (it still holds them), not a slot: the executor has ``PARKED`` threads
   per slot beyond the slots, and at most that many steps park, so that every slot granted
   has a thread to run on.
+- **Pauses.** Slots are not the CPU: with none waiting for a slot, a wide HVP's thread
+  still took the GIL and the cores from the event loop and the legitimate calls' threads
+  (a soak: 7 wide HVPs done in 20 s, legitimate p99 3.2x of calm). So a step of a call
+  that has computed ``LONG`` pauses for up to ``PAUSE`` after each slice while a call
+  that has not is in progress (a call that comes to wait for its slot ends the pause,
+  and parks it): beside others a long call uses ``RATE`` of a core; alone, all of it.
 - **A share per connection.** While a short call (under ``LEAD`` of CPU) of another
   connection waits, a connection holding ``count - 1`` slots gets no more: many calls on
   one connection cannot shut out another client's short call. A long call gets no such
@@ -40,17 +47,19 @@ from collections.abc import Callable
 
 from gradserve.server.service.counts import add_count
 
-RATE = 0.25  # of a core each call may use before it falls behind calls that began later
+RATE = 0.25  # of a core a call that has computed LONG may use before it falls behind
 SLICE = 0.05  # seconds of a step's CPU before it gives its slot to a call before it
-LEAD = 1.0  # a waiting call's lead (in key seconds: 0.25 s of CPU) to take a step's slot
+LEAD = 0.25  # a waiting call's lead (key seconds) to take a long step's slot: 60 ms of CPU
 PARKED = 1  # steps that may park, per slot (the executor's threads beyond the slots)
+LONG = 0.25  # seconds of CPU after which a call has computed long
+PAUSE = SLICE * (1 / RATE - 1)  # a long step's pause after each slice: RATE of a core
 
 
 def queue_key(since: float, used: float) -> float:
     """A call's place in the queue, the smallest first: when it first asked for a slot
-    (monotonic seconds), later by 1 / RATE seconds per second of CPU it has used since. A
-    key does not change while its call waits."""
-    return since + used / RATE
+    (monotonic seconds), later by 1 / RATE seconds per second of CPU it has used beyond
+    LONG. A key does not change while its call waits."""
+    return since + max(0.0, used - LONG) / RATE
 
 
 class Waiter:
@@ -63,7 +72,7 @@ class Waiter:
     ) -> None:
         self.connection = connection
         self.key = queue_key(since, used)
-        self.short = used / RATE < LEAD  # a call its connection's share is kept for
+        self.short = used < LONG  # a call its connection's share is kept for
         self.granted = granted  # False: the waiter is gone, the slot goes to the next
 
 
@@ -81,6 +90,7 @@ class ComputeSlots:
         self._waiting: list[Waiter] = []
         self.first_key = math.inf  # of the waiter the next free slot goes to
         self.parked = 0  # steps parked on their threads (``CallScope``)
+        self.pauses = 0  # the pauses of long steps beside shorter calls, so far
         self.max_parked = PARKED * count
 
     async def acquire(self, connection: str, since: float | None = None, used: float = 0.0) -> None:
