@@ -27,6 +27,7 @@ GIL of the process whose legitimate clients are being timed) nor their CPU is th
 server's. bench/soak.py uses it; the memory bench and the tests use ``Abusers`` in process.
 """
 
+import gzip
 import itertools
 import math
 import multiprocessing
@@ -49,6 +50,7 @@ STALLED_READERS = 20
 PARTIAL_BODIES = 8
 PIPELINED_CALLS = 200
 POLL_S = 0.5  # how often ended abusive calls are replaced
+GZIP_BOMBS = 4  # at a time: about 8 a second, as many as grpc's client sent before
 KINDS = (  # each names a method of Abusers, less its leading underscore
     "half_open",
     "never_read",
@@ -264,17 +266,23 @@ class Abusers:
         self._keep_h2_calls("partial-body", PARTIAL_BODIES, start)
 
     def _gzip_bombs(self) -> None:
+        """Gzip requests that would inflate 1000x, compressed once here: grpc's own client
+        compressed every call's 63 MB again, most of a core of this 2-core machine (10.7 s
+        of CPU in 12 s, for 41 calls) that a real attacker spends on its own machine and
+        that the soak took from the server and the legitimate clients."""
         bomb = pb.EvaluateRequest(graph=pb.Graph(node_ops=[0], input_counts=[0]))
         bomb.graph.leaf_values.extend(bytes(63 * 2**20 // 8))  # zeros: inflate 1000x
-        raw = bomb.SerializeToString()
+        compressed = gzip.compress(bomb.SerializeToString(), compresslevel=9)
         del bomb
-        with grpc.insecure_channel(
-            f"127.0.0.1:{self.port}",
-            compression=grpc.Compression.Gzip,
-            options=[("grpc.max_send_message_length", -1)],
-        ) as gzipped:
-            call = gzipped.unary_unary(SERVICE + "Evaluate")
-            self._calls("gzip-bomb", lambda: call(raw, timeout=30))
+
+        def start() -> tuple[H2GrpcClient, int]:
+            client = H2GrpcClient(self.port)
+            encoding = [("grpc-encoding", "gzip")]
+            return client, client.start_call(
+                SERVICE + "Evaluate", compressed, encoding, compressed=True
+            )
+
+        self._keep_h2_calls("gzip-bomb", GZIP_BOMBS, start)
 
     def _pipelined(self) -> None:
         """One connection that never reads opens PIPELINED_CALLS calls for 1 MB replies, or as

@@ -41,9 +41,9 @@ def request_headers(
     ]
 
 
-def grpc_message(payload: bytes) -> bytes:
-    """A gRPC length-prefixed message: uncompressed flag, 4-byte big-endian length, payload."""
-    return struct.pack(">?I", False, len(payload)) + payload
+def grpc_message(payload: bytes, compressed: bool = False) -> bytes:
+    """A gRPC length-prefixed message: the compressed flag, 4-byte big-endian length, payload."""
+    return struct.pack(">?I", compressed, len(payload)) + payload
 
 
 @dataclass
@@ -97,12 +97,17 @@ class H2GrpcClient:
         self._flush()
 
     def start_call(
-        self, method: str, request: bytes, metadata: Sequence[tuple[str, str]] = ()
+        self,
+        method: str,
+        request: bytes,
+        metadata: Sequence[tuple[str, str]] = (),
+        compressed: bool = False,
     ) -> int:
         """Open a stream for ``method`` (e.g. "/pkg.Service/Method"), send ``request`` as the
-        call's one message and end our side; the stream id."""
+        call's one message (flagged ``compressed``, in the encoding ``metadata`` names) and
+        end our side; the stream id."""
         stream_id = self.open_stream(method, metadata)
-        self._send_body(stream_id, grpc_message(request))
+        self._send_body(stream_id, grpc_message(request, compressed))
         return stream_id
 
     def start_partial_call(self, method: str, declared: int, sent: int) -> int:

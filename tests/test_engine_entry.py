@@ -9,6 +9,7 @@ from gradserve.server.engine import run as engine_entry
 from gradserve.server.engine import small_call
 from gradserve.server.engine.plan_cache import PlanCache, structure_digest
 from gradserve.server.engine.run import Cost, Engine, Inputs
+from gradserve.server.service import evaluation
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -64,6 +65,28 @@ def test_the_cost_of_an_answer_says_where_it_may_run(ops):
     compiled = engine.answer(plan, digest, request, never)
     assert compiled is not None and engine.cost(plan, request) is Cost.QUICK
     assert compiled.grads[0] == pytest.approx(np.prod(np.cos(compiled.values[:-1])))
+
+
+def test_a_large_selection_is_answered_on_a_thread(ops):
+    """A small graph selecting a node many times is not answered on the event loop: the
+    answer walks every selected id (abusers' never-read streams select node 0 a million
+    times, which held the loop for a quarter of a second each)."""
+    engine = Engine(ops, PlanCache(2**30))
+    g = GraphBuilder()
+    x = g.leaf(0.5)
+    g.op("sin", x)
+    plan, digest = planned(engine, g)
+    limit = engine_entry.QUICK_SELECTED_NODES
+    at_limit = pb.EvaluateRequest(graph=g.proto(), nodes=[1] * limit)
+    over = pb.EvaluateRequest(graph=g.proto(), nodes=[1, 0] * (limit // 2) + [1])
+    assert engine.cost(plan, at_limit) is Cost.QUICK
+    assert engine.cost(plan, over) is Cost.SLOW
+    answer = engine.answer(plan, digest, over, never)  # still answered, on a thread
+    assert answer is not None
+    reply = pb.EvaluateResponse.FromString(evaluation.answer_reply(answer, digest))
+    assert list(reply.node_ids) == list(over.nodes)
+    assert list(reply.values[:2]) == [pytest.approx(np.sin(0.5)), 0.5]
+    assert list(reply.grads[:2]) == [1.0, pytest.approx(np.cos(0.5))]
 
 
 def test_an_isolated_plan_goes_to_the_workers_and_only_there(ops):
