@@ -19,10 +19,11 @@ ms of CPU each) shared what was left: their p99 went to 4.3x of calm. So here:
   gets its turn: it may use a quarter of a core over its life.
 - **Slices.** A step that has computed a ``SLICE`` since it got its slot, while a call that
   would come ``LEAD`` before it waits, gives its slot up at its next stop check and parks
-  its thread until it is its turn again (``CallScope``). The lead keeps calls of like
-  cost from slicing one another: 20 large streams of 150 ms each, shared in turns, all
-  end late, where one after the other most end early (a soak with no lead: the large
-  streams' p50 went from 712 to 1,028 ms without abusers). A parked step holds its thread
+  its thread until it is its turn again (``CallScope``). Calls of like cost do not slice
+  one another (keyed by arrival, a later call never passes a step by the lead): 20
+  large streams of 150 ms each, shared in turns, all end late, where one after the other
+  most end early (a soak slicing by CPU alone: the large streams' p50 went from 712 to
+  1,028 ms without abusers). A parked step holds its thread
   and its memory (it still holds them), not a slot: the executor has ``PARKED`` threads
   per slot beyond the slots, and at most that many steps park, so that every slot granted
   has a thread to run on.
@@ -32,7 +33,7 @@ ms of CPU each) shared what was left: their p99 went to 4.3x of calm. So here:
   that has computed ``LONG`` pauses for up to ``PAUSE`` after each slice while a call
   that has not is in progress (a call that comes to wait for its slot ends the pause,
   and parks it): beside others a long call uses ``RATE`` of a core; alone, all of it.
-- **A share per connection.** While a short call (under ``LEAD`` of CPU) of another
+- **A share per connection.** While a short call (under ``LONG`` of CPU) of another
   connection waits, a connection holding ``count - 1`` slots gets no more: many calls on
   one connection cannot shut out another client's short call. A long call gets no such
   share: kept for it, a slot went to an abuser's wide HVP whenever it asked, a quarter of
