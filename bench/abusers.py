@@ -50,7 +50,7 @@ STALLED_READERS = 20
 PARTIAL_BODIES = 8
 PIPELINED_CALLS = 200
 POLL_S = 0.5  # how often ended abusive calls are replaced
-GZIP_BOMBS = 4  # at a time: about 8 a second, as many as grpc's client sent before
+GZIP_BOMBS = 4  # at a time: about 8 a second (grpc's client, compressing each, sent 3-4)
 KINDS = (  # each names a method of Abusers, less its leading underscore
     "half_open",
     "never_read",

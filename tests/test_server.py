@@ -322,3 +322,28 @@ def test_requests_need_at_least_a_byte_arriving_and_a_plan_cache_may_be_none(reg
         registry, max_memory_bytes=100 * 2**20, max_arriving_bytes=1, plan_cache_bytes=0
     ) as server:
         assert server._state.arrival.slots == 1
+
+
+def test_a_large_selections_reply_is_made_off_the_event_loop(stub, monkeypatch):
+    """A small graph selecting many nodes is answered and encoded on a compute thread: a
+    million ids held the event loop about half a second, and every small call with it."""
+    from gradserve.server.engine.run import QUICK_SELECTED_NODES
+    from gradserve.server.service import evaluation
+
+    encoded_on = []
+    answer_reply = evaluation.answer_reply
+
+    def recorded(answer, digest):
+        encoded_on.append(threading.current_thread().name)
+        return answer_reply(answer, digest)
+
+    monkeypatch.setattr(evaluation, "answer_reply", recorded)
+    g = GraphBuilder()
+    x = g.leaf(0.5)
+    g.op("sin", x)
+    for count in (10, QUICK_SELECTED_NODES + 1):
+        reply = stub.Evaluate(pb.EvaluateRequest(graph=g.proto(), nodes=[1, 0] * count))
+        assert list(reply.node_ids) == [1, 0] * count
+        assert list(reply.grads[:2]) == [1.0, pytest.approx(math.cos(0.5))]
+    small, large = encoded_on
+    assert small == "gradserve-loop" and large.startswith("gradserve_")

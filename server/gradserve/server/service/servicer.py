@@ -136,7 +136,10 @@ class GradientServicer:
         digest, prepared, _ = await self._prepare(call, unary=True)
         if isinstance(prepared, Answer):
             with call.span.step("encoding"):
-                reply = evaluation.answer_reply(prepared, digest)
+                if prepared.quick_to_encode:
+                    reply = evaluation.answer_reply(prepared, digest)
+                else:
+                    reply = await call.compute(_answer_reply, prepared, digest)
         else:
             block, memory = self._job_memory(prepared, streaming=False)
             with call.span.step("evaluating"):  # and encoding: one step on the executor
@@ -193,6 +196,11 @@ class GradientServicer:
 
 def _decode(raw: bytes, _should_stop):
     return evaluation.decode(raw)
+
+
+def _answer_reply(answer: Answer, digest: bytes, _should_stop) -> bytes:
+    """A large selection's reply, encoded on a compute thread (``CallScope.compute``)."""
+    return evaluation.answer_reply(answer, digest)
 
 
 def _list_ops_reply(registry: dict[str, LoadedOp]) -> bytes:
