@@ -42,6 +42,7 @@ log = logging.getLogger("gradserve.server.service.servicer")
 call_log = CallLog(log)  # the line each call logs, written off the call's path
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
+_SEND_TIMED_OUT = "send timeout"  # abandoned at the send timeout (``CallScope._abandon``)
 # A stream's chunk that waits this long for its reader while other calls wait for memory
 # lets go of what the stream holds (``CallScope._let_go``); after it, the watch looks
 # whether calls wait every STALL_POLL_S.
@@ -208,7 +209,7 @@ class CallScope:
     def held_as(self) -> tuple[str, str]:
         """What the call holds its memory for now, for the budget's ledger by kind
         (``admission.MemoryBudget.held_by_kind``): read from the metrics thread."""
-        if self._sending_since is not None or self.note in ("send timeout", _STALLED):
+        if self._sending_since is not None or self.note in (_SEND_TIMED_OUT, _STALLED):
             doing = SENDING
         elif self.charge.waiting:
             doing = WAITING_FOR_MEMORY
@@ -504,7 +505,7 @@ class CallScope:
             raise asyncio.CancelledError() from None
         finally:
             self._sending_since = None
-        if self.note == "send timeout":
+        if self.note == _SEND_TIMED_OUT:
             raise SendTimedOut()
         if self.note == _STALLED:
             raise StreamStalled()
@@ -545,7 +546,7 @@ class CallScope:
         calls' share's when its charge is held there too (``large_calls``)."""
         return bool(self.state.budget.waiting) or self.charge.large_share_wanted
 
-    def _abandon(self, why: str = "send timeout") -> None:
+    def _abandon(self, why: str = _SEND_TIMED_OUT) -> None:
         """The client did not read within the send timeout (``why``: or, a stream's, the
         stall timeout while memory is wanted): stop the call's work and stop counting it
         (max-concurrent-calls, the drain).

@@ -375,7 +375,7 @@ def answer_bytes(answer: Answer) -> int:
 
 
 def answer_chunk_bytes(nodes: int) -> int:
-    """What sending an engine's answer holds beyond its request, in chunks of ``nodes``
+    """What sending an engine's answer holds beyond the answer itself, in chunks of ``nodes``
     results: one chunk being built (its ids, values and gradients as lists, then packed
     and joined into the message), and the message while grpc sends it (the server's copy
     and grpc's). The results by node, of a plan small enough for the engine to answer
